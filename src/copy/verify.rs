@@ -1,0 +1,120 @@
+//! A blob body checked while it streams: size and sha256 against the descriptor.
+//!
+//! Nothing is committed at the target until [`VerifiedStream::finish`] has confirmed both, so
+//! corrupted or truncated bytes can never land under the digest they claim.
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use sha2::{Digest as _, Sha256};
+
+use crate::reference::Digest;
+
+/// A blob arriving from upstream, hashed and counted as it is read.
+pub struct VerifiedStream {
+    inner: BoxStream<'static, Result<Bytes, String>>,
+    hasher: Sha256,
+    received: u64,
+    expected_digest: Digest,
+    expected_size: u64,
+}
+
+impl VerifiedStream {
+    pub fn new(
+        inner: BoxStream<'static, Result<Bytes, String>>,
+        expected_digest: Digest,
+        expected_size: u64,
+    ) -> Self {
+        VerifiedStream {
+            inner,
+            hasher: Sha256::new(),
+            received: 0,
+            expected_digest,
+            expected_size,
+        }
+    }
+
+    /// The size the descriptor promised.
+    pub fn expected_size(&self) -> u64 {
+        self.expected_size
+    }
+
+    /// The next piece of the body; an error when the source fails or sends more than promised.
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, String> {
+        match self.inner.next().await {
+            None => Ok(None),
+            Some(Err(e)) => Err(format!(
+                "download of {} failed after {} of {} bytes: {e}",
+                self.expected_digest, self.received, self.expected_size
+            )),
+            Some(Ok(chunk)) => {
+                self.received += chunk.len() as u64;
+                if self.received > self.expected_size {
+                    return Err(format!(
+                        "blob {} is longer than its descriptor's {} bytes",
+                        self.expected_digest, self.expected_size
+                    ));
+                }
+                self.hasher.update(&chunk);
+                Ok(Some(chunk))
+            }
+        }
+    }
+
+    /// Confirms the whole body arrived and hashes to the expected digest.
+    pub async fn finish(mut self) -> Result<u64, String> {
+        // Drain anything left (a body longer than promised is an error in next_chunk).
+        while self.next_chunk().await?.is_some() {}
+        if self.received != self.expected_size {
+            return Err(format!(
+                "blob {} ended after {} of {} bytes",
+                self.expected_digest, self.received, self.expected_size
+            ));
+        }
+        let actual = Digest::from_sha256_bytes(&self.hasher.finalize().into());
+        if actual != self.expected_digest {
+            return Err(format!(
+                "blob content hashes to {actual}, not {}: corrupted in transit, not pushed",
+                self.expected_digest
+            ));
+        }
+        Ok(self.received)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream_of(parts: Vec<&'static [u8]>) -> BoxStream<'static, Result<Bytes, String>> {
+        futures_util::stream::iter(parts.into_iter().map(|p| Ok(Bytes::from_static(p)))).boxed()
+    }
+
+    fn digest_of(data: &[u8]) -> Digest {
+        Digest::from_sha256_bytes(&Sha256::digest(data).into())
+    }
+
+    #[tokio::test]
+    async fn accepts_exact_content_and_rejects_corruption() {
+        let good = VerifiedStream::new(stream_of(vec![b"hello ", b"world"]), digest_of(b"hello world"), 11);
+        assert_eq!(good.finish().await.unwrap(), 11);
+
+        let flipped = VerifiedStream::new(stream_of(vec![b"hello World"]), digest_of(b"hello world"), 11);
+        assert!(flipped.finish().await.unwrap_err().contains("corrupted"));
+
+        let short = VerifiedStream::new(stream_of(vec![b"hello"]), digest_of(b"hello world"), 11);
+        assert!(short.finish().await.unwrap_err().contains("ended after 5 of 11"));
+
+        let long = VerifiedStream::new(stream_of(vec![b"hello world!"]), digest_of(b"hello world"), 11);
+        assert!(long.finish().await.unwrap_err().contains("longer"));
+    }
+}
+
+/// Wraps a blob GET response, checking it against `digest` and `size` as it streams.
+pub fn from_response(response: reqwest::Response, digest: Digest, size: u64) -> VerifiedStream {
+    let stream = response
+        .bytes_stream()
+        .map(|r| r.map_err(|e| crate::registry::describe_reqwest_error(&e)))
+        .boxed();
+    VerifiedStream::new(stream, digest, size)
+}

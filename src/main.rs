@@ -1,0 +1,59 @@
+//! The `mirrorsync` binary: arguments -> library call -> exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use mirrorsync::cli::{Cli, Command, LogFormat};
+use mirrorsync::config::Config;
+use mirrorsync::copy::Mode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format, &cli.log_level);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let config_path = match &cli.command {
+        Command::Sync(a) => &a.config.config,
+        Command::Plan(a) => &a.config,
+        Command::Check(a) => &a.config.config,
+    };
+    let config = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = runtime.block_on(async {
+        match cli.command {
+            Command::Sync(args) if !args.once => {
+                eprintln!("error: scheduled mode is not available yet; run `mirrorsync sync --once`");
+                2
+            }
+            Command::Sync(_) => mirrorsync::run_once(config, Mode::Sync).await,
+            Command::Plan(_) => mirrorsync::run_once(config, Mode::Plan).await,
+            Command::Check(args) => mirrorsync::check(config, args.connect).await,
+        }
+    });
+    ExitCode::from(code as u8)
+}
+
+fn init_tracing(format: LogFormat, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}

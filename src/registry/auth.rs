@@ -1,0 +1,371 @@
+//! Registry authentication: `WWW-Authenticate` challenges, Basic credentials and Bearer tokens.
+//!
+//! The flow follows the Docker token protocol: the first request to a host learns its challenge
+//! (`GET /v2/`), then every request carries either Basic credentials or a Bearer token for exactly
+//! the scopes it needs. Tokens are cached per scope set and renewed shortly before they expire or
+//! when a 401 names a scope we did not ask for. A second 401 for the same scopes is a denial, never a
+//! loop.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use reqwest::header::HeaderValue;
+use tokio::sync::Mutex;
+
+use super::error::{RegistryError, parse_error_body};
+use crate::config::{Credentials, Secret};
+
+/// What a registry asks for in `WWW-Authenticate`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Challenge {
+    /// `GET /v2/` answered 200: no authentication.
+    Anonymous,
+    /// `Basic realm="..."`.
+    Basic,
+    /// `Bearer realm="...",service="...",scope="..."`.
+    Bearer {
+        realm: String,
+        service: Option<String>,
+        scope: Option<String>,
+    },
+}
+
+/// Parses a `WWW-Authenticate` header value. Unknown schemes give `None`.
+pub fn parse_challenge(header: &str) -> Option<Challenge> {
+    let header = header.trim();
+    let (scheme, rest) = match header.find(char::is_whitespace) {
+        Some(i) => (&header[..i], &header[i..]),
+        None => (header, ""),
+    };
+    let params = parse_params(rest);
+    match scheme.to_ascii_lowercase().as_str() {
+        "basic" => Some(Challenge::Basic),
+        "bearer" => {
+            let realm = params.get("realm")?.clone();
+            Some(Challenge::Bearer {
+                realm,
+                service: params.get("service").cloned(),
+                scope: params.get("scope").cloned(),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Parses `key="value", key2=value2` auth parameters; quoted values may contain commas.
+fn parse_params(s: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        while matches!(chars.peek(), Some(c) if c.is_whitespace() || *c == ',') {
+            chars.next();
+        }
+        let mut key = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == '=' || c == ',' {
+                break;
+            }
+            key.push(c);
+            chars.next();
+        }
+        if key.is_empty() {
+            break;
+        }
+        if chars.next() != Some('=') {
+            continue;
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some(n) = chars.next() {
+                            value.push(n);
+                        }
+                    }
+                    '"' => break,
+                    c => value.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == ',' {
+                    break;
+                }
+                value.push(c);
+                chars.next();
+            }
+        }
+        out.insert(key.trim().to_ascii_lowercase(), value.trim().to_string());
+    }
+    out
+}
+
+struct CachedToken {
+    value: Secret,
+    renew_at: Instant,
+}
+
+/// Per-host authentication state: the learned challenge, credentials and the token cache.
+pub struct Authenticator {
+    host: String,
+    credentials: Option<Credentials>,
+    challenge: Mutex<Option<Challenge>>,
+    tokens: Mutex<HashMap<String, CachedToken>>,
+}
+
+/// What to do after a 401.
+pub enum Retry {
+    /// Credentials or token changed: send again.
+    Again,
+    /// Nothing new to try: this is a real denial.
+    GiveUp(RegistryError),
+}
+
+impl Authenticator {
+    pub fn new(host: &str, credentials: Option<Credentials>) -> Self {
+        Authenticator {
+            host: host.to_string(),
+            credentials,
+            challenge: Mutex::new(None),
+            tokens: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub async fn set_challenge(&self, challenge: Challenge) {
+        *self.challenge.lock().await = Some(challenge);
+    }
+
+    /// The `Authorization` value for a request needing `scopes`, fetching a token if needed.
+    pub async fn authorization(
+        &self,
+        http: &reqwest::Client,
+        scopes: &[String],
+    ) -> Result<Option<HeaderValue>, RegistryError> {
+        let challenge = self.challenge.lock().await.clone();
+        match challenge {
+            None | Some(Challenge::Anonymous) => Ok(None),
+            Some(Challenge::Basic) => Ok(self.basic_header()),
+            Some(Challenge::Bearer { realm, service, .. }) => {
+                let key = scopes.join(" ");
+                let mut tokens = self.tokens.lock().await;
+                if let Some(token) = tokens.get(&key)
+                    && Instant::now() < token.renew_at
+                {
+                    return Ok(Some(bearer(&token.value)));
+                }
+                let token = self
+                    .fetch_token(http, &realm, service.as_deref(), scopes)
+                    .await?;
+                let header = bearer(&token.value);
+                tokens.insert(key, token);
+                Ok(Some(header))
+            }
+        }
+    }
+
+    /// Decides whether a request that got 401 may be sent again, learning the new challenge.
+    /// `had_scopes` are the scopes the failed request carried a token for; `tried` counts earlier
+    /// 401s for this request.
+    pub async fn on_unauthorized(
+        &self,
+        www_authenticate: Option<&str>,
+        scopes: &mut Vec<String>,
+        tried: u32,
+    ) -> Retry {
+        let parsed = www_authenticate.and_then(parse_challenge);
+        let previous = self.challenge.lock().await.clone();
+        let deny = |reason: String| {
+            Retry::GiveUp(RegistryError::Auth {
+                host: self.host.clone(),
+                reason,
+            })
+        };
+        let Some(new) = parsed else {
+            return deny("registry answered 401 without a usable WWW-Authenticate challenge".into());
+        };
+        let first_contact = matches!(previous, None | Some(Challenge::Anonymous));
+        if let Challenge::Bearer {
+            scope: Some(asked), ..
+        } = &new
+        {
+            for s in asked.split_whitespace() {
+                if !scopes.iter().any(|have| have == s) && !covered(scopes, s) {
+                    scopes.push(s.to_string());
+                }
+            }
+        }
+        self.set_challenge(new.clone()).await;
+        if tried == 0 && first_contact {
+            return Retry::Again;
+        }
+        if tried == 0 {
+            // A token we held was refused (revoked or expired early): fetch a fresh one once.
+            self.tokens.lock().await.remove(&scopes.join(" "));
+            if matches!(new, Challenge::Bearer { .. }) {
+                return Retry::Again;
+            }
+        }
+        let reason = match (&new, &self.credentials) {
+            (_, None) => "access denied to anonymous client (no credentials configured for this registry)".to_string(),
+            (Challenge::Basic, Some(_)) => "username or password rejected".to_string(),
+            (_, Some(_)) => format!("access denied for scopes {}", scopes.join(" ")),
+        };
+        deny(reason)
+    }
+
+    fn basic_header(&self) -> Option<HeaderValue> {
+        let creds = self.credentials.as_ref()?;
+        let raw = format!("{}:{}", creds.username, creds.password.expose());
+        let encoded = base64::engine::general_purpose::STANDARD.encode(raw);
+        let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).ok()?;
+        value.set_sensitive(true);
+        Some(value)
+    }
+
+    /// `GET <realm>?service=..&scope=..` with Basic credentials when we have them.
+    async fn fetch_token(
+        &self,
+        http: &reqwest::Client,
+        realm: &str,
+        service: Option<&str>,
+        scopes: &[String],
+    ) -> Result<CachedToken, RegistryError> {
+        let fail = |reason: String| RegistryError::Auth {
+            host: self.host.clone(),
+            reason,
+        };
+        let mut url = url::Url::parse(realm)
+            .map_err(|e| fail(format!("token realm {realm:?} is not a URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(fail(format!("token realm {realm:?} is not http(s)")));
+        }
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(service) = service {
+                query.append_pair("service", service);
+            }
+            for scope in scopes {
+                query.append_pair("scope", scope);
+            }
+            if let Some(creds) = &self.credentials {
+                query.append_pair("account", &creds.username);
+            }
+        }
+        let mut request = http.get(url.clone());
+        if let Some(header) = self.basic_header() {
+            request = request.header(reqwest::header::AUTHORIZATION, header);
+        }
+        let response = request.send().await.map_err(|e| {
+            fail(format!(
+                "token request to {} failed: {}",
+                strip_query(&url),
+                super::describe_reqwest_error(&e)
+            ))
+        })?;
+        let status = response.status();
+        let body = super::read_limited(response, 1 << 20)
+            .await
+            .map_err(|e| fail(format!("reading token from {}: {e}", strip_query(&url))))?;
+        if !status.is_success() {
+            let (errors, excerpt) = parse_error_body(&body);
+            let detail = errors
+                .first()
+                .map(|e| format!("{}: {}", e.code, e.message))
+                .or(excerpt)
+                .unwrap_or_default();
+            let who = if self.credentials.is_some() {
+                "credentials rejected by the token server"
+            } else {
+                "anonymous token refused"
+            };
+            return Err(fail(format!(
+                "{who} ({} answered HTTP {} {detail})",
+                strip_query(&url),
+                status.as_u16()
+            )));
+        }
+        #[derive(serde::Deserialize)]
+        struct TokenResponse {
+            token: Option<String>,
+            access_token: Option<String>,
+            expires_in: Option<u64>,
+        }
+        let parsed: TokenResponse = serde_json::from_slice(&body)
+            .map_err(|e| fail(format!("token response is not valid JSON: {e}")))?;
+        let value = parsed
+            .token
+            .filter(|t| !t.is_empty())
+            .or(parsed.access_token.filter(|t| !t.is_empty()))
+            .ok_or_else(|| fail("token response has neither token nor access_token".into()))?;
+        let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(60).clamp(1, 86_400));
+        // Renew a little early so a token never expires between check and use.
+        let margin = (lifetime / 10).min(Duration::from_secs(30));
+        Ok(CachedToken {
+            value: Secret::new(value),
+            renew_at: Instant::now() + lifetime - margin,
+        })
+    }
+}
+
+/// Whether a requested scope is already covered by one we hold (`pull,push` covers `pull`).
+fn covered(have: &[String], wanted: &str) -> bool {
+    let Some((resource, actions)) = wanted.rsplit_once(':') else {
+        return false;
+    };
+    have.iter().any(|h| {
+        h.rsplit_once(':').is_some_and(|(res, acts)| {
+            res == resource && actions.split(',').all(|a| acts.split(',').any(|b| b == a))
+        })
+    })
+}
+
+fn bearer(token: &Secret) -> HeaderValue {
+    let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+        .unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid"));
+    value.set_sensitive(true);
+    value
+}
+
+fn strip_query(url: &url::Url) -> String {
+    let mut u = url.clone();
+    u.set_query(None);
+    u.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_bearer_challenges() {
+        let c = parse_challenge(
+            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/nginx:pull""#,
+        );
+        assert_eq!(
+            c,
+            Some(Challenge::Bearer {
+                realm: "https://auth.docker.io/token".into(),
+                service: Some("registry.docker.io".into()),
+                scope: Some("repository:library/nginx:pull".into()),
+            })
+        );
+        let c = parse_challenge(
+            r#"Bearer realm="http://127.0.0.1:5001/token",service="reg",scope="repository:a:pull,push",error="insufficient_scope""#,
+        );
+        assert!(matches!(c, Some(Challenge::Bearer { scope: Some(s), .. }) if s == "repository:a:pull,push"));
+        assert_eq!(parse_challenge(r#"Basic realm="basic-realm""#), Some(Challenge::Basic));
+        assert_eq!(parse_challenge("Negotiate"), None);
+        assert_eq!(parse_challenge("Bearer service=\"x\""), None);
+    }
+
+    #[test]
+    fn push_scope_covers_pull() {
+        let have = vec!["repository:a/b:pull,push".to_string()];
+        assert!(covered(&have, "repository:a/b:pull"));
+        assert!(!covered(&have, "repository:a/c:pull"));
+        assert!(!covered(&["repository:a:pull".to_string()], "repository:a:pull,push"));
+    }
+}

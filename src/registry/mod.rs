@@ -1,0 +1,712 @@
+//! The HTTP client for one registry host (OCI distribution API v2).
+//!
+//! One place builds requests ([`RegistryClient::send`]): it adds authentication, retries once on
+//! a 401 that taught us something new, and turns unexpected statuses into [`RegistryError`]s that
+//! carry the registry's error code and message. Each method names the endpoint it calls; see the
+//! OCI distribution spec, <https://github.com/opencontainers/distribution-spec/blob/main/spec.md>.
+
+mod auth;
+mod error;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use reqwest::header::{self, HeaderMap, HeaderValue};
+use reqwest::{Method, StatusCode};
+use url::Url;
+
+pub use auth::{Challenge, parse_challenge};
+pub use error::{ApiError, RegistryError};
+
+use crate::config::Credentials;
+use crate::manifest::{MANIFEST_ACCEPT, MAX_MANIFEST_BYTES};
+use crate::reference::Digest;
+use auth::{Authenticator, Retry};
+use error::{parse_error_body, printable};
+
+/// How to reach one registry.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// `host[:port]` of the API.
+    pub host: String,
+    /// Plain HTTP instead of HTTPS.
+    pub insecure: bool,
+    /// Extra CA certificates (PEM) to trust.
+    pub ca_file: Option<std::path::PathBuf>,
+    pub credentials: Option<Credentials>,
+}
+
+/// What a manifest HEAD told us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestHead {
+    pub digest: Option<Digest>,
+    pub media_type: Option<String>,
+    pub size: Option<u64>,
+}
+
+/// A manifest's exact bytes, as fetched and verified.
+#[derive(Debug, Clone)]
+pub struct FetchedManifest {
+    pub bytes: Bytes,
+    pub media_type: String,
+    pub digest: Digest,
+}
+
+/// The outcome of a cross-repository mount request.
+#[derive(Debug)]
+pub enum MountOutcome {
+    /// 201: the blob is now in the target repository.
+    Mounted,
+    /// 202: the registry opened an upload session instead.
+    UploadStarted(Url),
+}
+
+/// A body we may send more than once (so a 401 can be retried) or a one-shot stream.
+pub enum RequestBody {
+    Empty,
+    Bytes(Bytes, &'static str),
+    Stream {
+        body: reqwest::Body,
+        length: u64,
+        range: Option<(u64, u64)>,
+    },
+}
+
+/// A client for one registry host.
+pub struct RegistryClient {
+    host: String,
+    base: Url,
+    http: reqwest::Client,
+    auth: Authenticator,
+    pinged: tokio::sync::OnceCell<()>,
+}
+
+/// The longest an idle read may wait before the request counts as stalled.
+const READ_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl RegistryClient {
+    /// Builds a client; reads the CA file if one is configured.
+    pub fn new(options: ClientOptions) -> Result<Self, RegistryError> {
+        let scheme = if options.insecure { "http" } else { "https" };
+        let base = Url::parse(&format!("{scheme}://{}/", options.host)).map_err(|e| {
+            RegistryError::protocol(&options.host, format!("not a valid registry host: {e}"))
+        })?;
+        let http = build_http_client(options.ca_file.as_deref(), &options.host)?;
+        Ok(RegistryClient {
+            auth: Authenticator::new(&options.host, options.credentials),
+            host: options.host,
+            base,
+            http,
+            pinged: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    /// The registry host this client talks to.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// `GET /v2/`: checks the registry speaks the API and learns its auth challenge.
+    pub async fn ping(&self) -> Result<(), RegistryError> {
+        self.pinged
+            .get_or_try_init(|| async {
+                let url = self.url("v2/")?;
+                let response = self
+                    .http
+                    .get(url.clone())
+                    .send()
+                    .await
+                    .map_err(|e| transport("GET", &url, &e))?;
+                match response.status() {
+                    StatusCode::OK => self.auth.set_challenge(Challenge::Anonymous).await,
+                    StatusCode::UNAUTHORIZED => {
+                        let header = response
+                            .headers()
+                            .get(header::WWW_AUTHENTICATE)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(parse_challenge);
+                        match header {
+                            Some(challenge) => self.auth.set_challenge(challenge).await,
+                            None => {
+                                return Err(RegistryError::Auth {
+                                    host: self.host.clone(),
+                                    reason: "GET /v2/ answered 401 without a usable challenge"
+                                        .into(),
+                                });
+                            }
+                        }
+                    }
+                    _ => return Err(status_error("GET", &url, response).await),
+                }
+                Ok(())
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// `HEAD /v2/<name>/manifests/<reference>` with the full Accept list. `None` on 404.
+    pub async fn head_manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<Option<ManifestHead>, RegistryError> {
+        let url = self.url(&format!("v2/{repository}/manifests/{reference}"))?;
+        let response = self
+            .send(Method::HEAD, url.clone(), pull(repository), manifest_accept(), RequestBody::Empty)
+            .await?;
+        match response.status() {
+            StatusCode::OK => {
+                let headers = response.headers();
+                Ok(Some(ManifestHead {
+                    digest: content_digest(headers, &url)?,
+                    media_type: media_type(headers),
+                    size: content_length(headers),
+                }))
+            }
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(status_error("HEAD", &url, response).await),
+        }
+    }
+
+    /// `GET /v2/<name>/manifests/<reference>`: the exact bytes, at most 4 MiB, with the digest
+    /// recomputed. When `reference` is a digest the content must hash to it; a
+    /// `Docker-Content-Digest` header that disagrees with the content is an error.
+    pub async fn get_manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<FetchedManifest, RegistryError> {
+        let url = self.url(&format!("v2/{repository}/manifests/{reference}"))?;
+        let response = self
+            .send(Method::GET, url.clone(), pull(repository), manifest_accept(), RequestBody::Empty)
+            .await?;
+        if response.status() != StatusCode::OK {
+            return Err(status_error("GET", &url, response).await);
+        }
+        let header_digest = content_digest(response.headers(), &url)?;
+        let header_type = media_type(response.headers());
+        if content_length(response.headers()).is_some_and(|n| n > MAX_MANIFEST_BYTES as u64) {
+            return Err(RegistryError::protocol(
+                &url,
+                format!("manifest is larger than {MAX_MANIFEST_BYTES} bytes"),
+            ));
+        }
+        let bytes = read_limited(response, MAX_MANIFEST_BYTES)
+            .await
+            .map_err(|e| RegistryError::protocol(&url, e))?;
+        let digest = crate::manifest::digest_of(&bytes);
+        if let Ok(wanted) = Digest::parse(reference) {
+            if !wanted.is_sha256() {
+                return Err(RegistryError::protocol(
+                    &url,
+                    format!("unsupported digest algorithm {:?}", wanted.algorithm()),
+                ));
+            }
+            if wanted != digest {
+                return Err(RegistryError::protocol(
+                    &url,
+                    format!("manifest content hashes to {digest}, not the requested {wanted}"),
+                ));
+            }
+        }
+        if let Some(claimed) = header_digest
+            && claimed.is_sha256()
+            && claimed != digest
+        {
+            return Err(RegistryError::protocol(
+                &url,
+                format!("Docker-Content-Digest {claimed} does not match the content ({digest})"),
+            ));
+        }
+        let media_type = crate::manifest::resolve_media_type(header_type.as_deref(), &bytes)
+            .map_err(|e| RegistryError::protocol(&url, e.to_string()))?;
+        Ok(FetchedManifest {
+            bytes,
+            media_type,
+            digest,
+        })
+    }
+
+    /// `PUT /v2/<name>/manifests/<reference>` with `Content-Type` = the manifest's media type.
+    pub async fn put_manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+        manifest: &FetchedManifest,
+    ) -> Result<(), RegistryError> {
+        let url = self.url(&format!("v2/{repository}/manifests/{reference}"))?;
+        let response = self
+            .send(
+                Method::PUT,
+                url.clone(),
+                push(repository),
+                HeaderMap::new(),
+                RequestBody::Bytes(manifest.bytes.clone(), content_type_static(&manifest.media_type)),
+            )
+            .await?;
+        match response.status() {
+            StatusCode::CREATED | StatusCode::OK | StatusCode::ACCEPTED => Ok(()),
+            _ => Err(status_error("PUT", &url, response).await),
+        }
+    }
+
+    /// `HEAD /v2/<name>/blobs/<digest>`: the size when present, `None` on 404 (only 404 means
+    /// missing; any other answer is an error).
+    pub async fn blob_size(
+        &self,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<Option<u64>, RegistryError> {
+        let url = self.url(&format!("v2/{repository}/blobs/{digest}"))?;
+        let response = self
+            .send(Method::HEAD, url.clone(), pull(repository), HeaderMap::new(), RequestBody::Empty)
+            .await?;
+        match response.status() {
+            StatusCode::OK => Ok(Some(content_length(response.headers()).unwrap_or(0))),
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(status_error("HEAD", &url, response).await),
+        }
+    }
+
+    /// `GET /v2/<name>/blobs/<digest>`, following redirects (to object storage, say) without
+    /// sending `Authorization` to another host. The caller streams and verifies the body.
+    pub async fn get_blob(
+        &self,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let url = self.url(&format!("v2/{repository}/blobs/{digest}"))?;
+        let response = self
+            .send(Method::GET, url.clone(), pull(repository), HeaderMap::new(), RequestBody::Empty)
+            .await?;
+        if response.status() != StatusCode::OK {
+            return Err(status_error("GET", &url, response).await);
+        }
+        Ok(response)
+    }
+
+    /// `POST /v2/<name>/blobs/uploads/?mount=<digest>&from=<other>`: 201 mounted, 202 an upload
+    /// session was opened instead.
+    pub async fn mount_blob(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        from: &str,
+    ) -> Result<MountOutcome, RegistryError> {
+        let mut url = self.url(&format!("v2/{repository}/blobs/uploads/"))?;
+        url.query_pairs_mut()
+            .append_pair("mount", &digest.to_string())
+            .append_pair("from", from);
+        let mut scopes = push(repository);
+        scopes.push(format!("repository:{from}:pull"));
+        let response = self
+            .send(Method::POST, url.clone(), scopes, HeaderMap::new(), RequestBody::Empty)
+            .await?;
+        match response.status() {
+            StatusCode::CREATED => Ok(MountOutcome::Mounted),
+            StatusCode::ACCEPTED => Ok(MountOutcome::UploadStarted(self.location(&url, &response)?)),
+            _ => Err(status_error("POST", &url, response).await),
+        }
+    }
+
+    /// `POST /v2/<name>/blobs/uploads/`: opens an upload session; returns its `Location`.
+    pub async fn start_upload(&self, repository: &str) -> Result<Url, RegistryError> {
+        let url = self.url(&format!("v2/{repository}/blobs/uploads/"))?;
+        let response = self
+            .send(Method::POST, url.clone(), push(repository), HeaderMap::new(), RequestBody::Empty)
+            .await?;
+        if response.status() != StatusCode::ACCEPTED {
+            return Err(status_error("POST", &url, response).await);
+        }
+        self.location(&url, &response)
+    }
+
+    /// `PATCH <location>` with `Content-Range: <start>-<end>`: one chunk of a chunked upload.
+    /// Returns the next `Location`.
+    pub async fn upload_chunk(
+        &self,
+        repository: &str,
+        location: &Url,
+        offset: u64,
+        length: u64,
+        body: reqwest::Body,
+    ) -> Result<Url, RegistryError> {
+        let range = (length > 0).then(|| (offset, offset + length - 1));
+        let response = self
+            .send(
+                Method::PATCH,
+                location.clone(),
+                push(repository),
+                HeaderMap::new(),
+                RequestBody::Stream {
+                    body,
+                    length,
+                    range,
+                },
+            )
+            .await?;
+        if response.status() != StatusCode::ACCEPTED {
+            return Err(status_error("PATCH", location, response).await);
+        }
+        self.location(location, &response)
+    }
+
+    /// `PUT <location>&digest=<digest>`: completes an upload whose bytes were all sent by PATCH.
+    pub async fn finish_upload(
+        &self,
+        repository: &str,
+        location: &Url,
+        digest: &Digest,
+    ) -> Result<(), RegistryError> {
+        let mut url = location.clone();
+        url.query_pairs_mut().append_pair("digest", &digest.to_string());
+        let response = self
+            .send(Method::PUT, url.clone(), push(repository), HeaderMap::new(), RequestBody::Empty)
+            .await?;
+        match response.status() {
+            StatusCode::CREATED | StatusCode::NO_CONTENT | StatusCode::OK => Ok(()),
+            _ => Err(status_error("PUT", location, response).await),
+        }
+    }
+
+    /// `DELETE <location>`: abandons an upload session (best effort).
+    pub async fn cancel_upload(&self, repository: &str, location: &Url) {
+        let result = self
+            .send(Method::DELETE, location.clone(), push(repository), HeaderMap::new(), RequestBody::Empty)
+            .await;
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "could not cancel upload session");
+        }
+    }
+
+    /// `GET /v2/<name>/tags/list`, following `Link: <...>; rel="next"` pages verbatim. A page
+    /// that was already visited ends the walk with an error rather than looping.
+    pub async fn list_tags(&self, repository: &str) -> Result<Vec<String>, RegistryError> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            #[serde(default)]
+            tags: Option<Vec<String>>,
+        }
+        let mut url = self.url(&format!("v2/{repository}/tags/list"))?;
+        let mut seen = HashSet::new();
+        let mut tags = Vec::new();
+        loop {
+            if !seen.insert(url.to_string()) || seen.len() > 100_000 {
+                return Err(RegistryError::protocol(&url, "tags list pagination loops"));
+            }
+            let response = self
+                .send(Method::GET, url.clone(), pull(repository), HeaderMap::new(), RequestBody::Empty)
+                .await?;
+            if response.status() != StatusCode::OK {
+                return Err(status_error("GET", &url, response).await);
+            }
+            let next = next_link(response.headers(), &url);
+            let body = read_limited(response, 64 << 20)
+                .await
+                .map_err(|e| RegistryError::protocol(&url, e))?;
+            let page: Page = serde_json::from_slice(&body)
+                .map_err(|e| RegistryError::protocol(&url, format!("invalid tags list: {e}")))?;
+            tags.extend(page.tags.unwrap_or_default());
+            match next {
+                Some(next) => url = next,
+                None => return Ok(tags),
+            }
+        }
+    }
+
+    fn url(&self, path: &str) -> Result<Url, RegistryError> {
+        self.base
+            .join(path)
+            .map_err(|e| RegistryError::protocol(&self.base, format!("bad path {path:?}: {e}")))
+    }
+
+    /// Resolves a `Location` header (absolute or relative) against the request URL.
+    fn location(&self, request: &Url, response: &reqwest::Response) -> Result<Url, RegistryError> {
+        let value = response
+            .headers()
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| RegistryError::protocol(request, "upload response has no Location header"))?;
+        let url = request
+            .join(value)
+            .map_err(|e| RegistryError::protocol(request, format!("bad Location {value:?}: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(RegistryError::protocol(request, format!("bad Location {value:?}")));
+        }
+        Ok(url)
+    }
+
+    /// The one place requests are built and sent: authentication, and a bounded retry on 401.
+    pub async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        mut scopes: Vec<String>,
+        headers: HeaderMap,
+        body: RequestBody,
+    ) -> Result<reqwest::Response, RegistryError> {
+        self.ping().await?;
+        let mut body = Some(body);
+        let mut tried = 0;
+        loop {
+            let mut request = self
+                .http
+                .request(method.clone(), url.clone())
+                .headers(headers.clone());
+            if let Some(value) = self.auth.authorization(&self.http, &scopes).await? {
+                request = request.header(header::AUTHORIZATION, value);
+            }
+            let replayable = !matches!(body, Some(RequestBody::Stream { .. }));
+            request = match body.take() {
+                None | Some(RequestBody::Empty) => request,
+                Some(RequestBody::Bytes(bytes, content_type)) => {
+                    body = Some(RequestBody::Bytes(bytes.clone(), content_type));
+                    request
+                        .header(header::CONTENT_TYPE, content_type)
+                        .body(bytes)
+                }
+                Some(RequestBody::Stream {
+                    body: stream,
+                    length,
+                    range,
+                }) => {
+                    let mut r = request
+                        .header(header::CONTENT_TYPE, "application/octet-stream")
+                        .header(header::CONTENT_LENGTH, length);
+                    if let Some((start, end)) = range {
+                        r = r.header("Content-Range", format!("{start}-{end}"));
+                    }
+                    r.body(stream)
+                }
+            };
+            if body.is_none() {
+                body = Some(RequestBody::Empty);
+            }
+            let response = request
+                .send()
+                .await
+                .map_err(|e| transport(method.as_str(), &url, &e))?;
+            tracing::debug!(method = %method, url = %redact(&url), status = response.status().as_u16(), "registry request");
+            if response.status() != StatusCode::UNAUTHORIZED || !replayable {
+                return Ok(response);
+            }
+            let challenge = response
+                .headers()
+                .get(header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            match self.auth.on_unauthorized(challenge.as_deref(), &mut scopes, tried).await {
+                Retry::Again => tried += 1,
+                Retry::GiveUp(err) => return Err(err),
+            }
+        }
+    }
+}
+
+fn build_http_client(ca_file: Option<&Path>, host: &str) -> Result<reqwest::Client, RegistryError> {
+    let mut builder = reqwest::Client::builder()
+        .user_agent(concat!("mirrorsync/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(30))
+        .read_timeout(READ_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::limited(10));
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).map_err(|e| {
+            RegistryError::protocol(host, format!("reading CA file {}: {e}", path.display()))
+        })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            RegistryError::protocol(host, format!("CA file {} is not PEM: {e}", path.display()))
+        })?;
+        builder = builder.tls_certs_merge(certs);
+    }
+    builder
+        .build()
+        .map_err(|e| RegistryError::protocol(host, format!("building HTTP client: {e}")))
+}
+
+fn pull(repository: &str) -> Vec<String> {
+    vec![format!("repository:{repository}:pull")]
+}
+
+fn push(repository: &str) -> Vec<String> {
+    vec![format!("repository:{repository}:pull,push")]
+}
+
+fn manifest_accept() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::ACCEPT, HeaderValue::from_static(MANIFEST_ACCEPT));
+    headers
+}
+
+/// Manifest media types we push are known constants; anything else was rejected earlier.
+fn content_type_static(media_type: &str) -> &'static str {
+    crate::manifest::KNOWN_MEDIA_TYPES
+        .iter()
+        .find(|known| **known == media_type)
+        .copied()
+        .unwrap_or("application/vnd.oci.image.manifest.v1+json")
+}
+
+fn content_digest(headers: &HeaderMap, url: &Url) -> Result<Option<Digest>, RegistryError> {
+    match headers.get("docker-content-digest") {
+        None => Ok(None),
+        Some(value) => {
+            let text = value.to_str().map_err(|_| {
+                RegistryError::protocol(url, "Docker-Content-Digest header is not text")
+            })?;
+            Digest::parse(text.trim()).map(Some).map_err(|e| {
+                RegistryError::protocol(url, format!("bad Docker-Content-Digest header: {e}"))
+            })
+        }
+    }
+}
+
+fn media_type(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The next page from a `Link: <url>; rel="next"` header, resolved against the current URL.
+fn next_link(headers: &HeaderMap, current: &Url) -> Option<Url> {
+    for value in headers.get_all(header::LINK) {
+        let text = value.to_str().ok()?;
+        for part in text.split(',') {
+            let mut pieces = part.split(';');
+            let target = pieces.next()?.trim();
+            let is_next = pieces.any(|p| {
+                let p = p.trim().to_ascii_lowercase();
+                p == "rel=\"next\"" || p == "rel=next"
+            });
+            if is_next && target.starts_with('<') && target.ends_with('>') {
+                return current.join(&target[1..target.len() - 1]).ok();
+            }
+        }
+    }
+    None
+}
+
+/// Reads a response body, failing when it is longer than `limit`.
+pub(crate) async fn read_limited(response: reqwest::Response, limit: usize) -> Result<Bytes, String> {
+    let mut stream = response.bytes_stream();
+    let mut buf = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| format!("reading body: {}", describe_reqwest_error(&e)))?;
+        if buf.len() + chunk.len() > limit {
+            return Err(format!("body is larger than {limit} bytes"));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// Turns an unexpected response into an error carrying the registry's code and message.
+pub(crate) async fn status_error(method: &str, url: &Url, response: reqwest::Response) -> RegistryError {
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after);
+    let body = if method == "HEAD" {
+        Bytes::new()
+    } else {
+        read_limited(response, 64 * 1024).await.unwrap_or_default()
+    };
+    let (errors, body_excerpt) = parse_error_body(&body);
+    RegistryError::Status {
+        method: method.to_string(),
+        url: redact(url),
+        status,
+        errors,
+        body_excerpt,
+        retry_after,
+    }
+}
+
+/// `Retry-After` as delay-seconds (an HTTP date is handled by the retry policy later).
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+fn transport(method: &str, url: &Url, error: &reqwest::Error) -> RegistryError {
+    RegistryError::Transport {
+        method: method.to_string(),
+        url: redact(url),
+        detail: describe_reqwest_error(error),
+    }
+}
+
+/// A request URL for messages: upload session state in the query is noise, so it is dropped.
+pub(crate) fn redact(url: &Url) -> String {
+    let mut u = url.clone();
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    let keep: Vec<(String, String)> = u
+        .query_pairs()
+        .filter(|(k, _)| matches!(k.as_ref(), "digest" | "mount" | "from" | "n" | "last"))
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if keep.is_empty() {
+        u.set_query(None);
+    } else {
+        u.query_pairs_mut().clear().extend_pairs(keep);
+    }
+    u.to_string()
+}
+
+/// reqwest's Display hides the cause ("error sending request"); walk the chain for the reason.
+pub(crate) fn describe_reqwest_error(error: &reqwest::Error) -> String {
+    let mut parts = Vec::new();
+    let mut source: Option<&dyn std::error::Error> = Some(error);
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !parts.iter().any(|p: &String| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = e.source();
+    }
+    let text = parts.join(": ");
+    let text = match error.url() {
+        Some(u) => text.replace(u.as_str(), &redact(u)),
+        None => text,
+    };
+    printable(&text, 400)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn follows_link_next() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::LINK,
+            HeaderValue::from_static(r#"</v2/a/tags/list?last=t1&n=2>; rel="next""#),
+        );
+        let current = Url::parse("http://127.0.0.1:5000/v2/a/tags/list").unwrap();
+        assert_eq!(
+            next_link(&headers, &current).unwrap().as_str(),
+            "http://127.0.0.1:5000/v2/a/tags/list?last=t1&n=2"
+        );
+        assert!(next_link(&HeaderMap::new(), &current).is_none());
+    }
+
+    #[test]
+    fn redacts_upload_state() {
+        let url = Url::parse("https://u:p@r.example/v2/a/blobs/uploads/x?_state=abc&digest=sha256:1").unwrap();
+        assert_eq!(redact(&url), "https://r.example/v2/a/blobs/uploads/x?digest=sha256%3A1");
+    }
+}

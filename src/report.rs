@@ -1,0 +1,193 @@
+//! What a run did, per tag and in total: the end-of-run summary and the exit code.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::reference::Digest;
+
+/// Blob work done for one tag.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CopyStats {
+    /// Blobs streamed from upstream.
+    pub copied: u64,
+    pub copied_bytes: u64,
+    /// Blobs made available from another target repository.
+    pub mounted: u64,
+    /// Blobs already in the target repository.
+    pub present: u64,
+}
+
+impl CopyStats {
+    fn add(&mut self, other: &CopyStats) {
+        self.copied += other.copied;
+        self.copied_bytes += other.copied_bytes;
+        self.mounted += other.mounted;
+        self.present += other.present;
+    }
+}
+
+/// How one tag ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TagResult {
+    /// The target already held the upstream digest.
+    Unchanged { digest: Digest },
+    /// The target now holds the upstream digest (with `plan`: would hold). `new` when the tag did
+    /// not exist at the target before.
+    Synced { digest: Digest, new: bool },
+    Failed { error: String },
+}
+
+/// One tag's line in the summary.
+#[derive(Debug, Clone)]
+pub struct TagOutcome {
+    pub source: String,
+    pub target: String,
+    pub result: TagResult,
+    pub stats: CopyStats,
+    pub duration: Duration,
+}
+
+impl TagOutcome {
+    /// One structured log event per tag.
+    pub fn log(&self) {
+        let ms = self.duration.as_millis() as u64;
+        match &self.result {
+            TagResult::Unchanged { digest } => tracing::debug!(
+                source = %self.source, target = %self.target, digest = %digest, result = "unchanged", duration_ms = ms, "tag unchanged"
+            ),
+            TagResult::Synced { digest, new } => tracing::info!(
+                source = %self.source, target = %self.target, digest = %digest,
+                result = if *new { "new" } else { "updated" },
+                blobs_copied = self.stats.copied, bytes_copied = self.stats.copied_bytes,
+                blobs_mounted = self.stats.mounted, blobs_present = self.stats.present,
+                duration_ms = ms, "tag synced"
+            ),
+            TagResult::Failed { error } => tracing::warn!(
+                source = %self.source, target = %self.target, result = "failed", error = %error, duration_ms = ms, "tag failed"
+            ),
+        }
+    }
+}
+
+/// The summary of a whole run.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub tags: Vec<TagOutcome>,
+    pub duration: Duration,
+    /// `plan` reports what it would do, in the future tense.
+    pub planned: bool,
+}
+
+impl RunReport {
+    pub fn failed(&self) -> usize {
+        self.count(|r| matches!(r, TagResult::Failed { .. }))
+    }
+
+    pub fn synced(&self) -> usize {
+        self.count(|r| matches!(r, TagResult::Synced { .. }))
+    }
+
+    pub fn unchanged(&self) -> usize {
+        self.count(|r| matches!(r, TagResult::Unchanged { .. }))
+    }
+
+    fn count(&self, f: impl Fn(&TagResult) -> bool) -> usize {
+        self.tags.iter().filter(|t| f(&t.result)).count()
+    }
+
+    /// 0 when every tag is in sync, 1 when some failed.
+    pub fn exit_code(&self) -> i32 {
+        if self.failed() > 0 { 1 } else { 0 }
+    }
+
+    /// The end-of-run text: one line per tag that changed or failed, then totals.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let mut total = CopyStats::default();
+        for tag in &self.tags {
+            total.add(&tag.stats);
+            match &tag.result {
+                TagResult::Unchanged { .. } => {}
+                TagResult::Synced { digest, new } => {
+                    let s = &tag.stats;
+                    let verb = if self.planned {
+                        if *new { "new" } else { "updated" }
+                    } else {
+                        ""
+                    };
+                    let copied = if self.planned { "to copy" } else { "copied" };
+                    let mounted = if self.planned { "to mount" } else { "mounted" };
+                    let _ = writeln!(
+                        out,
+                        "{}{} -> {} {digest} {} {copied} ({}), {} {mounted}, {} present",
+                        if verb.is_empty() { String::new() } else { format!("{verb}: ") },
+                        tag.source,
+                        tag.target,
+                        plural(s.copied, "blob"),
+                        human_bytes(s.copied_bytes),
+                        s.mounted,
+                        s.present,
+                    );
+                }
+                TagResult::Failed { error } => {
+                    let _ = writeln!(out, "FAILED {} -> {}: {error}", tag.source, tag.target);
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "{}: {} {}, {} unchanged, {} failed; {} {} ({}), {} mounted, {} present; {:.1}s",
+            plural(self.tags.len() as u64, "tag"),
+            self.synced(),
+            if self.planned { "to sync" } else { "synced" },
+            self.unchanged(),
+            self.failed(),
+            plural(total.copied, "blob"),
+            if self.planned { "to copy" } else { "copied" },
+            human_bytes(total.copied_bytes),
+            total.mounted,
+            total.present,
+            self.duration.as_secs_f64(),
+        );
+        out
+    }
+}
+
+fn plural(n: u64, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+/// Decimal units, as registries and `docker images` show sizes: "61.2 MB".
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["kB", "MB", "GB", "TB", "PB"];
+    if n < 1000 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64;
+    let mut unit = "B";
+    for u in UNITS {
+        if value < 1000.0 {
+            break;
+        }
+        value /= 1000.0;
+        unit = u;
+    }
+    format!("{value:.1} {unit}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_like_docker() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(999), "999 B");
+        assert_eq!(human_bytes(61_200_000), "61.2 MB");
+        assert_eq!(human_bytes(1_073_741_824), "1.1 GB");
+    }
+}

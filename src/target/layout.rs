@@ -1,0 +1,279 @@
+//! An OCI image layout directory as the target, so a sync needs no registry at all.
+//!
+//! Each target repository is its own layout, `<root>/<repository>/` with `oci-layout`,
+//! `index.json` and `blobs/sha256/`, and each tag is an `index.json` entry whose
+//! `org.opencontainers.image.ref.name` annotation is the tag, which is what
+//! `skopeo copy oci:<root>/<repository>:<tag> ...` reads. Blobs are written to a temporary file,
+//! verified, synced and renamed into place; `index.json` is replaced atomically, last.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Mutex;
+
+use super::TargetError;
+use crate::copy::verify::VerifiedStream;
+use crate::reference::Digest;
+use crate::registry::FetchedManifest;
+
+const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+/// A directory of OCI image layouts, one per repository.
+pub struct OciLayout {
+    root: PathBuf,
+    /// Serialises `index.json` updates per repository.
+    index_locks: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+impl OciLayout {
+    pub fn new(root: PathBuf) -> Self {
+        OciLayout {
+            root,
+            index_locks: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn repo_dir(&self, repository: &str) -> Result<PathBuf, TargetError> {
+        // Repository names were validated by the config; still never let one escape the root.
+        if repository
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            return Err(TargetError::Invalid(format!(
+                "repository {repository:?} cannot be a directory name"
+            )));
+        }
+        Ok(self.root.join(repository))
+    }
+
+    fn blob_path(&self, repository: &str, digest: &Digest) -> Result<PathBuf, TargetError> {
+        Ok(self
+            .repo_dir(repository)?
+            .join("blobs")
+            .join(digest.algorithm())
+            .join(digest.encoded()))
+    }
+
+    /// Reads the `index.json` of a repository (an empty index when there is none yet).
+    async fn read_index(&self, repository: &str) -> Result<serde_json::Value, TargetError> {
+        let path = self.repo_dir(repository)?.join("index.json");
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                TargetError::Invalid(format!("{}: not a valid index.json: {e}", path.display()))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": crate::manifest::OCI_INDEX,
+                "manifests": [],
+            })),
+            Err(source) => Err(TargetError::Io { path, source }),
+        }
+    }
+
+    pub async fn manifest_digest(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<Option<Digest>, TargetError> {
+        if let Ok(digest) = Digest::parse(reference) {
+            return Ok(self
+                .blob_size(repository, &digest)
+                .await?
+                .map(|_| digest));
+        }
+        let index = self.read_index(repository).await?;
+        let entry = index["manifests"].as_array().and_then(|entries| {
+            entries
+                .iter()
+                .find(|e| e["annotations"][REF_NAME].as_str() == Some(reference))
+        });
+        let Some(entry) = entry else {
+            return Ok(None);
+        };
+        let digest = entry["digest"].as_str().and_then(|d| Digest::parse(d).ok());
+        match digest {
+            // A tag whose manifest blob is gone counts as absent, so it is written again.
+            Some(d) if self.blob_size(repository, &d).await?.is_some() => Ok(Some(d)),
+            _ => Ok(None),
+        }
+    }
+
+    pub async fn blob_size(
+        &self,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<Option<u64>, TargetError> {
+        let path = self.blob_path(repository, digest)?;
+        match tokio::fs::metadata(&path).await {
+            Ok(meta) => Ok(Some(meta.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(TargetError::Io { path, source }),
+        }
+    }
+
+    /// Hard-links a blob from another repository's layout (copies when linking is impossible).
+    pub async fn link_blob(
+        &self,
+        from: &str,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<bool, TargetError> {
+        let src = self.blob_path(from, digest)?;
+        let dst = self.blob_path(repository, digest)?;
+        self.prepare(repository).await?;
+        let tmp = temp_name(&dst);
+        if tokio::fs::hard_link(&src, &tmp).await.is_err() {
+            tokio::fs::copy(&src, &tmp)
+                .await
+                .map_err(|source| TargetError::Io {
+                    path: src.clone(),
+                    source,
+                })?;
+        }
+        rename(&tmp, &dst).await?;
+        Ok(true)
+    }
+
+    pub async fn write_blob(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        mut source: VerifiedStream,
+    ) -> Result<u64, TargetError> {
+        self.prepare(repository).await?;
+        let dst = self.blob_path(repository, digest)?;
+        let tmp = temp_name(&dst);
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| TargetError::Io { path, source }
+        };
+        let result = async {
+            let mut file = tokio::fs::File::create(&tmp).await.map_err(io(&tmp))?;
+            while let Some(chunk) = source.next_chunk().await.map_err(TargetError::Source)? {
+                file.write_all(&chunk).await.map_err(io(&tmp))?;
+            }
+            let size = source.finish().await.map_err(TargetError::Source)?;
+            file.sync_all().await.map_err(io(&tmp))?;
+            Ok(size)
+        }
+        .await;
+        match result {
+            Ok(size) => {
+                rename(&tmp, &dst).await?;
+                Ok(size)
+            }
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                Err(e)
+            }
+        }
+    }
+
+    pub async fn read_blob(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<VerifiedStream, TargetError> {
+        use futures_util::StreamExt;
+        let path = self.blob_path(repository, digest)?;
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|source| TargetError::Io { path, source })?;
+        let stream = tokio_util::io::ReaderStream::new(file)
+            .map(|r| r.map_err(|e| e.to_string()))
+            .boxed();
+        Ok(VerifiedStream::new(stream, digest.clone(), size))
+    }
+
+    /// Writes the manifest as a blob; for a tag, then points `index.json` at it.
+    pub async fn put_manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+        manifest: &FetchedManifest,
+    ) -> Result<(), TargetError> {
+        self.prepare(repository).await?;
+        let dst = self.blob_path(repository, &manifest.digest)?;
+        if tokio::fs::metadata(&dst).await.is_err() {
+            write_atomically(&dst, &manifest.bytes).await?;
+        }
+        if Digest::parse(reference).is_ok() {
+            return Ok(());
+        }
+        let lock = {
+            let mut locks = self
+                .index_locks
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            locks.entry(repository.to_string()).or_default().clone()
+        };
+        let _guard = lock.lock().await;
+        let mut index = self.read_index(repository).await?;
+        let entries = index["manifests"]
+            .as_array_mut()
+            .ok_or_else(|| TargetError::Invalid(format!("{repository}/index.json has no manifests array")))?;
+        entries.retain(|e| e["annotations"][REF_NAME].as_str() != Some(reference));
+        entries.push(serde_json::json!({
+            "mediaType": manifest.media_type,
+            "digest": manifest.digest.to_string(),
+            "size": manifest.bytes.len(),
+            "annotations": { REF_NAME: reference },
+        }));
+        let bytes = serde_json::to_vec_pretty(&index)
+            .map_err(|e| TargetError::Invalid(format!("serialising index.json: {e}")))?;
+        write_atomically(&self.repo_dir(repository)?.join("index.json"), &bytes).await
+    }
+
+    /// Creates the layout skeleton of a repository when missing.
+    async fn prepare(&self, repository: &str) -> Result<(), TargetError> {
+        let dir = self.repo_dir(repository)?;
+        let blobs = dir.join("blobs").join("sha256");
+        tokio::fs::create_dir_all(&blobs)
+            .await
+            .map_err(|source| TargetError::Io {
+                path: blobs.clone(),
+                source,
+            })?;
+        let marker = dir.join("oci-layout");
+        if tokio::fs::metadata(&marker).await.is_err() {
+            write_atomically(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#).await?;
+        }
+        Ok(())
+    }
+}
+
+fn temp_name(path: &Path) -> PathBuf {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
+}
+
+async fn rename(from: &Path, to: &Path) -> Result<(), TargetError> {
+    tokio::fs::rename(from, to)
+        .await
+        .map_err(|source| TargetError::Io {
+            path: to.to_path_buf(),
+            source,
+        })
+}
+
+async fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), TargetError> {
+    let tmp = temp_name(path);
+    let io = |source| TargetError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = tokio::fs::File::create(&tmp).await.map_err(io)?;
+    file.write_all(bytes).await.map_err(io)?;
+    file.sync_all().await.map_err(io)?;
+    drop(file);
+    rename(&tmp, path).await
+}

@@ -1,0 +1,147 @@
+//! Where content goes: a registry, or an OCI image layout directory.
+//!
+//! The copy engine speaks only to [`Target`]; each kind guarantees the same ordering rule: a
+//! blob or manifest becomes visible only once it is complete and verified, and a tag is written
+//! last, so a tag never points at content that is not entirely present.
+
+mod layout;
+mod upload;
+
+use std::path::PathBuf;
+
+pub use layout::OciLayout;
+
+use crate::copy::verify::VerifiedStream;
+use crate::reference::Digest;
+use crate::registry::{FetchedManifest, MountOutcome, RegistryClient, RegistryError};
+
+/// A failure at the target.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("target registry: {0}")]
+    Registry(#[from] RegistryError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The source stream failed or did not match its descriptor; nothing was committed.
+    #[error("{0}")]
+    Source(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The mirror's destination.
+pub enum Target {
+    Registry(RegistryClient),
+    Layout(OciLayout),
+}
+
+impl Target {
+    /// A short name for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Target::Registry(c) => c.host().to_string(),
+            Target::Layout(l) => l.root().display().to_string(),
+        }
+    }
+
+    /// The digest a tag (or digest reference) currently resolves to, if any.
+    pub async fn manifest_digest(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<Option<Digest>, TargetError> {
+        match self {
+            Target::Registry(c) => {
+                let head = c.head_manifest(repository, reference).await?;
+                match head {
+                    None => Ok(None),
+                    Some(h) => match h.digest {
+                        Some(d) => Ok(Some(d)),
+                        // No Docker-Content-Digest: fetch to know (our own registry, costs no quota).
+                        None => Ok(Some(c.get_manifest(repository, reference).await?.digest)),
+                    },
+                }
+            }
+            Target::Layout(l) => l.manifest_digest(repository, reference).await,
+        }
+    }
+
+    /// The size of a blob when the repository has it.
+    pub async fn blob_size(
+        &self,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<Option<u64>, TargetError> {
+        match self {
+            Target::Registry(c) => Ok(c.blob_size(repository, digest).await?),
+            Target::Layout(l) => l.blob_size(repository, digest).await,
+        }
+    }
+
+    /// Makes a blob known in `from` available in `repository` without downloading it again.
+    /// `false` when the target could not mount and the caller must copy.
+    pub async fn mount(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        from: &str,
+    ) -> Result<bool, TargetError> {
+        match self {
+            Target::Registry(c) => match c.mount_blob(repository, digest, from).await? {
+                MountOutcome::Mounted => Ok(true),
+                MountOutcome::UploadStarted(location) => {
+                    c.cancel_upload(repository, &location).await;
+                    Ok(false)
+                }
+            },
+            Target::Layout(l) => l.link_blob(from, repository, digest).await,
+        }
+    }
+
+    /// Streams a verified blob into `repository`; commits only when size and digest match.
+    pub async fn write_blob(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        source: VerifiedStream,
+    ) -> Result<u64, TargetError> {
+        match self {
+            Target::Registry(c) => upload::upload_blob(c, repository, digest, source).await,
+            Target::Layout(l) => l.write_blob(repository, digest, source).await,
+        }
+    }
+
+    /// A blob's body from the target itself (to copy between target repositories when the
+    /// registry refuses a mount, without pulling upstream again).
+    pub async fn read_blob(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<VerifiedStream, TargetError> {
+        match self {
+            Target::Registry(c) => {
+                let response = c.get_blob(repository, digest).await?;
+                Ok(crate::copy::verify::from_response(response, digest.clone(), size))
+            }
+            Target::Layout(l) => l.read_blob(repository, digest, size).await,
+        }
+    }
+
+    /// Stores a manifest under a tag or its digest.
+    pub async fn put_manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+        manifest: &FetchedManifest,
+    ) -> Result<(), TargetError> {
+        match self {
+            Target::Registry(c) => Ok(c.put_manifest(repository, reference, manifest).await?),
+            Target::Layout(l) => l.put_manifest(repository, reference, manifest).await,
+        }
+    }
+}

@@ -129,7 +129,7 @@ impl ErrorSite {
     }
 
     /// Converts a serde-saphyr error and the key path serde_path_to_error tracked for it.
-    pub(crate) fn from_yaml(
+    pub(crate) fn yaml_error(
         &self,
         error: &serde_saphyr::Error,
         path: Option<&serde_path_to_error::Path>,
@@ -186,7 +186,8 @@ fn yaml_message(error: &serde_saphyr::Error) -> String {
             let text = text
                 .replace("expected sequence start", "expected a list")
                 .replace("expected mapping start", "expected a mapping")
-                .replace("expected string scalar", "expected a string");
+                .replace("expected string scalar", "expected a string")
+                .replace("expected boolean", "expected true or false");
             text.lines().next().unwrap_or_default().to_string()
         }
     }
@@ -197,7 +198,7 @@ fn type_name(ty: &str) -> &str {
         "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => "a non-negative integer",
         "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "an integer",
         "f32" | "f64" => "a number",
-        "bool" => "true or false",
+        "bool" | "boolean" => "true or false",
         other => other,
     }
 }

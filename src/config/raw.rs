@@ -93,7 +93,7 @@ impl<'de> Deserialize<'de> for RawRegistries {
 #[derive(Debug)]
 pub(crate) enum RawImage {
     Short(String),
-    Full(RawImageSpec),
+    Full(Box<RawImageSpec>),
 }
 
 /// The mapping form of an `images:` entry.
@@ -121,7 +121,7 @@ impl<'de> Deserialize<'de> for RawImage {
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
                 RawImageSpec::deserialize(de::value::MapAccessDeserializer::new(map))
-                    .map(RawImage::Full)
+                    .map(|spec| RawImage::Full(Box::new(spec)))
             }
         }
         deserializer.deserialize_any(ImageVisitor)

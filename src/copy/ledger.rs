@@ -30,17 +30,25 @@ impl BlobLedger {
 /// The outcome of copying one manifest (and everything under it) into one target repository.
 pub type ManifestResult = Result<Arc<FetchedManifest>, String>;
 
-/// One cell per (target repository, manifest digest): the first caller copies, the rest wait.
+type ManifestKey = (String, Digest, String);
+
+/// One cell per (target repository, manifest digest, platform filter): the first caller copies,
+/// the rest wait for its result.
 #[derive(Default)]
 pub struct ManifestLedger {
-    cells: std::sync::Mutex<HashMap<(String, Digest), Arc<OnceCell<ManifestResult>>>>,
+    cells: std::sync::Mutex<HashMap<ManifestKey, Arc<OnceCell<ManifestResult>>>>,
 }
 
 impl ManifestLedger {
-    pub fn cell(&self, repository: &str, digest: &Digest) -> Arc<OnceCell<ManifestResult>> {
+    pub fn cell(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        filter: &str,
+    ) -> Arc<OnceCell<ManifestResult>> {
         let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
         cells
-            .entry((repository.to_string(), digest.clone()))
+            .entry((repository.to_string(), digest.clone(), filter.to_string()))
             .or_default()
             .clone()
     }

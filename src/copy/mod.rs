@@ -10,6 +10,7 @@
 //! host's `concurrency`. A failing tag never stops the others.
 
 mod ledger;
+mod platforms;
 pub mod verify;
 
 use std::collections::HashMap;
@@ -19,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use futures_util::TryStreamExt;
 use tokio::sync::Semaphore;
 
-use crate::config::{Config, CredentialStore, SyncItem, TargetKind};
+use crate::config::{Config, CredentialStore, Platform, SyncItem, TargetKind};
 use crate::manifest::{self, Descriptor, ManifestError, Parsed};
 use crate::reference::Digest;
 use crate::registry::{ClientOptions, FetchedManifest, RegistryClient, RegistryError};
@@ -49,7 +50,7 @@ pub enum SyncError {
         #[source]
         source: ManifestError,
     },
-    #[error("{0} not found upstream")]
+    #[error("not found upstream: {0}")]
     NotFound(String),
     #[error("{0}")]
     Other(String),
@@ -199,7 +200,12 @@ impl Engine {
                     .head_manifest(repository, tag)
                     .await
                     .map_err(up_err)?
-                    .ok_or_else(|| SyncError::NotFound(item.source.to_string()))?;
+                    .ok_or_else(|| {
+                        SyncError::NotFound(format!(
+                            "HEAD /v2/{repository}/manifests/{tag} at {} answered 404",
+                            upstream.host
+                        ))
+                    })?;
                 match head.digest {
                     Some(d) if d.is_sha256() => d,
                     // No usable Docker-Content-Digest on the HEAD: the GET tells us.
@@ -227,36 +233,72 @@ impl Engine {
         if current.as_ref() == Some(&digest) {
             return Ok(TagResult::Unchanged { digest });
         }
+        let filter = item.platforms.as_deref();
+        if let (Some(platforms), Some(current)) = (filter, &current) {
+            // A filtered index has its own digest; its annotations say what it was made from.
+            let existing = self
+                .target
+                .get_manifest(&item.target_repository, &current.to_string())
+                .await?;
+            if existing.is_some_and(|m| platforms::is_current(&m.bytes, &digest, platforms)) {
+                return Ok(TagResult::Unchanged {
+                    digest: current.clone(),
+                });
+            }
+        }
         let new = current.is_none();
         // 3. Content, children first; 4. the tag, last.
         let manifest = self
-            .copy_manifest(&upstream, repository, &item.target_repository, &digest, 0, counters)
+            .copy_manifest(
+                &upstream,
+                repository,
+                &item.target_repository,
+                &digest,
+                filter,
+                0,
+                counters,
+            )
             .await?;
         if self.mode == Mode::Sync {
             self.target
                 .put_manifest(&item.target_repository, &target_ref, &manifest)
                 .await?;
         }
-        Ok(TagResult::Synced { digest, new })
+        Ok(TagResult::Synced {
+            digest: manifest.digest.clone(),
+            new,
+        })
     }
 
     /// Copies a manifest and everything it references into `target_repo`, once per run per
-    /// (repository, digest), and returns its bytes. Does not write the manifest itself when it is
-    /// the top of a tag: the caller writes the tag last.
+    /// (repository, digest, platform filter), and returns the bytes to push (the upstream bytes,
+    /// or a filtered index). Does not write the manifest itself: the caller writes it, the tag
+    /// last.
+    #[allow(clippy::too_many_arguments)]
     async fn copy_manifest(
         &self,
         upstream: &Arc<Upstream>,
         source_repo: &str,
         target_repo: &str,
         digest: &Digest,
+        filter: Option<&[Platform]>,
         depth: usize,
         counters: &Arc<Counters>,
     ) -> Result<Arc<FetchedManifest>, SyncError> {
-        let cell = self.manifests.cell(target_repo, digest);
+        let key = filter.map(platforms::filter_key).unwrap_or_default();
+        let cell = self.manifests.cell(target_repo, digest, &key);
         let result = cell
             .get_or_init(|| async {
-                self.copy_manifest_once(upstream, source_repo, target_repo, digest, depth, counters)
-                    .await
+                self.copy_manifest_once(
+                    upstream,
+                    source_repo,
+                    target_repo,
+                    digest,
+                    filter,
+                    depth,
+                    counters,
+                )
+                .await
                     .map(Arc::new)
                     .map_err(|e| e.to_string())
             })
@@ -264,12 +306,14 @@ impl Engine {
         result.clone().map_err(SyncError::Other)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn copy_manifest_once(
         &self,
         upstream: &Arc<Upstream>,
         source_repo: &str,
         target_repo: &str,
         digest: &Digest,
+        filter: Option<&[Platform]>,
         depth: usize,
         counters: &Arc<Counters>,
     ) -> Result<FetchedManifest, SyncError> {
@@ -301,11 +345,26 @@ impl Engine {
                     .await?;
             }
             Parsed::Index { manifests } => {
-                futures_util::stream::iter(manifests.iter().map(Ok))
+                let keep = match filter {
+                    Some(platforms) => platforms::select(&manifests, platforms),
+                    None => vec![true; manifests.len()],
+                };
+                let rewritten = match filter {
+                    Some(platforms) => Some(
+                        platforms::rewrite(&fetched, &manifests, &keep, platforms)
+                            .map_err(|e| SyncError::Other(format!("manifest {digest}: {e}")))?,
+                    ),
+                    None => None,
+                };
+                let chosen = manifests.iter().zip(&keep).filter(|(_, k)| **k);
+                futures_util::stream::iter(chosen.map(|(child, _)| Ok(child)))
                     .try_for_each_concurrent(BLOBS_PER_MANIFEST, |child| {
                         self.ensure_child(upstream, source_repo, target_repo, child, depth, counters)
                     })
                     .await?;
+                if let Some(rewritten) = rewritten {
+                    return Ok(rewritten);
+                }
             }
         }
         Ok(fetched)
@@ -335,6 +394,7 @@ impl Engine {
             source_repo,
             target_repo,
             &child.digest,
+            None,
             depth + 1,
             counters,
         ))

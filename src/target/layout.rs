@@ -104,6 +104,27 @@ impl OciLayout {
         }
     }
 
+    pub async fn get_manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<Option<FetchedManifest>, TargetError> {
+        let Some(digest) = self.manifest_digest(repository, reference).await? else {
+            return Ok(None);
+        };
+        let path = self.blob_path(repository, &digest)?;
+        let bytes = tokio::fs::read(&path)
+            .await
+            .map_err(|source| TargetError::Io { path, source })?;
+        let media_type = crate::manifest::resolve_media_type(None, &bytes)
+            .map_err(|e| TargetError::Invalid(e.to_string()))?;
+        Ok(Some(FetchedManifest {
+            bytes: bytes.into(),
+            media_type,
+            digest,
+        }))
+    }
+
     pub async fn blob_size(
         &self,
         repository: &str,

@@ -70,6 +70,22 @@ impl Target {
         }
     }
 
+    /// A manifest stored at the target (our own registry: reading it costs no upstream quota).
+    pub async fn get_manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<Option<FetchedManifest>, TargetError> {
+        match self {
+            Target::Registry(c) => match c.get_manifest(repository, reference).await {
+                Ok(m) => Ok(Some(m)),
+                Err(e) if e.status() == Some(404) => Ok(None),
+                Err(e) => Err(e.into()),
+            },
+            Target::Layout(l) => l.get_manifest(repository, reference).await,
+        }
+    }
+
     /// The size of a blob when the repository has it.
     pub async fn blob_size(
         &self,

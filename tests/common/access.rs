@@ -45,7 +45,13 @@ impl Access {
         // Referer, then User-Agent, each quoted.
         let quoted: Vec<&str> = after_time[end_req + 1..].split('"').collect();
         let user_agent = quoted.get(3).map(|s| s.to_string()).unwrap_or_default();
-        Some(Access { method, path, query, status, user_agent })
+        Some(Access {
+            method,
+            path,
+            query,
+            status,
+            user_agent,
+        })
     }
 
     /// Repository named in the path (`/v2/<name>/...`), if any.
@@ -109,16 +115,24 @@ pub trait AccessLogExt {
 
 impl AccessLogExt for [Access] {
     fn manifest_gets(&self, repo: Option<&str>) -> usize {
-        self.iter().filter(|a| a.matches("GET", "manifests", repo)).count()
+        self.iter()
+            .filter(|a| a.matches("GET", "manifests", repo))
+            .count()
     }
     fn manifest_heads(&self, repo: Option<&str>) -> usize {
-        self.iter().filter(|a| a.matches("HEAD", "manifests", repo)).count()
+        self.iter()
+            .filter(|a| a.matches("HEAD", "manifests", repo))
+            .count()
     }
     fn blob_gets(&self, repo: Option<&str>) -> usize {
-        self.iter().filter(|a| a.matches("GET", "blobs", repo)).count()
+        self.iter()
+            .filter(|a| a.matches("GET", "blobs", repo))
+            .count()
     }
     fn blob_heads(&self, repo: Option<&str>) -> usize {
-        self.iter().filter(|a| a.matches("HEAD", "blobs", repo)).count()
+        self.iter()
+            .filter(|a| a.matches("HEAD", "blobs", repo))
+            .count()
     }
     fn writes(&self, repo: Option<&str>) -> usize {
         self.iter()
@@ -133,7 +147,9 @@ impl AccessLogExt for [Access] {
         m
     }
     fn manifest_puts(&self, repo: Option<&str>) -> usize {
-        self.iter().filter(|a| a.matches("PUT", "manifests", repo)).count()
+        self.iter()
+            .filter(|a| a.matches("PUT", "manifests", repo))
+            .count()
     }
     fn not_harness(&self) -> Vec<Access> {
         self.iter().filter(|a| !a.is_harness()).cloned().collect()
@@ -141,8 +157,15 @@ impl AccessLogExt for [Access] {
     fn dump(&self) -> String {
         self.iter()
             .map(|a| {
-                let q = if a.query.is_empty() { String::new() } else { format!("?{}", a.query) };
-                format!("{} {}{} -> {} ({})\n", a.method, a.path, q, a.status, a.user_agent)
+                let q = if a.query.is_empty() {
+                    String::new()
+                } else {
+                    format!("?{}", a.query)
+                };
+                format!(
+                    "{} {}{} -> {} ({})\n",
+                    a.method, a.path, q, a.status, a.user_agent
+                )
             })
             .collect()
     }

@@ -58,7 +58,9 @@ impl Challenge {
         let mut params = HashMap::new();
         let mut s = rest.trim();
         while !s.is_empty() {
-            let Some((k, after)) = s.split_once('=') else { break };
+            let Some((k, after)) = s.split_once('=') else {
+                break;
+            };
             let k = k.trim().trim_start_matches(',').trim().to_ascii_lowercase();
             let after = after.trim_start();
             let (v, tail) = if let Some(q) = after.strip_prefix('"') {
@@ -71,7 +73,10 @@ impl Challenge {
             params.insert(k, v);
             s = tail.trim_start().trim_start_matches(',').trim_start();
         }
-        Challenge { scheme: scheme.to_ascii_lowercase(), params }
+        Challenge {
+            scheme: scheme.to_ascii_lowercase(),
+            params,
+        }
     }
 }
 
@@ -109,7 +114,10 @@ impl Client {
 
     /// The same endpoint and TLS trust with other credentials (fresh token cache).
     pub fn with_credentials(&self, user: &str, pass: &str) -> Client {
-        Client { creds: Some((user.to_string(), pass.to_string())), ..self.anonymous() }
+        Client {
+            creds: Some((user.to_string(), pass.to_string())),
+            ..self.anonymous()
+        }
     }
 
     /// The underlying reqwest client (no auth handling).
@@ -133,7 +141,11 @@ impl Client {
         let (repo, _, _) = parse_v2_path(url.path())?;
         let read = *method == Method::GET || *method == Method::HEAD;
         let push = st.tokens.get(&format!("repository:{repo}:pull,push"));
-        let pull = if read { st.tokens.get(&format!("repository:{repo}:pull")) } else { None };
+        let pull = if read {
+            st.tokens.get(&format!("repository:{repo}:pull"))
+        } else {
+            None
+        };
         push.or(pull).map(|t| format!("Bearer {t}"))
     }
 
@@ -153,7 +165,11 @@ impl Client {
                 rb = rb.header(*k, *v);
             }
             let sent_auth = if let Some(scope) = &fresh_token_scope {
-                let tok = self.state.lock().ok().and_then(|s| s.tokens.get(scope).cloned());
+                let tok = self
+                    .state
+                    .lock()
+                    .ok()
+                    .and_then(|s| s.tokens.get(scope).cloned());
                 tok.map(|t| format!("Bearer {t}"))
             } else {
                 self.auth_header(&method, &url)
@@ -168,13 +184,19 @@ impl Client {
             if resp.status() != StatusCode::UNAUTHORIZED || attempt == 2 {
                 return Ok(resp);
             }
-            let Some(h) = resp.headers().get("www-authenticate").and_then(|v| v.to_str().ok()) else {
+            let Some(h) = resp
+                .headers()
+                .get("www-authenticate")
+                .and_then(|v| v.to_str().ok())
+            else {
                 return Ok(resp);
             };
             let ch = Challenge::parse(h);
             match ch.scheme.as_str() {
                 "basic" => {
-                    let already = sent_auth.as_deref().is_some_and(|a| a.starts_with("Basic "));
+                    let already = sent_auth
+                        .as_deref()
+                        .is_some_and(|a| a.starts_with("Basic "));
                     if self.creds.is_none() || already {
                         return Ok(resp);
                     }
@@ -208,7 +230,13 @@ impl Client {
             if let Some(s) = ch.params.get("service") {
                 q.append_pair("service", s);
             }
-            for s in ch.params.get("scope").map(|s| s.split(' ')).into_iter().flatten() {
+            for s in ch
+                .params
+                .get("scope")
+                .map(|s| s.split(' '))
+                .into_iter()
+                .flatten()
+            {
                 if !s.is_empty() {
                     q.append_pair("scope", s);
                 }
@@ -226,7 +254,10 @@ impl Client {
             bail!("token request {url} answered {}", resp.status());
         }
         let v: serde_json::Value = resp.json().await.context("token json")?;
-        let t = v.get("token").or_else(|| v.get("access_token")).and_then(|t| t.as_str());
+        let t = v
+            .get("token")
+            .or_else(|| v.get("access_token"))
+            .and_then(|t| t.as_str());
         Ok(t.context("token response without token")?.to_string())
     }
 
@@ -238,5 +269,8 @@ impl Client {
 
 fn basic(u: &str, p: &str) -> String {
     use base64::Engine;
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}")))
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+    )
 }

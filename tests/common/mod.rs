@@ -1,1 +1,71 @@
-#![allow(dead_code)]
+//! Integration-test harness for mirrorsync: real registries, raw-API seeding, independent checks.
+//!
+//! Every test builds its own world; nothing is shared between tests (they run in parallel):
+//!
+//! - [`Registry`] runs `/usr/bin/docker-registry serve` (CNCF distribution 2.8) on 127.0.0.1 with
+//!   an ephemeral port and a private temp dir (storage, config, logs), plain or TLS
+//!   ([`TestCa`]), open, htpasswd (Basic) or token auth ([`TokenServer`], ES256 JWTs with `x5c`).
+//!   It is killed and reaped on drop. Its own access log is parsed into [`Access`] entries:
+//!   `reg.log_mark().await` before the action, `reg.access_log_since(mark).await` after it, then
+//!   count with [`AccessLogExt`] (`manifest_gets`, `manifest_heads`, `blob_gets`, `writes`...).
+//!   Reading the log waits until it has been still for 200 ms, as lines land just after responses.
+//! - Seeding ([`seed`]) uses raw distribution API calls through the harness's own [`Client`]
+//!   (POST/PATCH/PUT uploads, PUT manifests), never the code under test: [`push_blob`],
+//!   [`push_big_blob`] (streamed, deterministic), [`push_image`] from an [`ImageSpec`],
+//!   [`push_index`] (OCI index or Docker manifest list), [`attestation_manifest`],
+//!   [`push_manifest`]. Data is deterministic from seeds ([`layer`]).
+//! - Verification ([`verify`]): [`get_manifest`], [`head_manifest`], [`blob_sha256`],
+//!   [`blob_size`], [`tags`], [`assert_image_complete`], and skopeo ([`skopeo_inspect_raw`]).
+//! - The binary under test ([`bin`]): [`mirrorsync`], [`run_measured`] (peak RSS from `wait4`),
+//!   [`write_config`].
+//!
+//! The harness's requests carry User-Agent [`HARNESS_USER_AGENT`], so log entries and token
+//! requests from the code under test can be told apart ([`AccessLogExt::not_harness`]).
+//! Only 127.0.0.1 is ever contacted.
+//!
+//! ```ignore
+//! #[tokio::test(flavor = "multi_thread")]
+//! async fn example() {
+//!     let reg = Registry::start().await;
+//!     let img = push_image(&reg, "library/nginx", "1.25", ImageSpec::new(Format::Oci, vec![layer(1, 1024)])).await;
+//!     let mark = reg.log_mark().await;
+//!     let (_, _, digest) = get_manifest(&reg, "library/nginx", "1.25").await.unwrap();
+//!     assert_eq!(digest, img.digest);
+//!     assert_eq!(reg.access_log_since(mark).await.manifest_gets(Some("library/nginx")), 1);
+//! }
+//! ```
+#![allow(dead_code, unused_imports)]
+
+pub mod access;
+pub mod bin;
+pub mod client;
+pub mod image;
+pub mod registry;
+pub mod seed;
+pub mod tls;
+pub mod token;
+pub mod util;
+pub mod verify;
+
+pub use access::{Access, AccessLogExt, HARNESS_USER_AGENT};
+pub use bin::{
+    Output, bin_path, measure_program, mirrorsync, mirrorsync_with_env, run_measured,
+    run_measured_with_env, write_config,
+};
+pub use client::{Challenge, Client};
+pub use image::{
+    DOCKER_CONFIG, DOCKER_LAYER, DOCKER_LIST, DOCKER_MANIFEST, Descriptor, Format, IN_TOTO,
+    ImageSpec, Layer, MANIFEST_ACCEPT, OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST, Platform,
+    PushedImage,
+};
+pub use registry::{Registry, RegistryOptions};
+pub use seed::{
+    attestation_manifest, push_big_blob, push_blob, push_image, push_index, push_manifest,
+};
+pub use tls::TestCa;
+pub use token::{TokenRequest, TokenServer};
+pub use util::{layer, sha256_digest};
+pub use verify::{
+    assert_image_complete, blob_sha256, blob_size, get_manifest, head_manifest, skopeo,
+    skopeo_flags, skopeo_inspect_raw, tags,
+};

@@ -20,12 +20,12 @@ use super::util::free_port;
 pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 
 /// How to start a registry. `Default` is plain HTTP without auth.
-#[derive(Default, Clone, Copy)]
+#[derive(Default, Clone)]
 pub struct RegistryOptions<'a> {
     /// Serve HTTPS with this CA's server certificate.
     pub tls: Option<&'a TestCa>,
     /// Require Basic auth (htpasswd, bcrypt) for this user and password.
-    pub htpasswd: Option<(&'a str, &'a str)>,
+    pub htpasswd: Option<(String, String)>,
     /// Require Bearer tokens from this token server.
     pub token: Option<&'a TokenServer>,
 }
@@ -49,7 +49,10 @@ impl Registry {
 
     /// A registry configured by `opts`. Panics (with the registry's log) if it does not come up.
     pub async fn start_with(opts: RegistryOptions<'_>) -> Registry {
-        let dir = tempfile::Builder::new().prefix("mirrorsync-reg-").tempdir().expect("tempdir");
+        let mut dir = tempfile::Builder::new()
+            .prefix("mirrorsync-reg-")
+            .tempdir()
+            .expect("tempdir");
         let mut extra_http = String::new();
         if let Some(ca) = opts.tls {
             let (cert, key) = ca.write_server_files(dir.path());
@@ -61,7 +64,7 @@ impl Registry {
         }
         let mut auth = String::new();
         let mut credentials = None;
-        if let Some((user, pass)) = opts.htpasswd {
+        if let Some((user, pass)) = &opts.htpasswd {
             let hash = bcrypt::hash(pass, 5).expect("bcrypt");
             let path = dir.path().join("htpasswd");
             std::fs::write(&path, format!("{user}:{hash}\n")).expect("write htpasswd");
@@ -69,10 +72,13 @@ impl Registry {
                 "auth:\n  htpasswd:\n    realm: mirrorsync-test\n    path: {}\n",
                 path.display()
             );
-            credentials = Some((user.to_string(), pass.to_string()));
+            credentials = Some((user.clone(), pass.clone()));
         }
         if let Some(ts) = opts.token {
-            assert!(opts.htpasswd.is_none(), "htpasswd and token auth are exclusive");
+            assert!(
+                opts.htpasswd.is_none(),
+                "htpasswd and token auth are exclusive"
+            );
             auth = format!(
                 "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
                 ts.realm(),
@@ -114,18 +120,28 @@ impl Registry {
         panic!("docker-registry did not start after 5 attempts; last log:\n{last_log}");
     }
 
-    /// Polls `GET /v2/` until any HTTP answer (200 or 401), or the process exits / 15 s pass.
+    /// Waits for the "listening on" log line, then polls `GET /v2/` until any HTTP answer
+    /// (200 or 401); false if the process exits or 15 s pass.
     async fn wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(15);
         let probe = self.client.http().clone();
         let url = format!("{}/v2/", self.url());
         while Instant::now() < deadline {
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return false; // exited: most likely lost the port race
-                }
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                return false; // exited: most likely lost the port race
             }
-            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), probe.get(&url).send()).await {
+            // Only our process writes our log, and distribution logs this line only after a
+            // successful bind: a probe answered by someone else's server on a recycled port
+            // does not count.
+            let listening = self
+                .registry_log()
+                .contains(&format!("listening on 127.0.0.1:{}", self.port));
+            if listening
+                && matches!(
+                    tokio::time::timeout(Duration::from_secs(2), probe.get(&url).send()).await,
+                    Ok(Ok(_))
+                )
+            {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(30)).await;
@@ -145,7 +161,11 @@ impl Registry {
 
     /// `http://127.0.0.1:PORT` or `https://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
-        format!("{}://127.0.0.1:{}", if self.tls { "https" } else { "http" }, self.port)
+        format!(
+            "{}://127.0.0.1:{}",
+            if self.tls { "https" } else { "http" },
+            self.port
+        )
     }
 
     /// Whether it serves HTTPS.
@@ -246,6 +266,11 @@ impl Registry {
         }
     }
 
+    /// Process id (None after [`Registry::kill`]).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
@@ -276,7 +301,11 @@ fn spawn_registry(dir: &Path, config: &Path) -> Child {
     let out = std::fs::File::create(dir.join("access.log")).expect("create access.log");
     let err = std::fs::File::create(dir.join("registry.log")).expect("create registry.log");
     let mut cmd = Command::new(REGISTRY_BIN);
-    cmd.arg("serve").arg(config).stdin(Stdio::null()).stdout(out).stderr(err);
+    cmd.arg("serve")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
     // Don't let the registry outlive a test process that is killed outright.
     #[cfg(target_os = "linux")]
     unsafe {

@@ -22,7 +22,9 @@ impl TestCa {
     pub fn new() -> TestCa {
         let ca_key = KeyPair::generate().expect("CA key");
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        ca_params.distinguished_name.push(DnType::CommonName, "mirrorsync test CA");
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "mirrorsync test CA");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca_params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -40,7 +42,10 @@ impl TestCa {
         sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let server_cert = sp.signed_by(&server_key, &issuer).expect("server cert");
 
-        let dir = tempfile::Builder::new().prefix("mirrorsync-ca-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("mirrorsync-ca-")
+            .tempdir()
+            .expect("tempdir");
         let ca = TestCa {
             dir,
             ca_pem: ca_cert.pem(),

@@ -90,11 +90,17 @@ impl TokenServer {
         let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("token key");
         let mut params =
             rcgen::CertificateParams::new(Vec::<String>::new()).expect("token cert params");
-        params.distinguished_name.push(rcgen::DnType::CommonName, "mirrorsync test token signer");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "mirrorsync test token signer");
         let cert = params.self_signed(&kp).expect("token cert");
-        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &kp.serialize_der(), &rng)
-            .expect("ring key");
-        let dir = tempfile::Builder::new().prefix("mirrorsync-token-").tempdir().expect("tempdir");
+        let key =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &kp.serialize_der(), &rng)
+                .expect("ring key");
+        let dir = tempfile::Builder::new()
+            .prefix("mirrorsync-token-")
+            .tempdir()
+            .expect("tempdir");
         std::fs::write(dir.path().join("token-root.pem"), cert.pem()).expect("write bundle");
 
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind token server");
@@ -121,7 +127,13 @@ impl TokenServer {
                 }
             }
         });
-        TokenServer { port, inner, stop, thread: Some(thread), dir }
+        TokenServer {
+            port,
+            inner,
+            stop,
+            thread: Some(thread),
+            dir,
+        }
     }
 
     /// The realm URL for the registry config: `http://127.0.0.1:PORT/token`.
@@ -151,7 +163,11 @@ impl TokenServer {
 
     /// Every request received so far.
     pub fn requests(&self) -> Vec<TokenRequest> {
-        self.inner.requests.lock().map(|r| r.clone()).unwrap_or_default()
+        self.inner
+            .requests
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
     }
 
     /// Forgets the recorded requests.
@@ -202,7 +218,13 @@ fn handle(inner: &Inner, mut stream: TcpStream) {
         }
     }
     let (status, body) = respond(inner, method, target, auth.as_deref(), user_agent);
-    let reason = if status == 200 { "OK" } else if status == 401 { "Unauthorized" } else { "Not Found" };
+    let reason = if status == 200 {
+        "OK"
+    } else if status == 401 {
+        "Unauthorized"
+    } else {
+        "Not Found"
+    };
     let mut head = format!(
         "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
         body.len()
@@ -240,27 +262,50 @@ fn respond(
         match percent_decode(k).as_str() {
             "service" => req.service = Some(v),
             "account" => req.account = Some(v),
-            "scope" => req.scopes.extend(v.split(' ').filter(|s| !s.is_empty()).map(String::from)),
+            "scope" => req
+                .scopes
+                .extend(v.split(' ').filter(|s| !s.is_empty()).map(String::from)),
             _ => {}
         }
     }
-    let user = match auth.and_then(|a| a.strip_prefix("Basic ").or_else(|| a.strip_prefix("basic "))) {
+    let user = match auth.and_then(|a| {
+        a.strip_prefix("Basic ")
+            .or_else(|| a.strip_prefix("basic "))
+    }) {
         Some(b64) => {
             req.had_basic = true;
-            let decoded = STANDARD.decode(b64.trim()).ok().map(|d| String::from_utf8_lossy(&d).into_owned());
-            let (u, p) = decoded.as_deref().and_then(|d| d.split_once(':')).unwrap_or(("", ""));
+            let decoded = STANDARD
+                .decode(b64.trim())
+                .ok()
+                .map(|d| String::from_utf8_lossy(&d).into_owned());
+            let (u, p) = decoded
+                .as_deref()
+                .and_then(|d| d.split_once(':'))
+                .unwrap_or(("", ""));
             req.basic_user = Some(u.to_string());
-            if inner.users.iter().any(|(uu, pp)| uu == u && pp == p) { Some(u.to_string()) } else { None }
+            if inner.users.iter().any(|(uu, pp)| uu == u && pp == p) {
+                Some(u.to_string())
+            } else {
+                None
+            }
         }
         None => None,
     };
     let result = if method != "GET" || path != "/token" {
         (404, r#"{"errors":[{"code":"NOT_FOUND"}]}"#.to_string())
     } else if req.had_basic && user.is_none() {
-        (401, r#"{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}"#.to_string())
+        (
+            401,
+            r#"{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}"#.to_string(),
+        )
     } else {
         req.granted = grant(&req.scopes, user.is_some(), inner.allow_anonymous_pull);
-        let token = sign(inner, user.as_deref().unwrap_or(""), req.service.as_deref(), &req.granted);
+        let token = sign(
+            inner,
+            user.as_deref().unwrap_or(""),
+            req.service.as_deref(),
+            &req.granted,
+        );
         let body = json!({
             "token": token,
             "access_token": token,
@@ -280,7 +325,11 @@ fn respond(
 fn parse_scope(scope: &str) -> Option<(&str, &str, Vec<&str>)> {
     let (typ, rest) = scope.split_once(':')?;
     let (name, actions) = rest.rsplit_once(':')?;
-    Some((typ, name, actions.split(',').filter(|a| !a.is_empty()).collect()))
+    Some((
+        typ,
+        name,
+        actions.split(',').filter(|a| !a.is_empty()).collect(),
+    ))
 }
 
 fn grant(scopes: &[String], authenticated: bool, anon_pull: bool) -> Vec<(String, Vec<String>)> {
@@ -311,7 +360,12 @@ fn grant(scopes: &[String], authenticated: bool, anon_pull: bool) -> Vec<(String
     out
 }
 
-fn sign(inner: &Inner, sub: &str, service: Option<&str>, granted: &[(String, Vec<String>)]) -> String {
+fn sign(
+    inner: &Inner,
+    sub: &str,
+    service: Option<&str>,
+    granted: &[(String, Vec<String>)],
+) -> String {
     let now = now_unix();
     let mut jti = [0u8; 16];
     let _ = inner.rng.fill(&mut jti);
@@ -335,6 +389,9 @@ fn sign(inner: &Inner, sub: &str, service: Option<&str>, granted: &[(String, Vec
         URL_SAFE_NO_PAD.encode(header.to_string()),
         URL_SAFE_NO_PAD.encode(claims.to_string())
     );
-    let sig = inner.key.sign(&inner.rng, input.as_bytes()).expect("ES256 sign");
+    let sig = inner
+        .key
+        .sign(&inner.rng, input.as_bytes())
+        .expect("ES256 sign");
     format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
 }

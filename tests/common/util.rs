@@ -23,7 +23,10 @@ impl Default for Sha256 {
 impl Sha256 {
     /// A fresh hasher.
     pub fn new() -> Self {
-        Sha256 { ctx: ring::digest::Context::new(&ring::digest::SHA256), len: 0 }
+        Sha256 {
+            ctx: ring::digest::Context::new(&ring::digest::SHA256),
+            len: 0,
+        }
     }
     /// Feeds bytes.
     pub fn update(&mut self, bytes: &[u8]) {
@@ -55,7 +58,11 @@ pub struct DataGen {
 impl DataGen {
     /// A generator for `seed`.
     pub fn new(seed: u64) -> Self {
-        DataGen { state: seed ^ 0x6d69_7272_6f72_7379, pending: [0; 8], pending_len: 0 }
+        DataGen {
+            state: seed ^ 0x6d69_7272_6f72_7379,
+            pending: [0; 8],
+            pending_len: 0,
+        }
     }
 
     fn next_word(&mut self) -> [u8; 8] {
@@ -100,7 +107,10 @@ pub fn layer(seed: u64, size: usize) -> Vec<u8> {
 
 /// Seconds since the Unix epoch.
 pub fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// RFC 3339 UTC timestamp (`2024-01-02T03:04:05Z`) for Unix seconds.

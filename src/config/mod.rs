@@ -1,0 +1,197 @@
+//! `sync.yaml`: what to mirror, where to, and how hard to pull.
+//!
+//! Reading goes in two steps, as in ripgrep's flag handling: `raw` deserialises the file into
+//! serde structs that mirror it key for key (unknown keys and wrong types are errors with
+//! `file:line:col` and the key path), then `validate` (with `images`) turns those into a
+//! [`Config`] whose values are all checked: references parsed, target repositories mapped and
+//! free of clashes, secrets resolved, files present. Relative paths are anchored at the
+//! config file's directory. Nothing after this module re-checks the config, and nothing
+//! here touches the network. `credentials` reads Docker's `config.json` and helpers.
+
+mod credentials;
+mod error;
+mod images;
+mod raw;
+mod validate;
+mod values;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use credentials::{CredentialError, CredentialStore, Credentials, Secret};
+pub use error::ConfigError;
+pub use values::parse_byte_size;
+
+use crate::reference::{DOCKER_HUB, DOCKER_HUB_API, Reference, normalize_registry};
+
+/// Default for [`Config::concurrency`]: tags synced at once.
+pub const DEFAULT_CONCURRENCY: usize = 8;
+/// Default for [`RegistrySettings::concurrency`]: blob transfers at once per upstream host.
+pub const DEFAULT_REGISTRY_CONCURRENCY: usize = 4;
+
+/// A validated `sync.yaml`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from (for messages).
+    pub path: PathBuf,
+    /// Cron expression with 5 or 6 fields, used by `sync` without `--once`.
+    pub schedule: Option<String>,
+    /// Time zone for `schedule`; default `UTC`.
+    pub timezone: String,
+    /// Tags synced at once (1..=256), default 8.
+    pub concurrency: usize,
+    /// Where images are written.
+    pub target: Target,
+    /// Per-upstream settings, keyed by normalised host (`docker.io`).
+    pub registries: BTreeMap<String, RegistrySettings>,
+    /// Docker config with `auths`/`credHelpers`: the `docker_config` key (`~` expanded), or
+    /// else `$DOCKER_CONFIG/config.json` or `~/.docker/config.json` when that file exists.
+    pub docker_config: Option<PathBuf>,
+    /// One item per (source tag, target), in file order.
+    pub images: Vec<SyncItem>,
+}
+
+/// Where mirrored images go.
+#[derive(Debug, Clone)]
+pub enum TargetKind {
+    /// A registry reached over HTTP(S).
+    Registry(Endpoint),
+    /// An OCI image layout directory.
+    Path(PathBuf),
+}
+
+/// `target:`: the destination and the prefix put before every source repository path.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub kind: TargetKind,
+    /// Without leading or trailing `/`; `""` keeps upstream paths unchanged.
+    pub prefix: String,
+}
+
+/// How to reach one registry.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// `host[:port]`: as written for the target; the API host for an upstream
+    /// (`registry-1.docker.io` for `docker.io`).
+    pub host: String,
+    /// Plain HTTP instead of HTTPS.
+    pub insecure: bool,
+    /// Extra CA certificate (PEM) to trust; checked to be readable at load time.
+    pub ca_file: Option<PathBuf>,
+    /// From `auth:`, resolved at load time. `None`: try the docker config, then anonymous.
+    pub credentials: Option<Credentials>,
+}
+
+/// Settings for one upstream registry host.
+#[derive(Debug, Clone)]
+pub struct RegistrySettings {
+    pub endpoint: Endpoint,
+    /// Pull-through mirrors (`http`/`https` URLs) asked for content by digest first.
+    pub mirrors: Vec<String>,
+    /// Overrides `target.prefix` for images from this host.
+    pub prefix: Option<String>,
+    /// Request rate limit (> 0).
+    pub requests_per_second: Option<f64>,
+    /// Request burst allowed above the rate (> 0).
+    pub burst: Option<u32>,
+    /// Download bandwidth limit in bytes per second (> 0).
+    pub bytes_per_second: Option<u64>,
+    /// Blob transfers at once for this host (1..=64), default 4.
+    pub concurrency: usize,
+    /// Stop pulling when the registry's `ratelimit-remaining` reaches this.
+    pub rate_limit_reserve: Option<u32>,
+}
+
+impl RegistrySettings {
+    /// Settings for a host that `registries:` does not mention.
+    pub fn default_for(host: &str) -> RegistrySettings {
+        RegistrySettings {
+            endpoint: Endpoint {
+                host: api_host(&normalize_registry(host)),
+                insecure: false,
+                ca_file: None,
+                credentials: None,
+            },
+            mirrors: Vec::new(),
+            prefix: None,
+            requests_per_second: None,
+            burst: None,
+            bytes_per_second: None,
+            concurrency: DEFAULT_REGISTRY_CONCURRENCY,
+            rate_limit_reserve: None,
+        }
+    }
+}
+
+/// Where a normalised registry's HTTP API is served.
+fn api_host(registry: &str) -> String {
+    if registry == DOCKER_HUB {
+        DOCKER_HUB_API.to_string()
+    } else {
+        registry.to_string()
+    }
+}
+
+/// An OCI platform such as `linux/arm64` or `linux/arm/v7`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(variant) = &self.variant {
+            write!(f, "/{variant}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One tag (or digest pin) to mirror, and where it lands.
+#[derive(Debug, Clone)]
+pub struct SyncItem {
+    /// The upstream image, with the tag to sync (and the digest if pinned).
+    pub source: Reference,
+    /// Repository in the target, e.g. `mirror/library/nginx`.
+    pub target_repository: String,
+    /// Tag in the target; `None` only for a digest-only pin, pushed by digest.
+    pub target_tag: Option<String>,
+    /// Platforms to copy from an index; `None` copies all.
+    pub platforms: Option<Vec<Platform>>,
+    /// Where it was configured, e.g. `sync.yaml:14:5 (images[3])`.
+    pub location: String,
+}
+
+impl Config {
+    /// Reads, parses and validates a config file. No network access.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_str(&text, path)
+    }
+
+    /// Parses and validates config text; `path_for_messages` names it in errors and anchors
+    /// relative paths (`ca_file`, `password_file`, `target.path`) at its directory.
+    pub fn from_str(text: &str, path_for_messages: &Path) -> Result<Config, ConfigError> {
+        validate::from_str(text, path_for_messages, &|name| std::env::var(name).ok())
+    }
+
+    /// Settings for an upstream host (normalised, so `index.docker.io` finds `docker.io`);
+    /// defaults when `registries:` does not configure it.
+    pub fn registry(&self, host: &str) -> RegistrySettings {
+        let host = normalize_registry(host);
+        match self.registries.get(&host) {
+            Some(settings) => settings.clone(),
+            None => RegistrySettings::default_for(&host),
+        }
+    }
+}

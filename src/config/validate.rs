@@ -1,0 +1,422 @@
+//! The second step of reading `sync.yaml`: raw structs -> a checked [`Config`]
+//! (the `images:` part lives in `images.rs`).
+//!
+//! Everything a later stage would otherwise have to re-check happens here: references are
+//! parsed, each image entry is expanded into one [`SyncItem`] per tag with its target
+//! repository, clashes between targets are found, secrets and files are read. Errors carry
+//! the line and column of the offending value and its key path.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_saphyr::{Location, Spanned};
+
+use super::error::ErrorSite;
+use super::raw::{RawAuth, RawConfig, RawRegistry, RawTarget};
+use super::values::{check_mirror_url, check_schedule, parse_byte_size, resolve_path, trim_prefix};
+use super::{
+    Config, ConfigError, Credentials, DEFAULT_CONCURRENCY, DEFAULT_REGISTRY_CONCURRENCY, Endpoint,
+    RegistrySettings, Secret, Target, TargetKind, api_host,
+};
+use crate::reference::{normalize_registry, validate_registry, validate_repository};
+
+/// Reads an environment variable; injectable so tests need not mutate the process env.
+pub(crate) type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// Parses and validates config text.
+pub(crate) fn from_str(text: &str, path: &Path, env: Env<'_>) -> Result<Config, ConfigError> {
+    let site = ErrorSite::new(path);
+    let raw = parse(text, &site)?;
+    let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    Validator {
+        site,
+        base_dir,
+        env,
+    }
+    .config(raw, path)
+}
+
+/// YAML -> [`RawConfig`], tracking the key path of whatever fails.
+fn parse(text: &str, site: &ErrorSite) -> Result<RawConfig, ConfigError> {
+    let mut options = serde_saphyr::Options::default();
+    options.with_snippet = false;
+    let mut failed_at = None;
+    serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
+        let mut track = serde_path_to_error::Track::new();
+        let result = RawConfig::deserialize(serde_path_to_error::Deserializer::new(de, &mut track));
+        if result.is_err() {
+            failed_at = Some(track.path());
+        }
+        result
+    })
+    .map_err(|e| site.yaml_error(&e, failed_at.as_ref()))
+}
+
+pub(super) struct Validator<'a> {
+    pub(super) site: ErrorSite,
+    /// Relative paths in the file are relative to the file's directory.
+    base_dir: PathBuf,
+    env: Env<'a>,
+}
+
+impl Validator<'_> {
+    fn config(&self, raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
+        let schedule = match raw.schedule {
+            Some(s) => {
+                check_schedule(&s.value).map_err(|m| self.site.spanned(&s, "schedule", m))?;
+                Some(s.value.trim().to_string())
+            }
+            None => None,
+        };
+        let timezone = match raw.timezone {
+            Some(tz) if tz.value.trim().is_empty() => {
+                return Err(self.site.spanned(&tz, "timezone", "must not be empty"));
+            }
+            Some(tz) => tz.value.trim().to_string(),
+            None => "UTC".to_string(),
+        };
+        let concurrency = match raw.concurrency {
+            Some(c) => self.in_range(&c, "concurrency", 1, 256)?,
+            None => DEFAULT_CONCURRENCY,
+        };
+        let Some(raw_target) = raw.target else {
+            return Err(self.missing("target"));
+        };
+        let target = self.target(&raw_target)?;
+        let docker_config = self.docker_config(raw.docker_config.as_ref())?;
+        let registries = self.registries(raw.registries.unwrap_or_default().0)?;
+        let Some(images) = raw.images else {
+            return Err(self.missing("images"));
+        };
+        if images.value.is_empty() {
+            return Err(self.site.spanned(
+                &images,
+                "images",
+                "lists no image; add at least one reference such as busybox:1.36",
+            ));
+        }
+        let images = self.images(&images.value, &target, &registries)?;
+        Ok(Config {
+            path: path.to_path_buf(),
+            schedule,
+            timezone,
+            concurrency,
+            target,
+            registries,
+            docker_config,
+            images,
+        })
+    }
+
+    fn missing(&self, key: &str) -> ConfigError {
+        self.site
+            .at(Location::UNKNOWN, key, "required key is missing")
+    }
+
+    fn in_range(
+        &self,
+        v: &Spanned<u64>,
+        key: &str,
+        min: u64,
+        max: u64,
+    ) -> Result<usize, ConfigError> {
+        if (min..=max).contains(&v.value) {
+            usize::try_from(v.value).map_err(|_| self.site.spanned(v, key, "too large"))
+        } else {
+            Err(self.site.spanned(
+                v,
+                key,
+                format!("must be between {min} and {max}, not {}", v.value),
+            ))
+        }
+    }
+
+    fn path(&self, s: &Spanned<String>, key: &str) -> Result<PathBuf, ConfigError> {
+        let home = (self.env)("HOME");
+        resolve_path(s.value.trim(), &self.base_dir, home.as_deref())
+            .map_err(|m| self.site.spanned(s, key, m))
+    }
+
+    /// A file that must be readable now (CA certificates, docker config).
+    fn readable_file(&self, s: &Spanned<String>, key: &str) -> Result<PathBuf, ConfigError> {
+        let path = self.path(s, key)?;
+        std::fs::File::open(&path)
+            .and_then(|f| f.metadata())
+            .and_then(|m| {
+                if m.is_file() {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::other("not a regular file"))
+                }
+            })
+            .map_err(|e| {
+                self.site
+                    .spanned(s, key, format!("cannot read {}: {e}", path.display()))
+            })?;
+        Ok(path)
+    }
+
+    fn prefix(&self, s: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
+        let prefix = trim_prefix(s.value.trim());
+        if !prefix.is_empty() {
+            validate_repository(prefix).map_err(|e| self.site.spanned(s, key, e.to_string()))?;
+        }
+        Ok(prefix.to_string())
+    }
+
+    fn target(&self, raw: &Spanned<RawTarget>) -> Result<Target, ConfigError> {
+        let t = &raw.value;
+        let kind = match (&t.registry, &t.path) {
+            (Some(_), Some(_)) => {
+                return Err(self.site.spanned(
+                    raw,
+                    "target",
+                    "set exactly one of registry or path, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(self.site.spanned(
+                    raw,
+                    "target",
+                    "set exactly one of registry (a registry host) or path (an OCI layout directory)",
+                ));
+            }
+            (Some(host), None) => {
+                let h = host.value.trim();
+                if h.contains("://") {
+                    return Err(self.site.spanned(
+                        host,
+                        "target.registry",
+                        format!("\"{h}\" must be host[:port] without a scheme; use insecure: true for plain HTTP"),
+                    ));
+                }
+                validate_registry(h)
+                    .map_err(|e| self.site.spanned(host, "target.registry", e.to_string()))?;
+                TargetKind::Registry(self.endpoint(
+                    h.to_string(),
+                    t.insecure,
+                    t.ca_file.as_ref(),
+                    t.auth.as_ref(),
+                    "target",
+                )?)
+            }
+            (None, Some(path)) => {
+                let registry_only = [
+                    ("insecure", t.insecure.is_some()),
+                    ("ca_file", t.ca_file.is_some()),
+                    ("auth", t.auth.is_some()),
+                ];
+                if let Some((key, _)) = registry_only.iter().find(|(_, set)| *set) {
+                    return Err(self.site.spanned(
+                        raw,
+                        format!("target.{key}"),
+                        "applies only to target.registry, not to target.path",
+                    ));
+                }
+                TargetKind::Path(self.path(path, "target.path")?)
+            }
+        };
+        let prefix = match &t.prefix {
+            Some(p) => self.prefix(p, "target.prefix")?,
+            None => String::new(),
+        };
+        Ok(Target { kind, prefix })
+    }
+
+    fn endpoint(
+        &self,
+        host: String,
+        insecure: Option<bool>,
+        ca_file: Option<&Spanned<String>>,
+        auth: Option<&Spanned<RawAuth>>,
+        key: &str,
+    ) -> Result<Endpoint, ConfigError> {
+        Ok(Endpoint {
+            host,
+            insecure: insecure.unwrap_or(false),
+            ca_file: ca_file
+                .map(|c| self.readable_file(c, &format!("{key}.ca_file")))
+                .transpose()?,
+            credentials: auth
+                .map(|a| self.credentials(a, &format!("{key}.auth")))
+                .transpose()?,
+        })
+    }
+
+    /// Resolves `auth: {username, password_env | password_file}` now, so a missing secret is
+    /// a config error and not a failure halfway through a sync.
+    fn credentials(&self, raw: &Spanned<RawAuth>, key: &str) -> Result<Credentials, ConfigError> {
+        let a = &raw.value;
+        let username = a.username.value.trim();
+        if username.is_empty() {
+            return Err(self.site.spanned(
+                &a.username,
+                format!("{key}.username"),
+                "must not be empty",
+            ));
+        }
+        let password = match (&a.password_env, &a.password_file) {
+            (Some(var), None) => {
+                let name = var.value.trim();
+                let k = format!("{key}.password_env");
+                match (self.env)(name) {
+                    Some(v) if !v.is_empty() => v,
+                    Some(_) => {
+                        return Err(self.site.spanned(
+                            var,
+                            k,
+                            format!("environment variable {name} is empty"),
+                        ));
+                    }
+                    None => {
+                        return Err(self.site.spanned(
+                            var,
+                            k,
+                            format!("environment variable {name} is not set"),
+                        ));
+                    }
+                }
+            }
+            (None, Some(file)) => {
+                let k = format!("{key}.password_file");
+                let path = self.path(file, &k)?;
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    self.site
+                        .spanned(file, &k, format!("cannot read {}: {e}", path.display()))
+                })?;
+                let secret = text.trim_end_matches(['\n', '\r']);
+                if secret.is_empty() {
+                    return Err(self
+                        .site
+                        .spanned(file, k, format!("{} is empty", path.display())));
+                }
+                secret.to_string()
+            }
+            _ => {
+                return Err(self.site.spanned(
+                    raw,
+                    key,
+                    "set exactly one of password_env or password_file",
+                ));
+            }
+        };
+        Ok(Credentials {
+            username: username.to_string(),
+            password: Secret::new(password),
+        })
+    }
+
+    fn docker_config(&self, raw: Option<&Spanned<String>>) -> Result<Option<PathBuf>, ConfigError> {
+        if let Some(s) = raw {
+            return self.readable_file(s, "docker_config").map(Some);
+        }
+        let candidate = match ((self.env)("DOCKER_CONFIG"), (self.env)("HOME")) {
+            (Some(dir), _) if !dir.is_empty() => PathBuf::from(dir).join("config.json"),
+            (_, Some(home)) if !home.is_empty() => PathBuf::from(home).join(".docker/config.json"),
+            _ => return Ok(None),
+        };
+        Ok(candidate.is_file().then_some(candidate))
+    }
+
+    fn registries(
+        &self,
+        raw: Vec<(String, Spanned<RawRegistry>)>,
+    ) -> Result<BTreeMap<String, RegistrySettings>, ConfigError> {
+        let mut out = BTreeMap::new();
+        let mut seen: HashMap<String, (String, Location)> = HashMap::new();
+        for (name, settings) in raw {
+            let key = format!("registries.{name}");
+            let host = normalize_registry(name.trim());
+            if host.contains("://") || host.contains('/') {
+                return Err(self.site.spanned(
+                    &settings,
+                    key,
+                    format!("\"{name}\" must be a registry host[:port], without scheme or path"),
+                ));
+            }
+            validate_registry(&host)
+                .map_err(|e| self.site.spanned(&settings, &key, e.to_string()))?;
+            if let Some((first, at)) = seen.get(&host) {
+                return Err(self.site.spanned(
+                    &settings,
+                    key,
+                    format!(
+                        "{host} is already configured as registries.{first} ({})",
+                        self.site.describe(*at, &format!("registries.{first}"))
+                    ),
+                ));
+            }
+            seen.insert(host.clone(), (name.clone(), settings.referenced));
+            let value = self.registry(&host, &settings.value, &key)?;
+            out.insert(host, value);
+        }
+        Ok(out)
+    }
+
+    fn registry(
+        &self,
+        host: &str,
+        r: &RawRegistry,
+        key: &str,
+    ) -> Result<RegistrySettings, ConfigError> {
+        let mut mirrors = Vec::new();
+        for (i, m) in r.mirrors.iter().flatten().enumerate() {
+            let url = check_mirror_url(m.value.trim())
+                .map_err(|e| self.site.spanned(m, format!("{key}.mirrors[{i}]"), e))?;
+            mirrors.push(url);
+        }
+        let requests_per_second = match &r.requests_per_second {
+            Some(v) if !(v.value.is_finite() && v.value > 0.0) => {
+                return Err(self.site.spanned(
+                    v,
+                    format!("{key}.requests_per_second"),
+                    "must be a number above 0",
+                ));
+            }
+            v => v.as_ref().map(|v| v.value),
+        };
+        let burst = match &r.burst {
+            Some(v) if v.value == 0 => {
+                return Err(self
+                    .site
+                    .spanned(v, format!("{key}.burst"), "must be at least 1"));
+            }
+            v => v.as_ref().map(|v| v.value),
+        };
+        let bytes_per_second = match &r.bytes_per_second {
+            Some(v) => {
+                let k = format!("{key}.bytes_per_second");
+                let n = parse_byte_size(&v.value).map_err(|e| self.site.spanned(v, &k, e))?;
+                if n == 0 {
+                    return Err(self.site.spanned(v, k, "must be above 0"));
+                }
+                Some(n)
+            }
+            None => None,
+        };
+        Ok(RegistrySettings {
+            endpoint: self.endpoint(
+                api_host(host),
+                r.insecure,
+                r.ca_file.as_ref(),
+                r.auth.as_ref(),
+                key,
+            )?,
+            mirrors,
+            prefix: r
+                .prefix
+                .as_ref()
+                .map(|p| self.prefix(p, &format!("{key}.prefix")))
+                .transpose()?,
+            requests_per_second,
+            burst,
+            bytes_per_second,
+            concurrency: match &r.concurrency {
+                Some(c) => self.in_range(c, &format!("{key}.concurrency"), 1, 64)?,
+                None => DEFAULT_REGISTRY_CONCURRENCY,
+            },
+            rate_limit_reserve: r.rate_limit_reserve,
+        })
+    }
+}

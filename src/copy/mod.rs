@@ -10,7 +10,7 @@
 //! host's `concurrency`. A failing tag never stops the others.
 
 mod ledger;
-mod platforms;
+mod rewrite;
 pub mod verify;
 
 use std::collections::HashMap;
@@ -234,13 +234,15 @@ impl Engine {
             return Ok(TagResult::Unchanged { digest });
         }
         let filter = item.platforms.as_deref();
-        if let (Some(platforms), Some(current)) = (filter, &current) {
-            // A filtered index has its own digest; its annotations say what it was made from.
+        if let Some(current) = &current
+            && (filter.is_some() || self.converts_to_oci())
+        {
+            // A rewritten manifest has its own digest; its annotations say what it was made from.
             let existing = self
                 .target
                 .get_manifest(&item.target_repository, &current.to_string())
                 .await?;
-            if existing.is_some_and(|m| platforms::is_current(&m.bytes, &digest, platforms)) {
+            if existing.is_some_and(|m| rewrite::is_current(&m.bytes, &digest, filter)) {
                 return Ok(TagResult::Unchanged {
                     digest: current.clone(),
                 });
@@ -285,7 +287,7 @@ impl Engine {
         depth: usize,
         counters: &Arc<Counters>,
     ) -> Result<Arc<FetchedManifest>, SyncError> {
-        let key = filter.map(platforms::filter_key).unwrap_or_default();
+        let key = filter.map(rewrite::filter_key).unwrap_or_default();
         let cell = self.manifests.cell(target_repo, digest, &key);
         let result = cell
             .get_or_init(|| async {
@@ -343,34 +345,59 @@ impl Engine {
                         self.ensure_blob(upstream, source_repo, target_repo, blob, counters)
                     })
                     .await?;
+                if self.converts_to_oci() && rewrite::needs_oci_conversion(&fetched.media_type) {
+                    return rewrite::convert_image(&fetched)
+                        .map_err(|e| SyncError::Other(format!("manifest {digest}: {e}")));
+                }
+                Ok(fetched)
             }
             Parsed::Index { manifests } => {
-                let keep = match filter {
-                    Some(platforms) => platforms::select(&manifests, platforms),
-                    None => vec![true; manifests.len()],
-                };
-                let rewritten = match filter {
-                    Some(platforms) => Some(
-                        platforms::rewrite(&fetched, &manifests, &keep, platforms)
-                            .map_err(|e| SyncError::Other(format!("manifest {digest}: {e}")))?,
-                    ),
-                    None => None,
-                };
-                let chosen = manifests.iter().zip(&keep).filter(|(_, k)| **k);
-                futures_util::stream::iter(chosen.map(|(child, _)| Ok(child)))
+                let keep = rewrite::select(&manifests, filter);
+                let chosen: Vec<&Descriptor> = manifests
+                    .iter()
+                    .zip(&keep)
+                    .filter(|(_, k)| **k)
+                    .map(|(child, _)| child)
+                    .collect();
+                let replacements = std::sync::Mutex::new(HashMap::new());
+                futures_util::stream::iter(chosen.into_iter().map(Ok))
                     .try_for_each_concurrent(BLOBS_PER_MANIFEST, |child| {
-                        self.ensure_child(upstream, source_repo, target_repo, child, depth, counters)
+                        self.ensure_child(
+                            upstream,
+                            source_repo,
+                            target_repo,
+                            child,
+                            depth,
+                            counters,
+                            &replacements,
+                        )
                     })
                     .await?;
-                if let Some(rewritten) = rewritten {
-                    return Ok(rewritten);
+                let replacements = replacements.into_inner().unwrap_or_else(|p| p.into_inner());
+                let how = rewrite::IndexRewrite {
+                    keep: &keep,
+                    platforms: filter,
+                    replacements: &replacements,
+                    to_oci: self.converts_to_oci(),
+                };
+                match rewrite::rewrite_index(&fetched, &manifests, &how)
+                    .map_err(|e| SyncError::Other(format!("manifest {digest}: {e}")))?
+                {
+                    Some(rewritten) => Ok(rewritten),
+                    None => Ok(fetched),
                 }
             }
         }
-        Ok(fetched)
     }
 
-    /// Makes one child manifest of an index present at the target, by digest.
+    /// Whether manifests are converted to OCI on the way (an OCI layout target).
+    fn converts_to_oci(&self) -> bool {
+        matches!(self.target, Target::Layout(_))
+    }
+
+    /// Makes one child manifest of an index present at the target, by digest. Records what it
+    /// became when it was rewritten on the way (upstream digest -> new descriptor).
+    #[allow(clippy::too_many_arguments)]
     async fn ensure_child(
         &self,
         upstream: &Arc<Upstream>,
@@ -379,11 +406,11 @@ impl Engine {
         child: &Descriptor,
         depth: usize,
         counters: &Arc<Counters>,
+        replacements: &std::sync::Mutex<HashMap<Digest, rewrite::Replacement>>,
     ) -> Result<(), SyncError> {
-        let reference = child.digest.to_string();
         if self
             .target
-            .manifest_digest(target_repo, &reference)
+            .manifest_digest(target_repo, &child.digest.to_string())
             .await?
             .is_some()
         {
@@ -401,8 +428,14 @@ impl Engine {
         .await?;
         if self.mode == Mode::Sync {
             self.target
-                .put_manifest(target_repo, &reference, &fetched)
+                .put_manifest(target_repo, &fetched.digest.to_string(), &fetched)
                 .await?;
+        }
+        if fetched.digest != child.digest {
+            replacements
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(child.digest.clone(), rewrite::Replacement::of(&fetched));
         }
         Ok(())
     }

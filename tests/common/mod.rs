@@ -41,6 +41,7 @@ pub mod bin;
 pub mod client;
 pub mod image;
 pub mod registry;
+pub mod scenario;
 pub mod seed;
 pub mod tls;
 pub mod token;
@@ -53,6 +54,7 @@ pub use bin::{
     run_measured_with_env, write_config,
 };
 pub use client::{Challenge, Client};
+pub use scenario::Scenario;
 pub use image::{
     DOCKER_CONFIG, DOCKER_LAYER, DOCKER_LIST, DOCKER_MANIFEST, Descriptor, Format, IN_TOTO,
     ImageSpec, Layer, MANIFEST_ACCEPT, OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST, Platform,

@@ -41,7 +41,12 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct ConfigArg {
     /// Configuration file [default: $MIRRORSYNC_CONFIG, then ./sync.yaml]
-    #[arg(long, short = 'c', env = "MIRRORSYNC_CONFIG", default_value = "sync.yaml")]
+    #[arg(
+        long,
+        short = 'c',
+        env = "MIRRORSYNC_CONFIG",
+        default_value = "sync.yaml"
+    )]
     pub config: PathBuf,
 }
 

@@ -24,7 +24,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -34,7 +37,9 @@ fn main() -> ExitCode {
     let code = runtime.block_on(async {
         match cli.command {
             Command::Sync(args) if !args.once => {
-                eprintln!("error: scheduled mode is not available yet; run `mirrorsync sync --once`");
+                eprintln!(
+                    "error: scheduled mode is not available yet; run `mirrorsync sync --once`"
+                );
                 2
             }
             Command::Sync(_) => mirrorsync::run_once(config, Mode::Sync).await,

@@ -26,7 +26,9 @@ pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 /// Why a manifest could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    #[error("unsupported manifest media type {0:?} (only OCI and Docker schema2 images and indexes are copied)")]
+    #[error(
+        "unsupported manifest media type {0:?} (only OCI and Docker schema2 images and indexes are copied)"
+    )]
     UnsupportedMediaType(String),
     #[error("manifest is not valid JSON: {0}")]
     InvalidJson(String),
@@ -236,11 +238,17 @@ mod tests {
         let json = format!(
             r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{D1}","size":5,"platform":{{"os":"linux","architecture":"arm64","variant":"v8"}}}},{{"mediaType":"{OCI_MANIFEST}","digest":"{D2}","size":6,"platform":{{"os":"unknown","architecture":"unknown"}},"annotations":{{"vnd.docker.reference.type":"attestation-manifest","vnd.docker.reference.digest":"{D1}"}}}}]}}"#
         );
-        assert_eq!(resolve_media_type(None, json.as_bytes()).unwrap(), OCI_INDEX);
+        assert_eq!(
+            resolve_media_type(None, json.as_bytes()).unwrap(),
+            OCI_INDEX
+        );
         let Parsed::Index { manifests } = parse(OCI_INDEX, json.as_bytes()).unwrap() else {
             panic!("expected an index");
         };
-        assert_eq!(manifests[0].platform.as_ref().unwrap().variant.as_deref(), Some("v8"));
+        assert_eq!(
+            manifests[0].platform.as_ref().unwrap().variant.as_deref(),
+            Some("v8")
+        );
         assert_eq!(manifests[1].attests.as_deref(), Some(D1));
     }
 
@@ -250,7 +258,10 @@ mod tests {
             resolve_media_type(None, br#"{"schemaVersion":1,"fsLayers":[]}"#),
             Err(ManifestError::UnsupportedMediaType(_))
         ));
-        assert!(matches!(parse(OCI_INDEX, b"{not json"), Err(ManifestError::InvalidJson(_))));
+        assert!(matches!(
+            parse(OCI_INDEX, b"{not json"),
+            Err(ManifestError::InvalidJson(_))
+        ));
         let bad_alg = r#"{"manifests":[{"mediaType":"m","digest":"md5:abc","size":1}]}"#;
         assert!(parse(OCI_INDEX, bad_alg.as_bytes()).is_err());
         let negative = format!(r#"{{"config":{{"mediaType":"m","digest":"{D1}","size":-1}}}}"#);

@@ -30,11 +30,18 @@ impl CopyStats {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TagResult {
     /// The target already held the upstream digest.
-    Unchanged { digest: Digest },
+    Unchanged {
+        digest: Digest,
+    },
     /// The target now holds the upstream digest (with `plan`: would hold). `new` when the tag did
     /// not exist at the target before.
-    Synced { digest: Digest, new: bool },
-    Failed { error: String },
+    Synced {
+        digest: Digest,
+        new: bool,
+    },
+    Failed {
+        error: String,
+    },
 }
 
 /// One tag's line in the summary.
@@ -120,7 +127,11 @@ impl RunReport {
                     let _ = writeln!(
                         out,
                         "{}{} -> {} {digest} {} {copied} ({}), {} {mounted}, {} present",
-                        if verb.is_empty() { String::new() } else { format!("{verb}: ") },
+                        if verb.is_empty() {
+                            String::new()
+                        } else {
+                            format!("{verb}: ")
+                        },
                         tag.source,
                         tag.target,
                         plural(s.copied, "blob"),

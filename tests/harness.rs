@@ -1,6 +1,5 @@
 //! Smoke test of the integration-test harness itself (real registries, seeding, checks).
 
-
 mod common;
 
 use common::*;

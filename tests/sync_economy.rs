@@ -9,19 +9,51 @@ use common::*;
 /// tags on one digest), the tags to sync.
 async fn seed_corpus(upstream: &Registry) -> Vec<String> {
     let base = layer(100, 80_000);
-    let amd = push_image(&upstream, "library/web", None, ImageSpec::new(Format::Oci, vec![base.clone(), layer(101, 9_000)])).await;
+    let amd = push_image(
+        upstream,
+        "library/web",
+        None,
+        ImageSpec::new(Format::Oci, vec![base.clone(), layer(101, 9_000)]),
+    )
+    .await;
     let arm = push_image(
-        &upstream,
+        upstream,
         "library/web",
         None,
         ImageSpec::new(Format::Oci, vec![base.clone(), layer(102, 9_000)]).platform("linux/arm64"),
     )
     .await;
-    let att = attestation_manifest(&upstream, "library/web", &amd).await;
-    push_index(&upstream, "library/web", "1.26", Format::Oci, &[(amd, None), (arm, None), (att, None)]).await;
-    push_image(&upstream, "library/worker", "2", ImageSpec::new(Format::Docker, vec![base.clone(), layer(103, 4_000)])).await;
-    let cache = push_image(&upstream, "library/cache", "7.2", ImageSpec::new(Format::Oci, vec![layer(104, 6_000)])).await;
-    push_manifest(&upstream, "library/cache", "latest", &cache.media_type, &cache.manifest_bytes).await;
+    let att = attestation_manifest(upstream, "library/web", &amd).await;
+    push_index(
+        upstream,
+        "library/web",
+        "1.26",
+        Format::Oci,
+        &[(amd, None), (arm, None), (att, None)],
+    )
+    .await;
+    push_image(
+        upstream,
+        "library/worker",
+        "2",
+        ImageSpec::new(Format::Docker, vec![base.clone(), layer(103, 4_000)]),
+    )
+    .await;
+    let cache = push_image(
+        upstream,
+        "library/cache",
+        "7.2",
+        ImageSpec::new(Format::Oci, vec![layer(104, 6_000)]),
+    )
+    .await;
+    push_manifest(
+        upstream,
+        "library/cache",
+        "latest",
+        &cache.media_type,
+        &cache.manifest_bytes,
+    )
+    .await;
     vec![
         upstream.image_ref("library/web", "1.26"),
         upstream.image_ref("library/worker", "2"),
@@ -53,19 +85,38 @@ async fn cold_sync_pulls_each_unique_blob_once_and_mounts_shared_layers() {
     let mut unique = blob_gets.clone();
     unique.sort();
     unique.dedup();
-    assert_eq!(blob_gets.len(), unique.len(), "a blob was pulled twice:\n{}", log.dump());
+    assert_eq!(
+        blob_gets.len(),
+        unique.len(),
+        "a blob was pulled twice:\n{}",
+        log.dump()
+    );
     // web: base + 2 layers + 2 configs + attestation config and layer; worker: layer + config;
     // cache: layer + config.
     assert_eq!(unique.len(), 11, "{}", log.dump());
     // cache:7.2 and cache:latest share a digest: its manifest was fetched once.
-    assert_eq!(log.manifest_gets(Some("library/cache")), 1, "{}", log.dump());
+    assert_eq!(
+        log.manifest_gets(Some("library/cache")),
+        1,
+        "{}",
+        log.dump()
+    );
     // The base layer reached mirror/library/worker by a cross-repository mount.
     let mounts = target_log
         .iter()
         .filter(|a| a.method == "POST" && a.query.contains("mount="))
         .count();
-    assert!(mounts >= 1, "expected a cross-repository mount:\n{}", target_log.dump());
-    for (repo, tag) in [("library/web", "1.26"), ("library/worker", "2"), ("library/cache", "7.2"), ("library/cache", "latest")] {
+    assert!(
+        mounts >= 1,
+        "expected a cross-repository mount:\n{}",
+        target_log.dump()
+    );
+    for (repo, tag) in [
+        ("library/web", "1.26"),
+        ("library/worker", "2"),
+        ("library/cache", "7.2"),
+        ("library/cache", "latest"),
+    ] {
         assert_eq!(
             head_manifest(&target, &format!("mirror/{repo}"), tag).await,
             head_manifest(&upstream, repo, tag).await,
@@ -89,11 +140,35 @@ async fn second_run_is_a_no_op_one_head_per_tag_and_no_writes() {
     out.assert_code(0);
     let log = upstream.access_log_since(mark).await;
     let target_log = target.access_log_since(target_mark).await;
-    assert_eq!(log.manifest_gets(None), 0, "no upstream manifest GET:\n{}", log.dump());
-    assert_eq!(log.blob_gets(None), 0, "no upstream blob GET:\n{}", log.dump());
-    assert_eq!(log.manifest_heads(None), images.len(), "one HEAD per tag:\n{}", log.dump());
-    assert_eq!(target_log.writes(None), 0, "no write at the target:\n{}", target_log.dump());
-    assert!(out.stdout.contains("0 synced, 4 unchanged, 0 failed"), "{}", out.stdout);
+    assert_eq!(
+        log.manifest_gets(None),
+        0,
+        "no upstream manifest GET:\n{}",
+        log.dump()
+    );
+    assert_eq!(
+        log.blob_gets(None),
+        0,
+        "no upstream blob GET:\n{}",
+        log.dump()
+    );
+    assert_eq!(
+        log.manifest_heads(None),
+        images.len(),
+        "one HEAD per tag:\n{}",
+        log.dump()
+    );
+    assert_eq!(
+        target_log.writes(None),
+        0,
+        "no write at the target:\n{}",
+        target_log.dump()
+    );
+    assert!(
+        out.stdout.contains("0 synced, 4 unchanged, 0 failed"),
+        "{}",
+        out.stdout
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -101,18 +176,39 @@ async fn moved_tag_pulls_only_its_changed_layers() {
     let upstream = Registry::start().await;
     let target = Registry::start().await;
     let base = layer(200, 70_000);
-    push_image(&upstream, "library/app", "stable", ImageSpec::new(Format::Oci, vec![base.clone(), layer(201, 10_000)])).await;
-    push_image(&upstream, "library/other", "1", ImageSpec::new(Format::Oci, vec![layer(202, 10_000)])).await;
+    push_image(
+        &upstream,
+        "library/app",
+        "stable",
+        ImageSpec::new(Format::Oci, vec![base.clone(), layer(201, 10_000)]),
+    )
+    .await;
+    push_image(
+        &upstream,
+        "library/other",
+        "1",
+        ImageSpec::new(Format::Oci, vec![layer(202, 10_000)]),
+    )
+    .await;
     let scenario = Scenario::registry_to_registry(
         &upstream,
         &target,
         "",
-        &[upstream.image_ref("library/app", "stable"), upstream.image_ref("library/other", "1")],
+        &[
+            upstream.image_ref("library/app", "stable"),
+            upstream.image_ref("library/other", "1"),
+        ],
     );
     scenario.sync().await.assert_code(0);
 
     // The tag moves upstream: same base, a new top layer.
-    let moved = push_image(&upstream, "library/app", "stable", ImageSpec::new(Format::Oci, vec![base.clone(), layer(203, 12_000)])).await;
+    let moved = push_image(
+        &upstream,
+        "library/app",
+        "stable",
+        ImageSpec::new(Format::Oci, vec![base.clone(), layer(203, 12_000)]),
+    )
+    .await;
     let mark = upstream.log_mark().await;
     let target_mark = target.log_mark().await;
     let out = scenario.sync().await;
@@ -127,10 +223,24 @@ async fn moved_tag_pulls_only_its_changed_layers() {
     expected.sort();
     let mut pulled_sorted = pulled.clone();
     pulled_sorted.sort();
-    assert_eq!(pulled_sorted, expected, "only the new config and top layer:\n{}", log.dump());
+    assert_eq!(
+        pulled_sorted,
+        expected,
+        "only the new config and top layer:\n{}",
+        log.dump()
+    );
     assert_eq!(log.manifest_gets(Some("library/other")), 0);
-    assert_eq!(target.access_log_since(target_mark).await.writes(Some("library/other")), 0);
-    assert_eq!(head_manifest(&target, "library/app", "stable").await, Some(moved.digest.clone()));
+    assert_eq!(
+        target
+            .access_log_since(target_mark)
+            .await
+            .writes(Some("library/other")),
+        0
+    );
+    assert_eq!(
+        head_manifest(&target, "library/app", "stable").await,
+        Some(moved.digest.clone())
+    );
     assert_image_complete(&target, "library/app", "stable").await;
     assert!(out.stdout.contains("2 blobs copied"), "{}", out.stdout);
     assert!(out.stdout.contains("1 present"), "{}", out.stdout);
@@ -147,24 +257,63 @@ async fn plan_reports_changes_and_writes_nothing() {
     let out = scenario.plan().await;
     out.assert_code(0);
     let target_log = target.access_log_since(target_mark).await;
-    assert_eq!(target_log.writes(None), 0, "plan wrote to the target:\n{}", target_log.dump());
-    assert!(out.stdout.contains(&format!("new: {} -> library/web:1.26", images[0])), "{}", out.stdout);
-    assert!(out.stdout.contains("4 to sync, 0 unchanged"), "{}", out.stdout);
-    assert!(head_manifest(&target, "library/web", "1.26").await.is_none());
+    assert_eq!(
+        target_log.writes(None),
+        0,
+        "plan wrote to the target:\n{}",
+        target_log.dump()
+    );
+    assert!(
+        out.stdout
+            .contains(&format!("new: {} -> library/web:1.26", images[0])),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("4 to sync, 0 unchanged"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        head_manifest(&target, "library/web", "1.26")
+            .await
+            .is_none()
+    );
 
     scenario.sync().await.assert_code(0);
-    push_image(&upstream, "library/worker", "2", ImageSpec::new(Format::Docker, vec![layer(300, 5_000)])).await;
+    push_image(
+        &upstream,
+        "library/worker",
+        "2",
+        ImageSpec::new(Format::Docker, vec![layer(300, 5_000)]),
+    )
+    .await;
     let out = scenario.plan().await;
     out.assert_code(0);
-    assert!(out.stdout.contains(&format!("updated: {} -> library/worker:2", images[1])), "{}", out.stdout);
-    assert!(out.stdout.contains("1 to sync, 3 unchanged"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains(&format!("updated: {} -> library/worker:2", images[1])),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("1 to sync, 3 unchanged"),
+        "{}",
+        out.stdout
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_missing_upstream_tag_fails_alone() {
     let upstream = Registry::start().await;
     let target = Registry::start().await;
-    push_image(&upstream, "library/good", "1", ImageSpec::new(Format::Oci, vec![layer(400, 3_000)])).await;
+    push_image(
+        &upstream,
+        "library/good",
+        "1",
+        ImageSpec::new(Format::Oci, vec![layer(400, 3_000)]),
+    )
+    .await;
     let missing = upstream.image_ref("library/good", "does-not-exist");
     let scenario = Scenario::registry_to_registry(
         &upstream,
@@ -175,10 +324,16 @@ async fn a_missing_upstream_tag_fails_alone() {
     let out = scenario.sync().await;
     out.assert_code(1);
     assert!(
-        out.stdout.contains(&format!("FAILED {missing} -> library/good:does-not-exist: not found upstream")),
+        out.stdout.contains(&format!(
+            "FAILED {missing} -> library/good:does-not-exist: not found upstream"
+        )),
         "{}",
         out.stdout
     );
-    assert!(out.stdout.contains("1 synced, 0 unchanged, 1 failed"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("1 synced, 0 unchanged, 1 failed"),
+        "{}",
+        out.stdout
+    );
     assert_image_complete(&target, "library/good", "1").await;
 }

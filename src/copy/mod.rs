@@ -40,7 +40,7 @@ pub enum SyncError {
     Upstream {
         host: String,
         #[source]
-        source: RegistryError,
+        source: Box<RegistryError>,
     },
     #[error("{0}")]
     Target(#[from] TargetError),
@@ -106,7 +106,7 @@ impl Engine {
     /// Prepares a run: builds the target client (no request is made yet).
     pub fn new(config: Arc<Config>, mode: Mode) -> Result<Self, SyncError> {
         let target = match &config.target.kind {
-            TargetKind::Registry(endpoint) => Target::Registry(
+            TargetKind::Registry(endpoint) => Target::Registry(Box::new(
                 RegistryClient::new(ClientOptions {
                     host: endpoint.host.clone(),
                     insecure: endpoint.insecure,
@@ -114,7 +114,7 @@ impl Engine {
                     credentials: endpoint.credentials.clone(),
                 })
                 .map_err(|e| SyncError::Target(TargetError::Registry(e)))?,
-            ),
+            )),
             TargetKind::Path(path) => Target::Layout(OciLayout::new(path.clone())),
         };
         let credentials = CredentialStore::load(config.docker_config.as_deref())
@@ -189,7 +189,7 @@ impl Engine {
         let repository = item.source.repository();
         let up_err = |source| SyncError::Upstream {
             host: upstream.host.clone(),
-            source,
+            source: Box::new(source),
         };
         // 1. What upstream holds now: a HEAD, which Docker Hub does not count as a pull.
         let digest = match (item.source.digest(), item.source.tag()) {
@@ -219,7 +219,11 @@ impl Engine {
                     }
                 }
             }
-            (None, None) => return Err(SyncError::Other("reference has neither tag nor digest".into())),
+            (None, None) => {
+                return Err(SyncError::Other(
+                    "reference has neither tag nor digest".into(),
+                ));
+            }
         };
         // 2. What the target holds.
         let target_ref = item
@@ -301,8 +305,8 @@ impl Engine {
                     counters,
                 )
                 .await
-                    .map(Arc::new)
-                    .map_err(|e| e.to_string())
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
             })
             .await;
         result.clone().map_err(SyncError::Other)
@@ -330,7 +334,7 @@ impl Engine {
             .await
             .map_err(|source| SyncError::Upstream {
                 host: upstream.host.clone(),
-                source,
+                source: Box::new(source),
             })?;
         let parsed = manifest::parse(&fetched.media_type, &fetched.bytes).map_err(|source| {
             SyncError::Manifest {
@@ -458,13 +462,20 @@ impl Engine {
             counters.present.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
-        if self.target.blob_size(target_repo, &blob.digest).await?.is_some() {
+        if self
+            .target
+            .blob_size(target_repo, &blob.digest)
+            .await?
+            .is_some()
+        {
             holders.push(target_repo.to_string());
             counters.present.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
         if let Some(from) = holders.first().cloned() {
-            if self.mode == Mode::Plan || self.mount_or_copy_within(&from, target_repo, blob).await? {
+            if self.mode == Mode::Plan
+                || self.mount_or_copy_within(&from, target_repo, blob).await?
+            {
                 holders.push(target_repo.to_string());
                 counters.mounted.fetch_add(1, Ordering::Relaxed);
                 return Ok(());
@@ -482,7 +493,7 @@ impl Engine {
                 .await
                 .map_err(|source| SyncError::Upstream {
                     host: upstream.host.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
             if let Some(length) = response.content_length()
                 && length != blob.size
@@ -500,7 +511,9 @@ impl Engine {
         }
         holders.push(target_repo.to_string());
         counters.copied.fetch_add(1, Ordering::Relaxed);
-        counters.copied_bytes.fetch_add(blob.size, Ordering::Relaxed);
+        counters
+            .copied_bytes
+            .fetch_add(blob.size, Ordering::Relaxed);
         Ok(())
     }
 
@@ -515,7 +528,9 @@ impl Engine {
         match self.target.mount(target_repo, &blob.digest, from).await {
             Ok(true) => return Ok(true),
             Ok(false) => {}
-            Err(e) => tracing::debug!(error = %e, "cross-repository mount failed; copying within the target"),
+            Err(e) => {
+                tracing::debug!(error = %e, "cross-repository mount failed; copying within the target")
+            }
         }
         let source = self.target.read_blob(from, &blob.digest, blob.size).await?;
         self.target
@@ -550,7 +565,7 @@ impl Engine {
         })
         .map_err(|source| SyncError::Upstream {
             host: registry.to_string(),
-            source,
+            source: Box::new(source),
         })?;
         let upstream = Arc::new(Upstream {
             host: registry.to_string(),

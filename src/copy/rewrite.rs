@@ -15,7 +15,9 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use crate::config::Platform;
-use crate::manifest::{self, DOCKER_LIST, DOCKER_MANIFEST, Descriptor, OCI_INDEX, OCI_MANIFEST, PlatformSpec};
+use crate::manifest::{
+    self, DOCKER_LIST, DOCKER_MANIFEST, Descriptor, OCI_INDEX, OCI_MANIFEST, PlatformSpec,
+};
 use crate::reference::Digest;
 use crate::registry::FetchedManifest;
 
@@ -140,7 +142,11 @@ pub fn rewrite_index(
             entry["mediaType"] = new.media_type.clone().into();
         }
     }
-    let media_type = if convert { OCI_INDEX } else { upstream.media_type.as_str() };
+    let media_type = if convert {
+        OCI_INDEX
+    } else {
+        upstream.media_type.as_str()
+    };
     finish(doc, media_type, upstream, how.platforms)
 }
 
@@ -154,11 +160,15 @@ pub fn convert_image(upstream: &FetchedManifest) -> Result<FetchedManifest, Stri
     if let Some(layers) = doc.get_mut("layers").and_then(|l| l.as_array_mut()) {
         for layer in layers {
             let oci = match layer["mediaType"].as_str().unwrap_or_default() {
-                "application/vnd.docker.image.rootfs.diff.tar.gzip" => "application/vnd.oci.image.layer.v1.tar+gzip",
+                "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
+                    "application/vnd.oci.image.layer.v1.tar+gzip"
+                }
                 "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => {
                     "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
                 }
-                "application/vnd.docker.image.rootfs.diff.tar" => "application/vnd.oci.image.layer.v1.tar",
+                "application/vnd.docker.image.rootfs.diff.tar" => {
+                    "application/vnd.oci.image.layer.v1.tar"
+                }
                 other => return Err(format!("layer media type {other:?} has no OCI equivalent")),
             };
             layer["mediaType"] = oci.into();

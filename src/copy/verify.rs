@@ -96,16 +96,34 @@ mod tests {
 
     #[tokio::test]
     async fn accepts_exact_content_and_rejects_corruption() {
-        let good = VerifiedStream::new(stream_of(vec![b"hello ", b"world"]), digest_of(b"hello world"), 11);
+        let good = VerifiedStream::new(
+            stream_of(vec![b"hello ", b"world"]),
+            digest_of(b"hello world"),
+            11,
+        );
         assert_eq!(good.finish().await.unwrap(), 11);
 
-        let flipped = VerifiedStream::new(stream_of(vec![b"hello World"]), digest_of(b"hello world"), 11);
+        let flipped = VerifiedStream::new(
+            stream_of(vec![b"hello World"]),
+            digest_of(b"hello world"),
+            11,
+        );
         assert!(flipped.finish().await.unwrap_err().contains("corrupted"));
 
         let short = VerifiedStream::new(stream_of(vec![b"hello"]), digest_of(b"hello world"), 11);
-        assert!(short.finish().await.unwrap_err().contains("ended after 5 of 11"));
+        assert!(
+            short
+                .finish()
+                .await
+                .unwrap_err()
+                .contains("ended after 5 of 11")
+        );
 
-        let long = VerifiedStream::new(stream_of(vec![b"hello world!"]), digest_of(b"hello world"), 11);
+        let long = VerifiedStream::new(
+            stream_of(vec![b"hello world!"]),
+            digest_of(b"hello world"),
+            11,
+        );
         assert!(long.finish().await.unwrap_err().contains("longer"));
     }
 }

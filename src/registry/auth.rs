@@ -184,7 +184,9 @@ impl Authenticator {
             })
         };
         let Some(new) = parsed else {
-            return deny("registry answered 401 without a usable WWW-Authenticate challenge".into());
+            return deny(
+                "registry answered 401 without a usable WWW-Authenticate challenge".into(),
+            );
         };
         let first_contact = matches!(previous, None | Some(Challenge::Anonymous));
         if let Challenge::Bearer {
@@ -209,7 +211,10 @@ impl Authenticator {
             }
         }
         let reason = match (&new, &self.credentials) {
-            (_, None) => "access denied to anonymous client (no credentials configured for this registry)".to_string(),
+            (_, None) => {
+                "access denied to anonymous client (no credentials configured for this registry)"
+                    .to_string()
+            }
             (Challenge::Basic, Some(_)) => "username or password rejected".to_string(),
             (_, Some(_)) => format!("access denied for scopes {}", scopes.join(" ")),
         };
@@ -355,8 +360,13 @@ mod tests {
         let c = parse_challenge(
             r#"Bearer realm="http://127.0.0.1:5001/token",service="reg",scope="repository:a:pull,push",error="insufficient_scope""#,
         );
-        assert!(matches!(c, Some(Challenge::Bearer { scope: Some(s), .. }) if s == "repository:a:pull,push"));
-        assert_eq!(parse_challenge(r#"Basic realm="basic-realm""#), Some(Challenge::Basic));
+        assert!(
+            matches!(c, Some(Challenge::Bearer { scope: Some(s), .. }) if s == "repository:a:pull,push")
+        );
+        assert_eq!(
+            parse_challenge(r#"Basic realm="basic-realm""#),
+            Some(Challenge::Basic)
+        );
         assert_eq!(parse_challenge("Negotiate"), None);
         assert_eq!(parse_challenge("Bearer service=\"x\""), None);
     }
@@ -366,6 +376,9 @@ mod tests {
         let have = vec!["repository:a/b:pull,push".to_string()];
         assert!(covered(&have, "repository:a/b:pull"));
         assert!(!covered(&have, "repository:a/c:pull"));
-        assert!(!covered(&["repository:a:pull".to_string()], "repository:a:pull,push"));
+        assert!(!covered(
+            &["repository:a:pull".to_string()],
+            "repository:a:pull,push"
+        ));
     }
 }

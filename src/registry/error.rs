@@ -166,7 +166,10 @@ mod tests {
 
         let (errors, excerpt) = parse_error_body(b"<html>\n<b>Too Many\r\nRequests</b></html>");
         assert!(errors.is_empty());
-        assert_eq!(excerpt.as_deref(), Some("<html> <b>Too Many Requests</b></html>"));
+        assert_eq!(
+            excerpt.as_deref(),
+            Some("<html> <b>Too Many Requests</b></html>")
+        );
     }
 
     #[test]

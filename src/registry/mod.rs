@@ -155,7 +155,13 @@ impl RegistryClient {
     ) -> Result<Option<ManifestHead>, RegistryError> {
         let url = self.url(&format!("v2/{repository}/manifests/{reference}"))?;
         let response = self
-            .send(Method::HEAD, url.clone(), pull(repository), manifest_accept(), RequestBody::Empty)
+            .send(
+                Method::HEAD,
+                url.clone(),
+                pull(repository),
+                manifest_accept(),
+                RequestBody::Empty,
+            )
             .await?;
         match response.status() {
             StatusCode::OK => {
@@ -181,7 +187,13 @@ impl RegistryClient {
     ) -> Result<FetchedManifest, RegistryError> {
         let url = self.url(&format!("v2/{repository}/manifests/{reference}"))?;
         let response = self
-            .send(Method::GET, url.clone(), pull(repository), manifest_accept(), RequestBody::Empty)
+            .send(
+                Method::GET,
+                url.clone(),
+                pull(repository),
+                manifest_accept(),
+                RequestBody::Empty,
+            )
             .await?;
         if response.status() != StatusCode::OK {
             return Err(status_error("GET", &url, response).await);
@@ -244,7 +256,10 @@ impl RegistryClient {
                 url.clone(),
                 push(repository),
                 HeaderMap::new(),
-                RequestBody::Bytes(manifest.bytes.clone(), content_type_static(&manifest.media_type)),
+                RequestBody::Bytes(
+                    manifest.bytes.clone(),
+                    content_type_static(&manifest.media_type),
+                ),
             )
             .await?;
         match response.status() {
@@ -262,7 +277,13 @@ impl RegistryClient {
     ) -> Result<Option<u64>, RegistryError> {
         let url = self.url(&format!("v2/{repository}/blobs/{digest}"))?;
         let response = self
-            .send(Method::HEAD, url.clone(), pull(repository), HeaderMap::new(), RequestBody::Empty)
+            .send(
+                Method::HEAD,
+                url.clone(),
+                pull(repository),
+                HeaderMap::new(),
+                RequestBody::Empty,
+            )
             .await?;
         match response.status() {
             StatusCode::OK => Ok(Some(content_length(response.headers()).unwrap_or(0))),
@@ -280,7 +301,13 @@ impl RegistryClient {
     ) -> Result<reqwest::Response, RegistryError> {
         let url = self.url(&format!("v2/{repository}/blobs/{digest}"))?;
         let response = self
-            .send(Method::GET, url.clone(), pull(repository), HeaderMap::new(), RequestBody::Empty)
+            .send(
+                Method::GET,
+                url.clone(),
+                pull(repository),
+                HeaderMap::new(),
+                RequestBody::Empty,
+            )
             .await?;
         if response.status() != StatusCode::OK {
             return Err(status_error("GET", &url, response).await);
@@ -303,11 +330,19 @@ impl RegistryClient {
         let mut scopes = push(repository);
         scopes.push(format!("repository:{from}:pull"));
         let response = self
-            .send(Method::POST, url.clone(), scopes, HeaderMap::new(), RequestBody::Empty)
+            .send(
+                Method::POST,
+                url.clone(),
+                scopes,
+                HeaderMap::new(),
+                RequestBody::Empty,
+            )
             .await?;
         match response.status() {
             StatusCode::CREATED => Ok(MountOutcome::Mounted),
-            StatusCode::ACCEPTED => Ok(MountOutcome::UploadStarted(self.location(&url, &response)?)),
+            StatusCode::ACCEPTED => {
+                Ok(MountOutcome::UploadStarted(self.location(&url, &response)?))
+            }
             _ => Err(status_error("POST", &url, response).await),
         }
     }
@@ -316,7 +351,13 @@ impl RegistryClient {
     pub async fn start_upload(&self, repository: &str) -> Result<Url, RegistryError> {
         let url = self.url(&format!("v2/{repository}/blobs/uploads/"))?;
         let response = self
-            .send(Method::POST, url.clone(), push(repository), HeaderMap::new(), RequestBody::Empty)
+            .send(
+                Method::POST,
+                url.clone(),
+                push(repository),
+                HeaderMap::new(),
+                RequestBody::Empty,
+            )
             .await?;
         if response.status() != StatusCode::ACCEPTED {
             return Err(status_error("POST", &url, response).await);
@@ -362,9 +403,16 @@ impl RegistryClient {
         digest: &Digest,
     ) -> Result<(), RegistryError> {
         let mut url = location.clone();
-        url.query_pairs_mut().append_pair("digest", &digest.to_string());
+        url.query_pairs_mut()
+            .append_pair("digest", &digest.to_string());
         let response = self
-            .send(Method::PUT, url.clone(), push(repository), HeaderMap::new(), RequestBody::Empty)
+            .send(
+                Method::PUT,
+                url.clone(),
+                push(repository),
+                HeaderMap::new(),
+                RequestBody::Empty,
+            )
             .await?;
         match response.status() {
             StatusCode::CREATED | StatusCode::NO_CONTENT | StatusCode::OK => Ok(()),
@@ -375,7 +423,13 @@ impl RegistryClient {
     /// `DELETE <location>`: abandons an upload session (best effort).
     pub async fn cancel_upload(&self, repository: &str, location: &Url) {
         let result = self
-            .send(Method::DELETE, location.clone(), push(repository), HeaderMap::new(), RequestBody::Empty)
+            .send(
+                Method::DELETE,
+                location.clone(),
+                push(repository),
+                HeaderMap::new(),
+                RequestBody::Empty,
+            )
             .await;
         if let Err(e) = result {
             tracing::debug!(error = %e, "could not cancel upload session");
@@ -398,7 +452,13 @@ impl RegistryClient {
                 return Err(RegistryError::protocol(&url, "tags list pagination loops"));
             }
             let response = self
-                .send(Method::GET, url.clone(), pull(repository), HeaderMap::new(), RequestBody::Empty)
+                .send(
+                    Method::GET,
+                    url.clone(),
+                    pull(repository),
+                    HeaderMap::new(),
+                    RequestBody::Empty,
+                )
                 .await?;
             if response.status() != StatusCode::OK {
                 return Err(status_error("GET", &url, response).await);
@@ -429,12 +489,17 @@ impl RegistryClient {
             .headers()
             .get(header::LOCATION)
             .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| RegistryError::protocol(request, "upload response has no Location header"))?;
-        let url = request
-            .join(value)
-            .map_err(|e| RegistryError::protocol(request, format!("bad Location {value:?}: {e}")))?;
+            .ok_or_else(|| {
+                RegistryError::protocol(request, "upload response has no Location header")
+            })?;
+        let url = request.join(value).map_err(|e| {
+            RegistryError::protocol(request, format!("bad Location {value:?}: {e}"))
+        })?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(RegistryError::protocol(request, format!("bad Location {value:?}")));
+            return Err(RegistryError::protocol(
+                request,
+                format!("bad Location {value:?}"),
+            ));
         }
         Ok(url)
     }
@@ -498,7 +563,11 @@ impl RegistryClient {
                 .get(header::WWW_AUTHENTICATE)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
-            match self.auth.on_unauthorized(challenge.as_deref(), &mut scopes, tried).await {
+            match self
+                .auth
+                .on_unauthorized(challenge.as_deref(), &mut scopes, tried)
+                .await
+            {
                 Retry::Again => tried += 1,
                 Retry::GiveUp(err) => return Err(err),
             }
@@ -598,7 +667,10 @@ fn next_link(headers: &HeaderMap, current: &Url) -> Option<Url> {
 }
 
 /// Reads a response body, failing when it is longer than `limit`.
-pub(crate) async fn read_limited(response: reqwest::Response, limit: usize) -> Result<Bytes, String> {
+pub(crate) async fn read_limited(
+    response: reqwest::Response,
+    limit: usize,
+) -> Result<Bytes, String> {
     let mut stream = response.bytes_stream();
     let mut buf = Vec::new();
     while let Some(chunk) = stream.next().await {
@@ -612,7 +684,11 @@ pub(crate) async fn read_limited(response: reqwest::Response, limit: usize) -> R
 }
 
 /// Turns an unexpected response into an error carrying the registry's code and message.
-pub(crate) async fn status_error(method: &str, url: &Url, response: reqwest::Response) -> RegistryError {
+pub(crate) async fn status_error(
+    method: &str,
+    url: &Url,
+    response: reqwest::Response,
+) -> RegistryError {
     let status = response.status().as_u16();
     let retry_after = response
         .headers()
@@ -706,7 +782,12 @@ mod tests {
 
     #[test]
     fn redacts_upload_state() {
-        let url = Url::parse("https://u:p@r.example/v2/a/blobs/uploads/x?_state=abc&digest=sha256:1").unwrap();
-        assert_eq!(redact(&url), "https://r.example/v2/a/blobs/uploads/x?digest=sha256%3A1");
+        let url =
+            Url::parse("https://u:p@r.example/v2/a/blobs/uploads/x?_state=abc&digest=sha256:1")
+                .unwrap();
+        assert_eq!(
+            redact(&url),
+            "https://r.example/v2/a/blobs/uploads/x?digest=sha256%3A1"
+        );
     }
 }

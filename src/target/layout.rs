@@ -82,10 +82,7 @@ impl OciLayout {
         reference: &str,
     ) -> Result<Option<Digest>, TargetError> {
         if let Ok(digest) = Digest::parse(reference) {
-            return Ok(self
-                .blob_size(repository, &digest)
-                .await?
-                .map(|_| digest));
+            return Ok(self.blob_size(repository, &digest).await?.map(|_| digest));
         }
         let index = self.read_index(repository).await?;
         let entry = index["manifests"].as_array().and_then(|entries| {
@@ -237,9 +234,9 @@ impl OciLayout {
         };
         let _guard = lock.lock().await;
         let mut index = self.read_index(repository).await?;
-        let entries = index["manifests"]
-            .as_array_mut()
-            .ok_or_else(|| TargetError::Invalid(format!("{repository}/index.json has no manifests array")))?;
+        let entries = index["manifests"].as_array_mut().ok_or_else(|| {
+            TargetError::Invalid(format!("{repository}/index.json has no manifests array"))
+        })?;
         entries.retain(|e| e["annotations"][REF_NAME].as_str() != Some(reference));
         entries.push(serde_json::json!({
             "mediaType": manifest.media_type,
@@ -273,7 +270,10 @@ impl OciLayout {
 fn temp_name(path: &Path) -> PathBuf {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let name = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
 }
 

@@ -35,7 +35,7 @@ pub enum TargetError {
 
 /// The mirror's destination.
 pub enum Target {
-    Registry(RegistryClient),
+    Registry(Box<RegistryClient>),
     Layout(OciLayout),
 }
 
@@ -142,7 +142,11 @@ impl Target {
         match self {
             Target::Registry(c) => {
                 let response = c.get_blob(repository, digest).await?;
-                Ok(crate::copy::verify::from_response(response, digest.clone(), size))
+                Ok(crate::copy::verify::from_response(
+                    response,
+                    digest.clone(),
+                    size,
+                ))
             }
             Target::Layout(l) => l.read_blob(repository, digest, size).await,
         }

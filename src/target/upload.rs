@@ -34,9 +34,10 @@ pub async fn upload_blob(
         while offset < size {
             let length = CHUNK_SIZE.min(size - offset);
             let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(PIPE_DEPTH);
-            let body = reqwest::Body::wrap_stream(futures_util::stream::unfold(rx, |mut rx| async move {
-                rx.recv().await.map(|item| (item, rx))
-            }));
+            let body =
+                reqwest::Body::wrap_stream(futures_util::stream::unfold(rx, |mut rx| async move {
+                    rx.recv().await.map(|item| (item, rx))
+                }));
             let feed = feed_chunk(&mut source, &mut carry, length, tx);
             let patch = client.upload_chunk(repository, &location, offset, length, body);
             let (fed, patched) = tokio::join!(feed, patch);

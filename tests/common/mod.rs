@@ -54,13 +54,13 @@ pub use bin::{
     run_measured_with_env, write_config,
 };
 pub use client::{Challenge, Client};
-pub use scenario::Scenario;
 pub use image::{
     DOCKER_CONFIG, DOCKER_LAYER, DOCKER_LIST, DOCKER_MANIFEST, Descriptor, Format, IN_TOTO,
     ImageSpec, Layer, MANIFEST_ACCEPT, OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST, Platform,
     PushedImage,
 };
 pub use registry::{Registry, RegistryOptions};
+pub use scenario::Scenario;
 pub use seed::{
     attestation_manifest, push_big_blob, push_blob, push_image, push_index, push_manifest,
 };

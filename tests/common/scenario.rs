@@ -15,7 +15,12 @@ pub struct Scenario {
 impl Scenario {
     /// `target.registry` = `target` (plain HTTP), upstream plain HTTP, `images` as YAML list
     /// items (each a string written verbatim after `- `), with an optional target prefix.
-    pub fn registry_to_registry(upstream: &Registry, target: &Registry, prefix: &str, images: &[String]) -> Scenario {
+    pub fn registry_to_registry(
+        upstream: &Registry,
+        target: &Registry,
+        prefix: &str,
+        images: &[String],
+    ) -> Scenario {
         let target_yaml = format!(
             "target:\n  registry: \"{}\"\n  insecure: true\n  prefix: \"{prefix}\"\n",
             target.host()
@@ -24,7 +29,11 @@ impl Scenario {
     }
 
     /// Like [`Scenario::registry_to_registry`] but into an OCI layout directory `layout`.
-    pub fn registry_to_layout(upstream: &Registry, layout: &std::path::Path, images: &[String]) -> Scenario {
+    pub fn registry_to_layout(
+        upstream: &Registry,
+        layout: &std::path::Path,
+        images: &[String],
+    ) -> Scenario {
         let target_yaml = format!("target:\n  path: \"{}\"\n", layout.display());
         Self::with_target(upstream, &target_yaml, images)
     }

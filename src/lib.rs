@@ -15,9 +15,11 @@ pub mod cli;
 pub mod config;
 pub mod copy;
 pub mod manifest;
+pub mod metrics;
 pub mod reference;
 pub mod registry;
 pub mod report;
+pub mod schedule;
 pub mod target;
 
 use std::sync::Arc;
@@ -29,14 +31,19 @@ use report::RunReport;
 /// One pass over every configured tag; prints the summary and returns the exit code.
 pub async fn run_once(config: Config, mode: Mode) -> i32 {
     let started = std::time::Instant::now();
-    let engine = match Engine::new(Arc::new(config), mode) {
+    let engine = match Engine::new(Arc::new(config), mode, None) {
         Ok(e) => Arc::new(e),
         Err(e) => {
             eprintln!("error: {e}");
             return 1;
         }
     };
-    let tags = engine.run().await;
+    let tags = engine
+        .run(
+            &copy::RunControl::default(),
+            &std::collections::HashMap::new(),
+        )
+        .await;
     let report = RunReport {
         tags,
         duration: started.elapsed(),
@@ -76,12 +83,12 @@ pub async fn check(config: Config, connect: bool) -> i32 {
         endpoints.push((host.clone(), config.registry(&host).endpoint));
     }
     for (name, endpoint) in endpoints {
-        let client = registry::RegistryClient::new(registry::ClientOptions {
-            host: endpoint.host.clone(),
-            insecure: endpoint.insecure,
-            ca_file: endpoint.ca_file.clone(),
-            credentials: endpoint.credentials.clone(),
-        });
+        let client = registry::RegistryClient::new(registry::ClientOptions::new(
+            &endpoint.host,
+            endpoint.insecure,
+            endpoint.ca_file.clone(),
+            endpoint.credentials.clone(),
+        ));
         let result = match client {
             Ok(c) => c.ping().await,
             Err(e) => Err(e),

@@ -42,6 +42,10 @@ pub enum TagResult {
     Failed {
         error: String,
     },
+    /// Left for a later run (pull-quota reserve reached, stop requested); first in line then.
+    Deferred {
+        reason: String,
+    },
 }
 
 /// One tag's line in the summary.
@@ -52,6 +56,8 @@ pub struct TagOutcome {
     pub result: TagResult,
     pub stats: CopyStats,
     pub duration: Duration,
+    /// Stable identity across runs (`source -> target`).
+    pub key: String,
 }
 
 impl TagOutcome {
@@ -71,6 +77,9 @@ impl TagOutcome {
             ),
             TagResult::Failed { error } => tracing::warn!(
                 source = %self.source, target = %self.target, result = "failed", error = %error, duration_ms = ms, "tag failed"
+            ),
+            TagResult::Deferred { reason } => tracing::info!(
+                source = %self.source, target = %self.target, result = "deferred", reason = %reason, duration_ms = ms, "tag deferred"
             ),
         }
     }
@@ -94,6 +103,10 @@ impl RunReport {
         self.count(|r| matches!(r, TagResult::Synced { .. }))
     }
 
+    pub fn deferred(&self) -> usize {
+        self.count(|r| matches!(r, TagResult::Deferred { .. }))
+    }
+
     pub fn unchanged(&self) -> usize {
         self.count(|r| matches!(r, TagResult::Unchanged { .. }))
     }
@@ -102,9 +115,16 @@ impl RunReport {
         self.tags.iter().filter(|t| f(&t.result)).count()
     }
 
-    /// 0 when every tag is in sync, 1 when some failed.
+    /// 0 when every tag is in sync, 1 when some failed, 3 when none failed but some were left
+    /// for a later run.
     pub fn exit_code(&self) -> i32 {
-        if self.failed() > 0 { 1 } else { 0 }
+        if self.failed() > 0 {
+            1
+        } else if self.deferred() > 0 {
+            3
+        } else {
+            0
+        }
     }
 
     /// The end-of-run text: one line per tag that changed or failed, then totals.
@@ -143,16 +163,20 @@ impl RunReport {
                 TagResult::Failed { error } => {
                     let _ = writeln!(out, "FAILED {} -> {}: {error}", tag.source, tag.target);
                 }
+                TagResult::Deferred { reason } => {
+                    let _ = writeln!(out, "DEFERRED {} -> {}: {reason}", tag.source, tag.target);
+                }
             }
         }
         let _ = writeln!(
             out,
-            "{}: {} {}, {} unchanged, {} failed; {} {} ({}), {} mounted, {} present; {:.1}s",
+            "{}: {} {}, {} unchanged, {} failed, {} deferred; {} {} ({}), {} mounted, {} present; {:.1}s",
             plural(self.tags.len() as u64, "tag"),
             self.synced(),
             if self.planned { "to sync" } else { "synced" },
             self.unchanged(),
             self.failed(),
+            self.deferred(),
             plural(total.copied, "blob"),
             if self.planned { "to copy" } else { "copied" },
             human_bytes(total.copied_bytes),

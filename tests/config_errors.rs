@@ -288,7 +288,11 @@ async fn no_config_file_at_all_is_a_usage_error() {
         "should name ./sync.yaml and say it is missing:\n{}",
         out.stderr
     );
-    assert!(out.stdout.is_empty(), "no summary expected:\n{}", out.stdout);
+    assert!(
+        out.stdout.is_empty(),
+        "no summary expected:\n{}",
+        out.stdout
+    );
     // $MIRRORSYNC_CONFIG names the file when set.
     let missing = dir.path().join("elsewhere/mirror.yaml");
     let out = run_in(

@@ -32,6 +32,10 @@ use crate::reference::{DOCKER_HUB, DOCKER_HUB_API, Reference, normalize_registry
 pub const DEFAULT_CONCURRENCY: usize = 8;
 /// Default for [`RegistrySettings::concurrency`]: blob transfers at once per upstream host.
 pub const DEFAULT_REGISTRY_CONCURRENCY: usize = 4;
+/// Requests per second to Docker Hub unless configured: well under its abuse limits.
+pub const DOCKER_HUB_REQUESTS_PER_SECOND: f64 = 10.0;
+/// Request burst to Docker Hub unless configured.
+pub const DOCKER_HUB_BURST: u32 = 20;
 
 /// A validated `sync.yaml`.
 #[derive(Debug, Clone)]
@@ -70,6 +74,10 @@ pub struct Target {
     pub kind: TargetKind,
     /// Without leading or trailing `/`; `""` keeps upstream paths unchanged.
     pub prefix: String,
+    /// Request and bandwidth limits at a target registry.
+    pub limits: crate::registry::LimitSettings,
+    /// Blob uploads at once to the target.
+    pub concurrency: usize,
 }
 
 /// How to reach one registry.
@@ -109,6 +117,7 @@ pub struct RegistrySettings {
 impl RegistrySettings {
     /// Settings for a host that `registries:` does not mention.
     pub fn default_for(host: &str) -> RegistrySettings {
+        let docker_hub = normalize_registry(host) == crate::reference::DOCKER_HUB;
         RegistrySettings {
             endpoint: Endpoint {
                 host: api_host(&normalize_registry(host)),
@@ -118,8 +127,8 @@ impl RegistrySettings {
             },
             mirrors: Vec::new(),
             prefix: None,
-            requests_per_second: None,
-            burst: None,
+            requests_per_second: docker_hub.then_some(DOCKER_HUB_REQUESTS_PER_SECOND),
+            burst: docker_hub.then_some(DOCKER_HUB_BURST),
             bytes_per_second: None,
             concurrency: DEFAULT_REGISTRY_CONCURRENCY,
             rate_limit_reserve: None,

@@ -33,6 +33,10 @@ pub(crate) struct RawTarget {
     pub insecure: Option<bool>,
     pub ca_file: Option<Spanned<String>>,
     pub auth: Option<Spanned<RawAuth>>,
+    pub requests_per_second: Option<Spanned<f64>>,
+    pub burst: Option<Spanned<u32>>,
+    pub bytes_per_second: Option<Spanned<String>>,
+    pub concurrency: Option<Spanned<u64>>,
 }
 
 /// `auth:` of the target or of an upstream registry.

@@ -202,7 +202,7 @@ fn unknown_nested_key() {
     assert_eq!(
         error("target:\n  path: /m\n  regisry: r.example\nimages: [nginx]\n"),
         "sync.yaml:3:3: target.regisry: unknown key (expected one of registry, path, prefix, \
-         insecure, ca_file, auth)"
+         insecure, ca_file, auth, requests_per_second, burst, bytes_per_second, concurrency)"
     );
     assert_eq!(
         error(&format!(

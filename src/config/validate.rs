@@ -221,7 +221,25 @@ impl Validator<'_> {
             Some(p) => self.prefix(p, "target.prefix")?,
             None => String::new(),
         };
-        Ok(Target { kind, prefix })
+        let (requests_per_second, burst, bytes_per_second) = self.rate_knobs(
+            &t.requests_per_second,
+            &t.burst,
+            &t.bytes_per_second,
+            "target",
+        )?;
+        Ok(Target {
+            kind,
+            prefix,
+            limits: crate::registry::LimitSettings {
+                requests_per_second,
+                burst,
+                bytes_per_second,
+            },
+            concurrency: match &t.concurrency {
+                Some(c) => self.in_range(c, "target.concurrency", 1, 64)?,
+                None => DEFAULT_REGISTRY_CONCURRENCY,
+            },
+        })
     }
 
     fn endpoint(
@@ -366,35 +384,12 @@ impl Validator<'_> {
                 .map_err(|e| self.site.spanned(m, format!("{key}.mirrors[{i}]"), e))?;
             mirrors.push(url);
         }
-        let requests_per_second = match &r.requests_per_second {
-            Some(v) if !(v.value.is_finite() && v.value > 0.0) => {
-                return Err(self.site.spanned(
-                    v,
-                    format!("{key}.requests_per_second"),
-                    "must be a number above 0",
-                ));
-            }
-            v => v.as_ref().map(|v| v.value),
-        };
-        let burst = match &r.burst {
-            Some(v) if v.value == 0 => {
-                return Err(self
-                    .site
-                    .spanned(v, format!("{key}.burst"), "must be at least 1"));
-            }
-            v => v.as_ref().map(|v| v.value),
-        };
-        let bytes_per_second = match &r.bytes_per_second {
-            Some(v) => {
-                let k = format!("{key}.bytes_per_second");
-                let n = parse_byte_size(&v.value).map_err(|e| self.site.spanned(v, &k, e))?;
-                if n == 0 {
-                    return Err(self.site.spanned(v, k, "must be above 0"));
-                }
-                Some(n)
-            }
-            None => None,
-        };
+        let docker_hub = host == crate::reference::DOCKER_HUB;
+        let (requests_per_second, burst, bytes_per_second) =
+            self.rate_knobs(&r.requests_per_second, &r.burst, &r.bytes_per_second, key)?;
+        let requests_per_second =
+            requests_per_second.or(docker_hub.then_some(super::DOCKER_HUB_REQUESTS_PER_SECOND));
+        let burst = burst.or(docker_hub.then_some(super::DOCKER_HUB_BURST));
         Ok(RegistrySettings {
             endpoint: self.endpoint(
                 api_host(host),
@@ -418,5 +413,46 @@ impl Validator<'_> {
             },
             rate_limit_reserve: r.rate_limit_reserve,
         })
+    }
+
+    /// `requests_per_second`, `burst` and `bytes_per_second`, checked.
+    #[allow(clippy::type_complexity)]
+    fn rate_knobs(
+        &self,
+        rps: &Option<Spanned<f64>>,
+        burst: &Option<Spanned<u32>>,
+        bps: &Option<Spanned<String>>,
+        key: &str,
+    ) -> Result<(Option<f64>, Option<u32>, Option<u64>), ConfigError> {
+        let requests_per_second = match rps {
+            Some(v) if !(v.value.is_finite() && v.value > 0.0) => {
+                return Err(self.site.spanned(
+                    v,
+                    format!("{key}.requests_per_second"),
+                    "must be a number above 0",
+                ));
+            }
+            v => v.as_ref().map(|v| v.value),
+        };
+        let burst = match burst {
+            Some(v) if v.value == 0 => {
+                return Err(self
+                    .site
+                    .spanned(v, format!("{key}.burst"), "must be at least 1"));
+            }
+            v => v.as_ref().map(|v| v.value),
+        };
+        let bytes_per_second = match bps {
+            Some(v) => {
+                let k = format!("{key}.bytes_per_second");
+                let n = parse_byte_size(&v.value).map_err(|e| self.site.spanned(v, &k, e))?;
+                if n == 0 {
+                    return Err(self.site.spanned(v, k, "must be above 0"));
+                }
+                Some(n)
+            }
+            None => None,
+        };
+        Ok((requests_per_second, burst, bytes_per_second))
     }
 }

@@ -25,10 +25,22 @@ impl BlobLedger {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         slots.entry(digest.clone()).or_default().clone()
     }
+
+    /// Every (digest, repository) known now; blobs in flight are left out.
+    pub fn snapshot(&self) -> Vec<(Digest, String)> {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        for (digest, slot) in slots.iter() {
+            if let Ok(holders) = slot.try_lock() {
+                out.extend(holders.iter().map(|r| (digest.clone(), r.clone())));
+            }
+        }
+        out
+    }
 }
 
 /// The outcome of copying one manifest (and everything under it) into one target repository.
-pub type ManifestResult = Result<Arc<FetchedManifest>, String>;
+pub type ManifestResult = Result<Arc<FetchedManifest>, Arc<super::SyncError>>;
 
 type ManifestKey = (String, Digest, String);
 

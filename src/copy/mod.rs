@@ -1,32 +1,44 @@
-//! The engine: one tag's journey from upstream to target, for every configured tag.
+//! The engine: every configured tag's journey from upstream to target.
 //!
-//! For each tag ([`Engine::sync_item`]): HEAD upstream and target with the same Accept list; the
-//! same digest means unchanged and nothing more is asked upstream. Otherwise the manifest is
-//! fetched by digest (exact bytes, digest verified), its blobs are made present at the target
-//! (skipped when there, mounted when another target repository has them, else streamed and
-//! verified), child manifests are pushed by digest, and the tag is written last.
+//! A run has two phases. First every tag is inspected ([`Engine::inspect`]): HEAD upstream and
+//! target with the same Accept list; the same digest means unchanged and nothing more is asked
+//! upstream (HEADs do not count against Docker Hub's pull quota). Then only the changed tags are
+//! copied ([`Engine::copy_tag`]), the longest-pending first, while the pull quota lasts: the
+//! manifest is fetched by digest (exact bytes, digest verified), its blobs are made present at
+//! the target (skipped, mounted, or streamed and verified), child manifests are pushed by digest,
+//! and the tag is written last.
 //!
 //! Tags run in parallel up to `concurrency`; blob transfers per upstream host are bounded by that
-//! host's `concurrency`. A failing tag never stops the others.
+//! host's `concurrency`. A failing tag never stops the others. A stop request (signal,
+//! `--max-duration`) lets running tags finish within a grace period; the rest are deferred.
 
+mod blobs;
+mod download;
 mod ledger;
+mod manifests;
 mod rewrite;
+mod upstream;
 pub mod verify;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use futures_util::TryStreamExt;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, CredentialStore, Platform, SyncItem, TargetKind};
-use crate::manifest::{self, Descriptor, ManifestError, Parsed};
+use crate::config::{Config, CredentialStore, SyncItem, TargetKind};
+use crate::manifest::ManifestError;
 use crate::reference::Digest;
-use crate::registry::{ClientOptions, FetchedManifest, RegistryClient, RegistryError};
+use crate::registry::{
+    ClientOptions, LimitSettings, RegistryClient, RegistryError, RequestObserver, RetryPolicy,
+};
 use crate::report::{CopyStats, TagOutcome, TagResult};
 use crate::target::{OciLayout, Target, TargetError};
 use ledger::{BlobLedger, ManifestLedger};
+use manifests::Route;
+use upstream::{Upstream, UpstreamRef};
 
 /// Indexes may nest; deeper than this is refused rather than followed.
 const MAX_INDEX_DEPTH: usize = 4;
@@ -52,8 +64,24 @@ pub enum SyncError {
     },
     #[error("not found upstream: {0}")]
     NotFound(String),
+    /// Not a failure: the tag is left for a later run (quota reserve reached, stop requested).
+    #[error("deferred: {0}")]
+    Deferred(String),
+    /// The same error, met by another tag that shared this work.
+    #[error("{0}")]
+    Shared(Arc<SyncError>),
     #[error("{0}")]
     Other(String),
+}
+
+impl SyncError {
+    fn deferred_reason(&self) -> Option<&str> {
+        match self {
+            SyncError::Deferred(reason) => Some(reason),
+            SyncError::Shared(inner) => inner.deferred_reason(),
+            _ => None,
+        }
+    }
 }
 
 /// Whether the engine copies or only reports what it would copy.
@@ -64,11 +92,22 @@ pub enum Mode {
     Plan,
 }
 
-/// An upstream registry host and its transfer limit.
-struct Upstream {
-    host: String,
-    client: RegistryClient,
-    transfers: Semaphore,
+/// How a run may be stopped early.
+#[derive(Clone)]
+pub struct RunControl {
+    /// Cancelled on SIGTERM or when `--max-duration` is up: no new tag starts after it.
+    pub stop: CancellationToken,
+    /// How long running tags may go on after a stop before they are abandoned.
+    pub grace: Duration,
+}
+
+impl Default for RunControl {
+    fn default() -> Self {
+        RunControl {
+            stop: CancellationToken::new(),
+            grace: Duration::from_secs(30),
+        }
+    }
 }
 
 /// Per-tag counters, shared with the tasks that do the tag's work.
@@ -91,30 +130,55 @@ impl Counters {
     }
 }
 
+/// What the inspection of one tag found.
+enum Inspection {
+    Done(TagResult),
+    Changed {
+        upstream: UpstreamRef,
+        digest: Digest,
+        new: bool,
+        target_ref: String,
+    },
+}
+
 /// Everything one run shares.
 pub struct Engine {
     config: Arc<Config>,
     mode: Mode,
     target: Target,
     credentials: CredentialStore,
-    upstreams: tokio::sync::Mutex<HashMap<String, Arc<Upstream>>>,
+    observer: Option<Arc<dyn RequestObserver>>,
+    retry: RetryPolicy,
+    upstreams: tokio::sync::Mutex<HashMap<String, UpstreamRef>>,
     blobs: BlobLedger,
     manifests: ManifestLedger,
+    stop: CancellationToken,
 }
 
 impl Engine {
     /// Prepares a run: builds the target client (no request is made yet).
-    pub fn new(config: Arc<Config>, mode: Mode) -> Result<Self, SyncError> {
+    pub fn new(
+        config: Arc<Config>,
+        mode: Mode,
+        observer: Option<Arc<dyn RequestObserver>>,
+    ) -> Result<Self, SyncError> {
+        let retry = RetryPolicy::default();
         let target = match &config.target.kind {
-            TargetKind::Registry(endpoint) => Target::Registry(Box::new(
-                RegistryClient::new(ClientOptions {
-                    host: endpoint.host.clone(),
-                    insecure: endpoint.insecure,
-                    ca_file: endpoint.ca_file.clone(),
-                    credentials: endpoint.credentials.clone(),
-                })
-                .map_err(|e| SyncError::Target(TargetError::Registry(e)))?,
-            )),
+            TargetKind::Registry(endpoint) => {
+                let mut options = ClientOptions::new(
+                    &endpoint.host,
+                    endpoint.insecure,
+                    endpoint.ca_file.clone(),
+                    endpoint.credentials.clone(),
+                );
+                options.label = "target".into();
+                options.limits = config.target.limits;
+                options.retry = retry.clone();
+                options.observer = observer.clone();
+                Target::Registry(Box::new(
+                    RegistryClient::new(options).map_err(|e| SyncError::Target(e.into()))?,
+                ))
+            }
             TargetKind::Path(path) => Target::Layout(OciLayout::new(path.clone())),
         };
         let credentials = CredentialStore::load(config.docker_config.as_deref())
@@ -124,9 +188,12 @@ impl Engine {
             mode,
             target,
             credentials,
+            observer,
+            retry,
             upstreams: tokio::sync::Mutex::new(HashMap::new()),
             blobs: BlobLedger::default(),
             manifests: ManifestLedger::default(),
+            stop: CancellationToken::new(),
         })
     }
 
@@ -135,71 +202,215 @@ impl Engine {
         &self.target
     }
 
-    /// Syncs (or plans) every configured tag, `concurrency` at a time, in file order of start.
-    pub async fn run(self: &Arc<Self>) -> Vec<TagOutcome> {
-        let limit = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
-        let mut tasks = tokio::task::JoinSet::new();
-        for (index, item) in self.config.images.iter().enumerate() {
-            let engine = Arc::clone(self);
-            let limit = Arc::clone(&limit);
-            let item = item.clone();
-            tasks.spawn(async move {
-                let _permit = limit.acquire_owned().await;
-                (index, engine.sync_item(&item).await)
-            });
-        }
-        let mut outcomes: Vec<(usize, TagOutcome)> = Vec::new();
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok(pair) => outcomes.push(pair),
-                Err(e) => tracing::error!(error = %e, "a sync task panicked"),
+    /// Tells the engine where blobs were seen at the target in earlier runs, so new
+    /// repositories can mount them instead of pulling again.
+    pub fn remember_blobs(&self, known: impl IntoIterator<Item = (Digest, String)>) {
+        for (digest, repository) in known {
+            if let Ok(mut holders) = self.blobs.slot(&digest).try_lock()
+                && !holders.contains(&repository)
+            {
+                holders.push(repository);
             }
         }
-        outcomes.sort_by_key(|(i, _)| *i);
-        outcomes.into_iter().map(|(_, o)| o).collect()
     }
 
-    /// One tag's journey. Never panics; failures become [`TagResult::Failed`].
-    pub async fn sync_item(&self, item: &SyncItem) -> TagOutcome {
-        let started = std::time::Instant::now();
-        let counters = Arc::new(Counters::default());
-        let result = match self.sync_item_inner(item, &counters).await {
-            Ok(result) => result,
-            Err(error) => TagResult::Failed {
-                error: error.to_string(),
-            },
-        };
-        let outcome = TagOutcome {
-            source: item.source.to_string(),
-            target: target_name(item),
-            result,
-            stats: counters.snapshot(),
-            duration: started.elapsed(),
-        };
-        outcome.log();
-        outcome
+    /// Where blobs are known to be at the target now (for the next run).
+    pub fn known_blobs(&self) -> Vec<(Digest, String)> {
+        self.blobs.snapshot()
     }
 
-    async fn sync_item_inner(
-        &self,
-        item: &SyncItem,
-        counters: &Arc<Counters>,
-    ) -> Result<TagResult, SyncError> {
+    /// Syncs (or plans) every configured tag. `priority` orders changed tags (lower first, e.g.
+    /// when a tag was first seen pending); tags not in it come after, in file order.
+    pub async fn run(
+        self: &Arc<Self>,
+        control: &RunControl,
+        priority: &HashMap<String, i64>,
+    ) -> Vec<TagOutcome> {
+        let items: Vec<SyncItem> = self.config.images.clone();
+        let started: Vec<Instant> = vec![Instant::now(); items.len()];
+        let counters: Vec<Arc<Counters>> = items
+            .iter()
+            .map(|_| Arc::new(Counters::default()))
+            .collect();
+        // Stop requests reach the engine's own token, which blob transfers check.
+        let stop = self.stop.clone();
+        let outer = control.stop.clone();
+        let forward = tokio::spawn(async move {
+            outer.cancelled().await;
+            stop.cancel();
+        });
+
+        // Phase 1: HEAD everything (free), concurrency-limited.
+        let inspections = self
+            .for_each_item(&items, control, |engine, item, _| async move {
+                engine.inspect(&item).await
+            })
+            .await;
+        let mut results: Vec<Option<TagResult>> = vec![None; items.len()];
+        let mut changed = Vec::new();
+        for (i, inspection) in inspections.into_iter().enumerate() {
+            match inspection {
+                None => results[i] = Some(deferred("stopped before the tag was checked")),
+                Some(Err(error)) => results[i] = Some(TagResult::Failed { error }),
+                Some(Ok(Inspection::Done(result))) => results[i] = Some(result),
+                Some(Ok(Inspection::Changed {
+                    upstream,
+                    digest,
+                    new,
+                    target_ref,
+                })) => changed.push((i, upstream, digest, new, target_ref)),
+            }
+        }
+        // Phase 2: copy what changed, the longest-pending first.
+        changed.sort_by_key(|(i, ..)| {
+            (
+                priority
+                    .get(&item_key(&items[*i]))
+                    .copied()
+                    .unwrap_or(i64::MAX),
+                *i,
+            )
+        });
+        let work: Vec<(usize, UpstreamRef, Digest, bool, String)> = changed;
+        let order: Vec<usize> = work.iter().map(|(i, ..)| *i).collect();
+        let work = Arc::new(std::sync::Mutex::new(
+            work.into_iter()
+                .map(|w| (w.0, w))
+                .collect::<HashMap<_, _>>(),
+        ));
+        let copy_items: Vec<SyncItem> = order.iter().map(|i| items[*i].clone()).collect();
+        let copy_counters: Vec<Arc<Counters>> =
+            order.iter().map(|i| Arc::clone(&counters[*i])).collect();
+        let copied = self
+            .for_each_item(&copy_items, control, |engine, item, k| {
+                let index = order[k];
+                let job = work
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&index);
+                let counters = Arc::clone(&copy_counters[k]);
+                async move {
+                    let Some((_, upstream, digest, new, target_ref)) = job else {
+                        return deferred("internal: missing work item");
+                    };
+                    engine
+                        .copy_tag(&item, upstream, digest, new, target_ref, &counters)
+                        .await
+                }
+            })
+            .await;
+        for (k, result) in copied.into_iter().enumerate() {
+            results[order[k]] = Some(match result {
+                None => deferred("stopped before the copy started"),
+                Some(Ok(result)) => result,
+                Some(Err(error)) => TagResult::Failed { error },
+            });
+        }
+        forward.abort();
+
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let outcome = TagOutcome {
+                    source: item.source.to_string(),
+                    target: target_name(item),
+                    result: results[i].take().unwrap_or_else(|| deferred("not reached")),
+                    stats: counters[i].snapshot(),
+                    duration: started[i].elapsed(),
+                    key: item_key(item),
+                };
+                outcome.log();
+                outcome
+            })
+            .collect()
+    }
+
+    /// Runs `work` for each item, `concurrency` at a time, on the runtime's threads. Items not
+    /// started when a stop is requested give `None`; items still running a grace period after
+    /// the stop are abandoned and give `None` too.
+    async fn for_each_item<F, Fut, T>(
+        self: &Arc<Self>,
+        items: &[SyncItem],
+        control: &RunControl,
+        work: F,
+    ) -> Vec<Option<Result<T, String>>>
+    where
+        F: Fn(Arc<Engine>, SyncItem, usize) -> Fut,
+        Fut: std::future::Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let limit = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut ids = HashMap::new();
+        for (k, item) in items.iter().enumerate() {
+            let fut = work(Arc::clone(self), item.clone(), k);
+            let limit = Arc::clone(&limit);
+            let stop = control.stop.clone();
+            let handle = tasks.spawn(async move {
+                let _permit = limit.acquire_owned().await;
+                if stop.is_cancelled() {
+                    return (k, None);
+                }
+                (k, Some(fut.await))
+            });
+            ids.insert(handle.id(), k);
+        }
+        let mut out: Vec<Option<Result<T, String>>> = (0..items.len()).map(|_| None).collect();
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let next = match deadline {
+                None => tokio::select! {
+                    joined = tasks.join_next() => joined,
+                    _ = control.stop.cancelled() => {
+                        deadline = Some(tokio::time::Instant::now() + control.grace);
+                        continue;
+                    }
+                },
+                Some(at) => tokio::select! {
+                    joined = tasks.join_next() => joined,
+                    _ = tokio::time::sleep_until(at) => {
+                        tracing::warn!(running = tasks.len(), "grace period over; abandoning running tags");
+                        tasks.abort_all();
+                        deadline = Some(at + Duration::from_secs(3600));
+                        continue;
+                    }
+                },
+            };
+            match next {
+                None => break,
+                Some(Ok((k, value))) => out[k] = value.map(Ok),
+                Some(Err(e)) if e.is_cancelled() => {}
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "a sync task panicked");
+                    if let Some(k) = ids.get(&e.id()) {
+                        out[*k] = Some(Err(format!("internal error: {e}")));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Phase 1 for one tag: what upstream holds (a HEAD) against what the target holds.
+    async fn inspect(&self, item: &SyncItem) -> Inspection {
+        match self.inspect_inner(item).await {
+            Ok(inspection) => inspection,
+            Err(e) => Inspection::Done(failed_or_deferred(e)),
+        }
+    }
+
+    async fn inspect_inner(&self, item: &SyncItem) -> Result<Inspection, SyncError> {
         let upstream = self.upstream(item.source.registry()).await?;
         let repository = item.source.repository();
-        let up_err = |source| SyncError::Upstream {
-            host: upstream.host.clone(),
-            source: Box::new(source),
-        };
-        // 1. What upstream holds now: a HEAD, which Docker Hub does not count as a pull.
         let digest = match (item.source.digest(), item.source.tag()) {
             (Some(digest), _) => digest.clone(),
             (None, Some(tag)) => {
                 let head = upstream
-                    .client
+                    .origin
                     .head_manifest(repository, tag)
                     .await
-                    .map_err(up_err)?
+                    .map_err(|e| upstream.error(e))?
                     .ok_or_else(|| {
                         SyncError::NotFound(format!(
                             "HEAD /v2/{repository}/manifests/{tag} at {} answered 404",
@@ -208,13 +419,14 @@ impl Engine {
                     })?;
                 match head.digest {
                     Some(d) if d.is_sha256() => d,
-                    // No usable Docker-Content-Digest on the HEAD: the GET tells us.
+                    // No usable Docker-Content-Digest on the HEAD: only a GET tells us.
                     _ => {
+                        upstream.check_quota()?;
                         upstream
-                            .client
+                            .origin
                             .get_manifest(repository, tag)
                             .await
-                            .map_err(up_err)?
+                            .map_err(|e| upstream.error(e))?
                             .digest
                     }
                 }
@@ -225,7 +437,6 @@ impl Engine {
                 ));
             }
         };
-        // 2. What the target holds.
         let target_ref = item
             .target_tag
             .clone()
@@ -235,7 +446,7 @@ impl Engine {
             .manifest_digest(&item.target_repository, &target_ref)
             .await?;
         if current.as_ref() == Some(&digest) {
-            return Ok(TagResult::Unchanged { digest });
+            return Ok(Inspection::Done(TagResult::Unchanged { digest }));
         }
         let filter = item.platforms.as_deref();
         if let Some(current) = &current
@@ -247,150 +458,53 @@ impl Engine {
                 .get_manifest(&item.target_repository, &current.to_string())
                 .await?;
             if existing.is_some_and(|m| rewrite::is_current(&m.bytes, &digest, filter)) {
-                return Ok(TagResult::Unchanged {
+                return Ok(Inspection::Done(TagResult::Unchanged {
                     digest: current.clone(),
-                });
+                }));
             }
         }
-        let new = current.is_none();
-        // 3. Content, children first; 4. the tag, last.
-        let manifest = self
-            .copy_manifest(
-                &upstream,
-                repository,
-                &item.target_repository,
-                &digest,
-                filter,
-                0,
-                counters,
-            )
-            .await?;
-        if self.mode == Mode::Sync {
-            self.target
-                .put_manifest(&item.target_repository, &target_ref, &manifest)
-                .await?;
-        }
-        Ok(TagResult::Synced {
-            digest: manifest.digest.clone(),
-            new,
+        Ok(Inspection::Changed {
+            upstream,
+            digest,
+            new: current.is_none(),
+            target_ref,
         })
     }
 
-    /// Copies a manifest and everything it references into `target_repo`, once per run per
-    /// (repository, digest, platform filter), and returns the bytes to push (the upstream bytes,
-    /// or a filtered index). Does not write the manifest itself: the caller writes it, the tag
-    /// last.
-    #[allow(clippy::too_many_arguments)]
-    async fn copy_manifest(
+    /// Phase 2 for one changed tag: content first, the tag last.
+    async fn copy_tag(
         &self,
-        upstream: &Arc<Upstream>,
-        source_repo: &str,
-        target_repo: &str,
-        digest: &Digest,
-        filter: Option<&[Platform]>,
-        depth: usize,
+        item: &SyncItem,
+        upstream: UpstreamRef,
+        digest: Digest,
+        new: bool,
+        target_ref: String,
         counters: &Arc<Counters>,
-    ) -> Result<Arc<FetchedManifest>, SyncError> {
-        let key = filter.map(rewrite::filter_key).unwrap_or_default();
-        let cell = self.manifests.cell(target_repo, digest, &key);
-        let result = cell
-            .get_or_init(|| async {
-                self.copy_manifest_once(
-                    upstream,
-                    source_repo,
-                    target_repo,
-                    digest,
-                    filter,
-                    depth,
-                    counters,
-                )
-                .await
-                .map(Arc::new)
-                .map_err(|e| e.to_string())
-            })
-            .await;
-        result.clone().map_err(SyncError::Other)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn copy_manifest_once(
-        &self,
-        upstream: &Arc<Upstream>,
-        source_repo: &str,
-        target_repo: &str,
-        digest: &Digest,
-        filter: Option<&[Platform]>,
-        depth: usize,
-        counters: &Arc<Counters>,
-    ) -> Result<FetchedManifest, SyncError> {
-        if depth > MAX_INDEX_DEPTH {
-            return Err(SyncError::Other(format!(
-                "manifest {digest}: indexes nested deeper than {MAX_INDEX_DEPTH} levels"
-            )));
+    ) -> TagResult {
+        let route = Route {
+            upstream: &upstream,
+            source_repo: item.source.repository(),
+            target_repo: &item.target_repository,
+            counters,
+        };
+        let copied = async {
+            let manifest = self
+                .copy_manifest(route, &digest, item.platforms.as_deref(), 0)
+                .await?;
+            if self.mode == Mode::Sync {
+                self.target
+                    .put_manifest(&item.target_repository, &target_ref, &manifest)
+                    .await?;
+            }
+            Ok::<_, SyncError>(manifest)
         }
-        let fetched = upstream
-            .client
-            .get_manifest(source_repo, &digest.to_string())
-            .await
-            .map_err(|source| SyncError::Upstream {
-                host: upstream.host.clone(),
-                source: Box::new(source),
-            })?;
-        let parsed = manifest::parse(&fetched.media_type, &fetched.bytes).map_err(|source| {
-            SyncError::Manifest {
-                digest: digest.clone(),
-                source,
-            }
-        })?;
-        match parsed {
-            Parsed::Image { blobs } => {
-                futures_util::stream::iter(blobs.iter().map(Ok))
-                    .try_for_each_concurrent(BLOBS_PER_MANIFEST, |blob| {
-                        self.ensure_blob(upstream, source_repo, target_repo, blob, counters)
-                    })
-                    .await?;
-                if self.converts_to_oci() && rewrite::needs_oci_conversion(&fetched.media_type) {
-                    return rewrite::convert_image(&fetched)
-                        .map_err(|e| SyncError::Other(format!("manifest {digest}: {e}")));
-                }
-                Ok(fetched)
-            }
-            Parsed::Index { manifests } => {
-                let keep = rewrite::select(&manifests, filter);
-                let chosen: Vec<&Descriptor> = manifests
-                    .iter()
-                    .zip(&keep)
-                    .filter(|(_, k)| **k)
-                    .map(|(child, _)| child)
-                    .collect();
-                let replacements = std::sync::Mutex::new(HashMap::new());
-                futures_util::stream::iter(chosen.into_iter().map(Ok))
-                    .try_for_each_concurrent(BLOBS_PER_MANIFEST, |child| {
-                        self.ensure_child(
-                            upstream,
-                            source_repo,
-                            target_repo,
-                            child,
-                            depth,
-                            counters,
-                            &replacements,
-                        )
-                    })
-                    .await?;
-                let replacements = replacements.into_inner().unwrap_or_else(|p| p.into_inner());
-                let how = rewrite::IndexRewrite {
-                    keep: &keep,
-                    platforms: filter,
-                    replacements: &replacements,
-                    to_oci: self.converts_to_oci(),
-                };
-                match rewrite::rewrite_index(&fetched, &manifests, &how)
-                    .map_err(|e| SyncError::Other(format!("manifest {digest}: {e}")))?
-                {
-                    Some(rewritten) => Ok(rewritten),
-                    None => Ok(fetched),
-                }
-            }
+        .await;
+        match copied {
+            Ok(manifest) => TagResult::Synced {
+                digest: manifest.digest.clone(),
+                new,
+            },
+            Err(e) => failed_or_deferred(e),
         }
     }
 
@@ -399,148 +513,16 @@ impl Engine {
         matches!(self.target, Target::Layout(_))
     }
 
-    /// Makes one child manifest of an index present at the target, by digest. Records what it
-    /// became when it was rewritten on the way (upstream digest -> new descriptor).
-    #[allow(clippy::too_many_arguments)]
-    async fn ensure_child(
-        &self,
-        upstream: &Arc<Upstream>,
-        source_repo: &str,
-        target_repo: &str,
-        child: &Descriptor,
-        depth: usize,
-        counters: &Arc<Counters>,
-        replacements: &std::sync::Mutex<HashMap<Digest, rewrite::Replacement>>,
-    ) -> Result<(), SyncError> {
-        if self
-            .target
-            .manifest_digest(target_repo, &child.digest.to_string())
-            .await?
-            .is_some()
-        {
-            return Ok(());
-        }
-        let fetched = Box::pin(self.copy_manifest(
-            upstream,
-            source_repo,
-            target_repo,
-            &child.digest,
-            None,
-            depth + 1,
-            counters,
-        ))
-        .await?;
-        if self.mode == Mode::Sync {
-            self.target
-                .put_manifest(target_repo, &fetched.digest.to_string(), &fetched)
-                .await?;
-        }
-        if fetched.digest != child.digest {
-            replacements
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(child.digest.clone(), rewrite::Replacement::of(&fetched));
+    /// A stop was requested: new blob transfers do not start.
+    fn stop_if_requested(&self) -> Result<(), SyncError> {
+        if self.stop.is_cancelled() {
+            return Err(SyncError::Deferred("stop requested".into()));
         }
         Ok(())
     }
 
-    /// Makes one blob present in `target_repo`: skip, mount, or stream from upstream.
-    async fn ensure_blob(
-        &self,
-        upstream: &Arc<Upstream>,
-        source_repo: &str,
-        target_repo: &str,
-        blob: &Descriptor,
-        counters: &Arc<Counters>,
-    ) -> Result<(), SyncError> {
-        if blob.foreign {
-            return Ok(());
-        }
-        let slot = self.blobs.slot(&blob.digest);
-        let mut holders = slot.lock().await;
-        if holders.iter().any(|r| r == target_repo) {
-            counters.present.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
-        }
-        if self
-            .target
-            .blob_size(target_repo, &blob.digest)
-            .await?
-            .is_some()
-        {
-            holders.push(target_repo.to_string());
-            counters.present.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
-        }
-        if let Some(from) = holders.first().cloned() {
-            if self.mode == Mode::Plan
-                || self.mount_or_copy_within(&from, target_repo, blob).await?
-            {
-                holders.push(target_repo.to_string());
-                counters.mounted.fetch_add(1, Ordering::Relaxed);
-                return Ok(());
-            }
-        }
-        if self.mode == Mode::Sync {
-            let _permit = upstream
-                .transfers
-                .acquire()
-                .await
-                .map_err(|e| SyncError::Other(e.to_string()))?;
-            let response = upstream
-                .client
-                .get_blob(source_repo, &blob.digest)
-                .await
-                .map_err(|source| SyncError::Upstream {
-                    host: upstream.host.clone(),
-                    source: Box::new(source),
-                })?;
-            if let Some(length) = response.content_length()
-                && length != blob.size
-            {
-                return Err(SyncError::Other(format!(
-                    "upstream blob {} has Content-Length {length}, descriptor says {}",
-                    blob.digest, blob.size
-                )));
-            }
-            let stream = verify::from_response(response, blob.digest.clone(), blob.size);
-            self.target
-                .write_blob(target_repo, &blob.digest, stream)
-                .await?;
-            tracing::debug!(digest = %blob.digest, bytes = blob.size, repository = target_repo, "blob copied");
-        }
-        holders.push(target_repo.to_string());
-        counters.copied.fetch_add(1, Ordering::Relaxed);
-        counters
-            .copied_bytes
-            .fetch_add(blob.size, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// A blob already in another target repository: mount it, or, when the target refuses
-    /// mounts, copy it between target repositories so upstream is not asked again.
-    async fn mount_or_copy_within(
-        &self,
-        from: &str,
-        target_repo: &str,
-        blob: &Descriptor,
-    ) -> Result<bool, SyncError> {
-        match self.target.mount(target_repo, &blob.digest, from).await {
-            Ok(true) => return Ok(true),
-            Ok(false) => {}
-            Err(e) => {
-                tracing::debug!(error = %e, "cross-repository mount failed; copying within the target")
-            }
-        }
-        let source = self.target.read_blob(from, &blob.digest, blob.size).await?;
-        self.target
-            .write_blob(target_repo, &blob.digest, source)
-            .await?;
-        Ok(true)
-    }
-
-    /// The client for an upstream host, built on first use with its settings and credentials.
-    async fn upstream(&self, registry: &str) -> Result<Arc<Upstream>, SyncError> {
+    /// The upstream for a registry host, built on first use with its settings and credentials.
+    async fn upstream(&self, registry: &str) -> Result<UpstreamRef, SyncError> {
         let mut upstreams = self.upstreams.lock().await;
         if let Some(existing) = upstreams.get(registry) {
             return Ok(Arc::clone(existing));
@@ -557,23 +539,71 @@ impl Engine {
                     .map_err(|e| SyncError::Other(e.to_string()))?
             }
         };
-        let client = RegistryClient::new(ClientOptions {
-            host: settings.endpoint.host.clone(),
-            insecure: settings.endpoint.insecure,
-            ca_file: settings.endpoint.ca_file.clone(),
+        let limits = LimitSettings {
+            requests_per_second: settings.requests_per_second,
+            burst: settings.burst,
+            bytes_per_second: settings.bytes_per_second,
+        };
+        let client = |host: &str, insecure: bool, credentials| {
+            let mut options = ClientOptions::new(
+                host,
+                insecure,
+                settings.endpoint.ca_file.clone(),
+                credentials,
+            );
+            options.label = registry.to_string();
+            options.limits = limits;
+            options.retry = self.retry.clone();
+            options.observer = self.observer.clone();
+            RegistryClient::new(options).map_err(|source| SyncError::Upstream {
+                host: registry.to_string(),
+                source: Box::new(source),
+            })
+        };
+        let origin = client(
+            &settings.endpoint.host,
+            settings.endpoint.insecure,
             credentials,
-        })
-        .map_err(|source| SyncError::Upstream {
-            host: registry.to_string(),
-            source: Box::new(source),
-        })?;
+        )?;
+        let mut mirrors = Vec::new();
+        for mirror in &settings.mirrors {
+            let (insecure, host) = match url::Url::parse(mirror) {
+                Ok(u) => (
+                    u.scheme() == "http",
+                    match (u.host_str(), u.port()) {
+                        (Some(h), Some(p)) => format!("{h}:{p}"),
+                        (Some(h), None) => h.to_string(),
+                        _ => continue,
+                    },
+                ),
+                Err(_) => continue,
+            };
+            mirrors.push(client(&host, insecure, None)?);
+        }
         let upstream = Arc::new(Upstream {
             host: registry.to_string(),
-            client,
+            origin,
+            mirrors,
             transfers: Semaphore::new(settings.concurrency.max(1)),
+            reserve: u64::from(settings.rate_limit_reserve.unwrap_or(0)),
         });
         upstreams.insert(registry.to_string(), Arc::clone(&upstream));
         Ok(upstream)
+    }
+}
+
+fn deferred(reason: &str) -> TagResult {
+    TagResult::Deferred {
+        reason: reason.to_string(),
+    }
+}
+
+fn failed_or_deferred(error: SyncError) -> TagResult {
+    match error.deferred_reason() {
+        Some(reason) => deferred(reason),
+        None => TagResult::Failed {
+            error: error.to_string(),
+        },
     }
 }
 
@@ -584,4 +614,9 @@ pub fn target_name(item: &SyncItem) -> String {
         (None, Some(d)) => format!("{}@{d}", item.target_repository),
         (None, None) => item.target_repository.clone(),
     }
+}
+
+/// A stable identity of a configured tag across runs: `source -> target`.
+pub fn item_key(item: &SyncItem) -> String {
+    format!("{} -> {}", item.source, target_name(item))
 }

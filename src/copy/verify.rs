@@ -26,7 +26,8 @@ impl VerifiedStream {
         expected_size: u64,
     ) -> Self {
         VerifiedStream {
-            inner,
+            // Fused: `finish` may ask again after the end.
+            inner: inner.fuse().boxed(),
             hasher: Sha256::new(),
             received: 0,
             expected_digest,

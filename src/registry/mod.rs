@@ -7,9 +7,13 @@
 
 mod auth;
 mod error;
+mod limits;
+mod retry;
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,6 +24,8 @@ use url::Url;
 
 pub use auth::{Challenge, parse_challenge};
 pub use error::{ApiError, RegistryError};
+pub use limits::{HostLimits, LimitSettings};
+pub use retry::{RetryPolicy, parse_retry_after};
 
 use crate::config::Credentials;
 use crate::manifest::{MANIFEST_ACCEPT, MAX_MANIFEST_BYTES};
@@ -27,8 +33,16 @@ use crate::reference::Digest;
 use auth::{Authenticator, Retry};
 use error::{parse_error_body, printable};
 
+/// Told about every request a client makes (for metrics).
+pub trait RequestObserver: Send + Sync {
+    /// One request finished: `code` is the status ("200") or "error" when there was no answer.
+    fn request(&self, registry: &str, method: &str, code: &str);
+    /// A response carried Docker Hub's `ratelimit-remaining`.
+    fn ratelimit_remaining(&self, registry: &str, remaining: u64);
+}
+
 /// How to reach one registry.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientOptions {
     /// `host[:port]` of the API.
     pub host: String,
@@ -37,6 +51,32 @@ pub struct ClientOptions {
     /// Extra CA certificates (PEM) to trust.
     pub ca_file: Option<std::path::PathBuf>,
     pub credentials: Option<Credentials>,
+    /// The name used in metrics and messages ("docker.io", "target").
+    pub label: String,
+    pub limits: LimitSettings,
+    pub retry: RetryPolicy,
+    pub observer: Option<Arc<dyn RequestObserver>>,
+}
+
+impl ClientOptions {
+    /// Options with no limits, default retries and no observer.
+    pub fn new(
+        host: &str,
+        insecure: bool,
+        ca_file: Option<std::path::PathBuf>,
+        credentials: Option<Credentials>,
+    ) -> Self {
+        ClientOptions {
+            host: host.to_string(),
+            insecure,
+            ca_file,
+            credentials,
+            label: host.to_string(),
+            limits: LimitSettings::default(),
+            retry: RetryPolicy::default(),
+            observer: None,
+        }
+    }
 }
 
 /// What a manifest HEAD told us.
@@ -78,10 +118,17 @@ pub enum RequestBody {
 /// A client for one registry host.
 pub struct RegistryClient {
     host: String,
+    label: String,
     base: Url,
     http: reqwest::Client,
     auth: Authenticator,
     pinged: tokio::sync::OnceCell<()>,
+    limits: HostLimits,
+    retry: RetryPolicy,
+    observer: Option<Arc<dyn RequestObserver>>,
+    /// Docker Hub's pull quota as last seen (`ratelimit-remaining`), decremented locally per
+    /// manifest GET between answers; -1 while unknown (no header seen: no limit).
+    pulls_remaining: AtomicI64,
 }
 
 /// The longest an idle read may wait before the request counts as stalled.
@@ -98,9 +145,14 @@ impl RegistryClient {
         Ok(RegistryClient {
             auth: Authenticator::new(&options.host, options.credentials),
             host: options.host,
+            label: options.label,
             base,
             http,
             pinged: tokio::sync::OnceCell::new(),
+            limits: HostLimits::new(options.limits),
+            retry: options.retry,
+            observer: options.observer,
+            pulls_remaining: AtomicI64::new(-1),
         })
     }
 
@@ -109,17 +161,54 @@ impl RegistryClient {
         &self.host
     }
 
+    /// Docker Hub pulls left as last reported (and counted down since); `None` when the
+    /// registry sends no `ratelimit-remaining` header (no limit).
+    pub fn pulls_remaining(&self) -> Option<u64> {
+        u64::try_from(self.pulls_remaining.load(Ordering::Relaxed)).ok()
+    }
+
+    /// Waits until `n` more blob bytes may flow to or from this host.
+    pub async fn throttle_bytes(&self, n: usize) {
+        self.limits.bytes(n).await;
+    }
+
+    /// Runs an idempotent operation, retrying retryable failures with backoff.
+    async fn retrying<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, RegistryError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, RegistryError>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) if self.retry.may_retry(attempt, &e) => {
+                    let delay = self.retry.delay(attempt, &e);
+                    tracing::warn!(registry = %self.label, operation = what, attempt = attempt + 1, delay_ms = delay.as_millis() as u64, error = %e, "retrying");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// `GET /v2/`: checks the registry speaks the API and learns its auth challenge.
     pub async fn ping(&self) -> Result<(), RegistryError> {
         self.pinged
-            .get_or_try_init(|| async {
+            .get_or_try_init(|| self.retrying("ping", || self.ping_once()))
+            .await
+            .map(|_| ())
+    }
+
+    async fn ping_once(&self) -> Result<(), RegistryError> {
+        {
+            {
                 let url = self.url("v2/")?;
-                let response = self
-                    .http
-                    .get(url.clone())
-                    .send()
-                    .await
-                    .map_err(|e| transport("GET", &url, &e))?;
+                self.limits.request().await;
+                let sent = self.http.get(url.clone()).send().await;
+                self.observe("GET", &sent);
+                let response = sent.map_err(|e| transport("GET", &url, &e))?;
                 match response.status() {
                     StatusCode::OK => self.auth.set_challenge(Challenge::Anonymous).await,
                     StatusCode::UNAUTHORIZED => {
@@ -142,13 +231,23 @@ impl RegistryClient {
                     _ => return Err(status_error("GET", &url, response).await),
                 }
                 Ok(())
-            })
-            .await
-            .map(|_| ())
+            }
+        }
     }
 
     /// `HEAD /v2/<name>/manifests/<reference>` with the full Accept list. `None` on 404.
     pub async fn head_manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<Option<ManifestHead>, RegistryError> {
+        self.retrying("HEAD manifest", || {
+            self.head_manifest_once(repository, reference)
+        })
+        .await
+    }
+
+    async fn head_manifest_once(
         &self,
         repository: &str,
         reference: &str,
@@ -185,6 +284,17 @@ impl RegistryClient {
         repository: &str,
         reference: &str,
     ) -> Result<FetchedManifest, RegistryError> {
+        self.retrying("GET manifest", || {
+            self.get_manifest_once(repository, reference)
+        })
+        .await
+    }
+
+    async fn get_manifest_once(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<FetchedManifest, RegistryError> {
         let url = self.url(&format!("v2/{repository}/manifests/{reference}"))?;
         let response = self
             .send(
@@ -208,7 +318,14 @@ impl RegistryClient {
         }
         let bytes = read_limited(response, MAX_MANIFEST_BYTES)
             .await
-            .map_err(|e| RegistryError::protocol(&url, e))?;
+            .map_err(|e| match e {
+                BodyError::TooLarge(_) => RegistryError::protocol(&url, e.to_string()),
+                BodyError::Read(_) => RegistryError::Transport {
+                    method: "GET".into(),
+                    url: redact(&url),
+                    detail: e.to_string(),
+                },
+            })?;
         let digest = crate::manifest::digest_of(&bytes);
         if let Ok(wanted) = Digest::parse(reference) {
             if !wanted.is_sha256() {
@@ -249,6 +366,18 @@ impl RegistryClient {
         reference: &str,
         manifest: &FetchedManifest,
     ) -> Result<(), RegistryError> {
+        self.retrying("PUT manifest", || {
+            self.put_manifest_once(repository, reference, manifest)
+        })
+        .await
+    }
+
+    async fn put_manifest_once(
+        &self,
+        repository: &str,
+        reference: &str,
+        manifest: &FetchedManifest,
+    ) -> Result<(), RegistryError> {
         let url = self.url(&format!("v2/{repository}/manifests/{reference}"))?;
         let response = self
             .send(
@@ -271,6 +400,15 @@ impl RegistryClient {
     /// `HEAD /v2/<name>/blobs/<digest>`: the size when present, `None` on 404 (only 404 means
     /// missing; any other answer is an error).
     pub async fn blob_size(
+        &self,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<Option<u64>, RegistryError> {
+        self.retrying("HEAD blob", || self.blob_size_once(repository, digest))
+            .await
+    }
+
+    async fn blob_size_once(
         &self,
         repository: &str,
         digest: &Digest,
@@ -299,25 +437,68 @@ impl RegistryClient {
         repository: &str,
         digest: &Digest,
     ) -> Result<reqwest::Response, RegistryError> {
-        let url = self.url(&format!("v2/{repository}/blobs/{digest}"))?;
-        let response = self
-            .send(
-                Method::GET,
-                url.clone(),
-                pull(repository),
-                HeaderMap::new(),
-                RequestBody::Empty,
-            )
-            .await?;
-        if response.status() != StatusCode::OK {
-            return Err(status_error("GET", &url, response).await);
-        }
-        Ok(response)
+        Ok(self.get_blob_from(repository, digest, 0).await?.0)
+    }
+
+    /// `GET /v2/<name>/blobs/<digest>` with `Range: bytes=<offset>-` to resume a download.
+    /// Returns the response and whether it starts at `offset` (206) or at 0 (200: the registry
+    /// ignored the range, and the caller must skip `offset` bytes).
+    pub async fn get_blob_from(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        offset: u64,
+    ) -> Result<(reqwest::Response, bool), RegistryError> {
+        self.retrying("GET blob", || async {
+            let url = self.url(&format!("v2/{repository}/blobs/{digest}"))?;
+            let mut headers = HeaderMap::new();
+            if offset > 0 {
+                let range = HeaderValue::from_str(&format!("bytes={offset}-"))
+                    .map_err(|e| RegistryError::protocol(&url, e.to_string()))?;
+                headers.insert(header::RANGE, range);
+            }
+            let response = self
+                .send(Method::GET, url.clone(), pull(repository), headers, RequestBody::Empty)
+                .await?;
+            match response.status() {
+                StatusCode::OK => Ok((response, offset == 0)),
+                StatusCode::PARTIAL_CONTENT if offset > 0 => {
+                    let starts = response
+                        .headers()
+                        .get(header::CONTENT_RANGE)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.strip_prefix("bytes "))
+                        .and_then(|v| v.split('-').next())
+                        .and_then(|v| v.trim().parse::<u64>().ok());
+                    if starts != Some(offset) {
+                        return Err(RegistryError::protocol(
+                            &url,
+                            format!("asked for bytes from {offset}, got Content-Range starting at {starts:?}"),
+                        ));
+                    }
+                    Ok((response, true))
+                }
+                _ => Err(status_error("GET", &url, response).await),
+            }
+        })
+        .await
     }
 
     /// `POST /v2/<name>/blobs/uploads/?mount=<digest>&from=<other>`: 201 mounted, 202 an upload
     /// session was opened instead.
     pub async fn mount_blob(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        from: &str,
+    ) -> Result<MountOutcome, RegistryError> {
+        self.retrying("mount blob", || {
+            self.mount_blob_once(repository, digest, from)
+        })
+        .await
+    }
+
+    async fn mount_blob_once(
         &self,
         repository: &str,
         digest: &Digest,
@@ -349,6 +530,11 @@ impl RegistryClient {
 
     /// `POST /v2/<name>/blobs/uploads/`: opens an upload session; returns its `Location`.
     pub async fn start_upload(&self, repository: &str) -> Result<Url, RegistryError> {
+        self.retrying("start upload", || self.start_upload_once(repository))
+            .await
+    }
+
+    async fn start_upload_once(&self, repository: &str) -> Result<Url, RegistryError> {
         let url = self.url(&format!("v2/{repository}/blobs/uploads/"))?;
         let response = self
             .send(
@@ -451,22 +637,32 @@ impl RegistryClient {
             if !seen.insert(url.to_string()) || seen.len() > 100_000 {
                 return Err(RegistryError::protocol(&url, "tags list pagination loops"));
             }
-            let response = self
-                .send(
-                    Method::GET,
-                    url.clone(),
-                    pull(repository),
-                    HeaderMap::new(),
-                    RequestBody::Empty,
-                )
+            let page_url = url.clone();
+            let (next, body) = self
+                .retrying("GET tags", || async {
+                    let response = self
+                        .send(
+                            Method::GET,
+                            page_url.clone(),
+                            pull(repository),
+                            HeaderMap::new(),
+                            RequestBody::Empty,
+                        )
+                        .await?;
+                    if response.status() != StatusCode::OK {
+                        return Err(status_error("GET", &page_url, response).await);
+                    }
+                    let next = next_link(response.headers(), &page_url);
+                    let body = read_limited(response, 64 << 20).await.map_err(|e| {
+                        RegistryError::Transport {
+                            method: "GET".into(),
+                            url: redact(&page_url),
+                            detail: e.to_string(),
+                        }
+                    })?;
+                    Ok((next, body))
+                })
                 .await?;
-            if response.status() != StatusCode::OK {
-                return Err(status_error("GET", &url, response).await);
-            }
-            let next = next_link(response.headers(), &url);
-            let body = read_limited(response, 64 << 20)
-                .await
-                .map_err(|e| RegistryError::protocol(&url, e))?;
             let page: Page = serde_json::from_slice(&body)
                 .map_err(|e| RegistryError::protocol(&url, format!("invalid tags list: {e}")))?;
             tags.extend(page.tags.unwrap_or_default());
@@ -550,10 +746,19 @@ impl RegistryClient {
             if body.is_none() {
                 body = Some(RequestBody::Empty);
             }
-            let response = request
-                .send()
-                .await
-                .map_err(|e| transport(method.as_str(), &url, &e))?;
+            self.limits.request().await;
+            let sent = request.send().await;
+            self.observe(method.as_str(), &sent);
+            let response = sent.map_err(|e| transport(method.as_str(), &url, &e))?;
+            if method == Method::GET && url.path().contains("/manifests/") {
+                // A manifest GET is what Docker Hub counts as a pull.
+                let _ =
+                    self.pulls_remaining
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                            (n > 0).then(|| n - 1)
+                        });
+            }
+            self.note_ratelimit(response.headers());
             tracing::debug!(method = %method, url = %redact(&url), status = response.status().as_u16(), "registry request");
             if response.status() != StatusCode::UNAUTHORIZED || !replayable {
                 return Ok(response);
@@ -570,6 +775,34 @@ impl RegistryClient {
             {
                 Retry::Again => tried += 1,
                 Retry::GiveUp(err) => return Err(err),
+            }
+        }
+    }
+}
+
+impl RegistryClient {
+    fn observe(&self, method: &str, sent: &Result<reqwest::Response, reqwest::Error>) {
+        if let Some(observer) = &self.observer {
+            let code = match sent {
+                Ok(r) => r.status().as_u16().to_string(),
+                Err(_) => "error".to_string(),
+            };
+            observer.request(&self.label, method, &code);
+        }
+    }
+
+    /// Reads `ratelimit-remaining: 76;w=21600` (the integer before `;`).
+    fn note_ratelimit(&self, headers: &HeaderMap) {
+        let remaining = headers
+            .get("ratelimit-remaining")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if let Some(remaining) = remaining {
+            self.pulls_remaining
+                .store(remaining.min(i64::MAX as u64) as i64, Ordering::Relaxed);
+            if let Some(observer) = &self.observer {
+                observer.ratelimit_remaining(&self.label, remaining);
             }
         }
     }
@@ -666,17 +899,26 @@ fn next_link(headers: &HeaderMap, current: &Url) -> Option<Url> {
     None
 }
 
+/// Why a response body could not be read whole.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BodyError {
+    #[error("body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("reading body: {0}")]
+    Read(String),
+}
+
 /// Reads a response body, failing when it is longer than `limit`.
 pub(crate) async fn read_limited(
     response: reqwest::Response,
     limit: usize,
-) -> Result<Bytes, String> {
+) -> Result<Bytes, BodyError> {
     let mut stream = response.bytes_stream();
     let mut buf = Vec::new();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| format!("reading body: {}", describe_reqwest_error(&e)))?;
+        let chunk = chunk.map_err(|e| BodyError::Read(describe_reqwest_error(&e)))?;
         if buf.len() + chunk.len() > limit {
-            return Err(format!("body is larger than {limit} bytes"));
+            return Err(BodyError::TooLarge(limit));
         }
         buf.extend_from_slice(&chunk);
     }
@@ -709,11 +951,6 @@ pub(crate) async fn status_error(
         body_excerpt,
         retry_after,
     }
-}
-
-/// `Retry-After` as delay-seconds (an HTTP date is handled by the retry policy later).
-fn parse_retry_after(value: &str) -> Option<Duration> {
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
 fn transport(method: &str, url: &Url, error: &reqwest::Error) -> RegistryError {

@@ -1,0 +1,377 @@
+{{/*
+Chart name, truncated to the 63 characters of a DNS label.
+*/}}
+{{- define "mirrorsync.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Fully qualified app name: <release>-<chart> unless the release name already contains the chart name.
+*/}}
+{{- define "mirrorsync.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+A CronJob's name is at most 52 characters: its Jobs add an 11-character suffix.
+*/}}
+{{- define "mirrorsync.cronjobName" -}}
+{{- include "mirrorsync.fullname" . | trunc 52 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "mirrorsync.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "mirrorsync.labels" -}}
+helm.sh/chart: {{ include "mirrorsync.chart" . }}
+{{ include "mirrorsync.selectorLabels" . }}
+{{- if .Chart.AppVersion }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: mirrorsync
+{{- end }}
+
+{{- define "mirrorsync.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "mirrorsync.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "mirrorsync.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "mirrorsync.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "mirrorsync.image" -}}
+{{- $repo := .Values.image.repository }}
+{{- if .Values.image.registry }}
+{{- $repo = printf "%s/%s" .Values.image.registry .Values.image.repository }}
+{{- end }}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" $repo .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" $repo (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Where everything mirrorsync reads is mounted (one projected volume: sync.yaml, passwords, the
+docker config, CA bundles).
+*/}}
+{{- define "mirrorsync.configDir" -}}/etc/mirrorsync{{- end }}
+
+{{/*
+A registry host as a path component: "localhost:5000" -> "localhost_5000".
+*/}}
+{{- define "mirrorsync.hostPath" -}}
+{{- regexReplaceAll "[^a-z0-9.-]" (lower .) "_" }}
+{{- end }}
+
+{{/*
+A registry host as part of an environment variable name: "docker.io" -> "DOCKER_IO".
+*/}}
+{{- define "mirrorsync.hostEnv" -}}
+{{- regexReplaceAll "[^A-Z0-9]" (upper .) "_" }}
+{{- end }}
+
+{{/*
+Every credential and CA file the pod needs, as a list of
+{kind: password|ca|docker, name, scope, key, source: secret|configMap, path (relative to
+configDir), env (for mountAs env), username}, in a stable order: target, then registries by host.
+Rendered as YAML so templates can `fromYaml` it.
+*/}}
+{{- define "mirrorsync.credentials" -}}
+{{- $items := list }}
+{{- $scopes := list (dict "scope" "target" "settings" .Values.config.target "path" "target" "env" "TARGET") }}
+{{- range $host := keys .Values.config.registries | sortAlpha }}
+{{- $scopes = append $scopes (dict "scope" (printf "registries.%s" $host) "settings" (get $.Values.config.registries $host) "path" (printf "registries/%s" (include "mirrorsync.hostPath" $host)) "env" (printf "REGISTRY_%s" (include "mirrorsync.hostEnv" $host))) }}
+{{- end }}
+{{- range $s := $scopes }}
+{{- $auth := $s.settings.auth | default dict }}
+{{- if $auth }}
+{{- $secret := required (printf "config.%s.auth.existingSecret is required: the password comes from a Secret" $s.scope) $auth.existingSecret }}
+{{- $key := default "password" $auth.existingSecretPasswordKey }}
+{{- $mountAs := default "file" $auth.mountAs }}
+{{- $items = append $items (dict "kind" "password" "scope" $s.scope "username" (required (printf "config.%s.auth.username is required" $s.scope) $auth.username) "source" "secret" "name" $secret "key" $key "mountAs" $mountAs "path" (printf "auth/%s/password" $s.path) "env" (printf "MIRRORSYNC_%s_PASSWORD" $s.env)) }}
+{{- end }}
+{{- $ca := $s.settings.caBundle | default dict }}
+{{- if $ca }}
+{{- if and $ca.configMap $ca.secret }}
+{{- fail (printf "config.%s.caBundle: set configMap or secret, not both" $s.scope) }}
+{{- end }}
+{{- $src := ternary "configMap" "secret" (hasKey $ca "configMap") }}
+{{- $ref := get $ca $src }}
+{{- $items = append $items (dict "kind" "ca" "scope" $s.scope "source" $src "name" $ref.name "key" (default "ca.crt" $ref.key) "mountAs" "" "path" (printf "ca/%s.pem" $s.path)) }}
+{{- end }}
+{{- end }}
+{{- if .Values.dockerConfig.existingSecret }}
+{{- $items = append $items (dict "kind" "docker" "scope" "dockerConfig" "source" "secret" "name" .Values.dockerConfig.existingSecret "key" .Values.dockerConfig.key "mountAs" "" "path" "docker/config.json") }}
+{{- end }}
+{{- toYaml (dict "items" $items) }}
+{{- end }}
+
+{{/*
+sync.yaml, from .Values.config with the chart-only keys (auth.existingSecret*, auth.mountAs,
+caBundle) turned into the paths and variables the pod provides.
+*/}}
+{{- define "mirrorsync.syncYaml" -}}
+{{- $dir := include "mirrorsync.configDir" . }}
+{{- $creds := (include "mirrorsync.credentials" . | fromYaml).items }}
+{{- $byScope := dict }}
+{{- range $c := $creds }}
+{{- $_ := set $byScope (printf "%s/%s" $c.scope $c.kind) $c }}
+{{- end }}
+{{- $out := dict "schedule" .Values.schedule "timezone" .Values.timezone "concurrency" .Values.config.concurrency }}
+{{- $scopes := list (list "target" (omit .Values.config.target "auth" "caBundle")) }}
+{{- $target := index (first $scopes) 1 }}
+{{- $_ := required "config.target.registry is required: the private registry to mirror into (host[:port])" .Values.config.target.registry }}
+{{- $registries := dict }}
+{{- range $host := keys .Values.config.registries | sortAlpha }}
+{{- $r := omit (get $.Values.config.registries $host) "auth" "caBundle" }}
+{{- $_ := set $registries $host $r }}
+{{- $scopes = append $scopes (list (printf "registries.%s" $host) $r) }}
+{{- end }}
+{{- range $pair := $scopes }}
+{{- $scope := index $pair 0 }}
+{{- $settings := index $pair 1 }}
+{{- with get $byScope (printf "%s/password" $scope) }}
+{{- if eq .mountAs "env" }}
+{{- $_ := set $settings "auth" (dict "username" .username "password_env" .env) }}
+{{- else }}
+{{- $_ := set $settings "auth" (dict "username" .username "password_file" (printf "%s/%s" $dir .path)) }}
+{{- end }}
+{{- end }}
+{{- with get $byScope (printf "%s/ca" $scope) }}
+{{- $_ := set $settings "ca_file" (printf "%s/%s" $dir .path) }}
+{{- end }}
+{{- end }}
+{{- $_ := set $out "target" $target }}
+{{- with get $byScope "dockerConfig/docker" }}
+{{- $_ := set $out "docker_config" (printf "%s/%s" $dir .path) }}
+{{- end }}
+{{- if $registries }}
+{{- $_ := set $out "registries" $registries }}
+{{- end }}
+{{- if not .Values.config.images }}
+{{- fail "config.images is required: at least one image to mirror (e.g. --set 'config.images={nginx:1.25}')" }}
+{{- end }}
+{{- $_ := set $out "images" .Values.config.images }}
+{{- toYaml $out }}
+{{- end }}
+
+{{/*
+A whole number of seconds as a mirrorsync duration: 3000 -> "50m", 3030 -> "3030s".
+*/}}
+{{- define "mirrorsync.goDuration" -}}
+{{- $s := int . }}
+{{- if and (gt $s 0) (eq (mod $s 3600) 0) }}{{ div $s 3600 }}h
+{{- else if and (gt $s 0) (eq (mod $s 60) 0) }}{{ div $s 60 }}m
+{{- else }}{{ $s }}s
+{{- end }}
+{{- end }}
+
+{{/*
+A duration of the form <n>s|m|h|d|w in seconds.
+*/}}
+{{- define "mirrorsync.seconds" -}}
+{{- $n := regexFind "^[0-9]+" . | int }}
+{{- $unit := regexFind "[smhdw]$" . }}
+{{- $mult := get (dict "s" 1 "m" 60 "h" 3600 "d" 86400 "w" 604800) $unit }}
+{{- mul $n $mult }}
+{{- end }}
+
+{{/*
+--max-duration for cronjob mode, in seconds.
+*/}}
+{{- define "mirrorsync.maxDurationSeconds" -}}
+{{- $c := .Values.cronjob }}
+{{- $max := sub (int $c.activeDeadlineSeconds) (int $c.maxDurationMarginSeconds) }}
+{{- if lt $max 60 }}
+{{- fail (printf "cronjob.activeDeadlineSeconds (%d) must exceed cronjob.maxDurationMarginSeconds (%d) by at least 60 seconds, so that --max-duration ends the run before Kubernetes kills it" (int $c.activeDeadlineSeconds) (int $c.maxDurationMarginSeconds)) }}
+{{- end }}
+{{- $max }}
+{{- end }}
+
+{{/*
+The container's arguments (the image's entrypoint is the mirrorsync binary).
+*/}}
+{{- define "mirrorsync.args" -}}
+{{- $args := list "sync" }}
+{{- if eq .Values.mode "cronjob" }}
+{{- $args = append $args "--once" }}
+{{- end }}
+{{- $args = concat $args (list "--config" (printf "%s/sync.yaml" (include "mirrorsync.configDir" .)) "--log-format" .Values.logFormat) }}
+{{- if eq .Values.mode "cronjob" }}
+{{- $args = concat $args (list "--max-duration" (include "mirrorsync.goDuration" (include "mirrorsync.maxDurationSeconds" .))) }}
+{{- if .Values.metrics.pushgateway.url }}
+{{- $args = concat $args (list "--pushgateway" .Values.metrics.pushgateway.url) }}
+{{- end }}
+{{- else }}
+{{- $args = concat $args (list "--metrics-addr" (printf "0.0.0.0:%d" (int .Values.metrics.port))) }}
+{{- if .Values.deployment.runNow }}
+{{- $args = append $args "--run-now" }}
+{{- end }}
+{{- end }}
+{{- $args = concat $args .Values.extraArgs }}
+{{- toYaml $args }}
+{{- end }}
+
+{{/*
+PromQL label matchers of this release's series.
+*/}}
+{{- define "mirrorsync.metricSelector" -}}
+{{- if .Values.metrics.prometheusRule.selector }}
+{{- .Values.metrics.prometheusRule.selector }}
+{{- else if eq .Values.mode "cronjob" }}
+{{- print "job=\"mirrorsync\"" }}
+{{- else }}
+{{- printf "job=%q" (include "mirrorsync.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The pod spec shared by the CronJob's Job and the Deployment.
+*/}}
+{{- define "mirrorsync.podSpec" -}}
+{{- $dir := include "mirrorsync.configDir" . }}
+{{- $creds := (include "mirrorsync.credentials" . | fromYaml).items }}
+serviceAccountName: {{ include "mirrorsync.serviceAccountName" . }}
+automountServiceAccountToken: {{ .Values.automountServiceAccountToken }}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with .Values.podSecurityContext }}
+securityContext:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+terminationGracePeriodSeconds: {{ .Values.terminationGracePeriodSeconds }}
+containers:
+  - name: mirrorsync
+    image: {{ include "mirrorsync.image" . | quote }}
+    imagePullPolicy: {{ .Values.image.pullPolicy }}
+    args:
+      {{- include "mirrorsync.args" . | nindent 6 }}
+    {{- $env := list }}
+    {{- range $c := $creds }}
+    {{- if and (eq $c.kind "password") (eq $c.mountAs "env") }}
+    {{- $env = append $env (dict "name" $c.env "valueFrom" (dict "secretKeyRef" (dict "name" $c.name "key" $c.key))) }}
+    {{- end }}
+    {{- end }}
+    {{- if gt (int .Values.shards) 1 }}
+    {{- $env = append $env (dict "name" "MIRRORSYNC_SHARDS" "value" (toString .Values.shards)) }}
+    {{- end }}
+    {{- $env = concat $env .Values.extraEnv }}
+    {{- with $env }}
+    env:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    {{- if eq .Values.mode "deployment" }}
+    ports:
+      - name: http-metrics
+        containerPort: {{ .Values.metrics.port }}
+        protocol: TCP
+    livenessProbe:
+      httpGet:
+        path: /healthz
+        port: http-metrics
+      periodSeconds: 30
+      timeoutSeconds: 5
+      failureThreshold: 3
+    readinessProbe:
+      httpGet:
+        path: /healthz
+        port: http-metrics
+      periodSeconds: 10
+      timeoutSeconds: 5
+    {{- end }}
+    {{- with .Values.securityContext }}
+    securityContext:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    {{- with .Values.resources }}
+    resources:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    volumeMounts:
+      - name: config
+        mountPath: {{ $dir }}
+        readOnly: true
+      - name: tmp
+        mountPath: /tmp
+      {{- with .Values.extraVolumeMounts }}
+      {{- toYaml . | nindent 6 }}
+      {{- end }}
+volumes:
+  - name: config
+    projected:
+      defaultMode: 0444
+      sources:
+        - configMap:
+            name: {{ include "mirrorsync.fullname" . }}
+            items:
+              - key: sync.yaml
+                path: sync.yaml
+        {{- range $c := $creds }}
+        {{- if not (and (eq $c.kind "password") (eq $c.mountAs "env")) }}
+        - {{ $c.source }}:
+            name: {{ $c.name }}
+            items:
+              - key: {{ $c.key | quote }}
+                path: {{ $c.path }}
+        {{- end }}
+        {{- end }}
+  - name: tmp
+    emptyDir:
+      {{- with .Values.tmp.sizeLimit }}
+      sizeLimit: {{ . }}
+      {{- end }}
+  {{- with .Values.extraVolumes }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- with .Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/*
+Pod template metadata: labels and the checksum of sync.yaml (a config change rolls the Deployment
+and is visible on every Job).
+*/}}
+{{- define "mirrorsync.podMetadata" -}}
+labels:
+  {{- include "mirrorsync.labels" . | nindent 2 }}
+  {{- with .Values.podLabels }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+annotations:
+  checksum/config: {{ include "mirrorsync.syncYaml" . | sha256sum }}
+  {{- with .Values.podAnnotations }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- end }}

@@ -1,0 +1,160 @@
+//! Making one blob present in one target repository: skip it, mount it, or stream it.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::upstream::UpstreamRef;
+use super::{Counters, Engine, Mode, SyncError, download, verify};
+use crate::manifest::Descriptor;
+
+impl Engine {
+    /// Present already: skip. Held by another target repository: mount (or copy within the
+    /// target). Otherwise stream it from upstream (mirrors first), verified on the way.
+    ///
+    /// The per-digest lock makes every other tag that needs this blob wait while it is in
+    /// flight, then find it known and mount it: a blob crosses the upstream link once per run.
+    pub(super) async fn ensure_blob(
+        &self,
+        upstream: &UpstreamRef,
+        source_repo: &str,
+        target_repo: &str,
+        blob: &Descriptor,
+        counters: &Arc<Counters>,
+    ) -> Result<(), SyncError> {
+        if blob.foreign {
+            return Ok(());
+        }
+        let slot = self.blobs.slot(&blob.digest);
+        let mut holders = slot.lock().await;
+        if holders.iter().any(|r| r == target_repo) {
+            counters.present.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        if self
+            .target
+            .blob_size(target_repo, &blob.digest)
+            .await?
+            .is_some()
+        {
+            holders.push(target_repo.to_string());
+            counters.present.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        for from in holders.clone() {
+            if self.mode == Mode::Plan || self.mount_or_copy_within(&from, target_repo, blob).await
+            {
+                holders.push(target_repo.to_string());
+                counters.mounted.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+        }
+        if self.mode == Mode::Sync {
+            self.stop_if_requested()?;
+            let _permit = upstream
+                .transfers
+                .acquire()
+                .await
+                .map_err(|e| SyncError::Other(e.to_string()))?;
+            self.stream_from_upstream(upstream, source_repo, target_repo, blob)
+                .await?;
+        }
+        holders.push(target_repo.to_string());
+        counters.copied.fetch_add(1, Ordering::Relaxed);
+        counters
+            .copied_bytes
+            .fetch_add(blob.size, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Tries each content source in turn (mirrors, then the origin); a source that fails or
+    /// serves bytes that do not match the digest is skipped, and nothing it sent is committed.
+    async fn stream_from_upstream(
+        &self,
+        upstream: &UpstreamRef,
+        source_repo: &str,
+        target_repo: &str,
+        blob: &Descriptor,
+    ) -> Result<(), SyncError> {
+        let mut last_error = None;
+        for source in 0..upstream.source_count() {
+            let client = upstream.source(source);
+            let response = match client.get_blob_from(source_repo, &blob.digest, 0).await {
+                Ok((response, _)) => response,
+                Err(e) if !upstream.is_origin(source) => {
+                    tracing::info!(mirror = client.host(), digest = %blob.digest, error = %e, "mirror failed; trying the next source");
+                    continue;
+                }
+                Err(e) => return Err(upstream.error(e)),
+            };
+            if let Some(length) = response.content_length()
+                && length != blob.size
+            {
+                let e = format!(
+                    "{} sent Content-Length {length} for blob {}, whose descriptor says {}",
+                    client.host(),
+                    blob.digest,
+                    blob.size
+                );
+                if upstream.is_origin(source) {
+                    return Err(SyncError::Other(e));
+                }
+                last_error = Some(e);
+                continue;
+            }
+            let body = download::resumable(
+                Arc::clone(upstream),
+                source,
+                source_repo,
+                &blob.digest,
+                blob.size,
+                response,
+            );
+            let stream = verify::VerifiedStream::new(body, blob.digest.clone(), blob.size);
+            match self
+                .target
+                .write_blob(target_repo, &blob.digest, stream)
+                .await
+            {
+                Ok(_) => {
+                    tracing::debug!(digest = %blob.digest, bytes = blob.size, from = client.host(), repository = target_repo, "blob copied");
+                    return Ok(());
+                }
+                Err(e) if !upstream.is_origin(source) => {
+                    tracing::info!(mirror = client.host(), digest = %blob.digest, error = %e, "copy from mirror failed; trying the next source");
+                    last_error = Some(e.to_string());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(SyncError::Other(
+            last_error.unwrap_or_else(|| "no source for blob".into()),
+        ))
+    }
+
+    /// A blob another target repository holds: mount it, or, when the registry refuses mounts,
+    /// copy it between target repositories. `false` when neither worked (the holder may have
+    /// lost it since: state from an earlier run can be stale), so the caller copies from upstream.
+    async fn mount_or_copy_within(&self, from: &str, target_repo: &str, blob: &Descriptor) -> bool {
+        match self.target.mount(target_repo, &blob.digest, from).await {
+            Ok(true) => return true,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, from, "cross-repository mount failed");
+            }
+        }
+        let copied = async {
+            let source = self.target.read_blob(from, &blob.digest, blob.size).await?;
+            self.target
+                .write_blob(target_repo, &blob.digest, source)
+                .await
+        }
+        .await;
+        match copied {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, from, "copy within the target failed");
+                false
+            }
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! Copying a manifest and everything under it, children before parents.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures_util::TryStreamExt;
+
+use super::upstream::UpstreamRef;
+use super::{BLOBS_PER_MANIFEST, Counters, Engine, MAX_INDEX_DEPTH, Mode, SyncError, rewrite};
+use crate::config::Platform;
+use crate::manifest::{self, Descriptor, Parsed};
+use crate::reference::Digest;
+use crate::registry::FetchedManifest;
+
+/// Where a manifest copy happens: which upstream repository to which target repository.
+#[derive(Clone, Copy)]
+pub(super) struct Route<'a> {
+    pub upstream: &'a UpstreamRef,
+    pub source_repo: &'a str,
+    pub target_repo: &'a str,
+    pub counters: &'a Arc<Counters>,
+}
+
+impl Engine {
+    /// Copies a manifest and everything it references into the target repository, once per run
+    /// per (repository, digest, platform filter), and returns the bytes to push (upstream's, or
+    /// a rewritten manifest). Does not write this manifest itself: the caller does, tag last.
+    pub(super) async fn copy_manifest(
+        &self,
+        route: Route<'_>,
+        digest: &Digest,
+        filter: Option<&[Platform]>,
+        depth: usize,
+    ) -> Result<Arc<FetchedManifest>, SyncError> {
+        let key = filter.map(rewrite::filter_key).unwrap_or_default();
+        let cell = self.manifests.cell(route.target_repo, digest, &key);
+        let result = cell
+            .get_or_init(|| async {
+                self.copy_manifest_once(route, digest, filter, depth)
+                    .await
+                    .map(Arc::new)
+                    .map_err(Arc::new)
+            })
+            .await;
+        result.clone().map_err(SyncError::Shared)
+    }
+
+    async fn copy_manifest_once(
+        &self,
+        route: Route<'_>,
+        digest: &Digest,
+        filter: Option<&[Platform]>,
+        depth: usize,
+    ) -> Result<FetchedManifest, SyncError> {
+        if depth > MAX_INDEX_DEPTH {
+            return Err(SyncError::Other(format!(
+                "manifest {digest}: indexes nested deeper than {MAX_INDEX_DEPTH} levels"
+            )));
+        }
+        let fetched = self.fetch_manifest(route, digest).await?;
+        let parsed = manifest::parse(&fetched.media_type, &fetched.bytes).map_err(|source| {
+            SyncError::Manifest {
+                digest: digest.clone(),
+                source,
+            }
+        })?;
+        match parsed {
+            Parsed::Image { blobs } => {
+                futures_util::stream::iter(blobs.iter().map(Ok))
+                    .try_for_each_concurrent(BLOBS_PER_MANIFEST, |blob| {
+                        self.ensure_blob(
+                            route.upstream,
+                            route.source_repo,
+                            route.target_repo,
+                            blob,
+                            route.counters,
+                        )
+                    })
+                    .await?;
+                if self.converts_to_oci() && rewrite::needs_oci_conversion(&fetched.media_type) {
+                    return rewrite::convert_image(&fetched)
+                        .map_err(|e| SyncError::Other(format!("manifest {digest}: {e}")));
+                }
+                Ok(fetched)
+            }
+            Parsed::Index { manifests } => {
+                let keep = rewrite::select(&manifests, filter);
+                let chosen: Vec<&Descriptor> = manifests
+                    .iter()
+                    .zip(&keep)
+                    .filter(|(_, k)| **k)
+                    .map(|(child, _)| child)
+                    .collect();
+                let replacements = std::sync::Mutex::new(HashMap::new());
+                futures_util::stream::iter(chosen.into_iter().map(Ok))
+                    .try_for_each_concurrent(BLOBS_PER_MANIFEST, |child| {
+                        self.ensure_child(route, child, depth, &replacements)
+                    })
+                    .await?;
+                let replacements = replacements.into_inner().unwrap_or_else(|p| p.into_inner());
+                let how = rewrite::IndexRewrite {
+                    keep: &keep,
+                    platforms: filter,
+                    replacements: &replacements,
+                    to_oci: self.converts_to_oci(),
+                };
+                match rewrite::rewrite_index(&fetched, &manifests, &how)
+                    .map_err(|e| SyncError::Other(format!("manifest {digest}: {e}")))?
+                {
+                    Some(rewritten) => Ok(rewritten),
+                    None => Ok(fetched),
+                }
+            }
+        }
+    }
+
+    /// GET a manifest by digest: from a mirror when one has it (verified by digest, so a stale
+    /// or hostile mirror cannot inject anything), else from the origin, within its pull quota.
+    async fn fetch_manifest(
+        &self,
+        route: Route<'_>,
+        digest: &Digest,
+    ) -> Result<FetchedManifest, SyncError> {
+        let upstream = route.upstream;
+        for source in 0..upstream.source_count() {
+            let client = upstream.source(source);
+            if upstream.is_origin(source) {
+                upstream.check_quota()?;
+                return client
+                    .get_manifest(route.source_repo, &digest.to_string())
+                    .await
+                    .map_err(|e| upstream.error(e));
+            }
+            match client
+                .get_manifest(route.source_repo, &digest.to_string())
+                .await
+            {
+                Ok(m) => return Ok(m),
+                Err(e) => {
+                    tracing::info!(mirror = client.host(), %digest, error = %e, "mirror lacks the manifest; trying the next source")
+                }
+            }
+        }
+        Err(SyncError::Other(format!("no source for manifest {digest}")))
+    }
+
+    /// Makes one child manifest of an index present at the target, by digest. Records what it
+    /// became when it was rewritten on the way (upstream digest -> new descriptor).
+    async fn ensure_child(
+        &self,
+        route: Route<'_>,
+        child: &Descriptor,
+        depth: usize,
+        replacements: &std::sync::Mutex<HashMap<Digest, rewrite::Replacement>>,
+    ) -> Result<(), SyncError> {
+        if self
+            .target
+            .manifest_digest(route.target_repo, &child.digest.to_string())
+            .await?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let fetched = Box::pin(self.copy_manifest(route, &child.digest, None, depth + 1)).await?;
+        if self.mode == Mode::Sync {
+            self.target
+                .put_manifest(route.target_repo, &fetched.digest.to_string(), &fetched)
+                .await?;
+        }
+        if fetched.digest != child.digest {
+            replacements
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(child.digest.clone(), rewrite::Replacement::of(&fetched));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,64 @@
+//! An upstream registry as the engine sees it: the origin (where tags are resolved, with a HEAD)
+//! and its mirrors (where content is fetched by digest first), plus the host's transfer limit and
+//! pull-quota reserve.
+
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+
+use super::SyncError;
+use crate::registry::RegistryClient;
+
+/// One upstream host.
+pub struct Upstream {
+    /// The registry name from the reference (`docker.io`), used in messages and metrics.
+    pub host: String,
+    pub origin: RegistryClient,
+    /// Content-by-digest sources tried before the origin, in order.
+    pub mirrors: Vec<RegistryClient>,
+    /// Blob transfers at once from this host.
+    pub transfers: Semaphore,
+    /// Stop spending manifest GETs at the origin when its reported pulls left reach this.
+    pub reserve: u64,
+}
+
+impl Upstream {
+    /// How many content sources there are: the mirrors, then the origin.
+    pub fn source_count(&self) -> usize {
+        self.mirrors.len() + 1
+    }
+
+    /// Content source `i`: mirrors first (in configured order), the origin last.
+    pub fn source(&self, i: usize) -> &RegistryClient {
+        self.mirrors.get(i).unwrap_or(&self.origin)
+    }
+
+    /// Whether source `i` is the origin (where pulls count against a quota).
+    pub fn is_origin(&self, i: usize) -> bool {
+        i >= self.mirrors.len()
+    }
+
+    /// Fails with [`SyncError::Deferred`] when one more pull would eat into the reserve.
+    pub fn check_quota(&self) -> Result<(), SyncError> {
+        match self.origin.pulls_remaining() {
+            Some(left) if left <= self.reserve => Err(SyncError::Deferred(format!(
+                "{} pull quota: {left} left, reserve {}",
+                self.host, self.reserve
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn error(&self, source: crate::registry::RegistryError) -> SyncError {
+        if source.status() == Some(429) {
+            return SyncError::Deferred(format!("{} is rate limiting us: {source}", self.host));
+        }
+        SyncError::Upstream {
+            host: self.host.clone(),
+            source: Box::new(source),
+        }
+    }
+}
+
+/// Shared handle.
+pub type UpstreamRef = Arc<Upstream>;

@@ -1,17 +1,21 @@
 //! Command-line arguments: `sync [--once]`, `plan`, `check`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::shard::Shard;
 
 /// Keeps a private container registry stocked with the images its clusters pull.
 ///
 /// Exit codes: 0 every tag is in sync; 1 some tags failed (the others were still synced);
-/// 2 configuration or usage error; 3 stopped early with work left.
+/// 2 configuration or usage error; 3 stopped early with work left (signal, --max-duration,
+/// pull-quota reserve reached).
 #[derive(Debug, Parser)]
 #[command(name = "mirrorsync", version, about, long_about)]
 pub struct Cli {
-    /// Log format on stderr.
+    /// Log format on stderr: text, or json (one event per line, for Kubernetes).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
     /// Log filter (tracing `EnvFilter` syntax), e.g. `debug` or `mirrorsync=debug`.
@@ -29,11 +33,12 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Copy every configured tag that is missing or behind at the target.
+    /// Copy every configured tag that is missing or behind at the target: one pass with
+    /// --once, else passes on the config's `schedule`.
     Sync(SyncArgs),
     /// Show per tag unchanged / new / updated and the blobs and bytes a sync would copy.
     /// Writes nothing anywhere.
-    Plan(ConfigArg),
+    Plan(PlanArgs),
     /// Validate the configuration (and with --connect, reach every registry).
     Check(CheckArgs),
 }
@@ -51,12 +56,53 @@ pub struct ConfigArg {
 }
 
 #[derive(Debug, Args)]
+pub struct ShardArg {
+    /// Sync only this share of the list, INDEX/COUNT (e.g. 0/3). Default: from
+    /// MIRRORSYNC_SHARDS and JOB_COMPLETION_INDEX when set (a Kubernetes Indexed Job).
+    #[arg(long, value_parser = Shard::parse)]
+    pub shard: Option<Shard>,
+}
+
+#[derive(Debug, Args)]
 pub struct SyncArgs {
     #[command(flatten)]
     pub config: ConfigArg,
+    #[command(flatten)]
+    pub shard: ShardArg,
     /// Run one pass and exit (for a CronJob or by hand).
     #[arg(long)]
     pub once: bool,
+    /// Stop starting new work after this long (e.g. 50m, 1h30m, 90s) and exit 3 with what is
+    /// left; running transfers get --grace-period to finish.
+    #[arg(long, value_parser = parse_duration)]
+    pub max_duration: Option<Duration>,
+    /// How long running transfers may go on after a stop (signal or --max-duration).
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub grace_period: Duration,
+    /// With --once: push the run's metrics to this Prometheus Pushgateway
+    /// (job `mirrorsync`, grouped by instance, and shard when sharded).
+    #[arg(long, env = "MIRRORSYNC_PUSHGATEWAY")]
+    pub pushgateway: Option<String>,
+    /// The Pushgateway `instance` label [default: $HOSTNAME, else "mirrorsync"].
+    #[arg(long)]
+    pub instance: Option<String>,
+    /// With --once: write the metrics as a node-exporter textfile (atomically).
+    #[arg(long)]
+    pub metrics_file: Option<PathBuf>,
+    /// Without --once: serve /metrics and /healthz on this address (e.g. 0.0.0.0:9090).
+    #[arg(long)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Without --once: start with a pass instead of waiting for the schedule.
+    #[arg(long)]
+    pub run_now: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[command(flatten)]
+    pub shard: ShardArg,
 }
 
 #[derive(Debug, Args)]
@@ -66,4 +112,55 @@ pub struct CheckArgs {
     /// Also reach every registry the configuration names.
     #[arg(long)]
     pub connect: bool,
+}
+
+/// `90s`, `50m`, `1h30m`, `2h`, or plain seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    let mut total = 0u64;
+    let mut number = String::new();
+    for ch in text.chars() {
+        if ch.is_ascii_digit() {
+            number.push(ch);
+            continue;
+        }
+        let unit = match ch {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => {
+                return Err(format!(
+                    "duration {text:?}: unknown unit {ch:?} (use s, m, h, d)"
+                ));
+            }
+        };
+        let n: u64 = number
+            .parse()
+            .map_err(|_| format!("duration {text:?}: expected a number before {ch:?}"))?;
+        total = total.saturating_add(n.saturating_mul(unit));
+        number.clear();
+    }
+    if !number.is_empty() || text.is_empty() {
+        return Err(format!("duration {text:?}: end with a unit (s, m, h, d)"));
+    }
+    Ok(Duration::from_secs(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("50m"), Ok(Duration::from_secs(3000)));
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("5m3").is_err());
+        assert!(parse_duration("").is_err());
+    }
 }

@@ -14,43 +14,153 @@
 pub mod cli;
 pub mod config;
 pub mod copy;
+pub mod daemon;
 pub mod manifest;
 pub mod metrics;
 pub mod reference;
 pub mod registry;
 pub mod report;
+pub mod run;
 pub mod schedule;
+pub mod shard;
+pub mod state;
 pub mod target;
 
 use std::sync::Arc;
 
 use config::{Config, TargetKind};
-use copy::{Engine, Mode};
-use report::RunReport;
+use copy::{Mode, RunControl};
+use run::PassOptions;
+use shard::Shard;
 
-/// One pass over every configured tag; prints the summary and returns the exit code.
-pub async fn run_once(config: Config, mode: Mode) -> i32 {
-    let started = std::time::Instant::now();
-    let engine = match Engine::new(Arc::new(config), mode, None) {
-        Ok(e) => Arc::new(e),
+/// The shard from `--shard`, else from an Indexed Job's environment.
+fn shard_of(flag: Option<Shard>) -> Result<Option<Shard>, String> {
+    match flag {
+        Some(s) => Ok(Some(s)),
+        None => Shard::from_env(|k| std::env::var(k).ok()).transpose(),
+    }
+}
+
+/// `mirrorsync sync`: one pass with `--once`, else the scheduled daemon.
+pub async fn sync(config: Config, args: cli::SyncArgs) -> i32 {
+    let shard = match shard_of(args.shard.shard) {
+        Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
-            return 1;
+            return 2;
         }
     };
-    let tags = engine
-        .run(
-            &copy::RunControl::default(),
-            &std::collections::HashMap::new(),
-        )
-        .await;
-    let report = RunReport {
-        tags,
-        duration: started.elapsed(),
-        planned: mode == Mode::Plan,
+    if !args.once {
+        let options = daemon::DaemonOptions {
+            config_path: args.config.config.clone(),
+            metrics_addr: args.metrics_addr,
+            run_now: args.run_now,
+            shard,
+            grace: args.grace_period,
+        };
+        return daemon::run(config, options).await;
+    }
+    let control = RunControl {
+        stop: tokio_util::sync::CancellationToken::new(),
+        grace: args.grace_period,
     };
-    print!("{}", report.render());
-    report.exit_code()
+    let stop = control.stop.clone();
+    match schedule::Terminate::install() {
+        Ok(mut terminate) => {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let signal = terminate.recv().await;
+                tracing::warn!(signal, "stopping: no new work starts");
+                stop.cancel();
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot watch for SIGTERM"),
+    }
+    if let Some(limit) = args.max_duration {
+        tokio::spawn(async move {
+            tokio::time::sleep(limit).await;
+            tracing::warn!(
+                max_duration_s = limit.as_secs(),
+                "--max-duration reached: no new work starts"
+            );
+            stop.cancel();
+        });
+    }
+    let metrics = metrics::Metrics::new();
+    let options = PassOptions {
+        mode: Mode::Sync,
+        shard,
+        control,
+    };
+    let code = match run::run_pass(&config, &options, &metrics).await {
+        Ok(report) => {
+            print!("{}", report.render());
+            report.exit_code()
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    };
+    export_metrics(&metrics, &args, shard).await;
+    code
+}
+
+/// Pushes and/or writes the metrics of a `--once` run. A failure is logged, not fatal: the
+/// sync itself happened.
+async fn export_metrics(
+    metrics: &Arc<metrics::Metrics>,
+    args: &cli::SyncArgs,
+    shard: Option<Shard>,
+) {
+    let body = metrics.render();
+    if let Some(path) = &args.metrics_file
+        && let Err(e) = metrics::write_textfile(path, &body)
+    {
+        tracing::error!(path = %path.display(), error = %e, "could not write the metrics textfile");
+    }
+    if let Some(url) = &args.pushgateway {
+        let instance = args
+            .instance
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "mirrorsync".to_string());
+        let shard_label = shard.map(|s| format!("{}-of-{}", s.index, s.count));
+        let mut grouping = vec![("instance", instance.as_str())];
+        if let Some(label) = &shard_label {
+            grouping.push(("shard", label.as_str()));
+        }
+        let http = reqwest::Client::new();
+        if let Err(e) = metrics::push(&http, url, &grouping, body).await {
+            tracing::error!(error = %e, "could not push metrics to the Pushgateway");
+        }
+    }
+}
+
+/// `mirrorsync plan`: what a sync would do; writes nothing anywhere.
+pub async fn plan(config: Config, args: cli::PlanArgs) -> i32 {
+    let shard = match shard_of(args.shard.shard) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let options = PassOptions {
+        mode: Mode::Plan,
+        shard,
+        control: RunControl::default(),
+    };
+    match run::run_pass(&config, &options, &metrics::Metrics::new()).await {
+        Ok(report) => {
+            print!("{}", report.render());
+            report.exit_code()
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
 }
 
 /// `mirrorsync check`: the configuration already loaded; with `connect`, ping every registry.
@@ -90,7 +200,7 @@ pub async fn check(config: Config, connect: bool) -> i32 {
             endpoint.credentials.clone(),
         ));
         let result = match client {
-            Ok(c) => c.ping().await,
+            Ok(c) => c.verify_credentials().await.map(|_| ()),
             Err(e) => Err(e),
         };
         match result {

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use clap::Parser;
 use mirrorsync::cli::{Cli, Command, LogFormat};
 use mirrorsync::config::Config;
-use mirrorsync::copy::Mode;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -14,7 +13,7 @@ fn main() -> ExitCode {
 
     let config_path = match &cli.command {
         Command::Sync(a) => &a.config.config,
-        Command::Plan(a) => &a.config,
+        Command::Plan(a) => &a.config.config,
         Command::Check(a) => &a.config.config,
     };
     let config = match Config::load(config_path) {
@@ -36,18 +35,14 @@ fn main() -> ExitCode {
     };
     let code = runtime.block_on(async {
         match cli.command {
-            Command::Sync(args) if !args.once => {
-                eprintln!(
-                    "error: scheduled mode is not available yet; run `mirrorsync sync --once`"
-                );
-                2
-            }
-            Command::Sync(_) => mirrorsync::run_once(config, Mode::Sync).await,
-            Command::Plan(_) => mirrorsync::run_once(config, Mode::Plan).await,
+            Command::Sync(args) => mirrorsync::sync(config, args).await,
+            Command::Plan(args) => mirrorsync::plan(config, args).await,
             Command::Check(args) => mirrorsync::check(config, args.connect).await,
         }
     });
-    ExitCode::from(code as u8)
+    // Transfers abandoned after a grace period must not hold the process open.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
 fn init_tracing(format: LogFormat, filter: &str) {

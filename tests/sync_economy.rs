@@ -159,9 +159,9 @@ async fn second_run_is_a_no_op_one_head_per_tag_and_no_writes() {
         log.dump()
     );
     assert_eq!(
-        target_log.writes(None),
+        target_log.mirrored_writes(),
         0,
-        "no write at the target:\n{}",
+        "no write to a mirrored repository:\n{}",
         target_log.dump()
     );
     assert!(

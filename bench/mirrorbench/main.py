@@ -76,6 +76,7 @@ class Bench:
         self.warm: dict[str, str] = {}  # tool -> its warm target storage
         self.corpus = None
         self.changed: dict[int, dict[str, int]] = {}  # round -> blobs the move added
+        self.cold_blobs: dict[int, dict[str, int]] = {}  # round -> the corpus's blobs at its cold sync
         self.seed_seconds = 0.0
 
     # --- registries ------------------------------------------------------------------------
@@ -181,6 +182,7 @@ class Bench:
         order = TOOLS if rnd % 2 == 1 else tuple(reversed(TOOLS))
         tags = self.corpus.tags
         unique = self.corpus.blobs()
+        self.cold_blobs[rnd] = unique
         log(f"== round {rnd}/{self.args.rounds} ({' then '.join(order)})")
         for tool in order:
             if tool in self.warm:

@@ -13,11 +13,18 @@ pub struct ApiError {
 }
 
 /// A failure of one registry operation.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RegistryError {
     /// The request never got an HTTP answer (connect, TLS, reset, timeout, body cut short).
     #[error("{method} {url}: {detail}")]
     Transport {
+        method: String,
+        url: String,
+        detail: String,
+    },
+    /// TLS failed (an untrusted or invalid certificate): retrying cannot help.
+    #[error("{method} {url}: TLS: {detail}")]
+    Tls {
         method: String,
         url: String,
         detail: String,
@@ -50,7 +57,9 @@ impl RegistryError {
             RegistryError::Status { status, .. } => {
                 matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
             }
-            RegistryError::Auth { .. } | RegistryError::Protocol { .. } => false,
+            RegistryError::Auth { .. }
+            | RegistryError::Protocol { .. }
+            | RegistryError::Tls { .. } => false,
         }
     }
 

@@ -129,6 +129,8 @@ pub struct RegistryClient {
     /// Docker Hub's pull quota as last seen (`ratelimit-remaining`), decremented locally per
     /// manifest GET between answers; -1 while unknown (no header seen: no limit).
     pulls_remaining: AtomicI64,
+    /// A ping failure that retrying cannot mend.
+    fatal: std::sync::Mutex<Option<RegistryError>>,
 }
 
 /// The longest an idle read may wait before the request counts as stalled.
@@ -153,6 +155,7 @@ impl RegistryClient {
             retry: options.retry,
             observer: options.observer,
             pulls_remaining: AtomicI64::new(-1),
+            fatal: std::sync::Mutex::new(None),
         })
     }
 
@@ -195,10 +198,34 @@ impl RegistryClient {
 
     /// `GET /v2/`: checks the registry speaks the API and learns its auth challenge.
     pub async fn ping(&self) -> Result<(), RegistryError> {
-        self.pinged
-            .get_or_try_init(|| self.retrying("ping", || self.ping_once()))
+        self.retrying("ping", || self.ping_cached()).await
+    }
+
+    /// The first successful ping is remembered, and so is a failure no retry can mend (an
+    /// untrusted certificate, refused credentials), so one run does not knock again and again.
+    async fn ping_cached(&self) -> Result<(), RegistryError> {
+        if let Some(fatal) = self.fatal.lock().ok().and_then(|f| f.clone()) {
+            return Err(fatal);
+        }
+        let result = self
+            .pinged
+            .get_or_try_init(|| self.ping_once())
             .await
-            .map(|_| ())
+            .map(|_| ());
+        if let Err(e) = &result
+            && !e.is_retryable()
+            && let Ok(mut fatal) = self.fatal.lock()
+        {
+            *fatal = Some(e.clone());
+        }
+        result
+    }
+
+    /// Proves the configured credentials are accepted: Basic on `GET /v2/`, or a token for no
+    /// particular repository. `Ok(false)` when there are no credentials to check.
+    pub async fn verify_credentials(&self) -> Result<bool, RegistryError> {
+        self.ping().await?;
+        self.auth.verify(&self.http, &self.base).await
     }
 
     async fn ping_once(&self) -> Result<(), RegistryError> {
@@ -606,6 +633,30 @@ impl RegistryClient {
         }
     }
 
+    /// Uploads a small blob held in memory: POST, one PATCH, PUT `?digest=`.
+    pub async fn upload_bytes(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        bytes: Bytes,
+    ) -> Result<(), RegistryError> {
+        self.retrying("upload blob", || async {
+            let location = self.start_upload_once(repository).await?;
+            let length = bytes.len() as u64;
+            let location = self
+                .upload_chunk(
+                    repository,
+                    &location,
+                    0,
+                    length,
+                    reqwest::Body::from(bytes.clone()),
+                )
+                .await?;
+            self.finish_upload(repository, &location, digest).await
+        })
+        .await
+    }
+
     /// `DELETE <location>`: abandons an upload session (best effort).
     pub async fn cancel_upload(&self, repository: &str, location: &Url) {
         let result = self
@@ -709,7 +760,7 @@ impl RegistryClient {
         headers: HeaderMap,
         body: RequestBody,
     ) -> Result<reqwest::Response, RegistryError> {
-        self.ping().await?;
+        self.ping_cached().await?;
         let mut body = Some(body);
         let mut tried = 0;
         loop {
@@ -954,10 +1005,19 @@ pub(crate) async fn status_error(
 }
 
 fn transport(method: &str, url: &Url, error: &reqwest::Error) -> RegistryError {
+    let detail = describe_reqwest_error(error);
+    let lower = detail.to_ascii_lowercase();
+    if lower.contains("certificate") || lower.contains("handshake") {
+        return RegistryError::Tls {
+            method: method.to_string(),
+            url: redact(url),
+            detail,
+        };
+    }
     RegistryError::Transport {
         method: method.to_string(),
         url: redact(url),
-        detail: describe_reqwest_error(error),
+        detail,
     }
 }
 

@@ -105,6 +105,9 @@ pub trait AccessLogExt {
     fn writes(&self, repo: Option<&str>) -> usize;
     /// Writes per repository.
     fn writes_by_repo(&self) -> BTreeMap<String, usize>;
+    /// Writes to any repository but mirrorsync's own state (`mirrorsync/state`): the writes a
+    /// no-op run must not make.
+    fn mirrored_writes(&self) -> usize;
     /// Manifest PUTs (tags and digests pushed).
     fn manifest_puts(&self, repo: Option<&str>) -> usize;
     /// Entries not made by the harness itself.
@@ -137,6 +140,11 @@ impl AccessLogExt for [Access] {
     fn writes(&self, repo: Option<&str>) -> usize {
         self.iter()
             .filter(|a| a.is_write() && repo.is_none_or(|r| a.repo().as_deref() == Some(r)))
+            .count()
+    }
+    fn mirrored_writes(&self) -> usize {
+        self.iter()
+            .filter(|a| a.is_write() && a.repo().as_deref() != Some("mirrorsync/state"))
             .count()
     }
     fn writes_by_repo(&self) -> BTreeMap<String, usize> {

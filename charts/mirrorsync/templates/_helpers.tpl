@@ -247,7 +247,7 @@ The pod spec shared by the CronJob's Job and the Deployment.
 */}}
 {{- define "mirrorsync.podSpec" -}}
 {{- $dir := include "mirrorsync.configDir" . }}
-{{- $creds := (include "mirrorsync.credentials" . | fromYaml).items }}
+{{- $creds := (include "mirrorsync.credentials" . | fromYaml).items -}}
 serviceAccountName: {{ include "mirrorsync.serviceAccountName" . }}
 automountServiceAccountToken: {{ .Values.automountServiceAccountToken }}
 {{- with .Values.imagePullSecrets }}

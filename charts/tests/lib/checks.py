@@ -1,0 +1,530 @@
+#!/usr/bin/env python3
+"""Checks on the chart's rendered manifests, and extraction of what other tools test.
+
+Every check prints one line, `ok - <what>` or `not ok - <what>: <why>`; charts/tests/run counts
+them. Subcommands:
+
+  render    CASE RENDERED VALUES...   structural checks of one rendered case against its values
+  rules     RENDERED OUT              the PrometheusRule's groups as a Prometheus rule file
+  crds      RENDERED OUTDIR CASE      PrometheusRule / ServiceMonitor documents as JSON files
+  dashboard RENDERED OUT              the dashboard's queries as a rule file (for promtool)
+  args      RENDERED PREFIX           the CronJob container's args, env and sync.yaml to files
+  schema    SCHEMA                    values.schema.json's config keys match mirrorsync's sync.yaml
+"""
+
+import hashlib
+import json
+import re
+import sys
+
+import yaml
+
+# The metric names of the product contract (shared/PRODUCT.md).
+CONTRACT_METRICS = {
+    "mirrorsync_run_last_success_timestamp_seconds",
+    "mirrorsync_run_duration_seconds",
+    "mirrorsync_run_tags",
+    "mirrorsync_tag_in_sync",
+    "mirrorsync_tag_last_synced_timestamp_seconds",
+    "mirrorsync_tag_lag_seconds",
+    "mirrorsync_blobs_total",
+    "mirrorsync_bytes_copied_total",
+    "mirrorsync_http_requests_total",
+    "mirrorsync_ratelimit_remaining",
+}
+# The Pushgateway's own per-group metric.
+PUSHGATEWAY_METRICS = {"push_time_seconds"}
+
+# Keys mirrorsync's sync.yaml accepts (src/config/raw.rs; unknown keys are errors there).
+SYNC_TOP = {"schedule", "timezone", "concurrency", "target", "docker_config", "registries", "images"}
+SYNC_TARGET = {"registry", "path", "prefix", "insecure", "ca_file", "auth"}
+SYNC_AUTH = {"username", "password_env", "password_file"}
+SYNC_REGISTRY = {
+    "mirrors", "prefix", "auth", "insecure", "ca_file", "requests_per_second", "burst",
+    "bytes_per_second", "concurrency", "rate_limit_reserve",
+}
+SYNC_IMAGE = {"source", "tags", "platforms", "target"}
+# Chart-only keys in values.config that the chart turns into sync.yaml keys.
+CHART_ONLY = {"caBundle": "ca_file"}
+CHART_AUTH = {"username", "existingSecret", "existingSecretPasswordKey", "mountAs"}
+
+CONFIG_DIR = "/etc/mirrorsync"
+PROMQL_KEYWORDS = {
+    "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
+    "offset", "inf", "nan",
+}
+
+passed = 0
+failed = 0
+
+
+def check(what, cond, why=""):
+    global passed, failed
+    if cond:
+        passed += 1
+        print(f"ok - {what}")
+    else:
+        failed += 1
+        print(f"not ok - {what}{': ' + why if why else ''}")
+    return cond
+
+
+def load_docs(path):
+    with open(path) as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def merge(base, over):
+    """Helm's merge of values files: maps merge key by key, everything else replaces."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = merge(base.get(k), v) if k in base else v
+        return out
+    return over
+
+
+def find(docs, kind):
+    return [d for d in docs if d.get("kind") == kind]
+
+
+def metric_names(expr):
+    """Metric names in a PromQL expression (identifiers not followed by '(' and not in {} or [])."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    expr = re.sub(r"\{[^}]*\}", "{}", expr)
+    expr = re.sub(r"\[[^\]]*\]", "[]", expr)
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
+    names = set()
+    for m in re.finditer(r"[a-zA-Z_:][a-zA-Z0-9_:]*", expr):
+        rest = expr[m.end():].lstrip()
+        if rest.startswith("("):
+            continue  # a function
+        if m.group(0) in PROMQL_KEYWORDS:
+            continue
+        if m.start() > 0 and expr[m.start() - 1] == "$":
+            continue
+        names.add(m.group(0))
+    return names
+
+
+def seconds(text):
+    m = re.fullmatch(r"(\d+)([smhdw])", text)
+    return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+
+
+def go_duration_seconds(text):
+    total = 0
+    for n, unit in re.findall(r"(\d+)(h|m|s)", text):
+        total += int(n) * {"h": 3600, "m": 60, "s": 1}[unit]
+    return total
+
+
+# --------------------------------------------------------------------------------------------
+def render_checks(case, rendered, value_files):
+    docs = load_docs(rendered)
+    values = {}
+    for f in value_files:
+        with open(f) as fh:
+            values = merge(values, yaml.safe_load(fh) or {})
+    mode = values["mode"]
+    shards = int(values["shards"])
+    p = f"[{case}]"
+
+    # Labels on every object.
+    for d in docs:
+        labels = d["metadata"].get("labels", {})
+        need = ["app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
+                "app.kubernetes.io/managed-by", "helm.sh/chart"]
+        missing = [k for k in need if k not in labels]
+        check(f"{p} {d['kind']}/{d['metadata']['name']} has the app.kubernetes.io labels", not missing,
+              f"missing {missing}")
+
+    # The workload.
+    if mode == "cronjob":
+        check(f"{p} mode cronjob renders one CronJob and no Deployment/Service",
+              len(find(docs, "CronJob")) == 1 and not find(docs, "Deployment") and not find(docs, "Service"))
+        cj = find(docs, "CronJob")[0]
+        job = cj["spec"]["jobTemplate"]["spec"]
+        pod_tpl = job["template"]
+    else:
+        check(f"{p} mode deployment renders one Deployment and one Service and no CronJob",
+              len(find(docs, "Deployment")) == 1 and len(find(docs, "Service")) == 1 and not find(docs, "CronJob"))
+        dep = find(docs, "Deployment")[0]
+        pod_tpl = dep["spec"]["template"]
+    pod = pod_tpl["spec"]
+    containers = pod["containers"]
+    check(f"{p} one container named mirrorsync", [c["name"] for c in containers] == ["mirrorsync"])
+    c = containers[0]
+    args = c["args"]
+    env = {e["name"]: e for e in c.get("env", [])}
+
+    # Pod Security Standard "restricted".
+    psc = pod.get("securityContext", {})
+    csc = c.get("securityContext", {})
+    check(f"{p} restricted: runs as non-root",
+          csc.get("runAsNonRoot", psc.get("runAsNonRoot")) is True
+          and csc.get("runAsUser", psc.get("runAsUser", 1)) != 0)
+    check(f"{p} restricted: allowPrivilegeEscalation false", csc.get("allowPrivilegeEscalation") is False)
+    check(f"{p} restricted: capabilities drop ALL, add none",
+          "ALL" in csc.get("capabilities", {}).get("drop", []) and not csc.get("capabilities", {}).get("add"))
+    check(f"{p} restricted: seccomp RuntimeDefault",
+          csc.get("seccompProfile", psc.get("seccompProfile", {})).get("type") == "RuntimeDefault")
+    check(f"{p} read-only root filesystem", csc.get("readOnlyRootFilesystem") is True)
+    check(f"{p} no privileged, host namespaces or hostPath",
+          not csc.get("privileged") and not pod.get("hostNetwork") and not pod.get("hostPID")
+          and not pod.get("hostIPC") and not any("hostPath" in v for v in pod.get("volumes", [])))
+    res = c.get("resources", {})
+    check(f"{p} resources: cpu and memory requests, memory limit",
+          "cpu" in res.get("requests", {}) and "memory" in res.get("requests", {}) and "memory" in res.get("limits", {}))
+    check(f"{p} no service account token mounted", pod.get("automountServiceAccountToken") is False)
+    vols = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    check(f"{p} /tmp is a writable emptyDir",
+          "/tmp" in mounts and "emptyDir" in vols.get(mounts["/tmp"]["name"], {}) and not mounts["/tmp"].get("readOnly"))
+    check(f"{p} image reference", c["image"] == expected_image(values), f"{c['image']} != {expected_image(values)}")
+
+    # sync.yaml: rendered from values, mounted where --config points.
+    cms = [d for d in find(docs, "ConfigMap") if "sync.yaml" in d.get("data", {})]
+    check(f"{p} one ConfigMap with sync.yaml", len(cms) == 1)
+    text = cms[0]["data"]["sync.yaml"]
+    sync = yaml.safe_load(text)
+    check(f"{p} --config {CONFIG_DIR}/sync.yaml", arg_value(args, "--config") == f"{CONFIG_DIR}/sync.yaml")
+    cfg_mount = mounts.get(CONFIG_DIR)
+    projected = vols.get(cfg_mount["name"], {}).get("projected", {}) if cfg_mount else {}
+    provided = {}
+    for src in projected.get("sources", []):
+        for kind in ("configMap", "secret"):
+            if kind in src:
+                for item in src[kind].get("items", []):
+                    provided[f"{CONFIG_DIR}/{item['path']}"] = (kind, src[kind]["name"], item["key"])
+    check(f"{p} sync.yaml is mounted read-only from the ConfigMap",
+          cfg_mount is not None and cfg_mount.get("readOnly") is True
+          and provided.get(f"{CONFIG_DIR}/sync.yaml") == ("configMap", cms[0]["metadata"]["name"], "sync.yaml"))
+    body = "\n".join(l for l in text.splitlines() if not l.startswith("#"))
+    checksum = pod_tpl["metadata"].get("annotations", {}).get("checksum/config", "")
+    check(f"{p} pod template checksum/config is the sha256 of sync.yaml",
+          checksum == hashlib.sha256(body.rstrip("\n").encode()).hexdigest(), checksum)
+    check_sync_keys(p, sync)
+    cfg = values["config"]
+    check(f"{p} sync.yaml target.registry from values", sync["target"]["registry"] == cfg["target"]["registry"])
+    check(f"{p} sync.yaml images from values", sync["images"] == cfg["images"])
+    check(f"{p} sync.yaml schedule/timezone/concurrency from values",
+          sync["schedule"] == values["schedule"] and sync["timezone"] == values["timezone"]
+          and sync["concurrency"] == cfg["concurrency"])
+    for host, reg in (cfg.get("registries") or {}).items():
+        plain = {k: v for k, v in reg.items() if k not in ("auth", "caBundle")}
+        got = {k: v for k, v in sync["registries"][host].items() if k not in ("auth", "ca_file")}
+        check(f"{p} sync.yaml registries.{host} from values", got == plain, f"{got} != {plain}")
+
+    # Credentials: only from Secrets, every referenced file mounted, every variable set.
+    check(f"{p} no password in sync.yaml", "password:" not in text and not re.search(r"\bpassword\s*:", text))
+    scopes = [("target", cfg["target"], sync["target"])]
+    scopes += [(f"registries.{h}", r, sync["registries"][h]) for h, r in (cfg.get("registries") or {}).items()]
+    for scope, v, s in scopes:
+        auth = v.get("auth") or {}
+        if auth:
+            key = auth.get("existingSecretPasswordKey", "password")
+            if auth.get("mountAs", "file") == "env":
+                var = s["auth"].get("password_env", "")
+                ref = env.get(var, {}).get("valueFrom", {}).get("secretKeyRef", {})
+                check(f"{p} {scope}: password_env {var} from Secret {auth['existingSecret']}/{key}",
+                      ref == {"name": auth["existingSecret"], "key": key} and "password_file" not in s["auth"])
+            else:
+                path = s["auth"].get("password_file", "")
+                check(f"{p} {scope}: password_file {path} mounted from Secret {auth['existingSecret']}/{key}",
+                      provided.get(path) == ("secret", auth["existingSecret"], key) and "password_env" not in s["auth"])
+            check(f"{p} {scope}: username from values", s["auth"].get("username") == auth["username"])
+        else:
+            check(f"{p} {scope}: no auth when none is configured", "auth" not in s)
+        ca = v.get("caBundle") or {}
+        if ca:
+            kind = "configMap" if "configMap" in ca else "secret"
+            want = (kind, ca[kind]["name"], ca[kind].get("key", "ca.crt"))
+            check(f"{p} {scope}: ca_file mounted from {kind} {want[1]}/{want[2]}",
+                  provided.get(s.get("ca_file", "")) == want)
+        else:
+            check(f"{p} {scope}: no ca_file when no caBundle", "ca_file" not in s)
+    dc = values["dockerConfig"]
+    if dc["existingSecret"]:
+        check(f"{p} docker_config mounted from Secret {dc['existingSecret']}/{dc['key']}",
+              provided.get(sync.get("docker_config", "")) == ("secret", dc["existingSecret"], dc["key"]))
+    else:
+        check(f"{p} no docker_config without dockerConfig.existingSecret", "docker_config" not in sync)
+    check(f"{p} every projected item is used by sync.yaml",
+          all(path == f"{CONFIG_DIR}/sync.yaml" or path in text for path in provided))
+    check(f"{p} secrets reach the pod only through Secret references",
+          all("value" not in e or not re.search(r"pass|token|secret", e["name"], re.I) for e in env.values()))
+    check(f"{p} --log-format {values['logFormat']}", arg_value(args, "--log-format") == values["logFormat"])
+    check(f"{p} extraArgs come last", args[len(args) - len(values["extraArgs"]):] == values["extraArgs"]
+          if values["extraArgs"] else True)
+
+    if mode == "cronjob":
+        cjv = values["cronjob"]
+        spec = cj["spec"]
+        check(f"{p} CronJob name fits 52 characters", len(cj["metadata"]["name"]) <= 52)
+        check(f"{p} CronJob schedule and timeZone from values",
+              spec["schedule"] == values["schedule"] and spec["timeZone"] == values["timezone"])
+        check(f"{p} concurrencyPolicy Forbid", spec["concurrencyPolicy"] == "Forbid")
+        check(f"{p} history limits, startingDeadlineSeconds, suspend from values",
+              spec["successfulJobsHistoryLimit"] == cjv["successfulJobsHistoryLimit"]
+              and spec["failedJobsHistoryLimit"] == cjv["failedJobsHistoryLimit"]
+              and spec["startingDeadlineSeconds"] == cjv["startingDeadlineSeconds"]
+              and spec["suspend"] == cjv["suspend"])
+        check(f"{p} restartPolicy Never", pod.get("restartPolicy") == "Never")
+        check(f"{p} backoffLimit from values", job["backoffLimit"] == cjv["backoffLimit"])
+        check(f"{p} args start with sync --once", args[:2] == ["sync", "--once"])
+        md = arg_value(args, "--max-duration")
+        check(f"{p} --max-duration {md} = activeDeadlineSeconds {job['activeDeadlineSeconds']} - margin",
+              md is not None and go_duration_seconds(md) == job["activeDeadlineSeconds"] - cjv["maxDurationMarginSeconds"]
+              and 0 < go_duration_seconds(md) < job["activeDeadlineSeconds"])
+        url = values["metrics"]["pushgateway"]["url"]
+        check(f"{p} --pushgateway {'from values' if url else 'absent without a URL'}",
+              arg_value(args, "--pushgateway") == (url or None))
+        rules = job.get("podFailurePolicy", {}).get("rules", [])
+        fail_codes = [r["onExitCodes"]["values"] for r in rules if r["action"] == "FailJob"]
+        check(f"{p} podFailurePolicy fails the Job at once on exit codes {cjv['failJobOnExitCodes']}",
+              fail_codes == ([cjv["failJobOnExitCodes"]] if cjv["failJobOnExitCodes"] else []))
+        check(f"{p} no --metrics-addr in cronjob mode", "--metrics-addr" not in args)
+        if shards > 1:
+            par = cjv["parallelism"] or shards
+            check(f"{p} sharded: Indexed Job with completions={shards}, parallelism={par}",
+                  job.get("completionMode") == "Indexed" and job.get("completions") == shards
+                  and job.get("parallelism") == par)
+            check(f"{p} sharded: MIRRORSYNC_SHARDS={shards}, the index from JOB_COMPLETION_INDEX",
+                  env.get("MIRRORSYNC_SHARDS", {}).get("value") == str(shards) and "--shard" not in args)
+        else:
+            check(f"{p} unsharded: a plain Job",
+                  "completionMode" not in job and "completions" not in job and "MIRRORSYNC_SHARDS" not in env)
+    else:
+        port = values["metrics"]["port"]
+        check(f"{p} one replica, Recreate strategy",
+              dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate")
+        check(f"{p} args: sync --metrics-addr 0.0.0.0:{port} without --once",
+              args[0] == "sync" and "--once" not in args and arg_value(args, "--metrics-addr") == f"0.0.0.0:{port}")
+        check(f"{p} --run-now follows deployment.runNow", ("--run-now" in args) == values["deployment"]["runNow"])
+        check(f"{p} no --max-duration/--pushgateway in deployment mode",
+              "--max-duration" not in args and "--pushgateway" not in args)
+        cport = {pp["name"]: pp["containerPort"] for pp in c.get("ports", [])}
+        check(f"{p} container port http-metrics = {port}", cport.get("http-metrics") == port)
+        check(f"{p} liveness and readiness probes on /healthz",
+              c["livenessProbe"]["httpGet"]["path"] == "/healthz" and c["readinessProbe"]["httpGet"]["path"] == "/healthz")
+        svc = find(docs, "Service")[0]
+        sel = svc["spec"]["selector"]
+        pod_labels = pod_tpl["metadata"]["labels"]
+        check(f"{p} Service selects the pod", all(pod_labels.get(k) == v for k, v in sel.items())
+              and all(dep["spec"]["selector"]["matchLabels"].get(k) == v for k, v in sel.items()))
+        check(f"{p} Service port {values['metrics']['service']['port']} -> http-metrics",
+              svc["spec"]["ports"][0]["port"] == values["metrics"]["service"]["port"]
+              and svc["spec"]["ports"][0]["targetPort"] == "http-metrics")
+        sms = find(docs, "ServiceMonitor")
+        if values["metrics"]["serviceMonitor"]["enabled"]:
+            sm = sms[0] if sms else {}
+            check(f"{p} ServiceMonitor selects the Service's port",
+                  bool(sm) and all(svc["metadata"]["labels"].get(k) == v for k, v in sm["spec"]["selector"]["matchLabels"].items())
+                  and sm["spec"]["endpoints"][0]["port"] == svc["spec"]["ports"][0]["name"]
+                  and sm["spec"]["endpoints"][0]["path"] == "/metrics"
+                  and sm["spec"]["namespaceSelector"]["matchNames"] == [svc["metadata"]["namespace"]])
+            want = values["metrics"]["serviceMonitor"]["additionalLabels"]
+            check(f"{p} ServiceMonitor additionalLabels", bool(sm) and all(sm["metadata"]["labels"].get(k) == v for k, v in want.items()))
+        else:
+            check(f"{p} no ServiceMonitor unless enabled", not sms)
+
+    # Alerts.
+    prs = find(docs, "PrometheusRule")
+    pr_values = values["metrics"]["prometheusRule"]
+    if pr_values["enabled"]:
+        check(f"{p} one PrometheusRule", len(prs) == 1)
+        rules = [r for g in prs[0]["spec"]["groups"] for r in g["rules"]]
+        names = {r["alert"] for r in rules}
+        alerts = pr_values["alerts"]
+        key_to_name = {
+            "tagLagging": "MirrorsyncTagLagging", "noSuccessfulRun": "MirrorsyncNoSuccessfulRun",
+            "metricsMissing": "MirrorsyncMetricsMissing", "tagsFailing": "MirrorsyncTagsFailing",
+            "rateLimitLow": "MirrorsyncRateLimitLow", "pushgatewayStale": "MirrorsyncPushgatewayStale",
+        }
+        want = {n for k, n in key_to_name.items() if alerts[k]["enabled"]}
+        if mode != "cronjob":
+            want.discard("MirrorsyncPushgatewayStale")
+        check(f"{p} alerts rendered: {sorted(want)}", names == want, f"got {sorted(names)}")
+        for r in rules:
+            used = metric_names(r["expr"])
+            check(f"{p} {r['alert']} uses contract metrics only ({sorted(used)})",
+                  used and used <= CONTRACT_METRICS | PUSHGATEWAY_METRICS)
+            sel = pr_values["selector"] or ('job="mirrorsync"' if mode == "cronjob" else f'job="{expected_fullname(values)}"')
+            check(f"{p} {r['alert']} selects {sel}", sel in r["expr"])
+            key = next(k for k, n in key_to_name.items() if n == r["alert"])
+            check(f"{p} {r['alert']} severity from values",
+                  r["labels"]["severity"] == alerts[key]["severity"]
+                  and all(r["labels"].get(k) == v for k, v in pr_values["additionalRuleLabels"].items()))
+            if pr_values["runbookUrl"]:
+                check(f"{p} {r['alert']} runbook_url",
+                      r["annotations"].get("runbook_url") == f"{pr_values['runbookUrl']}#{r['alert'].lower()}")
+        ns = pr_values["namespace"]
+        if ns:
+            check(f"{p} PrometheusRule namespace {ns}", prs[0]["metadata"]["namespace"] == ns)
+    else:
+        check(f"{p} no PrometheusRule unless enabled", not prs)
+
+    dash_values = values["metrics"]["dashboard"]
+    dash = [d for d in find(docs, "ConfigMap") if d["metadata"]["name"].endswith("-dashboard")]
+    if dash_values["enabled"]:
+        d = dash[0] if dash else {"metadata": {"labels": {}}, "data": {}}
+        check(f"{p} dashboard ConfigMap carries the sidecar labels",
+              all(d["metadata"]["labels"].get(k) == v for k, v in dash_values["labels"].items()))
+        try:
+            board = json.loads(d["data"]["mirrorsync.json"])
+            ok = bool(board.get("panels"))
+        except Exception as e:  # noqa: BLE001
+            ok, board = False, {}
+            print(f"# {e}")
+        check(f"{p} dashboard JSON parses and has panels", ok)
+        exprs = " ".join(t["expr"] for pnl in board.get("panels", []) for t in pnl.get("targets", []))
+        for metric in ("mirrorsync_tag_lag_seconds", "mirrorsync_bytes_copied_total", "mirrorsync_http_requests_total"):
+            check(f"{p} dashboard shows {metric}", metric in exprs)
+        check(f"{p} dashboard requests by code", "sum by (code)" in exprs)
+        check(f"{p} dashboard uses contract metrics only", metric_names(exprs) <= CONTRACT_METRICS)
+    else:
+        check(f"{p} no dashboard unless enabled", not dash)
+
+
+def expected_fullname(values):
+    return values.get("fullnameOverride") or f"{RELEASE}-mirrorsync"
+
+
+def expected_image(values):
+    img = values["image"]
+    repo = f"{img['registry']}/{img['repository']}" if img["registry"] else img["repository"]
+    if img["digest"]:
+        return f"{repo}@{img['digest']}"
+    return f"{repo}:{img['tag'] or APP_VERSION}"
+
+
+def arg_value(args, flag):
+    for i, a in enumerate(args):
+        if a == flag and i + 1 < len(args):
+            return args[i + 1]
+    return None
+
+
+def check_sync_keys(p, sync):
+    bad = []
+    bad += [k for k in sync if k not in SYNC_TOP]
+    bad += [f"target.{k}" for k in sync.get("target", {}) if k not in SYNC_TARGET]
+    bad += [f"target.auth.{k}" for k in sync.get("target", {}).get("auth", {}) if k not in SYNC_AUTH]
+    for host, reg in (sync.get("registries") or {}).items():
+        bad += [f"registries.{host}.{k}" for k in reg if k not in SYNC_REGISTRY]
+        bad += [f"registries.{host}.auth.{k}" for k in reg.get("auth", {}) if k not in SYNC_AUTH]
+    for i, img in enumerate(sync.get("images", [])):
+        if isinstance(img, dict):
+            bad += [f"images[{i}].{k}" for k in img if k not in SYNC_IMAGE]
+    check(f"{p} sync.yaml has only keys mirrorsync knows", not bad, f"unknown {bad}")
+
+
+# --------------------------------------------------------------------------------------------
+def extract_rules(rendered, out):
+    prs = find(load_docs(rendered), "PrometheusRule")
+    with open(out, "w") as f:
+        yaml.safe_dump({"groups": prs[0]["spec"]["groups"]}, f, sort_keys=False, allow_unicode=True, width=1000)
+
+
+def extract_crds(rendered, outdir, case):
+    n = 0
+    for d in load_docs(rendered):
+        if d.get("apiVersion", "").startswith("monitoring.coreos.com/"):
+            with open(f"{outdir}/{case}-{d['kind']}.json", "w") as f:
+                json.dump(d, f, indent=1)
+            n += 1
+    print(n)
+
+
+def dashboard_rules(rendered, out):
+    cm = [d for d in find(load_docs(rendered), "ConfigMap") if d["metadata"]["name"].endswith("-dashboard")][0]
+    board = json.loads(cm["data"]["mirrorsync.json"])
+    rules = []
+    for pnl in board["panels"]:
+        for t in pnl["targets"]:
+            expr = t["expr"].replace("$__rate_interval", "5m").replace("$__range", "1d").replace('"$job"', '".*"')
+            rules.append({"record": f"dashboard:panel{pnl['id']}_{t['refId'].lower()}", "expr": expr})
+    with open(out, "w") as f:
+        yaml.safe_dump({"groups": [{"name": "dashboard-queries", "rules": rules}]}, f, sort_keys=False)
+
+
+def export_args(rendered, prefix):
+    """What a test outside Kubernetes needs to run the CronJob's container as Kubernetes would."""
+    docs = load_docs(rendered)
+    cj = find(docs, "CronJob")[0]
+    c = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    args = c["args"]
+    with open(f"{prefix}-args.txt", "w") as f:
+        f.write("".join(a + "\n" for a in args))
+    with open(f"{prefix}-args.json", "w") as f:
+        json.dump(args, f, indent=1)
+        f.write("\n")
+    env = {e["name"]: e["value"] for e in c.get("env", []) if "value" in e}
+    with open(f"{prefix}-env.json", "w") as f:
+        json.dump(env, f, indent=1, sort_keys=True)
+        f.write("\n")
+    cm = [d for d in find(docs, "ConfigMap") if "sync.yaml" in d.get("data", {})][0]
+    with open(f"{prefix}-sync.yaml", "w") as f:
+        f.write(cm["data"]["sync.yaml"])
+
+
+def schema_checks(schema_path):
+    with open(schema_path) as f:
+        schema = json.load(f)
+    cfg = schema["properties"]["config"]["properties"]
+    target = set(cfg["target"]["properties"])
+    reg = set(cfg["registries"]["additionalProperties"]["properties"])
+    auth = set(schema["definitions"]["auth"]["properties"])
+    img = set(schema["definitions"]["image"]["oneOf"][1]["properties"])
+
+    def to_sync(keys):
+        return {CHART_ONLY.get(k, k) for k in keys}
+
+    check("[schema] config.target keys are sync.yaml target keys", to_sync(target) <= SYNC_TARGET,
+          f"{to_sync(target) - SYNC_TARGET}")
+    check("[schema] config.registries.<host> keys are sync.yaml registry keys", to_sync(reg) <= SYNC_REGISTRY,
+          f"{to_sync(reg) - SYNC_REGISTRY}")
+    check("[schema] every sync.yaml registry key can be set", SYNC_REGISTRY <= to_sync(reg) | {"auth"},
+          f"{SYNC_REGISTRY - to_sync(reg)}")
+    check("[schema] auth takes credentials only from Secrets", auth == CHART_AUTH, f"{auth}")
+    check("[schema] image entries take sync.yaml's keys", img == SYNC_IMAGE, f"{img}")
+
+    unclosed = []
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            if node.get("type") == "object" and "properties" in node and node.get("additionalProperties") is not False:
+                unclosed.append(path)
+            for k, v in node.items():
+                walk(v, f"{path}/{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{path}/{i}")
+
+    walk(schema, "#")
+    check("[schema] every object with properties rejects unknown keys", not unclosed, f"{unclosed}")
+
+
+RELEASE = "mirror"
+APP_VERSION = ""
+
+if __name__ == "__main__":
+    cmd, rest = sys.argv[1], sys.argv[2:]
+    if cmd == "render":
+        case, rendered, app_version, *files = rest
+        APP_VERSION = app_version
+        render_checks(case, rendered, files)
+    elif cmd == "rules":
+        extract_rules(*rest)
+    elif cmd == "crds":
+        extract_crds(*rest)
+    elif cmd == "dashboard":
+        dashboard_rules(*rest)
+    elif cmd == "args":
+        export_args(*rest)
+    elif cmd == "schema":
+        schema_checks(*rest)
+    else:
+        sys.exit(f"unknown command {cmd}")
+    sys.exit(1 if failed else 0)

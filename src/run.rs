@@ -1,0 +1,135 @@
+//! One pass: the engine, framed by the state of earlier runs and the metrics of this one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crate::config::Config;
+use crate::copy::{Engine, Mode, RunControl};
+use crate::metrics::{BlobAction, Metrics, TagRunResult};
+use crate::registry::RequestObserver;
+use crate::report::{RunReport, TagResult};
+use crate::shard::Shard;
+use crate::state::{self, State};
+
+/// How a pass runs.
+#[derive(Clone)]
+pub struct PassOptions {
+    pub mode: Mode,
+    pub shard: Option<Shard>,
+    pub control: RunControl,
+}
+
+/// Feeds every registry request into the metrics.
+struct MetricsObserver(Arc<Metrics>);
+
+impl RequestObserver for MetricsObserver {
+    fn request(&self, registry: &str, method: &str, code: &str) {
+        self.0.inc_http_request(registry, method, code);
+    }
+    fn ratelimit_remaining(&self, registry: &str, remaining: u64) {
+        self.0.set_ratelimit_remaining(registry, remaining as f64);
+    }
+}
+
+/// Runs one pass over the configured tags (this shard's share of them). Err only when the
+/// pass could not start at all.
+pub async fn run_pass(
+    config: &Config,
+    options: &PassOptions,
+    metrics: &Arc<Metrics>,
+) -> Result<RunReport, String> {
+    let started = Instant::now();
+    let mut config = config.clone();
+    if let Some(shard) = options.shard {
+        config.images = shard.select(&config.images);
+        tracing::info!(shard = %format!("{}/{}", shard.index, shard.count), tags = config.images.len(), "syncing this shard's share");
+    }
+    let observer: Arc<dyn RequestObserver> = Arc::new(MetricsObserver(Arc::clone(metrics)));
+    let engine = Arc::new(
+        Engine::new(Arc::new(config), options.mode, Some(observer)).map_err(|e| e.to_string())?,
+    );
+    let state_tag = state::state_tag(options.shard.map(|s| (s.index, s.count)));
+    let mut state = match state::load(engine.target(), &state_tag).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the state of earlier runs; lag starts over");
+            State::default()
+        }
+    };
+    engine.remember_blobs(state.blob_locations());
+    if let Some(ts) = state.last_success {
+        metrics.set_last_success(ts);
+    }
+
+    let tags = engine.run(&options.control, &state.priorities()).await;
+    let report = RunReport {
+        tags,
+        duration: started.elapsed(),
+        planned: options.mode == Mode::Plan,
+    };
+
+    if options.mode == Mode::Sync {
+        let now = unix_now();
+        let statuses = state.record(&report.tags, now);
+        for (tag, status) in report.tags.iter().zip(&statuses) {
+            metrics.set_tag(
+                &tag.source,
+                &tag.target,
+                status.in_sync,
+                status.last_synced,
+                status.lag_seconds,
+            );
+        }
+        let configured: std::collections::HashSet<(String, String)> = report
+            .tags
+            .iter()
+            .map(|t| (t.source.clone(), t.target.clone()))
+            .collect();
+        metrics.retain_tags(&|s, t| configured.contains(&(s.to_string(), t.to_string())));
+        let success = (report.failed() == 0 && report.deferred() == 0).then_some(now);
+        if success.is_some() {
+            state.last_success = success;
+        }
+        state.remember_blobs(engine.known_blobs());
+        if let Err(e) = state::save(engine.target(), &state_tag, &state).await {
+            tracing::warn!(error = %e, "could not save the run state; the next run cannot see this run's lag");
+        }
+        let mut per_registry: HashMap<String, u64> = HashMap::new();
+        for tag in &report.tags {
+            metrics.add_blobs(BlobAction::Copied, tag.stats.copied);
+            metrics.add_blobs(BlobAction::Mounted, tag.stats.mounted);
+            metrics.add_blobs(BlobAction::Present, tag.stats.present);
+            let registry = tag.source.split('/').next().unwrap_or_default().to_string();
+            *per_registry.entry(registry).or_default() += tag.stats.copied_bytes;
+        }
+        for (registry, bytes) in per_registry {
+            metrics.add_bytes_copied(&registry, bytes);
+        }
+        let counts = [
+            (TagRunResult::Unchanged, report.unchanged()),
+            (TagRunResult::Synced, report.synced()),
+            (TagRunResult::Failed, report.failed()),
+            (TagRunResult::Deferred, report.deferred()),
+        ];
+        metrics.record_run(report.duration.as_secs_f64(), &counts, success);
+    }
+    Ok(report)
+}
+
+/// Whether every tag of a report reached the target (for messages).
+pub fn all_in_sync(report: &RunReport) -> bool {
+    report.tags.iter().all(|t| {
+        matches!(
+            t.result,
+            TagResult::Unchanged { .. } | TagResult::Synced { .. }
+        )
+    })
+}
+
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}

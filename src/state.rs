@@ -1,0 +1,290 @@
+//! What a stateless run needs from earlier runs, kept where the next run finds it.
+//!
+//! A CronJob pod starts empty, yet sync lag must grow across failing runs and blobs seen in
+//! earlier runs should be mountable. So each run reads and writes a small state document: per
+//! tag, when it last matched upstream and since when it has been behind; and where blobs were
+//! seen at the target. For a registry target the document is an OCI artifact in the target
+//! itself (repository [`STATE_REPOSITORY`], one tag per shard); for an OCI layout target it is
+//! a file in the layout directory. It is the only thing a run writes when nothing changed.
+
+use std::collections::{BTreeMap, HashMap};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::{OCI_MANIFEST, digest_of};
+use crate::reference::Digest;
+use crate::registry::FetchedManifest;
+use crate::report::{TagOutcome, TagResult};
+use crate::target::Target;
+
+/// The target repository that holds the state artifact.
+pub const STATE_REPOSITORY: &str = "mirrorsync/state";
+const STATE_MEDIA_TYPE: &str = "application/vnd.mirrorsync.state.v1+json";
+const STATE_CONFIG_MEDIA_TYPE: &str = "application/vnd.mirrorsync.state.config.v1+json";
+const LAYOUT_FILE: &str = ".mirrorsync-state";
+/// Blob locations kept at most (oldest dropped first), so the document stays small.
+const MAX_BLOBS: usize = 200_000;
+/// The state document is refused above this size.
+const MAX_STATE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Per-tag history.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TagState {
+    /// Last time the target was seen to match upstream (unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_synced: Option<f64>,
+    /// Since when the target has been behind (unix seconds); none while in sync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_since: Option<f64>,
+}
+
+/// The whole document.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct State {
+    #[serde(default)]
+    pub version: u32,
+    /// Keyed by `source -> target` (see `copy::item_key`).
+    #[serde(default)]
+    pub tags: BTreeMap<String, TagState>,
+    /// Blob digest -> a target repository that held it.
+    #[serde(default)]
+    pub blobs: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success: Option<f64>,
+}
+
+/// What one tag looks like for metrics after a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TagStatus {
+    pub in_sync: bool,
+    pub last_synced: Option<f64>,
+    pub lag_seconds: f64,
+}
+
+impl State {
+    /// Folds a run's outcomes in; returns each tag's status for metrics, in outcome order.
+    pub fn record(&mut self, outcomes: &[TagOutcome], now: f64) -> Vec<TagStatus> {
+        let mut statuses = Vec::with_capacity(outcomes.len());
+        for outcome in outcomes {
+            let entry = self.tags.entry(outcome.key.clone()).or_default();
+            match outcome.result {
+                TagResult::Unchanged { .. } | TagResult::Synced { .. } => {
+                    entry.last_synced = Some(now);
+                    entry.pending_since = None;
+                }
+                TagResult::Failed { .. } | TagResult::Deferred { .. } => {
+                    entry.pending_since.get_or_insert(now);
+                }
+            }
+            statuses.push(TagStatus {
+                in_sync: entry.pending_since.is_none(),
+                last_synced: entry.last_synced,
+                lag_seconds: entry
+                    .pending_since
+                    .map_or(0.0, |since| (now - since).max(0.0)),
+            });
+        }
+        // Tags no longer configured are forgotten.
+        let keys: std::collections::HashSet<&str> =
+            outcomes.iter().map(|o| o.key.as_str()).collect();
+        self.tags.retain(|k, _| keys.contains(k.as_str()));
+        statuses
+    }
+
+    /// Longest-pending tags first next run: key -> since when pending.
+    pub fn priorities(&self) -> HashMap<String, i64> {
+        self.tags
+            .iter()
+            .filter_map(|(k, t)| t.pending_since.map(|s| (k.clone(), s as i64)))
+            .collect()
+    }
+
+    /// Blob locations to seed the engine with.
+    pub fn blob_locations(&self) -> Vec<(Digest, String)> {
+        self.blobs
+            .iter()
+            .filter_map(|(d, r)| Digest::parse(d).ok().map(|d| (d, r.clone())))
+            .collect()
+    }
+
+    /// Adds blob locations seen in this run.
+    pub fn remember_blobs(&mut self, seen: Vec<(Digest, String)>) {
+        for (digest, repository) in seen {
+            if repository != STATE_REPOSITORY {
+                self.blobs.insert(digest.to_string(), repository);
+            }
+        }
+        while self.blobs.len() > MAX_BLOBS {
+            let Some(first) = self.blobs.keys().next().cloned() else {
+                break;
+            };
+            self.blobs.remove(&first);
+        }
+    }
+}
+
+/// The state's tag for a shard (`latest` unsharded).
+pub fn state_tag(shard: Option<(usize, usize)>) -> String {
+    match shard {
+        Some((index, count)) => format!("shard-{index}-of-{count}"),
+        None => "latest".to_string(),
+    }
+}
+
+/// Reads the state; an absent document is the empty state.
+pub async fn load(target: &Target, tag: &str) -> Result<State, String> {
+    let bytes = match target {
+        Target::Layout(layout) => {
+            let path = layout.root().join(format!("{LAYOUT_FILE}-{tag}.json"));
+            match tokio::fs::read(&path).await {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
+                Err(e) => return Err(format!("{}: {e}", path.display())),
+            }
+        }
+        Target::Registry(client) => {
+            let manifest = match target.get_manifest(STATE_REPOSITORY, tag).await {
+                Ok(Some(m)) => m,
+                Ok(None) => return Ok(State::default()),
+                Err(e) => return Err(e.to_string()),
+            };
+            let doc: serde_json::Value = serde_json::from_slice(&manifest.bytes)
+                .map_err(|e| format!("state manifest: {e}"))?;
+            let layer = doc["layers"][0]["digest"]
+                .as_str()
+                .and_then(|d| Digest::parse(d).ok())
+                .ok_or("state manifest has no layer")?;
+            let response = client
+                .get_blob(STATE_REPOSITORY, &layer)
+                .await
+                .map_err(|e| e.to_string())?;
+            let body = crate::registry::read_limited(response, MAX_STATE_BYTES)
+                .await
+                .map_err(|e| e.to_string())?;
+            if digest_of(&body) != layer {
+                return Err("state blob does not match its digest".into());
+            }
+            body.to_vec()
+        }
+    };
+    serde_json::from_slice(&bytes).map_err(|e| format!("state document: {e}"))
+}
+
+/// Writes the state (blob first, then the manifest under its tag).
+pub async fn save(target: &Target, tag: &str, state: &State) -> Result<(), String> {
+    let body = serde_json::to_vec(state).map_err(|e| e.to_string())?;
+    match target {
+        Target::Layout(layout) => {
+            let path = layout.root().join(format!("{LAYOUT_FILE}-{tag}.json"));
+            crate::metrics::write_textfile(&path, &String::from_utf8_lossy(&body))
+                .map_err(|e| format!("{}: {e}", path.display()))
+        }
+        Target::Registry(client) => {
+            let layer = digest_of(&body);
+            let config = Bytes::from_static(b"{}");
+            let config_digest = digest_of(&config);
+            for (digest, bytes) in [
+                (&config_digest, config.clone()),
+                (&layer, Bytes::from(body.clone())),
+            ] {
+                if client
+                    .blob_size(STATE_REPOSITORY, digest)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .is_none()
+                {
+                    client
+                        .upload_bytes(STATE_REPOSITORY, digest, bytes)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            let manifest = serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": STATE_CONFIG_MEDIA_TYPE, "digest": config_digest.to_string(), "size": config.len()},
+                "layers": [{"mediaType": STATE_MEDIA_TYPE, "digest": layer.to_string(), "size": body.len()}],
+                "annotations": {"org.opencontainers.image.title": "mirrorsync state"},
+            });
+            let bytes = Bytes::from(serde_json::to_vec(&manifest).map_err(|e| e.to_string())?);
+            let fetched = FetchedManifest {
+                digest: digest_of(&bytes),
+                bytes,
+                media_type: OCI_MANIFEST.to_string(),
+            };
+            target
+                .put_manifest(STATE_REPOSITORY, tag, &fetched)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::CopyStats;
+
+    fn outcome(key: &str, failed: bool) -> TagOutcome {
+        let digest = Digest::from_sha256_bytes(&[7; 32]);
+        TagOutcome {
+            source: key.into(),
+            target: key.into(),
+            result: if failed {
+                TagResult::Failed { error: "x".into() }
+            } else {
+                TagResult::Unchanged { digest }
+            },
+            stats: CopyStats::default(),
+            duration: std::time::Duration::ZERO,
+            key: key.into(),
+        }
+    }
+
+    #[test]
+    fn lag_grows_across_failing_runs_and_resets_after_a_good_one() {
+        let mut state = State::default();
+        assert_eq!(
+            state.record(&[outcome("a", false)], 100.0)[0].lag_seconds,
+            0.0
+        );
+        let first = state.record(&[outcome("a", true)], 200.0);
+        assert_eq!(first[0].lag_seconds, 0.0);
+        assert!(!first[0].in_sync);
+        assert_eq!(
+            state.record(&[outcome("a", true)], 300.0)[0].lag_seconds,
+            100.0
+        );
+        let third = state.record(&[outcome("a", true)], 450.0);
+        assert_eq!(third[0].lag_seconds, 250.0);
+        assert_eq!(third[0].last_synced, Some(100.0));
+        let good = state.record(&[outcome("a", false)], 500.0);
+        assert_eq!(
+            good[0],
+            TagStatus {
+                in_sync: true,
+                last_synced: Some(500.0),
+                lag_seconds: 0.0
+            }
+        );
+        assert!(state.priorities().is_empty());
+    }
+
+    #[test]
+    fn survives_a_round_trip_and_forgets_removed_tags() {
+        let mut state = State::default();
+        state.record(&[outcome("a", true), outcome("b", false)], 10.0);
+        state.remember_blobs(vec![(
+            Digest::from_sha256_bytes(&[1; 32]),
+            "library/x".into(),
+        )]);
+        let text = serde_json::to_vec(&state).unwrap();
+        let back: State = serde_json::from_slice(&text).unwrap();
+        assert_eq!(back, state);
+        assert_eq!(back.priorities().get("a"), Some(&10));
+        assert_eq!(back.blob_locations().len(), 1);
+        state.record(&[outcome("b", false)], 20.0);
+        assert!(!state.tags.contains_key("a"));
+    }
+}

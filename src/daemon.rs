@@ -159,7 +159,7 @@ pub async fn run(initial: Config, options: DaemonOptions) -> i32 {
 }
 
 fn reload(
-    path: &PathBuf,
+    path: &std::path::Path,
     config: &mut Config,
     schedule: &mut Schedule,
     interval: &Arc<Mutex<Duration>>,

@@ -83,6 +83,15 @@ impl VerifiedStream {
     }
 }
 
+/// Wraps a blob GET response, checking it against `digest` and `size` as it streams.
+pub fn from_response(response: reqwest::Response, digest: Digest, size: u64) -> VerifiedStream {
+    let stream = response
+        .bytes_stream()
+        .map(|r| r.map_err(|e| crate::registry::describe_reqwest_error(&e)))
+        .boxed();
+    VerifiedStream::new(stream, digest, size)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,13 +136,4 @@ mod tests {
         );
         assert!(long.finish().await.unwrap_err().contains("longer"));
     }
-}
-
-/// Wraps a blob GET response, checking it against `digest` and `size` as it streams.
-pub fn from_response(response: reqwest::Response, digest: Digest, size: u64) -> VerifiedStream {
-    let stream = response
-        .bytes_stream()
-        .map(|r| r.map_err(|e| crate::registry::describe_reqwest_error(&e)))
-        .boxed();
-    VerifiedStream::new(stream, digest, size)
 }

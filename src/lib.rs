@@ -24,6 +24,7 @@ pub mod run;
 pub mod schedule;
 pub mod shard;
 pub mod state;
+pub mod tags;
 pub mod target;
 
 use std::sync::Arc;

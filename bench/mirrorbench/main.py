@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -45,6 +46,7 @@ def parse_args(argv):
     p.add_argument("--workdir", help="registries' storage and logs (default: a new temp dir, removed at the end)")
     p.add_argument("--keep", action="store_true", help="keep the workdir (storage, access logs, tool logs)")
     p.add_argument("--no-build", action="store_true", help="use target/release/mirrorsync as it is")
+    p.add_argument("--rev", help="benchmark this git revision (built from a clean export in target/bench-build) instead of the working tree")
     p.add_argument("--no-rss", action="store_true", help="skip the single-layer peak-RSS runs")
     a = p.parse_args(argv)
     if a.rounds is None:
@@ -56,12 +58,42 @@ def parse_args(argv):
     return a
 
 
-def build() -> str:
-    log("== cargo build --release")
+class BuildError(Exception):
+    pass
+
+
+def build(rev: str | None) -> tuple[str, str]:
+    """Builds mirrorsync in release mode: the working tree, or with `rev` a clean export of that
+    commit (`git archive`) in target/bench-build with its own target dir, so neither the tree
+    nor target/release is touched. Returns (binary, provenance)."""
+    if rev is None:
+        cwd, env, binary = REPO_ROOT, None, os.path.join(REPO_ROOT, "target", "release", "mirrorsync")
+        what = "the working tree"
+    else:
+        res = subprocess.run(["git", "-C", REPO_ROOT, "rev-parse", "--verify", rev + "^{commit}"], capture_output=True, text=True)
+        if res.returncode != 0:
+            raise BuildError(f"unknown revision {rev!r}: {res.stderr.strip()}")
+        sha = res.stdout.strip()
+        root = os.path.join(REPO_ROOT, "target", "bench-build")
+        cwd = os.path.join(root, "src-" + sha[:12])
+        if not os.path.isdir(cwd):
+            tmp = cwd + ".tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(tmp)
+            archive = subprocess.Popen(["git", "-C", REPO_ROOT, "archive", sha], stdout=subprocess.PIPE)
+            subprocess.run(["tar", "-x", "-C", tmp], stdin=archive.stdout, check=True)
+            if archive.wait() != 0:
+                raise BuildError(f"git archive {sha} failed")
+            os.replace(tmp, cwd)
+        env = dict(os.environ, CARGO_TARGET_DIR=os.path.join(root, "target"))
+        binary = os.path.join(root, "target", "release", "mirrorsync")
+        what = f"commit {sha[:12]} (clean export)"
+    log(f"== cargo build --release ({what})")
     t0 = time.monotonic()
-    subprocess.run(["cargo", "build", "--release", "--bin", "mirrorsync"], cwd=REPO_ROOT, check=True)
+    if subprocess.run(["cargo", "build", "--release", "--bin", "mirrorsync"], cwd=cwd, env=env).returncode != 0:
+        raise BuildError(f"cargo build --release failed for {what}")
     log(f"   built in {time.monotonic() - t0:.1f}s")
-    return os.path.join(REPO_ROOT, "target", "release", "mirrorsync")
+    return binary, what
 
 
 class Bench:
@@ -144,7 +176,7 @@ class Bench:
         os.makedirs(logs, exist_ok=True)
         run_measured(run, os.path.join(logs, f"{name}-{tool}.log"), [self.upstream, self.target])
         upstream_figures(self.upstream.since(up_mark), run)
-        target_figures(self.target.since(tg_mark), run)
+        target_figures(self.target.since(tg_mark), run, {t.repo for t in tags})
         if run.rc != 0:
             with open(run.log_path, errors="replace") as f:
                 tail = f.read()[-3000:]
@@ -155,8 +187,9 @@ class Bench:
             f"   {tool:10s} {scenario:11s} round {rnd}: {run.wall:7.2f}s  rc={run.rc}  "
             f"rss={run.maxrss / 2**20:6.1f}MiB  cpu={run.cpu:6.2f}s  up: {up.get('manifest_head', 0)} HEAD, "
             f"{up.get('manifest_get', 0)} mGET, {up.get('blob_get', 0)} bGET, "
-            f"{up.get('blob_bytes', 0) / 1e6:.1f} MB  target writes: {run.tg.get('writes', 0)}"
-            f"  others' cpu: {run.other_share * 100:.0f}%"
+            f"{up.get('blob_bytes', 0) / 1e6:.1f} MB  target writes: {run.tg.get('writes_mirrored', 0)}"
+            + (f" (+{run.tg['writes_other']} to {', '.join(run.tg_other_repos)})" if run.tg.get("writes_other") else "")
+            + f"  others' cpu: {run.other_share * 100:.0f}%"
         )
         return run
 
@@ -244,8 +277,8 @@ class Bench:
             run.problems.append(f"no-op: {up['manifest_get']} upstream manifest GETs (want 0)")
         if up.get("blob_get", 0):
             run.problems.append(f"no-op: {up['blob_get']} upstream blob GETs (want 0)")
-        if tg.get("writes", 0):
-            run.problems.append(f"no-op: {tg['writes']} writes at the target (want 0)")
+        if tg.get("writes_mirrored", 0):
+            run.problems.append(f"no-op: {tg['writes_mirrored']} writes to mirrored repositories at the target (want 0)")
 
     def check_incremental(self, run: Run, changed: dict[str, int]) -> None:
         if run.verify_errors:
@@ -258,17 +291,23 @@ class Bench:
             run.problems.append(f"incremental: blobs pulled more than once: {repeats}")
 
 
-def versions(binary: str) -> dict:
+def versions(binary: str, provenance: str) -> dict:
     def out(cmd):
         try:
             return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
         except OSError as e:
             return f"unavailable ({e})"
 
-    commit = out(["git", "-C", REPO_ROOT, "rev-parse", "--short=12", "HEAD"])
-    dirty = out(["git", "-C", REPO_ROOT, "status", "--porcelain", "--", "src", "Cargo.toml", "Cargo.lock"])
+    with open(binary, "rb") as f:
+        binary_sha = hashlib.sha256(f.read()).hexdigest()[:16]
+    if provenance.startswith("commit"):
+        source = provenance
+    else:
+        commit = out(["git", "-C", REPO_ROOT, "rev-parse", "--short=12", "HEAD"])
+        dirty = out(["git", "-C", REPO_ROOT, "status", "--porcelain", "--", "src", "Cargo.toml", "Cargo.lock"])
+        source = f"{provenance}: HEAD {commit}" + (" with uncommitted changes in src/" if dirty else "")
     return {
-        "mirrorsync": out([binary, "--version"]) + f" (commit {commit}" + (", with uncommitted changes in src/" if dirty else "") + ")",
+        "mirrorsync": out([binary, "--version"]) + f" ({source}; binary sha256 {binary_sha}…)",
         "skopeo": out([SKOPEO, "--version"]),
         "docker-registry": out([REGISTRY_BIN, "--version"]),
         "rustc": out(["rustc", "--version"]),
@@ -320,9 +359,22 @@ def main(argv=None) -> int:
         if not os.access(path, os.X_OK):
             log(f"error: {path} is missing (apt-get install docker-registry skopeo time)")
             return 2
-    binary = os.path.join(REPO_ROOT, "target", "release", "mirrorsync") if args.no_build else build()
+    try:
+        if args.no_build:
+            built, provenance = os.path.join(REPO_ROOT, "target", "release", "mirrorsync"), "target/release as found (--no-build)"
+        else:
+            built, provenance = build(args.rev)
+    except BuildError as e:
+        log(f"error: {e}")
+        return 2
+    if not os.access(built, os.X_OK):
+        log(f"error: {built} is missing")
+        return 2
     workdir = args.workdir or tempfile.mkdtemp(prefix="mirrorsync-bench-")
-    os.makedirs(workdir, exist_ok=True)
+    os.makedirs(os.path.join(workdir, "bin"), exist_ok=True)
+    # Run a copy: a `cargo build` elsewhere in the tree must not swap the binary mid-benchmark.
+    binary = os.path.join(workdir, "bin", "mirrorsync")
+    shutil.copy2(built, binary)
     bench = Bench(args, binary, workdir)
 
     def on_signal(signum, _frame):
@@ -359,7 +411,7 @@ def main(argv=None) -> int:
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),
         "elapsed": elapsed,
         "machine": machine(),
-        "versions": versions(binary),
+        "versions": versions(binary, provenance),
         "load": (load_before, load_after),
         "smoke": args.smoke,
         "rounds": args.rounds,

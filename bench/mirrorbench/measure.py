@@ -46,6 +46,7 @@ class Run:
     up: dict = field(default_factory=dict)
     tg: dict = field(default_factory=dict)
     blob_gets: Counter = field(default_factory=Counter)  # digest -> upstream GETs
+    tg_other_repos: dict = field(default_factory=dict)  # repository -> writes outside the mirrored ones
     verify_errors: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # broken invariants (mirrorsync)
 
@@ -121,13 +122,21 @@ def upstream_figures(log: list[Access], run: Run) -> None:
     run.up = dict(up)
 
 
-def target_figures(log: list[Access], run: Run) -> None:
+def target_figures(log: list[Access], run: Run, mirrored: set[str]) -> None:
+    """Target-side counts. Writes are split between the mirrored repositories (`mirrored`) and
+    any other repository (mirrorsync keeps its run state in `mirrorsync/state`)."""
     log = [a for a in log if a.user_agent != HARNESS_UA]
     tg = Counter()
+    other_repos = Counter()
     for a in log:
         tg["total"] += 1
         if a.is_write:
             tg["writes"] += 1
+            if a.repo in mirrored:
+                tg["writes_mirrored"] += 1
+            else:
+                tg["writes_other"] += 1
+                other_repos[a.repo or a.path] += 1
             if a.method == "POST" and "mount=" in a.query:
                 tg["mount"] += 1
             elif a.method == "POST":
@@ -151,3 +160,4 @@ def target_figures(log: list[Access], run: Run) -> None:
             elif a.method == "GET" and a.kind == "blobs":
                 tg["blob_get"] += 1
     run.tg = dict(tg)
+    run.tg_other_repos = dict(other_repos)

@@ -78,7 +78,10 @@ def scenario_table(bench, scenario, denominator=None, denominator_label=""):
             ratio=False,
         )
     row("blob GETs repeating a digest", lambda r: r.up.get("blob_get_repeats", 0), ratio=False)
-    row("target writes (POST/PATCH/PUT/DELETE)", lambda r: r.tg.get("writes", 0))
+    row("target writes to mirrored repos (POST/PATCH/PUT/DELETE)", lambda r: r.tg.get("writes_mirrored", 0))
+    if any(r.tg.get("writes_other") for r in ms + sk):
+        names = sorted({n for r in ms + sk for n in r.tg_other_repos})
+        row(f"target writes elsewhere ({', '.join(names)})", lambda r: r.tg.get("writes_other", 0))
     row("  of which manifest PUT", lambda r: r.tg.get("manifest_put", 0))
     row("  of which cross-repo mount POST", lambda r: r.tg.get("mount", 0), ratio=False)
     row("target reads (GET/HEAD)", lambda r: r.tg.get("reads", 0))
@@ -130,8 +133,14 @@ def targets(bench):
     heads = [x.up.get("manifest_head", 0) for x in ms_noop]
     per_tag = [x.up.get("max_heads_per_tag", 0) for x in ms_noop]
     out.append(("no-op: at most one upstream HEAD per tag", f"{_fmt_count(heads)} HEADs for {ntags:,} tags; at most {max(per_tag, default=0)} on one tag", bool(heads) and max(heads) <= ntags and max(per_tag) <= 1))
-    writes = [x.tg.get("writes", 0) for x in ms_noop]
-    out.append(("no-op: no write at the target", _fmt_count(writes), bool(writes) and max(writes) == 0))
+    writes = [x.tg.get("writes_mirrored", 0) for x in ms_noop]
+    other = [x.tg.get("writes_other", 0) for x in ms_noop]
+    where = sorted({n for x in ms_noop for n in x.tg_other_repos})
+    out.append((
+        "no-op: no write to any mirrored repository",
+        _fmt_count(writes) + (f" (and {_fmt_count(other)} to {', '.join(where)}, the run state)" if any(other) else ""),
+        bool(writes) and max(writes) == 0,
+    ))
     r = wall_ratio(ms_noop, sk_noop)
     out.append(("no-op: wall time ≤ 0.3x skopeo's", f"{r:.2f}x ({_med([x.wall for x in ms_noop]):.2f} s vs {_med([x.wall for x in sk_noop]):.2f} s)" if r else "-", r is not None and r <= 0.3))
     if ms_incr:
@@ -247,7 +256,7 @@ def render(bench, meta):
     w(f"- date: {meta['date']}; took {meta['elapsed'] / 60:.1f} min in all (corpus seeding {bench.seed_seconds:.0f} s)")
     w(f"- command: `{meta['command']}`" + (" (smoke corpus)" if meta["smoke"] else ""))
     w(f"- machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory'] / 2**30:.1f} GiB memory, {m['os']}, Linux {m['kernel']}")
-    w(f"- mirrorsync: `{v['mirrorsync']}`, built with `cargo build --release` ({v['rustc']})")
+    w(f"- mirrorsync: {v['mirrorsync']}, built with `cargo build --release` ({v['rustc']})")
     w(f"- skopeo: `{v['skopeo']}`; docker-registry: `{v['docker-registry']}`; python {v['python']}")
     w(f"- rounds: {meta['rounds']} per tool and scenario; figures are medians, with the range when rounds differ")
     w(f"- load: {busy_note(bench, meta)}")
@@ -332,7 +341,8 @@ def render(bench, meta):
     w("Checked on every mirrorsync run (`bench/run --smoke` exits non-zero when one breaks): the tool")
     w("exits 0; after a cold or incremental sync every tag resolves at the target to the upstream")
     w("digest; a cold sync pulls each corpus blob exactly once; a no-op sync makes no upstream")
-    w("manifest or blob GET and no target write; an incremental sync pulls only the new blobs.")
+    w("manifest or blob GET and no write to a mirrored repository; an incremental sync pulls only")
+    w("the new blobs.")
     w("skopeo must exit 0 too, or the comparison is void.")
     w("")
     if probs:
@@ -379,7 +389,7 @@ def summary(bench):
                 f"   {s:12s} {tool:10s} {f(lambda r: r.wall):7.2f}s {f(lambda r: r.cpu):6.2f}s "
                 f"{f(lambda r: r.maxrss) / MiB:8.1f} {f(lambda r: r.up.get('manifest_head', 0)):6.0f} "
                 f"{f(lambda r: r.up.get('manifest_get', 0)):6.0f} {f(lambda r: r.up.get('blob_get', 0)):6.0f} "
-                f"{f(lambda r: r.up.get('blob_bytes', 0)) / 1e6:9.1f} {f(lambda r: r.tg.get('writes', 0)):7.0f}"
+                f"{f(lambda r: r.up.get('blob_bytes', 0)) / 1e6:9.1f} {f(lambda r: r.tg.get('writes_mirrored', 0)):7.0f}"
             )
     return "\n".join(lines)
 
@@ -396,6 +406,7 @@ def raw(bench):
             "cpu": r.cpu,
             "maxrss": r.maxrss,
             "registry_cpu": r.registry_cpu,
+            "target_other_repos": r.tg_other_repos,
             "other_cpu": r.other_cpu,
             "up": r.up,
             "target": r.tg,

@@ -6,11 +6,12 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde_saphyr::{Location, Spanned};
 
-use super::raw::{RawImage, RawImageSpec};
+use super::raw::{RawImage, RawImageSpec, RawTag, RawTagFilter};
 use super::validate::Validator;
 use super::values::parse_platform;
-use super::{ConfigError, Platform, RegistrySettings, SyncItem, Target};
+use super::{ConfigError, ItemOptions, Platform, RegistrySettings, SyncItem, TagSelection, Target};
 use crate::reference::{Reference, ReferenceError, validate_repository, validate_tag};
+use crate::tags::{TagFilter, glob_match, parse_range};
 
 /// One tag of an entry, before its target repository is worked out.
 struct Expanded {
@@ -22,6 +23,14 @@ struct Expanded {
     platforms: Option<Vec<Platform>>,
     /// The entry's `target:`, if any.
     target: Option<String>,
+    options: ItemOptions,
+}
+
+/// What a mapping entry expands to: fixed tags, and filters resolved at run time.
+struct EntryParts {
+    fixed: Vec<Expanded>,
+    /// Filters, the entry's settings, and where the first filter is.
+    selection: Option<(Vec<TagFilter>, Expanded, Vec<String>)>,
 }
 
 impl Validator<'_> {
@@ -30,8 +39,9 @@ impl Validator<'_> {
         entries: &[Spanned<RawImage>],
         target: &Target,
         registries: &BTreeMap<String, RegistrySettings>,
-    ) -> Result<Vec<SyncItem>, ConfigError> {
+    ) -> Result<(Vec<SyncItem>, Vec<TagSelection>), ConfigError> {
         let mut items = Vec::new();
+        let mut selections = Vec::new();
         // Target "repo:tag" (or "repo@digest") -> the item already mapped there.
         let mut targets: HashMap<String, usize> = HashMap::new();
         for (i, entry) in entries.iter().enumerate() {
@@ -45,43 +55,43 @@ impl Validator<'_> {
                         key: key.clone(),
                         platforms: None,
                         target: None,
+                        options: ItemOptions::default(),
                     }]
                 }
-                RawImage::Full(spec) => self.full_entry(spec, &key)?,
-            };
-            for Expanded {
-                source,
-                at,
-                key: item_key,
-                platforms,
-                target: explicit_target,
-            } in expanded
-            {
-                let target_repository = match explicit_target {
-                    Some(repo) => repo,
-                    None => {
-                        let prefix = registries
-                            .get(source.registry())
-                            .and_then(|r| r.prefix.as_deref())
-                            .unwrap_or(&target.prefix);
-                        let repo = if prefix.is_empty() {
-                            source.repository().to_string()
-                        } else {
-                            format!("{prefix}/{}", source.repository())
-                        };
-                        validate_repository(&repo).map_err(|e| {
-                            self.site
-                                .at(at, &item_key, format!("target repository: {e}"))
-                        })?;
-                        repo
+                RawImage::Full(spec) => {
+                    let parts = self.full_entry(spec, &key)?;
+                    if let Some((filters, e, immutable)) = parts.selection {
+                        let target_repository = self.target_repository(&e, target, registries)?;
+                        selections.push(TagSelection {
+                            source: e.source,
+                            target_repository,
+                            filters,
+                            platforms: e.platforms,
+                            immutable,
+                            options: e.options,
+                            location: self.site.describe(e.at, &e.key),
+                        });
                     }
-                };
+                    parts.fixed
+                }
+            };
+            for e in expanded {
+                let target_repository = self.target_repository(&e, target, registries)?;
+                let Expanded {
+                    source,
+                    at,
+                    key: item_key,
+                    platforms,
+                    options,
+                    ..
+                } = e;
                 let item = SyncItem {
                     target_tag: source.tag().map(str::to_string),
                     target_repository,
                     platforms,
                     location: self.site.describe(at, &item_key),
                     source,
+                    options,
                 };
                 let target_key = match (&item.target_tag, item.source.digest()) {
                     (Some(tag), _) => format!("{}:{tag}", item.target_repository),
@@ -107,11 +117,146 @@ impl Validator<'_> {
                 items.push(item);
             }
         }
-        Ok(items)
+        Ok((items, selections))
+    }
+
+    /// `<prefix>/<source repository>`, or the entry's own `target:`.
+    fn target_repository(
+        &self,
+        e: &Expanded,
+        target: &Target,
+        registries: &BTreeMap<String, RegistrySettings>,
+    ) -> Result<String, ConfigError> {
+        if let Some(repo) = &e.target {
+            return Ok(repo.clone());
+        }
+        let prefix = registries
+            .get(e.source.registry())
+            .and_then(|r| r.prefix.as_deref())
+            .unwrap_or(&target.prefix);
+        let repo = if prefix.is_empty() {
+            e.source.repository().to_string()
+        } else {
+            format!("{prefix}/{}", e.source.repository())
+        };
+        validate_repository(&repo).map_err(|err| {
+            self.site
+                .at(e.at, &e.key, format!("target repository: {err}"))
+        })?;
+        Ok(repo)
+    }
+
+    /// The per-entry options, and the `immutable:` patterns.
+    fn entry_options(
+        &self,
+        spec: &RawImageSpec,
+        key: &str,
+    ) -> Result<(ItemOptions, Vec<String>), ConfigError> {
+        let sparse = match &spec.platforms_mode {
+            None => false,
+            Some(m) => match m.value.trim() {
+                "rewrite" => false,
+                "sparse" => true,
+                other => {
+                    return Err(self.site.spanned(
+                        m,
+                        format!("{key}.platforms_mode"),
+                        format!("\"{other}\" is not a platforms mode (use rewrite or sparse)"),
+                    ));
+                }
+            },
+        };
+        if sparse && spec.platforms.is_none() {
+            let m = spec.platforms_mode.as_ref().expect("checked above");
+            return Err(self.site.spanned(
+                m,
+                format!("{key}.platforms_mode"),
+                "applies only with platforms:",
+            ));
+        }
+        let backup_tag = match &spec.backup_tag {
+            None => None,
+            Some(b) => {
+                let template = b.value.trim();
+                let sample = expand_backup_tag(template, "1.25", "20260101");
+                if !template.contains("{tag}") {
+                    return Err(self.site.spanned(
+                        b,
+                        format!("{key}.backup_tag"),
+                        "must contain {tag} so each tag keeps its own backup",
+                    ));
+                }
+                validate_tag(&sample).map_err(|e| {
+                    self.site
+                        .spanned(b, format!("{key}.backup_tag"), e.to_string())
+                })?;
+                Some(template.to_string())
+            }
+        };
+        let immutable = match &spec.immutable {
+            None => Vec::new(),
+            Some(list) => list
+                .value
+                .iter()
+                .map(|p| p.value.trim().to_string())
+                .collect(),
+        };
+        Ok((
+            ItemOptions {
+                immutable: false,
+                referrers: spec.referrers.unwrap_or(false),
+                backup_tag,
+                sparse,
+            },
+            immutable,
+        ))
+    }
+
+    /// One `tags:` filter mapping, checked.
+    fn tag_filter(
+        &self,
+        f: &RawTagFilter,
+        at: &Spanned<RawTag>,
+        key: &str,
+    ) -> Result<TagFilter, ConfigError> {
+        let fail = |m: String| self.site.spanned(at, key, m);
+        let regex = |text: &str| {
+            regex::Regex::new(text).map_err(|e| fail(format!("invalid regex {text:?}: {e}")))
+        };
+        let range = |text: &str| parse_range(text).map_err(&fail);
+        let prerelease = f.prerelease.unwrap_or(false);
+        match (&f.regex, &f.semver, f.newest, f.all) {
+            (Some(r), None, None, None) => Ok(TagFilter::Regex {
+                include: regex(r)?,
+                exclude: f.exclude.as_deref().map(regex).transpose()?,
+            }),
+            (None, Some(s), None, None) if f.exclude.is_none() => Ok(TagFilter::Semver {
+                req: range(s)?,
+                prerelease,
+            }),
+            (None, s, Some(n), None) if f.exclude.is_none() => {
+                if n == 0 || n > 10_000 {
+                    return Err(fail(format!("newest: {n} must be between 1 and 10000")));
+                }
+                Ok(TagFilter::Newest {
+                    count: n as usize,
+                    req: s.as_deref().map(range).transpose()?,
+                    prerelease,
+                })
+            }
+            (None, None, None, Some(true)) if f.exclude.is_none() => Ok(TagFilter::All),
+            (None, None, None, Some(false)) => Err(fail("all: false selects nothing; leave the entry out".into())),
+            _ => Err(fail(
+                "a tag filter is one of: regex (with optional exclude), semver, newest (with optional semver), all: true"
+                    .into(),
+            )),
+        }
     }
 
     /// Expands a mapping entry: one [`Expanded`] per tag, or one for the source's own tag.
-    fn full_entry(&self, spec: &RawImageSpec, key: &str) -> Result<Vec<Expanded>, ConfigError> {
+    fn full_entry(&self, spec: &RawImageSpec, key: &str) -> Result<EntryParts, ConfigError> {
+        let (options, immutable) = self.entry_options(spec, key)?;
+        let is_immutable = |tag: &str| immutable.iter().any(|p| glob_match(p, tag));
         let source_key = format!("{key}.source");
         let source = self.reference(&spec.source.value, spec.source.referenced, &source_key)?;
         let platforms = match &spec.platforms {
@@ -144,13 +289,19 @@ impl Validator<'_> {
             None => None,
         };
         let Some(tags) = &spec.tags else {
-            return Ok(vec![Expanded {
-                source,
-                at: spec.source.referenced,
-                key: key.to_string(),
-                platforms,
-                target,
-            }]);
+            let mut options = options;
+            options.immutable = source.tag().is_some_and(is_immutable);
+            return Ok(EntryParts {
+                fixed: vec![Expanded {
+                    source,
+                    at: spec.source.referenced,
+                    key: key.to_string(),
+                    platforms,
+                    target,
+                    options,
+                }],
+                selection: None,
+            });
         };
         if has_explicit_tag_or_digest(&spec.source.value) {
             return Err(self.site.spanned(
@@ -170,19 +321,48 @@ impl Validator<'_> {
             ));
         }
         let mut out = Vec::new();
+        let mut filters = Vec::new();
+        let mut first_filter: Option<(Location, String)> = None;
         for (j, tag) in tags.value.iter().enumerate() {
             let tag_key = format!("{key}.tags[{j}]");
-            let t = tag.value.trim();
+            let t = match &tag.value {
+                RawTag::Exact(t) => t.trim(),
+                RawTag::Filter(f) => {
+                    filters.push(self.tag_filter(f, tag, &tag_key)?);
+                    first_filter.get_or_insert((tag.referenced, tag_key));
+                    continue;
+                }
+            };
             validate_tag(t).map_err(|e| self.site.spanned(tag, &tag_key, e.to_string()))?;
+            let mut options = options.clone();
+            options.immutable = is_immutable(t);
             out.push(Expanded {
                 source: source.with_tag(t),
                 at: tag.referenced,
                 key: tag_key,
                 platforms: platforms.clone(),
                 target: target.clone(),
+                options,
             });
         }
-        Ok(out)
+        let selection = first_filter.map(|(at, key)| {
+            (
+                filters,
+                Expanded {
+                    source: source.clone(),
+                    at,
+                    key,
+                    platforms: platforms.clone(),
+                    target: target.clone(),
+                    options: options.clone(),
+                },
+                immutable.clone(),
+            )
+        });
+        Ok(EntryParts {
+            fixed: out,
+            selection,
+        })
     }
 
     fn reference(&self, text: &str, at: Location, key: &str) -> Result<Reference, ConfigError> {
@@ -195,6 +375,11 @@ impl Validator<'_> {
             self.site.at(at, key, message)
         })
     }
+}
+
+/// A backup tag name from its template: `{tag}` and `{date}` (YYYYMMDD, UTC) replaced.
+pub fn expand_backup_tag(template: &str, tag: &str, date: &str) -> String {
+    template.replace("{tag}", tag).replace("{date}", date)
 }
 
 /// Whether a reference names a tag or digest itself (`parse` fills `latest` otherwise).

@@ -57,6 +57,8 @@ pub struct Config {
     pub docker_config: Option<PathBuf>,
     /// One item per (source tag, target), in file order.
     pub images: Vec<SyncItem>,
+    /// Entries whose tags are chosen at run time from the upstream tag list.
+    pub selections: Vec<TagSelection>,
 }
 
 /// Where mirrored images go.
@@ -175,6 +177,39 @@ pub struct SyncItem {
     /// Platforms to copy from an index; `None` copies all.
     pub platforms: Option<Vec<Platform>>,
     /// Where it was configured, e.g. `sync.yaml:14:5 (images[3])`.
+    pub location: String,
+    /// Per-entry behaviour beyond what to copy.
+    pub options: ItemOptions,
+}
+
+pub use images::expand_backup_tag;
+
+/// Per-entry behaviour (`immutable:`, `referrers:`, `backup_tag:`, `platforms_mode:`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ItemOptions {
+    /// Matches an `immutable:` pattern: once at the target, never checked upstream again.
+    pub immutable: bool,
+    /// Also copy cosign signature/attestation/SBOM tags and the OCI referrers fallback tag.
+    pub referrers: bool,
+    /// Before a tag moves at the target, keep the old digest under this tag (`{tag}`,
+    /// `{date}` replaced).
+    pub backup_tag: Option<String>,
+    /// With `platforms:`, keep the upstream index as is and copy only the chosen children.
+    pub sparse: bool,
+}
+
+/// An `images:` entry whose tags are chosen from the repository's tag list at run time.
+#[derive(Debug, Clone)]
+pub struct TagSelection {
+    /// The repository (its tag is meaningless).
+    pub source: Reference,
+    pub target_repository: String,
+    pub filters: Vec<crate::tags::TagFilter>,
+    pub platforms: Option<Vec<Platform>>,
+    /// `immutable:` glob patterns.
+    pub immutable: Vec<String>,
+    /// Options for every chosen tag (`immutable` is set per tag from the patterns).
+    pub options: ItemOptions,
     pub location: String,
 }
 

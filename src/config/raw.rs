@@ -105,9 +105,66 @@ pub(crate) enum RawImage {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawImageSpec {
     pub source: Spanned<String>,
-    pub tags: Option<Spanned<Vec<Spanned<String>>>>,
+    pub tags: Option<Spanned<Vec<Spanned<RawTag>>>>,
     pub platforms: Option<Spanned<Vec<Spanned<String>>>>,
+    pub platforms_mode: Option<Spanned<String>>,
     pub target: Option<Spanned<String>>,
+    pub immutable: Option<Spanned<Vec<Spanned<String>>>>,
+    pub referrers: Option<bool>,
+    pub backup_tag: Option<Spanned<String>>,
+}
+
+/// One `tags:` entry: an exact tag, or a filter mapping.
+#[derive(Debug)]
+pub(crate) enum RawTag {
+    Exact(String),
+    Filter(Box<RawTagFilter>),
+}
+
+/// A tag filter: `regex:` (+ `exclude:`), `semver:`, `newest:` (+ `semver:`), `all: true`;
+/// `prerelease: true` lets pre-release versions into `semver:` and `newest:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTagFilter {
+    pub regex: Option<String>,
+    pub exclude: Option<String>,
+    pub semver: Option<String>,
+    pub newest: Option<u64>,
+    pub prerelease: Option<bool>,
+    pub all: Option<bool>,
+}
+
+impl<'de> Deserialize<'de> for RawTag {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TagVisitor;
+        impl<'de> Visitor<'de> for TagVisitor {
+            type Value = RawTag;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a tag, or a mapping with regex, exclude, semver, newest, prerelease or all",
+                )
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(RawTag::Exact(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(RawTag::Exact(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(RawTag::Exact(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Err(E::custom(format!(
+                    "tag {v} was read as a number; quote it (\"{v}\") so that e.g. 7.10 is not read as 7.1"
+                )))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                RawTagFilter::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(|f| RawTag::Filter(Box::new(f)))
+            }
+        }
+        deserializer.deserialize_any(TagVisitor)
+    }
 }
 
 impl<'de> Deserialize<'de> for RawImage {

@@ -89,7 +89,7 @@ images:
   - nginx:1.25
   - quay.io/coreos/flannel:v0.11.0-s390x
   - source: redis
-    tags: ["7.2", 7.4]
+    tags: ["7.2", "7.4"]
     platforms: [linux/amd64, linux/arm/v7]
     target: cache/redis
   - alpine@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
@@ -208,7 +208,7 @@ fn unknown_nested_key() {
         error(&format!(
             "{TARGET}images:\n  - source: redis\n    tag: [a]\n"
         )),
-        "sync.yaml:5:5: images[0].tag: unknown key (expected one of source, tags, platforms, target)"
+        "sync.yaml:5:5: images[0].tag: unknown key (expected one of source, tags, platforms, platforms_mode, target, immutable, referrers, backup_tag)"
     );
     assert_eq!(
         error(&format!(
@@ -372,4 +372,57 @@ fn more_errors() {
         .unwrap_err()
         .to_string();
     assert!(e.starts_with("cannot read /nonexistent/sync.yaml: "), "{e}");
+}
+
+#[test]
+fn tag_filters_immutable_and_options() {
+    let c = load(&format!(
+        r#"{TARGET}images:
+  - source: nginx
+    tags:
+      - "1.25"
+      - regex: '^1\.2\d-alpine$'
+        exclude: slim
+      - semver: ">=1.24 <2"
+      - newest: 3
+    immutable: ["1.*"]
+    referrers: true
+    backup_tag: "{{tag}}-prev-{{date}}"
+"#
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.images.len(), 1, "the exact tag is a fixed item");
+    assert!(c.images[0].options.immutable, "1.25 matches 1.*");
+    assert!(c.images[0].options.referrers);
+    assert_eq!(c.selections.len(), 1);
+    assert_eq!(c.selections[0].filters.len(), 3);
+    assert_eq!(c.selections[0].target_repository, "library/nginx");
+    assert_eq!(c.selections[0].immutable, vec!["1.*".to_string()]);
+}
+
+#[test]
+fn bad_tag_filters_are_located() {
+    let bad = |tags: &str| {
+        error(&format!(
+            "{TARGET}images:\n  - source: nginx\n    tags: {tags}\n"
+        ))
+    };
+    assert!(
+        bad("[{regex: '('}]").starts_with("sync.yaml:5:12: images[0].tags[0]: invalid regex"),
+        "{}",
+        bad("[{regex: '('}]")
+    );
+    assert!(bad("[{semver: banana}]").contains("invalid semver range"));
+    assert!(bad("[{newest: 0}]").contains("between 1 and 10000"));
+    assert!(bad("[{regex: a, semver: '1'}]").contains("a tag filter is one of"));
+    assert!(bad("[{newst: 3}]").contains("unknown key"));
+    assert!(bad("[7.4]").contains("quote it"), "{}", bad("[7.4]"));
+    let mode = error(&format!(
+        "{TARGET}images:\n  - source: nginx\n    platforms_mode: sparse\n"
+    ));
+    assert!(mode.contains("applies only with platforms"), "{mode}");
+    let backup = error(&format!(
+        "{TARGET}images:\n  - source: nginx\n    backup_tag: prev\n"
+    ));
+    assert!(backup.contains("must contain {tag}"), "{backup}");
 }

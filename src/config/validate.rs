@@ -62,19 +62,31 @@ pub(super) struct Validator<'a> {
 
 impl Validator<'_> {
     fn config(&self, raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
+        let timezone = match &raw.timezone {
+            Some(tz) if tz.value.trim().is_empty() => {
+                return Err(self.site.spanned(tz, "timezone", "must not be empty"));
+            }
+            Some(tz) => {
+                let name = tz.value.trim();
+                if name.parse::<chrono_tz::Tz>().is_err() {
+                    return Err(self.site.spanned(
+                        tz,
+                        "timezone",
+                        format!("unknown time zone \"{name}\" (use an IANA name such as UTC or Europe/Berlin)"),
+                    ));
+                }
+                name.to_string()
+            }
+            None => "UTC".to_string(),
+        };
         let schedule = match raw.schedule {
             Some(s) => {
                 check_schedule(&s.value).map_err(|m| self.site.spanned(&s, "schedule", m))?;
+                crate::schedule::Schedule::parse(s.value.trim(), &timezone)
+                    .map_err(|m| self.site.spanned(&s, "schedule", m))?;
                 Some(s.value.trim().to_string())
             }
             None => None,
-        };
-        let timezone = match raw.timezone {
-            Some(tz) if tz.value.trim().is_empty() => {
-                return Err(self.site.spanned(&tz, "timezone", "must not be empty"));
-            }
-            Some(tz) => tz.value.trim().to_string(),
-            None => "UTC".to_string(),
         };
         let concurrency = match raw.concurrency {
             Some(c) => self.in_range(&c, "concurrency", 1, 256)?,
@@ -96,7 +108,7 @@ impl Validator<'_> {
                 "lists no image; add at least one reference such as busybox:1.36",
             ));
         }
-        let images = self.images(&images.value, &target, &registries)?;
+        let (images, selections) = self.images(&images.value, &target, &registries)?;
         Ok(Config {
             path: path.to_path_buf(),
             schedule,
@@ -106,6 +118,7 @@ impl Validator<'_> {
             registries,
             docker_config,
             images,
+            selections,
         })
     }
 

@@ -19,6 +19,8 @@ pub(super) struct Route<'a> {
     pub source_repo: &'a str,
     pub target_repo: &'a str,
     pub counters: &'a Arc<Counters>,
+    /// `platforms_mode: sparse`: the chosen children are copied, the index is kept as is.
+    pub sparse: bool,
 }
 
 impl Engine {
@@ -32,7 +34,10 @@ impl Engine {
         filter: Option<&[Platform]>,
         depth: usize,
     ) -> Result<Arc<FetchedManifest>, SyncError> {
-        let key = filter.map(rewrite::filter_key).unwrap_or_default();
+        let mut key = filter.map(rewrite::filter_key).unwrap_or_default();
+        if route.sparse && filter.is_some() {
+            key.push_str(";sparse");
+        }
         let cell = self.manifests.cell(route.target_repo, digest, &key);
         let result = cell
             .get_or_init(|| async {
@@ -98,6 +103,9 @@ impl Engine {
                     })
                     .await?;
                 let replacements = replacements.into_inner().unwrap_or_else(|p| p.into_inner());
+                if route.sparse && !self.converts_to_oci() {
+                    return Ok(fetched);
+                }
                 let how = rewrite::IndexRewrite {
                     keep: &keep,
                     platforms: filter,
@@ -161,7 +169,12 @@ impl Engine {
         {
             return Ok(());
         }
-        let fetched = Box::pin(self.copy_manifest(route, &child.digest, None, depth + 1)).await?;
+        let child_route = Route {
+            sparse: false,
+            ..route
+        };
+        let fetched =
+            Box::pin(self.copy_manifest(child_route, &child.digest, None, depth + 1)).await?;
         if self.mode == Mode::Sync {
             self.target
                 .put_manifest(route.target_repo, &fetched.digest.to_string(), &fetched)

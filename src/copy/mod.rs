@@ -133,12 +133,17 @@ impl Counters {
 /// What the inspection of one tag found.
 enum Inspection {
     Done(TagResult),
-    Changed {
-        upstream: UpstreamRef,
-        digest: Digest,
-        new: bool,
-        target_ref: String,
-    },
+    Changed(Change),
+}
+
+/// A tag whose target is missing or behind upstream.
+struct Change {
+    upstream: UpstreamRef,
+    /// Upstream's digest now.
+    digest: Digest,
+    /// What the target tag points at now, if anything.
+    current: Option<Digest>,
+    target_ref: String,
 }
 
 /// Everything one run shares.
@@ -150,6 +155,8 @@ pub struct Engine {
     observer: Option<Arc<dyn RequestObserver>>,
     retry: RetryPolicy,
     upstreams: tokio::sync::Mutex<HashMap<String, UpstreamRef>>,
+    /// Tag lists, fetched once per repository per run.
+    tag_lists: std::sync::Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<Vec<String>>>>>>,
     blobs: BlobLedger,
     manifests: ManifestLedger,
     stop: CancellationToken,
@@ -191,6 +198,7 @@ impl Engine {
             observer,
             retry,
             upstreams: tokio::sync::Mutex::new(HashMap::new()),
+            tag_lists: std::sync::Mutex::new(HashMap::new()),
             blobs: BlobLedger::default(),
             manifests: ManifestLedger::default(),
             stop: CancellationToken::new(),
@@ -226,12 +234,7 @@ impl Engine {
         control: &RunControl,
         priority: &HashMap<String, i64>,
     ) -> Vec<TagOutcome> {
-        let items: Vec<SyncItem> = self.config.images.clone();
-        let started: Vec<Instant> = vec![Instant::now(); items.len()];
-        let counters: Vec<Arc<Counters>> = items
-            .iter()
-            .map(|_| Arc::new(Counters::default()))
-            .collect();
+        let run_started = Instant::now();
         // Stop requests reach the engine's own token, which blob transfers check.
         let stop = self.stop.clone();
         let outer = control.stop.clone();
@@ -240,62 +243,49 @@ impl Engine {
             stop.cancel();
         });
 
+        // Tag filters are resolved against each repository's tag list, fetched once.
+        let (mut items, mut outcomes) = self.expand_selections().await;
         // Phase 1: HEAD everything (free), concurrency-limited.
-        let inspections = self
-            .for_each_item(&items, control, |engine, item, _| async move {
-                engine.inspect(&item).await
-            })
-            .await;
+        let mut inspections = self.inspect_all(&items, control).await;
+        let referrers = self.referrer_items(&items, &inspections).await;
+        if !referrers.is_empty() {
+            inspections.extend(self.inspect_all(&referrers, control).await);
+            items.extend(referrers);
+        }
+        let counters: Vec<Arc<Counters>> = items
+            .iter()
+            .map(|_| Arc::new(Counters::default()))
+            .collect();
         let mut results: Vec<Option<TagResult>> = vec![None; items.len()];
         let mut changed = Vec::new();
         for (i, inspection) in inspections.into_iter().enumerate() {
             match inspection {
-                None => results[i] = Some(deferred("stopped before the tag was checked")),
-                Some(Err(error)) => results[i] = Some(TagResult::Failed { error }),
-                Some(Ok(Inspection::Done(result))) => results[i] = Some(result),
-                Some(Ok(Inspection::Changed {
-                    upstream,
-                    digest,
-                    new,
-                    target_ref,
-                })) => changed.push((i, upstream, digest, new, target_ref)),
+                Inspection::Done(result) => results[i] = Some(result),
+                Inspection::Changed(change) => changed.push((i, change)),
             }
         }
         // Phase 2: copy what changed, the longest-pending first.
-        changed.sort_by_key(|(i, ..)| {
-            (
-                priority
-                    .get(&item_key(&items[*i]))
-                    .copied()
-                    .unwrap_or(i64::MAX),
-                *i,
-            )
+        changed.sort_by_key(|(i, _)| {
+            let since = priority.get(&item_key(&items[*i])).copied();
+            (since.unwrap_or(i64::MAX), *i)
         });
-        let work: Vec<(usize, UpstreamRef, Digest, bool, String)> = changed;
-        let order: Vec<usize> = work.iter().map(|(i, ..)| *i).collect();
-        let work = Arc::new(std::sync::Mutex::new(
-            work.into_iter()
-                .map(|w| (w.0, w))
-                .collect::<HashMap<_, _>>(),
-        ));
+        let order: Vec<usize> = changed.iter().map(|(i, _)| *i).collect();
+        let jobs: Arc<std::sync::Mutex<HashMap<usize, Change>>> =
+            Arc::new(std::sync::Mutex::new(changed.into_iter().collect()));
         let copy_items: Vec<SyncItem> = order.iter().map(|i| items[*i].clone()).collect();
-        let copy_counters: Vec<Arc<Counters>> =
-            order.iter().map(|i| Arc::clone(&counters[*i])).collect();
         let copied = self
             .for_each_item(&copy_items, control, |engine, item, k| {
                 let index = order[k];
-                let job = work
+                let job = jobs
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&index);
-                let counters = Arc::clone(&copy_counters[k]);
+                let counters = Arc::clone(&counters[index]);
                 async move {
-                    let Some((_, upstream, digest, new, target_ref)) = job else {
-                        return deferred("internal: missing work item");
-                    };
-                    engine
-                        .copy_tag(&item, upstream, digest, new, target_ref, &counters)
-                        .await
+                    match job {
+                        Some(change) => engine.copy_tag(&item, change, &counters).await,
+                        None => deferred("internal: missing work item"),
+                    }
                 }
             })
             .await;
@@ -308,22 +298,173 @@ impl Engine {
         }
         forward.abort();
 
-        items
-            .iter()
-            .enumerate()
-            .map(|(i, item)| {
-                let outcome = TagOutcome {
-                    source: item.source.to_string(),
-                    target: target_name(item),
-                    result: results[i].take().unwrap_or_else(|| deferred("not reached")),
-                    stats: counters[i].snapshot(),
-                    duration: started[i].elapsed(),
-                    key: item_key(item),
+        let elapsed = run_started.elapsed();
+        for (i, item) in items.iter().enumerate() {
+            let outcome = TagOutcome {
+                source: item.source.to_string(),
+                target: target_name(item),
+                result: results[i].take().unwrap_or_else(|| deferred("not reached")),
+                stats: counters[i].snapshot(),
+                duration: elapsed,
+                key: item_key(item),
+            };
+            outcome.log();
+            outcomes.push(outcome);
+        }
+        outcomes
+    }
+
+    /// Phase 1 over a list of items; a stopped or crashed inspection becomes a result.
+    async fn inspect_all(
+        self: &Arc<Self>,
+        items: &[SyncItem],
+        control: &RunControl,
+    ) -> Vec<Inspection> {
+        self.for_each_item(items, control, |engine, item, _| async move {
+            engine.inspect(&item).await
+        })
+        .await
+        .into_iter()
+        .map(|r| match r {
+            None => Inspection::Done(deferred("stopped before the tag was checked")),
+            Some(Err(error)) => Inspection::Done(TagResult::Failed { error }),
+            Some(Ok(inspection)) => inspection,
+        })
+        .collect()
+    }
+
+    /// The configured fixed tags plus the tags each `tags:` filter selects now. A selection
+    /// whose tag list cannot be read becomes a failed outcome of its own.
+    async fn expand_selections(&self) -> (Vec<SyncItem>, Vec<TagOutcome>) {
+        let mut items = self.config.images.clone();
+        let mut failures = Vec::new();
+        let mut taken: std::collections::HashSet<String> = items.iter().map(target_name).collect();
+        for selection in &self.config.selections {
+            let listed = async {
+                let upstream = self.upstream(selection.source.registry()).await?;
+                self.tag_list(&upstream, selection.source.repository())
+                    .await
+            }
+            .await;
+            let tags = match listed {
+                Ok(tags) => tags,
+                Err(e) => {
+                    let outcome = TagOutcome {
+                        source: format!("{} (tag filters)", selection.source.name()),
+                        target: selection.target_repository.clone(),
+                        result: TagResult::Failed {
+                            error: e.to_string(),
+                        },
+                        stats: CopyStats::default(),
+                        duration: Duration::ZERO,
+                        key: format!(
+                            "{} (tag filters) -> {}",
+                            selection.source.name(),
+                            selection.target_repository
+                        ),
+                    };
+                    outcome.log();
+                    failures.push(outcome);
+                    continue;
+                }
+            };
+            let chosen = crate::tags::select(&tags, &selection.filters);
+            tracing::info!(repository = %selection.source.name(), listed = tags.len(), chosen = chosen.len(), "tag filters applied");
+            for tag in chosen {
+                let mut options = selection.options.clone();
+                options.immutable = selection
+                    .immutable
+                    .iter()
+                    .any(|p| crate::tags::glob_match(p, &tag));
+                let item = SyncItem {
+                    source: selection.source.with_tag(&tag),
+                    target_repository: selection.target_repository.clone(),
+                    target_tag: Some(tag),
+                    platforms: selection.platforms.clone(),
+                    location: selection.location.clone(),
+                    options,
                 };
-                outcome.log();
-                outcome
-            })
-            .collect()
+                // A tag listed exactly elsewhere, or chosen by two filters, is synced once.
+                if taken.insert(target_name(&item)) {
+                    items.push(item);
+                }
+            }
+        }
+        (items, failures)
+    }
+
+    /// A repository's tags, listed once per run.
+    async fn tag_list(
+        &self,
+        upstream: &UpstreamRef,
+        repository: &str,
+    ) -> Result<Arc<Vec<String>>, SyncError> {
+        let key = format!("{}/{repository}", upstream.host);
+        let cell = {
+            let mut lists = self.tag_lists.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(lists.entry(key).or_default())
+        };
+        cell.get_or_try_init(|| async {
+            upstream
+                .origin
+                .list_tags(repository)
+                .await
+                .map(Arc::new)
+                .map_err(|e| upstream.error(e))
+        })
+        .await
+        .cloned()
+    }
+
+    /// For entries with `referrers: true`: cosign's `sha256-<hex>.sig|.att|.sbom` tags and the
+    /// OCI referrers fallback tag `sha256-<hex>` of each mirrored digest that exist upstream.
+    async fn referrer_items(
+        &self,
+        items: &[SyncItem],
+        inspections: &[Inspection],
+    ) -> Vec<SyncItem> {
+        let mut extra = Vec::new();
+        let mut taken: std::collections::HashSet<String> = items.iter().map(target_name).collect();
+        for (item, inspection) in items.iter().zip(inspections) {
+            // Signatures name upstream's digest: useless where the mirror rewrites manifests.
+            if !item.options.referrers || item.platforms.is_some() {
+                continue;
+            }
+            let digest = match inspection {
+                Inspection::Done(TagResult::Unchanged { digest }) => digest.clone(),
+                Inspection::Changed(change) => change.digest.clone(),
+                _ => continue,
+            };
+            let Ok(upstream) = self.upstream(item.source.registry()).await else {
+                continue;
+            };
+            let tags = match self.tag_list(&upstream, item.source.repository()).await {
+                Ok(tags) => tags,
+                Err(e) => {
+                    tracing::warn!(repository = %item.source.name(), error = %e, "cannot list tags to find signatures");
+                    continue;
+                }
+            };
+            let base = format!("{}-{}", digest.algorithm(), digest.encoded());
+            for suffix in ["", ".sig", ".att", ".sbom"] {
+                let tag = format!("{base}{suffix}");
+                if !tags.contains(&tag) {
+                    continue;
+                }
+                let referrer = SyncItem {
+                    source: item.source.with_tag(&tag),
+                    target_repository: item.target_repository.clone(),
+                    target_tag: Some(tag),
+                    platforms: None,
+                    location: item.location.clone(),
+                    options: crate::config::ItemOptions::default(),
+                };
+                if taken.insert(target_name(&referrer)) {
+                    extra.push(referrer);
+                }
+            }
+        }
+        extra
     }
 
     /// Runs `work` for each item, `concurrency` at a time, on the runtime's threads. Items not
@@ -401,6 +542,16 @@ impl Engine {
     }
 
     async fn inspect_inner(&self, item: &SyncItem) -> Result<Inspection, SyncError> {
+        if item.options.immutable
+            && let Some(tag) = &item.target_tag
+            && let Some(digest) = self
+                .target
+                .manifest_digest(&item.target_repository, tag)
+                .await?
+        {
+            // An immutable tag already mirrored: upstream is not asked at all.
+            return Ok(Inspection::Done(TagResult::Unchanged { digest }));
+        }
         let upstream = self.upstream(item.source.registry()).await?;
         let repository = item.source.repository();
         let digest = match (item.source.digest(), item.source.tag()) {
@@ -463,37 +614,41 @@ impl Engine {
                 }));
             }
         }
-        Ok(Inspection::Changed {
+        Ok(Inspection::Changed(Change {
             upstream,
             digest,
-            new: current.is_none(),
+            current,
             target_ref,
-        })
+        }))
     }
 
     /// Phase 2 for one changed tag: content first, the tag last.
     async fn copy_tag(
         &self,
         item: &SyncItem,
-        upstream: UpstreamRef,
-        digest: Digest,
-        new: bool,
-        target_ref: String,
+        change: Change,
         counters: &Arc<Counters>,
     ) -> TagResult {
         let route = Route {
-            upstream: &upstream,
+            upstream: &change.upstream,
             source_repo: item.source.repository(),
             target_repo: &item.target_repository,
             counters,
+            sparse: item.options.sparse,
         };
         let copied = async {
             let manifest = self
-                .copy_manifest(route, &digest, item.platforms.as_deref(), 0)
+                .copy_manifest(route, &change.digest, item.platforms.as_deref(), 0)
                 .await?;
             if self.mode == Mode::Sync {
+                if let (Some(template), Some(current), Some(tag)) =
+                    (&item.options.backup_tag, &change.current, &item.target_tag)
+                {
+                    self.keep_backup(&item.target_repository, tag, current, template)
+                        .await?;
+                }
                 self.target
-                    .put_manifest(&item.target_repository, &target_ref, &manifest)
+                    .put_manifest(&item.target_repository, &change.target_ref, &manifest)
                     .await?;
             }
             Ok::<_, SyncError>(manifest)
@@ -502,10 +657,32 @@ impl Engine {
         match copied {
             Ok(manifest) => TagResult::Synced {
                 digest: manifest.digest.clone(),
-                new,
+                new: change.current.is_none(),
             },
             Err(e) => failed_or_deferred(e),
         }
+    }
+
+    /// `backup_tag`: before a tag moves, the digest it pointed at gets another tag.
+    async fn keep_backup(
+        &self,
+        repository: &str,
+        tag: &str,
+        current: &Digest,
+        template: &str,
+    ) -> Result<(), SyncError> {
+        let date = chrono::Utc::now().format("%Y%m%d").to_string();
+        let backup = crate::config::expand_backup_tag(template, tag, &date);
+        let Some(old) = self
+            .target
+            .get_manifest(repository, &current.to_string())
+            .await?
+        else {
+            return Ok(());
+        };
+        self.target.put_manifest(repository, &backup, &old).await?;
+        tracing::info!(repository, tag, backup = %backup, digest = %current, "kept the previous digest under a backup tag");
+        Ok(())
     }
 
     /// Whether manifests are converted to OCI on the way (an OCI layout target).

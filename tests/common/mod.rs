@@ -16,6 +16,9 @@
 //!   [`push_manifest`]. Data is deterministic from seeds ([`layer`]).
 //! - Verification ([`verify`]): [`get_manifest`], [`head_manifest`], [`blob_sha256`],
 //!   [`blob_size`], [`tags`], [`assert_image_complete`], and skopeo ([`skopeo_inspect_raw`]).
+//! - A fault-injecting reverse proxy ([`proxy`]): [`Proxy`] in front of a registry, with
+//!   [`Rule`]s (drop mid-body, statuses, 429 + Retry-After, stalls, truncation, flipped bytes,
+//!   header and body rewrites, redirects, throttling) and a record of every request ([`Seen`]).
 //! - The binary under test ([`bin`]): [`mirrorsync`], [`run_measured`] (peak RSS from `wait4`),
 //!   [`write_config`].
 //!
@@ -40,6 +43,7 @@ pub mod access;
 pub mod bin;
 pub mod client;
 pub mod image;
+pub mod proxy;
 pub mod registry;
 pub mod scenario;
 pub mod seed;
@@ -59,6 +63,7 @@ pub use image::{
     ImageSpec, Layer, MANIFEST_ACCEPT, OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST, Platform,
     PushedImage,
 };
+pub use proxy::{Action, Proxy, Rule, RuleId, Seen, SeenExt, Times};
 pub use registry::{Registry, RegistryOptions};
 pub use scenario::Scenario;
 pub use seed::{

@@ -217,7 +217,7 @@ The container's arguments (the image's entrypoint is the mirrorsync binary).
 {{- if eq .Values.mode "cronjob" }}
 {{- $args = concat $args (list "--max-duration" (include "mirrorsync.goDuration" (include "mirrorsync.maxDurationSeconds" .))) }}
 {{- if .Values.metrics.pushgateway.url }}
-{{- $args = concat $args (list "--pushgateway" .Values.metrics.pushgateway.url) }}
+{{- $args = concat $args (list "--pushgateway" .Values.metrics.pushgateway.url "--instance" (include "mirrorsync.pushInstance" .)) }}
 {{- end }}
 {{- else }}
 {{- $args = concat $args (list "--metrics-addr" (printf "0.0.0.0:%d" (int .Values.metrics.port))) }}
@@ -230,13 +230,20 @@ The container's arguments (the image's entrypoint is the mirrorsync binary).
 {{- end }}
 
 {{/*
+The Pushgateway `instance` label of this release's runs: stable across runs.
+*/}}
+{{- define "mirrorsync.pushInstance" -}}
+{{- .Values.metrics.pushgateway.instance | default (include "mirrorsync.fullname" .) }}
+{{- end }}
+
+{{/*
 PromQL label matchers of this release's series.
 */}}
 {{- define "mirrorsync.metricSelector" -}}
 {{- if .Values.metrics.prometheusRule.selector }}
 {{- .Values.metrics.prometheusRule.selector }}
 {{- else if eq .Values.mode "cronjob" }}
-{{- print "job=\"mirrorsync\"" }}
+{{- printf "job=\"mirrorsync\", instance=%q" (include "mirrorsync.pushInstance" .) }}
 {{- else }}
 {{- printf "job=%q" (include "mirrorsync.fullname" .) }}
 {{- end }}
@@ -338,10 +345,12 @@ volumes:
         {{- end }}
         {{- end }}
   - name: tmp
+    {{- with .Values.tmp.sizeLimit }}
     emptyDir:
-      {{- with .Values.tmp.sizeLimit }}
       sizeLimit: {{ . }}
-      {{- end }}
+    {{- else }}
+    emptyDir: {}
+    {{- end }}
   {{- with .Values.extraVolumes }}
   {{- toYaml . | nindent 2 }}
   {{- end }}

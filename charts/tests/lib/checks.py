@@ -9,6 +9,7 @@ them. Subcommands:
   crds      RENDERED OUTDIR CASE      PrometheusRule / ServiceMonitor documents as JSON files
   dashboard RENDERED OUT              the dashboard's queries as a rule file (for promtool)
   args      RENDERED PREFIX           the CronJob container's args, env and sync.yaml to files
+  binary    CASE RENDERED BIN WORKDIR the real mirrorsync accepts the rendered sync.yaml and args
   schema    SCHEMA                    values.schema.json's config keys match mirrorsync's sync.yaml
 """
 
@@ -139,6 +140,22 @@ def render_checks(case, rendered, value_files):
         check(f"{p} {d['kind']}/{d['metadata']['name']} has the app.kubernetes.io labels", not missing,
               f"missing {missing}")
 
+    nulls = []
+
+    def walk(node, path):
+        if node is None:
+            nulls.append(path)
+        elif isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{path}.{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{path}[{i}]")
+
+    for d in docs:
+        walk(d, f"{d['kind']}/{d['metadata']['name']}")
+    check(f"{p} no field renders empty (null)", not nulls, f"{nulls}")
+
     # The workload.
     if mode == "cronjob":
         check(f"{p} mode cronjob renders one CronJob and no Deployment/Service",
@@ -177,10 +194,23 @@ def render_checks(case, rendered, value_files):
     check(f"{p} resources: cpu and memory requests, memory limit",
           "cpu" in res.get("requests", {}) and "memory" in res.get("requests", {}) and "memory" in res.get("limits", {}))
     check(f"{p} no service account token mounted", pod.get("automountServiceAccountToken") is False)
+    sa = values["serviceAccount"]
+    sas = find(docs, "ServiceAccount")
+    if sa["create"]:
+        check(f"{p} the pod runs as the ServiceAccount the chart creates",
+              len(sas) == 1 and pod.get("serviceAccountName") == sas[0]["metadata"]["name"]
+              == (sa["name"] or expected_fullname(values)))
+    else:
+        check(f"{p} no ServiceAccount created; the pod uses {sa['name'] or 'default'}",
+              not sas and pod.get("serviceAccountName") == (sa["name"] or "default"))
     vols = {v["name"]: v for v in pod["volumes"]}
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
     check(f"{p} /tmp is a writable emptyDir",
-          "/tmp" in mounts and "emptyDir" in vols.get(mounts["/tmp"]["name"], {}) and not mounts["/tmp"].get("readOnly"))
+          "/tmp" in mounts and isinstance(vols.get(mounts["/tmp"]["name"], {}).get("emptyDir"), dict)
+          and not mounts["/tmp"].get("readOnly"))
+    size = values["tmp"]["sizeLimit"]
+    check(f"{p} /tmp sizeLimit {size or 'none'}",
+          "/tmp" in mounts and vols[mounts["/tmp"]["name"]].get("emptyDir", {}).get("sizeLimit") == (size or None))
     check(f"{p} image reference", c["image"] == expected_image(values), f"{c['image']} != {expected_image(values)}")
 
     # sync.yaml: rendered from values, mounted where --config points.
@@ -280,6 +310,8 @@ def render_checks(case, rendered, value_files):
         url = values["metrics"]["pushgateway"]["url"]
         check(f"{p} --pushgateway {'from values' if url else 'absent without a URL'}",
               arg_value(args, "--pushgateway") == (url or None))
+        check(f"{p} --instance {'stable: ' + expected_instance(values) if url else 'absent without a URL'}",
+              arg_value(args, "--instance") == (expected_instance(values) if url else None))
         rules = job.get("podFailurePolicy", {}).get("rules", [])
         fail_codes = [r["onExitCodes"]["values"] for r in rules if r["action"] == "FailJob"]
         check(f"{p} podFailurePolicy fails the Job at once on exit codes {cjv['failJobOnExitCodes']}",
@@ -332,25 +364,26 @@ def render_checks(case, rendered, value_files):
     # Alerts.
     prs = find(docs, "PrometheusRule")
     pr_values = values["metrics"]["prometheusRule"]
-    if pr_values["enabled"]:
+    alerts = pr_values["alerts"]
+    key_to_name = {
+        "tagLagging": "MirrorsyncTagLagging", "noSuccessfulRun": "MirrorsyncNoSuccessfulRun",
+        "metricsMissing": "MirrorsyncMetricsMissing", "tagsFailing": "MirrorsyncTagsFailing",
+        "rateLimitLow": "MirrorsyncRateLimitLow", "pushgatewayStale": "MirrorsyncPushgatewayStale",
+    }
+    want = {n for k, n in key_to_name.items() if alerts[k]["enabled"]}
+    if mode != "cronjob":
+        want.discard("MirrorsyncPushgatewayStale")
+    if pr_values["enabled"] and want:
         check(f"{p} one PrometheusRule", len(prs) == 1)
         rules = [r for g in prs[0]["spec"]["groups"] for r in g["rules"]]
         names = {r["alert"] for r in rules}
-        alerts = pr_values["alerts"]
-        key_to_name = {
-            "tagLagging": "MirrorsyncTagLagging", "noSuccessfulRun": "MirrorsyncNoSuccessfulRun",
-            "metricsMissing": "MirrorsyncMetricsMissing", "tagsFailing": "MirrorsyncTagsFailing",
-            "rateLimitLow": "MirrorsyncRateLimitLow", "pushgatewayStale": "MirrorsyncPushgatewayStale",
-        }
-        want = {n for k, n in key_to_name.items() if alerts[k]["enabled"]}
-        if mode != "cronjob":
-            want.discard("MirrorsyncPushgatewayStale")
         check(f"{p} alerts rendered: {sorted(want)}", names == want, f"got {sorted(names)}")
         for r in rules:
             used = metric_names(r["expr"])
             check(f"{p} {r['alert']} uses contract metrics only ({sorted(used)})",
                   used and used <= CONTRACT_METRICS | PUSHGATEWAY_METRICS)
-            sel = pr_values["selector"] or ('job="mirrorsync"' if mode == "cronjob" else f'job="{expected_fullname(values)}"')
+            sel = pr_values["selector"] or (f'job="mirrorsync", instance="{expected_instance(values)}"'
+                                            if mode == "cronjob" else f'job="{expected_fullname(values)}"')
             check(f"{p} {r['alert']} selects {sel}", sel in r["expr"])
             key = next(k for k, n in key_to_name.items() if n == r["alert"])
             check(f"{p} {r['alert']} severity from values",
@@ -363,7 +396,7 @@ def render_checks(case, rendered, value_files):
         if ns:
             check(f"{p} PrometheusRule namespace {ns}", prs[0]["metadata"]["namespace"] == ns)
     else:
-        check(f"{p} no PrometheusRule unless enabled", not prs)
+        check(f"{p} no PrometheusRule unless enabled with an alert on", not prs)
 
     dash_values = values["metrics"]["dashboard"]
     dash = [d for d in find(docs, "ConfigMap") if d["metadata"]["name"].endswith("-dashboard")]
@@ -389,6 +422,10 @@ def render_checks(case, rendered, value_files):
 
 def expected_fullname(values):
     return values.get("fullnameOverride") or f"{RELEASE}-mirrorsync"
+
+
+def expected_instance(values):
+    return values["metrics"]["pushgateway"]["instance"] or expected_fullname(values)
 
 
 def expected_image(values):
@@ -469,6 +506,59 @@ def export_args(rendered, prefix):
         f.write(cm["data"]["sync.yaml"])
 
 
+def binary_checks(case, rendered, binary, workdir):
+    """The real mirrorsync accepts what the chart renders: `mirrorsync check` on sync.yaml (its
+    /etc/mirrorsync paths moved under WORKDIR, with stand-ins for the mounted Secrets and
+    ConfigMaps, and the Secret-fed variables set), and the container's args (parsed by running them
+    with --help appended: clap refuses an unknown flag or a bad value before it gets to --help)."""
+    import os
+    import shutil
+    import subprocess
+
+    p = f"[{case}]"
+    docs = load_docs(rendered)
+    pod = [d for d in docs if d["kind"] in ("CronJob", "Deployment")][0]
+    spec = pod["spec"]["jobTemplate"]["spec"]["template"]["spec"] if pod["kind"] == "CronJob" else pod["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    root = os.path.join(workdir, case)
+    shutil.rmtree(root, ignore_errors=True)
+    cfg_dir = root + CONFIG_DIR
+    os.makedirs(cfg_dir)
+    cm = [d for d in find(docs, "ConfigMap") if "sync.yaml" in d.get("data", {})][0]
+    with open(os.path.join(cfg_dir, "sync.yaml"), "w") as f:
+        f.write(cm["data"]["sync.yaml"].replace(CONFIG_DIR + "/", cfg_dir + "/"))
+    for vol in spec["volumes"]:
+        for src in vol.get("projected", {}).get("sources", []):
+            for kind in ("secret", "configMap"):
+                for item in src.get(kind, {}).get("items", []):
+                    path = os.path.join(cfg_dir, item["path"])
+                    if path.endswith("sync.yaml"):
+                        continue
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                    if path.endswith(".pem"):
+                        made = shutil.which("openssl") and subprocess.run(
+                            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                             "-nodes", "-subj", "/CN=mirrorsync chart test CA", "-days", "1",
+                             "-keyout", os.devnull, "-out", path], capture_output=True).returncode == 0
+                        if not made:
+                            open(path, "w").write("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")
+                    elif path.endswith("config.json"):
+                        open(path, "w").write('{"auths": {}}\n')
+                    else:
+                        open(path, "w").write("not-a-real-password\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIRRORSYNC_")}
+    for e in c.get("env", []):
+        env[e["name"]] = e.get("value", "from-a-secret")
+    run = subprocess.run([binary, "check", "--config", os.path.join(cfg_dir, "sync.yaml")],
+                         capture_output=True, text=True, env=env, cwd=root, timeout=60)
+    check(f"{p} mirrorsync check accepts the rendered sync.yaml", run.returncode == 0,
+          (run.stdout + run.stderr).strip().replace("\n", " | "))
+    args = list(c["args"])
+    run = subprocess.run([binary, *args, "--help"], capture_output=True, text=True, env=env, cwd=root, timeout=60)
+    check(f"{p} mirrorsync accepts the container args", run.returncode == 0 and "Usage" in run.stdout,
+          (run.stderr or run.stdout).strip().replace("\n", " | ")[:500])
+
+
 def schema_checks(schema_path):
     with open(schema_path) as f:
         schema = json.load(f)
@@ -523,6 +613,8 @@ if __name__ == "__main__":
         dashboard_rules(*rest)
     elif cmd == "args":
         export_args(*rest)
+    elif cmd == "binary":
+        binary_checks(*rest)
     elif cmd == "schema":
         schema_checks(*rest)
     else:

@@ -1,0 +1,1417 @@
+//! What operators alert on and look at when mirrorsync runs unattended: the metrics of a
+//! `sync --once` pushed to a real Prometheus Pushgateway or written as a node-exporter textfile
+//! (and linted by `promtool check metrics`), sync lag that survives stateless CronJob runs, the
+//! long-running `mirrorsync sync` daemon (per-second schedule, skipped overlapping passes,
+//! SIGHUP reload, SIGTERM stop, `/metrics` and `/healthz`), and JSON logs.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::util::{free_port, now_unix};
+use common::*;
+use reqwest::Method;
+use serde_json::Value;
+
+const PUSHGATEWAY_BIN: &str = "/usr/bin/prometheus-pushgateway";
+const PROMTOOL_BIN: &str = "/usr/bin/promtool";
+
+// ---------------------------------------------------------------------------------------------
+// Prometheus text exposition, parsed independently of the code under test.
+
+/// One sample: `name{labels} value`.
+#[derive(Clone, Debug)]
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+/// A set of metric families: samples, `# TYPE` and `# HELP` per family name.
+#[derive(Clone, Debug, Default)]
+struct Exposition {
+    samples: Vec<Sample>,
+    types: HashMap<String, String>,
+    helps: HashMap<String, String>,
+    text: String,
+}
+
+impl Exposition {
+    /// Parses the text format 0.0.4 (panics on a line it cannot read).
+    fn parse(text: &str) -> Exposition {
+        let mut e = Exposition {
+            text: text.to_string(),
+            ..Exposition::default()
+        };
+        for line in text.lines() {
+            let line = line.trim_end();
+            if line.is_empty() {
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').expect("TYPE line");
+                e.types.insert(name.to_string(), kind.trim().to_string());
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+                e.helps.insert(name.to_string(), help.to_string());
+                continue;
+            }
+            if line.starts_with('#') {
+                continue;
+            }
+            e.samples.push(parse_sample(line));
+        }
+        e
+    }
+
+    /// Samples of `name` whose labels include every pair of `labels`.
+    fn find(&self, name: &str, labels: &[(&str, &str)]) -> Vec<&Sample> {
+        self.samples
+            .iter()
+            .filter(|s| {
+                s.name == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+            })
+            .collect()
+    }
+
+    /// The value of the one sample of `name` matching `labels`; panics unless exactly one.
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let found = self.find(name, labels);
+        assert_eq!(
+            found.len(),
+            1,
+            "expected exactly one sample {name}{labels:?}, found {}:\n{}",
+            found.len(),
+            self.text
+        );
+        found[0].value
+    }
+
+    /// Like [`Exposition::value`] but `None` when absent.
+    fn value_opt(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let found = self.find(name, labels);
+        assert!(
+            found.len() <= 1,
+            "more than one sample {name}{labels:?}:\n{}",
+            self.text
+        );
+        found.first().map(|s| s.value)
+    }
+}
+
+fn unreadable(line: &str) -> ! {
+    panic!("unreadable sample line: {line:?}")
+}
+
+fn parse_sample(line: &str) -> Sample {
+    let bad = || unreadable(line);
+    let Some(name_end) = line.find(['{', ' ']) else {
+        bad()
+    };
+    let name = line[..name_end].to_string();
+    let mut labels = BTreeMap::new();
+    let mut rest = &line[name_end..];
+    if let Some(inner) = rest.strip_prefix('{') {
+        let mut chars = inner.char_indices().peekable();
+        let mut end = None;
+        let mut key = String::new();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '}' => {
+                    end = Some(i);
+                    break;
+                }
+                ',' | ' ' => {}
+                '=' => {
+                    let Some((_, '"')) = chars.next() else { bad() };
+                    let mut value = String::new();
+                    loop {
+                        match chars.next() {
+                            Some((_, '\\')) => match chars.next() {
+                                Some((_, 'n')) => value.push('\n'),
+                                Some((_, c)) => value.push(c),
+                                None => bad(),
+                            },
+                            Some((_, '"')) => break,
+                            Some((_, c)) => value.push(c),
+                            None => bad(),
+                        }
+                    }
+                    labels.insert(std::mem::take(&mut key), value);
+                }
+                c => key.push(c),
+            }
+        }
+        let Some(end) = end else { bad() };
+        rest = &inner[end + 1..];
+    }
+    let mut fields = rest.split_whitespace();
+    let Some(value) = fields.next() else { bad() };
+    let value = match value {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        "NaN" => f64::NAN,
+        v => v.parse().unwrap_or_else(|_| unreadable(line)),
+    };
+    Sample {
+        name,
+        labels,
+        value,
+    }
+}
+
+/// The families PRODUCT.md names, with their types. `mirrorsync_ratelimit_remaining` is
+/// left out: it only exists once an upstream sent a `ratelimit-remaining` header, which a
+/// plain registry never does.
+const CONTRACT: &[(&str, &str)] = &[
+    ("mirrorsync_run_last_success_timestamp_seconds", "gauge"),
+    ("mirrorsync_run_duration_seconds", "gauge"),
+    ("mirrorsync_run_tags", "gauge"),
+    ("mirrorsync_tag_in_sync", "gauge"),
+    ("mirrorsync_tag_last_synced_timestamp_seconds", "gauge"),
+    ("mirrorsync_tag_lag_seconds", "gauge"),
+    ("mirrorsync_blobs_total", "counter"),
+    ("mirrorsync_bytes_copied_total", "counter"),
+    ("mirrorsync_http_requests_total", "counter"),
+];
+
+/// Every family of [`CONTRACT`] is present with its type and a non-empty HELP.
+fn assert_contract_families(e: &Exposition) {
+    for (name, kind) in CONTRACT {
+        assert_eq!(
+            e.types.get(*name).map(String::as_str),
+            Some(*kind),
+            "TYPE of {name}:\n{}",
+            e.text
+        );
+        assert!(
+            e.helps.get(*name).is_some_and(|h| !h.trim().is_empty()),
+            "HELP of {name}:\n{}",
+            e.text
+        );
+        assert!(!e.find(name, &[]).is_empty(), "no sample of {name}:\n{}", e.text);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tools and processes.
+
+/// `promtool check metrics` with `text` on stdin: (exit code, stdout + stderr).
+fn promtool_check(text: &str) -> (Option<i32>, String) {
+    use std::io::Write as _;
+    let mut child = Command::new(PROMTOOL_BIN)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn promtool");
+    let mut stdin = child.stdin.take().expect("promtool stdin");
+    let body = text.to_string();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(body.as_bytes());
+    });
+    let out = child.wait_with_output().expect("promtool output");
+    writer.join().expect("promtool writer");
+    let mut report = String::from_utf8_lossy(&out.stdout).into_owned();
+    report.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.code(), report)
+}
+
+fn assert_promtool_clean(text: &str, what: &str) {
+    let (code, report) = promtool_check(text);
+    assert_eq!(
+        (code, report.trim()),
+        (Some(0), ""),
+        "promtool check metrics on {what}:\n{report}\n--- input ---\n{text}"
+    );
+}
+
+/// A plain HTTP client for 127.0.0.1 (no proxy from the environment).
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("http client")
+}
+
+/// GET `url`: (status, content type, body); `None` when nothing answered.
+async fn get(url: &str) -> Option<(u16, String, String)> {
+    let resp = http().get(url).send().await.ok()?;
+    let status = resp.status().as_u16();
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let body = resp.text().await.ok()?;
+    Some((status, ct, body))
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics with `what()` after `limit`.
+async fn poll<T, F, Fut>(limit: Duration, what: impl Fn() -> String, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {limit:?}: {}", what());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Spawns `program` with stdout and stderr to files in `dir`, killed if the test process dies.
+fn spawn_logged(program: &Path, args: &[String], dir: &Path) -> Child {
+    let out = std::fs::File::create(dir.join("stdout.log")).expect("stdout.log");
+    let err = std::fs::File::create(dir.join("stderr.log")).expect("stderr.log");
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl is async-signal-safe; it only sets this child's parent-death signal.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()))
+}
+
+/// A real Pushgateway on 127.0.0.1 (in-memory persistence in its own temp dir); killed on drop.
+struct Pushgateway {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Pushgateway {
+    async fn start() -> Pushgateway {
+        let mut last = String::new();
+        for _attempt in 0..5 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let port = free_port();
+            let args = vec![
+                format!("--web.listen-address=127.0.0.1:{port}"),
+                // Debian's default persistence file is shared by every instance: use our own.
+                format!("--persistence.file={}", dir.path().join("pg.data").display()),
+            ];
+            let child = spawn_logged(Path::new(PUSHGATEWAY_BIN), &args, dir.path());
+            let mut pg = Pushgateway { child, port, dir };
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = pg.child.try_wait() {
+                    break; // lost the port race
+                }
+                let log = pg.log();
+                if log.contains("Listening on")
+                    && log.contains(&format!("127.0.0.1:{port}"))
+                    && matches!(get(&pg.url("/-/ready")).await, Some((200, _, _)))
+                {
+                    return pg;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            last = pg.log();
+        }
+        panic!("the Pushgateway did not start; last log:\n{last}");
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Pushgateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `mirrorsync sync` daemon with `--metrics-addr` on a free port; SIGKILLed and
+/// reaped on drop, whatever the test did.
+struct Daemon {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+    started: Instant,
+}
+
+impl Daemon {
+    /// Starts `mirrorsync sync --config <config> --metrics-addr 127.0.0.1:<port> <extra...>`
+    /// and waits until it logs that it serves on that port and `/healthz` answers.
+    async fn start(config: &Path, extra: &[&str]) -> Daemon {
+        let mut last = String::new();
+        for _attempt in 0..5 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let port = free_port();
+            let mut args = vec![
+                "sync".to_string(),
+                "--config".to_string(),
+                config.display().to_string(),
+                "--metrics-addr".to_string(),
+                format!("127.0.0.1:{port}"),
+            ];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let started = Instant::now();
+            let child = spawn_logged(&bin_path(), &args, dir.path());
+            let mut d = Daemon {
+                child: Some(child),
+                port,
+                dir,
+                started,
+            };
+            let deadline = Instant::now() + Duration::from_secs(15);
+            let mut exited = false;
+            while Instant::now() < deadline {
+                if d.try_exit().is_some() {
+                    exited = true;
+                    break;
+                }
+                let log = d.stderr();
+                if log.contains("serving /metrics and /healthz")
+                    && log.contains(&format!("127.0.0.1:{port}"))
+                    && get(&d.url("/healthz")).await.is_some()
+                {
+                    return d;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            last = format!("stdout:\n{}\nstderr:\n{}", d.stdout(), d.stderr());
+            if !(exited && last.contains("cannot serve metrics")) {
+                break; // not a lost port race
+            }
+        }
+        panic!("the daemon did not come up:\n{last}");
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn pid(&self) -> libc::pid_t {
+        self.child.as_ref().expect("daemon running").id() as libc::pid_t
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: plain syscall on our own unreaped child.
+        let r = unsafe { libc::kill(self.pid(), sig) };
+        assert_eq!(r, 0, "kill: {}", std::io::Error::last_os_error());
+    }
+
+    /// The exit code once the process has exited (-1 when killed by a signal).
+    fn try_exit(&mut self) -> Option<i32> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        Some(status.code().unwrap_or(-1))
+    }
+
+    /// Waits up to `limit` for the process to exit; its exit code, or `None` if still running.
+    async fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(code) = self.try_exit() {
+                return Some(code);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
+    fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stdout.log")).unwrap_or_default()
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    fn logs(&self) -> String {
+        format!(
+            "--- daemon stdout ---\n{}\n--- daemon stderr ---\n{}",
+            self.stdout(),
+            self.stderr()
+        )
+    }
+
+    /// `/metrics`, parsed; `None` when it does not answer 200.
+    async fn metrics(&self) -> Option<Exposition> {
+        match get(&self.url("/metrics")).await {
+            Some((200, _, body)) => Some(Exposition::parse(&body)),
+            _ => None,
+        }
+    }
+
+    /// The `/healthz` status code (0 when nothing answered).
+    async fn healthz(&self) -> u16 {
+        get(&self.url("/healthz")).await.map_or(0, |(s, _, _)| s)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Worlds.
+
+/// Sum of the sizes of the distinct blobs of `images`, and how many there are.
+fn unique_blobs(images: &[&PushedImage]) -> (u64, usize) {
+    let mut seen = BTreeMap::new();
+    for img in images {
+        for b in &img.blobs {
+            seen.insert(b.digest.clone(), b.size);
+        }
+    }
+    (seen.values().sum(), seen.len())
+}
+
+/// Three tags: `team/app:1.0` and `team/app:2.0` sharing a base layer, and `ops/tool:1`.
+async fn seed_three(upstream: &Registry) -> Vec<PushedImage> {
+    let base = layer(300, 60_000);
+    let a = push_image(
+        upstream,
+        "team/app",
+        "1.0",
+        ImageSpec::new(Format::Oci, vec![base.clone(), layer(301, 12_000)]),
+    )
+    .await;
+    let b = push_image(
+        upstream,
+        "team/app",
+        "2.0",
+        ImageSpec::new(Format::Oci, vec![base, layer(302, 9_000)]),
+    )
+    .await;
+    let c = push_image(
+        upstream,
+        "ops/tool",
+        "1",
+        ImageSpec::new(Format::Docker, vec![layer(303, 7_000)]),
+    )
+    .await;
+    vec![a, b, c]
+}
+
+const THREE: [(&str, &str); 3] = [("team/app", "1.0"), ("team/app", "2.0"), ("ops/tool", "1")];
+
+/// A registry-to-registry config (no prefix) with an optional `schedule` and extra upstream
+/// settings (YAML lines indented for `registries.<upstream>`).
+fn config_yaml(
+    upstream: &Registry,
+    target: &Registry,
+    schedule: Option<&str>,
+    upstream_extra: &str,
+    images: &[String],
+) -> String {
+    let mut yaml = String::new();
+    if let Some(s) = schedule {
+        yaml.push_str(&format!("schedule: \"{s}\"\n"));
+    }
+    yaml.push_str(&format!(
+        "target:\n  registry: \"{}\"\n  insecure: true\nregistries:\n  \"{}\":\n    insecure: true\n{upstream_extra}images:\n",
+        target.host(),
+        upstream.host()
+    ));
+    for image in images {
+        yaml.push_str(&format!("  - {image}\n"));
+    }
+    yaml
+}
+
+fn write_file(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+/// Access-log entries by (method, status).
+fn by_method_status(log: &[Access]) -> BTreeMap<(String, String), f64> {
+    let mut m = BTreeMap::new();
+    for a in log {
+        *m.entry((a.method.clone(), a.status.to_string()))
+            .or_insert(0.0) += 1.0;
+    }
+    m
+}
+
+/// `mirrorsync_http_requests_total` of one `registry` label by (method, code).
+fn requests_metric(e: &Exposition, registry: &str) -> BTreeMap<(String, String), f64> {
+    let mut m = BTreeMap::new();
+    for s in e.find("mirrorsync_http_requests_total", &[("registry", registry)]) {
+        *m.entry((s.labels["method"].clone(), s.labels["code"].clone()))
+            .or_insert(0.0) += s.value;
+    }
+    m
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Pushgateway.
+
+/// Pushgateway `GET /api/v1/metrics` for one group, as an [`Exposition`] (types lower-cased).
+fn pushgateway_group(api: &Value, job: &str, instance: &str) -> Option<Exposition> {
+    let groups = api["data"].as_array()?;
+    let group = groups.iter().find(|g| {
+        g["labels"]["job"].as_str() == Some(job) && g["labels"]["instance"].as_str() == Some(instance)
+    })?;
+    let mut e = Exposition {
+        text: serde_json::to_string_pretty(group).unwrap_or_default(),
+        ..Exposition::default()
+    };
+    for (name, family) in group.as_object()? {
+        let Some(metrics) = family["metrics"].as_array() else {
+            continue;
+        };
+        e.types.insert(
+            name.clone(),
+            family["type"].as_str().unwrap_or_default().to_lowercase(),
+        );
+        e.helps.insert(
+            name.clone(),
+            family["help"].as_str().unwrap_or_default().to_string(),
+        );
+        for m in metrics {
+            let labels = m["labels"]
+                .as_object()
+                .map(|o| {
+                    o.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let value = m["value"]
+                .as_str()
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(f64::NAN);
+            e.samples.push(Sample {
+                name: name.clone(),
+                labels,
+                value,
+            });
+        }
+    }
+    Some(e)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn once_pushes_its_metrics_to_a_real_pushgateway() {
+    let pg = Pushgateway::start().await;
+    let upstream = Registry::start().await;
+    let target = Registry::start().await;
+    let images = seed_three(&upstream).await;
+    let refs: Vec<String> = THREE.iter().map(|(r, t)| upstream.image_ref(r, t)).collect();
+    let scenario = Scenario::registry_to_registry(&upstream, &target, "", &refs);
+
+    let up_mark = upstream.log_mark().await;
+    let target_mark = target.log_mark().await;
+    let before = now_unix();
+    let out = mirrorsync(&[
+        "sync",
+        "--once",
+        "--config",
+        &scenario.config_arg(),
+        "--pushgateway",
+        &pg.url(""),
+        "--instance",
+        "ci-node-1",
+    ])
+    .await;
+    out.assert_code(0);
+    let after = now_unix();
+    let up_log = upstream.access_log_since(up_mark).await;
+    let target_log = target.access_log_since(target_mark).await;
+
+    let (_, _, api) = get(&pg.url("/api/v1/metrics")).await.expect("Pushgateway API");
+    let api: Value = serde_json::from_str(&api).expect("Pushgateway API JSON");
+    let e = pushgateway_group(&api, "mirrorsync", "ci-node-1").unwrap_or_else(|| {
+        panic!(
+            "no group job=mirrorsync instance=ci-node-1 at the Pushgateway:\n{api:#}\n--- stderr ---\n{}",
+            out.stderr
+        )
+    });
+    let group = api["data"]
+        .as_array()
+        .and_then(|g| g.iter().find(|g| g["labels"]["instance"] == "ci-node-1"))
+        .expect("group");
+    assert_eq!(group["last_push_successful"], Value::Bool(true), "{group:#}");
+    assert_contract_families(&e);
+    // Every sample carries the grouping labels.
+    for s in &e.samples {
+        assert_eq!(s.labels.get("job").map(String::as_str), Some("mirrorsync"));
+        assert_eq!(s.labels.get("instance").map(String::as_str), Some("ci-node-1"));
+    }
+
+    // The run: 3 tags synced, none otherwise.
+    let tags = "mirrorsync_run_tags";
+    assert_eq!(e.value(tags, &[("result", "synced")]), 3.0, "{}", e.text);
+    for result in ["unchanged", "failed", "deferred"] {
+        assert_eq!(e.value(tags, &[("result", result)]), 0.0, "{result}: {}", e.text);
+    }
+    let last_success = e.value("mirrorsync_run_last_success_timestamp_seconds", &[]);
+    assert!(
+        last_success >= before as f64 && last_success <= after as f64 + 1.0,
+        "last success {last_success} not within the run [{before}, {after}]"
+    );
+    let duration = e.value("mirrorsync_run_duration_seconds", &[]);
+    assert!(
+        duration > 0.0 && duration <= (after - before + 1) as f64,
+        "run duration {duration}"
+    );
+
+    // Blobs: each distinct blob copied once, and the bytes are exactly theirs.
+    let all: Vec<&PushedImage> = images.iter().collect();
+    let (unique_bytes, unique_count) = unique_blobs(&all);
+    assert_eq!(
+        e.value("mirrorsync_blobs_total", &[("action", "copied")]),
+        unique_count as f64,
+        "{}",
+        e.text
+    );
+    assert_eq!(
+        e.value("mirrorsync_bytes_copied_total", &[("registry", &upstream.host())]),
+        unique_bytes as f64,
+        "{}",
+        e.text
+    );
+    // ...which is also what the upstream served.
+    let served: BTreeSet<String> = up_log
+        .iter()
+        .filter(|a| a.method == "GET" && a.kind() == Some("blobs") && a.status == 200)
+        .filter_map(|a| a.reference())
+        .collect();
+    assert_eq!(served.len(), unique_count, "{}", up_log.dump());
+
+    // Every request, per registry, method and code, as both registries logged them.
+    let up_metric = requests_metric(&e, &upstream.host());
+    assert!(!up_metric.is_empty(), "no request counted for the upstream:\n{}", e.text);
+    assert_eq!(
+        up_metric,
+        by_method_status(&up_log),
+        "upstream requests: metric vs access log\n{}",
+        up_log.dump()
+    );
+    let mut target_metric = requests_metric(&e, &target.host());
+    if target_metric.is_empty() {
+        target_metric = requests_metric(&e, "target");
+    }
+    assert!(!target_metric.is_empty(), "no request counted for the target:\n{}", e.text);
+    assert_eq!(
+        target_metric,
+        by_method_status(&target_log),
+        "target requests: metric vs access log\n{}",
+        target_log.dump()
+    );
+
+    // Per tag: in sync, no lag, seen in sync during this run.
+    for (repo, tag) in THREE {
+        let labels = [
+            ("source", upstream.image_ref(repo, tag)),
+            ("target", format!("{repo}:{tag}")),
+        ];
+        let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        assert_eq!(e.value("mirrorsync_tag_in_sync", &labels), 1.0, "{}", e.text);
+        assert_eq!(e.value("mirrorsync_tag_lag_seconds", &labels), 0.0, "{}", e.text);
+        let synced = e.value("mirrorsync_tag_last_synced_timestamp_seconds", &labels);
+        assert!(
+            synced >= before as f64 && synced <= after as f64 + 1.0,
+            "{repo}:{tag} last synced {synced} not within [{before}, {after}]"
+        );
+        assert!(synced > now_unix() as f64 - 60.0);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. promtool on the textfile and on /metrics.
+
+#[tokio::test(flavor = "multi_thread")]
+async fn textfile_and_metrics_endpoint_pass_promtool() {
+    let upstream = Registry::start().await;
+    let target = Registry::start().await;
+    seed_three(&upstream).await;
+    let refs: Vec<String> = THREE.iter().map(|(r, t)| upstream.image_ref(r, t)).collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("sync.yaml");
+    write_file(
+        &config,
+        &config_yaml(&upstream, &target, Some("0 0 1 1 *"), "", &refs),
+    );
+    let textfile_dir = dir.path().join("textfile");
+    std::fs::create_dir(&textfile_dir).expect("mkdir");
+    let textfile = textfile_dir.join("mirrorsync.prom");
+
+    let out = mirrorsync(&[
+        "sync",
+        "--once",
+        "--config",
+        &config.display().to_string(),
+        "--metrics-file",
+        &textfile.display().to_string(),
+    ])
+    .await;
+    out.assert_code(0);
+    let text = std::fs::read_to_string(&textfile).expect("the textfile was written");
+    // Written atomically: nothing else is left in the collector's directory.
+    let entries: Vec<String> = std::fs::read_dir(&textfile_dir)
+        .expect("read_dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(entries, vec!["mirrorsync.prom".to_string()]);
+    assert_promtool_clean(&text, "the --metrics-file textfile");
+    let e = Exposition::parse(&text);
+    assert_contract_families(&e);
+    assert_eq!(e.value("mirrorsync_run_tags", &[("result", "synced")]), 3.0);
+
+    // The daemon's /metrics, after a pass started by --run-now (a schedule that is far away).
+    let daemon = Daemon::start(&config, &["--run-now"]).await;
+    let e = poll(
+        Duration::from_secs(20),
+        || format!("no run on /metrics\n{}", daemon.logs()),
+        || async {
+            daemon
+                .metrics()
+                .await
+                .filter(|e| !e.find("mirrorsync_run_duration_seconds", &[]).is_empty())
+        },
+    )
+    .await;
+    let (status, content_type, body) = get(&daemon.url("/metrics")).await.expect("/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        content_type.starts_with("text/plain") && content_type.contains("version=0.0.4"),
+        "Content-Type {content_type}"
+    );
+    assert_promtool_clean(&body, "the daemon's /metrics");
+    // The daemon's pass found everything already there (state from the --once run).
+    assert_eq!(
+        e.value("mirrorsync_run_tags", &[("result", "unchanged")]),
+        3.0,
+        "{}",
+        e.text
+    );
+    assert_contract_families(&Exposition::parse(&body));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Lag across stateless runs.
+
+/// Parsed `--metrics-file` of one `--once` run, with its exit code.
+async fn once_with_textfile(config: &Path, textfile: &Path) -> (Output, Exposition) {
+    let _ = std::fs::remove_file(textfile);
+    let out = mirrorsync(&[
+        "sync",
+        "--once",
+        "--config",
+        &config.display().to_string(),
+        "--metrics-file",
+        &textfile.display().to_string(),
+    ])
+    .await;
+    let text = std::fs::read_to_string(textfile).unwrap_or_else(|e| {
+        panic!(
+            "no textfile ({e})\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            out.stdout, out.stderr
+        )
+    });
+    (out, Exposition::parse(&text))
+}
+
+/// One tag's (in_sync, last_synced, lag) from an exposition.
+fn tag_series(e: &Exposition, source: &str, target: &str) -> (f64, Option<f64>, f64) {
+    let labels = [("source", source), ("target", target)];
+    (
+        e.value("mirrorsync_tag_in_sync", &labels),
+        e.value_opt("mirrorsync_tag_last_synced_timestamp_seconds", &labels),
+        e.value("mirrorsync_tag_lag_seconds", &labels),
+    )
+}
+
+/// `DELETE /v2/<repo>/blobs/<digest>` (the registries run with deletes enabled).
+async fn delete_blob(reg: &Registry, repo: &str, digest: &str) {
+    let path = format!("/v2/{repo}/blobs/{digest}");
+    let resp = reg
+        .client()
+        .send(Method::DELETE, &path, &[], None)
+        .await
+        .unwrap_or_else(|e| panic!("DELETE {path}: {e:#}"));
+    assert_eq!(resp.status().as_u16(), 202, "DELETE {path}");
+    assert_eq!(blob_sha256(reg, repo, digest).await, None, "{path} still served");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lag_grows_across_failing_stateless_runs_and_resets_after_a_good_one() {
+    let upstream = Registry::start().await;
+    let target = Registry::start().await;
+    push_image(
+        &upstream,
+        "team/app",
+        "stable",
+        ImageSpec::new(Format::Oci, vec![layer(400, 20_000)]),
+    )
+    .await;
+    let old_edge = push_image(
+        &upstream,
+        "team/app",
+        "edge",
+        ImageSpec::new(Format::Oci, vec![layer(401, 20_000)]),
+    )
+    .await;
+    let (stable_src, edge_src) = (
+        upstream.image_ref("team/app", "stable"),
+        upstream.image_ref("team/app", "edge"),
+    );
+    let scenario = Scenario::registry_to_registry(
+        &upstream,
+        &target,
+        "",
+        &[stable_src.clone(), edge_src.clone()],
+    );
+    let textfile = scenario.dir.path().join("mirrorsync.prom");
+
+    // Run 1: both in sync.
+    let (out, e1) = once_with_textfile(&scenario.config, &textfile).await;
+    out.assert_code(0);
+    let (in_sync, edge_synced_1, lag) = tag_series(&e1, &edge_src, "team/app:edge");
+    assert_eq!((in_sync, lag), (1.0, 0.0), "{}", e1.text);
+    let edge_synced_1 = edge_synced_1.expect("edge last synced after run 1");
+    let last_success_1 = e1.value("mirrorsync_run_last_success_timestamp_seconds", &[]);
+
+    // Upstream moves edge to an image whose new layer it cannot serve: every sync of it fails.
+    let missing = layer(402, 30_000);
+    let new_edge = push_image(
+        &upstream,
+        "team/app",
+        "edge",
+        ImageSpec::new(Format::Oci, vec![layer(401, 20_000), missing.clone()]),
+    )
+    .await;
+    delete_blob(&upstream, "team/app", &sha256_digest(&missing)).await;
+
+    // Runs 2-4: edge failing, its lag growing, last synced frozen at run 1.
+    let mut lags = Vec::new();
+    let mut stable_synced = edge_synced_1;
+    for run in 2..=4 {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let (out, e) = once_with_textfile(&scenario.config, &textfile).await;
+        assert_eq!(
+            out.code,
+            Some(1),
+            "run {run}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            out.stdout,
+            out.stderr
+        );
+        let (in_sync, synced, lag) = tag_series(&e, &edge_src, "team/app:edge");
+        assert_eq!(in_sync, 0.0, "run {run}: edge in sync?\n{}", e.text);
+        assert_eq!(
+            synced,
+            Some(edge_synced_1),
+            "run {run}: edge last synced must stay at run 1's time\n{}",
+            e.text
+        );
+        lags.push(lag);
+        let (in_sync, synced, lag) = tag_series(&e, &stable_src, "team/app:stable");
+        assert_eq!((in_sync, lag), (1.0, 0.0), "run {run}: stable\n{}", e.text);
+        let synced = synced.expect("stable last synced");
+        assert!(synced > stable_synced, "run {run}: stable last synced must advance");
+        stable_synced = synced;
+        assert_eq!(e.value("mirrorsync_run_tags", &[("result", "failed")]), 1.0);
+        assert_eq!(e.value("mirrorsync_run_tags", &[("result", "unchanged")]), 1.0);
+        // The last successful run is still run 1, though this process never saw it.
+        assert_eq!(
+            e.value_opt("mirrorsync_run_last_success_timestamp_seconds", &[]),
+            Some(last_success_1),
+            "run {run}\n{}",
+            e.text
+        );
+        // The target's tag never points at content it does not fully hold.
+        assert_eq!(
+            head_manifest(&target, "team/app", "edge").await,
+            Some(old_edge.digest.clone())
+        );
+    }
+    assert!(
+        lags[0] < lags[1] && lags[1] < lags[2],
+        "edge lag must grow strictly across failing runs: {lags:?}"
+    );
+    assert!(
+        lags[2] - lags[0] >= 2.0,
+        "two runs >= 1.1 s apart add >= 2 s of lag: {lags:?}"
+    );
+
+    // The upstream can serve the layer again: run 5 syncs edge, lag back to 0.
+    push_blob(&upstream, "team/app", &missing).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (out, e) = once_with_textfile(&scenario.config, &textfile).await;
+    out.assert_code(0);
+    let (in_sync, synced, lag) = tag_series(&e, &edge_src, "team/app:edge");
+    assert_eq!((in_sync, lag), (1.0, 0.0), "{}", e.text);
+    assert!(synced.expect("edge last synced") > edge_synced_1);
+    assert!(e.value("mirrorsync_run_last_success_timestamp_seconds", &[]) > last_success_1);
+    assert_eq!(
+        head_manifest(&target, "team/app", "edge").await,
+        Some(new_edge.digest.clone())
+    );
+
+    // Run 6 changes nothing: at the target it writes mirrorsync's own state and nothing else.
+    let mark = target.log_mark().await;
+    let (out, e) = once_with_textfile(&scenario.config, &textfile).await;
+    out.assert_code(0);
+    let log = target.access_log_since(mark).await;
+    assert_eq!(log.mirrored_writes(), 0, "{}", log.dump());
+    assert_eq!(e.value("mirrorsync_run_tags", &[("result", "unchanged")]), 2.0);
+    assert!(head_manifest(&target, "mirrorsync/state", "latest").await.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lag_survives_stateless_runs_into_an_oci_layout() {
+    let upstream = Registry::start().await;
+    push_image(
+        &upstream,
+        "team/lib",
+        "1",
+        ImageSpec::new(Format::Oci, vec![layer(410, 10_000)]),
+    )
+    .await;
+    let source = upstream.image_ref("team/lib", "1");
+    let layout = tempfile::tempdir().expect("tempdir");
+    let scenario = Scenario::registry_to_layout(&upstream, layout.path(), &[source.clone()]);
+    let textfile = scenario.dir.path().join("mirrorsync.prom");
+
+    let (out, e) = once_with_textfile(&scenario.config, &textfile).await;
+    out.assert_code(0);
+    let (_, synced_1, _) = tag_series(&e, &source, "team/lib:1");
+    assert!(
+        layout.path().join(".mirrorsync-state-latest.json").is_file(),
+        "state file in the layout"
+    );
+
+    let missing = layer(411, 10_000);
+    push_image(
+        &upstream,
+        "team/lib",
+        "1",
+        ImageSpec::new(Format::Oci, vec![missing.clone()]),
+    )
+    .await;
+    delete_blob(&upstream, "team/lib", &sha256_digest(&missing)).await;
+    let mut lags = Vec::new();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let (out, e) = once_with_textfile(&scenario.config, &textfile).await;
+        assert_eq!(out.code, Some(1), "{}", out.stderr);
+        let (in_sync, synced, lag) = tag_series(&e, &source, "team/lib:1");
+        assert_eq!((in_sync, synced), (0.0, synced_1), "{}", e.text);
+        lags.push(lag);
+    }
+    assert!(
+        lags[0] < lags[1] && lags[1] < lags[2],
+        "lag must grow across failing runs: {lags:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. The daemon: per-second passes, skipped overlapping passes, SIGHUP reload, SIGTERM.
+
+/// Non-harness requests for `tag` of `team/svc` at the upstream: HEADs of its manifest.
+fn heads_of(log: &[Access], tag: &str) -> usize {
+    log.iter()
+        .filter(|a| {
+            !a.is_harness()
+                && a.method == "HEAD"
+                && a.kind() == Some("manifests")
+                && a.repo().as_deref() == Some("team/svc")
+                && a.reference().as_deref() == Some(tag)
+        })
+        .count()
+}
+
+/// The daemon's state loads (`G`: GET of the state manifest) and saves (`P`: its PUT) at the
+/// target, in log order: one pass is one `G` then one `P`.
+fn state_sequence(log: &[Access]) -> String {
+    log.iter()
+        .filter(|a| {
+            !a.is_harness()
+                && a.kind() == Some("manifests")
+                && a.repo().as_deref() == Some("mirrorsync/state")
+        })
+        .filter_map(|a| match a.method.as_str() {
+            "GET" => Some('G'),
+            "PUT" => Some('P'),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn daemon_runs_passes_skips_overlaps_reloads_on_sighup_and_stops_on_sigterm() {
+    let upstream = Registry::start().await;
+    let target = Registry::start().await;
+    for i in 0..6u64 {
+        push_image(
+            &upstream,
+            "team/svc",
+            format!("t{i}").as_str(),
+            ImageSpec::new(Format::Oci, vec![layer(500 + i, 4_000)]),
+        )
+        .await;
+    }
+    let refs = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|i| upstream.image_ref("team/svc", &format!("t{i}")))
+            .collect()
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("sync.yaml");
+    let every_second = Some("*/1 * * * * *");
+    write_file(
+        &config,
+        &config_yaml(&upstream, &target, every_second, "", &refs(2)),
+    );
+
+    let mut daemon = Daemon::start(&config, &["--run-now", "--grace-period", "2s"]).await;
+
+    // Several passes: /metrics has a run, and the upstream saw >= 3 HEADs of each tag.
+    poll(
+        Duration::from_secs(20),
+        || format!("3 passes\n{}", daemon.logs()),
+        || async {
+            let e = daemon.metrics().await?;
+            e.find("mirrorsync_run_duration_seconds", &[]).first()?;
+            (heads_of(&upstream.access_log_now(), "t0") >= 3).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(daemon.healthz().await, 200, "healthy while passes run");
+    for tag in ["t0", "t1"] {
+        assert!(head_manifest(&target, "team/svc", tag).await.is_some(), "{tag}");
+    }
+
+    // (b) SIGHUP with a valid config that adds t2: t2 reaches the target.
+    write_file(
+        &config,
+        &config_yaml(&upstream, &target, every_second, "", &refs(3)),
+    );
+    daemon.signal(libc::SIGHUP);
+    poll(
+        Duration::from_secs(15),
+        || format!("t2 at the target after SIGHUP\n{}", daemon.logs()),
+        || async { head_manifest(&target, "team/svc", "t2").await },
+    )
+    .await;
+
+    // SIGHUP with an invalid config: an error line, and passes go on with the old config.
+    write_file(
+        &config,
+        &format!(
+            "no_such_key: 1\n{}",
+            config_yaml(&upstream, &target, every_second, "", &refs(1))
+        ),
+    );
+    daemon.signal(libc::SIGHUP);
+    poll(
+        Duration::from_secs(10),
+        || format!("an error about the invalid config\n{}", daemon.logs()),
+        || async {
+            let err = daemon.stderr();
+            err.lines()
+                .any(|l| l.contains("ERROR") && l.contains("keeping the previous"))
+                .then_some(())
+        },
+    )
+    .await;
+    let t2_heads = heads_of(&upstream.access_log().await, "t2");
+    poll(
+        Duration::from_secs(10),
+        || format!("passes with the old config (t2) go on\n{}", daemon.logs()),
+        || async { (heads_of(&upstream.access_log_now(), "t2") >= t2_heads + 2).then_some(()) },
+    )
+    .await;
+    assert_eq!(daemon.try_exit(), None, "still running\n{}", daemon.logs());
+
+    // (a) Passes that take longer than the schedule's second (2 requests/s upstream, 6 tags):
+    // due passes are skipped and counted, never run alongside.
+    write_file(
+        &config,
+        &config_yaml(
+            &upstream,
+            &target,
+            every_second,
+            "    requests_per_second: 2\n    burst: 1\n",
+            &refs(6),
+        ),
+    );
+    daemon.signal(libc::SIGHUP);
+    let skipped = poll(
+        Duration::from_secs(25),
+        || format!("skipped passes counted\n{}", daemon.logs()),
+        || async {
+            let e = daemon.metrics().await?;
+            let v = e.value("mirrorsync_schedule_skipped_passes_total", &[]);
+            (v > 0.0).then_some(v)
+        },
+    )
+    .await;
+    let e = daemon.metrics().await.expect("/metrics");
+    assert_eq!(
+        e.types
+            .get("mirrorsync_schedule_skipped_passes_total")
+            .map(String::as_str),
+        Some("counter")
+    );
+    assert!(
+        skipped <= daemon.started.elapsed().as_secs_f64() + 1.0,
+        "at most one due pass per second: {skipped}"
+    );
+    for i in 3..6 {
+        assert!(
+            head_manifest(&target, "team/svc", &format!("t{i}"))
+                .await
+                .is_some(),
+            "t{i} synced by the slow pass\n{}",
+            daemon.logs()
+        );
+    }
+
+    // (c) SIGTERM: exits promptly with 0 (between passes) or 3 (work left in a pass).
+    let stop = Instant::now();
+    daemon.signal(libc::SIGTERM);
+    let code = daemon.wait_exit(Duration::from_secs(10)).await;
+    assert!(
+        matches!(code, Some(0) | Some(3)),
+        "exit after SIGTERM: {code:?} after {:?}\n{}",
+        stop.elapsed(),
+        daemon.logs()
+    );
+    assert!(stop.elapsed() < Duration::from_secs(8), "{:?}", stop.elapsed());
+
+    // Passes never overlapped: at the target, each pass loads the state then saves it, and the
+    // loads and saves alternate strictly over the daemon's whole life.
+    let target_log = target.access_log().await;
+    let seq = state_sequence(&target_log);
+    let passes = seq.matches('P').count();
+    assert!(passes >= 6, "passes: {seq}");
+    let alternating: String = "GP".repeat(seq.len() / 2) + if seq.len() % 2 == 1 { "G" } else { "" };
+    assert_eq!(seq, alternating, "state loads (G) and saves (P) must alternate: passes overlapped");
+    // One summary line on stdout per completed pass.
+    let stdout = daemon.stdout();
+    let summaries = stdout
+        .lines()
+        .filter(|l| l.contains(" synced, ") && l.contains(" unchanged, "))
+        .count();
+    assert!(
+        summaries == passes || summaries == passes + 1,
+        "{summaries} summaries for {passes} passes\n{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn daemon_stopped_between_passes_exits_0_even_after_a_failed_pass() {
+    let upstream = Registry::start().await;
+    let target = Registry::start().await;
+    push_image(
+        &upstream,
+        "team/ok",
+        "1",
+        ImageSpec::new(Format::Oci, vec![layer(600, 3_000)]),
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("sync.yaml");
+    write_file(
+        &config,
+        &config_yaml(
+            &upstream,
+            &target,
+            Some("0 0 1 1 *"),
+            "",
+            &[
+                upstream.image_ref("team/ok", "1"),
+                upstream.image_ref("team/absent", "1"),
+            ],
+        ),
+    );
+    let mut daemon = Daemon::start(&config, &[]).await;
+    // No --run-now and a yearly schedule: no pass yet, and healthy (well within 2 intervals).
+    let (status, _, body) = get(&daemon.url("/healthz")).await.expect("/healthz");
+    assert_eq!(status, 200, "{body}");
+    daemon.signal(libc::SIGTERM);
+    let code = daemon.wait_exit(Duration::from_secs(5)).await;
+    assert_eq!(code, Some(0), "no pass ran\n{}", daemon.logs());
+    drop(daemon);
+
+    let mut daemon = Daemon::start(&config, &["--run-now"]).await;
+    poll(
+        Duration::from_secs(15),
+        || format!("the pass ends\n{}", daemon.logs()),
+        || async { daemon.stdout().contains("1 failed").then_some(()) },
+    )
+    .await;
+    // Between passes now (the next one is next January).
+    daemon.signal(libc::SIGTERM);
+    let code = daemon.wait_exit(Duration::from_secs(5)).await;
+    assert_eq!(
+        code,
+        Some(0),
+        "SIGTERM between passes exits 0 (nothing was stopped), whatever the last pass did\n{}",
+        daemon.logs()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. JSON logs.
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_are_one_event_per_line_with_one_event_per_synced_tag() {
+    let upstream = Registry::start().await;
+    let target = Registry::start().await;
+    let images = seed_three(&upstream).await;
+    let refs: Vec<String> = THREE.iter().map(|(r, t)| upstream.image_ref(r, t)).collect();
+    let scenario = Scenario::registry_to_registry(&upstream, &target, "", &refs);
+
+    let out = mirrorsync(&[
+        "--log-format",
+        "json",
+        "sync",
+        "--once",
+        "--config",
+        &scenario.config_arg(),
+    ])
+    .await;
+    out.assert_code(0);
+    let events = json_lines(&out.stderr);
+    assert!(!events.is_empty(), "no log line at all");
+
+    let tag_events: Vec<&Value> = events
+        .iter()
+        .filter(|e| e.get("source").is_some() && e.get("result").is_some())
+        .collect();
+    assert_eq!(tag_events.len(), 3, "one event per synced tag:\n{}", out.stderr);
+    let mut bytes = 0;
+    for ((repo, tag), image) in THREE.iter().zip(&images) {
+        let source = upstream.image_ref(repo, tag);
+        let matching: Vec<&&Value> = tag_events
+            .iter()
+            .filter(|e| e["source"].as_str() == Some(source.as_str()))
+            .collect();
+        assert_eq!(matching.len(), 1, "{source}:\n{}", out.stderr);
+        let e = matching[0];
+        assert_eq!(e["target"].as_str(), Some(format!("{repo}:{tag}").as_str()), "{e}");
+        assert_eq!(e["digest"].as_str(), Some(image.digest.as_str()), "{e}");
+        let result = e["result"].as_str().unwrap_or_default();
+        assert!(matches!(result, "new" | "synced"), "result {result:?}: {e}");
+        bytes += e["bytes_copied"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("bytes_copied: {e}"));
+        assert!(e["duration_ms"].as_u64().is_some(), "duration_ms: {e}");
+    }
+    let all: Vec<&PushedImage> = images.iter().collect();
+    assert_eq!(bytes, unique_blobs(&all).0, "bytes over the tag events");
+    // The summary is on stdout, not mixed into the JSON stream.
+    assert!(
+        out.stdout.contains("3 tags: 3 synced"),
+        "summary on stdout:\n{}",
+        out.stdout
+    );
+
+    // A no-op run logs JSON too (and no tag event above debug level is required).
+    let out = mirrorsync(&[
+        "--log-format",
+        "json",
+        "sync",
+        "--once",
+        "--config",
+        &scenario.config_arg(),
+    ])
+    .await;
+    out.assert_code(0);
+    json_lines(&out.stderr);
+}
+
+/// Every line of `stderr` parsed as a JSON object (panics on the first that is not).
+fn json_lines(stderr: &str) -> Vec<Value> {
+    stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: Value = serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {l:?}\n--- stderr ---\n{stderr}"));
+            assert!(v.is_object(), "not a JSON object: {l}");
+            v
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. /healthz.
+
+#[tokio::test(flavor = "multi_thread")]
+async fn healthz_fails_when_passes_stop_completing() {
+    // An upstream that accepts connections and never answers: a pass cannot complete.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let silent_host = silent.local_addr().expect("addr").to_string();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let target = Registry::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("sync.yaml");
+    write_file(
+        &config,
+        &format!(
+            "schedule: \"*/1 * * * * *\"\ntarget:\n  registry: \"{}\"\n  insecure: true\nregistries:\n  \"{silent_host}\":\n    insecure: true\nimages:\n  - {silent_host}/team/app:1\n",
+            target.host()
+        ),
+    );
+    let daemon = Daemon::start(&config, &[]).await;
+    assert_eq!(daemon.healthz().await, 200, "healthy at start\n{}", daemon.logs());
+    let (status, body) = poll(
+        Duration::from_secs(10),
+        || format!("/healthz never failed\n{}", daemon.logs()),
+        || async {
+            match get(&daemon.url("/healthz")).await {
+                Some((s, _, body)) if s != 200 => Some((s, body)),
+                _ => None,
+            }
+        },
+    )
+    .await;
+    let age = daemon.started.elapsed();
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        age >= Duration::from_secs(2),
+        "unhealthy only after twice the 1 s interval, not after {age:?}"
+    );
+    assert!(!body.trim().is_empty(), "503 says why");
+    holder.abort();
+}

@@ -457,16 +457,12 @@ impl Proxy {
     /// Adds a rule after the existing ones.
     pub fn add(&self, rule: Rule) -> RuleId {
         let id = self.shared.next_rule.fetch_add(1, Ordering::Relaxed);
-        self.shared
-            .rules
-            .lock()
-            .expect("rules")
-            .push(LiveRule {
-                id,
-                rule,
-                seen: 0,
-                applied: 0,
-            });
+        self.shared.rules.lock().expect("rules").push(LiveRule {
+            id,
+            rule,
+            seen: 0,
+            applied: 0,
+        });
         RuleId(id)
     }
 
@@ -570,39 +566,40 @@ async fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.clone())
     };
-    let close = get("connection").is_some_and(|c| c.eq_ignore_ascii_case("close"))
-        || version == "HTTP/1.0";
-    let body = if get("transfer-encoding").is_some_and(|t| t.to_ascii_lowercase().contains("chunked"))
-    {
-        let mut body = Vec::new();
-        loop {
-            let mut size_line = String::new();
-            reader.read_line(&mut size_line).await.ok()?;
-            let size = usize::from_str_radix(size_line.trim().split(';').next()?.trim(), 16).ok()?;
-            if size == 0 {
-                // Trailers, then the empty line.
-                loop {
-                    let mut t = String::new();
-                    if reader.read_line(&mut t).await.ok()? == 0 || t.trim().is_empty() {
-                        break;
+    let close =
+        get("connection").is_some_and(|c| c.eq_ignore_ascii_case("close")) || version == "HTTP/1.0";
+    let body =
+        if get("transfer-encoding").is_some_and(|t| t.to_ascii_lowercase().contains("chunked")) {
+            let mut body = Vec::new();
+            loop {
+                let mut size_line = String::new();
+                reader.read_line(&mut size_line).await.ok()?;
+                let size =
+                    usize::from_str_radix(size_line.trim().split(';').next()?.trim(), 16).ok()?;
+                if size == 0 {
+                    // Trailers, then the empty line.
+                    loop {
+                        let mut t = String::new();
+                        if reader.read_line(&mut t).await.ok()? == 0 || t.trim().is_empty() {
+                            break;
+                        }
                     }
+                    break;
                 }
-                break;
+                let start = body.len();
+                body.resize(start + size, 0);
+                reader.read_exact(&mut body[start..]).await.ok()?;
+                let mut crlf = [0u8; 2];
+                reader.read_exact(&mut crlf).await.ok()?;
             }
-            let start = body.len();
-            body.resize(start + size, 0);
-            reader.read_exact(&mut body[start..]).await.ok()?;
-            let mut crlf = [0u8; 2];
-            reader.read_exact(&mut crlf).await.ok()?;
-        }
-        Bytes::from(body)
-    } else if let Some(n) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
-        let mut body = vec![0u8; n];
-        reader.read_exact(&mut body).await.ok()?;
-        Bytes::from(body)
-    } else {
-        Bytes::new()
-    };
+            Bytes::from(body)
+        } else if let Some(n) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
+            let mut body = vec![0u8; n];
+            reader.read_exact(&mut body).await.ok()?;
+            Bytes::from(body)
+        } else {
+            Bytes::new()
+        };
     Some(Request {
         method,
         target,
@@ -706,7 +703,9 @@ async fn handle(shared: &Arc<Shared>, conn: &mut BufReader<TcpStream>, req: Requ
     {
         let mut all = headers.clone();
         all.extend(quota_headers);
-        let ok = write_head(conn, *status, &all, body.len() as u64).await.is_ok()
+        let ok = write_head(conn, *status, &all, body.len() as u64)
+            .await
+            .is_ok()
             && (head_only || conn.get_mut().write_all(body).await.is_ok());
         let _ = conn.get_mut().flush().await;
         record(
@@ -731,14 +730,18 @@ async fn handle(shared: &Arc<Shared>, conn: &mut BufReader<TcpStream>, req: Requ
     }
 
     let method = reqwest::Method::from_bytes(req.method.as_bytes()).unwrap_or(reqwest::Method::GET);
-    let mut rb = shared
-        .http
-        .request(method, format!("{base}{}", req.target));
+    let mut rb = shared.http.request(method, format!("{base}{}", req.target));
     for (k, v) in &req.headers {
         if matches!(
             k.as_str(),
-            "host" | "connection" | "keep-alive" | "transfer-encoding" | "content-length" | "te"
-                | "upgrade" | "proxy-connection"
+            "host"
+                | "connection"
+                | "keep-alive"
+                | "transfer-encoding"
+                | "content-length"
+                | "te"
+                | "upgrade"
+                | "proxy-connection"
         ) {
             continue;
         }
@@ -796,10 +799,17 @@ async fn handle(shared: &Arc<Shared>, conn: &mut BufReader<TcpStream>, req: Requ
 
     if let Action::ReplaceBody { body, headers: set } = &action {
         set_headers(&mut headers, set);
-        let ok = write_head(conn, status, &headers, body.len() as u64).await.is_ok()
+        let ok = write_head(conn, status, &headers, body.len() as u64)
+            .await
+            .is_ok()
             && (head_only || conn.get_mut().write_all(body).await.is_ok());
         let _ = conn.get_mut().flush().await;
-        record(shared, index, status, if head_only { 0 } else { body.len() as u64 });
+        record(
+            shared,
+            index,
+            status,
+            if head_only { 0 } else { body.len() as u64 },
+        );
         return if ok { Ended::KeepAlive } else { Ended::Close };
     }
 
@@ -812,20 +822,22 @@ async fn handle(shared: &Arc<Shared>, conn: &mut BufReader<TcpStream>, req: Requ
     }
 
     // A body of unknown length is read whole first (error documents); blobs have a length.
-    let (length, mut body): (u64, futures_util::stream::BoxStream<'static, Result<Bytes, reqwest::Error>>) =
-        match declared {
-            Some(n) => (n, resp.bytes_stream().boxed()),
-            None => match resp.bytes().await {
-                Ok(b) => (
-                    b.len() as u64,
-                    futures_util::stream::once(async move { Ok(b) }).boxed(),
-                ),
-                Err(_) => {
-                    record(shared, index, 0, 0);
-                    return Ended::Close;
-                }
-            },
-        };
+    let (length, mut body): (
+        u64,
+        futures_util::stream::BoxStream<'static, Result<Bytes, reqwest::Error>>,
+    ) = match declared {
+        Some(n) => (n, resp.bytes_stream().boxed()),
+        None => match resp.bytes().await {
+            Ok(b) => (
+                b.len() as u64,
+                futures_util::stream::once(async move { Ok(b) }).boxed(),
+            ),
+            Err(_) => {
+                record(shared, index, 0, 0);
+                return Ended::Close;
+            }
+        },
+    };
     if write_head(conn, status, &headers, length).await.is_err() {
         record(shared, index, status, 0);
         return Ended::Close;

@@ -1,0 +1,300 @@
+//! Choosing what to mirror: tag filters over a real tag list, immutable tags, platform modes,
+//! signatures and referrers, backup tags.
+
+mod common;
+
+use common::*;
+
+/// A repository with semver, pre-release and non-semver tags, each a distinct small image.
+async fn seed_tags(upstream: &Registry, repo: &str, tags: &[&str]) {
+    let base = push_blob(upstream, repo, &layer(1, 2_000)).await;
+    let _ = base;
+    for (i, tag) in tags.iter().enumerate() {
+        push_image(
+            upstream,
+            repo,
+            *tag,
+            ImageSpec::new(Format::Oci, vec![layer(1, 2_000)])
+                .label("tag", tag)
+                .label("n", &i.to_string()),
+        )
+        .await;
+    }
+}
+
+fn entry(upstream: &Registry, repo: &str, rest: &str) -> String {
+    format!("{{ source: \"{}/{repo}\", {rest} }}", upstream.host())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn filters_choose_tags_from_one_tag_list_per_repository() {
+    let upstream = Registry::start().await;
+    let target = Registry::start().await;
+    let tags = [
+        "1.23.0",
+        "1.24.1",
+        "1.25",
+        "1.25-alpine",
+        "1.25-alpine-slim",
+        "1.26.0-rc1",
+        "2.0.0",
+        "latest",
+        "edge",
+    ];
+    seed_tags(&upstream, "library/web", &tags).await;
+    let scenario = Scenario::registry_to_registry(
+        &upstream,
+        &target,
+        "",
+        &[entry(
+            &upstream,
+            "library/web",
+            r#"tags: [{ semver: ">=1.24 <2" }, { regex: '^\d+\.\d+-alpine', exclude: slim }, { newest: 1 }, "edge"]"#,
+        )],
+    );
+    let mark = upstream.log_mark().await;
+    let out = scenario.sync().await;
+    out.assert_code(0);
+    let log = upstream.access_log_since(mark).await;
+    let lists = log.iter().filter(|a| a.kind() == Some("tags")).count();
+    assert_eq!(lists, 1, "the tag list is fetched once:\n{}", log.dump());
+    let mut mirrored = common::tags(&target, "library/web").await;
+    mirrored.sort();
+    assert_eq!(
+        mirrored,
+        vec!["1.24.1", "1.25", "1.25-alpine", "2.0.0", "edge"],
+        "{}",
+        out.stdout
+    );
+    for tag in &mirrored {
+        assert_eq!(
+            head_manifest(&target, "library/web", tag).await,
+            head_manifest(&upstream, "library/web", tag).await
+        );
+    }
+    // all: true takes every tag.
+    let target2 = Registry::start().await;
+    let all = Scenario::registry_to_registry(
+        &upstream,
+        &target2,
+        "",
+        &[entry(&upstream, "library/web", "tags: [{ all: true }]")],
+    );
+    all.sync().await.assert_code(0);
+    assert_eq!(
+        common::tags(&target2, "library/web").await.len(),
+        tags.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn immutable_tags_cost_no_upstream_request_once_mirrored() {
+    let upstream = Registry::start().await;
+    let target = Registry::start().await;
+    seed_tags(&upstream, "library/tool", &["v1.0.0", "v1.1.0", "nightly"]).await;
+    let scenario = Scenario::registry_to_registry(
+        &upstream,
+        &target,
+        "",
+        &[entry(
+            &upstream,
+            "library/tool",
+            r#"tags: ["v1.0.0", "v1.1.0", "nightly"], immutable: ["v*.*.*"]"#,
+        )],
+    );
+    scenario.sync().await.assert_code(0);
+
+    let mark = upstream.log_mark().await;
+    let out = scenario.sync().await;
+    out.assert_code(0);
+    let log = upstream.access_log_since(mark).await;
+    let touched: Vec<String> = log.iter().filter_map(|a| a.reference()).collect();
+    assert_eq!(
+        touched,
+        vec!["nightly".to_string()],
+        "only the mutable tag is checked:\n{}",
+        log.dump()
+    );
+    assert!(out.stdout.contains("3 unchanged"), "{}", out.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sparse_platform_mode_keeps_the_upstream_index_where_the_registry_refuses_it() {
+    let upstream = Registry::start().await;
+    let target = Registry::start().await;
+    let amd = push_image(
+        &upstream,
+        "library/app",
+        None,
+        ImageSpec::new(Format::Oci, vec![layer(5, 4_000)]),
+    )
+    .await;
+    let arm = push_image(
+        &upstream,
+        "library/app",
+        None,
+        ImageSpec::new(Format::Oci, vec![layer(6, 4_000)]).platform("linux/arm64"),
+    )
+    .await;
+    push_index(
+        &upstream,
+        "library/app",
+        "1",
+        Format::Oci,
+        &[(amd, None), (arm.clone(), None)],
+    )
+    .await;
+    let scenario = Scenario::registry_to_registry(
+        &upstream,
+        &target,
+        "",
+        &[entry(
+            &upstream,
+            "library/app",
+            r#"tags: ["1"], platforms: [linux/arm64], platforms_mode: sparse"#,
+        )],
+    );
+    let out = scenario.sync().await;
+    // distribution 2.8 refuses an index whose children are missing: the tag fails with the
+    // registry's reason, and no tag points at the incomplete index.
+    out.assert_code(1);
+    assert!(
+        out.stdout.contains("MANIFEST_BLOB_UNKNOWN")
+            || out.stdout.contains("manifest blob unknown"),
+        "{}",
+        out.stdout
+    );
+    assert!(head_manifest(&target, "library/app", "1").await.is_none());
+    // The chosen platform's image itself was copied.
+    assert_eq!(
+        head_manifest(&target, "library/app", &arm.digest).await,
+        Some(arm.digest.clone())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signatures_and_referrer_fallback_tags_follow_their_image() {
+    let upstream = Registry::start().await;
+    let target = Registry::start().await;
+    let image = push_image(
+        &upstream,
+        "library/signed",
+        "1.0",
+        ImageSpec::new(Format::Oci, vec![layer(7, 3_000)]),
+    )
+    .await;
+    let hex = image.digest.trim_start_matches("sha256:");
+    // cosign-style signature and attestation tags, and an OCI referrers fallback index.
+    let sig = push_image(
+        &upstream,
+        "library/signed",
+        None,
+        ImageSpec::new(Format::Oci, vec![layer(8, 300)]).label("sig", "1"),
+    )
+    .await;
+    push_manifest(
+        &upstream,
+        "library/signed",
+        &format!("sha256-{hex}.sig"),
+        &sig.media_type,
+        &sig.manifest_bytes,
+    )
+    .await;
+    let att = push_image(
+        &upstream,
+        "library/signed",
+        None,
+        ImageSpec::new(Format::Oci, vec![layer(9, 300)]).label("att", "1"),
+    )
+    .await;
+    push_manifest(
+        &upstream,
+        "library/signed",
+        &format!("sha256-{hex}.att"),
+        &att.media_type,
+        &att.manifest_bytes,
+    )
+    .await;
+    push_index(
+        &upstream,
+        "library/signed",
+        &*format!("sha256-{hex}"),
+        Format::Oci,
+        &[(sig.clone(), None)],
+    )
+    .await;
+    // A signature of some other digest is not copied.
+    push_manifest(
+        &upstream,
+        "library/signed",
+        &format!("sha256-{}.sig", "0".repeat(64)),
+        &sig.media_type,
+        &sig.manifest_bytes,
+    )
+    .await;
+
+    let scenario = Scenario::registry_to_registry(
+        &upstream,
+        &target,
+        "",
+        &[entry(
+            &upstream,
+            "library/signed",
+            r#"tags: ["1.0"], referrers: true"#,
+        )],
+    );
+    scenario.sync().await.assert_code(0);
+    let mut mirrored = common::tags(&target, "library/signed").await;
+    mirrored.sort();
+    let mut expected = vec![
+        "1.0".to_string(),
+        format!("sha256-{hex}"),
+        format!("sha256-{hex}.att"),
+        format!("sha256-{hex}.sig"),
+    ];
+    expected.sort();
+    assert_eq!(mirrored, expected);
+    for tag in &expected {
+        assert_image_complete(&target, "library/signed", tag).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_tag_keeps_the_previous_digest_when_a_tag_moves() {
+    let upstream = Registry::start().await;
+    let target = Registry::start().await;
+    let first = push_image(
+        &upstream,
+        "library/svc",
+        "stable",
+        ImageSpec::new(Format::Oci, vec![layer(11, 2_000)]),
+    )
+    .await;
+    let scenario = Scenario::registry_to_registry(
+        &upstream,
+        &target,
+        "",
+        &[entry(
+            &upstream,
+            "library/svc",
+            r#"tags: ["stable"], backup_tag: "{tag}-prev""#,
+        )],
+    );
+    scenario.sync().await.assert_code(0);
+    let second = push_image(
+        &upstream,
+        "library/svc",
+        "stable",
+        ImageSpec::new(Format::Oci, vec![layer(12, 2_000)]),
+    )
+    .await;
+    scenario.sync().await.assert_code(0);
+    assert_eq!(
+        head_manifest(&target, "library/svc", "stable").await,
+        Some(second.digest)
+    );
+    assert_eq!(
+        head_manifest(&target, "library/svc", "stable-prev").await,
+        Some(first.digest)
+    );
+}

@@ -17,6 +17,7 @@ pub mod copy;
 pub mod daemon;
 pub mod manifest;
 pub mod metrics;
+pub mod prune;
 pub mod reference;
 pub mod registry;
 pub mod report;

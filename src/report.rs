@@ -92,6 +92,8 @@ pub struct RunReport {
     pub duration: Duration,
     /// `plan` reports what it would do, in the future tense.
     pub planned: bool,
+    /// Tags removed by `prune` (with `plan`: that would be removed).
+    pub pruned: Vec<crate::prune::Pruned>,
 }
 
 impl RunReport {
@@ -131,6 +133,10 @@ impl RunReport {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let mut total = CopyStats::default();
+        for p in &self.pruned {
+            let verb = if self.planned { "prune:" } else { "PRUNED" };
+            let _ = writeln!(out, "{verb} {}:{} {}", p.repository, p.tag, p.digest);
+        }
         for tag in &self.tags {
             total.add(&tag.stats);
             match &tag.result {

@@ -43,8 +43,10 @@ pub async fn run_pass(
     let mut config = config.clone();
     if let Some(shard) = options.shard {
         config.images = shard.select(&config.images);
+        config.selections = shard.select_selections(&config.selections);
         tracing::info!(shard = %format!("{}/{}", shard.index, shard.count), tags = config.images.len(), "syncing this shard's share");
     }
+    let prune_repos = crate::prune::repositories(&config);
     let observer: Arc<dyn RequestObserver> = Arc::new(MetricsObserver(Arc::clone(metrics)));
     let engine = Arc::new(
         Engine::new(Arc::new(config), options.mode, Some(observer)).map_err(|e| e.to_string())?,
@@ -63,15 +65,36 @@ pub async fn run_pass(
     }
 
     let tags = engine.run(&options.control, &state.priorities()).await;
-    let report = RunReport {
+    let mut report = RunReport {
         tags,
         duration: started.elapsed(),
         planned: options.mode == Mode::Plan,
+        pruned: Vec::new(),
     };
 
+    if options.mode == Mode::Plan && !prune_repos.is_empty() {
+        report.pruned = crate::prune::prune(
+            engine.target(),
+            &prune_repos,
+            &report.tags,
+            &mut state,
+            true,
+        )
+        .await;
+    }
     if options.mode == Mode::Sync {
         let now = unix_now();
         let statuses = state.record(&report.tags, now);
+        if !prune_repos.is_empty() && !options.control.stop.is_cancelled() {
+            report.pruned = crate::prune::prune(
+                engine.target(),
+                &prune_repos,
+                &report.tags,
+                &mut state,
+                false,
+            )
+            .await;
+        }
         for (tag, status) in report.tags.iter().zip(&statuses) {
             metrics.set_tag(
                 &tag.source,

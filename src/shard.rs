@@ -58,6 +58,18 @@ impl Shard {
         Some(parsed)
     }
 
+    /// The tag-filter entries of this shard (by repository, like the items).
+    pub fn select_selections(
+        &self,
+        selections: &[crate::config::TagSelection],
+    ) -> Vec<crate::config::TagSelection> {
+        selections
+            .iter()
+            .filter(|s| owner(&s.source.name(), self.count) == self.index)
+            .cloned()
+            .collect()
+    }
+
     /// The items of this shard, in their original order.
     pub fn select(&self, items: &[SyncItem]) -> Vec<SyncItem> {
         items

@@ -52,6 +52,9 @@ pub struct State {
     pub blobs: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_success: Option<f64>,
+    /// Tags mirrorsync wrote, per target repository: the only ones `prune` may remove.
+    #[serde(default)]
+    pub created: BTreeMap<String, std::collections::BTreeSet<String>>,
 }
 
 /// What one tag looks like for metrics after a run.
@@ -67,6 +70,14 @@ impl State {
     pub fn record(&mut self, outcomes: &[TagOutcome], now: f64) -> Vec<TagStatus> {
         let mut statuses = Vec::with_capacity(outcomes.len());
         for outcome in outcomes {
+            if let TagResult::Synced { .. } = outcome.result
+                && let Some((repository, tag)) = outcome.target.rsplit_once(':')
+            {
+                self.created
+                    .entry(repository.to_string())
+                    .or_default()
+                    .insert(tag.to_string());
+            }
             let entry = self.tags.entry(outcome.key.clone()).or_default();
             match outcome.result {
                 TagResult::Unchanged { .. } | TagResult::Synced { .. } => {

@@ -298,3 +298,65 @@ async fn backup_tag_keeps_the_previous_digest_when_a_tag_moves() {
         Some(first.digest)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prune_removes_only_tags_mirrorsync_created_and_no_longer_selects() {
+    let upstream = Registry::start().await;
+    let target = Registry::start().await;
+    seed_tags(&upstream, "library/app", &["1.0.0", "1.1.0", "1.2.0"]).await;
+    // A tag somebody else pushed to the target repository: never pruned.
+    let foreign = push_image(
+        &target,
+        "library/app",
+        "hand-made",
+        ImageSpec::new(Format::Oci, vec![layer(20, 500)]),
+    )
+    .await;
+    let config_for = |newest: usize| {
+        Scenario::registry_to_registry(
+            &upstream,
+            &target,
+            "",
+            &[entry(
+                &upstream,
+                "library/app",
+                &format!("tags: [{{ newest: {newest} }}], prune: true"),
+            )],
+        )
+    };
+    config_for(3).sync().await.assert_code(0);
+    assert_eq!(common::tags(&target, "library/app").await.len(), 4);
+
+    // Only the newest now: plan shows the two prunes first and changes nothing.
+    let narrowed = config_for(1);
+    let plan = narrowed.plan().await;
+    plan.assert_code(0);
+    let first_lines: Vec<&str> = plan.stdout.lines().take(2).collect();
+    assert!(
+        first_lines
+            .iter()
+            .all(|l| l.starts_with("prune: library/app:1.")),
+        "{}",
+        plan.stdout
+    );
+    assert_eq!(
+        common::tags(&target, "library/app").await.len(),
+        4,
+        "plan wrote nothing"
+    );
+
+    let out = narrowed.sync().await;
+    out.assert_code(0);
+    assert!(
+        out.stdout.contains("PRUNED library/app:1.0.0"),
+        "{}",
+        out.stdout
+    );
+    let mut left = common::tags(&target, "library/app").await;
+    left.sort();
+    assert_eq!(left, vec!["1.2.0".to_string(), "hand-made".to_string()]);
+    assert_eq!(
+        head_manifest(&target, "library/app", "hand-made").await,
+        Some(foreign.digest)
+    );
+}

@@ -207,6 +207,7 @@ impl Validator<'_> {
                 referrers: spec.referrers.unwrap_or(false),
                 backup_tag,
                 sparse,
+                prune: spec.prune.unwrap_or(false),
             },
             immutable,
         ))

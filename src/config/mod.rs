@@ -196,6 +196,9 @@ pub struct ItemOptions {
     pub backup_tag: Option<String>,
     /// With `platforms:`, keep the upstream index as is and copy only the chosen children.
     pub sparse: bool,
+    /// Remove tags this entry no longer selects from the target repository (only tags
+    /// mirrorsync itself created).
+    pub prune: bool,
 }
 
 /// An `images:` entry whose tags are chosen from the repository's tag list at run time.

@@ -112,6 +112,7 @@ pub(crate) struct RawImageSpec {
     pub immutable: Option<Spanned<Vec<Spanned<String>>>>,
     pub referrers: Option<bool>,
     pub backup_tag: Option<Spanned<String>>,
+    pub prune: Option<bool>,
 }
 
 /// One `tags:` entry: an exact tag, or a filter mapping.

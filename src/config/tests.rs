@@ -208,7 +208,7 @@ fn unknown_nested_key() {
         error(&format!(
             "{TARGET}images:\n  - source: redis\n    tag: [a]\n"
         )),
-        "sync.yaml:5:5: images[0].tag: unknown key (expected one of source, tags, platforms, platforms_mode, target, immutable, referrers, backup_tag)"
+        "sync.yaml:5:5: images[0].tag: unknown key (expected one of source, tags, platforms, platforms_mode, target, immutable, referrers, backup_tag, prune)"
     );
     assert_eq!(
         error(&format!(

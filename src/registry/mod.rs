@@ -424,6 +424,33 @@ impl RegistryClient {
         }
     }
 
+    /// `DELETE /v2/<name>/manifests/<digest>`: removes a manifest (and, in distribution, every
+    /// tag pointing at it). `false` when it was already gone.
+    pub async fn delete_manifest(
+        &self,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<bool, RegistryError> {
+        self.retrying("DELETE manifest", || async {
+            let url = self.url(&format!("v2/{repository}/manifests/{digest}"))?;
+            let response = self
+                .send(
+                    Method::DELETE,
+                    url.clone(),
+                    push(repository),
+                    HeaderMap::new(),
+                    RequestBody::Empty,
+                )
+                .await?;
+            match response.status() {
+                StatusCode::ACCEPTED | StatusCode::OK | StatusCode::NO_CONTENT => Ok(true),
+                StatusCode::NOT_FOUND => Ok(false),
+                _ => Err(status_error("DELETE", &url, response).await),
+            }
+        })
+        .await
+    }
+
     /// `HEAD /v2/<name>/blobs/<digest>`: the size when present, `None` on 404 (only 404 means
     /// missing; any other answer is an error).
     pub async fn blob_size(

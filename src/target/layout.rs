@@ -249,6 +249,31 @@ impl OciLayout {
         write_atomically(&self.repo_dir(repository)?.join("index.json"), &bytes).await
     }
 
+    /// Drops a tag's `index.json` entry (its blobs stay: other tags may share them).
+    pub async fn remove_tag(&self, repository: &str, tag: &str) -> Result<bool, TargetError> {
+        let lock = {
+            let mut locks = self
+                .index_locks
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            locks.entry(repository.to_string()).or_default().clone()
+        };
+        let _guard = lock.lock().await;
+        let mut index = self.read_index(repository).await?;
+        let Some(entries) = index["manifests"].as_array_mut() else {
+            return Ok(false);
+        };
+        let before = entries.len();
+        entries.retain(|e| e["annotations"][REF_NAME].as_str() != Some(tag));
+        if entries.len() == before {
+            return Ok(false);
+        }
+        let bytes = serde_json::to_vec_pretty(&index)
+            .map_err(|e| TargetError::Invalid(format!("serialising index.json: {e}")))?;
+        write_atomically(&self.repo_dir(repository)?.join("index.json"), &bytes).await?;
+        Ok(true)
+    }
+
     /// Creates the layout skeleton of a repository when missing.
     async fn prepare(&self, repository: &str) -> Result<(), TargetError> {
         let dir = self.repo_dir(repository)?;

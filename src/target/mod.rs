@@ -152,6 +152,20 @@ impl Target {
         }
     }
 
+    /// Removes a tag: in a registry by deleting the manifest it points at (the caller makes
+    /// sure no tag to keep shares that digest); in a layout, the `index.json` entry.
+    pub async fn remove_tag(
+        &self,
+        repository: &str,
+        tag: &str,
+        digest: &Digest,
+    ) -> Result<bool, TargetError> {
+        match self {
+            Target::Registry(c) => Ok(c.delete_manifest(repository, digest).await?),
+            Target::Layout(l) => l.remove_tag(repository, tag).await,
+        }
+    }
+
     /// Stores a manifest under a tag or its digest.
     pub async fn put_manifest(
         &self,

@@ -38,13 +38,20 @@ PUSHGATEWAY_METRICS = {"push_time_seconds"}
 
 # Keys mirrorsync's sync.yaml accepts (src/config/raw.rs; unknown keys are errors there).
 SYNC_TOP = {"schedule", "timezone", "concurrency", "target", "docker_config", "registries", "images"}
-SYNC_TARGET = {"registry", "path", "prefix", "insecure", "ca_file", "auth"}
+SYNC_TARGET = {
+    "registry", "path", "prefix", "insecure", "ca_file", "auth", "requests_per_second", "burst",
+    "bytes_per_second", "concurrency",
+}
 SYNC_AUTH = {"username", "password_env", "password_file"}
 SYNC_REGISTRY = {
     "mirrors", "prefix", "auth", "insecure", "ca_file", "requests_per_second", "burst",
     "bytes_per_second", "concurrency", "rate_limit_reserve",
 }
-SYNC_IMAGE = {"source", "tags", "platforms", "target"}
+SYNC_IMAGE = {
+    "source", "tags", "platforms", "platforms_mode", "target", "immutable", "referrers", "backup_tag",
+    "prune",
+}
+SYNC_TAG_FILTER = {"regex", "exclude", "semver", "newest", "prerelease", "all"}
 # Chart-only keys in values.config that the chart turns into sync.yaml keys.
 CHART_ONLY = {"caBundle": "ca_file"}
 CHART_AUTH = {"username", "existingSecret", "existingSecretPasswordKey", "mountAs"}
@@ -454,6 +461,9 @@ def check_sync_keys(p, sync):
     for i, img in enumerate(sync.get("images", [])):
         if isinstance(img, dict):
             bad += [f"images[{i}].{k}" for k in img if k not in SYNC_IMAGE]
+            for j, tag in enumerate(img.get("tags", [])):
+                if isinstance(tag, dict):
+                    bad += [f"images[{i}].tags[{j}].{k}" for k in tag if k not in SYNC_TAG_FILTER]
     check(f"{p} sync.yaml has only keys mirrorsync knows", not bad, f"unknown {bad}")
 
 
@@ -567,6 +577,7 @@ def schema_checks(schema_path):
     reg = set(cfg["registries"]["additionalProperties"]["properties"])
     auth = set(schema["definitions"]["auth"]["properties"])
     img = set(schema["definitions"]["image"]["oneOf"][1]["properties"])
+    tag_filter = set(schema["definitions"]["image"]["oneOf"][1]["properties"]["tags"]["items"]["oneOf"][1]["properties"])
 
     def to_sync(keys):
         return {CHART_ONLY.get(k, k) for k in keys}
@@ -578,7 +589,10 @@ def schema_checks(schema_path):
     check("[schema] every sync.yaml registry key can be set", SYNC_REGISTRY <= to_sync(reg) | {"auth"},
           f"{SYNC_REGISTRY - to_sync(reg)}")
     check("[schema] auth takes credentials only from Secrets", auth == CHART_AUTH, f"{auth}")
-    check("[schema] image entries take sync.yaml's keys", img == SYNC_IMAGE, f"{img}")
+    check("[schema] image entries take sync.yaml's keys", img == SYNC_IMAGE, f"{img ^ SYNC_IMAGE}")
+    check("[schema] tag filters take sync.yaml's keys", tag_filter == SYNC_TAG_FILTER, f"{tag_filter ^ SYNC_TAG_FILTER}")
+    check("[schema] every sync.yaml target key can be set",
+          SYNC_TARGET - {"path"} <= to_sync(target) | {"auth"}, f"{SYNC_TARGET - {'path'} - to_sync(target)}")
 
     unclosed = []
 

@@ -1,0 +1,368 @@
+//! User story: the CronJob pod is killed at any instant, and the mirror is never left pointing at
+//! half an image; the next run finishes the job, copying only what is still missing.
+//!
+//! A corpus with a 300 MiB layer, a multi-arch index and several small images sits behind the
+//! fault proxy. After a measured full run, 20 trials (fixed seed) start `sync --once` and SIGKILL
+//! it at a pseudo-random instant within that run time; after every kill each tag that resolves
+//! at the target must be a complete image. Every few trials a final run completes the sync, and
+//! its upstream blob GETs must be only for blobs absent at the target before it; then the target
+//! is reset. SIGTERM and `--max-duration` with a throttled upstream stop new tags, exit 3, list
+//! the DEFERRED tags, and leave no partial tag. `--nocapture` prints the trial results.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rand::{Rng, SeedableRng};
+
+const MIB: u64 = 1 << 20;
+const SEED: u64 = 0x6b11_1ed5;
+const TRIALS: usize = 20;
+/// Trials per target: the target is reset after each group, once a final run has completed it.
+const GROUP: usize = 5;
+
+/// One configured tag and every blob and manifest digest it needs.
+struct Tagged {
+    repo: String,
+    tag: String,
+    blobs: Vec<String>,
+}
+
+async fn seed_corpus(up: &Registry) -> Vec<Tagged> {
+    let mut out = Vec::new();
+    let big = push_image(
+        up,
+        "kill/big",
+        "v1",
+        ImageSpec::new(Format::Oci, vec![layer(1, 4000)]).big_layer(300 * MIB, 2),
+    )
+    .await;
+    out.push(Tagged {
+        repo: "kill/big".into(),
+        tag: "v1".into(),
+        blobs: big.blobs.iter().map(|b| b.digest.clone()).collect(),
+    });
+    let amd = push_image(
+        up,
+        "kill/multi",
+        None,
+        ImageSpec::new(Format::Oci, vec![layer(10, 3 * MIB as usize), layer(11, 50_000)]),
+    )
+    .await;
+    let arm = push_image(
+        up,
+        "kill/multi",
+        None,
+        ImageSpec::new(Format::Oci, vec![layer(12, 3 * MIB as usize)]).platform("linux/arm64"),
+    )
+    .await;
+    let att = attestation_manifest(up, "kill/multi", &amd).await;
+    let index = push_index(
+        up,
+        "kill/multi",
+        "v1",
+        Format::Oci,
+        &[(amd, None), (arm, None), (att, None)],
+    )
+    .await;
+    out.push(Tagged {
+        repo: "kill/multi".into(),
+        tag: "v1".into(),
+        blobs: index.blobs.iter().map(|b| b.digest.clone()).collect(),
+    });
+    for i in 0..4u64 {
+        let repo = format!("kill/small{i}");
+        let img = push_image(
+            up,
+            &repo,
+            "v1",
+            ImageSpec::new(
+                Format::Docker,
+                vec![layer(20 + i, (1 + i as usize) * MIB as usize), layer(30 + i, 10_000)],
+            ),
+        )
+        .await;
+        out.push(Tagged {
+            repo,
+            tag: "v1".into(),
+            blobs: img.blobs.iter().map(|b| b.digest.clone()).collect(),
+        });
+    }
+    out
+}
+
+fn config(dir: &Path, proxy: &Proxy, target: &Registry, corpus: &[Tagged], extra: &str) -> PathBuf {
+    let mut yaml = format!(
+        "{extra}target:\n  registry: \"{}\"\n  insecure: true\nregistries:\n  \"{}\":\n    insecure: true\nimages:\n",
+        target.host(),
+        proxy.host()
+    );
+    for t in corpus {
+        yaml.push_str(&format!("  - {}\n", proxy.image_ref(&t.repo, &t.tag)));
+    }
+    write_config(dir, &yaml)
+}
+
+enum Ended {
+    Exited(Option<i32>),
+    Killed,
+}
+
+/// Starts `sync --once` and SIGKILLs it after `delay` unless it exits first.
+async fn run_and_kill(config: &Path, delay: Duration) -> (Ended, Duration) {
+    let started = Instant::now();
+    let mut child = tokio::process::Command::new(bin_path())
+        .args(["sync", "--once", "--config", &config.display().to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn mirrorsync");
+    let pid = child.id().expect("pid") as libc::pid_t;
+    tokio::select! {
+        status = child.wait() => (Ended::Exited(status.expect("wait").code()), started.elapsed()),
+        _ = tokio::time::sleep(delay) => {
+            // SAFETY: `pid` is our own child, not yet reaped (wait has not returned).
+            let r = unsafe { libc::kill(pid, libc::SIGKILL) };
+            assert_eq!(r, 0, "kill: {}", std::io::Error::last_os_error());
+            let _ = child.wait().await;
+            (Ended::Killed, started.elapsed())
+        }
+    }
+}
+
+/// Every tag that resolves at the target must be a complete image; returns how many resolve.
+async fn assert_no_partial_tag(target: &Registry, corpus: &[Tagged], context: &str) -> usize {
+    let mut present = 0;
+    for t in corpus {
+        if head_manifest(target, &t.repo, &t.tag).await.is_some() {
+            eprintln!("  {context}: {}:{} present, checking", t.repo, t.tag);
+            assert_image_complete(target, &t.repo, &t.tag).await;
+            present += 1;
+        }
+    }
+    present
+}
+
+/// Blob digests of the corpus absent from the repository that needs them.
+async fn absent_blobs(target: &Registry, corpus: &[Tagged]) -> BTreeSet<String> {
+    let mut absent = BTreeSet::new();
+    for t in corpus {
+        for b in &t.blobs {
+            if blob_size(target, &t.repo, b).await.is_none() {
+                absent.insert(b.clone());
+            }
+        }
+    }
+    absent
+}
+
+/// The final run: completes the sync, pulling only blobs that were absent before it.
+async fn final_run(proxy: &Proxy, upstream: &Registry, target: &Registry, corpus: &[Tagged], config: &Path) {
+    let absent = absent_blobs(target, corpus).await;
+    let mark = proxy.mark();
+    let out = mirrorsync(&["sync", "--once", "--config", &config.display().to_string()]).await;
+    out.assert_code(0);
+    let seen = proxy.since(mark);
+    let pulled: Vec<String> = seen
+        .iter()
+        .filter(|s| s.is("GET", "blobs", None))
+        .map(|s| s.reference().unwrap_or_default())
+        .collect();
+    let unique: BTreeSet<String> = pulled.iter().cloned().collect();
+    eprintln!(
+        "  final run: {} blobs absent before it, {} pulled ({} GETs)",
+        absent.len(),
+        unique.len(),
+        pulled.len()
+    );
+    let extra: Vec<&String> = unique.difference(&absent).collect();
+    assert!(
+        extra.is_empty(),
+        "the final run pulled blobs the target already held: {extra:?}\n{}",
+        seen.dump()
+    );
+    assert_eq!(pulled.len(), unique.len(), "a blob was pulled twice:\n{}", seen.dump());
+    for t in corpus {
+        assert_eq!(
+            head_manifest(target, &t.repo, &t.tag).await,
+            head_manifest(upstream, &t.repo, &t.tag).await,
+            "{}:{}",
+            t.repo,
+            t.tag
+        );
+        assert_image_complete(target, &t.repo, &t.tag).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_at_random_points_never_leaves_a_partial_tag() {
+    let test_started = Instant::now();
+    let upstream = Registry::start().await;
+    let proxy = Proxy::start(&upstream).await;
+    let corpus = seed_corpus(&upstream).await;
+    eprintln!("seeded the corpus in {:.1?}", test_started.elapsed());
+    let dir = tempfile::tempdir().unwrap();
+
+    // One full run to learn how long a sync takes.
+    let mut target = Registry::start().await;
+    let cfg = config(dir.path(), &proxy, &target, &corpus, "");
+    let started = Instant::now();
+    mirrorsync(&["sync", "--once", "--config", &cfg.display().to_string()])
+        .await
+        .assert_code(0);
+    let full = started.elapsed();
+    eprintln!("a full run takes {full:.2?}");
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(SEED);
+    let (mut killed, mut finished, mut partial_checks) = (0, 0, 0);
+    for trial in 0..TRIALS {
+        if trial % GROUP == 0 {
+            target = Registry::start().await;
+        }
+        let cfg = config(dir.path(), &proxy, &target, &corpus, "");
+        let delay = Duration::from_secs_f64(rng.random_range(0.05..full.as_secs_f64()));
+        let (ended, ran) = run_and_kill(&cfg, delay).await;
+        let present = assert_no_partial_tag(&target, &corpus, &format!("trial {trial}")).await;
+        partial_checks += present;
+        match ended {
+            Ended::Killed => {
+                killed += 1;
+                eprintln!("trial {trial}: SIGKILL after {ran:.2?}; {present}/{} tags present, all complete", corpus.len());
+            }
+            Ended::Exited(code) => {
+                finished += 1;
+                eprintln!("trial {trial}: exited {code:?} after {ran:.2?} before the kill at {delay:.2?}; {present} tags present");
+            }
+        }
+        if trial % GROUP == GROUP - 1 {
+            final_run(&proxy, &upstream, &target, &corpus, &cfg).await;
+        }
+    }
+    eprintln!(
+        "{TRIALS} trials: {killed} killed mid-run, {finished} finished first; {partial_checks} tag checks after kills, none partial; {:.1?} in all",
+        test_started.elapsed()
+    );
+    assert!(killed >= TRIALS / 2, "most trials must kill a running sync ({killed} of {TRIALS})");
+}
+
+/// An upstream with a big tag first and small ones after, throttled to 20 MiB/s, serial tags.
+async fn slow_world(big: u64) -> (Registry, Proxy, Registry, tempfile::TempDir, PathBuf) {
+    let upstream = Registry::start().await;
+    let proxy = Proxy::start(&upstream).await;
+    let target = Registry::start().await;
+    push_image(
+        &upstream,
+        "slow/big",
+        "v1",
+        ImageSpec::new(Format::Oci, vec![layer(50, 1000)]).big_layer(big, 51),
+    )
+    .await;
+    let mut images = vec![proxy.image_ref("slow/big", "v1")];
+    for i in 0..4u64 {
+        let repo = format!("slow/small{i}");
+        push_image(&upstream, &repo, "v1", ImageSpec::new(Format::Oci, vec![layer(60 + i, 20_000)])).await;
+        images.push(proxy.image_ref(&repo, "v1"));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut yaml = format!(
+        "concurrency: 1\ntarget:\n  registry: \"{}\"\n  insecure: true\nregistries:\n  \"{}\":\n    insecure: true\n    bytes_per_second: 20MiB\nimages:\n",
+        target.host(),
+        proxy.host()
+    );
+    for i in &images {
+        yaml.push_str(&format!("  - {i}\n"));
+    }
+    let cfg = write_config(dir.path(), &yaml);
+    (upstream, proxy, target, dir, cfg)
+}
+
+/// Stopped early: exit 3, the small tags DEFERRED and absent; the big tag either complete (it
+/// was in flight and finished within the grace period) or absent.
+async fn assert_stopped_early(out: &Output, target: &Registry, big_expected: bool) {
+    out.assert_code(3);
+    for i in 0..4 {
+        let needle = format!("/slow/small{i}:v1 -> ");
+        let line = out
+            .stdout
+            .lines()
+            .find(|l| l.contains(&needle))
+            .unwrap_or_else(|| panic!("no summary line for small{i}:\n{}", out.stdout));
+        assert!(line.starts_with("DEFERRED "), "{line}");
+        assert_eq!(head_manifest(target, &format!("slow/small{i}"), "v1").await, None);
+    }
+    let big = head_manifest(target, "slow/big", "v1").await;
+    if big_expected {
+        assert!(big.is_some(), "the in-flight tag finishes within the grace period:\n{}", out.stdout);
+        assert_image_complete(target, "slow/big", "v1").await;
+    } else {
+        assert_eq!(big, None, "the abandoned tag must not be at the target:\n{}", out.stdout);
+        let line = out.stdout.lines().find(|l| l.contains("/slow/big:v1 -> ")).unwrap();
+        assert!(line.starts_with("DEFERRED "), "{line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_duration_lets_the_running_tag_finish_and_defers_the_rest() {
+    let (_up, _proxy, target, _dir, cfg) = slow_world(40 * MIB).await;
+    let started = Instant::now();
+    let out = mirrorsync(&["sync", "--once", "--config", &cfg.display().to_string(), "--max-duration", "1s"]).await;
+    eprintln!("--max-duration 1s, 40 MiB at 20 MiB/s in flight: exit {:?} after {:.1?}\n{}", out.code, started.elapsed(), out.stdout);
+    assert_stopped_early(&out, &target, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_duration_abandons_a_transfer_after_the_grace_period_without_a_partial_tag() {
+    let (_up, _proxy, target, _dir, cfg) = slow_world(100 * MIB).await;
+    let started = Instant::now();
+    let out = mirrorsync(&[
+        "sync",
+        "--once",
+        "--config",
+        &cfg.display().to_string(),
+        "--max-duration",
+        "1s",
+        "--grace-period",
+        "1s",
+    ])
+    .await;
+    let took = started.elapsed();
+    eprintln!("--max-duration 1s --grace-period 1s, 100 MiB at 20 MiB/s: exit {:?} after {took:.1?}\n{}", out.code, out.stdout);
+    assert!(took < Duration::from_secs(4), "stopped after {took:?}");
+    assert_stopped_early(&out, &target, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_new_tags_and_exits_3() {
+    let (_up, _proxy, target, _dir, cfg) = slow_world(40 * MIB).await;
+    let started = Instant::now();
+    let child = tokio::process::Command::new(bin_path())
+        .args(["sync", "--once", "--config", &cfg.display().to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn mirrorsync");
+    let pid = child.id().expect("pid") as libc::pid_t;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // SAFETY: `pid` is our own running child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let raw = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("exits after SIGTERM")
+        .expect("wait");
+    let out = Output {
+        code: raw.status.code(),
+        stdout: String::from_utf8_lossy(&raw.stdout).into_owned(),
+        stdout_raw: raw.stdout,
+        stderr: String::from_utf8_lossy(&raw.stderr).into_owned(),
+    };
+    eprintln!("SIGTERM after 1 s: exit {:?} after {:.1?}\n{}", out.code, started.elapsed(), out.stdout);
+    assert_stopped_early(&out, &target, true).await;
+}

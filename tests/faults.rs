@@ -112,7 +112,13 @@ async fn assert_synced(world: &World, repo: &str, tag: &str) {
 }
 
 /// An image with one `size`-byte layer (seed) and a small one; returns it and the big layer.
-async fn seed_image(reg: &Registry, repo: &str, tag: &str, seed: u64, size: usize) -> (PushedImage, Descriptor) {
+async fn seed_image(
+    reg: &Registry,
+    repo: &str,
+    tag: &str,
+    seed: u64,
+    size: usize,
+) -> (PushedImage, Descriptor) {
     let img = push_image(
         reg,
         repo,
@@ -120,7 +126,12 @@ async fn seed_image(reg: &Registry, repo: &str, tag: &str, seed: u64, size: usiz
         ImageSpec::new(Format::Oci, vec![layer(seed, size), layer(seed + 1, 2_000)]),
     )
     .await;
-    let big = img.blobs.iter().find(|b| b.size == size as u64).expect("big layer").clone();
+    let big = img
+        .blobs
+        .iter()
+        .find(|b| b.size == size as u64)
+        .expect("big layer")
+        .clone();
     (img, big)
 }
 
@@ -140,8 +151,11 @@ async fn connection_dropped_mid_blob_resumes_with_a_range_request() {
     let size = 8 * MIB;
     let (_, big) = seed_image(&world.upstream, "app", "v1", 10, size).await;
     let rule = world.proxy.add(
-        Rule::new(&format!("GET /v2/app/blobs/{}", big.digest), Action::DropAfter(3 * MIB as u64))
-            .first(1),
+        Rule::new(
+            &format!("GET /v2/app/blobs/{}", big.digest),
+            Action::DropAfter(3 * MIB as u64),
+        )
+        .first(1),
     );
     let (out, took) = world.sync(&["app:v1"]).await;
     out.assert_code(0);
@@ -154,14 +168,21 @@ async fn connection_dropped_mid_blob_resumes_with_a_range_request() {
         size / MIB,
         sent,
         sent as f64 / size as f64,
-        gets.iter().map(|g| g.range().unwrap_or("-").to_string()).collect::<Vec<_>>()
+        gets.iter()
+            .map(|g| g.range().unwrap_or("-").to_string())
+            .collect::<Vec<_>>()
     );
     assert!(gets.len() >= 2, "{}", world.proxy.seen().dump());
-    assert!(gets[0].range().is_none(), "the first GET asks for the whole blob");
-    let resumed = gets[1..]
-        .iter()
-        .find_map(|g| g.range())
-        .unwrap_or_else(|| panic!("no Range request after the drop:\n{}", world.proxy.seen().dump()));
+    assert!(
+        gets[0].range().is_none(),
+        "the first GET asks for the whole blob"
+    );
+    let resumed = gets[1..].iter().find_map(|g| g.range()).unwrap_or_else(|| {
+        panic!(
+            "no Range request after the drop:\n{}",
+            world.proxy.seen().dump()
+        )
+    });
     let from: u64 = resumed
         .strip_prefix("bytes=")
         .and_then(|r| r.strip_suffix('-'))
@@ -172,7 +193,10 @@ async fn connection_dropped_mid_blob_resumes_with_a_range_request() {
         "resumed from {from}, the drop was after {} bytes",
         3 * MIB
     );
-    assert_eq!(gets[1].status, 206, "distribution answers a Range GET with 206");
+    assert_eq!(
+        gets[1].status, 206,
+        "distribution answers a Range GET with 206"
+    );
     assert!(
         sent < 2 * size as u64,
         "{sent} bytes crossed for a {size}-byte blob: the download started over"
@@ -188,8 +212,11 @@ async fn truncated_bodies_complete_by_resuming() {
     let (_, big) = seed_image(&world.upstream, "app", "v1", 20, size).await;
     // Twice in a row the body stops short of its Content-Length (FIN, no error).
     let rule = world.proxy.add(
-        Rule::new(&format!("GET /v2/app/blobs/{}", big.digest), Action::Truncate(MIB as u64))
-            .first(2),
+        Rule::new(
+            &format!("GET /v2/app/blobs/{}", big.digest),
+            Action::Truncate(MIB as u64),
+        )
+        .first(2),
     );
     let (out, _) = world.sync(&["app:v1"]).await;
     out.assert_code(0);
@@ -199,10 +226,16 @@ async fn truncated_bodies_complete_by_resuming() {
     eprintln!(
         "truncated body x2: {} GETs, ranges {:?}, {:.2}x the blob crossed",
         gets.len(),
-        gets.iter().map(|g| g.range().unwrap_or("-").to_string()).collect::<Vec<_>>(),
+        gets.iter()
+            .map(|g| g.range().unwrap_or("-").to_string())
+            .collect::<Vec<_>>(),
         sent as f64 / size as f64
     );
-    assert!(gets.iter().skip(1).all(|g| g.range().is_some()), "{}", gets.dump());
+    assert!(
+        gets.iter().skip(1).all(|g| g.range().is_some()),
+        "{}",
+        gets.dump()
+    );
     assert!(sent < 2 * size as u64, "{}", gets.dump());
     assert_synced(&world, "app", "v1").await;
     assert_blob_intact(&world.target, "app", &big).await;
@@ -229,13 +262,25 @@ async fn server_error_bursts_are_retried_until_the_sync_completes() {
         world.proxy.applied(gets),
         world.proxy.applied(blobs),
     );
-    eprintln!("500/503 bursts: {h} HEAD + {g} manifest GET + {b} blob GET failures retried, {took:.1?}");
+    eprintln!(
+        "500/503 bursts: {h} HEAD + {g} manifest GET + {b} blob GET failures retried, {took:.1?}"
+    );
     assert_eq!((h, g, b), (2, 2, 3));
     let seen = world.proxy.seen();
     // Each failure cost exactly one extra request: 2 HEADs, 2 manifest GETs and 6 blob GETs
     // (two layers and a config per image), plus one retry per injected failure.
-    assert_eq!(seen.count("HEAD", "manifests", None), 2 + 2, "{}", seen.dump());
-    assert_eq!(seen.count("GET", "manifests", None), 2 + 2, "{}", seen.dump());
+    assert_eq!(
+        seen.count("HEAD", "manifests", None),
+        2 + 2,
+        "{}",
+        seen.dump()
+    );
+    assert_eq!(
+        seen.count("GET", "manifests", None),
+        2 + 2,
+        "{}",
+        seen.dump()
+    );
     assert_eq!(seen.count("GET", "blobs", None), 6 + 3, "{}", seen.dump());
     assert_synced(&world, "app", "v1").await;
     assert_synced(&world, "lib", "v2").await;
@@ -254,7 +299,9 @@ async fn a_registry_that_keeps_failing_fails_only_that_tag_after_bounded_attempt
     assert_failed_with(&out, "broken:v1", &["503"]);
     let seen = world.proxy.seen();
     let attempts = seen.count("GET", "manifests", Some("broken"));
-    eprintln!("persistent 503: {attempts} attempts at the broken manifest, then the tag failed ({took:.1?})");
+    eprintln!(
+        "persistent 503: {attempts} attempts at the broken manifest, then the tag failed ({took:.1?})"
+    );
     assert!(
         (2..=10).contains(&attempts),
         "attempts must be bounded: {attempts}\n{}",
@@ -268,19 +315,26 @@ async fn a_registry_that_keeps_failing_fails_only_that_tag_after_bounded_attempt
 async fn too_many_requests_with_retry_after_and_a_non_json_body_is_waited_out() {
     let world = World::new().await;
     let (_, big) = seed_image(&world.upstream, "app", "v1", 70, 100_000).await;
-    world.proxy.add(
-        Rule::new("GET /v2/app/manifests/*", Action::too_many("1")).first(1),
-    );
+    world
+        .proxy
+        .add(Rule::new("GET /v2/app/manifests/*", Action::too_many("1")).first(1));
     // Retry-After as an HTTP date four seconds ahead: the blob is asked for about a second
     // later (after the manifest's wait), so 2-3 s remain once truncated to the second.
     let date = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(4));
     world.proxy.add(
-        Rule::new(&format!("GET /v2/app/blobs/{}", big.digest), Action::too_many(&date)).first(1),
+        Rule::new(
+            &format!("GET /v2/app/blobs/{}", big.digest),
+            Action::too_many(&date),
+        )
+        .first(1),
     );
     let (out, took) = world.sync(&["app:v1"]).await;
     out.assert_code(0);
     let seen = world.proxy.seen();
-    let manifest_gets: Vec<&Seen> = seen.iter().filter(|s| s.is("GET", "manifests", Some("app"))).collect();
+    let manifest_gets: Vec<&Seen> = seen
+        .iter()
+        .filter(|s| s.is("GET", "manifests", Some("app")))
+        .collect();
     assert_eq!(manifest_gets.len(), 2, "{}", seen.dump());
     assert_eq!(manifest_gets[0].status, 429);
     let waited = manifest_gets[1].at - manifest_gets[0].at;
@@ -292,7 +346,10 @@ async fn too_many_requests_with_retry_after_and_a_non_json_body_is_waited_out() 
     );
     assert!(waited >= Duration::from_secs(1), "retried after {waited:?}");
     assert!(waited < Duration::from_secs(5), "retried after {waited:?}");
-    assert!(waited_date >= Duration::from_secs(1), "retried after {waited_date:?}");
+    assert!(
+        waited_date >= Duration::from_secs(1),
+        "retried after {waited_date:?}"
+    );
     assert!(took >= Duration::from_secs(2));
     assert_synced(&world, "app", "v1").await;
 }
@@ -302,7 +359,11 @@ async fn short_stalls_before_and_within_a_response_complete() {
     let world = World::new().await;
     let (_, big) = seed_image(&world.upstream, "app", "v1", 80, 2 * MIB).await;
     world.proxy.add(
-        Rule::new("GET /v2/app/manifests/*", Action::Stall(Duration::from_secs(2))).first(1),
+        Rule::new(
+            "GET /v2/app/manifests/*",
+            Action::Stall(Duration::from_secs(2)),
+        )
+        .first(1),
     );
     world.proxy.add(
         Rule::new(
@@ -319,7 +380,12 @@ async fn short_stalls_before_and_within_a_response_complete() {
     eprintln!("stalls of 2 s (before the manifest, mid-blob): completed in {took:.1?}");
     assert!(took >= Duration::from_secs(4), "{took:?}");
     let seen = world.proxy.seen();
-    assert_eq!(seen.blob_gets_of(&big.digest).len(), 1, "no retry was needed: {}", seen.dump());
+    assert_eq!(
+        seen.blob_gets_of(&big.digest).len(),
+        1,
+        "no retry was needed: {}",
+        seen.dump()
+    );
     assert_synced(&world, "app", "v1").await;
     assert_blob_intact(&world.target, "app", &big).await;
 }
@@ -352,9 +418,18 @@ async fn flipped_bytes_fail_the_tag_and_are_never_pushed() {
 
 /// Serves `body` as the manifest of `repo:tag` (HEAD and GET by tag or digest), never asking
 /// the registry: bytes no real registry would accept.
-fn serve_fake_manifest(proxy: &Proxy, repo: &str, tag: &str, media_type: &str, body: Vec<u8>) -> String {
+fn serve_fake_manifest(
+    proxy: &Proxy,
+    repo: &str,
+    tag: &str,
+    media_type: &str,
+    body: Vec<u8>,
+) -> String {
     let digest = sha256_digest(&body);
-    let headers = [("Content-Type", media_type), ("Docker-Content-Digest", digest.as_str())];
+    let headers = [
+        ("Content-Type", media_type),
+        ("Docker-Content-Digest", digest.as_str()),
+    ];
     for reference in [tag, digest.as_str()] {
         for method in ["HEAD", "GET"] {
             proxy.add(Rule::new(
@@ -381,7 +456,13 @@ async fn bad_input_from_the_registry_fails_each_tag_clearly_and_nothing_else_bre
     .await;
 
     // Not JSON at all.
-    serve_fake_manifest(&world.proxy, "badjson", "v1", OCI_MANIFEST, b"{\"schemaVersion\": 2, oops".to_vec());
+    serve_fake_manifest(
+        &world.proxy,
+        "badjson",
+        "v1",
+        OCI_MANIFEST,
+        b"{\"schemaVersion\": 2, oops".to_vec(),
+    );
     // A media type nobody knows.
     let unknown = "application/vnd.example.thing.v1+json";
     serve_fake_manifest(
@@ -394,11 +475,23 @@ async fn bad_input_from_the_registry_fails_each_tag_clearly_and_nothing_else_bre
     // Over 4 MiB (a valid manifest padded with a huge annotation).
     let mut huge = serde_json::from_slice::<serde_json::Value>(&real.manifest_bytes).unwrap();
     huge["annotations"] = serde_json::json!({"padding": "x".repeat(4 * MIB + 1000)});
-    serve_fake_manifest(&world.proxy, "huge", "v1", OCI_MANIFEST, serde_json::to_vec(&huge).unwrap());
+    serve_fake_manifest(
+        &world.proxy,
+        "huge",
+        "v1",
+        OCI_MANIFEST,
+        serde_json::to_vec(&huge).unwrap(),
+    );
     // A descriptor with a digest algorithm we do not support.
     let mut md5 = serde_json::from_slice::<serde_json::Value>(&real.manifest_bytes).unwrap();
     md5["layers"][0]["digest"] = serde_json::json!("md5:0123456789abcdef0123456789abcdef");
-    serve_fake_manifest(&world.proxy, "algo", "v1", OCI_MANIFEST, serde_json::to_vec(&md5).unwrap());
+    serve_fake_manifest(
+        &world.proxy,
+        "algo",
+        "v1",
+        OCI_MANIFEST,
+        serde_json::to_vec(&md5).unwrap(),
+    );
     // A Docker-Content-Digest that lies about the manifest's bytes.
     let lie = format!("sha256:{}", "0".repeat(64));
     world.proxy.add(Rule::new(
@@ -407,25 +500,49 @@ async fn bad_input_from_the_registry_fails_each_tag_clearly_and_nothing_else_bre
     ));
     // Every blob GET of `loop` redirects to one URL that redirects to itself.
     let looped = format!("{}/v2/loop/blobs/{}", world.proxy.url(), loop_layer.digest);
-    let redirects = world
-        .proxy
-        .add(Rule::new("GET /v2/loop/blobs/*", Action::redirect(302, &looped)));
+    let redirects = world.proxy.add(Rule::new(
+        "GET /v2/loop/blobs/*",
+        Action::redirect(302, &looped),
+    ));
 
-    let images = ["badjson:v1", "unknown:v1", "huge:v1", "algo:v1", "liar:v1", "loop:v1", "good:v1"];
+    let images = [
+        "badjson:v1",
+        "unknown:v1",
+        "huge:v1",
+        "algo:v1",
+        "liar:v1",
+        "loop:v1",
+        "good:v1",
+    ];
     let (out, took) = world.sync(&images).await;
     out.assert_code(1);
     for tag in &images[..6] {
         eprintln!("{}", line_of(&out, tag));
     }
-    eprintln!("bad input: {} redirects served to the loop; run {took:.1?}", world.proxy.applied(redirects));
+    eprintln!(
+        "bad input: {} redirects served to the loop; run {took:.1?}",
+        world.proxy.applied(redirects)
+    );
     assert_failed_with(&out, "badjson:v1", &["not valid JSON"]);
-    assert_failed_with(&out, "unknown:v1", &["unsupported manifest media type", unknown]);
+    assert_failed_with(
+        &out,
+        "unknown:v1",
+        &["unsupported manifest media type", unknown],
+    );
     assert_failed_with(&out, "huge:v1", &["larger than 4194304 bytes"]);
     assert_failed_with(&out, "algo:v1", &["unsupported digest algorithm", "md5"]);
-    assert_failed_with(&out, "liar:v1", &["Docker-Content-Digest", &lie, &liar.digest]);
+    assert_failed_with(
+        &out,
+        "liar:v1",
+        &["Docker-Content-Digest", &lie, &liar.digest],
+    );
     assert_failed_with(&out, "loop:v1", &["redirect"]);
     for repo in ["badjson", "unknown", "huge", "algo", "liar", "loop"] {
-        assert_eq!(head_manifest(&world.target, repo, "v1").await, None, "{repo}:v1 at the target");
+        assert_eq!(
+            head_manifest(&world.target, repo, "v1").await,
+            None,
+            "{repo}:v1 at the target"
+        );
     }
     assert_synced(&world, "good", "v1").await;
 }
@@ -440,9 +557,10 @@ async fn a_redirect_loop_is_bad_input_not_a_transient_failure() {
     let (img, _) = seed_image(&world.upstream, "loop", "v1", 135, 1_000).await;
     let config = img.blobs[0].digest.clone();
     let looped = format!("{}/v2/loop/blobs/{config}", world.proxy.url());
-    let redirects = world
-        .proxy
-        .add(Rule::new("GET /v2/loop/blobs/*", Action::redirect(302, &looped)));
+    let redirects = world.proxy.add(Rule::new(
+        "GET /v2/loop/blobs/*",
+        Action::redirect(302, &looped),
+    ));
     let (out, took) = world.sync(&["loop:v1"]).await;
     out.assert_code(1);
     assert_failed_with(&out, "loop:v1", &["redirect"]);
@@ -484,7 +602,10 @@ async fn a_redirect_to_another_host_does_not_carry_the_authorization_header() {
     ));
     let redirect = world.proxy.add(Rule::new(
         &format!("GET /v2/app/blobs/{}", big.digest),
-        Action::redirect(307, &format!("http://localhost:{}/storage/blob?sig=abc", storage.port())),
+        Action::redirect(
+            307,
+            &format!("http://localhost:{}/storage/blob?sig=abc", storage.port()),
+        ),
     ));
     let config = world.config(
         &["app:v1"],
@@ -505,7 +626,10 @@ async fn a_redirect_to_another_host_does_not_carry_the_authorization_header() {
         asked.dump()
     );
     let at_storage = storage.seen();
-    eprintln!("cross-host redirect: the other host saw:\n{}", at_storage.dump());
+    eprintln!(
+        "cross-host redirect: the other host saw:\n{}",
+        at_storage.dump()
+    );
     assert_eq!(at_storage.len(), 1, "{}", at_storage.dump());
     assert!(
         !at_storage[0].has_authorization(),
@@ -537,12 +661,24 @@ async fn secrets_never_appear_in_logs_errors_or_metrics() {
     seed_image(&world.upstream, "slow", "v1", 190, 10_000).await;
     let p = &world.proxy;
     p.add(Rule::new("HEAD /v2/*/manifests/*", Action::status(503)).first(2));
-    p.add(Rule::new(&format!("GET /v2/app/blobs/{}", big.digest), Action::DropAfter(MIB as u64)).first(1));
+    p.add(
+        Rule::new(
+            &format!("GET /v2/app/blobs/{}", big.digest),
+            Action::DropAfter(MIB as u64),
+        )
+        .first(1),
+    );
     p.add(Rule::new("GET /v2/slow/manifests/*", Action::too_many("1")).first(1));
-    p.add(Rule::new(&format!("GET /v2/bad/blobs/{}", flipped.digest), Action::FlipByte(10)));
+    p.add(Rule::new(
+        &format!("GET /v2/bad/blobs/{}", flipped.digest),
+        Action::FlipByte(10),
+    ));
     p.add(Rule::new(
         "GET /v2/liar/manifests/*",
-        Action::set_header("Docker-Content-Digest", &format!("sha256:{}", "1".repeat(64))),
+        Action::set_header(
+            "Docker-Content-Digest",
+            &format!("sha256:{}", "1".repeat(64)),
+        ),
     ));
     let config = world.config(
         &["app:v1", "bad:v1", "liar:v1", "slow:v1"],
@@ -567,10 +703,14 @@ async fn secrets_never_appear_in_logs_errors_or_metrics() {
     out.assert_code(1);
     assert_failed_with(&out, "bad:v1", &["hashes to"]);
     assert_failed_with(&out, "liar:v1", &["Docker-Content-Digest"]);
-    assert!(world.proxy.seen().iter().any(|s| s.has_authorization()), "credentials were used");
+    assert!(
+        world.proxy.seen().iter().any(|s| s.has_authorization()),
+        "credentials were used"
+    );
     let metrics_text = std::fs::read_to_string(&metrics).expect("metrics file");
     use base64::Engine as _;
-    let b64 = |u: &str, p: &str| base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+    let b64 =
+        |u: &str, p: &str| base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
     let secrets = [
         up_pass.to_string(),
         t_pass.to_string(),
@@ -578,14 +718,25 @@ async fn secrets_never_appear_in_logs_errors_or_metrics() {
         b64(t_user, t_pass),
     ];
     let stderr_lines = out.stderr.lines().count();
-    for (name, text) in [("stdout", &out.stdout), ("stderr", &out.stderr), ("metrics", &metrics_text)] {
+    for (name, text) in [
+        ("stdout", &out.stdout),
+        ("stderr", &out.stderr),
+        ("metrics", &metrics_text),
+    ] {
         for (i, line) in text.lines().enumerate() {
             for s in &secrets {
-                assert!(!line.contains(s.as_str()), "{name} line {} contains a secret: {line}", i + 1);
+                assert!(
+                    !line.contains(s.as_str()),
+                    "{name} line {} contains a secret: {line}",
+                    i + 1
+                );
             }
         }
     }
-    eprintln!("secrets: {stderr_lines} debug log lines, {} stdout lines, metrics checked: no password or Basic token", out.stdout.lines().count());
+    eprintln!(
+        "secrets: {stderr_lines} debug log lines, {} stdout lines, metrics checked: no password or Basic token",
+        out.stdout.lines().count()
+    );
     assert_synced(&world, "app", "v1").await;
     assert_synced(&world, "slow", "v1").await;
 }

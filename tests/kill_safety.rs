@@ -22,7 +22,8 @@ use rand::{Rng, SeedableRng};
 const MIB: u64 = 1 << 20;
 const SEED: u64 = 0x6b11_1ed5;
 const TRIALS: usize = 20;
-/// Trials per target: the target is reset after each group, once a final run has completed it.
+/// At most this many trials in a row on one target; then a final run completes it and the
+/// target is reset (also as soon as a trial finishes the sync before its kill).
 const GROUP: usize = 5;
 
 /// One configured tag and every blob and manifest digest it needs.
@@ -50,7 +51,10 @@ async fn seed_corpus(up: &Registry) -> Vec<Tagged> {
         up,
         "kill/multi",
         None,
-        ImageSpec::new(Format::Oci, vec![layer(10, 3 * MIB as usize), layer(11, 50_000)]),
+        ImageSpec::new(
+            Format::Oci,
+            vec![layer(10, 3 * MIB as usize), layer(11, 50_000)],
+        ),
     )
     .await;
     let arm = push_image(
@@ -82,7 +86,10 @@ async fn seed_corpus(up: &Registry) -> Vec<Tagged> {
             "v1",
             ImageSpec::new(
                 Format::Docker,
-                vec![layer(20 + i, (1 + i as usize) * MIB as usize), layer(30 + i, 10_000)],
+                vec![
+                    layer(20 + i, (1 + i as usize) * MIB as usize),
+                    layer(30 + i, 10_000),
+                ],
             ),
         )
         .await;
@@ -163,31 +170,25 @@ async fn absent_blobs(target: &Registry, corpus: &[Tagged]) -> BTreeSet<String> 
 }
 
 /// The final run: completes the sync, pulling only blobs that were absent before it.
-async fn final_run(proxy: &Proxy, upstream: &Registry, target: &Registry, corpus: &[Tagged], config: &Path) {
+async fn final_run(
+    proxy: &Proxy,
+    upstream: &Registry,
+    target: &Registry,
+    corpus: &[Tagged],
+    config: &Path,
+) {
     let absent = absent_blobs(target, corpus).await;
     let mark = proxy.mark();
     let out = mirrorsync(&["sync", "--once", "--config", &config.display().to_string()]).await;
     out.assert_code(0);
     let seen = proxy.since(mark);
-    let pulled: Vec<String> = seen
-        .iter()
-        .filter(|s| s.is("GET", "blobs", None))
-        .map(|s| s.reference().unwrap_or_default())
-        .collect();
-    let unique: BTreeSet<String> = pulled.iter().cloned().collect();
+    let pulled = pulled_blobs(&seen);
     eprintln!(
-        "  final run: {} blobs absent before it, {} pulled ({} GETs)",
+        "  final run: {} blobs absent before it, {} pulled",
         absent.len(),
-        unique.len(),
         pulled.len()
     );
-    let extra: Vec<&String> = unique.difference(&absent).collect();
-    assert!(
-        extra.is_empty(),
-        "the final run pulled blobs the target already held: {extra:?}\n{}",
-        seen.dump()
-    );
-    assert_eq!(pulled.len(), unique.len(), "a blob was pulled twice:\n{}", seen.dump());
+    assert_only_missing(&pulled, &absent, &seen);
     for t in corpus {
         assert_eq!(
             head_manifest(target, &t.repo, &t.tag).await,
@@ -211,44 +212,92 @@ async fn sigkill_at_random_points_never_leaves_a_partial_tag() {
 
     // One full run to learn how long a sync takes.
     let mut target = Registry::start().await;
-    let cfg = config(dir.path(), &proxy, &target, &corpus, "");
+    let mut cfg = config(dir.path(), &proxy, &target, &corpus, "");
     let started = Instant::now();
     mirrorsync(&["sync", "--once", "--config", &cfg.display().to_string()])
         .await
         .assert_code(0);
     let full = started.elapsed();
     eprintln!("a full run takes {full:.2?}");
+    target = Registry::start().await;
+    cfg = config(dir.path(), &proxy, &target, &corpus, "");
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(SEED);
-    let (mut killed, mut finished, mut partial_checks) = (0, 0, 0);
+    let (mut killed, mut finished, mut tag_checks, mut final_runs) = (0, 0, 0, 0);
     for trial in 0..TRIALS {
-        if trial % GROUP == 0 {
-            target = Registry::start().await;
-        }
-        let cfg = config(dir.path(), &proxy, &target, &corpus, "");
+        let absent = absent_blobs(&target, &corpus).await;
+        let mark = proxy.mark();
         let delay = Duration::from_secs_f64(rng.random_range(0.05..full.as_secs_f64()));
         let (ended, ran) = run_and_kill(&cfg, delay).await;
         let present = assert_no_partial_tag(&target, &corpus, &format!("trial {trial}")).await;
-        partial_checks += present;
+        tag_checks += present;
+        // Killed or not, a run pulls only blobs that were absent when it started, each once.
+        let pulled = pulled_blobs(&proxy.since(mark));
+        assert_only_missing(&pulled, &absent, &proxy.since(mark));
         match ended {
             Ended::Killed => {
                 killed += 1;
-                eprintln!("trial {trial}: SIGKILL after {ran:.2?}; {present}/{} tags present, all complete", corpus.len());
+                eprintln!(
+                    "trial {trial}: SIGKILL after {ran:.2?}; {present}/{} tags present, all complete; pulled {} of {} absent blobs",
+                    corpus.len(),
+                    pulled.len(),
+                    absent.len()
+                );
             }
             Ended::Exited(code) => {
                 finished += 1;
-                eprintln!("trial {trial}: exited {code:?} after {ran:.2?} before the kill at {delay:.2?}; {present} tags present");
+                eprintln!(
+                    "trial {trial}: exited {code:?} after {ran:.2?}, before the kill at {delay:.2?}; pulled {} of {} absent blobs",
+                    pulled.len(),
+                    absent.len()
+                );
+                assert_eq!(code, Some(0));
             }
         }
-        if trial % GROUP == GROUP - 1 {
+        // Every GROUP trials, or when a run finished the job: complete it, then start over.
+        let done = matches!(ended, Ended::Exited(_));
+        if done || trial % GROUP == GROUP - 1 {
             final_run(&proxy, &upstream, &target, &corpus, &cfg).await;
+            final_runs += 1;
+            target = Registry::start().await;
+            cfg = config(dir.path(), &proxy, &target, &corpus, "");
         }
     }
     eprintln!(
-        "{TRIALS} trials: {killed} killed mid-run, {finished} finished first; {partial_checks} tag checks after kills, none partial; {:.1?} in all",
+        "{TRIALS} trials: {killed} killed mid-run, {finished} finished first; {tag_checks} tags checked complete after kills, none partial; {final_runs} final runs pulled only missing blobs; {:.1?} in all",
         test_started.elapsed()
     );
-    assert!(killed >= TRIALS / 2, "most trials must kill a running sync ({killed} of {TRIALS})");
+    assert!(
+        killed >= TRIALS / 2,
+        "most trials must kill a running sync ({killed} of {TRIALS})"
+    );
+}
+
+/// Digests of the blob GETs in `seen`, in order.
+fn pulled_blobs(seen: &[Seen]) -> Vec<String> {
+    seen.iter()
+        .filter(|s| s.is("GET", "blobs", None))
+        .map(|s| s.reference().unwrap_or_default())
+        .collect()
+}
+
+fn assert_only_missing(pulled: &[String], absent: &BTreeSet<String>, seen: &[Seen]) {
+    let unique: BTreeSet<&String> = pulled.iter().collect();
+    let extra: Vec<&&String> = unique
+        .iter()
+        .filter(|d| !absent.contains(d.as_str()))
+        .collect();
+    assert!(
+        extra.is_empty(),
+        "pulled blobs the target already held: {extra:?}\n{}",
+        seen.dump()
+    );
+    assert_eq!(
+        pulled.len(),
+        unique.len(),
+        "a blob was pulled twice:\n{}",
+        seen.dump()
+    );
 }
 
 /// An upstream with a big tag first and small ones after, throttled to 20 MiB/s, serial tags.
@@ -266,7 +315,13 @@ async fn slow_world(big: u64) -> (Registry, Proxy, Registry, tempfile::TempDir, 
     let mut images = vec![proxy.image_ref("slow/big", "v1")];
     for i in 0..4u64 {
         let repo = format!("slow/small{i}");
-        push_image(&upstream, &repo, "v1", ImageSpec::new(Format::Oci, vec![layer(60 + i, 20_000)])).await;
+        push_image(
+            &upstream,
+            &repo,
+            "v1",
+            ImageSpec::new(Format::Oci, vec![layer(60 + i, 20_000)]),
+        )
+        .await;
         images.push(proxy.image_ref(&repo, "v1"));
     }
     let dir = tempfile::tempdir().unwrap();
@@ -294,15 +349,30 @@ async fn assert_stopped_early(out: &Output, target: &Registry, big_expected: boo
             .find(|l| l.contains(&needle))
             .unwrap_or_else(|| panic!("no summary line for small{i}:\n{}", out.stdout));
         assert!(line.starts_with("DEFERRED "), "{line}");
-        assert_eq!(head_manifest(target, &format!("slow/small{i}"), "v1").await, None);
+        assert_eq!(
+            head_manifest(target, &format!("slow/small{i}"), "v1").await,
+            None
+        );
     }
     let big = head_manifest(target, "slow/big", "v1").await;
     if big_expected {
-        assert!(big.is_some(), "the in-flight tag finishes within the grace period:\n{}", out.stdout);
+        assert!(
+            big.is_some(),
+            "the in-flight tag finishes within the grace period:\n{}",
+            out.stdout
+        );
         assert_image_complete(target, "slow/big", "v1").await;
     } else {
-        assert_eq!(big, None, "the abandoned tag must not be at the target:\n{}", out.stdout);
-        let line = out.stdout.lines().find(|l| l.contains("/slow/big:v1 -> ")).unwrap();
+        assert_eq!(
+            big, None,
+            "the abandoned tag must not be at the target:\n{}",
+            out.stdout
+        );
+        let line = out
+            .stdout
+            .lines()
+            .find(|l| l.contains("/slow/big:v1 -> "))
+            .unwrap();
         assert!(line.starts_with("DEFERRED "), "{line}");
     }
 }
@@ -311,8 +381,21 @@ async fn assert_stopped_early(out: &Output, target: &Registry, big_expected: boo
 async fn max_duration_lets_the_running_tag_finish_and_defers_the_rest() {
     let (_up, _proxy, target, _dir, cfg) = slow_world(40 * MIB).await;
     let started = Instant::now();
-    let out = mirrorsync(&["sync", "--once", "--config", &cfg.display().to_string(), "--max-duration", "1s"]).await;
-    eprintln!("--max-duration 1s, 40 MiB at 20 MiB/s in flight: exit {:?} after {:.1?}\n{}", out.code, started.elapsed(), out.stdout);
+    let out = mirrorsync(&[
+        "sync",
+        "--once",
+        "--config",
+        &cfg.display().to_string(),
+        "--max-duration",
+        "1s",
+    ])
+    .await;
+    eprintln!(
+        "--max-duration 1s, 40 MiB at 20 MiB/s in flight: exit {:?} after {:.1?}\n{}",
+        out.code,
+        started.elapsed(),
+        out.stdout
+    );
     assert_stopped_early(&out, &target, true).await;
 }
 
@@ -332,7 +415,10 @@ async fn max_duration_abandons_a_transfer_after_the_grace_period_without_a_parti
     ])
     .await;
     let took = started.elapsed();
-    eprintln!("--max-duration 1s --grace-period 1s, 100 MiB at 20 MiB/s: exit {:?} after {took:.1?}\n{}", out.code, out.stdout);
+    eprintln!(
+        "--max-duration 1s --grace-period 1s, 100 MiB at 20 MiB/s: exit {:?} after {took:.1?}\n{}",
+        out.code, out.stdout
+    );
     assert!(took < Duration::from_secs(4), "stopped after {took:?}");
     assert_stopped_early(&out, &target, false).await;
 }
@@ -363,6 +449,11 @@ async fn sigterm_stops_new_tags_and_exits_3() {
         stdout_raw: raw.stdout,
         stderr: String::from_utf8_lossy(&raw.stderr).into_owned(),
     };
-    eprintln!("SIGTERM after 1 s: exit {:?} after {:.1?}\n{}", out.code, started.elapsed(), out.stdout);
+    eprintln!(
+        "SIGTERM after 1 s: exit {:?} after {:.1?}\n{}",
+        out.code,
+        started.elapsed(),
+        out.stdout
+    );
     assert_stopped_early(&out, &target, true).await;
 }

@@ -87,7 +87,14 @@ async fn requests_per_second_with_burst_holds_over_a_whole_run() {
         let repo = format!("rps/app{r}");
         let img = small_image(&world.upstream, &repo, "t0", 200 + r).await;
         for t in 1..5 {
-            push_manifest(&world.upstream, &repo, &format!("t{t}"), &img.media_type, &img.manifest_bytes).await;
+            push_manifest(
+                &world.upstream,
+                &repo,
+                &format!("t{t}"),
+                &img.media_type,
+                &img.manifest_bytes,
+            )
+            .await;
         }
         images.extend((0..5).map(|t| format!("{repo}:t{t}")));
     }
@@ -105,7 +112,11 @@ async fn requests_per_second_with_burst_holds_over_a_whole_run() {
     );
     // 20 HEADs, 4 manifest GETs, 8 blob GETs, the ping.
     assert!(seen.len() >= 33, "{}", seen.dump());
-    assert!(max <= 5 + 1, "{max} requests within one second:\n{}", seen.dump());
+    assert!(
+        max <= 5 + 1,
+        "{max} requests within one second:\n{}",
+        seen.dump()
+    );
     assert!(
         span >= Duration::from_secs_f64((seen.len() - 2) as f64 / 5.0),
         "{} requests in {span:?}:\n{}",
@@ -128,18 +139,27 @@ async fn bytes_per_second_slows_a_big_blob_down() {
         ImageSpec::new(Format::Oci, vec![layer(300, size)]),
     )
     .await;
-    let config = world.config(&["bps/app:v1".to_string()], "    bytes_per_second: 5MiB\n", "");
+    let config = world.config(
+        &["bps/app:v1".to_string()],
+        "    bytes_per_second: 5MiB\n",
+        "",
+    );
     let (out, took) = sync(&config, &[]).await;
     out.assert_code(0);
     eprintln!(
         "bytes_per_second 5MiB: 20 MiB blob synced in {took:.2?} ({:.1} MiB/s)",
         size as f64 / MIB as f64 / took.as_secs_f64()
     );
-    assert!(took >= Duration::from_millis(3500), "20 MiB at 5 MiB/s took {took:?}");
+    assert!(
+        took >= Duration::from_millis(3500),
+        "20 MiB at 5 MiB/s took {took:?}"
+    );
     let big = &img.blobs[1];
     assert_eq!(big.size, size as u64);
     assert_eq!(
-        blob_sha256(&world.target, "bps/app", &big.digest).await.as_deref(),
+        blob_sha256(&world.target, "bps/app", &big.digest)
+            .await
+            .as_deref(),
         Some(big.digest.as_str())
     );
 }
@@ -157,11 +177,20 @@ async fn pull_quota_is_spent_on_changed_tags_only_down_to_the_reserve_and_deferr
     let world = World::new().await;
     let repo = "hub/app";
     let mut digests = std::collections::HashMap::new();
-    for (i, tag) in ["u0", "u1", "u2", "c0", "c1", "c2", "c3", "c4", "c5", "n0", "n1"].iter().enumerate() {
+    for (i, tag) in [
+        "u0", "u1", "u2", "c0", "c1", "c2", "c3", "c4", "c5", "n0", "n1",
+    ]
+    .iter()
+    .enumerate()
+    {
         let img = small_image(&world.upstream, repo, tag, 400 + i as u64).await;
         digests.insert(tag.to_string(), img.digest);
     }
-    let refs = |tags: &[&str]| tags.iter().map(|t| format!("{repo}:{t}")).collect::<Vec<_>>();
+    let refs = |tags: &[&str]| {
+        tags.iter()
+            .map(|t| format!("{repo}:{t}"))
+            .collect::<Vec<_>>()
+    };
     let limits = "    rate_limit_reserve: 2\n";
     let serial = "concurrency: 1\n";
 
@@ -189,8 +218,16 @@ async fn pull_quota_is_spent_on_changed_tags_only_down_to_the_reserve_and_deferr
         out.stdout
     );
     assert_eq!(seen.count("HEAD", "manifests", None), 9, "{}", seen.dump());
-    let expected: Vec<String> = ["c0", "c1", "c2"].iter().map(|t| digests[*t].clone()).collect();
-    assert_eq!(spent, expected, "pulls only for changed tags, down to the reserve:\n{}", seen.dump());
+    let expected: Vec<String> = ["c0", "c1", "c2"]
+        .iter()
+        .map(|t| digests[*t].clone())
+        .collect();
+    assert_eq!(
+        spent,
+        expected,
+        "pulls only for changed tags, down to the reserve:\n{}",
+        seen.dump()
+    );
     assert_eq!(world.proxy.quota(), Some(2), "the reserve is left");
     for t in ["c3", "c4", "c5"] {
         let line = out
@@ -199,7 +236,11 @@ async fn pull_quota_is_spent_on_changed_tags_only_down_to_the_reserve_and_deferr
             .find(|l| l.contains(&format!("/{repo}:{t} -> ")))
             .unwrap_or_else(|| panic!("no line for {t}:\n{}", out.stdout));
         assert!(line.starts_with("DEFERRED "), "{line}");
-        assert_eq!(head_manifest(&world.target, repo, t).await, None, "{t} was deferred");
+        assert_eq!(
+            head_manifest(&world.target, repo, t).await,
+            None,
+            "{t} was deferred"
+        );
     }
     for t in ["c0", "c1", "c2"] {
         assert_image_complete(&world.target, repo, t).await;
@@ -217,7 +258,9 @@ async fn pull_quota_is_spent_on_changed_tags_only_down_to_the_reserve_and_deferr
     world.proxy.set_quota(Some(100));
     let mark = world.proxy.mark();
     let third = world.config(
-        &refs(&["n0", "n1", "u0", "u1", "u2", "c0", "c1", "c2", "c3", "c4", "c5"]),
+        &refs(&[
+            "n0", "n1", "u0", "u1", "u2", "c0", "c1", "c2", "c3", "c4", "c5",
+        ]),
         limits,
         serial,
     );
@@ -225,7 +268,10 @@ async fn pull_quota_is_spent_on_changed_tags_only_down_to_the_reserve_and_deferr
     out.assert_code(0);
     let spent = pulls(&world.proxy.since(mark));
     eprintln!("quota restored: pulls in order {spent:?}");
-    let expected: Vec<String> = ["c3", "c4", "c5", "n0", "n1"].iter().map(|t| digests[*t].clone()).collect();
+    let expected: Vec<String> = ["c3", "c4", "c5", "n0", "n1"]
+        .iter()
+        .map(|t| digests[*t].clone())
+        .collect();
     assert_eq!(spent, expected, "deferred tags first, then the new ones");
     for t in ["c3", "c4", "c5", "n0", "n1"] {
         assert_image_complete(&world.target, repo, t).await;
@@ -278,7 +324,13 @@ async fn content_comes_from_a_mirror_where_present_and_from_the_origin_otherwise
     push_image(&mirror, repo, None, spec_a).await;
     // v2: the mirror holds only its layer (not the config, not the manifest).
     let layer_b = layer(602, 150_000);
-    let b = push_image(&world.upstream, repo, "v2", ImageSpec::new(Format::Oci, vec![layer_b.clone()])).await;
+    let b = push_image(
+        &world.upstream,
+        repo,
+        "v2",
+        ImageSpec::new(Format::Oci, vec![layer_b.clone()]),
+    )
+    .await;
     push_blob(&mirror, repo, &layer_b).await;
     // v3: an index; the mirror holds its amd64 child whole, not the arm64 child nor the index.
     let amd = ImageSpec::new(Format::Oci, vec![layer(603, 120_000)]);
@@ -297,7 +349,11 @@ async fn content_comes_from_a_mirror_where_present_and_from_the_origin_otherwise
 
     let mirror_mark = mirror.log_mark().await;
     let config = world.config(
-        &[format!("{repo}:v1"), format!("{repo}:v2"), format!("{repo}:v3")],
+        &[
+            format!("{repo}:v1"),
+            format!("{repo}:v2"),
+            format!("{repo}:v3"),
+        ],
         &format!("    mirrors: [\"{}\"]\n", mirror.url()),
         "",
     );
@@ -317,7 +373,11 @@ async fn content_comes_from_a_mirror_where_present_and_from_the_origin_otherwise
     missing_at_mirror.sort();
     let mut origin_manifests = pulls(&origin);
     origin_manifests.sort();
-    let mut lacking = vec![b.digest.clone(), index.digest.clone(), arm_img.digest.clone()];
+    let mut lacking = vec![
+        b.digest.clone(),
+        index.digest.clone(),
+        arm_img.digest.clone(),
+    ];
     lacking.sort();
     eprintln!(
         "mirror: {} blob GETs and {} manifest GETs at the mirror; origin: {} blob GETs, {} manifest GETs ({took:.1?})",
@@ -326,9 +386,23 @@ async fn content_comes_from_a_mirror_where_present_and_from_the_origin_otherwise
         origin_blobs.len(),
         origin_manifests.len()
     );
-    assert_eq!(origin_blobs, missing_at_mirror, "origin blob GETs only for what the mirror lacks:\n{}", origin.dump());
-    assert_eq!(origin_manifests, lacking, "origin manifest GETs only for what the mirror lacks:\n{}", origin.dump());
-    assert_eq!(origin.count("HEAD", "manifests", None), 3, "tags resolve at the origin");
+    assert_eq!(
+        origin_blobs,
+        missing_at_mirror,
+        "origin blob GETs only for what the mirror lacks:\n{}",
+        origin.dump()
+    );
+    assert_eq!(
+        origin_manifests,
+        lacking,
+        "origin manifest GETs only for what the mirror lacks:\n{}",
+        origin.dump()
+    );
+    assert_eq!(
+        origin.count("HEAD", "manifests", None),
+        3,
+        "tags resolve at the origin"
+    );
     assert!(
         at_mirror.blob_gets(None) >= a.blobs.len() + 1 + amd_img.blobs.len(),
         "the mirror was asked first:\n{}",
@@ -369,6 +443,11 @@ async fn a_mirror_that_is_down_does_not_stop_the_sync() {
         origin.count("GET", "manifests", None)
     );
     assert_eq!(origin.count("GET", "blobs", None), 3, "{}", origin.dump());
-    assert_eq!(origin.count("GET", "manifests", None), 1, "{}", origin.dump());
+    assert_eq!(
+        origin.count("GET", "manifests", None),
+        1,
+        "{}",
+        origin.dump()
+    );
     assert_image_complete(&world.target, repo, "v1").await;
 }

@@ -112,6 +112,7 @@ pub async fn run(initial: Config, options: DaemonOptions) -> i32 {
         run_now = false;
         let pass_start = Utc::now();
         let pass = PassOptions {
+            progress: false,
             mode: Mode::Sync,
             shard: options.shard,
             control: RunControl {

@@ -44,7 +44,7 @@ fn shard_of(flag: Option<Shard>) -> Result<Option<Shard>, String> {
 }
 
 /// `mirrorsync sync`: one pass with `--once`, else the scheduled daemon.
-pub async fn sync(config: Config, args: cli::SyncArgs) -> i32 {
+pub async fn sync(config: Config, args: cli::SyncArgs, progress: bool) -> i32 {
     let shard = match shard_of(args.shard.shard) {
         Ok(s) => s,
         Err(e) => {
@@ -90,6 +90,7 @@ pub async fn sync(config: Config, args: cli::SyncArgs) -> i32 {
     }
     let metrics = metrics::Metrics::new();
     let options = PassOptions {
+        progress,
         mode: Mode::Sync,
         shard,
         control,
@@ -140,7 +141,7 @@ async fn export_metrics(
 }
 
 /// `mirrorsync plan`: what a sync would do; writes nothing anywhere.
-pub async fn plan(config: Config, args: cli::PlanArgs) -> i32 {
+pub async fn plan(config: Config, args: cli::PlanArgs, progress: bool) -> i32 {
     let shard = match shard_of(args.shard.shard) {
         Ok(s) => s,
         Err(e) => {
@@ -149,6 +150,7 @@ pub async fn plan(config: Config, args: cli::PlanArgs) -> i32 {
         }
     };
     let options = PassOptions {
+        progress,
         mode: Mode::Plan,
         shard,
         control: RunControl::default(),

@@ -33,10 +33,11 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let progress = cli.log_format == LogFormat::Text;
     let code = runtime.block_on(async {
         match cli.command {
-            Command::Sync(args) => mirrorsync::sync(config, args).await,
-            Command::Plan(args) => mirrorsync::plan(config, args).await,
+            Command::Sync(args) => mirrorsync::sync(config, args, progress).await,
+            Command::Plan(args) => mirrorsync::plan(config, args, progress).await,
             Command::Check(args) => mirrorsync::check(config, args.connect).await,
         }
     });

@@ -18,6 +18,8 @@ pub struct PassOptions {
     pub mode: Mode,
     pub shard: Option<Shard>,
     pub control: RunControl,
+    /// Draw live progress on stderr when it is a terminal.
+    pub progress: bool,
 }
 
 /// Feeds every registry request into the metrics.
@@ -64,7 +66,10 @@ pub async fn run_pass(
         metrics.set_last_success(ts);
     }
 
+    let renderer =
+        crate::copy::progress::Renderer::start(Arc::clone(&engine.progress), options.progress);
     let tags = engine.run(&options.control, &state.priorities()).await;
+    drop(renderer);
     let mut report = RunReport {
         tags,
         duration: started.elapsed(),

@@ -449,6 +449,13 @@ async fn sigterm_stops_new_tags_and_exits_3() {
         stdout_raw: raw.stdout,
         stderr: String::from_utf8_lossy(&raw.stderr).into_owned(),
     };
+    let order: Vec<String> = _proxy
+        .seen()
+        .iter()
+        .filter(|s| s.is("GET", "manifests", None))
+        .map(|s| s.repo().unwrap_or_default())
+        .collect();
+    eprintln!("SIGTERM: manifests fetched in order {order:?}");
     eprintln!(
         "SIGTERM after 1 s: exit {:?} after {:.1?}\n{}",
         out.code,

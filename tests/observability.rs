@@ -197,7 +197,11 @@ fn assert_contract_families(e: &Exposition) {
             "HELP of {name}:\n{}",
             e.text
         );
-        assert!(!e.find(name, &[]).is_empty(), "no sample of {name}:\n{}", e.text);
+        assert!(
+            !e.find(name, &[]).is_empty(),
+            "no sample of {name}:\n{}",
+            e.text
+        );
     }
 }
 
@@ -281,10 +285,7 @@ fn spawn_logged(program: &Path, args: &[String], dir: &Path) -> Child {
     let out = std::fs::File::create(dir.join("stdout.log")).expect("stdout.log");
     let err = std::fs::File::create(dir.join("stderr.log")).expect("stderr.log");
     let mut cmd = Command::new(program);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
+    cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
     #[cfg(target_os = "linux")]
     // SAFETY: prctl is async-signal-safe; it only sets this child's parent-death signal.
     unsafe {
@@ -314,7 +315,10 @@ impl Pushgateway {
             let args = vec![
                 format!("--web.listen-address=127.0.0.1:{port}"),
                 // Debian's default persistence file is shared by every instance: use our own.
-                format!("--persistence.file={}", dir.path().join("pg.data").display()),
+                format!(
+                    "--persistence.file={}",
+                    dir.path().join("pg.data").display()
+                ),
             ];
             let child = spawn_logged(Path::new(PUSHGATEWAY_BIN), &args, dir.path());
             let mut pg = Pushgateway { child, port, dir };
@@ -579,7 +583,8 @@ fn requests_metric(e: &Exposition, registry: &str) -> BTreeMap<(String, String),
 fn pushgateway_group(api: &Value, job: &str, instance: &str) -> Option<Exposition> {
     let groups = api["data"].as_array()?;
     let group = groups.iter().find(|g| {
-        g["labels"]["job"].as_str() == Some(job) && g["labels"]["instance"].as_str() == Some(instance)
+        g["labels"]["job"].as_str() == Some(job)
+            && g["labels"]["instance"].as_str() == Some(instance)
     })?;
     let mut e = Exposition {
         text: serde_json::to_string_pretty(group).unwrap_or_default(),
@@ -626,7 +631,10 @@ async fn once_pushes_its_metrics_to_a_real_pushgateway() {
     let upstream = Registry::start().await;
     let target = Registry::start().await;
     let images = seed_three(&upstream).await;
-    let refs: Vec<String> = THREE.iter().map(|(r, t)| upstream.image_ref(r, t)).collect();
+    let refs: Vec<String> = THREE
+        .iter()
+        .map(|(r, t)| upstream.image_ref(r, t))
+        .collect();
     let scenario = Scenario::registry_to_registry(&upstream, &target, "", &refs);
 
     let up_mark = upstream.log_mark().await;
@@ -648,7 +656,9 @@ async fn once_pushes_its_metrics_to_a_real_pushgateway() {
     let up_log = upstream.access_log_since(up_mark).await;
     let target_log = target.access_log_since(target_mark).await;
 
-    let (_, _, api) = get(&pg.url("/api/v1/metrics")).await.expect("Pushgateway API");
+    let (_, _, api) = get(&pg.url("/api/v1/metrics"))
+        .await
+        .expect("Pushgateway API");
     let api: Value = serde_json::from_str(&api).expect("Pushgateway API JSON");
     let e = pushgateway_group(&api, "mirrorsync", "ci-node-1").unwrap_or_else(|| {
         panic!(
@@ -660,19 +670,31 @@ async fn once_pushes_its_metrics_to_a_real_pushgateway() {
         .as_array()
         .and_then(|g| g.iter().find(|g| g["labels"]["instance"] == "ci-node-1"))
         .expect("group");
-    assert_eq!(group["last_push_successful"], Value::Bool(true), "{group:#}");
+    assert_eq!(
+        group["last_push_successful"],
+        Value::Bool(true),
+        "{group:#}"
+    );
     assert_contract_families(&e);
     // Every sample carries the grouping labels.
     for s in &e.samples {
         assert_eq!(s.labels.get("job").map(String::as_str), Some("mirrorsync"));
-        assert_eq!(s.labels.get("instance").map(String::as_str), Some("ci-node-1"));
+        assert_eq!(
+            s.labels.get("instance").map(String::as_str),
+            Some("ci-node-1")
+        );
     }
 
     // The run: 3 tags synced, none otherwise.
     let tags = "mirrorsync_run_tags";
     assert_eq!(e.value(tags, &[("result", "synced")]), 3.0, "{}", e.text);
     for result in ["unchanged", "failed", "deferred"] {
-        assert_eq!(e.value(tags, &[("result", result)]), 0.0, "{result}: {}", e.text);
+        assert_eq!(
+            e.value(tags, &[("result", result)]),
+            0.0,
+            "{result}: {}",
+            e.text
+        );
     }
     let last_success = e.value("mirrorsync_run_last_success_timestamp_seconds", &[]);
     assert!(
@@ -695,7 +717,10 @@ async fn once_pushes_its_metrics_to_a_real_pushgateway() {
         e.text
     );
     assert_eq!(
-        e.value("mirrorsync_bytes_copied_total", &[("registry", &upstream.host())]),
+        e.value(
+            "mirrorsync_bytes_copied_total",
+            &[("registry", &upstream.host())]
+        ),
         unique_bytes as f64,
         "{}",
         e.text
@@ -710,7 +735,11 @@ async fn once_pushes_its_metrics_to_a_real_pushgateway() {
 
     // Every request, per registry, method and code, as both registries logged them.
     let up_metric = requests_metric(&e, &upstream.host());
-    assert!(!up_metric.is_empty(), "no request counted for the upstream:\n{}", e.text);
+    assert!(
+        !up_metric.is_empty(),
+        "no request counted for the upstream:\n{}",
+        e.text
+    );
     assert_eq!(
         up_metric,
         by_method_status(&up_log),
@@ -721,7 +750,11 @@ async fn once_pushes_its_metrics_to_a_real_pushgateway() {
     if target_metric.is_empty() {
         target_metric = requests_metric(&e, "target");
     }
-    assert!(!target_metric.is_empty(), "no request counted for the target:\n{}", e.text);
+    assert!(
+        !target_metric.is_empty(),
+        "no request counted for the target:\n{}",
+        e.text
+    );
     assert_eq!(
         target_metric,
         by_method_status(&target_log),
@@ -736,8 +769,18 @@ async fn once_pushes_its_metrics_to_a_real_pushgateway() {
             ("target", format!("{repo}:{tag}")),
         ];
         let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        assert_eq!(e.value("mirrorsync_tag_in_sync", &labels), 1.0, "{}", e.text);
-        assert_eq!(e.value("mirrorsync_tag_lag_seconds", &labels), 0.0, "{}", e.text);
+        assert_eq!(
+            e.value("mirrorsync_tag_in_sync", &labels),
+            1.0,
+            "{}",
+            e.text
+        );
+        assert_eq!(
+            e.value("mirrorsync_tag_lag_seconds", &labels),
+            0.0,
+            "{}",
+            e.text
+        );
         let synced = e.value("mirrorsync_tag_last_synced_timestamp_seconds", &labels);
         assert!(
             synced >= before as f64 && synced <= after as f64 + 1.0,
@@ -755,7 +798,10 @@ async fn textfile_and_metrics_endpoint_pass_promtool() {
     let upstream = Registry::start().await;
     let target = Registry::start().await;
     seed_three(&upstream).await;
-    let refs: Vec<String> = THREE.iter().map(|(r, t)| upstream.image_ref(r, t)).collect();
+    let refs: Vec<String> = THREE
+        .iter()
+        .map(|(r, t)| upstream.image_ref(r, t))
+        .collect();
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("sync.yaml");
     write_file(
@@ -867,7 +913,11 @@ async fn delete_blob(reg: &Registry, repo: &str, digest: &str) {
         .await
         .unwrap_or_else(|e| panic!("DELETE {path}: {e:#}"));
     assert_eq!(resp.status().as_u16(), 202, "DELETE {path}");
-    assert_eq!(blob_sha256(reg, repo, digest).await, None, "{path} still served");
+    assert_eq!(
+        blob_sha256(reg, repo, digest).await,
+        None,
+        "{path} still served"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -943,10 +993,16 @@ async fn lag_grows_across_failing_stateless_runs_and_resets_after_a_good_one() {
         let (in_sync, synced, lag) = tag_series(&e, &stable_src, "team/app:stable");
         assert_eq!((in_sync, lag), (1.0, 0.0), "run {run}: stable\n{}", e.text);
         let synced = synced.expect("stable last synced");
-        assert!(synced > stable_synced, "run {run}: stable last synced must advance");
+        assert!(
+            synced > stable_synced,
+            "run {run}: stable last synced must advance"
+        );
         stable_synced = synced;
         assert_eq!(e.value("mirrorsync_run_tags", &[("result", "failed")]), 1.0);
-        assert_eq!(e.value("mirrorsync_run_tags", &[("result", "unchanged")]), 1.0);
+        assert_eq!(
+            e.value("mirrorsync_run_tags", &[("result", "unchanged")]),
+            1.0
+        );
         // The last successful run is still run 1, though this process never saw it.
         assert!(
             same_time(
@@ -991,8 +1047,15 @@ async fn lag_grows_across_failing_stateless_runs_and_resets_after_a_good_one() {
     out.assert_code(0);
     let log = target.access_log_since(mark).await;
     assert_eq!(log.mirrored_writes(), 0, "{}", log.dump());
-    assert_eq!(e.value("mirrorsync_run_tags", &[("result", "unchanged")]), 2.0);
-    assert!(head_manifest(&target, "mirrorsync/state", "latest").await.is_some());
+    assert_eq!(
+        e.value("mirrorsync_run_tags", &[("result", "unchanged")]),
+        2.0
+    );
+    assert!(
+        head_manifest(&target, "mirrorsync/state", "latest")
+            .await
+            .is_some()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1014,7 +1077,10 @@ async fn lag_survives_stateless_runs_into_an_oci_layout() {
     out.assert_code(0);
     let (_, synced_1, _) = tag_series(&e, &source, "team/lib:1");
     assert!(
-        layout.path().join(".mirrorsync-state-latest.json").is_file(),
+        layout
+            .path()
+            .join(".mirrorsync-state-latest.json")
+            .is_file(),
         "state file in the layout"
     );
 
@@ -1121,7 +1187,10 @@ async fn daemon_runs_passes_skips_overlaps_reloads_on_sighup_and_stops_on_sigter
     .await;
     assert_eq!(daemon.healthz().await, 200, "healthy while passes run");
     for tag in ["t0", "t1"] {
-        assert!(head_manifest(&target, "team/svc", tag).await.is_some(), "{tag}");
+        assert!(
+            head_manifest(&target, "team/svc", tag).await.is_some(),
+            "{tag}"
+        );
     }
 
     // (b) SIGHUP with a valid config that adds t2: t2 reaches the target.
@@ -1205,7 +1274,9 @@ async fn daemon_runs_passes_skips_overlaps_reloads_on_sighup_and_stops_on_sigter
     );
     // Every second since the start fell due once: it either ran a pass or was skipped, never
     // both (the first pass, from --run-now, was not a due one).
-    let saves = state_sequence(&target.access_log().await).matches('P').count();
+    let saves = state_sequence(&target.access_log().await)
+        .matches('P')
+        .count();
     let skipped_now = daemon
         .metrics()
         .await
@@ -1239,7 +1310,11 @@ async fn daemon_runs_passes_skips_overlaps_reloads_on_sighup_and_stops_on_sigter
         stop.elapsed(),
         daemon.logs()
     );
-    assert!(stop.elapsed() < Duration::from_secs(8), "{:?}", stop.elapsed());
+    assert!(
+        stop.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        stop.elapsed()
+    );
 
     // Passes never overlapped: at the target, each pass loads the state then saves it, and the
     // loads and saves alternate strictly over the daemon's whole life.
@@ -1247,8 +1322,12 @@ async fn daemon_runs_passes_skips_overlaps_reloads_on_sighup_and_stops_on_sigter
     let seq = state_sequence(&target_log);
     let passes = seq.matches('P').count();
     assert!(passes >= 6, "passes: {seq}");
-    let alternating: String = "GP".repeat(seq.len() / 2) + if seq.len() % 2 == 1 { "G" } else { "" };
-    assert_eq!(seq, alternating, "state loads (G) and saves (P) must alternate: passes overlapped");
+    let alternating: String =
+        "GP".repeat(seq.len() / 2) + if seq.len() % 2 == 1 { "G" } else { "" };
+    assert_eq!(
+        seq, alternating,
+        "state loads (G) and saves (P) must alternate: passes overlapped"
+    );
     // One summary line on stdout per completed pass.
     let stdout = daemon.stdout();
     let summaries = stdout
@@ -1322,7 +1401,10 @@ async fn json_logs_are_one_event_per_line_with_one_event_per_synced_tag() {
     let upstream = Registry::start().await;
     let target = Registry::start().await;
     let images = seed_three(&upstream).await;
-    let refs: Vec<String> = THREE.iter().map(|(r, t)| upstream.image_ref(r, t)).collect();
+    let refs: Vec<String> = THREE
+        .iter()
+        .map(|(r, t)| upstream.image_ref(r, t))
+        .collect();
     let scenario = Scenario::registry_to_registry(&upstream, &target, "", &refs);
 
     let out = mirrorsync(&[
@@ -1342,7 +1424,12 @@ async fn json_logs_are_one_event_per_line_with_one_event_per_synced_tag() {
         .iter()
         .filter(|e| e.get("source").is_some() && e.get("result").is_some())
         .collect();
-    assert_eq!(tag_events.len(), 3, "one event per synced tag:\n{}", out.stderr);
+    assert_eq!(
+        tag_events.len(),
+        3,
+        "one event per synced tag:\n{}",
+        out.stderr
+    );
     let mut bytes = 0;
     for ((repo, tag), image) in THREE.iter().zip(&images) {
         let source = upstream.image_ref(repo, tag);
@@ -1352,7 +1439,11 @@ async fn json_logs_are_one_event_per_line_with_one_event_per_synced_tag() {
             .collect();
         assert_eq!(matching.len(), 1, "{source}:\n{}", out.stderr);
         let e = matching[0];
-        assert_eq!(e["target"].as_str(), Some(format!("{repo}:{tag}").as_str()), "{e}");
+        assert_eq!(
+            e["target"].as_str(),
+            Some(format!("{repo}:{tag}").as_str()),
+            "{e}"
+        );
         assert_eq!(e["digest"].as_str(), Some(image.digest.as_str()), "{e}");
         let result = e["result"].as_str().unwrap_or_default();
         assert!(matches!(result, "new" | "synced"), "result {result:?}: {e}");
@@ -1390,8 +1481,9 @@ fn json_lines(stderr: &str) -> Vec<Value> {
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
-            let v: Value = serde_json::from_str(l)
-                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {l:?}\n--- stderr ---\n{stderr}"));
+            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| {
+                panic!("not a JSON line ({e}): {l:?}\n--- stderr ---\n{stderr}")
+            });
             assert!(v.is_object(), "not a JSON object: {l}");
             v
         })
@@ -1425,7 +1517,12 @@ async fn healthz_fails_when_passes_stop_completing() {
         ),
     );
     let daemon = Daemon::start(&config, &[]).await;
-    assert_eq!(daemon.healthz().await, 200, "healthy at start\n{}", daemon.logs());
+    assert_eq!(
+        daemon.healthz().await,
+        200,
+        "healthy at start\n{}",
+        daemon.logs()
+    );
     let (status, body) = poll(
         Duration::from_secs(10),
         || format!("/healthz never failed\n{}", daemon.logs()),

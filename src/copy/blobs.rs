@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use futures_util::StreamExt;
+
 use super::upstream::UpstreamRef;
 use super::{Counters, Engine, Mode, SyncError, download, verify};
 use crate::manifest::Descriptor;
@@ -109,6 +111,19 @@ impl Engine {
                 blob.size,
                 response,
             );
+            let label = blob.digest.encoded().chars().take(12).collect::<String>();
+            let transfer = self.progress.transfer(label, blob.size);
+            let (received, progress) = (Arc::clone(&transfer.received), Arc::clone(&self.progress));
+            let body = body
+                .inspect(move |piece| {
+                    if let Ok(bytes) = piece {
+                        received.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                        progress
+                            .bytes
+                            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    }
+                })
+                .boxed();
             let stream = verify::VerifiedStream::new(body, blob.digest.clone(), blob.size);
             match self
                 .target

@@ -16,6 +16,7 @@ mod blobs;
 mod download;
 mod ledger;
 mod manifests;
+pub mod progress;
 mod rewrite;
 mod upstream;
 pub mod verify;
@@ -160,6 +161,8 @@ pub struct Engine {
     blobs: BlobLedger,
     manifests: ManifestLedger,
     stop: CancellationToken,
+    /// Live counters for the terminal progress line.
+    pub progress: Arc<progress::Progress>,
 }
 
 impl Engine {
@@ -202,6 +205,7 @@ impl Engine {
             blobs: BlobLedger::default(),
             manifests: ManifestLedger::default(),
             stop: CancellationToken::new(),
+            progress: Arc::default(),
         })
     }
 
@@ -256,11 +260,17 @@ impl Engine {
             .iter()
             .map(|_| Arc::new(Counters::default()))
             .collect();
+        self.progress
+            .tags_total
+            .store(items.len(), Ordering::Relaxed);
         let mut results: Vec<Option<TagResult>> = vec![None; items.len()];
         let mut changed = Vec::new();
         for (i, inspection) in inspections.into_iter().enumerate() {
             match inspection {
-                Inspection::Done(result) => results[i] = Some(result),
+                Inspection::Done(result) => {
+                    self.progress.tags_done.fetch_add(1, Ordering::Relaxed);
+                    results[i] = Some(result)
+                }
                 Inspection::Changed(change) => changed.push((i, change)),
             }
         }
@@ -282,10 +292,12 @@ impl Engine {
                     .remove(&index);
                 let counters = Arc::clone(&counters[index]);
                 async move {
-                    match job {
+                    let result = match job {
                         Some(change) => engine.copy_tag(&item, change, &counters).await,
                         None => deferred("internal: missing work item"),
-                    }
+                    };
+                    engine.progress.tags_done.fetch_add(1, Ordering::Relaxed);
+                    result
                 }
             })
             .await;

@@ -1070,7 +1070,8 @@ async fn lag_survives_stateless_runs_into_an_oci_layout() {
     .await;
     let source = upstream.image_ref("team/lib", "1");
     let layout = tempfile::tempdir().expect("tempdir");
-    let scenario = Scenario::registry_to_layout(&upstream, layout.path(), &[source.clone()]);
+    let scenario =
+        Scenario::registry_to_layout(&upstream, layout.path(), std::slice::from_ref(&source));
     let textfile = scenario.dir.path().join("mirrorsync.prom");
 
     let (out, e) = once_with_textfile(&scenario.config, &textfile).await;

@@ -147,6 +147,9 @@ struct Change {
     target_ref: String,
 }
 
+/// A repository's tag list, fetched on first use.
+type TagListCell = Arc<tokio::sync::OnceCell<Arc<Vec<String>>>>;
+
 /// Everything one run shares.
 pub struct Engine {
     config: Arc<Config>,
@@ -157,7 +160,7 @@ pub struct Engine {
     retry: RetryPolicy,
     upstreams: tokio::sync::Mutex<HashMap<String, UpstreamRef>>,
     /// Tag lists, fetched once per repository per run.
-    tag_lists: std::sync::Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<Vec<String>>>>>>,
+    tag_lists: std::sync::Mutex<HashMap<String, TagListCell>>,
     blobs: BlobLedger,
     manifests: ManifestLedger,
     stop: CancellationToken,

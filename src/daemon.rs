@@ -92,7 +92,6 @@ pub async fn run(initial: Config, options: DaemonOptions) -> i32 {
     tracing::info!(schedule = %schedule.describe(), "waiting for the schedule");
 
     let mut run_now = options.run_now;
-    let mut exit = 0;
     loop {
         if !run_now {
             let now = Utc::now();
@@ -102,7 +101,8 @@ pub async fn run(initial: Config, options: DaemonOptions) -> i32 {
             };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.cancelled() => return exit,
+                // Idle between passes: nothing is stopped, so a clean exit.
+                _ = shutdown.cancelled() => return 0,
                 _ = hangup.notified() => {
                     reload(&options.config_path, &mut config, &mut schedule, &interval);
                     continue;
@@ -120,7 +120,7 @@ pub async fn run(initial: Config, options: DaemonOptions) -> i32 {
                 grace: options.grace,
             },
         };
-        exit = match run_pass(&config, &pass, &metrics).await {
+        let exit = match run_pass(&config, &pass, &metrics).await {
             Ok(report) => {
                 print!("{}", report.render());
                 report.exit_code()

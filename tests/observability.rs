@@ -1371,6 +1371,14 @@ async fn daemon_stopped_between_passes_exits_0_even_after_a_failed_pass() {
     // No --run-now and a yearly schedule: no pass yet, and healthy (well within 2 intervals).
     let (status, _, body) = get(&daemon.url("/healthz")).await.expect("/healthz");
     assert_eq!(status, 200, "{body}");
+    let e = daemon.metrics().await.expect("/metrics");
+    assert!(
+        e.find("mirrorsync_run_duration_seconds", &[]).is_empty(),
+        "no run yet:\n{}",
+        e.text
+    );
+    let asked = upstream.access_log().await.not_harness();
+    assert!(asked.is_empty(), "no pass, no request:\n{}", asked.dump());
     daemon.signal(libc::SIGTERM);
     let code = daemon.wait_exit(Duration::from_secs(5)).await;
     assert_eq!(code, Some(0), "no pass ran\n{}", daemon.logs());

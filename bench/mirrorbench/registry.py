@@ -8,6 +8,7 @@ restarts, so a byte offset taken before a run marks where that run's requests st
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import signal
@@ -75,6 +76,15 @@ def parse_line(line: str) -> Access | None:
     )
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the harness dies, even if it is killed outright."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -131,6 +141,7 @@ class Registry:
                 stdout=out,
                 stderr=err,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
             out.close()
             err.close()

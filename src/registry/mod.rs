@@ -1033,6 +1033,10 @@ pub(crate) async fn status_error(
 
 fn transport(method: &str, url: &Url, error: &reqwest::Error) -> RegistryError {
     let detail = describe_reqwest_error(error);
+    if error.is_redirect() {
+        // A redirect loop (or more than 10 hops) is bad input: trying again loops again.
+        return RegistryError::protocol(redact(url), format!("{method}: {detail}"));
+    }
     let lower = detail.to_ascii_lowercase();
     if lower.contains("certificate") || lower.contains("handshake") {
         return RegistryError::Tls {

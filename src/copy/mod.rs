@@ -499,15 +499,19 @@ impl Engine {
         let limit = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         let mut tasks = tokio::task::JoinSet::new();
         let mut ids = HashMap::new();
+        // Permits are taken here, in list order, so work starts in priority order however the
+        // runtime schedules tasks; a stop ends the starting.
         for (k, item) in items.iter().enumerate() {
+            let permit = tokio::select! {
+                permit = Arc::clone(&limit).acquire_owned() => permit.ok(),
+                _ = control.stop.cancelled() => None,
+            };
+            let Some(permit) = permit else {
+                break;
+            };
             let fut = work(Arc::clone(self), item.clone(), k);
-            let limit = Arc::clone(&limit);
-            let stop = control.stop.clone();
             let handle = tasks.spawn(async move {
-                let _permit = limit.acquire_owned().await;
-                if stop.is_cancelled() {
-                    return (k, None);
-                }
+                let _permit = permit;
                 (k, Some(fut.await))
             });
             ids.insert(handle.id(), k);

@@ -38,15 +38,16 @@ impl Upstream {
         i >= self.mirrors.len()
     }
 
-    /// Fails with [`SyncError::Deferred`] when one more pull would eat into the reserve.
+    /// Reserves one pull at the origin before a manifest GET; fails with
+    /// [`SyncError::Deferred`] when it would eat into the reserve. Reserving (not just
+    /// checking) keeps tags copied in parallel from overspending together.
     pub fn check_quota(&self) -> Result<(), SyncError> {
-        match self.origin.pulls_remaining() {
-            Some(left) if left <= self.reserve => Err(SyncError::Deferred(format!(
+        self.origin.reserve_pull(self.reserve).map_err(|left| {
+            SyncError::Deferred(format!(
                 "{} pull quota: {left} left, reserve {}",
                 self.host, self.reserve
-            ))),
-            _ => Ok(()),
-        }
+            ))
+        })
     }
 
     pub fn error(&self, source: crate::registry::RegistryError) -> SyncError {

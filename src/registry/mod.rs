@@ -170,6 +170,24 @@ impl RegistryClient {
         u64::try_from(self.pulls_remaining.load(Ordering::Relaxed)).ok()
     }
 
+    /// Reserves one pull (a manifest GET, which Docker Hub counts) unless that would take the
+    /// remaining quota to `reserve` or below; `Err(left)` then. Always allowed while the
+    /// registry has reported no quota.
+    pub fn reserve_pull(&self, reserve: u64) -> Result<(), u64> {
+        self.pulls_remaining
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                if n < 0 {
+                    Some(n)
+                } else if (n as u64) <= reserve {
+                    None
+                } else {
+                    Some(n - 1)
+                }
+            })
+            .map(|_| ())
+            .map_err(|n| n.max(0) as u64)
+    }
+
     /// Waits until `n` more blob bytes may flow to or from this host.
     pub async fn throttle_bytes(&self, n: usize) {
         self.limits.bytes(n).await;
@@ -828,14 +846,6 @@ impl RegistryClient {
             let sent = request.send().await;
             self.observe(method.as_str(), &sent);
             let response = sent.map_err(|e| transport(method.as_str(), &url, &e))?;
-            if method == Method::GET && url.path().contains("/manifests/") {
-                // A manifest GET is what Docker Hub counts as a pull.
-                let _ =
-                    self.pulls_remaining
-                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                            (n > 0).then(|| n - 1)
-                        });
-            }
             self.note_ratelimit(response.headers());
             tracing::debug!(method = %method, url = %redact(&url), status = response.status().as_u16(), "registry request");
             if response.status() != StatusCode::UNAUTHORIZED || !replayable {
@@ -877,10 +887,16 @@ impl RegistryClient {
             .and_then(|v| v.split(';').next())
             .and_then(|v| v.trim().parse::<u64>().ok());
         if let Some(remaining) = remaining {
-            self.pulls_remaining
-                .store(remaining.min(i64::MAX as u64) as i64, Ordering::Relaxed);
+            // Concurrent answers arrive out of order, and local reservations run ahead of
+            // them: within a window the count only goes down, so keep the lowest.
+            let remaining = remaining.min(i64::MAX as u64) as i64;
+            let _ = self
+                .pulls_remaining
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some(if n < 0 { remaining } else { n.min(remaining) })
+                });
             if let Some(observer) = &self.observer {
-                observer.ratelimit_remaining(&self.label, remaining);
+                observer.ratelimit_remaining(&self.label, remaining as u64);
             }
         }
     }

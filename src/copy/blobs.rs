@@ -78,11 +78,12 @@ impl Engine {
         blob: &Descriptor,
     ) -> Result<(), SyncError> {
         let mut last_error = None;
-        for source in 0..upstream.source_count() {
+        for source in (0..upstream.source_count()).filter(|s| upstream.usable(*s)) {
             let client = upstream.source(source);
             let response = match client.get_blob_from(source_repo, &blob.digest, 0).await {
                 Ok((response, _)) => response,
                 Err(e) if !upstream.is_origin(source) => {
+                    upstream.note_failure(source, &e);
                     tracing::info!(mirror = client.host(), digest = %blob.digest, error = %e, "mirror failed; trying the next source");
                     continue;
                 }

@@ -130,7 +130,7 @@ impl Engine {
         digest: &Digest,
     ) -> Result<FetchedManifest, SyncError> {
         let upstream = route.upstream;
-        for source in 0..upstream.source_count() {
+        for source in (0..upstream.source_count()).filter(|s| upstream.usable(*s)) {
             let client = upstream.source(source);
             if upstream.is_origin(source) {
                 upstream.check_quota()?;
@@ -145,6 +145,7 @@ impl Engine {
             {
                 Ok(m) => return Ok(m),
                 Err(e) => {
+                    upstream.note_failure(source, &e);
                     tracing::info!(mirror = client.host(), %digest, error = %e, "mirror lacks the manifest; trying the next source")
                 }
             }

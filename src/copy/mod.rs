@@ -774,12 +774,23 @@ impl Engine {
                 ),
                 Err(_) => continue,
             };
-            mirrors.push(client(&host, insecure, None)?);
+            // A mirror is an optimisation: no retries, the origin is the fallback.
+            let mut options = ClientOptions::new(&host, insecure, None, None);
+            options.label = registry.to_string();
+            options.limits = limits;
+            options.retry = RetryPolicy::new(1, 0);
+            options.observer = self.observer.clone();
+            mirrors.push(RegistryClient::new(options).map_err(|source| SyncError::Upstream {
+                host: registry.to_string(),
+                source: Box::new(source),
+            })?);
         }
+        let mirror_down = mirrors.iter().map(|_| Default::default()).collect();
         let upstream = Arc::new(Upstream {
             host: registry.to_string(),
             origin,
             mirrors,
+            mirror_down,
             transfers: Semaphore::new(settings.concurrency.max(1)),
             reserve: u64::from(settings.rate_limit_reserve.unwrap_or(0)),
         });

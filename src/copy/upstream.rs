@@ -16,6 +16,8 @@ pub struct Upstream {
     pub origin: RegistryClient,
     /// Content-by-digest sources tried before the origin, in order.
     pub mirrors: Vec<RegistryClient>,
+    /// Mirrors that could not be reached this run are not asked again.
+    pub mirror_down: Vec<std::sync::atomic::AtomicBool>,
     /// Blob transfers at once from this host.
     pub transfers: Semaphore,
     /// Stop spending manifest GETs at the origin when its reported pulls left reach this.
@@ -31,6 +33,25 @@ impl Upstream {
     /// Content source `i`: mirrors first (in configured order), the origin last.
     pub fn source(&self, i: usize) -> &RegistryClient {
         self.mirrors.get(i).unwrap_or(&self.origin)
+    }
+
+    /// Whether source `i` may be asked: the origin always, a mirror until it was unreachable.
+    pub fn usable(&self, i: usize) -> bool {
+        self.mirror_down
+            .get(i)
+            .is_none_or(|down| !down.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Notes a failed request to source `i`: an unreachable mirror is skipped from now on.
+    pub fn note_failure(&self, i: usize, error: &crate::registry::RegistryError) {
+        if matches!(
+            error,
+            crate::registry::RegistryError::Transport { .. } | crate::registry::RegistryError::Tls { .. }
+        ) && let Some(down) = self.mirror_down.get(i)
+        {
+            down.store(true, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(mirror = self.source(i).host(), error = %error, "mirror unreachable; using the origin for the rest of the run");
+        }
     }
 
     /// Whether source `i` is the origin (where pulls count against a quota).

@@ -702,6 +702,37 @@ impl RegistryClient {
         .await
     }
 
+    /// `PUT <location>&digest=<digest>` carrying the whole blob: completes a small upload in
+    /// one request after the POST. The registry checks the digest before storing anything.
+    pub async fn finish_upload_with_body(
+        &self,
+        repository: &str,
+        location: &Url,
+        digest: &Digest,
+        length: u64,
+        body: reqwest::Body,
+    ) -> Result<(), RegistryError> {
+        let mut url = location.clone();
+        url.query_pairs_mut().append_pair("digest", &digest.to_string());
+        let response = self
+            .send(
+                Method::PUT,
+                url.clone(),
+                push(repository),
+                HeaderMap::new(),
+                RequestBody::Stream {
+                    body,
+                    length,
+                    range: None,
+                },
+            )
+            .await?;
+        match response.status() {
+            StatusCode::CREATED | StatusCode::NO_CONTENT | StatusCode::OK => Ok(()),
+            _ => Err(status_error("PUT", location, response).await),
+        }
+    }
+
     /// `DELETE <location>`: abandons an upload session (best effort).
     pub async fn cancel_upload(&self, repository: &str, location: &Url) {
         let result = self

@@ -780,10 +780,12 @@ impl Engine {
             options.limits = limits;
             options.retry = RetryPolicy::new(1, 0);
             options.observer = self.observer.clone();
-            mirrors.push(RegistryClient::new(options).map_err(|source| SyncError::Upstream {
-                host: registry.to_string(),
-                source: Box::new(source),
-            })?);
+            mirrors.push(
+                RegistryClient::new(options).map_err(|source| SyncError::Upstream {
+                    host: registry.to_string(),
+                    source: Box::new(source),
+                })?,
+            );
         }
         let mirror_down = mirrors.iter().map(|_| Default::default()).collect();
         let upstream = Arc::new(Upstream {

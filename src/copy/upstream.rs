@@ -46,7 +46,8 @@ impl Upstream {
     pub fn note_failure(&self, i: usize, error: &crate::registry::RegistryError) {
         if matches!(
             error,
-            crate::registry::RegistryError::Transport { .. } | crate::registry::RegistryError::Tls { .. }
+            crate::registry::RegistryError::Transport { .. }
+                | crate::registry::RegistryError::Tls { .. }
         ) && let Some(down) = self.mirror_down.get(i)
         {
             down.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -713,7 +713,8 @@ impl RegistryClient {
         body: reqwest::Body,
     ) -> Result<(), RegistryError> {
         let mut url = location.clone();
-        url.query_pairs_mut().append_pair("digest", &digest.to_string());
+        url.query_pairs_mut()
+            .append_pair("digest", &digest.to_string());
         let response = self
             .send(
                 Method::PUT,

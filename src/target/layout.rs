@@ -225,13 +225,7 @@ impl OciLayout {
         if Digest::parse(reference).is_ok() {
             return Ok(());
         }
-        let lock = {
-            let mut locks = self
-                .index_locks
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            locks.entry(repository.to_string()).or_default().clone()
-        };
+        let lock = self.index_lock(repository);
         let _guard = lock.lock().await;
         let mut index = self.read_index(repository).await?;
         let entries = index["manifests"].as_array_mut().ok_or_else(|| {
@@ -251,13 +245,7 @@ impl OciLayout {
 
     /// Drops a tag's `index.json` entry (its blobs stay: other tags may share them).
     pub async fn remove_tag(&self, repository: &str, tag: &str) -> Result<bool, TargetError> {
-        let lock = {
-            let mut locks = self
-                .index_locks
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            locks.entry(repository.to_string()).or_default().clone()
-        };
+        let lock = self.index_lock(repository);
         let _guard = lock.lock().await;
         let mut index = self.read_index(repository).await?;
         let Some(entries) = index["manifests"].as_array_mut() else {
@@ -272,6 +260,15 @@ impl OciLayout {
             .map_err(|e| TargetError::Invalid(format!("serialising index.json: {e}")))?;
         write_atomically(&self.repo_dir(repository)?.join("index.json"), &bytes).await?;
         Ok(true)
+    }
+
+    /// The lock that serialises `index.json` updates of one repository.
+    fn index_lock(&self, repository: &str) -> Arc<Mutex<()>> {
+        let mut locks = self
+            .index_locks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        locks.entry(repository.to_string()).or_default().clone()
     }
 
     /// Creates the layout skeleton of a repository when missing.

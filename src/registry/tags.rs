@@ -1,0 +1,102 @@
+//! `GET /v2/<name>/tags/list` with `Link` pagination.
+
+use std::collections::HashSet;
+
+use reqwest::header::{self, HeaderMap};
+use reqwest::{Method, StatusCode};
+use url::Url;
+
+use super::{RegistryClient, RegistryError, RequestBody, pull, read_limited, redact, status_error};
+
+impl RegistryClient {
+    /// `GET /v2/<name>/tags/list`, following `Link: <...>; rel="next"` pages verbatim. A page
+    /// that was already visited ends the walk with an error rather than looping.
+    pub async fn list_tags(&self, repository: &str) -> Result<Vec<String>, RegistryError> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            #[serde(default)]
+            tags: Option<Vec<String>>,
+        }
+        let mut url = self.url(&format!("v2/{repository}/tags/list"))?;
+        let mut seen = HashSet::new();
+        let mut tags = Vec::new();
+        loop {
+            if !seen.insert(url.to_string()) || seen.len() > 100_000 {
+                return Err(RegistryError::protocol(&url, "tags list pagination loops"));
+            }
+            let page_url = url.clone();
+            let (next, body) = self
+                .retrying("GET tags", || async {
+                    let response = self
+                        .send(
+                            Method::GET,
+                            page_url.clone(),
+                            pull(repository),
+                            HeaderMap::new(),
+                            RequestBody::Empty,
+                        )
+                        .await?;
+                    if response.status() != StatusCode::OK {
+                        return Err(status_error("GET", &page_url, response).await);
+                    }
+                    let next = next_link(response.headers(), &page_url);
+                    let body = read_limited(response, 64 << 20).await.map_err(|e| {
+                        RegistryError::Transport {
+                            method: "GET".into(),
+                            url: redact(&page_url),
+                            detail: e.to_string(),
+                        }
+                    })?;
+                    Ok((next, body))
+                })
+                .await?;
+            let page: Page = serde_json::from_slice(&body)
+                .map_err(|e| RegistryError::protocol(&url, format!("invalid tags list: {e}")))?;
+            tags.extend(page.tags.unwrap_or_default());
+            match next {
+                Some(next) => url = next,
+                None => return Ok(tags),
+            }
+        }
+    }
+}
+
+/// The next page from a `Link: <url>; rel="next"` header, resolved against the current URL.
+fn next_link(headers: &HeaderMap, current: &Url) -> Option<Url> {
+    for value in headers.get_all(header::LINK) {
+        let text = value.to_str().ok()?;
+        for part in text.split(',') {
+            let mut pieces = part.split(';');
+            let target = pieces.next()?.trim();
+            let is_next = pieces.any(|p| {
+                let p = p.trim().to_ascii_lowercase();
+                p == "rel=\"next\"" || p == "rel=next"
+            });
+            if is_next && target.starts_with('<') && target.ends_with('>') {
+                return current.join(&target[1..target.len() - 1]).ok();
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    #[test]
+    fn follows_link_next() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::LINK,
+            HeaderValue::from_static(r#"</v2/a/tags/list?last=t1&n=2>; rel="next""#),
+        );
+        let current = Url::parse("http://127.0.0.1:5000/v2/a/tags/list").unwrap();
+        assert_eq!(
+            next_link(&headers, &current).unwrap().as_str(),
+            "http://127.0.0.1:5000/v2/a/tags/list?last=t1&n=2"
+        );
+        assert!(next_link(&HeaderMap::new(), &current).is_none());
+    }
+}

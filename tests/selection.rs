@@ -360,3 +360,104 @@ async fn prune_removes_only_tags_mirrorsync_created_and_no_longer_selects() {
         Some(foreign.digest)
     );
 }
+
+/// A tags list page as a registry that paginates would serve it.
+fn tags_page(repo: &str, tags: &[String], next: Option<&str>) -> Action {
+    let body = serde_json::json!({ "name": repo, "tags": tags }).to_string();
+    let link = next.map(|n| format!("<{n}>; rel=\"next\""));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(link) = &link {
+        headers.push(("Link", link.as_str()));
+    }
+    Action::respond(200, &headers, body)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tag_lists_are_followed_across_link_pages_and_a_looping_link_fails_alone() {
+    let upstream = Registry::start().await;
+    let target = Registry::start().await;
+    let proxy = Proxy::start(&upstream).await;
+    // 320 tags on one digest (distribution 2.8 never paginates, so the proxy does).
+    let image = push_image(
+        &upstream,
+        "library/many",
+        "t0000",
+        ImageSpec::new(Format::Oci, vec![layer(30, 1_000)]),
+    )
+    .await;
+    let all: Vec<String> = (0..320).map(|i| format!("t{i:04}")).collect();
+    for tag in &all[1..] {
+        push_manifest(
+            &upstream,
+            "library/many",
+            tag,
+            &image.media_type,
+            &image.manifest_bytes,
+        )
+        .await;
+    }
+    let list = "/v2/library/many/tags/list";
+    proxy.add(Rule::new(
+        &format!("GET {list}?last=t0299*"),
+        tags_page("library/many", &all[300..], None),
+    ));
+    proxy.add(Rule::new(
+        &format!("GET {list}?last=t0149*"),
+        tags_page(
+            "library/many",
+            &all[150..300],
+            Some(&format!("{list}?last=t0299&n=150")),
+        ),
+    ));
+    proxy.add(Rule::new(
+        &format!("GET {list}"),
+        tags_page(
+            "library/many",
+            &all[..150],
+            Some(&format!("{list}?last=t0149&n=150")),
+        ),
+    ));
+    // Another repository whose next page is itself.
+    proxy.add(Rule::new(
+        "GET /v2/library/loop/tags/list",
+        tags_page(
+            "library/loop",
+            &["a".to_string()],
+            Some("/v2/library/loop/tags/list"),
+        ),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "target: {{ registry: \"{t}\", insecure: true }}\n\
+             registries: {{ \"{p}\": {{ insecure: true }} }}\n\
+             images:\n  - {{ source: \"{p}/library/many\", tags: [{{ regex: '^t0[0-3]\\d\\d$' }}] }}\n  \
+             - {{ source: \"{p}/library/loop\", tags: [{{ all: true }}] }}\n",
+            t = target.host(),
+            p = proxy.host(),
+        ),
+    );
+    let out = mirrorsync(&["sync", "--once", "--config", &config.display().to_string()]).await;
+    out.assert_code(1);
+    assert!(out.stdout.contains("pagination loops"), "{}", out.stdout);
+    let pages: Vec<String> = proxy
+        .seen()
+        .iter()
+        .filter(|s| s.path == list)
+        .map(|s| s.query.clone())
+        .collect();
+    assert_eq!(pages.len(), 3, "three pages, each once: {pages:?}");
+    let mut mirrored = common::tags(&target, "library/many").await;
+    mirrored.sort();
+    assert_eq!(mirrored, all, "all 320 tags across the pages");
+    // One digest under 320 tags: its content crossed once.
+    assert_eq!(
+        proxy
+            .seen()
+            .iter()
+            .filter(|s| s.method == "GET" && s.path.contains("/manifests/"))
+            .count(),
+        1
+    );
+}

@@ -188,6 +188,8 @@ pub async fn save(target: &Target, tag: &str, state: &State) -> Result<(), Strin
     match target {
         Target::Layout(layout) => {
             let path = layout.root().join(format!("{LAYOUT_FILE}-{tag}.json"));
+            std::fs::create_dir_all(layout.root())
+                .map_err(|e| format!("{}: {e}", layout.root().display()))?;
             crate::metrics::write_textfile(&path, &String::from_utf8_lossy(&body))
                 .map_err(|e| format!("{}: {e}", path.display()))
         }

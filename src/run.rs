@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::copy::{Engine, Mode, RunControl};
 use crate::metrics::{BlobAction, Metrics, TagRunResult};
 use crate::registry::RequestObserver;
-use crate::report::{RunReport, TagResult};
+use crate::report::RunReport;
 use crate::shard::Shard;
 use crate::state::{self, State};
 
@@ -145,16 +145,7 @@ pub async fn run_pass(
     Ok(report)
 }
 
-/// Whether every tag of a report reached the target (for messages).
-pub fn all_in_sync(report: &RunReport) -> bool {
-    report.tags.iter().all(|t| {
-        matches!(
-            t.result,
-            TagResult::Unchanged { .. } | TagResult::Synced { .. }
-        )
-    })
-}
-
+/// Now, in unix seconds.
 pub fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

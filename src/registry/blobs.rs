@@ -20,30 +20,24 @@ impl RegistryClient {
         repository: &str,
         digest: &Digest,
     ) -> Result<Option<u64>, RegistryError> {
-        self.retrying("HEAD blob", || self.blob_size_once(repository, digest))
-            .await
-    }
-
-    async fn blob_size_once(
-        &self,
-        repository: &str,
-        digest: &Digest,
-    ) -> Result<Option<u64>, RegistryError> {
-        let url = self.url(&format!("v2/{repository}/blobs/{digest}"))?;
-        let response = self
-            .send(
-                Method::HEAD,
-                url.clone(),
-                pull(repository),
-                HeaderMap::new(),
-                RequestBody::Empty,
-            )
-            .await?;
-        match response.status() {
-            StatusCode::OK => Ok(Some(content_length(response.headers()).unwrap_or(0))),
-            StatusCode::NOT_FOUND => Ok(None),
-            _ => Err(status_error("HEAD", &url, response).await),
-        }
+        self.retrying("HEAD blob", || async {
+            let url = self.url(&format!("v2/{repository}/blobs/{digest}"))?;
+            let response = self
+                .send(
+                    Method::HEAD,
+                    url.clone(),
+                    pull(repository),
+                    HeaderMap::new(),
+                    RequestBody::Empty,
+                )
+                .await?;
+            match response.status() {
+                StatusCode::OK => Ok(Some(content_length(response.headers()).unwrap_or(0))),
+                StatusCode::NOT_FOUND => Ok(None),
+                _ => Err(status_error("HEAD", &url, response).await),
+            }
+        })
+        .await
     }
 
     /// `GET /v2/<name>/blobs/<digest>`, following redirects (to object storage, say) without
@@ -108,63 +102,52 @@ impl RegistryClient {
         digest: &Digest,
         from: &str,
     ) -> Result<MountOutcome, RegistryError> {
-        self.retrying("mount blob", || {
-            self.mount_blob_once(repository, digest, from)
+        self.retrying("mount blob", || async {
+            let mut url = self.url(&format!("v2/{repository}/blobs/uploads/"))?;
+            url.query_pairs_mut()
+                .append_pair("mount", &digest.to_string())
+                .append_pair("from", from);
+            let mut scopes = push(repository);
+            scopes.push(format!("repository:{from}:pull"));
+            let response = self
+                .send(
+                    Method::POST,
+                    url.clone(),
+                    scopes,
+                    HeaderMap::new(),
+                    RequestBody::Empty,
+                )
+                .await?;
+            match response.status() {
+                StatusCode::CREATED => Ok(MountOutcome::Mounted),
+                StatusCode::ACCEPTED => {
+                    Ok(MountOutcome::UploadStarted(self.location(&url, &response)?))
+                }
+                _ => Err(status_error("POST", &url, response).await),
+            }
         })
         .await
     }
 
-    async fn mount_blob_once(
-        &self,
-        repository: &str,
-        digest: &Digest,
-        from: &str,
-    ) -> Result<MountOutcome, RegistryError> {
-        let mut url = self.url(&format!("v2/{repository}/blobs/uploads/"))?;
-        url.query_pairs_mut()
-            .append_pair("mount", &digest.to_string())
-            .append_pair("from", from);
-        let mut scopes = push(repository);
-        scopes.push(format!("repository:{from}:pull"));
-        let response = self
-            .send(
-                Method::POST,
-                url.clone(),
-                scopes,
-                HeaderMap::new(),
-                RequestBody::Empty,
-            )
-            .await?;
-        match response.status() {
-            StatusCode::CREATED => Ok(MountOutcome::Mounted),
-            StatusCode::ACCEPTED => {
-                Ok(MountOutcome::UploadStarted(self.location(&url, &response)?))
-            }
-            _ => Err(status_error("POST", &url, response).await),
-        }
-    }
-
     /// `POST /v2/<name>/blobs/uploads/`: opens an upload session; returns its `Location`.
     pub async fn start_upload(&self, repository: &str) -> Result<Url, RegistryError> {
-        self.retrying("start upload", || self.start_upload_once(repository))
-            .await
-    }
-
-    async fn start_upload_once(&self, repository: &str) -> Result<Url, RegistryError> {
-        let url = self.url(&format!("v2/{repository}/blobs/uploads/"))?;
-        let response = self
-            .send(
-                Method::POST,
-                url.clone(),
-                push(repository),
-                HeaderMap::new(),
-                RequestBody::Empty,
-            )
-            .await?;
-        if response.status() != StatusCode::ACCEPTED {
-            return Err(status_error("POST", &url, response).await);
-        }
-        self.location(&url, &response)
+        self.retrying("start upload", || async {
+            let url = self.url(&format!("v2/{repository}/blobs/uploads/"))?;
+            let response = self
+                .send(
+                    Method::POST,
+                    url.clone(),
+                    push(repository),
+                    HeaderMap::new(),
+                    RequestBody::Empty,
+                )
+                .await?;
+            if response.status() != StatusCode::ACCEPTED {
+                return Err(status_error("POST", &url, response).await);
+            }
+            self.location(&url, &response)
+        })
+        .await
     }
 
     /// `PATCH <location>` with `Content-Range: <start>-<end>`: one chunk of a chunked upload.
@@ -222,27 +205,22 @@ impl RegistryClient {
         }
     }
 
-    /// Uploads a small blob held in memory: POST, one PATCH, PUT `?digest=`.
+    /// Uploads a small blob held in memory: POST, then `PUT ?digest=` with the body.
     pub async fn upload_bytes(
         &self,
         repository: &str,
         digest: &Digest,
         bytes: Bytes,
     ) -> Result<(), RegistryError> {
-        self.retrying("upload blob", || async {
-            let location = self.start_upload_once(repository).await?;
-            let length = bytes.len() as u64;
-            let location = self
-                .upload_chunk(
-                    repository,
-                    &location,
-                    0,
-                    length,
-                    reqwest::Body::from(bytes.clone()),
-                )
-                .await?;
-            self.finish_upload(repository, &location, digest).await
-        })
+        let location = self.start_upload(repository).await?;
+        let length = bytes.len() as u64;
+        self.finish_upload_with_body(
+            repository,
+            &location,
+            digest,
+            length,
+            reqwest::Body::from(bytes),
+        )
         .await
     }
 

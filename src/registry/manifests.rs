@@ -19,39 +19,31 @@ impl RegistryClient {
         repository: &str,
         reference: &str,
     ) -> Result<Option<ManifestHead>, RegistryError> {
-        self.retrying("HEAD manifest", || {
-            self.head_manifest_once(repository, reference)
+        self.retrying("HEAD manifest", || async {
+            let url = self.url(&format!("v2/{repository}/manifests/{reference}"))?;
+            let response = self
+                .send(
+                    Method::HEAD,
+                    url.clone(),
+                    pull(repository),
+                    manifest_accept(),
+                    RequestBody::Empty,
+                )
+                .await?;
+            match response.status() {
+                StatusCode::OK => {
+                    let headers = response.headers();
+                    Ok(Some(ManifestHead {
+                        digest: content_digest(headers, &url)?,
+                        media_type: media_type(headers),
+                        size: content_length(headers),
+                    }))
+                }
+                StatusCode::NOT_FOUND => Ok(None),
+                _ => Err(status_error("HEAD", &url, response).await),
+            }
         })
         .await
-    }
-
-    async fn head_manifest_once(
-        &self,
-        repository: &str,
-        reference: &str,
-    ) -> Result<Option<ManifestHead>, RegistryError> {
-        let url = self.url(&format!("v2/{repository}/manifests/{reference}"))?;
-        let response = self
-            .send(
-                Method::HEAD,
-                url.clone(),
-                pull(repository),
-                manifest_accept(),
-                RequestBody::Empty,
-            )
-            .await?;
-        match response.status() {
-            StatusCode::OK => {
-                let headers = response.headers();
-                Ok(Some(ManifestHead {
-                    digest: content_digest(headers, &url)?,
-                    media_type: media_type(headers),
-                    size: content_length(headers),
-                }))
-            }
-            StatusCode::NOT_FOUND => Ok(None),
-            _ => Err(status_error("HEAD", &url, response).await),
-        }
     }
 
     /// `GET /v2/<name>/manifests/<reference>`: the exact bytes, at most 4 MiB, with the digest
@@ -62,79 +54,73 @@ impl RegistryClient {
         repository: &str,
         reference: &str,
     ) -> Result<FetchedManifest, RegistryError> {
-        self.retrying("GET manifest", || {
-            self.get_manifest_once(repository, reference)
+        self.retrying("GET manifest", || async {
+            let url = self.url(&format!("v2/{repository}/manifests/{reference}"))?;
+            let response = self
+                .send(
+                    Method::GET,
+                    url.clone(),
+                    pull(repository),
+                    manifest_accept(),
+                    RequestBody::Empty,
+                )
+                .await?;
+            if response.status() != StatusCode::OK {
+                return Err(status_error("GET", &url, response).await);
+            }
+            let header_digest = content_digest(response.headers(), &url)?;
+            let header_type = media_type(response.headers());
+            if content_length(response.headers()).is_some_and(|n| n > MAX_MANIFEST_BYTES as u64) {
+                return Err(RegistryError::protocol(
+                    &url,
+                    format!("manifest is larger than {MAX_MANIFEST_BYTES} bytes"),
+                ));
+            }
+            let bytes = read_limited(response, MAX_MANIFEST_BYTES)
+                .await
+                .map_err(|e| match e {
+                    BodyError::TooLarge(_) => RegistryError::protocol(&url, e.to_string()),
+                    BodyError::Read(_) => RegistryError::Transport {
+                        method: "GET".into(),
+                        url: redact(&url),
+                        detail: e.to_string(),
+                    },
+                })?;
+            let digest = crate::manifest::digest_of(&bytes);
+            if let Ok(wanted) = Digest::parse(reference) {
+                if !wanted.is_sha256() {
+                    return Err(RegistryError::protocol(
+                        &url,
+                        format!("unsupported digest algorithm {:?}", wanted.algorithm()),
+                    ));
+                }
+                if wanted != digest {
+                    return Err(RegistryError::protocol(
+                        &url,
+                        format!("manifest content hashes to {digest}, not the requested {wanted}"),
+                    ));
+                }
+            }
+            if let Some(claimed) = header_digest
+                && claimed.is_sha256()
+                && claimed != digest
+            {
+                return Err(RegistryError::protocol(
+                    &url,
+                    format!(
+                        "Docker-Content-Digest {claimed} does not match the content ({digest})"
+                    ),
+                ));
+            }
+            let media_type = crate::manifest::resolve_media_type(header_type.as_deref(), &bytes)
+                .map_err(|e| RegistryError::protocol(&url, e.to_string()))?;
+            Ok(FetchedManifest {
+                bytes,
+                media_type,
+                digest,
+            })
         })
         .await
-    }
-
-    async fn get_manifest_once(
-        &self,
-        repository: &str,
-        reference: &str,
-    ) -> Result<FetchedManifest, RegistryError> {
-        let url = self.url(&format!("v2/{repository}/manifests/{reference}"))?;
-        let response = self
-            .send(
-                Method::GET,
-                url.clone(),
-                pull(repository),
-                manifest_accept(),
-                RequestBody::Empty,
-            )
-            .await?;
-        if response.status() != StatusCode::OK {
-            return Err(status_error("GET", &url, response).await);
-        }
-        let header_digest = content_digest(response.headers(), &url)?;
-        let header_type = media_type(response.headers());
-        if content_length(response.headers()).is_some_and(|n| n > MAX_MANIFEST_BYTES as u64) {
-            return Err(RegistryError::protocol(
-                &url,
-                format!("manifest is larger than {MAX_MANIFEST_BYTES} bytes"),
-            ));
-        }
-        let bytes = read_limited(response, MAX_MANIFEST_BYTES)
-            .await
-            .map_err(|e| match e {
-                BodyError::TooLarge(_) => RegistryError::protocol(&url, e.to_string()),
-                BodyError::Read(_) => RegistryError::Transport {
-                    method: "GET".into(),
-                    url: redact(&url),
-                    detail: e.to_string(),
-                },
-            })?;
-        let digest = crate::manifest::digest_of(&bytes);
-        if let Ok(wanted) = Digest::parse(reference) {
-            if !wanted.is_sha256() {
-                return Err(RegistryError::protocol(
-                    &url,
-                    format!("unsupported digest algorithm {:?}", wanted.algorithm()),
-                ));
-            }
-            if wanted != digest {
-                return Err(RegistryError::protocol(
-                    &url,
-                    format!("manifest content hashes to {digest}, not the requested {wanted}"),
-                ));
-            }
-        }
-        if let Some(claimed) = header_digest
-            && claimed.is_sha256()
-            && claimed != digest
-        {
-            return Err(RegistryError::protocol(
-                &url,
-                format!("Docker-Content-Digest {claimed} does not match the content ({digest})"),
-            ));
-        }
-        let media_type = crate::manifest::resolve_media_type(header_type.as_deref(), &bytes)
-            .map_err(|e| RegistryError::protocol(&url, e.to_string()))?;
-        Ok(FetchedManifest {
-            bytes,
-            media_type,
-            digest,
-        })
     }
 
     /// `PUT /v2/<name>/manifests/<reference>` with `Content-Type` = the manifest's media type.
@@ -144,35 +130,26 @@ impl RegistryClient {
         reference: &str,
         manifest: &FetchedManifest,
     ) -> Result<(), RegistryError> {
-        self.retrying("PUT manifest", || {
-            self.put_manifest_once(repository, reference, manifest)
+        self.retrying("PUT manifest", || async {
+            let url = self.url(&format!("v2/{repository}/manifests/{reference}"))?;
+            let response = self
+                .send(
+                    Method::PUT,
+                    url.clone(),
+                    push(repository),
+                    HeaderMap::new(),
+                    RequestBody::Bytes(
+                        manifest.bytes.clone(),
+                        content_type_static(&manifest.media_type),
+                    ),
+                )
+                .await?;
+            match response.status() {
+                StatusCode::CREATED | StatusCode::OK | StatusCode::ACCEPTED => Ok(()),
+                _ => Err(status_error("PUT", &url, response).await),
+            }
         })
         .await
-    }
-
-    async fn put_manifest_once(
-        &self,
-        repository: &str,
-        reference: &str,
-        manifest: &FetchedManifest,
-    ) -> Result<(), RegistryError> {
-        let url = self.url(&format!("v2/{repository}/manifests/{reference}"))?;
-        let response = self
-            .send(
-                Method::PUT,
-                url.clone(),
-                push(repository),
-                HeaderMap::new(),
-                RequestBody::Bytes(
-                    manifest.bytes.clone(),
-                    content_type_static(&manifest.media_type),
-                ),
-            )
-            .await?;
-        match response.status() {
-            StatusCode::CREATED | StatusCode::OK | StatusCode::ACCEPTED => Ok(()),
-            _ => Err(status_error("PUT", &url, response).await),
-        }
     }
 
     /// `DELETE /v2/<name>/manifests/<digest>`: removes a manifest (and, in distribution, every

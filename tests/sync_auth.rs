@@ -717,3 +717,75 @@ async fn check_connect_rejects_wrong_target_credentials() {
     assert_no_secret(&out, &[wrong]);
     assert!(lower(&out).contains("authentication"), "{}", out.stdout);
 }
+
+/// Tokens are renewed before they expire during a long run, without a 401 round trip each
+/// time and without loops.
+#[tokio::test(flavor = "multi_thread")]
+async fn bearer_tokens_are_renewed_before_they_expire() {
+    let user = "puller";
+    let password = "Renew-Pa55word-9d8c";
+    let ts = TokenServer::start_with_ttl(vec![(user.into(), password.into())], false, 2);
+    let upstream = Registry::start_with(RegistryOptions {
+        token: Some(&ts),
+        ..Default::default()
+    })
+    .await;
+    for (i, repo) in ["team/a", "team/b", "team/c"].iter().enumerate() {
+        seed(&upstream, repo, "1", 70 + i as u64).await;
+    }
+    let target = Registry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "target: {{ registry: \"{t}\", insecure: true }}\n\
+             concurrency: 1\n\
+             registries:\n  \"{u}\":\n    insecure: true\n    requests_per_second: 3\n    burst: 1\n    \
+             auth: {{ username: {user}, password_env: {PASSWORD_VAR} }}\n\
+             images: [\"{u}/team/a:1\", \"{u}/team/b:1\", \"{u}/team/c:1\"]\n",
+            t = target.host(),
+            u = upstream.host(),
+        ),
+    );
+    ts.clear_requests();
+    let mark = upstream.log_mark().await;
+    let started = std::time::Instant::now();
+    let out = run(
+        &["sync", "--once"],
+        &config,
+        &env_with(dir.path(), &[(PASSWORD_VAR, password)]),
+    )
+    .await;
+    out.assert_code(0);
+    let took = started.elapsed();
+    let requests: Vec<TokenRequest> = ts
+        .requests()
+        .into_iter()
+        .filter(|r| r.user_agent != HARNESS_USER_AGENT)
+        .collect();
+    let mut per_scope: std::collections::BTreeMap<String, usize> = Default::default();
+    for r in &requests {
+        *per_scope.entry(r.scopes.join(" ")).or_default() += 1;
+    }
+    assert!(
+        took.as_secs_f64() > 3.0,
+        "the run must outlive a token ({took:?})"
+    );
+    assert!(
+        per_scope.values().any(|n| *n >= 2),
+        "some pull token was renewed during the {took:?} run: {per_scope:?}"
+    );
+    assert!(
+        per_scope.values().all(|n| *n <= 4),
+        "tokens are cached, not fetched per request: {per_scope:?}"
+    );
+    assert!(requests.iter().all(|r| r.status == 200));
+    // Renewal is proactive: no request was refused for an expired token (only the first
+    // ping meets a 401, to learn the challenge).
+    let log = upstream.access_log_since(mark).await;
+    let refused = log
+        .iter()
+        .filter(|a| a.status == 401 && !a.is_harness())
+        .count();
+    assert_eq!(refused, 1, "{}", log.dump());
+}

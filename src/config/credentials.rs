@@ -208,7 +208,8 @@ impl CredentialStore {
         Ok(self.auths.get(&host).cloned())
     }
 
-    /// Runs `docker-credential-<helper> get` with the server URL on stdin.
+    /// Runs `docker-credential-<helper> get` with the server URL on stdin (at most
+    /// [`HELPER_TIMEOUT`]: a helper waiting for a desktop prompt must not hang a CronJob).
     fn run_helper(&self, helper: &str, host: &str) -> Result<Option<Credentials>, CredentialError> {
         let server = if host == DOCKER_HUB {
             DOCKER_HUB_SERVER_URL.to_string()
@@ -245,9 +246,7 @@ impl CredentialStore {
                 _ => {}
             }
         }
-        let output = child
-            .wait_with_output()
-            .map_err(|e| fail(format!("cannot read the helper's output: {e}")))?;
+        let output = wait_with_timeout(child, HELPER_TIMEOUT).map_err(&fail)?;
         if !output.status.success() {
             let said = format!(
                 "{} {}",
@@ -309,6 +308,49 @@ fn decode_auth(entry: &AuthEntry) -> Result<Option<Credentials>, String> {
         })),
         _ => Ok(None),
     }
+}
+
+/// How long a credential helper may take.
+const HELPER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Collects a child's output, killing it when it runs longer than `limit`.
+fn wait_with_timeout(
+    mut child: std::process::Child,
+    limit: std::time::Duration,
+) -> Result<std::process::Output, String> {
+    use std::io::Read;
+    fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    }
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let started = std::time::Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() >= limit => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "no answer within {:.1}s; killed",
+                    limit.as_secs_f64()
+                ));
+            }
+            Ok(None) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            Err(e) => return Err(format!("cannot wait for the helper: {e}")),
+        }
+    };
+    Ok(std::process::Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
 }
 
 #[cfg(test)]
@@ -440,5 +482,20 @@ esac"#,
         );
         let e = s.get("missing.example").unwrap_err().to_string();
         assert!(e.contains("docker-credential-nosuchhelper"), "{e}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_helper_that_hangs_is_killed() {
+        let child = Command::new("sleep")
+            .arg("30")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        let e = wait_with_timeout(child, std::time::Duration::from_millis(300)).unwrap_err();
+        assert!(e.contains("no answer within 0.3s"), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 }

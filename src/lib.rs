@@ -10,6 +10,12 @@
 //!    copy), pushes child manifests, and writes the tag last.
 //! 4. [`report`] prints one line per changed tag and the totals; the exit code says whether every
 //!    tag is in sync.
+//!
+//! Around a pass ([`run::run_pass`]): [`state`] carries lag and blob locations from one stateless
+//! run to the next (kept in the target itself), [`metrics`] exports what Prometheus alerts on,
+//! [`prune`] removes tags a filter no longer selects, and [`shard`] splits the list over pods.
+//! [`daemon`] runs passes on the config's cron [`schedule`]; [`tags`] chooses tags from a
+//! repository's tag list.
 
 pub mod cli;
 pub mod config;

@@ -2,7 +2,7 @@
 //!
 //! The flow of one run, and where each step lives:
 //! 1. [`config`] reads `sync.yaml` into a validated [`config::Config`]: the list of tags to mirror
-//!    ([`reference`] normalises image names as Docker does) and where each lands at the target.
+//!    ([`reference`](mod@reference) normalises image names as Docker does) and where each lands at the target.
 //! 2. [`copy::Engine`] takes each tag: HEAD upstream and target ([`registry`]); same digest means
 //!    unchanged, and nothing more is asked upstream.
 //! 3. Otherwise it fetches the manifest by digest ([`manifest`] finds what it references), makes

@@ -1,9 +1,9 @@
 //! The engine: every configured tag's journey from upstream to target.
 //!
-//! A run has two phases. First every tag is inspected ([`Engine::inspect`]): HEAD upstream and
+//! A run has two phases. First every tag is inspected (`Engine::inspect`): HEAD upstream and
 //! target with the same Accept list; the same digest means unchanged and nothing more is asked
 //! upstream (HEADs do not count against Docker Hub's pull quota). Then only the changed tags are
-//! copied ([`Engine::copy_tag`]), the longest-pending first, while the pull quota lasts: the
+//! copied (`Engine::copy_tag`), the longest-pending first, while the pull quota lasts: the
 //! manifest is fetched by digest (exact bytes, digest verified), its blobs are made present at
 //! the target (skipped, mounted, or streamed and verified), child manifests are pushed by digest,
 //! and the tag is written last.

@@ -80,6 +80,9 @@ pub struct Target {
     pub limits: crate::registry::LimitSettings,
     /// Blob uploads at once to the target.
     pub concurrency: usize,
+    /// Bytes per upload request (`target.chunk_size`): a blob up to this size goes up in one
+    /// request, a larger one in chunks of this size.
+    pub chunk_size: u64,
 }
 
 /// How to reach one registry.

@@ -37,6 +37,7 @@ pub(crate) struct RawTarget {
     pub burst: Option<Spanned<u32>>,
     pub bytes_per_second: Option<Spanned<String>>,
     pub concurrency: Option<Spanned<u64>>,
+    pub chunk_size: Option<Spanned<String>>,
 }
 
 /// `auth:` of the target or of an upstream registry.

@@ -109,6 +109,7 @@ impl Validator<'_> {
             ));
         }
         let (images, selections) = self.images(&images.value, &target, &registries)?;
+        warn_unused_registries(&registries, &images, &selections);
         Ok(Config {
             path: path.to_path_buf(),
             schedule,
@@ -251,6 +252,22 @@ impl Validator<'_> {
             concurrency: match &t.concurrency {
                 Some(c) => self.in_range(c, "target.concurrency", 1, 64)?,
                 None => DEFAULT_REGISTRY_CONCURRENCY,
+            },
+            chunk_size: match &t.chunk_size {
+                Some(v) => {
+                    let key = "target.chunk_size";
+                    let n =
+                        parse_byte_size(&v.value).map_err(|e| self.site.spanned(v, key, e))?;
+                    if !(crate::registry::MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&n) {
+                        return Err(self.site.spanned(
+                            v,
+                            key,
+                            "must be between 5MiB (the smallest part ECR accepts) and 1GiB",
+                        ));
+                    }
+                    n
+                }
+                None => crate::registry::DEFAULT_CHUNK_SIZE,
             },
         })
     }
@@ -467,5 +484,33 @@ impl Validator<'_> {
             None => None,
         };
         Ok((requests_per_second, burst, bytes_per_second))
+    }
+}
+
+/// The largest `target.chunk_size`: one request body, held by proxies and load balancers.
+const MAX_CHUNK_SIZE: u64 = 1024 * 1024 * 1024;
+
+/// A `registries:` entry no image uses is most often a typo (`localhost:5000` for
+/// `127.0.0.1:5000`): its settings (`insecure`, `auth`, `ca_file`) silently do not apply.
+fn warn_unused_registries(
+    registries: &BTreeMap<String, RegistrySettings>,
+    images: &[super::SyncItem],
+    selections: &[super::TagSelection],
+) {
+    let used: std::collections::BTreeSet<String> = images
+        .iter()
+        .map(|i| normalize_registry(i.source.registry()))
+        .chain(
+            selections
+                .iter()
+                .map(|s| normalize_registry(s.source.registry())),
+        )
+        .collect();
+    for host in registries.keys().filter(|h| !used.contains(*h)) {
+        let names: Vec<&str> = used.iter().map(String::as_str).collect();
+        tracing::warn!(
+            "registries.\"{host}\" is not used by any image (images come from {}); its settings do not apply. A typo such as localhost:5000 for 127.0.0.1:5000?",
+            names.join(", ")
+        );
     }
 }

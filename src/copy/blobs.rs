@@ -8,6 +8,11 @@ use futures_util::StreamExt;
 use super::upstream::UpstreamRef;
 use super::{Counters, Engine, Mode, SyncError, download, verify};
 use crate::manifest::Descriptor;
+use crate::target::{Mounted, Target, TargetError};
+
+/// Times one blob is started again after the target refused a body as too large (each time
+/// with half the chunk size: 64 MiB comes down to the 5 MiB floor in four).
+const MAX_RESTARTS: u32 = 4;
 
 impl Engine {
     /// Present already: skip. Held by another target repository: mount (or copy within the
@@ -78,7 +83,17 @@ impl Engine {
         blob: &Descriptor,
     ) -> Result<(), SyncError> {
         let mut last_error = None;
-        for source in (0..upstream.source_count()).filter(|s| upstream.usable(*s)) {
+        let mut restarts = 0;
+        let mut sources = (0..upstream.source_count()).filter(|s| upstream.usable(*s));
+        let mut current = None;
+        let mut retry_same = false;
+        loop {
+            if !std::mem::take(&mut retry_same) {
+                current = sources.next();
+            }
+            let Some(source) = current else {
+                break;
+            };
             let client = upstream.source(source);
             let response = match client.get_blob_from(source_repo, &blob.digest, 0).await {
                 Ok((response, _)) => response,
@@ -128,9 +143,15 @@ impl Engine {
             let stream = verify::VerifiedStream::new(body, blob.digest.clone(), blob.size);
             match self
                 .target
-                .write_blob(target_repo, &blob.digest, stream)
+                .write_blob(target_repo, &blob.digest, stream, None)
                 .await
             {
+                // The chunk size is smaller now: start this blob again from the same source.
+                Err(TargetError::BodyTooLarge { .. }) if restarts < MAX_RESTARTS => {
+                    restarts += 1;
+                    retry_same = true;
+                    continue;
+                }
                 Ok(_) => {
                     tracing::debug!(digest = %blob.digest, bytes = blob.size, from = client.host(), repository = target_repo, "blob copied");
                     return Ok(());
@@ -151,17 +172,26 @@ impl Engine {
     /// copy it between target repositories. `false` when neither worked (the holder may have
     /// lost it since: state from an earlier run can be stale), so the caller copies from upstream.
     async fn mount_or_copy_within(&self, from: &str, target_repo: &str, blob: &Descriptor) -> bool {
-        match self.target.mount(target_repo, &blob.digest, from).await {
-            Ok(true) => return true,
-            Ok(false) => {}
+        let session = match self.target.mount(target_repo, &blob.digest, from).await {
+            Ok(Mounted::Yes) => return true,
+            Ok(Mounted::No { session }) => session,
             Err(e) => {
                 tracing::debug!(error = %e, from, "cross-repository mount failed");
+                None
             }
-        }
+        };
         let copied = async {
-            let source = self.target.read_blob(from, &blob.digest, blob.size).await?;
+            let source = match self.target.read_blob(from, &blob.digest, blob.size).await {
+                Ok(source) => source,
+                Err(e) => {
+                    if let (Some(location), Target::Registry(c)) = (&session, &self.target) {
+                        c.cancel_upload(target_repo, location).await;
+                    }
+                    return Err(e);
+                }
+            };
             self.target
-                .write_blob(target_repo, &blob.digest, source)
+                .write_blob(target_repo, &blob.digest, source, session)
                 .await
         }
         .await;

@@ -130,6 +130,9 @@ impl Engine {
         digest: &Digest,
     ) -> Result<FetchedManifest, SyncError> {
         let upstream = route.upstream;
+        if let Some(fetched) = upstream.take_prefetched(route.source_repo, digest) {
+            return Ok(fetched);
+        }
         for source in (0..upstream.source_count()).filter(|s| upstream.usable(*s)) {
             let client = upstream.source(source);
             if upstream.is_origin(source) {

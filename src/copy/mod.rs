@@ -188,9 +188,10 @@ impl Engine {
                 options.limits = config.target.limits;
                 options.retry = retry.clone();
                 options.observer = observer.clone();
-                Target::Registry(Box::new(
-                    RegistryClient::new(options).map_err(|e| SyncError::Target(e.into()))?,
-                ))
+                let client =
+                    RegistryClient::new(options).map_err(|e| SyncError::Target(e.into()))?;
+                client.learned().set_chunk_size(config.target.chunk_size);
+                Target::Registry(Box::new(client))
             }
             TargetKind::Path(path) => Target::Layout(OciLayout::new(path.clone())),
         };
@@ -312,6 +313,9 @@ impl Engine {
             });
         }
         forward.abort();
+        if self.mode == Mode::Sync {
+            self.target.cancel_abandoned_uploads().await;
+        }
 
         let elapsed = run_started.elapsed();
         for (i, item) in items.iter().enumerate() {
@@ -575,32 +579,7 @@ impl Engine {
         let repository = item.source.repository();
         let digest = match (item.source.digest(), item.source.tag()) {
             (Some(digest), _) => digest.clone(),
-            (None, Some(tag)) => {
-                let head = upstream
-                    .origin
-                    .head_manifest(repository, tag)
-                    .await
-                    .map_err(|e| upstream.error(e))?
-                    .ok_or_else(|| {
-                        SyncError::NotFound(format!(
-                            "HEAD /v2/{repository}/manifests/{tag} at {} answered 404",
-                            upstream.host
-                        ))
-                    })?;
-                match head.digest {
-                    Some(d) if d.is_sha256() => d,
-                    // No usable Docker-Content-Digest on the HEAD: only a GET tells us.
-                    _ => {
-                        upstream.check_quota()?;
-                        upstream
-                            .origin
-                            .get_manifest(repository, tag)
-                            .await
-                            .map_err(|e| upstream.error(e))?
-                            .digest
-                    }
-                }
-            }
+            (None, Some(tag)) => upstream.resolve(repository, tag).await?,
             (None, None) => {
                 return Err(SyncError::Other(
                     "reference has neither tag nor digest".into(),
@@ -795,6 +774,7 @@ impl Engine {
             mirror_down,
             transfers: Semaphore::new(settings.concurrency.max(1)),
             reserve: u64::from(settings.rate_limit_reserve.unwrap_or(0)),
+            prefetched: Default::default(),
         });
         upstreams.insert(registry.to_string(), Arc::clone(&upstream));
         Ok(upstream)

@@ -2,12 +2,14 @@
 //! and its mirrors (where content is fetched by digest first), plus the host's transfer limit and
 //! pull-quota reserve.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Semaphore;
 
 use super::SyncError;
-use crate::registry::RegistryClient;
+use crate::reference::Digest;
+use crate::registry::{FetchedManifest, RegistryClient, RegistryError, is_schema1};
 
 /// One upstream host.
 pub struct Upstream {
@@ -22,6 +24,9 @@ pub struct Upstream {
     pub transfers: Semaphore,
     /// Stop spending manifest GETs at the origin when its reported pulls left reach this.
     pub reserve: u64,
+    /// Manifests fetched by tag while resolving it (no usable HEAD, or no digest on it), kept
+    /// by (repository, digest) so the copy does not GET them a second time.
+    pub prefetched: Mutex<HashMap<(String, Digest), FetchedManifest>>,
 }
 
 impl Upstream {
@@ -43,11 +48,11 @@ impl Upstream {
     }
 
     /// Notes a failed request to source `i`: an unreachable mirror is skipped from now on.
-    pub fn note_failure(&self, i: usize, error: &crate::registry::RegistryError) {
+    pub fn note_failure(&self, i: usize, error: &RegistryError) {
         if matches!(
             error,
-            crate::registry::RegistryError::Transport { .. }
-                | crate::registry::RegistryError::Tls { .. }
+            RegistryError::Transport { .. }
+                | RegistryError::Tls { .. }
         ) && let Some(down) = self.mirror_down.get(i)
         {
             down.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -72,7 +77,71 @@ impl Upstream {
         })
     }
 
-    pub fn error(&self, source: crate::registry::RegistryError) -> SyncError {
+    /// What `tag` points at upstream: a `HEAD` when the registry answers it with a digest,
+    /// otherwise a `GET` (within the pull quota) whose bytes are kept for the copy. A HEAD
+    /// answered 405/501, or 404 for something the GET then finds (Nexus, some proxies), makes
+    /// the rest of the run use GET at once; a tag is reported missing only after a GET said so.
+    /// A schema 1 manifest is refused without a GET when the HEAD's media type says so.
+    pub async fn resolve(&self, repository: &str, tag: &str) -> Result<Digest, SyncError> {
+        let learned = self.origin.learned();
+        let mut head_missing = false;
+        if !learned.head_unreliable() {
+            match self.origin.head_manifest(repository, tag).await {
+                Ok(Some(head)) => {
+                    if let Some(media_type) = head.media_type.as_deref()
+                        && is_schema1(media_type)
+                    {
+                        return Err(self.schema1(repository, tag));
+                    }
+                    if let Some(digest) = head.digest.filter(|d| d.is_sha256()) {
+                        return Ok(digest);
+                    }
+                }
+                Ok(None) => head_missing = true,
+                Err(e) if matches!(e.status(), Some(405 | 501)) => {
+                    learned.distrust_head(&self.host, &e.to_string());
+                }
+                Err(e) => return Err(self.error(e)),
+            }
+        }
+        self.check_quota()?;
+        let fetched = match self.origin.get_manifest(repository, tag).await {
+            Ok(fetched) => fetched,
+            Err(e) if e.status() == Some(404) => {
+                return Err(SyncError::NotFound(format!(
+                    "GET /v2/{repository}/manifests/{tag} at {} answered 404",
+                    self.host
+                )));
+            }
+            Err(e) => return Err(self.error(e)),
+        };
+        if head_missing {
+            learned.distrust_head(&self.host, "HEAD answered 404 for a manifest GET found");
+        }
+        let digest = fetched.digest.clone();
+        self.prefetched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((repository.to_string(), digest.clone()), fetched);
+        Ok(digest)
+    }
+
+    /// A manifest fetched while resolving a tag, handed over once.
+    pub fn take_prefetched(&self, repository: &str, digest: &Digest) -> Option<FetchedManifest> {
+        self.prefetched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(repository.to_string(), digest.clone()))
+    }
+
+    fn schema1(&self, repository: &str, tag: &str) -> SyncError {
+        SyncError::Other(format!(
+            "{}/{repository}:{tag} is a Docker schema 1 manifest, which cannot be mirrored with digests preserved (push it again with a current Docker or use another tag)",
+            self.host
+        ))
+    }
+
+    pub fn error(&self, source: RegistryError) -> SyncError {
         if source.status() == Some(429) {
             return SyncError::Deferred(format!("{} is rate limiting us: {source}", self.host));
         }

@@ -141,7 +141,7 @@ impl Authenticator {
     /// The `Authorization` value for a request needing `scopes`, fetching a token if needed.
     pub async fn authorization(
         &self,
-        http: &reqwest::Client,
+        client: &super::RegistryClient,
         scopes: &[String],
     ) -> Result<Option<HeaderValue>, RegistryError> {
         let challenge = self.challenge.lock().await.clone();
@@ -157,7 +157,7 @@ impl Authenticator {
                     return Ok(Some(bearer(&token.value)));
                 }
                 let token = self
-                    .fetch_token(http, &realm, service.as_deref(), scopes)
+                    .fetch_token(client, &realm, service.as_deref(), scopes)
                     .await?;
                 let header = bearer(&token.value);
                 tokens.insert(key, token);
@@ -224,9 +224,10 @@ impl Authenticator {
     /// Checks the credentials against the registry without touching any repository.
     pub async fn verify(
         &self,
-        http: &reqwest::Client,
+        client: &super::RegistryClient,
         base: &url::Url,
     ) -> Result<bool, RegistryError> {
+        let http = &client.http;
         if self.credentials.is_none() {
             return Ok(false);
         }
@@ -234,7 +235,7 @@ impl Authenticator {
         match challenge {
             None | Some(Challenge::Anonymous) => Ok(true),
             Some(Challenge::Bearer { realm, service, .. }) => {
-                self.fetch_token(http, &realm, service.as_deref(), &[])
+                self.fetch_token(client, &realm, service.as_deref(), &[])
                     .await?;
                 Ok(true)
             }
@@ -279,10 +280,13 @@ impl Authenticator {
         Some(value)
     }
 
-    /// `GET <realm>?service=..&scope=..` with Basic credentials when we have them.
+    /// `GET <realm>?service=..&scope=..` with Basic credentials when we have them (none are
+    /// sent when none are configured). The realm may be another host. The request goes through
+    /// the registry's rate limit and request metrics; a connection failure or a 5xx/429 is a
+    /// retryable error, so the endpoint call that needed the token is tried again with backoff.
     async fn fetch_token(
         &self,
-        http: &reqwest::Client,
+        client: &super::RegistryClient,
         realm: &str,
         service: Option<&str>,
         scopes: &[String],
@@ -308,21 +312,39 @@ impl Authenticator {
                 query.append_pair("account", &creds.username);
             }
         }
-        let mut request = http.get(url.clone());
+        let mut request = client.http.get(url.clone());
         if let Some(header) = self.basic_header() {
             request = request.header(reqwest::header::AUTHORIZATION, header);
         }
-        let response = request.send().await.map_err(|e| {
-            fail(format!(
-                "token request to {} failed: {}",
-                strip_query(&url),
-                super::describe_reqwest_error(&e)
-            ))
-        })?;
+        client.limits.request().await;
+        let sent = request.send().await;
+        client.observe("GET", &sent);
+        let transport = |detail: String| RegistryError::Transport {
+            method: "GET".into(),
+            url: strip_query(&url),
+            detail: format!("token request: {detail}"),
+        };
+        let response = sent.map_err(|e| transport(super::describe_reqwest_error(&e)))?;
         let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(super::parse_retry_after);
         let body = super::read_limited(response, 1 << 20)
             .await
-            .map_err(|e| fail(format!("reading token from {}: {e}", strip_query(&url))))?;
+            .map_err(|e| transport(e.to_string()))?;
+        if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            let (errors, body_excerpt) = parse_error_body(&body);
+            return Err(RegistryError::Status {
+                method: "GET".into(),
+                url: strip_query(&url),
+                status: status.as_u16(),
+                errors,
+                body_excerpt,
+                retry_after,
+            });
+        }
         if !status.is_success() {
             let (errors, excerpt) = parse_error_body(&body);
             let detail = errors

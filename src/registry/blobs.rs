@@ -1,15 +1,17 @@
 //! Blob endpoints: existence, download (with `Range` to resume), cross-repository mount, and
-//! the upload session (`POST`, `PATCH` chunks, final `PUT ?digest=`).
+//! the upload session (`POST`, `PATCH` chunks, final `PUT ?digest=`, `DELETE` to abandon).
+//!
+//! Upload sessions are tracked from the answer that opened them until they are completed or
+//! cancelled, so sessions a run leaves behind (an error, a copy cut off at the grace period) can
+//! be cancelled at its end ([`RegistryClient::cancel_abandoned_uploads`]).
 
 use bytes::Bytes;
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};
 use url::Url;
 
-use super::{
-    MountOutcome, RegistryClient, RegistryError, RequestBody, content_length, pull, push,
-    status_error,
-};
+use super::call::{Call, Expect, Replayable};
+use super::{MountOutcome, RegistryClient, RegistryError, RequestBody, content_length, pull, push};
 use crate::reference::Digest;
 
 impl RegistryClient {
@@ -20,24 +22,12 @@ impl RegistryClient {
         repository: &str,
         digest: &Digest,
     ) -> Result<Option<u64>, RegistryError> {
-        self.retrying("HEAD blob", || async {
-            let url = self.url(&format!("v2/{repository}/blobs/{digest}"))?;
-            let response = self
-                .send(
-                    Method::HEAD,
-                    url.clone(),
-                    pull(repository),
-                    HeaderMap::new(),
-                    RequestBody::Empty,
-                )
-                .await?;
-            match response.status() {
-                StatusCode::OK => Ok(Some(content_length(response.headers()).unwrap_or(0))),
-                StatusCode::NOT_FOUND => Ok(None),
-                _ => Err(status_error("HEAD", &url, response).await),
-            }
-        })
-        .await
+        let url = self.url(&format!("v2/{repository}/blobs/{digest}"))?;
+        let call = Call::new("HEAD blob", Method::HEAD, url, pull(repository)).missing_ok();
+        Ok(self
+            .call(&call, Replayable::Empty)
+            .await?
+            .map(|r| content_length(r.headers()).unwrap_or(0)))
     }
 
     /// `GET /v2/<name>/blobs/<digest>`, following redirects (to object storage, say) without
@@ -59,99 +49,95 @@ impl RegistryClient {
         digest: &Digest,
         offset: u64,
     ) -> Result<(reqwest::Response, bool), RegistryError> {
-        self.retrying("GET blob", || async {
-            let url = self.url(&format!("v2/{repository}/blobs/{digest}"))?;
-            let mut headers = HeaderMap::new();
-            if offset > 0 {
-                let range = HeaderValue::from_str(&format!("bytes={offset}-"))
-                    .map_err(|e| RegistryError::protocol(&url, e.to_string()))?;
-                headers.insert(header::RANGE, range);
-            }
-            let response = self
-                .send(Method::GET, url.clone(), pull(repository), headers, RequestBody::Empty)
-                .await?;
-            match response.status() {
-                StatusCode::OK => Ok((response, offset == 0)),
-                StatusCode::PARTIAL_CONTENT if offset > 0 => {
-                    let starts = response
-                        .headers()
-                        .get(header::CONTENT_RANGE)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.strip_prefix("bytes "))
-                        .and_then(|v| v.split('-').next())
-                        .and_then(|v| v.trim().parse::<u64>().ok());
-                    if starts != Some(offset) {
-                        return Err(RegistryError::protocol(
-                            &url,
-                            format!("asked for bytes from {offset}, got Content-Range starting at {starts:?}"),
-                        ));
-                    }
-                    Ok((response, true))
+        let url = self.url(&format!("v2/{repository}/blobs/{digest}"))?;
+        let mut headers = HeaderMap::new();
+        if offset > 0 {
+            let range = HeaderValue::from_str(&format!("bytes={offset}-"))
+                .map_err(|e| RegistryError::protocol(&url, e.to_string()))?;
+            headers.insert(header::RANGE, range);
+        }
+        let call = Call::new("GET blob", Method::GET, url.clone(), pull(repository))
+            .headers(headers)
+            .expect(Expect::Success);
+        let response = self.call(&call, Replayable::Empty).await?.ok_or_else(|| {
+            RegistryError::protocol(&url, "blob GET answered 404 where a body was expected")
+        })?;
+        match response.status() {
+            StatusCode::PARTIAL_CONTENT if offset > 0 => {
+                let starts = response
+                    .headers()
+                    .get(header::CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("bytes "))
+                    .and_then(|v| v.split('-').next())
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+                if starts != Some(offset) {
+                    return Err(RegistryError::protocol(
+                        &url,
+                        format!(
+                            "asked for bytes from {offset}, got Content-Range starting at {starts:?}"
+                        ),
+                    ));
                 }
-                _ => Err(status_error("GET", &url, response).await),
+                Ok((response, true))
             }
-        })
-        .await
+            StatusCode::OK => Ok((response, offset == 0)),
+            other => Err(RegistryError::protocol(
+                &url,
+                format!("blob GET answered {} without a body", other.as_u16()),
+            )),
+        }
     }
 
     /// `POST /v2/<name>/blobs/uploads/?mount=<digest>&from=<other>`: 201 mounted, 202 an upload
-    /// session was opened instead.
+    /// session was opened instead (the caller may upload into it). Once a registry has refused
+    /// a mount this way, later calls do not ask again and answer [`MountOutcome::Refused`].
     pub async fn mount_blob(
         &self,
         repository: &str,
         digest: &Digest,
         from: &str,
     ) -> Result<MountOutcome, RegistryError> {
-        self.retrying("mount blob", || async {
-            let mut url = self.url(&format!("v2/{repository}/blobs/uploads/"))?;
-            url.query_pairs_mut()
-                .append_pair("mount", &digest.to_string())
-                .append_pair("from", from);
-            let mut scopes = push(repository);
-            scopes.push(format!("repository:{from}:pull"));
-            let response = self
-                .send(
-                    Method::POST,
-                    url.clone(),
-                    scopes,
-                    HeaderMap::new(),
-                    RequestBody::Empty,
-                )
-                .await?;
-            match response.status() {
-                StatusCode::CREATED => Ok(MountOutcome::Mounted),
-                StatusCode::ACCEPTED => {
-                    Ok(MountOutcome::UploadStarted(self.location(&url, &response)?))
-                }
-                _ => Err(status_error("POST", &url, response).await),
-            }
-        })
-        .await
+        if self.learned.mounts_refused() {
+            return Ok(MountOutcome::Refused);
+        }
+        let mut url = self.url(&format!("v2/{repository}/blobs/uploads/"))?;
+        url.query_pairs_mut()
+            .append_pair("mount", &digest.to_string())
+            .append_pair("from", from);
+        let mut scopes = push(repository);
+        scopes.push(format!("repository:{from}:pull"));
+        let call = Call::new("mount blob", Method::POST, url.clone(), scopes).expect(Expect::Success);
+        let response = self
+            .call(&call, Replayable::Empty)
+            .await?
+            .ok_or_else(|| RegistryError::protocol(&url, "mount answered 404"))?;
+        if response.status() == StatusCode::CREATED {
+            return Ok(MountOutcome::Mounted);
+        }
+        // 202 (or another success): no mount, but an upload session to use instead.
+        self.learned.refuse_mounts(self.host());
+        let location = self.location(&url, &response)?;
+        self.uploads.opened(repository, &location);
+        Ok(MountOutcome::UploadStarted(location))
     }
 
     /// `POST /v2/<name>/blobs/uploads/`: opens an upload session; returns its `Location`.
     pub async fn start_upload(&self, repository: &str) -> Result<Url, RegistryError> {
-        self.retrying("start upload", || async {
-            let url = self.url(&format!("v2/{repository}/blobs/uploads/"))?;
-            let response = self
-                .send(
-                    Method::POST,
-                    url.clone(),
-                    push(repository),
-                    HeaderMap::new(),
-                    RequestBody::Empty,
-                )
-                .await?;
-            if response.status() != StatusCode::ACCEPTED {
-                return Err(status_error("POST", &url, response).await);
-            }
-            self.location(&url, &response)
-        })
-        .await
+        let url = self.url(&format!("v2/{repository}/blobs/uploads/"))?;
+        let call = Call::new("start upload", Method::POST, url.clone(), push(repository))
+            .expect(Expect::Success);
+        let response = self
+            .call(&call, Replayable::Empty)
+            .await?
+            .ok_or_else(|| RegistryError::protocol(&url, "upload POST answered 404"))?;
+        let location = self.location(&url, &response)?;
+        self.uploads.opened(repository, &location);
+        Ok(location)
     }
 
     /// `PATCH <location>` with `Content-Range: <start>-<end>`: one chunk of a chunked upload.
-    /// Returns the next `Location`.
+    /// Any 2xx is accepted (the spec says 202; ECR answers 201). Returns the next `Location`.
     pub async fn upload_chunk(
         &self,
         repository: &str,
@@ -161,23 +147,24 @@ impl RegistryClient {
         body: reqwest::Body,
     ) -> Result<Url, RegistryError> {
         let range = (length > 0).then(|| (offset, offset + length - 1));
+        let call = Call::new("PATCH upload", Method::PATCH, location.clone(), push(repository))
+            .expect(Expect::Success);
+        let stream = RequestBody::Stream {
+            body,
+            length,
+            range,
+        };
         let response = self
-            .send(
-                Method::PATCH,
-                location.clone(),
-                push(repository),
-                HeaderMap::new(),
-                RequestBody::Stream {
-                    body,
-                    length,
-                    range,
-                },
-            )
-            .await?;
-        if response.status() != StatusCode::ACCEPTED {
-            return Err(status_error("PATCH", location, response).await);
-        }
-        self.location(location, &response)
+            .call_once(&call, stream)
+            .await?
+            .ok_or_else(|| RegistryError::protocol(location, "upload PATCH answered 404"))?;
+        let next = match response.headers().get(header::LOCATION) {
+            Some(_) => self.location(location, &response)?,
+            // A registry that keeps the session URL may not repeat it.
+            None => location.clone(),
+        };
+        self.uploads.moved(location, &next);
+        Ok(next)
     }
 
     /// `PUT <location>&digest=<digest>`: completes an upload whose bytes were all sent by PATCH.
@@ -187,22 +174,8 @@ impl RegistryClient {
         location: &Url,
         digest: &Digest,
     ) -> Result<(), RegistryError> {
-        let mut url = location.clone();
-        url.query_pairs_mut()
-            .append_pair("digest", &digest.to_string());
-        let response = self
-            .send(
-                Method::PUT,
-                url.clone(),
-                push(repository),
-                HeaderMap::new(),
-                RequestBody::Empty,
-            )
-            .await?;
-        match response.status() {
-            StatusCode::CREATED | StatusCode::NO_CONTENT | StatusCode::OK => Ok(()),
-            _ => Err(status_error("PUT", location, response).await),
-        }
+        self.finish(repository, location, digest, RequestBody::Empty)
+            .await
     }
 
     /// Uploads a small blob held in memory: POST, then `PUT ?digest=` with the body.
@@ -214,14 +187,19 @@ impl RegistryClient {
     ) -> Result<(), RegistryError> {
         let location = self.start_upload(repository).await?;
         let length = bytes.len() as u64;
-        self.finish_upload_with_body(
-            repository,
-            &location,
-            digest,
-            length,
-            reqwest::Body::from(bytes),
-        )
-        .await
+        let result = self
+            .finish_upload_with_body(
+                repository,
+                &location,
+                digest,
+                length,
+                reqwest::Body::from(bytes),
+            )
+            .await;
+        if result.is_err() {
+            self.cancel_upload(repository, &location).await;
+        }
+        result
     }
 
     /// `PUT <location>&digest=<digest>` carrying the whole blob: completes a small upload in
@@ -234,41 +212,55 @@ impl RegistryClient {
         length: u64,
         body: reqwest::Body,
     ) -> Result<(), RegistryError> {
+        let stream = RequestBody::Stream {
+            body,
+            length,
+            range: None,
+        };
+        self.finish(repository, location, digest, stream).await
+    }
+
+    async fn finish(
+        &self,
+        repository: &str,
+        location: &Url,
+        digest: &Digest,
+        body: RequestBody,
+    ) -> Result<(), RegistryError> {
         let mut url = location.clone();
         url.query_pairs_mut()
             .append_pair("digest", &digest.to_string());
-        let response = self
-            .send(
-                Method::PUT,
-                url.clone(),
-                push(repository),
-                HeaderMap::new(),
-                RequestBody::Stream {
-                    body,
-                    length,
-                    range: None,
-                },
-            )
-            .await?;
-        match response.status() {
-            StatusCode::CREATED | StatusCode::NO_CONTENT | StatusCode::OK => Ok(()),
-            _ => Err(status_error("PUT", location, response).await),
+        let call = Call::new("PUT upload", Method::PUT, url, push(repository))
+            .expect(Expect::Success);
+        self.call_once(&call, body).await?.ok_or_else(|| {
+            RegistryError::protocol(location, "upload PUT answered 404 (session gone)")
+        })?;
+        self.uploads.closed(location);
+        Ok(())
+    }
+
+    /// `DELETE <location>`: abandons an upload session (best effort: a registry that does not
+    /// support it drops the session on its own schedule).
+    pub async fn cancel_upload(&self, repository: &str, location: &Url) {
+        self.uploads.closed(location);
+        let call = Call::new("cancel upload", Method::DELETE, location.clone(), push(repository))
+            .expect(Expect::Success)
+            .missing_ok();
+        if let Err(e) = self.call_once(&call, RequestBody::Empty).await {
+            tracing::debug!(error = %e, "could not cancel upload session");
         }
     }
 
-    /// `DELETE <location>`: abandons an upload session (best effort).
-    pub async fn cancel_upload(&self, repository: &str, location: &Url) {
-        let result = self
-            .send(
-                Method::DELETE,
-                location.clone(),
-                push(repository),
-                HeaderMap::new(),
-                RequestBody::Empty,
-            )
-            .await;
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "could not cancel upload session");
+    /// Cancels every upload session this client opened and neither completed nor cancelled
+    /// (their copies failed or were cut off). Returns how many it cancelled.
+    pub async fn cancel_abandoned_uploads(&self) -> usize {
+        let open = self.uploads.take_all();
+        for (repository, location) in &open {
+            self.cancel_upload(repository, location).await;
         }
+        if !open.is_empty() {
+            tracing::info!(registry = %self.label, sessions = open.len(), "cancelled abandoned upload sessions");
+        }
+        open.len()
     }
 }

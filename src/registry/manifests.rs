@@ -2,125 +2,103 @@
 //! HEAD and GET send the same full Accept list; GET keeps the exact bytes and checks them.
 
 use reqwest::header::{self, HeaderMap, HeaderValue};
-use reqwest::{Method, StatusCode};
+use reqwest::Method;
 use url::Url;
 
+use super::call::{Call, Expect, Replayable};
 use super::{
-    BodyError, FetchedManifest, ManifestHead, RegistryClient, RegistryError, RequestBody,
-    content_length, pull, push, read_limited, redact, status_error,
+    BodyError, FetchedManifest, ManifestHead, RegistryClient, RegistryError, content_length, pull,
+    push, read_limited, redact,
 };
 use crate::manifest::{MANIFEST_ACCEPT, MAX_MANIFEST_BYTES};
 use crate::reference::Digest;
 
+/// Docker image manifest schema 1 (`v1+json`, and the signed `v1+prettyjws`): its digest is
+/// computed over the manifest without its signatures, and registries re-sign it on the way, so
+/// it cannot be mirrored with digests preserved.
+pub fn is_schema1(media_type: &str) -> bool {
+    media_type.starts_with("application/vnd.docker.distribution.manifest.v1+")
+}
+
 impl RegistryClient {
-    /// `HEAD /v2/<name>/manifests/<reference>` with the full Accept list. `None` on 404.
+    /// `HEAD /v2/<name>/manifests/<reference>` with the full Accept list. `None` on 404 (which
+    /// some registries also answer for content a GET finds: see `Upstream::resolve`).
     pub async fn head_manifest(
         &self,
         repository: &str,
         reference: &str,
     ) -> Result<Option<ManifestHead>, RegistryError> {
-        self.retrying("HEAD manifest", || async {
-            let url = self.url(&format!("v2/{repository}/manifests/{reference}"))?;
-            let response = self
-                .send(
-                    Method::HEAD,
-                    url.clone(),
-                    pull(repository),
-                    manifest_accept(),
-                    RequestBody::Empty,
-                )
-                .await?;
-            match response.status() {
-                StatusCode::OK => {
-                    let headers = response.headers();
-                    Ok(Some(ManifestHead {
-                        digest: content_digest(headers, &url)?,
-                        media_type: media_type(headers),
-                        size: content_length(headers),
-                    }))
-                }
-                StatusCode::NOT_FOUND => Ok(None),
-                _ => Err(status_error("HEAD", &url, response).await),
-            }
-        })
-        .await
+        let url = self.url(&format!("v2/{repository}/manifests/{reference}"))?;
+        let call = Call::new("HEAD manifest", Method::HEAD, url.clone(), pull(repository))
+            .headers(manifest_accept())
+            .missing_ok();
+        let Some(response) = self.call(&call, Replayable::Empty).await? else {
+            return Ok(None);
+        };
+        let headers = response.headers();
+        Ok(Some(ManifestHead {
+            digest: content_digest(headers, &url)?,
+            media_type: media_type(headers),
+            size: content_length(headers),
+        }))
     }
 
     /// `GET /v2/<name>/manifests/<reference>`: the exact bytes, at most 4 MiB, with the digest
     /// recomputed. When `reference` is a digest the content must hash to it; a
-    /// `Docker-Content-Digest` header that disagrees with the content is an error.
+    /// `Docker-Content-Digest` header that disagrees with the content is an error. A schema 1
+    /// manifest is refused with an error that says so.
     pub async fn get_manifest(
         &self,
         repository: &str,
         reference: &str,
     ) -> Result<FetchedManifest, RegistryError> {
-        self.retrying("GET manifest", || async {
-            let url = self.url(&format!("v2/{repository}/manifests/{reference}"))?;
-            let response = self
-                .send(
-                    Method::GET,
-                    url.clone(),
-                    pull(repository),
-                    manifest_accept(),
-                    RequestBody::Empty,
-                )
-                .await?;
-            if response.status() != StatusCode::OK {
-                return Err(status_error("GET", &url, response).await);
-            }
-            let header_digest = content_digest(response.headers(), &url)?;
-            let header_type = media_type(response.headers());
-            if content_length(response.headers()).is_some_and(|n| n > MAX_MANIFEST_BYTES as u64) {
+        let url = self.url(&format!("v2/{repository}/manifests/{reference}"))?;
+        let call = Call::new("GET manifest", Method::GET, url.clone(), pull(repository))
+            .headers(manifest_accept());
+        let fetched = self
+            .call_and_read(&call, |response| read_manifest(&url, response))
+            .await?
+            .ok_or_else(|| RegistryError::protocol(&url, "manifest GET answered 404"))?;
+        let digest = crate::manifest::digest_of(&fetched.bytes);
+        if fetched.schema1 {
+            return Err(RegistryError::protocol(
+                &url,
+                format!(
+                    "{repository}:{reference} is a Docker schema 1 manifest, which cannot be mirrored with digests preserved (push it again with a current Docker or use another tag)"
+                ),
+            ));
+        }
+        if let Ok(wanted) = Digest::parse(reference) {
+            if !wanted.is_sha256() {
                 return Err(RegistryError::protocol(
                     &url,
-                    format!("manifest is larger than {MAX_MANIFEST_BYTES} bytes"),
+                    format!("unsupported digest algorithm {:?}", wanted.algorithm()),
                 ));
             }
-            let bytes = read_limited(response, MAX_MANIFEST_BYTES)
-                .await
-                .map_err(|e| match e {
-                    BodyError::TooLarge(_) => RegistryError::protocol(&url, e.to_string()),
-                    BodyError::Read(_) => RegistryError::Transport {
-                        method: "GET".into(),
-                        url: redact(&url),
-                        detail: e.to_string(),
-                    },
-                })?;
-            let digest = crate::manifest::digest_of(&bytes);
-            if let Ok(wanted) = Digest::parse(reference) {
-                if !wanted.is_sha256() {
-                    return Err(RegistryError::protocol(
-                        &url,
-                        format!("unsupported digest algorithm {:?}", wanted.algorithm()),
-                    ));
-                }
-                if wanted != digest {
-                    return Err(RegistryError::protocol(
-                        &url,
-                        format!("manifest content hashes to {digest}, not the requested {wanted}"),
-                    ));
-                }
-            }
-            if let Some(claimed) = header_digest
-                && claimed.is_sha256()
-                && claimed != digest
-            {
+            if wanted != digest {
                 return Err(RegistryError::protocol(
                     &url,
-                    format!(
-                        "Docker-Content-Digest {claimed} does not match the content ({digest})"
-                    ),
+                    format!("manifest content hashes to {digest}, not the requested {wanted}"),
                 ));
             }
-            let media_type = crate::manifest::resolve_media_type(header_type.as_deref(), &bytes)
+        }
+        if let Some(claimed) = fetched.header_digest
+            && claimed.is_sha256()
+            && claimed != digest
+        {
+            return Err(RegistryError::protocol(
+                &url,
+                format!("Docker-Content-Digest {claimed} does not match the content ({digest})"),
+            ));
+        }
+        let media_type =
+            crate::manifest::resolve_media_type(fetched.header_type.as_deref(), &fetched.bytes)
                 .map_err(|e| RegistryError::protocol(&url, e.to_string()))?;
-            Ok(FetchedManifest {
-                bytes,
-                media_type,
-                digest,
-            })
+        Ok(FetchedManifest {
+            bytes: fetched.bytes,
+            media_type,
+            digest,
         })
-        .await
     }
 
     /// `PUT /v2/<name>/manifests/<reference>` with `Content-Type` = the manifest's media type.
@@ -130,26 +108,15 @@ impl RegistryClient {
         reference: &str,
         manifest: &FetchedManifest,
     ) -> Result<(), RegistryError> {
-        self.retrying("PUT manifest", || async {
-            let url = self.url(&format!("v2/{repository}/manifests/{reference}"))?;
-            let response = self
-                .send(
-                    Method::PUT,
-                    url.clone(),
-                    push(repository),
-                    HeaderMap::new(),
-                    RequestBody::Bytes(
-                        manifest.bytes.clone(),
-                        content_type_static(&manifest.media_type),
-                    ),
-                )
-                .await?;
-            match response.status() {
-                StatusCode::CREATED | StatusCode::OK | StatusCode::ACCEPTED => Ok(()),
-                _ => Err(status_error("PUT", &url, response).await),
-            }
-        })
-        .await
+        let url = self.url(&format!("v2/{repository}/manifests/{reference}"))?;
+        let call = Call::new("PUT manifest", Method::PUT, url, push(repository))
+            .expect(Expect::Success);
+        let body = Replayable::Bytes(
+            manifest.bytes.clone(),
+            content_type_static(&manifest.media_type),
+        );
+        self.call(&call, body).await?;
+        Ok(())
     }
 
     /// `DELETE /v2/<name>/manifests/<digest>`: removes a manifest (and, in distribution, every
@@ -159,25 +126,61 @@ impl RegistryClient {
         repository: &str,
         digest: &Digest,
     ) -> Result<bool, RegistryError> {
-        self.retrying("DELETE manifest", || async {
-            let url = self.url(&format!("v2/{repository}/manifests/{digest}"))?;
-            let response = self
-                .send(
-                    Method::DELETE,
-                    url.clone(),
-                    push(repository),
-                    HeaderMap::new(),
-                    RequestBody::Empty,
-                )
-                .await?;
-            match response.status() {
-                StatusCode::ACCEPTED | StatusCode::OK | StatusCode::NO_CONTENT => Ok(true),
-                StatusCode::NOT_FOUND => Ok(false),
-                _ => Err(status_error("DELETE", &url, response).await),
-            }
-        })
-        .await
+        let url = self.url(&format!("v2/{repository}/manifests/{digest}"))?;
+        let call = Call::new("DELETE manifest", Method::DELETE, url, push(repository))
+            .expect(Expect::Success)
+            .missing_ok();
+        Ok(self.call(&call, Replayable::Empty).await?.is_some())
     }
+}
+
+/// A manifest body as read, before any check.
+struct RawManifest {
+    bytes: bytes::Bytes,
+    header_digest: Option<Digest>,
+    header_type: Option<String>,
+    schema1: bool,
+}
+
+async fn read_manifest(url: &Url, response: reqwest::Response) -> Result<RawManifest, RegistryError> {
+    let header_digest = content_digest(response.headers(), url)?;
+    let header_type = media_type(response.headers());
+    if content_length(response.headers()).is_some_and(|n| n > MAX_MANIFEST_BYTES as u64) {
+        return Err(RegistryError::protocol(
+            url,
+            format!("manifest is larger than {MAX_MANIFEST_BYTES} bytes"),
+        ));
+    }
+    let bytes = read_limited(response, MAX_MANIFEST_BYTES)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge(_) => RegistryError::protocol(url, e.to_string()),
+            BodyError::Read(_) => RegistryError::Transport {
+                method: "GET".into(),
+                url: redact(url),
+                detail: e.to_string(),
+            },
+        })?;
+    let schema1 = header_type.as_deref().is_some_and(is_schema1) || declares_schema1(&bytes);
+    Ok(RawManifest {
+        bytes,
+        header_digest,
+        header_type,
+        schema1,
+    })
+}
+
+/// `"schemaVersion": 1` in the document itself (some registries send it as `application/json`).
+fn declares_schema1(bytes: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Version {
+        #[serde(rename = "schemaVersion")]
+        schema_version: Option<serde_json::Value>,
+    }
+    serde_json::from_slice::<Version>(bytes)
+        .ok()
+        .and_then(|v| v.schema_version)
+        .is_some_and(|v| v.as_u64() == Some(1))
 }
 
 fn manifest_accept() -> HeaderMap {
@@ -215,4 +218,22 @@ fn media_type(headers: &HeaderMap) -> Option<String> {
         .and_then(|v| v.to_str().ok())
         .map(|v| v.split(';').next().unwrap_or("").trim().to_string())
         .filter(|v| !v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_schema1() {
+        assert!(is_schema1(
+            "application/vnd.docker.distribution.manifest.v1+prettyjws"
+        ));
+        assert!(is_schema1("application/vnd.docker.distribution.manifest.v1+json"));
+        assert!(!is_schema1(
+            "application/vnd.docker.distribution.manifest.v2+json"
+        ));
+        assert!(declares_schema1(br#"{"schemaVersion":1,"name":"a"}"#));
+        assert!(!declares_schema1(br#"{"schemaVersion":2}"#));
+    }
 }

@@ -7,11 +7,14 @@
 
 mod auth;
 mod blobs;
+mod call;
 mod error;
+mod learned;
 mod limits;
 mod manifests;
 mod retry;
 mod tags;
+mod tls;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -26,7 +29,9 @@ use url::Url;
 
 pub use auth::{Challenge, parse_challenge};
 pub use error::{ApiError, RegistryError};
+pub use learned::{DEFAULT_CHUNK_SIZE, Learned, MIN_CHUNK_SIZE};
 pub use limits::{HostLimits, LimitSettings};
+pub use manifests::is_schema1;
 pub use retry::{RetryPolicy, parse_retry_after};
 
 use crate::config::Credentials;
@@ -103,6 +108,8 @@ pub enum MountOutcome {
     Mounted,
     /// 202: the registry opened an upload session instead.
     UploadStarted(Url),
+    /// An earlier mount to this registry was answered 202: no request was made.
+    Refused,
 }
 
 /// A body we may send more than once (so a 401 can be retried) or a one-shot stream.
@@ -132,6 +139,10 @@ pub struct RegistryClient {
     pulls_remaining: AtomicI64,
     /// A ping failure that retrying cannot mend.
     fatal: std::sync::Mutex<Option<RegistryError>>,
+    /// Quirks of this registry found during the run.
+    learned: Learned,
+    /// Upload sessions open now.
+    uploads: learned::OpenUploads,
 }
 
 /// The longest an idle read may wait before the request counts as stalled.
@@ -157,7 +168,14 @@ impl RegistryClient {
             observer: options.observer,
             pulls_remaining: AtomicI64::new(-1),
             fatal: std::sync::Mutex::new(None),
+            learned: Learned::default(),
+            uploads: learned::OpenUploads::default(),
         })
+    }
+
+    /// What this run learned about the registry's behaviour (and the upload chunk size).
+    pub fn learned(&self) -> &Learned {
+        &self.learned
     }
 
     /// The registry host this client talks to.
@@ -244,7 +262,7 @@ impl RegistryClient {
     /// particular repository. `Ok(false)` when there are no credentials to check.
     pub async fn verify_credentials(&self) -> Result<bool, RegistryError> {
         self.ping().await?;
-        self.auth.verify(&self.http, &self.base).await
+        self.auth.verify(self, &self.base).await
     }
 
     async fn ping_once(&self) -> Result<(), RegistryError> {
@@ -325,7 +343,7 @@ impl RegistryClient {
                 .http
                 .request(method.clone(), url.clone())
                 .headers(headers.clone());
-            if let Some(value) = self.auth.authorization(&self.http, &scopes).await? {
+            if let Some(value) = self.auth.authorization(self, &scopes).await? {
                 request = request.header(header::AUTHORIZATION, value);
             }
             let replayable = !matches!(body, Some(RequestBody::Stream { .. }));
@@ -424,10 +442,7 @@ fn build_http_client(ca_file: Option<&Path>, host: &str) -> Result<reqwest::Clie
         let pem = std::fs::read(path).map_err(|e| {
             RegistryError::protocol(host, format!("reading CA file {}: {e}", path.display()))
         })?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-            RegistryError::protocol(host, format!("CA file {} is not PEM: {e}", path.display()))
-        })?;
-        builder = builder.tls_certs_merge(certs);
+        builder = builder.tls_backend_preconfigured(tls::client_config(&pem, path, host)?);
     }
     builder
         .build()
@@ -510,6 +525,21 @@ fn transport(method: &str, url: &Url, error: &reqwest::Error) -> RegistryError {
         return RegistryError::protocol(redact(url), format!("{method}: {detail}"));
     }
     let lower = detail.to_ascii_lowercase();
+    if url.scheme() == "https" && speaks_plain_http(&lower) {
+        // Retrying cannot help, and the fix is a setting: say which.
+        let host = url.host_str().unwrap_or_default();
+        let host = match url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_string(),
+        };
+        return RegistryError::Tls {
+            method: method.to_string(),
+            url: redact(url),
+            detail: format!(
+                "{host} answered in plain HTTP, not HTTPS; if it is a plain-HTTP registry, set `insecure: true` for it (under `target:` or `registries: \"{host}\":`)"
+            ),
+        };
+    }
     if lower.contains("certificate") || lower.contains("handshake") {
         return RegistryError::Tls {
             method: method.to_string(),
@@ -522,6 +552,14 @@ fn transport(method: &str, url: &Url, error: &reqwest::Error) -> RegistryError {
         url: redact(url),
         detail,
     }
+}
+
+/// What rustls reports when the server's first bytes are not a TLS record (a plain-HTTP
+/// server answering a ClientHello with `HTTP/1.x 400`).
+fn speaks_plain_http(lower_detail: &str) -> bool {
+    lower_detail.contains("invalidcontenttype")
+        || lower_detail.contains("corrupt message")
+        || lower_detail.contains("wrong version number")
 }
 
 /// A request URL for messages: upload session state in the query is noise, so it is dropped.

@@ -2,11 +2,12 @@
 
 use std::collections::HashSet;
 
+use reqwest::Method;
 use reqwest::header::{self, HeaderMap};
-use reqwest::{Method, StatusCode};
 use url::Url;
 
-use super::{RegistryClient, RegistryError, RequestBody, pull, read_limited, redact, status_error};
+use super::call::Call;
+use super::{RegistryClient, RegistryError, pull, read_limited, redact};
 
 impl RegistryClient {
     /// `GET /v2/<name>/tags/list`, following `Link: <...>; rel="next"` pages verbatim. A page
@@ -24,21 +25,10 @@ impl RegistryClient {
             if !seen.insert(url.to_string()) || seen.len() > 100_000 {
                 return Err(RegistryError::protocol(&url, "tags list pagination loops"));
             }
+            let call = Call::new("GET tags", Method::GET, url.clone(), pull(repository));
             let page_url = url.clone();
             let (next, body) = self
-                .retrying("GET tags", || async {
-                    let response = self
-                        .send(
-                            Method::GET,
-                            page_url.clone(),
-                            pull(repository),
-                            HeaderMap::new(),
-                            RequestBody::Empty,
-                        )
-                        .await?;
-                    if response.status() != StatusCode::OK {
-                        return Err(status_error("GET", &page_url, response).await);
-                    }
+                .call_and_read(&call, |response| async {
                     let next = next_link(response.headers(), &page_url);
                     let body = read_limited(response, 64 << 20).await.map_err(|e| {
                         RegistryError::Transport {
@@ -49,7 +39,8 @@ impl RegistryClient {
                     })?;
                     Ok((next, body))
                 })
-                .await?;
+                .await?
+                .ok_or_else(|| RegistryError::protocol(&url, "tags list answered 404"))?;
             let page: Page = serde_json::from_slice(&body)
                 .map_err(|e| RegistryError::protocol(&url, format!("invalid tags list: {e}")))?;
             tags.extend(page.tags.unwrap_or_default());

@@ -31,6 +31,18 @@ pub enum TargetError {
     Source(String),
     #[error("{0}")]
     Invalid(String),
+    /// A request body of `bytes` was refused as too large (413); the chunk size is smaller now
+    /// and the blob may be sent again from the start.
+    #[error("target registry refused a {bytes}-byte request body as too large: {error}")]
+    BodyTooLarge { bytes: u64, error: RegistryError },
+}
+
+/// The outcome of [`Target::mount`].
+#[derive(Debug)]
+pub enum Mounted {
+    Yes,
+    /// Not mounted: copy the blob, into `session` when the registry opened one instead.
+    No { session: Option<url::Url> },
 }
 
 /// The mirror's destination.
@@ -99,35 +111,51 @@ impl Target {
     }
 
     /// Makes a blob known in `from` available in `repository` without downloading it again.
-    /// `false` when the target could not mount and the caller must copy.
+    /// When the registry refuses (a 202 with an upload session: Harbor across projects, ECR),
+    /// the caller copies the blob into that session, and later blobs skip the attempt.
     pub async fn mount(
         &self,
         repository: &str,
         digest: &Digest,
         from: &str,
-    ) -> Result<bool, TargetError> {
+    ) -> Result<Mounted, TargetError> {
         match self {
-            Target::Registry(c) => match c.mount_blob(repository, digest, from).await? {
-                MountOutcome::Mounted => Ok(true),
-                MountOutcome::UploadStarted(location) => {
-                    c.cancel_upload(repository, &location).await;
-                    Ok(false)
-                }
-            },
-            Target::Layout(l) => l.link_blob(from, repository, digest).await,
+            Target::Registry(c) => Ok(match c.mount_blob(repository, digest, from).await? {
+                MountOutcome::Mounted => Mounted::Yes,
+                MountOutcome::UploadStarted(location) => Mounted::No {
+                    session: Some(location),
+                },
+                MountOutcome::Refused => Mounted::No { session: None },
+            }),
+            Target::Layout(l) => Ok(match l.link_blob(from, repository, digest).await? {
+                true => Mounted::Yes,
+                false => Mounted::No { session: None },
+            }),
         }
     }
 
     /// Streams a verified blob into `repository`; commits only when size and digest match.
+    /// `session` is an upload session the registry opened already (from [`Target::mount`]).
     pub async fn write_blob(
         &self,
         repository: &str,
         digest: &Digest,
         source: VerifiedStream,
+        session: Option<url::Url>,
     ) -> Result<u64, TargetError> {
         match self {
-            Target::Registry(c) => upload::upload_blob(c, repository, digest, source).await,
+            Target::Registry(c) => {
+                upload::upload_blob(c, repository, digest, source, session).await
+            }
             Target::Layout(l) => l.write_blob(repository, digest, source).await,
+        }
+    }
+
+    /// Cancels upload sessions the run opened and left (failed or cut-off copies).
+    pub async fn cancel_abandoned_uploads(&self) -> usize {
+        match self {
+            Target::Registry(c) => c.cancel_abandoned_uploads().await,
+            Target::Layout(_) => 0,
         }
     }
 

@@ -1,97 +1,148 @@
 //! Chunked, streaming blob upload to a registry.
 //!
-//! `POST` opens a session, each chunk of at most [`CHUNK_SIZE`] bytes goes up in a `PATCH` whose
-//! body is fed straight from the upstream download (never the whole blob in memory), and the
-//! final `PUT ?digest=` is sent only after our own size and sha256 check passed. distribution 2.8
-//! ignores a body on the opening POST, so single-request upload is not used.
+//! `POST` opens a session (or the caller brings one: a refused mount answers with a session), each
+//! chunk of at most the registry's chunk size (`target.chunk_size`, 64 MiB by default) goes up in
+//! a `PATCH` whose body is fed straight from the upstream download (never the whole blob in
+//! memory), and the final `PUT ?digest=` is sent only after our own size and sha256 check passed.
+//! A blob that fits one chunk goes up as the body of that `PUT`. distribution 2.8 ignores a body
+//! on the opening POST, so single-request upload is not used.
+//!
+//! A body answered `413` (a proxy's `client_max_body_size`) halves the chunk size for the rest
+//! of the run (not below 5 MiB, ECR's smallest part) and fails this attempt with
+//! [`TargetError::BodyTooLarge`]: the source is a one-shot stream, so the caller starts the blob
+//! again. Every session that does not complete is cancelled (`DELETE`).
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
+use url::Url;
 
 use super::TargetError;
 use crate::copy::verify::VerifiedStream;
 use crate::reference::Digest;
-use crate::registry::RegistryClient;
-
-/// Bytes per PATCH request: large enough that request overhead is small, small enough that a
-/// failed chunk is cheap to redo.
-pub const CHUNK_SIZE: u64 = 64 * 1024 * 1024;
+use crate::registry::{RegistryClient, RegistryError};
 
 /// Chunks buffered between the download and the upload (bounded memory).
 const PIPE_DEPTH: usize = 8;
 
+/// Uploads `source` into `repository`, in `session` when the caller has one open already.
 pub async fn upload_blob(
     client: &RegistryClient,
     repository: &str,
     digest: &Digest,
-    mut source: VerifiedStream,
+    source: VerifiedStream,
+    session: Option<Url>,
 ) -> Result<u64, TargetError> {
-    let mut location = client.start_upload(repository).await?;
+    let location = match session {
+        Some(location) => location,
+        None => client.start_upload(repository).await?,
+    };
+    let chunk = client.learned().chunk_size();
     let size = source.expected_size();
-    if size <= CHUNK_SIZE {
-        return upload_in_one(client, repository, digest, source, location).await;
-    }
-    let mut offset = 0u64;
-    let mut carry: Option<Bytes> = None;
-    let result: Result<(), TargetError> = async {
-        while offset < size {
-            let length = CHUNK_SIZE.min(size - offset);
-            let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(PIPE_DEPTH);
-            let body =
-                reqwest::Body::wrap_stream(futures_util::stream::unfold(rx, |mut rx| async move {
-                    rx.recv().await.map(|item| (item, rx))
-                }));
-            let feed = feed_chunk(&mut source, &mut carry, length, tx);
-            let patch = client.upload_chunk(repository, &location, offset, length, body);
-            let (fed, patched) = tokio::join!(feed, patch);
-            // A source failure explains a failed PATCH better than the PATCH's own error.
-            fed?;
-            location = patched?;
-            offset += length;
-        }
-        if carry.is_some() {
-            return Err(TargetError::Source(format!(
-                "blob {digest} is longer than its descriptor's {size} bytes"
-            )));
-        }
-        source.finish().await.map_err(TargetError::Source)?;
-        Ok(())
-    }
-    .await;
+    let (result, location) = if size <= chunk {
+        upload_in_one(client, repository, digest, source, location).await
+    } else {
+        upload_in_chunks(client, repository, digest, source, location, chunk).await
+    };
     match result {
-        Ok(()) => {
-            client.finish_upload(repository, &location, digest).await?;
-            Ok(size)
-        }
-        Err(e) => {
+        Ok(()) => Ok(size),
+        Err(failure) => {
             client.cancel_upload(repository, &location).await;
-            Err(e)
+            Err(match failure {
+                Failure::Target(e) => e,
+                Failure::TooLarge { body, error } => {
+                    if client.learned().shrink_chunks(client.host(), body) {
+                        TargetError::BodyTooLarge {
+                            bytes: body,
+                            error,
+                        }
+                    } else {
+                        TargetError::Registry(error)
+                    }
+                }
+            })
         }
     }
 }
 
-/// A blob that fits one chunk: POST, then the body on the final `PUT ?digest=` (one request
-/// fewer per blob). The registry refuses bytes that do not match the digest, and we check too.
+/// Why an upload attempt failed.
+enum Failure {
+    Target(TargetError),
+    /// A request body of `body` bytes was answered 413.
+    TooLarge { body: u64, error: RegistryError },
+}
+
+impl From<TargetError> for Failure {
+    fn from(e: TargetError) -> Self {
+        Failure::Target(e)
+    }
+}
+
+fn registry_failure(error: RegistryError, body: u64) -> Failure {
+    if error.status() == Some(413) {
+        Failure::TooLarge { body, error }
+    } else {
+        Failure::Target(TargetError::Registry(error))
+    }
+}
+
+/// PATCH chunk after chunk, then `PUT ?digest=`. Returns the session's last `Location`.
+async fn upload_in_chunks(
+    client: &RegistryClient,
+    repository: &str,
+    digest: &Digest,
+    mut source: VerifiedStream,
+    mut location: Url,
+    chunk: u64,
+) -> (Result<(), Failure>, Url) {
+    let size = source.expected_size();
+    let mut offset = 0u64;
+    let mut carry: Option<Bytes> = None;
+    while offset < size {
+        let length = chunk.min(size - offset);
+        let (tx, body) = pipe();
+        let feed = feed_chunk(&mut source, &mut carry, length, tx);
+        let patch = client.upload_chunk(repository, &location, offset, length, body);
+        let (fed, patched) = tokio::join!(feed, patch);
+        // A source failure explains a failed PATCH better than the PATCH's own error.
+        if let Err(e) = fed {
+            return (Err(e.into()), location);
+        }
+        match patched {
+            Ok(next) => location = next,
+            Err(e) => return (Err(registry_failure(e, length)), location),
+        }
+        offset += length;
+    }
+    if carry.is_some() {
+        let e = TargetError::Source(format!(
+            "blob {digest} is longer than its descriptor's {size} bytes"
+        ));
+        return (Err(e.into()), location);
+    }
+    if let Err(e) = source.finish().await {
+        return (Err(TargetError::Source(e).into()), location);
+    }
+    let done = client
+        .finish_upload(repository, &location, digest)
+        .await
+        .map_err(|e| registry_failure(e, 0));
+    (done, location)
+}
+
+/// A blob that fits one chunk: the body on the final `PUT ?digest=` (one request fewer per
+/// blob). The registry refuses bytes that do not match the digest, and we check too.
 async fn upload_in_one(
     client: &RegistryClient,
     repository: &str,
     digest: &Digest,
     mut source: VerifiedStream,
-    location: url::Url,
-) -> Result<u64, TargetError> {
+    location: Url,
+) -> (Result<(), Failure>, Url) {
     let size = source.expected_size();
-    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(PIPE_DEPTH);
-    let body = reqwest::Body::wrap_stream(futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    }));
+    let (tx, body) = pipe();
     let mut carry = None;
     let feed = feed_chunk(&mut source, &mut carry, size, tx);
-    let put = async {
-        client
-            .finish_upload_with_body(repository, &location, digest, size, body)
-            .await
-            .map_err(TargetError::from)
-    };
+    let put = client.finish_upload_with_body(repository, &location, digest, size, body);
     let (fed, put) = tokio::join!(feed, put);
     let checked = match fed {
         Err(e) => Err(e),
@@ -100,14 +151,22 @@ async fn upload_in_one(
         ))),
         Ok(()) => source.finish().await.map_err(TargetError::Source),
     };
-    match (checked, put) {
-        (Ok(_), Ok(())) => Ok(size),
+    let result = match (checked, put) {
+        (Ok(_), Ok(())) => Ok(()),
         // A failure of our own check explains a refused PUT best.
-        (Err(e), _) | (Ok(_), Err(e)) => {
-            client.cancel_upload(repository, &location).await;
-            Err(e)
-        }
-    }
+        (Err(e), _) => Err(e.into()),
+        (Ok(_), Err(e)) => Err(registry_failure(e, size)),
+    };
+    (result, location)
+}
+
+/// A request body fed through a bounded channel.
+fn pipe() -> (mpsc::Sender<Result<Bytes, std::io::Error>>, reqwest::Body) {
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(PIPE_DEPTH);
+    let body = reqwest::Body::wrap_stream(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }));
+    (tx, body)
 }
 
 /// Sends exactly `length` bytes of the source into one PATCH body, splitting a piece that

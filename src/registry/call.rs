@@ -1,0 +1,149 @@
+//! One endpoint call: build the request, send it (through [`RegistryClient::send`]), retry it
+//! when it is idempotent and the failure is worth another try, and sort the answer into the
+//! statuses the endpoint expects and everything else (an error carrying the registry's message).
+//!
+//! Every endpoint in `blobs.rs`, `manifests.rs` and `tags.rs` is one [`Call`] plus what it
+//! reads from the answer, so the retry, the status check and the error text live here once.
+
+use bytes::Bytes;
+use reqwest::header::HeaderMap;
+use reqwest::{Method, StatusCode};
+use url::Url;
+
+use super::{RegistryClient, RegistryError, RequestBody, status_error};
+
+/// Which statuses an endpoint accepts.
+#[derive(Clone, Copy)]
+pub(super) enum Expect {
+    /// Exactly this status.
+    Only(StatusCode),
+    /// Any 2xx: where the spec says 202 or 201, some registries answer another success (ECR
+    /// answers a `PATCH` with 201), and the body or headers say what happened.
+    Success,
+}
+
+impl Expect {
+    fn accepts(self, status: StatusCode) -> bool {
+        match self {
+            Expect::Only(s) => status == s,
+            Expect::Success => status.is_success(),
+        }
+    }
+}
+
+/// A request to one endpoint.
+pub(super) struct Call {
+    /// For log lines about retries ("HEAD manifest").
+    pub what: &'static str,
+    pub method: Method,
+    pub url: Url,
+    pub scopes: Vec<String>,
+    pub headers: HeaderMap,
+    pub expect: Expect,
+    /// `404` is an answer ("absent"), not an error.
+    pub missing_ok: bool,
+}
+
+impl Call {
+    pub fn new(what: &'static str, method: Method, url: Url, scopes: Vec<String>) -> Call {
+        Call {
+            what,
+            method,
+            url,
+            scopes,
+            headers: HeaderMap::new(),
+            expect: Expect::Only(StatusCode::OK),
+            missing_ok: false,
+        }
+    }
+
+    pub fn headers(mut self, headers: HeaderMap) -> Call {
+        self.headers = headers;
+        self
+    }
+
+    pub fn expect(mut self, expect: Expect) -> Call {
+        self.expect = expect;
+        self
+    }
+
+    pub fn missing_ok(mut self) -> Call {
+        self.missing_ok = true;
+        self
+    }
+}
+
+/// A body that can be sent again on a retry.
+#[derive(Clone)]
+pub(super) enum Replayable {
+    Empty,
+    Bytes(Bytes, &'static str),
+}
+
+impl From<Replayable> for RequestBody {
+    fn from(body: Replayable) -> RequestBody {
+        match body {
+            Replayable::Empty => RequestBody::Empty,
+            Replayable::Bytes(bytes, content_type) => RequestBody::Bytes(bytes, content_type),
+        }
+    }
+}
+
+impl RegistryClient {
+    /// Sends `call` with a body that can be repeated, retrying retryable failures with backoff.
+    /// `Ok(None)` is a 404 when the call allows it; `Ok(Some(response))` an expected status.
+    pub(super) async fn call(
+        &self,
+        call: &Call,
+        body: Replayable,
+    ) -> Result<Option<reqwest::Response>, RegistryError> {
+        self.retrying(call.what, || self.call_once(call, body.clone().into()))
+            .await
+    }
+
+    /// Sends `call` once: for one-shot (streamed) bodies, or where the caller retries a larger
+    /// unit of work itself.
+    pub(super) async fn call_once(
+        &self,
+        call: &Call,
+        body: RequestBody,
+    ) -> Result<Option<reqwest::Response>, RegistryError> {
+        let response = self
+            .send(
+                call.method.clone(),
+                call.url.clone(),
+                call.scopes.clone(),
+                call.headers.clone(),
+                body,
+            )
+            .await?;
+        let status = response.status();
+        if call.expect.accepts(status) {
+            Ok(Some(response))
+        } else if call.missing_ok && status == StatusCode::NOT_FOUND {
+            Ok(None)
+        } else {
+            Err(status_error(call.method.as_str(), &call.url, response).await)
+        }
+    }
+
+    /// Like [`RegistryClient::call`], then reads the answer with `read` inside the same retry,
+    /// so a body cut short is fetched again.
+    pub(super) async fn call_and_read<T, F, Fut>(
+        &self,
+        call: &Call,
+        read: F,
+    ) -> Result<Option<T>, RegistryError>
+    where
+        F: Fn(reqwest::Response) -> Fut,
+        Fut: std::future::Future<Output = Result<T, RegistryError>>,
+    {
+        self.retrying(call.what, || async {
+            match self.call_once(call, RequestBody::Empty).await? {
+                Some(response) => read(response).await.map(Some),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+}

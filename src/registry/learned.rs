@@ -1,0 +1,172 @@
+//! What one run learns about a registry's behaviour, so each quirk costs one failed request per
+//! run instead of one per tag or blob: manifest `HEAD` that does not work, cross-repository
+//! mounts that are refused, the largest request body the registry (or a proxy in front of it)
+//! accepts. Also the upload sessions open at the moment, so the ones a run abandons can be
+//! cancelled.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use url::Url;
+
+/// The default upload chunk: large enough that request overhead is small, small enough that a
+/// failed chunk is cheap to redo.
+pub const DEFAULT_CHUNK_SIZE: u64 = 64 * 1024 * 1024;
+
+/// The smallest chunk: ECR refuses parts below 5 MiB (except the last), as S3 does.
+pub const MIN_CHUNK_SIZE: u64 = 5 * 1024 * 1024;
+
+/// Registry behaviour learned during a run.
+pub struct Learned {
+    head_unreliable: AtomicBool,
+    mounts_refused: AtomicBool,
+    chunk_size: AtomicU64,
+}
+
+impl Default for Learned {
+    fn default() -> Self {
+        Learned {
+            head_unreliable: AtomicBool::new(false),
+            mounts_refused: AtomicBool::new(false),
+            chunk_size: AtomicU64::new(DEFAULT_CHUNK_SIZE),
+        }
+    }
+}
+
+impl Learned {
+    /// Whether manifest `HEAD` was answered 405/501, or 404 for something a GET then found.
+    pub fn head_unreliable(&self) -> bool {
+        self.head_unreliable.load(Ordering::Relaxed)
+    }
+
+    /// Manifest `HEAD` does not work here: resolve tags with `GET` for the rest of the run.
+    pub fn distrust_head(&self, host: &str, why: &str) {
+        if !self.head_unreliable.swap(true, Ordering::Relaxed) {
+            tracing::warn!(registry = host, reason = why, "manifest HEAD does not work here; using GET for the rest of the run (each GET counts as a pull)");
+        }
+    }
+
+    /// Whether a mount was answered with an upload session instead (202).
+    pub fn mounts_refused(&self) -> bool {
+        self.mounts_refused.load(Ordering::Relaxed)
+    }
+
+    pub fn refuse_mounts(&self, host: &str) {
+        if !self.mounts_refused.swap(true, Ordering::Relaxed) {
+            tracing::info!(
+                registry = host,
+                "cross-repository mount refused; not asking again this run"
+            );
+        }
+    }
+
+    /// Bytes per upload request now.
+    pub fn chunk_size(&self) -> u64 {
+        self.chunk_size.load(Ordering::Relaxed)
+    }
+
+    /// Sets the configured chunk size (at least [`MIN_CHUNK_SIZE`]).
+    pub fn set_chunk_size(&self, bytes: u64) {
+        self.chunk_size
+            .store(bytes.max(MIN_CHUNK_SIZE), Ordering::Relaxed);
+    }
+
+    /// A request body of `refused` bytes was answered 413: halve (the smaller of the chunk size
+    /// and that body), not below [`MIN_CHUNK_SIZE`]. `false` when the chunk cannot get smaller.
+    pub fn shrink_chunks(&self, host: &str, refused: u64) -> bool {
+        let mut shrunk = None;
+        let _ = self
+            .chunk_size
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |now| {
+                let next = (now.min(refused) / 2).max(MIN_CHUNK_SIZE);
+                if next < now {
+                    shrunk = Some(next);
+                    Some(next)
+                } else {
+                    shrunk = None;
+                    None
+                }
+            });
+        match shrunk {
+            Some(next) => {
+                tracing::warn!(
+                    registry = host,
+                    refused_bytes = refused,
+                    chunk_bytes = next,
+                    "request body too large (413); uploading in smaller chunks for the rest of the run"
+                );
+                true
+            }
+            // Another blob shrank it already while this one was in flight.
+            None => self.chunk_size() < refused,
+        }
+    }
+}
+
+/// Upload sessions opened and not yet completed or cancelled, keyed by URL path (the query
+/// carries state that changes with every chunk).
+#[derive(Default)]
+pub struct OpenUploads {
+    open: Mutex<HashMap<String, (String, Url)>>,
+}
+
+impl OpenUploads {
+    pub fn opened(&self, repository: &str, location: &Url) {
+        self.lock()
+            .insert(location.path().to_string(), (repository.to_string(), location.clone()));
+    }
+
+    pub fn moved(&self, from: &Url, to: &Url) {
+        let mut open = self.lock();
+        if let Some((repository, _)) = open.remove(from.path()) {
+            open.insert(to.path().to_string(), (repository, to.clone()));
+        }
+    }
+
+    pub fn closed(&self, location: &Url) {
+        self.lock().remove(location.path());
+    }
+
+    pub fn take_all(&self) -> Vec<(String, Url)> {
+        self.lock().drain().map(|(_, v)| v).collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Url)>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1024 * 1024;
+
+    #[test]
+    fn chunks_halve_from_the_refused_body_down_to_five_mib() {
+        let learned = Learned::default();
+        assert!(learned.shrink_chunks("r", 20 * MIB));
+        assert_eq!(learned.chunk_size(), 10 * MIB);
+        assert!(learned.shrink_chunks("r", 10 * MIB));
+        assert_eq!(learned.chunk_size(), 5 * MIB);
+        assert!(!learned.shrink_chunks("r", 5 * MIB), "5 MiB is the floor");
+        assert_eq!(learned.chunk_size(), 5 * MIB);
+        learned.set_chunk_size(MIB);
+        assert_eq!(learned.chunk_size(), 5 * MIB);
+    }
+
+    #[test]
+    fn sessions_follow_their_location() {
+        let uploads = OpenUploads::default();
+        let a = Url::parse("http://r/v2/x/blobs/uploads/u1?_state=1").unwrap();
+        let b = Url::parse("http://r/v2/x/blobs/uploads/u1?_state=2").unwrap();
+        uploads.opened("x", &a);
+        uploads.moved(&a, &b);
+        let all = uploads.take_all();
+        assert_eq!(all, vec![("x".to_string(), b.clone())]);
+        uploads.opened("x", &b);
+        uploads.closed(&a);
+        assert!(uploads.take_all().is_empty());
+    }
+}

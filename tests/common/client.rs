@@ -102,6 +102,25 @@ impl Client {
         }
     }
 
+    /// A client that accepts any server certificate (only for a registry whose self-signed
+    /// certificate the harness's rustls refuses; what it reads is checked by digest).
+    pub fn accepting_any_certificate(base_url: &str, creds: Option<(String, String)>) -> Client {
+        init_crypto();
+        let http = reqwest::Client::builder()
+            .user_agent(HARNESS_USER_AGENT)
+            .timeout(Duration::from_secs(120))
+            .connect_timeout(Duration::from_secs(5))
+            .tls_danger_accept_invalid_certs(true)
+            .build()
+            .expect("build reqwest client");
+        Client {
+            http,
+            base: Url::parse(base_url).expect("base url"),
+            creds,
+            state: Arc::new(Mutex::new(AuthState::default())),
+        }
+    }
+
     /// The same endpoint and TLS trust, without credentials and with a fresh token cache.
     pub fn anonymous(&self) -> Client {
         Client {

@@ -44,6 +44,7 @@ pub mod bin;
 pub mod client;
 pub mod image;
 pub mod proxy;
+pub mod quirk;
 pub mod registry;
 pub mod scenario;
 pub mod seed;
@@ -63,7 +64,8 @@ pub use image::{
     ImageSpec, Layer, MANIFEST_ACCEPT, OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST, Platform,
     PushedImage,
 };
-pub use proxy::{Action, Proxy, Rule, RuleId, Seen, SeenExt, Times};
+pub use proxy::{Action, LocationStyle, Proxy, Rule, RuleId, Seen, SeenExt, Times};
+pub use quirk::Quirk;
 pub use registry::{Registry, RegistryOptions};
 pub use scenario::Scenario;
 pub use seed::{

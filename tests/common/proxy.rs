@@ -93,6 +93,28 @@ pub enum Action {
     },
     /// Forward with the body sent at no more than this many bytes per second.
     Throttle(u64),
+    /// Forward, then send the registry's answer with this status instead of its own.
+    ForwardAs(u16),
+    /// Upload limits: a request body larger than `max_body` bytes is answered `413` with
+    /// nginx's HTML page (`client_max_body_size`); `PATCH` bodies are recorded per upload
+    /// session and the final `PUT` is refused (400) when any part but the last was smaller than
+    /// `min_part` bytes (ECR). Everything else is forwarded.
+    UploadLimits { max_body: u64, min_part: u64 },
+    /// Forward without the query string (a mount request becomes a plain upload POST).
+    StripQuery,
+    /// Forward; rewrite the answer's `Location` header.
+    RewriteLocation(LocationStyle),
+    /// Forward, then send the body this function makes of the registry's body.
+    MapBody(fn(&[u8]) -> Vec<u8>),
+}
+
+/// How [`Action::RewriteLocation`] rewrites `Location`.
+#[derive(Clone, Debug)]
+pub enum LocationStyle {
+    /// Path and query only (`/v2/a/blobs/uploads/<id>?_state=...`).
+    Relative,
+    /// The same path and query on another `host:port` (plain HTTP).
+    Host(String),
 }
 
 impl Action {
@@ -155,6 +177,11 @@ impl Action {
             Action::Headers { .. } => "headers",
             Action::ReplaceBody { .. } => "replace-body",
             Action::Throttle(_) => "throttle",
+            Action::ForwardAs(_) => "forward-as",
+            Action::UploadLimits { .. } => "upload-limits",
+            Action::StripQuery => "strip-query",
+            Action::RewriteLocation(_) => "location",
+            Action::MapBody(_) => "map-body",
         }
     }
 }
@@ -373,6 +400,11 @@ struct Shared {
     /// Docker Hub style pull quota: remaining pulls, when enabled.
     quota: Mutex<Option<u64>>,
     started: Instant,
+    /// `http://127.0.0.1:PORT` of this proxy: `Location` headers naming the registry are
+    /// rewritten to it, as a reverse proxy passing `Host` through would make them.
+    own: String,
+    /// Part sizes per upload session path ([`Action::UploadLimits`]).
+    parts: Mutex<std::collections::HashMap<String, Vec<u64>>>,
 }
 
 /// A running proxy; stops accepting when dropped.
@@ -420,6 +452,8 @@ impl Proxy {
             log: Mutex::new(Vec::new()),
             quota: Mutex::new(None),
             started: Instant::now(),
+            own: format!("http://127.0.0.1:{port}"),
+            parts: Mutex::new(std::collections::HashMap::new()),
         });
         let accept_shared = Arc::clone(&shared);
         let task = tokio::spawn(async move {
@@ -694,6 +728,15 @@ async fn handle(shared: &Arc<Shared>, conn: &mut BufReader<TcpStream>, req: Requ
         log.len() - 1
     };
     let head_only = req.method == "HEAD";
+    let action = match action {
+        Action::UploadLimits { max_body, .. } if req.body.len() as u64 > max_body => Action::respond(
+            413,
+            &[("Content-Type", "text/html")],
+            "<html>\r\n<head><title>413 Request Entity Too Large</title></head>\r\n<body>\r\n<center><h1>413 Request Entity Too Large</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n",
+        ),
+        Action::UploadLimits { min_part: min, .. } => min_part(shared, &req, &path, min),
+        other => other,
+    };
 
     if let Action::Respond {
         status,
@@ -730,7 +773,11 @@ async fn handle(shared: &Arc<Shared>, conn: &mut BufReader<TcpStream>, req: Requ
     }
 
     let method = reqwest::Method::from_bytes(req.method.as_bytes()).unwrap_or(reqwest::Method::GET);
-    let mut rb = shared.http.request(method, format!("{base}{}", req.target));
+    let forward_target = match action {
+        Action::StripQuery => path.clone(),
+        _ => req.target.clone(),
+    };
+    let mut rb = shared.http.request(method, format!("{base}{forward_target}"));
     for (k, v) in &req.headers {
         if matches!(
             k.as_str(),
@@ -760,7 +807,10 @@ async fn handle(shared: &Arc<Shared>, conn: &mut BufReader<TcpStream>, req: Requ
             return Ended::Close;
         }
     };
-    let status = resp.status().as_u16();
+    let status = match action {
+        Action::ForwardAs(status) => status,
+        _ => resp.status().as_u16(),
+    };
     let mut headers: Vec<(String, String)> = resp
         .headers()
         .iter()
@@ -789,6 +839,11 @@ async fn handle(shared: &Arc<Shared>, conn: &mut BufReader<TcpStream>, req: Requ
         }
     };
     set_headers(&mut headers, &quota_headers);
+    for (k, v) in headers.iter_mut() {
+        if k.eq_ignore_ascii_case("location") {
+            *v = rewrite_location(v, base, &shared.own, &action);
+        }
+    }
     if let Action::Headers { set, remove } = &action {
         for r in remove {
             headers.retain(|(h, _)| !h.eq_ignore_ascii_case(r));
@@ -797,6 +852,19 @@ async fn handle(shared: &Arc<Shared>, conn: &mut BufReader<TcpStream>, req: Requ
     }
     let no_body = head_only || status == 204 || status == 304 || (100..200).contains(&status);
 
+    if let Action::MapBody(map) = action
+        && !head_only
+    {
+        let original = resp.bytes().await.unwrap_or_default();
+        let body = map(&original);
+        let ok = write_head(conn, status, &headers, body.len() as u64)
+            .await
+            .is_ok()
+            && conn.get_mut().write_all(&body).await.is_ok();
+        let _ = conn.get_mut().flush().await;
+        record(shared, index, status, body.len() as u64);
+        return if ok { Ended::KeepAlive } else { Ended::Close };
+    }
     if let Action::ReplaceBody { body, headers: set } = &action {
         set_headers(&mut headers, set);
         let ok = write_head(conn, status, &headers, body.len() as u64)
@@ -939,4 +1007,54 @@ async fn write_head(
     }
     head.push_str(&format!("Content-Length: {length}\r\n\r\n"));
     conn.get_mut().write_all(head.as_bytes()).await
+}
+
+/// A `Location` naming the registry is made to name this proxy; then [`Action::RewriteLocation`]
+/// applies.
+fn rewrite_location(value: &str, base: &str, own: &str, action: &Action) -> String {
+    let value = match value.strip_prefix(base) {
+        Some(rest) => format!("{own}{rest}"),
+        None => value.to_string(),
+    };
+    let path_and_query = value.strip_prefix(own).map(str::to_string);
+    match (action, path_and_query) {
+        (Action::RewriteLocation(LocationStyle::Relative), Some(rest)) => rest,
+        (Action::RewriteLocation(LocationStyle::Host(host)), Some(rest)) => {
+            format!("http://{host}{rest}")
+        }
+        _ => value,
+    }
+}
+
+/// ECR's part rule: every part of an upload but the last must be at least `min` bytes.
+fn min_part(shared: &Shared, req: &Request, path: &str, min: u64) -> Action {
+    let mut parts = shared.parts.lock().expect("parts");
+    match req.method.as_str() {
+        "PATCH" => {
+            parts
+                .entry(path.to_string())
+                .or_default()
+                .push(req.body.len() as u64);
+            Action::Pass
+        }
+        "PUT" => {
+            let mut sizes = parts.remove(path).unwrap_or_default();
+            if !req.body.is_empty() {
+                sizes.push(req.body.len() as u64);
+            }
+            let small = sizes.len() > 1 && sizes[..sizes.len() - 1].iter().any(|n| *n < min);
+            if small {
+                Action::respond(
+                    400,
+                    &[("Content-Type", "application/json")],
+                    format!(
+                        r#"{{"errors":[{{"code":"PART_TOO_SMALL","message":"upload parts must be at least {min} bytes except the last: {sizes:?}"}}]}}"#
+                    ),
+                )
+            } else {
+                Action::Pass
+            }
+        }
+        _ => Action::Pass,
+    }
 }

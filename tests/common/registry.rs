@@ -49,6 +49,15 @@ impl Registry {
 
     /// A registry configured by `opts`. Panics (with the registry's log) if it does not come up.
     pub async fn start_with(opts: RegistryOptions<'_>) -> Registry {
+        Self::start_with_realm(opts, None).await
+    }
+
+    /// Like [`Registry::start_with`], announcing `token_realm` instead of the token server's
+    /// own URL (a proxy in front of it, on another host name).
+    pub async fn start_with_realm(
+        opts: RegistryOptions<'_>,
+        token_realm: Option<String>,
+    ) -> Registry {
         let mut dir = tempfile::Builder::new()
             .prefix("mirrorsync-reg-")
             .tempdir()
@@ -81,7 +90,7 @@ impl Registry {
             );
             auth = format!(
                 "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
-                ts.realm(),
+                token_realm.clone().unwrap_or_else(|| ts.realm()),
                 ts.service(),
                 ts.issuer(),
                 ts.root_cert_bundle().display()
@@ -90,6 +99,7 @@ impl Registry {
         }
         let scheme = if opts.tls.is_some() { "https" } else { "http" };
         let ca_pem = opts.tls.map(|c| c.ca_pem().to_string());
+        let any_cert = opts.tls.is_some_and(|c| c.is_self_signed());
 
         let mut last_log = String::new();
         for _attempt in 0..5 {
@@ -99,7 +109,13 @@ impl Registry {
             std::fs::write(&config_path, config).expect("write config.yml");
             let child = spawn_registry(dir.path(), &config_path);
             let base = format!("{scheme}://127.0.0.1:{port}");
-            let client = Client::new(&base, ca_pem.as_deref(), credentials.clone());
+            let client = if any_cert {
+                // The harness's own rustls refuses a CA:TRUE leaf too; content is checked by
+                // digest, so the harness does not need the certificate check.
+                Client::accepting_any_certificate(&base, credentials.clone())
+            } else {
+                Client::new(&base, ca_pem.as_deref(), credentials.clone())
+            };
             let mut reg = Registry {
                 child: Some(child),
                 dir,

@@ -15,6 +15,7 @@ pub struct TestCa {
     ca_pem: String,
     server_cert_pem: String,
     server_key_pem: String,
+    self_signed: bool,
 }
 
 impl TestCa {
@@ -51,11 +52,45 @@ impl TestCa {
             ca_pem: ca_cert.pem(),
             server_cert_pem: server_cert.pem(),
             server_key_pem: server_key.serialize_pem(),
+            self_signed: false,
         };
         std::fs::write(ca.ca_pem_path(), &ca.ca_pem).expect("write ca.pem");
         std::fs::create_dir_all(ca.cert_dir()).expect("mkdir certs.d");
         std::fs::write(ca.cert_dir().join("ca.crt"), &ca.ca_pem).expect("write ca.crt");
         ca
+    }
+
+    /// A homelab certificate: one self-signed certificate for `127.0.0.1` and `localhost` that
+    /// is also marked as a CA (`basicConstraints=CA:TRUE`, what `openssl req -x509` makes by
+    /// default). It is both the server's certificate and the "CA" given in `ca_file`.
+    pub fn self_signed() -> TestCa {
+        let key = KeyPair::generate().expect("key");
+        let mut params =
+            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+                .expect("params");
+        params.distinguished_name.push(DnType::CommonName, "127.0.0.1");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).expect("self-signed cert");
+        let dir = tempfile::Builder::new()
+            .prefix("mirrorsync-ca-")
+            .tempdir()
+            .expect("tempdir");
+        let ca = TestCa {
+            dir,
+            ca_pem: cert.pem(),
+            server_cert_pem: cert.pem(),
+            server_key_pem: key.serialize_pem(),
+            self_signed: true,
+        };
+        std::fs::write(ca.ca_pem_path(), &ca.ca_pem).expect("write ca.pem");
+        std::fs::create_dir_all(ca.cert_dir()).expect("mkdir certs.d");
+        std::fs::write(ca.cert_dir().join("ca.crt"), &ca.ca_pem).expect("write ca.crt");
+        ca
+    }
+
+    /// Whether this is a [`TestCa::self_signed`] certificate.
+    pub fn is_self_signed(&self) -> bool {
+        self.self_signed
     }
 
     /// PEM file holding only the CA certificate: what the code under test gets as `ca_file`.

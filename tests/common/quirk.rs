@@ -1,0 +1,99 @@
+//! Quirk modes for the proxy ([`Proxy`]): each one makes a real distribution registry behind it
+//! answer the way another registry does, per a public report of that behaviour. A test installs
+//! one mode ([`Quirk::install`]) and syncs through it; results are checked at the registry
+//! itself, never through the proxy.
+
+use super::proxy::{Action, LocationStyle, Proxy, Rule, RuleId};
+
+/// One registry behaviour that differs from distribution's.
+#[derive(Clone, Debug)]
+pub enum Quirk {
+    /// Manifest `HEAD` answered `404` with no body while `GET` of the same reference works:
+    /// Sonatype Nexus. Reports: <https://github.com/andrey-pohilko/registry-cli/issues/14>,
+    /// <https://github.com/crazy-max/diun/issues/1614>.
+    HeadNotFound,
+    /// Manifest `HEAD` answered `405 Method Not Allowed` (a registry behind an auth proxy, some
+    /// Harbor setups). Reports: <https://github.com/distribution/distribution/issues/1485>,
+    /// <https://github.com/crossplane/crossplane/pull/3223>.
+    HeadNotAllowed,
+    /// No `Docker-Content-Digest` on manifest `HEAD` or `GET`: Artifactory, ECR, Nexus with an
+    /// external database. Reports: <https://github.com/distribution/distribution/issues/3792>,
+    /// <https://github.com/deitch/docker_registry2/issues/83>,
+    /// <https://github.com/containerd/containerd/issues/3238>.
+    NoContentDigest,
+    /// Upload `PATCH` answered `201 Created` instead of `202 Accepted`: AWS ECR. Reports:
+    /// <https://github.com/aws/containers-roadmap/issues/2831>,
+    /// <https://github.com/jdx/mise/pull/11376>.
+    PatchCreated,
+    /// An nginx in front of the registry with `client_max_body_size` (413 with an HTML page for
+    /// a larger body), plus ECR's rule that every upload part but the last is at least
+    /// `min_part` bytes (S3 multipart underneath). Reports:
+    /// <https://github.com/openresty/lua-resty-upload/issues/27> (nginx's 413 page),
+    /// <https://github.com/rubber/rubber/pull/121> (S3's 5 MiB part floor).
+    BodyLimit { max_body: u64, min_part: u64 },
+    /// Cross-repository mount refused with `202 Accepted` and an upload session (Harbor across
+    /// projects, ECR, registries without mount support), as the spec allows. Reports:
+    /// <https://github.com/goharbor/harbor/issues/18541>,
+    /// <https://github.com/goharbor/harbor/pull/22863>,
+    /// <https://github.com/opencontainers/distribution-spec/pull/204>.
+    MountRefused,
+    /// Upload `Location` as a relative path (`/v2/<name>/blobs/uploads/<id>?_state=...`), as
+    /// distribution behind some proxies and zot answer. Spec discussion:
+    /// <https://github.com/opencontainers/distribution-spec/pull/296>.
+    LocationRelative,
+    /// Upload `Location` on another `host:port` (a separate upload endpoint or storage
+    /// frontend). Spec discussion: <https://github.com/opencontainers/distribution-spec/pull/296>
+    /// ("the location header may point to an external service").
+    LocationOtherHost(String),
+}
+
+impl Quirk {
+    /// Adds the mode's rules to `proxy`.
+    pub fn install(&self, proxy: &Proxy) -> Vec<RuleId> {
+        let rules = match self {
+            Quirk::HeadNotFound => vec![Rule::new(
+                "HEAD /v2/*/manifests/*",
+                Action::respond(404, &[], ""),
+            )],
+            Quirk::HeadNotAllowed => vec![Rule::new(
+                "HEAD /v2/*/manifests/*",
+                Action::respond(
+                    405,
+                    &[("Content-Type", "application/json")],
+                    r#"{"errors":[{"code":"UNSUPPORTED","message":"The operation is unsupported."}]}"#,
+                ),
+            )],
+            Quirk::NoContentDigest => vec![Rule::new(
+                "* /v2/*/manifests/*",
+                Action::Headers {
+                    set: Vec::new(),
+                    remove: vec!["docker-content-digest".into()],
+                },
+            )],
+            Quirk::PatchCreated => vec![Rule::new(
+                "PATCH /v2/*/blobs/uploads/*",
+                Action::ForwardAs(201),
+            )],
+            Quirk::BodyLimit { max_body, min_part } => vec![Rule::new(
+                "* /v2/*/blobs/uploads/*",
+                Action::UploadLimits {
+                    max_body: *max_body,
+                    min_part: *min_part,
+                },
+            )],
+            Quirk::MountRefused => vec![Rule::new(
+                "POST /v2/*/blobs/uploads/?*mount=*",
+                Action::StripQuery,
+            )],
+            Quirk::LocationRelative => vec![Rule::new(
+                "* /v2/*/blobs/uploads/*",
+                Action::RewriteLocation(LocationStyle::Relative),
+            )],
+            Quirk::LocationOtherHost(host) => vec![Rule::new(
+                "* /v2/*/blobs/uploads/*",
+                Action::RewriteLocation(LocationStyle::Host(host.clone())),
+            )],
+        };
+        rules.into_iter().map(|r| proxy.add(r)).collect()
+    }
+}

@@ -1,0 +1,856 @@
+//! User story: I mirror from and into registries that are not CNCF distribution (Nexus,
+//! Artifactory, ECR, Harbor, a homelab registry behind nginx or with a self-signed certificate),
+//! and mirrorsync copies as it does into distribution.
+//!
+//! Each test puts the quirk proxy ([`Quirk`]) in front of a real registry, upstream or target,
+//! to imitate one documented behaviour of another registry, then runs a cold sync and a no-op
+//! sync. Results are read back from the registries themselves (digests and blob bytes), never
+//! through the proxy; the proxy's record of requests gives the counts each behaviour is about.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tempfile::TempDir;
+
+const MIB: u64 = 1 << 20;
+
+/// Upstream registry with a proxy in front (`up`), target registry with a proxy in front
+/// (`down`). mirrorsync talks to the proxies only.
+struct World {
+    upstream: Registry,
+    up: Proxy,
+    target: Registry,
+    down: Proxy,
+    dir: TempDir,
+}
+
+impl World {
+    async fn new() -> World {
+        let upstream = Registry::start().await;
+        let target = Registry::start().await;
+        let up = Proxy::start(&upstream).await;
+        let down = Proxy::start(&target).await;
+        World {
+            upstream,
+            up,
+            target,
+            down,
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    /// A config mirroring `repo:tag` entries through `up` into `down`, same paths.
+    /// `target_extra` is YAML for `target:` (two-space indented lines).
+    fn config(&self, images: &[&str], target_extra: &str) -> PathBuf {
+        let mut yaml = format!(
+            "target:\n  registry: \"{}\"\n  insecure: true\n{target_extra}\
+             registries:\n  \"{}\":\n    insecure: true\nimages:\n",
+            self.down.host(),
+            self.up.host()
+        );
+        for image in images {
+            yaml.push_str(&format!("  - {}/{image}\n", self.up.host()));
+        }
+        write_config(self.dir.path(), &yaml)
+    }
+
+    async fn sync(&self, config: &Path) -> Output {
+        mirrorsync(&["sync", "--once", "--config", &config.display().to_string()]).await
+    }
+}
+
+/// `repo:tag` is at the target with upstream's digest, every blob present with the right
+/// bytes: read from the registries directly.
+async fn assert_mirrored(upstream: &Registry, target: &Registry, repo: &str, tag: &str) {
+    let want = head_manifest(upstream, repo, tag).await;
+    assert!(want.is_some(), "{repo}:{tag} missing upstream");
+    assert_eq!(
+        head_manifest(target, repo, tag).await,
+        want,
+        "{repo}:{tag} digest at the target"
+    );
+    assert_image_complete(target, repo, tag).await;
+}
+
+/// The summary line's counts: "N tags: S synced, U unchanged, F failed, ...".
+fn summary(out: &Output) -> (usize, usize, usize) {
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.contains(" synced, "))
+        .unwrap_or_else(|| panic!("no summary line\n{}\n{}", out.stdout, out.stderr));
+    let num = |word: &str| -> usize {
+        let before = line.split(word).next().unwrap_or("");
+        before
+            .split_whitespace()
+            .last()
+            .and_then(|n| n.trim_matches(',').parse().ok())
+            .unwrap_or_else(|| panic!("no {word:?} count in {line:?}"))
+    };
+    (num(" synced"), num(" unchanged"), num(" failed"))
+}
+
+fn failed_line<'a>(out: &'a Output, repo_tag: &str) -> &'a str {
+    out.stdout
+        .lines()
+        .find(|l| l.starts_with("FAILED ") && l.contains(&format!("/{repo_tag} -> ")))
+        .unwrap_or_else(|| {
+            panic!(
+                "{repo_tag} did not fail\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                out.stdout, out.stderr
+            )
+        })
+}
+
+/// Manifest GETs by tag (not by digest) in `repo`.
+fn tag_gets(seen: &[Seen], repo: &str) -> usize {
+    seen.iter()
+        .filter(|s| s.is("GET", "manifests", Some(repo)))
+        .filter(|s| !s.reference().unwrap_or_default().starts_with("sha256:"))
+        .count()
+}
+
+/// Manifest GETs by digest in `repo`.
+fn digest_gets(seen: &[Seen], repo: &str) -> usize {
+    seen.iter()
+        .filter(|s| s.is("GET", "manifests", Some(repo)))
+        .filter(|s| s.reference().unwrap_or_default().starts_with("sha256:"))
+        .count()
+}
+
+/// Upload requests (POST, PATCH, PUT, DELETE on `/blobs/uploads/`).
+fn upload_requests(seen: &[Seen]) -> Vec<&Seen> {
+    seen.iter()
+        .filter(|s| s.path.contains("/blobs/uploads/"))
+        .collect()
+}
+
+/// Upload sessions the target registry keeps on disk (distribution:
+/// `<root>/docker/registry/v2/repositories/<name>/_uploads/<id>`).
+fn uploads_left(target: &Registry) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.file_name().is_some_and(|n| n == "_uploads") {
+                if let Ok(sessions) = std::fs::read_dir(&path) {
+                    out.extend(sessions.flatten().map(|s| s.path()));
+                }
+            } else if path.is_dir() {
+                walk(&path, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(
+        &target
+            .storage_root()
+            .join("docker/registry/v2/repositories"),
+        &mut out,
+    );
+    out
+}
+
+/// Two single-platform images and an index over two more: the tags of an upstream corpus.
+async fn seed_corpus(reg: &Registry, repo: &str) -> Vec<&'static str> {
+    for (tag, seed) in [("a", 1u64), ("b", 2)] {
+        push_image(
+            reg,
+            repo,
+            tag,
+            ImageSpec::new(Format::Oci, vec![layer(seed, 4096), layer(seed + 100, 2048)]),
+        )
+        .await;
+    }
+    let amd = push_image(
+        reg,
+        repo,
+        None,
+        ImageSpec::new(Format::Docker, vec![layer(3, 3000)]).platform("linux/amd64"),
+    )
+    .await;
+    let arm = push_image(
+        reg,
+        repo,
+        None,
+        ImageSpec::new(Format::Docker, vec![layer(4, 3000)]).platform("linux/arm64"),
+    )
+    .await;
+    push_index(
+        reg,
+        repo,
+        "multi",
+        Format::Docker,
+        &[
+            (amd, Some(Platform::linux_amd64())),
+            (arm, Some(Platform::parse("linux/arm64"))),
+        ],
+    )
+    .await;
+    vec!["a", "b", "multi"]
+}
+
+/// Items 1 (HEAD 404 without body, Nexus) and 1 (HEAD 405): the first HEAD fails, the rest of
+/// the run resolves tags with GET, one per tag, whose bytes are also the copy's (no second GET
+/// by digest); a missing tag is reported only after a GET said 404; the no-op run asks one HEAD
+/// and one GET per tag and copies nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn manifest_head_that_does_not_work_falls_back_to_one_get_per_tag() {
+    for quirk in [Quirk::HeadNotFound, Quirk::HeadNotAllowed] {
+        let world = World::new().await;
+        let tags = seed_corpus(&world.upstream, "lib/app").await;
+        quirk.install(&world.up);
+        let mut images: Vec<String> = tags.iter().map(|t| format!("lib/app:{t}")).collect();
+        images.push("lib/app:missing".into());
+        let images: Vec<&str> = images.iter().map(String::as_str).collect();
+        let config = world.config(&images, "");
+
+        let out = world.sync(&config).await;
+        let seen = world.up.seen();
+        eprintln!("{quirk:?} cold:\n{}", seen.dump());
+        assert_eq!(summary(&out), (3, 0, 1), "{quirk:?}\n{}", out.stdout);
+        let missing = failed_line(&out, "lib/app:missing");
+        assert!(
+            missing.contains("not found") && missing.contains("GET"),
+            "{missing}"
+        );
+        for tag in &tags {
+            assert_mirrored(&world.upstream, &world.target, "lib/app", tag).await;
+        }
+        let heads = seen.count("HEAD", "manifests", Some("lib/app"));
+        assert!(
+            heads <= 3,
+            "{quirk:?}: HEAD is given up after the first failure(s) in flight, saw {heads}"
+        );
+        assert_eq!(tag_gets(&seen, "lib/app"), 4, "{quirk:?}: one GET per tag");
+        // The index's two children are fetched by digest; the tags' own manifests are not.
+        assert_eq!(digest_gets(&seen, "lib/app"), 2, "{quirk:?}");
+        assert!(out.stderr.contains("manifest HEAD does not work here"));
+
+        world.up.reset_log();
+        let out = world.sync(&config).await;
+        let seen = world.up.seen();
+        assert_eq!(summary(&out), (0, 3, 1), "{quirk:?} no-op\n{}", out.stdout);
+        assert!(seen.count("HEAD", "manifests", Some("lib/app")) <= 3);
+        assert_eq!(tag_gets(&seen, "lib/app"), 4, "{quirk:?} no-op");
+        assert_eq!(digest_gets(&seen, "lib/app"), 0, "{quirk:?} no-op");
+        assert_eq!(seen.count("GET", "blobs", None), 0, "{quirk:?} no-op");
+    }
+}
+
+/// Item 1, quota: the GETs that replace a broken HEAD are pulls. With 3 pulls left and a
+/// reserve of 1, two tags are resolved and the third is deferred instead of hitting a 429.
+#[tokio::test(flavor = "multi_thread")]
+async fn gets_that_replace_head_count_against_the_pull_quota() {
+    let world = World::new().await;
+    for (tag, seed) in [("t1", 11u64), ("t2", 12), ("t3", 13)] {
+        push_image(
+            &world.upstream,
+            "lib/q",
+            tag,
+            ImageSpec::new(Format::Oci, vec![layer(seed, 1000)]),
+        )
+        .await;
+    }
+    Quirk::HeadNotFound.install(&world.up);
+    world.up.set_quota(Some(3));
+    let yaml = format!(
+        "concurrency: 1\ntarget:\n  registry: \"{}\"\n  insecure: true\nregistries:\n  \"{}\":\n    insecure: true\n    rate_limit_reserve: 1\nimages:\n  - {up}/lib/q:t1\n  - {up}/lib/q:t2\n  - {up}/lib/q:t3\n",
+        world.down.host(),
+        world.up.host(),
+        up = world.up.host()
+    );
+    let config = write_config(world.dir.path(), &yaml);
+    let out = world.sync(&config).await;
+    let seen = world.up.seen();
+    assert!(
+        seen.iter().all(|s| s.status != 429),
+        "no GET went over the quota:\n{}",
+        seen.dump()
+    );
+    assert_eq!(world.up.quota(), Some(1), "the reserve is kept");
+    assert!(
+        out.stdout.contains("DEFERRED ") && out.stdout.contains("pull quota"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(tags(&world.target, "lib/q").await.len(), 2);
+}
+
+/// Item 2 (no Docker-Content-Digest: Artifactory, ECR, Nexus): one GET per changed manifest
+/// (the tag GET's bytes are pushed, digest computed locally), and after an upstream change only
+/// the changed tag is fetched, once.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_content_digest_costs_one_get_per_changed_manifest() {
+    let world = World::new().await;
+    let tags = seed_corpus(&world.upstream, "lib/nd").await;
+    Quirk::NoContentDigest.install(&world.up);
+    let images: Vec<String> = tags.iter().map(|t| format!("lib/nd:{t}")).collect();
+    let images: Vec<&str> = images.iter().map(String::as_str).collect();
+    let config = world.config(&images, "");
+
+    let out = world.sync(&config).await;
+    let seen = world.up.seen();
+    assert_eq!(summary(&out), (3, 0, 0), "{}", out.stdout);
+    for tag in &tags {
+        assert_mirrored(&world.upstream, &world.target, "lib/nd", tag).await;
+    }
+    assert_eq!(tag_gets(&seen, "lib/nd"), 3, "one GET per tag");
+    assert_eq!(
+        digest_gets(&seen, "lib/nd"),
+        2,
+        "only the index's children by digest:\n{}",
+        seen.dump()
+    );
+
+    // No-op: the digest is only known from a GET; nothing else is fetched.
+    world.up.reset_log();
+    let out = world.sync(&config).await;
+    let seen = world.up.seen();
+    assert_eq!(summary(&out), (0, 3, 0), "{}", out.stdout);
+    assert_eq!(tag_gets(&seen, "lib/nd"), 3);
+    assert_eq!(digest_gets(&seen, "lib/nd"), 0);
+    assert_eq!(seen.count("GET", "blobs", None), 0);
+
+    // One tag moves upstream: it costs one GET, not two.
+    push_image(
+        &world.upstream,
+        "lib/nd",
+        "a",
+        ImageSpec::new(Format::Oci, vec![layer(77, 5000)]),
+    )
+    .await;
+    world.up.reset_log();
+    let out = world.sync(&config).await;
+    let seen = world.up.seen();
+    assert_eq!(summary(&out), (1, 2, 0), "{}", out.stdout);
+    assert_mirrored(&world.upstream, &world.target, "lib/nd", "a").await;
+    assert_eq!(tag_gets(&seen, "lib/nd"), 3);
+    assert_eq!(digest_gets(&seen, "lib/nd"), 0, "{}", seen.dump());
+}
+
+/// A signed schema 1 manifest (what old Docker Hub, Quay and Harbor tags serve).
+fn schema1_manifest() -> Vec<u8> {
+    br#"{
+   "schemaVersion": 1,
+   "name": "lib/old",
+   "tag": "v1",
+   "architecture": "amd64",
+   "fsLayers": [{"blobSum": "sha256:a3ed95caeb02ffe68cdd9fd84406680ae93d633cb16422d00e8a7c22955b46d4"}],
+   "history": [{"v1Compatibility": "{\"id\":\"e45a5af57b00862e5ef5782a9925979a02ba2b12dff832fd0991335f4a11e5c5\"}"}],
+   "signatures": [{"header": {"alg": "ES256"}, "signature": "c2lnbmF0dXJl", "protected": "e30"}]
+}"#
+    .to_vec()
+}
+
+/// Item 3 (schema 1): the error says so; when the HEAD's media type says schema 1 no GET is
+/// made, in this run or the next; a schema 1 manifest met on a GET is named too.
+#[tokio::test(flavor = "multi_thread")]
+async fn schema1_is_named_and_not_pulled() {
+    let world = World::new().await;
+    push_image(
+        &world.upstream,
+        "lib/old",
+        "good",
+        ImageSpec::new(Format::Oci, vec![layer(5, 500)]),
+    )
+    .await;
+    let body = schema1_manifest();
+    let digest = sha256_digest(&body);
+    let prettyjws = "application/vnd.docker.distribution.manifest.v1+prettyjws";
+    let len = body.len().to_string();
+    world.up.add(Rule::new(
+        "HEAD /v2/lib/old/manifests/v1",
+        Action::respond(
+            200,
+            &[
+                ("Content-Type", prettyjws),
+                ("Docker-Content-Digest", &digest),
+                ("Content-Length", &len),
+            ],
+            "",
+        ),
+    ));
+    world.up.add(Rule::new(
+        "GET /v2/lib/old/manifests/v1",
+        Action::respond(200, &[("Content-Type", prettyjws)], body.clone()),
+    ));
+    // Another tag whose HEAD says nothing useful: the GET finds schema 1.
+    world.up.add(Rule::new(
+        "HEAD /v2/lib/old/manifests/v2",
+        Action::respond(200, &[("Content-Type", "application/json")], ""),
+    ));
+    world.up.add(Rule::new(
+        "GET /v2/lib/old/manifests/v2",
+        Action::respond(200, &[("Content-Type", prettyjws)], body.clone()),
+    ));
+    let config = world.config(&["lib/old:v1", "lib/old:v2", "lib/old:good"], "");
+    for run in ["cold", "again"] {
+        world.up.reset_log();
+        let out = world.sync(&config).await;
+        let seen = world.up.seen();
+        for tag in ["lib/old:v1", "lib/old:v2"] {
+            let line = failed_line(&out, tag);
+            assert!(
+                line.contains("schema 1") && line.contains("digests preserved"),
+                "{run}: {line}"
+            );
+            assert!(!line.contains("hashes to"), "{run}: {line}");
+        }
+        assert_eq!(
+            seen.iter()
+                .filter(|s| s.method == "GET" && s.path == "/v2/lib/old/manifests/v1")
+                .count(),
+            0,
+            "{run}: no pull for a HEAD that says schema 1"
+        );
+        assert_mirrored(&world.upstream, &world.target, "lib/old", "good").await;
+    }
+}
+
+/// An image with one `size`-byte generated layer and a small one.
+async fn big_image(reg: &Registry, repo: &str, tag: &str, size: u64, seed: u64) -> PushedImage {
+    push_image(
+        reg,
+        repo,
+        tag,
+        ImageSpec::new(Format::Oci, vec![layer(seed, 700)]).big_layer(size, seed),
+    )
+    .await
+}
+
+/// Item 4 (ECR answers PATCH with 201) and `target.chunk_size`: a 20 MiB layer in 6 MiB chunks
+/// is four PATCHes (6+6+6+2), each answered 201, then the PUT; the image lands whole. With the
+/// default chunk size the same layer is one PUT with the body.
+#[tokio::test(flavor = "multi_thread")]
+async fn patch_answered_201_and_chunk_size_setting() {
+    let world = World::new().await;
+    big_image(&world.upstream, "lib/big", "v1", 20 * MIB, 21).await;
+    Quirk::PatchCreated.install(&world.down);
+    let config = world.config(&["lib/big:v1"], "  chunk_size: 6MiB\n");
+    let out = world.sync(&config).await;
+    out.assert_code(0);
+    assert_mirrored(&world.upstream, &world.target, "lib/big", "v1").await;
+    let seen = world.down.seen();
+    let patches: Vec<u64> = seen
+        .iter()
+        .filter(|s| s.method == "PATCH")
+        .map(|s| {
+            assert_eq!(s.status, 201);
+            s.header("content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        })
+        .collect();
+    assert_eq!(
+        patches,
+        vec![6 * MIB, 6 * MIB, 6 * MIB, 2 * MIB],
+        "{}",
+        seen.dump()
+    );
+    assert!(uploads_left(&world.target).is_empty());
+
+    world.down.reset_log();
+    let out = world.sync(&config).await;
+    assert_eq!(summary(&out), (0, 1, 0));
+    assert!(upload_requests(&world.down.seen()).is_empty());
+
+    // Default chunk size: the 20 MiB layer goes up as the body of one PUT.
+    let other = World::new().await;
+    big_image(&other.upstream, "lib/big", "v1", 20 * MIB, 21).await;
+    let out = other.sync(&other.config(&["lib/big:v1"], "")).await;
+    out.assert_code(0);
+    let seen = other.down.seen();
+    assert_eq!(seen.iter().filter(|s| s.method == "PATCH").count(), 0);
+    assert!(seen.iter().any(|s| s.method == "PUT"
+        && s.header("content-length") == Some(&(20 * MIB).to_string())));
+
+    // Validation: below ECR's 5 MiB floor is a config error naming the key.
+    let bad = world.config(&["lib/big:v1"], "  chunk_size: 1MiB\n");
+    let out = world.sync(&bad).await;
+    out.assert_code(2);
+    assert!(out.stderr.contains("target.chunk_size"), "{}", out.stderr);
+}
+
+/// Item 5: behind a 10 MiB body limit with a 5 MiB minimum part, a 20 MiB and a 70 MiB layer
+/// land: each 413 halves the chunk size (never below 5 MiB) for the rest of the run, and the
+/// blob restarts; no session is left behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn body_limit_413_halves_chunks_down_to_five_mib() {
+    let world = World::new().await;
+    big_image(&world.upstream, "lib/huge", "small", 20 * MIB, 31).await;
+    big_image(&world.upstream, "lib/huge", "large", 70 * MIB, 32).await;
+    Quirk::BodyLimit {
+        max_body: 10 * MIB,
+        min_part: 5 * MIB,
+    }
+    .install(&world.down);
+    let config = world.config(&["lib/huge:small", "lib/huge:large"], "");
+    let started = Instant::now();
+    let out = world.sync(&config).await;
+    out.assert_code(0);
+    eprintln!("cold sync behind a 10 MiB limit: {:.1?}", started.elapsed());
+    for tag in ["small", "large"] {
+        assert_mirrored(&world.upstream, &world.target, "lib/huge", tag).await;
+    }
+    let seen = world.down.seen();
+    let refused = seen.iter().filter(|s| s.status == 413).count();
+    let bodies: Vec<(String, u64, u16)> = seen
+        .iter()
+        .filter(|s| matches!(s.method.as_str(), "PATCH" | "PUT"))
+        .map(|s| {
+            (
+                s.method.clone(),
+                s.header("content-length")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+                s.status,
+            )
+        })
+        .collect();
+    eprintln!("413s: {refused}; bodies: {bodies:?}");
+    assert!(
+        (1..=4).contains(&refused),
+        "a few 413s teach the size: {refused}"
+    );
+    assert!(
+        bodies
+            .iter()
+            .filter(|(_, _, status)| *status != 413)
+            .all(|(_, n, _)| *n <= 10 * MIB),
+        "every accepted body is within the limit: {bodies:?}"
+    );
+    assert!(
+        seen.iter().all(|s| s.status != 400),
+        "no part below 5 MiB but the last:\n{}",
+        seen.dump()
+    );
+    let upstream_gets = world.up.seen().count("GET", "blobs", None);
+    eprintln!("upstream blob GETs (restarts included): {upstream_gets}");
+    assert!(uploads_left(&world.target).is_empty());
+
+    world.down.reset_log();
+    let out = world.sync(&config).await;
+    assert_eq!(summary(&out), (0, 2, 0));
+    assert!(upload_requests(&world.down.seen()).is_empty());
+}
+
+/// Item 6 (mount refused with 202: Harbor across projects, ECR): the session the 202 opened is
+/// used for the blob, and no second mount is tried this run.
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_mount_session_is_used_and_not_asked_again() {
+    let world = World::new().await;
+    let layers = vec![layer(41, 3000), layer(42, 4000), layer(43, 5000)];
+    push_image(
+        &world.upstream,
+        "team-a/app",
+        "v1",
+        ImageSpec::new(Format::Oci, layers.clone()).label("team", "a"),
+    )
+    .await;
+    push_image(
+        &world.upstream,
+        "team-b/app",
+        "v1",
+        ImageSpec::new(Format::Oci, layers).label("team", "b"),
+    )
+    .await;
+    Quirk::MountRefused.install(&world.down);
+    let yaml = format!(
+        "concurrency: 1\ntarget:\n  registry: \"{}\"\n  insecure: true\nregistries:\n  \"{}\":\n    insecure: true\nimages:\n  - {up}/team-a/app:v1\n  - {up}/team-b/app:v1\n",
+        world.down.host(),
+        world.up.host(),
+        up = world.up.host()
+    );
+    let config = write_config(world.dir.path(), &yaml);
+    let out = world.sync(&config).await;
+    out.assert_code(0);
+    assert_mirrored(&world.upstream, &world.target, "team-a/app", "v1").await;
+    assert_mirrored(&world.upstream, &world.target, "team-b/app", "v1").await;
+    let seen = world.down.seen();
+    let mounts = seen
+        .iter()
+        .filter(|s| s.method == "POST" && s.query.contains("mount="))
+        .count();
+    let posts_b = seen
+        .iter()
+        .filter(|s| s.method == "POST" && s.path == "/v2/team-b/app/blobs/uploads/")
+        .count();
+    let deletes = seen.iter().filter(|s| s.method == "DELETE").count();
+    eprintln!("{}", seen.dump());
+    assert_eq!(mounts, 1, "one mount attempt, then none");
+    // team-b needs 4 blobs: its config (new) and 3 shared layers. The refused mount's session
+    // carries the first shared layer, so 4 POSTs in all (the mount one included), not 5.
+    assert_eq!(posts_b, 4);
+    assert_eq!(deletes, 0, "the refused mount's session is not thrown away");
+    assert!(uploads_left(&world.target).is_empty());
+
+    world.down.reset_log();
+    let out = world.sync(&config).await;
+    assert_eq!(summary(&out), (0, 2, 0));
+    assert!(upload_requests(&world.down.seen()).is_empty());
+}
+
+/// Item 7: upload `Location` relative, on another host:port, and carrying a query (`_state`,
+/// as distribution sends it): chunked and single uploads work.
+#[tokio::test(flavor = "multi_thread")]
+async fn upload_location_relative_other_host_and_with_query() {
+    for style in ["relative", "other-host"] {
+        let world = World::new().await;
+        big_image(&world.upstream, "lib/loc", "v1", 12 * MIB, 51).await;
+        let side = Proxy::start(&world.target).await;
+        match style {
+            "relative" => Quirk::LocationRelative.install(&world.down),
+            _ => Quirk::LocationOtherHost(side.host()).install(&world.down),
+        };
+        let config = world.config(&["lib/loc:v1"], "  chunk_size: 5MiB\n");
+        let out = world.sync(&config).await;
+        out.assert_code(0);
+        assert_mirrored(&world.upstream, &world.target, "lib/loc", "v1").await;
+        let down = world.down.seen();
+        let elsewhere = side.seen();
+        let location = down
+            .iter()
+            .find(|s| s.method == "POST")
+            .map(|s| s.status)
+            .unwrap_or(0);
+        assert_eq!(location, 202);
+        match style {
+            "relative" => {
+                assert!(down.iter().any(|s| s.method == "PATCH"));
+                assert!(elsewhere.is_empty());
+            }
+            _ => {
+                let patches: Vec<&Seen> =
+                    elsewhere.iter().filter(|s| s.method == "PATCH").collect();
+                assert_eq!(patches.len(), 3, "12 MiB in 5 MiB chunks, at the other host");
+                assert!(
+                    patches.iter().all(|s| s.query.contains("_state=")),
+                    "the Location's own query is kept"
+                );
+                assert!(elsewhere.iter().any(|s| s.method == "PUT"
+                    && s.query.contains("_state=")
+                    && s.query.contains("digest=")));
+            }
+        }
+        let out = world.sync(&config).await;
+        assert_eq!(summary(&out), (0, 1, 0), "{style}");
+    }
+}
+
+/// Issue 14 item 6: a copy cut off at the grace period leaves no upload session at the target
+/// (the run cancels what it abandoned); a failed upload does not either.
+#[tokio::test(flavor = "multi_thread")]
+async fn abandoned_upload_sessions_are_cancelled() {
+    // Cut off: the upstream blob trickles; the run stops after 2 s with a 1 s grace.
+    let world = World::new().await;
+    big_image(&world.upstream, "lib/slow", "v1", 30 * MIB, 61).await;
+    world
+        .up
+        .add(Rule::new("GET /v2/lib/slow/blobs/*", Action::Throttle(2 * MIB)));
+    let config = world.config(&["lib/slow:v1"], "  chunk_size: 5MiB\n");
+    let out = mirrorsync(&[
+        "sync",
+        "--once",
+        "--max-duration",
+        "2s",
+        "--grace-period",
+        "1s",
+        "--config",
+        &config.display().to_string(),
+    ])
+    .await;
+    out.assert_code(3);
+    let seen = world.down.seen();
+    assert!(
+        seen.iter().any(|s| s.method == "PATCH"),
+        "the upload had started:\n{}",
+        seen.dump()
+    );
+    assert!(seen.iter().any(|s| s.method == "DELETE" && s.status == 204));
+    assert_eq!(uploads_left(&world.target), Vec::<PathBuf>::new());
+
+    // Failed: the target refuses the final PUT.
+    let world = World::new().await;
+    big_image(&world.upstream, "lib/fail", "v1", 6 * MIB, 62).await;
+    world.down.add(Rule::new(
+        "PUT /v2/lib/fail/blobs/uploads/*",
+        Action::status(400),
+    ));
+    let config = world.config(&["lib/fail:v1"], "  chunk_size: 5MiB\n");
+    let out = world.sync(&config).await;
+    out.assert_code(1);
+    assert_eq!(uploads_left(&world.target), Vec::<PathBuf>::new());
+}
+
+/// A token answer with `access_token` only and no `expires_in` (GitLab, Quay and other
+/// OAuth-style servers). Reports: <https://github.com/distribution/distribution/pull/979>
+/// (`expires_in` optional, 60 s default).
+fn access_token_only(body: &[u8]) -> Vec<u8> {
+    let mut v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    if let Some(map) = v.as_object_mut() {
+        let token = map.remove("token");
+        map.remove("expires_in");
+        map.remove("issued_at");
+        if let Some(token) = token {
+            map.insert("access_token".into(), token);
+        }
+    }
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+/// Item 8: a token server on another host (`localhost` vs the registry's `127.0.0.1`) that
+/// answers `access_token` only without `expires_in`, and fails twice with 503: the requests are
+/// retried, no credentials are sent when none are configured, and the sync completes.
+#[tokio::test(flavor = "multi_thread")]
+async fn token_server_elsewhere_flaky_and_oauth_shaped() {
+    // The harness seeds as a user; mirrorsync has no credentials (anonymous pull).
+    let token_server = TokenServer::start(vec![("seed".into(), "seedpw".into())], true);
+    let token_base = token_server.realm().trim_end_matches("/token").to_string();
+    let token_proxy = Proxy::start_to(Some(token_base)).await;
+    let realm = format!("http://localhost:{}/token", token_proxy.port());
+    let upstream = Registry::start_with_realm(
+        RegistryOptions {
+            token: Some(&token_server),
+            ..Default::default()
+        },
+        Some(realm),
+    )
+    .await;
+    seed_corpus(&upstream, "lib/tok").await;
+    let target = Registry::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    token_proxy.add(Rule::new("GET /token*", Action::status(503)).first(2));
+    token_proxy.add(Rule::new("GET /token*", Action::MapBody(access_token_only)));
+    token_server.clear_requests();
+    let mark = token_proxy.mark();
+    let yaml = format!(
+        "target:\n  registry: \"{}\"\n  insecure: true\nregistries:\n  \"{}\":\n    insecure: true\nimages:\n  - {up}/lib/tok:a\n  - {up}/lib/tok:multi\n",
+        target.host(),
+        upstream.host(),
+        up = upstream.host()
+    );
+    let config = write_config(dir.path(), &yaml);
+    let out = mirrorsync_with_env(
+        &["sync", "--once", "--config", &config.display().to_string()],
+        &[("DOCKER_CONFIG", &dir.path().display().to_string())],
+    )
+    .await;
+    out.assert_code(0);
+    assert_mirrored(&upstream, &target, "lib/tok", "a").await;
+    assert_mirrored(&upstream, &target, "lib/tok", "multi").await;
+    let asked = token_proxy.since(mark);
+    eprintln!("token requests:\n{}", asked.dump());
+    assert_eq!(asked.iter().filter(|s| s.status == 503).count(), 2);
+    assert!(asked.iter().filter(|s| s.status == 200).count() >= 1);
+    assert!(
+        asked.iter().all(|s| !s.has_authorization()),
+        "no credentials to a realm when none are configured"
+    );
+    assert!(token_server.requests().iter().all(|r| !r.had_basic));
+
+    let out = mirrorsync_with_env(
+        &["sync", "--once", "--config", &config.display().to_string()],
+        &[("DOCKER_CONFIG", &dir.path().display().to_string())],
+    )
+    .await;
+    assert_eq!(summary(&out), (0, 2, 0), "{}", out.stderr);
+}
+
+/// Item 10: a homelab registry with a self-signed certificate marked CA:TRUE, given in
+/// `ca_file`, is trusted; another self-signed certificate in `ca_file` is not.
+#[tokio::test(flavor = "multi_thread")]
+async fn self_signed_ca_true_certificate_in_ca_file() {
+    let cert = TestCa::self_signed();
+    let upstream = Registry::start().await;
+    push_image(
+        &upstream,
+        "lib/home",
+        "v1",
+        ImageSpec::new(Format::Oci, vec![layer(71, 2000)]),
+    )
+    .await;
+    let target = Registry::start_with(RegistryOptions {
+        tls: Some(&cert),
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config_with = |ca: &Path| {
+        let yaml = format!(
+            "target:\n  registry: \"{}\"\n  ca_file: \"{}\"\nregistries:\n  \"{}\":\n    insecure: true\nimages:\n  - {}/lib/home:v1\n",
+            target.host(),
+            ca.display(),
+            upstream.host(),
+            upstream.host()
+        );
+        write_config(dir.path(), &yaml)
+    };
+    let other = TestCa::self_signed();
+    let out = mirrorsync(&[
+        "sync",
+        "--once",
+        "--config",
+        &config_with(&other.ca_pem_path()).display().to_string(),
+    ])
+    .await;
+    out.assert_code(1);
+    assert!(
+        out.stdout.to_ascii_lowercase().contains("tls"),
+        "{}",
+        out.stdout
+    );
+
+    let config = config_with(&cert.ca_pem_path());
+    let out = mirrorsync(&["sync", "--once", "--config", &config.display().to_string()]).await;
+    out.assert_code(0);
+    assert_mirrored(&upstream, &target, "lib/home", "v1").await;
+    let out = mirrorsync(&["sync", "--once", "--config", &config.display().to_string()]).await;
+    assert_eq!(summary(&out), (0, 1, 0));
+}
+
+/// Item 11: a plain-HTTP registry configured without `insecure: true` fails at once (no
+/// retries) with a message naming the host and the setting; a `registries:` entry no image
+/// uses (`localhost:P` for `127.0.0.1:P`) is warned about at load.
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_http_where_tls_expected_fails_fast_and_typos_are_warned() {
+    let upstream = Registry::start().await;
+    push_image(
+        &upstream,
+        "lib/plain",
+        "v1",
+        ImageSpec::new(Format::Oci, vec![layer(81, 1000)]),
+    )
+    .await;
+    let target = Registry::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = format!(
+        "target:\n  registry: \"{}\"\n  insecure: true\nregistries:\n  \"localhost:{}\":\n    insecure: true\nimages:\n  - {}/lib/plain:v1\n",
+        target.host(),
+        upstream.port(),
+        upstream.host()
+    );
+    let config = write_config(dir.path(), &yaml);
+    let started = Instant::now();
+    let out = mirrorsync(&["sync", "--once", "--config", &config.display().to_string()]).await;
+    let took = started.elapsed();
+    out.assert_code(1);
+    let line = failed_line(&out, "lib/plain:v1");
+    assert!(
+        line.contains(&upstream.host()) && line.contains("insecure: true"),
+        "{line}"
+    );
+    assert!(!out.stderr.contains("retrying"), "{}", out.stderr);
+    assert!(took < Duration::from_secs(5), "failed at once: {took:?}");
+    assert!(
+        out.stderr.contains(&format!("localhost:{}", upstream.port()))
+            && out.stderr.contains("not used by any image"),
+        "{}",
+        out.stderr
+    );
+}

@@ -121,15 +121,17 @@ fn digest_gets(seen: &[Seen], repo: &str) -> usize {
         .count()
 }
 
-/// Upload requests (POST, PATCH, PUT, DELETE on `/blobs/uploads/`).
+/// Upload requests (POST, PATCH, PUT, DELETE on `/blobs/uploads/`) for images (mirrorsync's own
+/// state document is written every run).
 fn upload_requests(seen: &[Seen]) -> Vec<&Seen> {
     seen.iter()
-        .filter(|s| s.path.contains("/blobs/uploads/"))
+        .filter(|s| s.path.contains("/blobs/uploads/") && !s.path.starts_with("/v2/mirrorsync/"))
         .collect()
 }
 
-/// Upload sessions the target registry keeps on disk (distribution:
-/// `<root>/docker/registry/v2/repositories/<name>/_uploads/<id>`).
+/// Upload sessions the target registry keeps open on disk (distribution:
+/// `<root>/docker/registry/v2/repositories/<name>/_uploads/<id>` with its `startedat` and
+/// `data`; a cancelled session leaves only an empty `hashstates` tree behind).
 fn uploads_left(target: &Registry) -> Vec<PathBuf> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         let Ok(entries) = std::fs::read_dir(dir) else {
@@ -139,7 +141,12 @@ fn uploads_left(target: &Registry) -> Vec<PathBuf> {
             let path = entry.path();
             if path.file_name().is_some_and(|n| n == "_uploads") {
                 if let Ok(sessions) = std::fs::read_dir(&path) {
-                    out.extend(sessions.flatten().map(|s| s.path()));
+                    out.extend(
+                        sessions
+                            .flatten()
+                            .map(|s| s.path())
+                            .filter(|s| s.join("startedat").exists() || s.join("data").exists()),
+                    );
                 }
             } else if path.is_dir() {
                 walk(&path, out);
@@ -163,7 +170,10 @@ async fn seed_corpus(reg: &Registry, repo: &str) -> Vec<&'static str> {
             reg,
             repo,
             tag,
-            ImageSpec::new(Format::Oci, vec![layer(seed, 4096), layer(seed + 100, 2048)]),
+            ImageSpec::new(
+                Format::Oci,
+                vec![layer(seed, 4096), layer(seed + 100, 2048)],
+            ),
         )
         .await;
     }
@@ -467,8 +477,11 @@ async fn patch_answered_201_and_chunk_size_setting() {
     out.assert_code(0);
     let seen = other.down.seen();
     assert_eq!(seen.iter().filter(|s| s.method == "PATCH").count(), 0);
-    assert!(seen.iter().any(|s| s.method == "PUT"
-        && s.header("content-length") == Some(&(20 * MIB).to_string())));
+    assert!(
+        seen.iter()
+            .any(|s| s.method == "PUT"
+                && s.header("content-length") == Some(&(20 * MIB).to_string()))
+    );
 
     // Validation: below ECR's 5 MiB floor is a config error naming the key.
     let bad = world.config(&["lib/big:v1"], "  chunk_size: 1MiB\n");
@@ -628,7 +641,11 @@ async fn upload_location_relative_other_host_and_with_query() {
             _ => {
                 let patches: Vec<&Seen> =
                     elsewhere.iter().filter(|s| s.method == "PATCH").collect();
-                assert_eq!(patches.len(), 3, "12 MiB in 5 MiB chunks, at the other host");
+                assert_eq!(
+                    patches.len(),
+                    3,
+                    "12 MiB in 5 MiB chunks, at the other host"
+                );
                 assert!(
                     patches.iter().all(|s| s.query.contains("_state=")),
                     "the Location's own query is kept"
@@ -650,9 +667,10 @@ async fn abandoned_upload_sessions_are_cancelled() {
     // Cut off: the upstream blob trickles; the run stops after 2 s with a 1 s grace.
     let world = World::new().await;
     big_image(&world.upstream, "lib/slow", "v1", 30 * MIB, 61).await;
-    world
-        .up
-        .add(Rule::new("GET /v2/lib/slow/blobs/*", Action::Throttle(2 * MIB)));
+    world.up.add(Rule::new(
+        "GET /v2/lib/slow/blobs/*",
+        Action::Throttle(2 * MIB),
+    ));
     let config = world.config(&["lib/slow:v1"], "  chunk_size: 5MiB\n");
     let out = mirrorsync(&[
         "sync",
@@ -685,6 +703,7 @@ async fn abandoned_upload_sessions_are_cancelled() {
     let config = world.config(&["lib/fail:v1"], "  chunk_size: 5MiB\n");
     let out = world.sync(&config).await;
     out.assert_code(1);
+    eprintln!("{}", world.down.seen().dump());
     assert_eq!(uploads_left(&world.target), Vec::<PathBuf>::new());
 }
 
@@ -848,7 +867,8 @@ async fn plain_http_where_tls_expected_fails_fast_and_typos_are_warned() {
     assert!(!out.stderr.contains("retrying"), "{}", out.stderr);
     assert!(took < Duration::from_secs(5), "failed at once: {took:?}");
     assert!(
-        out.stderr.contains(&format!("localhost:{}", upstream.port()))
+        out.stderr
+            .contains(&format!("localhost:{}", upstream.port()))
             && out.stderr.contains("not used by any image"),
         "{}",
         out.stderr

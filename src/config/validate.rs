@@ -256,8 +256,7 @@ impl Validator<'_> {
             chunk_size: match &t.chunk_size {
                 Some(v) => {
                     let key = "target.chunk_size";
-                    let n =
-                        parse_byte_size(&v.value).map_err(|e| self.site.spanned(v, key, e))?;
+                    let n = parse_byte_size(&v.value).map_err(|e| self.site.spanned(v, key, e))?;
                     if !(crate::registry::MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&n) {
                         return Err(self.site.spanned(
                             v,

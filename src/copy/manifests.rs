@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 
 use super::upstream::UpstreamRef;
 use super::{BLOBS_PER_MANIFEST, Counters, Engine, MAX_INDEX_DEPTH, Mode, SyncError, rewrite};
@@ -71,17 +71,37 @@ impl Engine {
         })?;
         match parsed {
             Parsed::Image { blobs } => {
-                futures_util::stream::iter(blobs.iter().map(Ok))
-                    .try_for_each_concurrent(BLOBS_PER_MANIFEST, |blob| {
-                        self.ensure_blob(
-                            route.upstream,
-                            route.source_repo,
-                            route.target_repo,
-                            blob,
-                            route.counters,
-                        )
+                // After a failure no new blob starts, but the ones in flight finish: a transfer
+                // dropped mid-request would leave its upload session in a state the registry no
+                // longer matches, so it could not be cancelled.
+                let failed = std::sync::atomic::AtomicBool::new(false);
+                let failed = &failed;
+                let transfers: Vec<_> = blobs
+                    .iter()
+                    .map(|blob| async move {
+                        if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                            return Ok(());
+                        }
+                        let result = self
+                            .ensure_blob(
+                                route.upstream,
+                                route.source_repo,
+                                route.target_repo,
+                                blob,
+                                route.counters,
+                            )
+                            .await;
+                        if result.is_err() {
+                            failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        result
                     })
-                    .await?;
+                    .collect();
+                let results: Vec<Result<(), SyncError>> = futures_util::stream::iter(transfers)
+                    .buffer_unordered(BLOBS_PER_MANIFEST)
+                    .collect()
+                    .await;
+                results.into_iter().collect::<Result<Vec<()>, _>>()?;
                 if self.converts_to_oci() && rewrite::needs_oci_conversion(&fetched.media_type) {
                     return rewrite::convert_image(&fetched)
                         .map_err(|e| SyncError::Other(format!("manifest {digest}: {e}")));

@@ -51,8 +51,7 @@ impl Upstream {
     pub fn note_failure(&self, i: usize, error: &RegistryError) {
         if matches!(
             error,
-            RegistryError::Transport { .. }
-                | RegistryError::Tls { .. }
+            RegistryError::Transport { .. } | RegistryError::Tls { .. }
         ) && let Some(down) = self.mirror_down.get(i)
         {
             down.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -85,9 +84,11 @@ impl Upstream {
     pub async fn resolve(&self, repository: &str, tag: &str) -> Result<Digest, SyncError> {
         let learned = self.origin.learned();
         let mut head_missing = false;
+        let probe = learned.head_probe().await;
         if !learned.head_unreliable() {
             match self.origin.head_manifest(repository, tag).await {
                 Ok(Some(head)) => {
+                    learned.trust_head();
                     if let Some(media_type) = head.media_type.as_deref()
                         && is_schema1(media_type)
                     {
@@ -118,6 +119,7 @@ impl Upstream {
         if head_missing {
             learned.distrust_head(&self.host, "HEAD answered 404 for a manifest GET found");
         }
+        drop(probe);
         let digest = fetched.digest.clone();
         self.prefetched
             .lock()

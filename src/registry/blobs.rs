@@ -98,6 +98,7 @@ impl RegistryClient {
         digest: &Digest,
         from: &str,
     ) -> Result<MountOutcome, RegistryError> {
+        let _probe = self.learned.mount_probe().await;
         if self.learned.mounts_refused() {
             return Ok(MountOutcome::Refused);
         }
@@ -107,12 +108,14 @@ impl RegistryClient {
             .append_pair("from", from);
         let mut scopes = push(repository);
         scopes.push(format!("repository:{from}:pull"));
-        let call = Call::new("mount blob", Method::POST, url.clone(), scopes).expect(Expect::Success);
+        let call =
+            Call::new("mount blob", Method::POST, url.clone(), scopes).expect(Expect::Success);
         let response = self
             .call(&call, Replayable::Empty)
             .await?
             .ok_or_else(|| RegistryError::protocol(&url, "mount answered 404"))?;
         if response.status() == StatusCode::CREATED {
+            self.learned.mounts_work();
             return Ok(MountOutcome::Mounted);
         }
         // 202 (or another success): no mount, but an upload session to use instead.
@@ -147,8 +150,13 @@ impl RegistryClient {
         body: reqwest::Body,
     ) -> Result<Url, RegistryError> {
         let range = (length > 0).then(|| (offset, offset + length - 1));
-        let call = Call::new("PATCH upload", Method::PATCH, location.clone(), push(repository))
-            .expect(Expect::Success);
+        let call = Call::new(
+            "PATCH upload",
+            Method::PATCH,
+            location.clone(),
+            push(repository),
+        )
+        .expect(Expect::Success);
         let stream = RequestBody::Stream {
             body,
             length,
@@ -230,8 +238,8 @@ impl RegistryClient {
         let mut url = location.clone();
         url.query_pairs_mut()
             .append_pair("digest", &digest.to_string());
-        let call = Call::new("PUT upload", Method::PUT, url, push(repository))
-            .expect(Expect::Success);
+        let call =
+            Call::new("PUT upload", Method::PUT, url, push(repository)).expect(Expect::Success);
         self.call_once(&call, body).await?.ok_or_else(|| {
             RegistryError::protocol(location, "upload PUT answered 404 (session gone)")
         })?;
@@ -243,9 +251,14 @@ impl RegistryClient {
     /// support it drops the session on its own schedule).
     pub async fn cancel_upload(&self, repository: &str, location: &Url) {
         self.uploads.closed(location);
-        let call = Call::new("cancel upload", Method::DELETE, location.clone(), push(repository))
-            .expect(Expect::Success)
-            .missing_ok();
+        let call = Call::new(
+            "cancel upload",
+            Method::DELETE,
+            location.clone(),
+            push(repository),
+        )
+        .expect(Expect::Success)
+        .missing_ok();
         if let Err(e) = self.call_once(&call, RequestBody::Empty).await {
             tracing::debug!(error = %e, "could not cancel upload session");
         }

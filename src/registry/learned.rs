@@ -20,7 +20,15 @@ pub const MIN_CHUNK_SIZE: u64 = 5 * 1024 * 1024;
 /// Registry behaviour learned during a run.
 pub struct Learned {
     head_unreliable: AtomicBool,
+    /// A manifest HEAD answered with a digest: HEAD works here.
+    head_works: AtomicBool,
     mounts_refused: AtomicBool,
+    /// A mount answered 201: mounts work here.
+    mounts_work: AtomicBool,
+    /// Until a behaviour is known, one request at a time finds it out, so tags or blobs in
+    /// flight together do not all pay for the same failure.
+    head_probe: tokio::sync::Mutex<()>,
+    mount_probe: tokio::sync::Mutex<()>,
     chunk_size: AtomicU64,
 }
 
@@ -28,7 +36,11 @@ impl Default for Learned {
     fn default() -> Self {
         Learned {
             head_unreliable: AtomicBool::new(false),
+            head_works: AtomicBool::new(false),
             mounts_refused: AtomicBool::new(false),
+            mounts_work: AtomicBool::new(false),
+            head_probe: tokio::sync::Mutex::new(()),
+            mount_probe: tokio::sync::Mutex::new(()),
             chunk_size: AtomicU64::new(DEFAULT_CHUNK_SIZE),
         }
     }
@@ -43,8 +55,38 @@ impl Learned {
     /// Manifest `HEAD` does not work here: resolve tags with `GET` for the rest of the run.
     pub fn distrust_head(&self, host: &str, why: &str) {
         if !self.head_unreliable.swap(true, Ordering::Relaxed) {
-            tracing::warn!(registry = host, reason = why, "manifest HEAD does not work here; using GET for the rest of the run (each GET counts as a pull)");
+            tracing::warn!(
+                registry = host,
+                reason = why,
+                "manifest HEAD does not work here; using GET for the rest of the run (each GET counts as a pull)"
+            );
         }
+    }
+
+    /// While nobody knows yet whether manifest HEAD works, a guard that makes callers take turns.
+    pub async fn head_probe(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        if self.head_works.load(Ordering::Relaxed) || self.head_unreliable() {
+            return None;
+        }
+        Some(self.head_probe.lock().await)
+    }
+
+    /// A manifest HEAD answered with a usable digest.
+    pub fn trust_head(&self) {
+        self.head_works.store(true, Ordering::Relaxed);
+    }
+
+    /// While nobody knows yet whether mounts work, a guard that makes callers take turns.
+    pub async fn mount_probe(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        if self.mounts_work.load(Ordering::Relaxed) || self.mounts_refused() {
+            return None;
+        }
+        Some(self.mount_probe.lock().await)
+    }
+
+    /// A mount answered 201.
+    pub fn mounts_work(&self) {
+        self.mounts_work.store(true, Ordering::Relaxed);
     }
 
     /// Whether a mount was answered with an upload session instead (202).
@@ -113,8 +155,10 @@ pub struct OpenUploads {
 
 impl OpenUploads {
     pub fn opened(&self, repository: &str, location: &Url) {
-        self.lock()
-            .insert(location.path().to_string(), (repository.to_string(), location.clone()));
+        self.lock().insert(
+            location.path().to_string(),
+            (repository.to_string(), location.clone()),
+        );
     }
 
     pub fn moved(&self, from: &Url, to: &Url) {

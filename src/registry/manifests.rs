@@ -1,8 +1,8 @@
 //! Manifest endpoints: `HEAD`, `GET`, `PUT` and `DELETE /v2/<name>/manifests/<reference>`.
 //! HEAD and GET send the same full Accept list; GET keeps the exact bytes and checks them.
 
-use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::Method;
+use reqwest::header::{self, HeaderMap, HeaderValue};
 use url::Url;
 
 use super::call::{Call, Expect, Replayable};
@@ -109,8 +109,8 @@ impl RegistryClient {
         manifest: &FetchedManifest,
     ) -> Result<(), RegistryError> {
         let url = self.url(&format!("v2/{repository}/manifests/{reference}"))?;
-        let call = Call::new("PUT manifest", Method::PUT, url, push(repository))
-            .expect(Expect::Success);
+        let call =
+            Call::new("PUT manifest", Method::PUT, url, push(repository)).expect(Expect::Success);
         let body = Replayable::Bytes(
             manifest.bytes.clone(),
             content_type_static(&manifest.media_type),
@@ -142,7 +142,10 @@ struct RawManifest {
     schema1: bool,
 }
 
-async fn read_manifest(url: &Url, response: reqwest::Response) -> Result<RawManifest, RegistryError> {
+async fn read_manifest(
+    url: &Url,
+    response: reqwest::Response,
+) -> Result<RawManifest, RegistryError> {
     let header_digest = content_digest(response.headers(), url)?;
     let header_type = media_type(response.headers());
     if content_length(response.headers()).is_some_and(|n| n > MAX_MANIFEST_BYTES as u64) {
@@ -229,7 +232,9 @@ mod tests {
         assert!(is_schema1(
             "application/vnd.docker.distribution.manifest.v1+prettyjws"
         ));
-        assert!(is_schema1("application/vnd.docker.distribution.manifest.v1+json"));
+        assert!(is_schema1(
+            "application/vnd.docker.distribution.manifest.v1+json"
+        ));
         assert!(!is_schema1(
             "application/vnd.docker.distribution.manifest.v2+json"
         ));

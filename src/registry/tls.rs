@@ -60,7 +60,12 @@ struct PinnedSelfSigned {
 impl PinnedSelfSigned {
     /// The platform refused only because a certificate from `ca_file` is marked CA, and that
     /// exact certificate is valid for `server_name`.
-    fn accepts(&self, error: &Error, end_entity: &CertificateDer<'_>, server_name: &ServerName) -> bool {
+    fn accepts(
+        &self,
+        error: &Error,
+        end_entity: &CertificateDer<'_>,
+        server_name: &ServerName,
+    ) -> bool {
         let Error::InvalidCertificate(CertificateError::Other(other)) = error else {
             return false;
         };
@@ -69,7 +74,10 @@ impl PinnedSelfSigned {
             Some(webpki::Error::CaUsedAsEndEntity)
         );
         ca_as_end_entity
-            && self.pinned.iter().any(|p| p.as_ref() == end_entity.as_ref())
+            && self
+                .pinned
+                .iter()
+                .any(|p| p.as_ref() == end_entity.as_ref())
             && webpki::EndEntityCert::try_from(end_entity)
                 .is_ok_and(|cert| cert.verify_is_valid_for_subject_name(server_name).is_ok())
     }

@@ -42,7 +42,9 @@ pub enum TargetError {
 pub enum Mounted {
     Yes,
     /// Not mounted: copy the blob, into `session` when the registry opened one instead.
-    No { session: Option<url::Url> },
+    No {
+        session: Option<url::Url>,
+    },
 }
 
 /// The mirror's destination.

@@ -51,10 +51,7 @@ pub async fn upload_blob(
                 Failure::Target(e) => e,
                 Failure::TooLarge { body, error } => {
                     if client.learned().shrink_chunks(client.host(), body) {
-                        TargetError::BodyTooLarge {
-                            bytes: body,
-                            error,
-                        }
+                        TargetError::BodyTooLarge { bytes: body, error }
                     } else {
                         TargetError::Registry(error)
                     }
@@ -68,7 +65,10 @@ pub async fn upload_blob(
 enum Failure {
     Target(TargetError),
     /// A request body of `body` bytes was answered 413.
-    TooLarge { body: u64, error: RegistryError },
+    TooLarge {
+        body: u64,
+        error: RegistryError,
+    },
 }
 
 impl From<TargetError> for Failure {

@@ -729,11 +729,13 @@ async fn handle(shared: &Arc<Shared>, conn: &mut BufReader<TcpStream>, req: Requ
     };
     let head_only = req.method == "HEAD";
     let action = match action {
-        Action::UploadLimits { max_body, .. } if req.body.len() as u64 > max_body => Action::respond(
-            413,
-            &[("Content-Type", "text/html")],
-            "<html>\r\n<head><title>413 Request Entity Too Large</title></head>\r\n<body>\r\n<center><h1>413 Request Entity Too Large</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n",
-        ),
+        Action::UploadLimits { max_body, .. } if req.body.len() as u64 > max_body => {
+            Action::respond(
+                413,
+                &[("Content-Type", "text/html")],
+                "<html>\r\n<head><title>413 Request Entity Too Large</title></head>\r\n<body>\r\n<center><h1>413 Request Entity Too Large</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n",
+            )
+        }
         Action::UploadLimits { min_part: min, .. } => min_part(shared, &req, &path, min),
         other => other,
     };
@@ -777,7 +779,9 @@ async fn handle(shared: &Arc<Shared>, conn: &mut BufReader<TcpStream>, req: Requ
         Action::StripQuery => path.clone(),
         _ => req.target.clone(),
     };
-    let mut rb = shared.http.request(method, format!("{base}{forward_target}"));
+    let mut rb = shared
+        .http
+        .request(method, format!("{base}{forward_target}"));
     for (k, v) in &req.headers {
         if matches!(
             k.as_str(),

@@ -17,12 +17,14 @@
 //! [`daemon`] runs passes on the config's cron [`schedule`]; [`tags`] chooses tags from a
 //! repository's tag list.
 
+pub mod atomic_file;
 pub mod cli;
 pub mod config;
 pub mod copy;
 pub mod daemon;
 pub mod manifest;
 pub mod metrics;
+pub mod outcome;
 pub mod prune;
 pub mod reference;
 pub mod registry;
@@ -33,6 +35,7 @@ pub mod shard;
 pub mod state;
 pub mod tags;
 pub mod target;
+pub mod verify;
 
 use std::sync::Arc;
 

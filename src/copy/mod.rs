@@ -19,7 +19,6 @@ mod manifests;
 pub mod progress;
 mod rewrite;
 mod upstream;
-pub mod verify;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,13 +28,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, CredentialStore, SyncItem, TargetKind};
+use crate::config::{Config, SyncItem, TargetKind};
 use crate::manifest::ManifestError;
+use crate::outcome::{CopyStats, TagOutcome, TagResult};
 use crate::reference::Digest;
 use crate::registry::{
-    ClientOptions, LimitSettings, RegistryClient, RegistryError, RequestObserver, RetryPolicy,
+    ClientOptions, CredentialStore, LimitSettings, RegistryClient, RegistryError, RequestObserver,
+    RetryPolicy,
 };
-use crate::report::{CopyStats, TagOutcome, TagResult};
 use crate::target::{OciLayout, Target, TargetError};
 use ledger::{BlobLedger, ManifestLedger};
 use manifests::Route;

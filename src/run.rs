@@ -5,11 +5,12 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
-use crate::copy::{Engine, Mode, RunControl};
+use crate::copy::{Engine, Mode};
 use crate::metrics::{BlobAction, Metrics, TagRunResult};
 use crate::registry::RequestObserver;
 use crate::report::RunReport;
 use crate::shard::Shard;
+use crate::signals::RunControl;
 use crate::state::{self, State};
 use crate::target::DOCUMENT_REPOSITORY;
 

@@ -36,6 +36,7 @@ use crate::registry::{
     ClientOptions, CredentialStore, LimitSettings, RegistryClient, RegistryError, RequestObserver,
     RetryPolicy,
 };
+use crate::signals::RunControl;
 use crate::target::{OciLayout, Target, TargetError};
 use ledger::{BlobLedger, ManifestLedger};
 use manifests::Route;
@@ -91,24 +92,6 @@ pub enum Mode {
     Sync,
     /// `mirrorsync plan`: reads only, writes nothing anywhere.
     Plan,
-}
-
-/// How a run may be stopped early.
-#[derive(Clone)]
-pub struct RunControl {
-    /// Cancelled on SIGTERM or when `--max-duration` is up: no new tag starts after it.
-    pub stop: CancellationToken,
-    /// How long running tags may go on after a stop before they are abandoned.
-    pub grace: Duration,
-}
-
-impl Default for RunControl {
-    fn default() -> Self {
-        RunControl {
-            stop: CancellationToken::new(),
-            grace: Duration::from_secs(30),
-        }
-    }
 }
 
 /// Per-tag counters, shared with the tasks that do the tag's work.
@@ -518,6 +501,7 @@ impl Engine {
         }
         let mut out: Vec<Option<Result<T, String>>> = (0..items.len()).map(|_| None).collect();
         let mut deadline: Option<tokio::time::Instant> = None;
+        let mut abandoned = false;
         loop {
             let next = match deadline {
                 None => tokio::select! {
@@ -533,6 +517,11 @@ impl Engine {
                         tracing::warn!(running = tasks.len(), "grace period over; abandoning running tags");
                         tasks.abort_all();
                         deadline = Some(at + Duration::from_secs(3600));
+                        continue;
+                    }
+                    _ = control.now.cancelled(), if !abandoned => {
+                        tasks.abort_all();
+                        abandoned = true;
                         continue;
                     }
                 },

@@ -162,24 +162,37 @@ pub async fn check(config: Config, connect: bool) -> i32 {
         .collect();
     hosts.sort();
     hosts.dedup();
+    // The same clients a sync builds: the target with its `auth:`, each upstream with its
+    // `auth:` or else the Docker config's credentials, and the configured limits.
+    let docker = match registry::CredentialStore::load(config.docker_config.as_deref()) {
+        Ok(store) => store,
+        Err(e) => {
+            println!("FAILED  docker config: {e}");
+            return 1;
+        }
+    };
     let mut failed = 0;
     let mut endpoints = Vec::new();
     if let TargetKind::Registry(e) = &config.target.kind {
-        endpoints.push(("target".to_string(), e.clone()));
+        let mut usage = registry::Usage::new("target");
+        usage.limits = config.target.limits;
+        endpoints.push(("target".to_string(), e.clone(), None, usage));
     }
     for host in hosts {
-        endpoints.push((host.clone(), config.registry(&host).endpoint));
+        let settings = config.registry(&host);
+        let mut usage = registry::Usage::new(host.clone());
+        usage.limits = settings.limits();
+        endpoints.push((host.clone(), settings.endpoint, Some(host), usage));
     }
-    for (name, endpoint) in endpoints {
-        let client = registry::RegistryClient::new(registry::ClientOptions::new(
-            &endpoint.host,
-            endpoint.insecure,
-            endpoint.ca_file.clone(),
-            endpoint.credentials.clone(),
-        ));
-        let result = match client {
-            Ok(c) => c.verify_credentials().await.map(|_| ()),
-            Err(e) => Err(e),
+    for (name, endpoint, docker_name, usage) in endpoints {
+        let lookup = docker_name.as_deref().map(|n| (&docker, n));
+        let result = match registry::RegistryClient::for_endpoint(&endpoint, lookup, usage).await {
+            Ok(c) => c
+                .verify_credentials()
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
         };
         match result {
             Ok(()) => println!("ok      {name} ({})", endpoint.host),

@@ -53,7 +53,9 @@ pub async fn run_pass(
     let prune_repos = crate::prune::repositories(&config);
     let observer: Arc<dyn RequestObserver> = Arc::new(MetricsObserver(Arc::clone(metrics)));
     let engine = Arc::new(
-        Engine::new(Arc::new(config), options.mode, Some(observer)).map_err(|e| e.to_string())?,
+        Engine::new(Arc::new(config), options.mode, Some(observer))
+            .await
+            .map_err(|e| e.to_string())?,
     );
     let state_tag = state::state_tag(options.shard.map(|s| (s.index, s.count)));
     let loaded = engine

@@ -125,6 +125,15 @@ pub struct RegistrySettings {
 }
 
 impl RegistrySettings {
+    /// The request and bandwidth limits configured for this host.
+    pub fn limits(&self) -> LimitSettings {
+        LimitSettings {
+            requests_per_second: self.requests_per_second,
+            burst: self.burst,
+            bytes_per_second: self.bytes_per_second,
+        }
+    }
+
     /// Settings for a host that `registries:` does not mention.
     pub fn default_for(host: &str) -> RegistrySettings {
         let docker_hub = normalize_registry(host) == crate::reference::DOCKER_HUB;

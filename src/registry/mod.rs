@@ -8,6 +8,7 @@
 mod auth;
 mod blobs;
 mod credentials;
+mod endpoint;
 mod error;
 mod limits;
 mod manifests;
@@ -27,6 +28,7 @@ use url::Url;
 
 pub use auth::{Challenge, parse_challenge};
 pub use credentials::{CredentialError, CredentialStore};
+pub use endpoint::{EndpointError, Usage, mirror_endpoint};
 pub use error::{ApiError, RegistryError};
 pub use limits::{HostLimits, LimitSettings};
 pub use retry::{RetryPolicy, parse_retry_after};

@@ -15,7 +15,9 @@
 //! run to the next (kept in the target itself), [`metrics`] exports what Prometheus alerts on,
 //! [`prune`] removes tags a filter no longer selects, and [`shard`] splits the list over pods.
 //! [`daemon`] runs passes on the config's cron [`schedule`]; [`tags`] chooses tags from a
-//! repository's tag list.
+//! repository's tag list. [`commands`] are what `main` calls; [`signals`] says how a run is
+//! stopped. [`outcome`] holds how each tag ended, the data [`report`], [`metrics`] and [`state`]
+//! read.
 
 pub mod atomic_file;
 pub mod cli;

@@ -10,7 +10,7 @@
 //! the DEFERRED tags, and leave no partial tag; a second SIGTERM exits at once with 3, the tags
 //! finished before it saved. `--nocapture` prints the trial results.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -202,7 +202,8 @@ fn unknown_nested_key() {
     assert_eq!(
         error("target:\n  path: /m\n  regisry: r.example\nimages: [nginx]\n"),
         "sync.yaml:3:3: target.regisry: unknown key (expected one of registry, path, prefix, \
-         insecure, ca_file, auth, requests_per_second, burst, bytes_per_second, concurrency)"
+         insecure, ca_file, auth, requests_per_second, burst, bytes_per_second, concurrency, \
+         chunk_size)"
     );
     assert_eq!(
         error(&format!(
@@ -425,4 +426,24 @@ fn bad_tag_filters_are_located() {
         "{TARGET}images:\n  - source: nginx\n    backup_tag: prev\n"
     ));
     assert!(backup.contains("must contain {tag}"), "{backup}");
+}
+
+#[test]
+fn target_chunk_size() {
+    let c = load("target:\n  registry: r.example\nimages: [nginx]\n").unwrap();
+    assert_eq!(c.target.chunk_size, 64 * 1024 * 1024, "default");
+    let c = load("target:\n  registry: r.example\n  chunk_size: 8MiB\nimages: [nginx]\n").unwrap();
+    assert_eq!(c.target.chunk_size, 8 * 1024 * 1024);
+    assert_eq!(
+        error("target:\n  registry: r.example\n  chunk_size: 1MiB\nimages: [nginx]\n"),
+        "sync.yaml:3:15: target.chunk_size: must be between 5MiB (the smallest part ECR accepts) and 1GiB"
+    );
+    assert!(
+        error("target:\n  registry: r.example\n  chunk_size: lots\nimages: [nginx]\n")
+            .contains("target.chunk_size: invalid byte size")
+    );
+    assert!(
+        error("target:\n  path: /m\n  chunk_size: 8MiB\nimages: [nginx]\n")
+            .contains("target.chunk_size: applies only to target.registry")
+    );
 }

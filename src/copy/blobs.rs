@@ -6,9 +6,10 @@ use std::sync::atomic::Ordering;
 use futures_util::StreamExt;
 
 use super::upstream::UpstreamRef;
-use super::{Counters, Engine, Mode, SyncError, download, verify};
+use super::{Counters, Engine, Mode, SyncError, download};
 use crate::manifest::Descriptor;
 use crate::target::{Mounted, Target, TargetError};
+use crate::verify;
 
 /// Times one blob is started again after the target refused a body as too large (each time
 /// with half the chunk size: 64 MiB comes down to the 5 MiB floor in four).

@@ -8,6 +8,8 @@
 mod auth;
 mod blobs;
 mod call;
+mod credentials;
+mod endpoint;
 mod error;
 mod learned;
 mod limits;
@@ -28,6 +30,8 @@ use reqwest::{Method, StatusCode};
 use url::Url;
 
 pub use auth::{Challenge, parse_challenge};
+pub use credentials::{CredentialError, CredentialStore};
+pub use endpoint::{EndpointError, Usage, mirror_endpoint};
 pub use error::{ApiError, RegistryError};
 pub use learned::{DEFAULT_CHUNK_SIZE, Learned, MIN_CHUNK_SIZE};
 pub use limits::{HostLimits, LimitSettings};

@@ -17,9 +17,9 @@ use tokio::sync::mpsc;
 use url::Url;
 
 use super::TargetError;
-use crate::copy::verify::VerifiedStream;
 use crate::reference::Digest;
 use crate::registry::{RegistryClient, RegistryError};
+use crate::verify::VerifiedStream;
 
 /// Chunks buffered between the download and the upload (bounded memory).
 const PIPE_DEPTH: usize = 8;

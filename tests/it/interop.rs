@@ -7,7 +7,7 @@
 //! sync. Results are read back from the registries themselves (digests and blob bytes), never
 //! through the proxy; the proxy's record of requests gives the counts each behaviour is about.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -36,7 +36,10 @@ pub enum TargetError {
     /// A request body of `bytes` was refused as too large (413); the chunk size is smaller now
     /// and the blob may be sent again from the start.
     #[error("target registry refused a {bytes}-byte request body as too large: {error}")]
-    BodyTooLarge { bytes: u64, error: RegistryError },
+    BodyTooLarge {
+        bytes: u64,
+        error: Box<RegistryError>,
+    },
 }
 
 /// The outcome of [`Target::mount`].

@@ -51,7 +51,10 @@ pub async fn upload_blob(
                 Failure::Target(e) => e,
                 Failure::TooLarge { body, error } => {
                     if client.learned().shrink_chunks(client.host(), body) {
-                        TargetError::BodyTooLarge { bytes: body, error }
+                        TargetError::BodyTooLarge {
+                            bytes: body,
+                            error: Box::new(error),
+                        }
                     } else {
                         TargetError::Registry(error)
                     }

@@ -37,9 +37,9 @@ pub enum Quirk {
     /// <https://github.com/goharbor/harbor/pull/22863>,
     /// <https://github.com/opencontainers/distribution-spec/pull/204>.
     MountRefused,
-    /// Upload `Location` as a relative path (`/v2/<name>/blobs/uploads/<id>?_state=...`), as
-    /// distribution behind some proxies and zot answer. Spec discussion:
-    /// <https://github.com/opencontainers/distribution-spec/pull/296>.
+    /// Upload `Location` as a relative path (`/v2/<name>/blobs/uploads/<id>?_state=...`), which
+    /// the spec allows and conformance tests read as such ("relative location"). Spec
+    /// discussion: <https://github.com/opencontainers/distribution-spec/pull/296>.
     LocationRelative,
     /// Upload `Location` on another `host:port` (a separate upload endpoint or storage
     /// frontend). Spec discussion: <https://github.com/opencontainers/distribution-spec/pull/296>

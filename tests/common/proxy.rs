@@ -434,6 +434,7 @@ impl Proxy {
 
     /// A proxy forwarding to `upstream` (`http://127.0.0.1:PORT`), or standalone.
     pub async fn start_to(upstream: Option<String>) -> Proxy {
+        super::client::init_crypto();
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");

@@ -755,12 +755,27 @@ async fn token_server_elsewhere_flaky_and_oauth_shaped() {
         up = upstream.host()
     );
     let config = write_config(dir.path(), &yaml);
+    let metrics = dir.path().join("metrics.prom");
     let out = mirrorsync_with_env(
-        &["sync", "--once", "--config", &config.display().to_string()],
+        &[
+            "sync",
+            "--once",
+            "--config",
+            &config.display().to_string(),
+            "--metrics-file",
+            &metrics.display().to_string(),
+        ],
         &[("DOCKER_CONFIG", &dir.path().display().to_string())],
     )
     .await;
     out.assert_code(0);
+    // The token requests are counted with the registry's own requests.
+    let text = std::fs::read_to_string(&metrics).expect("metrics file");
+    let failed_token_requests = format!(
+        "mirrorsync_http_requests_total{{registry=\"{}\",method=\"GET\",code=\"503\"}} 2",
+        upstream.host()
+    );
+    assert!(text.contains(&failed_token_requests), "{text}");
     assert_mirrored(&upstream, &target, "lib/tok", "a").await;
     assert_mirrored(&upstream, &target, "lib/tok", "multi").await;
     let asked = token_proxy.since(mark);

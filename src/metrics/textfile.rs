@@ -1,0 +1,110 @@
+//! The node-exporter textfile of a `sync --once` run.
+
+use std::path::Path;
+
+/// Writes a node-exporter textfile atomically: a temporary file in the same directory (its
+/// name starts with `.` and does not end in `.prom`, so the collector ignores it), fsync,
+/// rename over `path`, then fsync of the directory. Readers see the old or the new content,
+/// never a part.
+pub fn write_textfile(path: &Path, body: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+    let file_name = path.file_name().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("metrics file {} has no file name", path.display()),
+        )
+    })?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(file_name);
+    tmp_name.push(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let tmp = dir.join(tmp_name);
+    let with_path = |e: std::io::Error, what: &str, p: &Path| {
+        std::io::Error::new(e.kind(), format!("{what} {}: {e}", p.display()))
+    };
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| with_path(e, "creating", &tmp))?;
+        f.write_all(body.as_bytes())
+            .map_err(|e| with_path(e, "writing", &tmp))?;
+        f.sync_all().map_err(|e| with_path(e, "syncing", &tmp))?;
+        drop(f);
+        std::fs::rename(&tmp, path).map_err(|e| with_path(e, "renaming to", path))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        return result;
+    }
+    // Make the rename durable; not every file system lets a directory be opened for this.
+    if let Ok(d) = std::fs::File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn textfile_is_replaced_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mirrorsync.prom");
+        write_textfile(&path, "old 1\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "old 1\n");
+
+        // A reader that keeps reading while a writer replaces the file sees only whole files.
+        let big_a = "a 1\n".repeat(50_000);
+        let big_b = "b 2\n".repeat(60_000);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let path = path.clone();
+            let stop = stop.clone();
+            let (a, b) = (big_a.clone(), big_b.clone());
+            std::thread::spawn(move || {
+                let mut reads = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let got = std::fs::read_to_string(&path).unwrap();
+                    assert!(
+                        got == "old 1\n" || got == a || got == b,
+                        "partial file of {} bytes",
+                        got.len()
+                    );
+                    reads += 1;
+                }
+                reads
+            })
+        };
+        for i in 0..20 {
+            write_textfile(&path, if i % 2 == 0 { &big_a } else { &big_b }).unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(reader.join().unwrap() > 0);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), big_b);
+
+        // No temporary files are left behind.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, vec!["mirrorsync.prom".to_string()]);
+
+        // A missing directory is an error naming the path.
+        let err = write_textfile(&dir.path().join("nope/x.prom"), "x 1\n").unwrap_err();
+        assert!(err.to_string().contains("nope"), "{err}");
+    }
+}

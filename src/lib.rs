@@ -21,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod copy;
 pub mod daemon;
+pub mod liveness;
 pub mod manifest;
 pub mod metrics;
 pub mod prune;
@@ -65,6 +66,7 @@ pub async fn sync(config: Config, args: cli::SyncArgs, progress: bool) -> i32 {
             run_now: args.run_now,
             shard,
             grace: args.grace_period,
+            liveness_timeout: args.liveness_timeout,
         };
         return daemon::run(config, options).await;
     }
@@ -100,6 +102,7 @@ pub async fn sync(config: Config, args: cli::SyncArgs, progress: bool) -> i32 {
         mode: Mode::Sync,
         shard,
         control,
+        activity: None,
     };
     let code = match run::run_pass(&config, &options, &metrics).await {
         Ok(report) => {
@@ -108,6 +111,7 @@ pub async fn sync(config: Config, args: cli::SyncArgs, progress: bool) -> i32 {
         }
         Err(e) => {
             eprintln!("error: {e}");
+            metrics.count_pass(metrics::PassResult::Failed);
             1
         }
     };
@@ -160,6 +164,7 @@ pub async fn plan(config: Config, args: cli::PlanArgs, progress: bool) -> i32 {
         mode: Mode::Plan,
         shard,
         control: RunControl::default(),
+        activity: None,
     };
     match run::run_pass(&config, &options, &metrics::Metrics::new()).await {
         Ok(report) => {

@@ -216,7 +216,8 @@ impl Listed {
     }
 
     fn contains(&self, source: &str, target: &str) -> bool {
-        self.tags.contains(&(source.to_string(), target.to_string()))
+        self.tags
+            .contains(&(source.to_string(), target.to_string()))
             || self.filtered_repositories.iter().any(|repo| {
                 target == repo
                     || target

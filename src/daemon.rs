@@ -67,7 +67,7 @@ pub async fn run(initial: Config, options: DaemonOptions) -> i32 {
     }
 
     let first_due = match schedule.sleep_until_next(Utc::now()) {
-        Some((wait, _)) if !options.run_now => Instant::now() + wait,
+        Some((wait, _)) if !options.run_now => due_in(wait),
         _ => Instant::now(),
     };
     let liveness = Liveness::new(options.liveness_timeout, first_due);
@@ -92,7 +92,7 @@ pub async fn run(initial: Config, options: DaemonOptions) -> i32 {
                 eprintln!("error: the schedule never fires again");
                 return 2;
             };
-            liveness.waiting_until(Instant::now() + wait);
+            liveness.waiting_until(due_in(wait));
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 // Idle between passes: nothing is stopped, so a clean exit.
@@ -160,6 +160,14 @@ pub async fn run(initial: Config, options: DaemonOptions) -> i32 {
             return exit;
         }
     }
+}
+
+/// The instant `wait` from now (a century when that is past what an `Instant` can hold).
+fn due_in(wait: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(wait)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(now)
 }
 
 fn reload(

@@ -251,3 +251,35 @@ fn watch_signals(shutdown: CancellationToken, hangup: Arc<Notify>) -> std::io::R
     });
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listed_tags_are_the_images_and_the_filtered_repositories() {
+        let yaml = "schedule: \"0 * * * *\"\ntarget:\n  registry: mirror.example:5000\n  prefix: m\nimages:\n  - nginx:1.25\n  - source: redis\n    tags:\n      - regex: '^7\\.'\n  - quay.io/coreos/flannel@sha256:0000000000000000000000000000000000000000000000000000000000000000\n";
+        let config = Config::from_str(yaml, std::path::Path::new("sync.yaml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let listed = Listed::new(&config, None);
+        assert!(listed.contains("docker.io/library/nginx:1.25", "m/library/nginx:1.25"));
+        assert!(!listed.contains("docker.io/library/nginx:1.26", "m/library/nginx:1.26"));
+        // Any tag the filters may choose in a listed repository, and its listing failure.
+        assert!(listed.contains("docker.io/library/redis:7.2", "m/library/redis:7.2"));
+        assert!(listed.contains("docker.io/library/redis (tag filters)", "m/library/redis"));
+        assert!(!listed.contains("docker.io/library/redisx:7.2", "m/library/redisx:7.2"));
+        assert!(listed.contains(
+            "quay.io/coreos/flannel@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            "m/coreos/flannel@sha256:0000000000000000000000000000000000000000000000000000000000000000"
+        ));
+        // A shard lists only its share.
+        let shard = Shard::parse("0/2").unwrap();
+        let mine = Listed::new(&config, Some(shard));
+        let other = Listed::new(&config, Some(Shard::parse("1/2").unwrap()));
+        let nginx = ("docker.io/library/nginx:1.25", "m/library/nginx:1.25");
+        assert_ne!(
+            mine.contains(nginx.0, nginx.1),
+            other.contains(nginx.0, nginx.1)
+        );
+    }
+}

@@ -3,7 +3,7 @@
 //! the configuration (keeping the old one when the new one is invalid; either way recorded in
 //! `mirrorsync_config_last_reload_*`, and the series of tags it no longer lists are dropped at
 //! once); SIGTERM or SIGINT stops between passes, or within one after a grace period for running
-//! transfers.
+//! transfers; a second one stops a pass at once (see [`crate::signals`]).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -17,12 +17,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::copy::progress::Progress;
-use crate::copy::{Mode, RunControl, target_name};
+use crate::copy::{Mode, target_name};
 use crate::liveness::Liveness;
 use crate::metrics::{self, Metrics, PassResult};
 use crate::run::{PassOptions, run_pass, unix_now};
-use crate::schedule::{self, Schedule};
+use crate::schedule::Schedule;
 use crate::shard::Shard;
+use crate::signals::{self, RunControl};
 
 /// What the daemon needs beyond the configuration.
 pub struct DaemonOptions {
@@ -60,8 +61,9 @@ pub async fn run(initial: Config, options: DaemonOptions) -> i32 {
     let metrics = Metrics::new();
     metrics.record_config_load(true, unix_now());
     let shutdown = CancellationToken::new();
+    let now = CancellationToken::new();
     let hangup = Arc::new(Notify::new());
-    if let Err(e) = watch_signals(shutdown.clone(), Arc::clone(&hangup)) {
+    if let Err(e) = watch_signals(shutdown.clone(), now.clone(), Arc::clone(&hangup)) {
         eprintln!("error: cannot install signal handlers: {e}");
         return 1;
     }
@@ -119,6 +121,7 @@ pub async fn run(initial: Config, options: DaemonOptions) -> i32 {
             shard: options.shard,
             control: RunControl {
                 stop: shutdown.child_token(),
+                now: now.clone(),
                 grace: options.grace,
             },
             activity: Some(activity),
@@ -155,6 +158,9 @@ pub async fn run(initial: Config, options: DaemonOptions) -> i32 {
                 skipped,
                 "scheduled passes fell due while a pass was running and were skipped"
             );
+        }
+        if now.is_cancelled() {
+            return 3;
         }
         if shutdown.is_cancelled() {
             return exit;
@@ -235,14 +241,13 @@ impl Listed {
     }
 }
 
-fn watch_signals(shutdown: CancellationToken, hangup: Arc<Notify>) -> std::io::Result<()> {
-    let mut terminate = schedule::Terminate::install()?;
-    let mut hangups = schedule::hangups()?;
-    tokio::spawn(async move {
-        let signal = terminate.recv().await;
-        tracing::info!(signal, "stopping: no new work starts");
-        shutdown.cancel();
-    });
+fn watch_signals(
+    shutdown: CancellationToken,
+    now: CancellationToken,
+    hangup: Arc<Notify>,
+) -> std::io::Result<()> {
+    signals::watch_stop(shutdown, now)?;
+    let mut hangups = signals::hangups()?;
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading the configuration");

@@ -191,7 +191,11 @@ fn opts(name: &str, help: &str) -> Opts {
 /// Unix time of the first [`Metrics::new`] in this process: the process's start, near enough.
 fn process_start_time() -> f64 {
     static START: OnceLock<f64> = OnceLock::new();
-    *START.get_or_init(crate::run::unix_now)
+    *START.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    })
 }
 
 impl Metrics {

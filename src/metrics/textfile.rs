@@ -2,57 +2,11 @@
 
 use std::path::Path;
 
-/// Writes a node-exporter textfile atomically: a temporary file in the same directory (its
-/// name starts with `.` and does not end in `.prom`, so the collector ignores it), fsync,
-/// rename over `path`, then fsync of the directory. Readers see the old or the new content,
-/// never a part.
+/// Writes a node-exporter textfile atomically with [`crate::atomic_file::write`]: its temporary
+/// file starts with `.` and does not end in `.prom`, so the collector ignores it. Readers see the
+/// old or the new content, never a part; no temporary file is left behind on error.
 pub fn write_textfile(path: &Path, body: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-
-    let file_name = path.file_name().ok_or_else(|| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("metrics file {} has no file name", path.display()),
-        )
-    })?;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(file_name);
-    tmp_name.push(format!(
-        ".tmp-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let tmp = dir.join(tmp_name);
-    let with_path = |e: std::io::Error, what: &str, p: &Path| {
-        std::io::Error::new(e.kind(), format!("{what} {}: {e}", p.display()))
-    };
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(|e| with_path(e, "creating", &tmp))?;
-        f.write_all(body.as_bytes())
-            .map_err(|e| with_path(e, "writing", &tmp))?;
-        f.sync_all().map_err(|e| with_path(e, "syncing", &tmp))?;
-        drop(f);
-        std::fs::rename(&tmp, path).map_err(|e| with_path(e, "renaming to", path))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-        return result;
-    }
-    // Make the rename durable; not every file system lets a directory be opened for this.
-    if let Ok(d) = std::fs::File::open(&dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    crate::atomic_file::write(path, body.as_bytes())
 }
 
 #[cfg(test)]

@@ -95,6 +95,11 @@ pub struct SyncArgs {
     /// Without --once: start with a pass instead of waiting for the schedule.
     #[arg(long)]
     pub run_now: bool,
+    /// Without --once: /healthz (liveness) fails when a due pass has not started, or a running
+    /// pass has finished no tag and moved no byte, for this long (e.g. 30m, 90s). Failing passes
+    /// and long passes that make progress keep it healthy: alert on the metrics for those.
+    #[arg(long, value_parser = parse_duration, default_value = "30m")]
+    pub liveness_timeout: Duration,
 }
 
 #[derive(Debug, Args)]

@@ -35,6 +35,7 @@ pub async fn sync(config: Config, args: cli::SyncArgs, progress: bool) -> i32 {
             run_now: args.run_now,
             shard,
             grace: args.grace_period,
+            liveness_timeout: args.liveness_timeout,
         };
         return daemon::run(config, options).await;
     }
@@ -62,6 +63,7 @@ pub async fn sync(config: Config, args: cli::SyncArgs, progress: bool) -> i32 {
         mode: Mode::Sync,
         shard,
         control,
+        activity: None,
     };
     let code = match run::run_pass(&config, &options, &metrics).await {
         Ok(report) => {
@@ -70,6 +72,7 @@ pub async fn sync(config: Config, args: cli::SyncArgs, progress: bool) -> i32 {
         }
         Err(e) => {
             eprintln!("error: {e}");
+            metrics.count_pass(metrics::PassResult::Failed);
             1
         }
     };
@@ -128,6 +131,7 @@ pub async fn plan(config: Config, args: cli::PlanArgs, progress: bool) -> i32 {
         mode: Mode::Plan,
         shard,
         control: RunControl::default(),
+        activity: None,
     };
     match run::run_pass(&config, &options, &metrics::Metrics::new()).await {
         Ok(report) => {

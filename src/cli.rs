@@ -97,6 +97,43 @@ pub struct SyncArgs {
     pub run_now: bool,
 }
 
+impl SyncArgs {
+    /// A flag that would do nothing in this mode is a usage error, not silently ignored.
+    pub fn check_mode(&self) -> Result<(), String> {
+        let once_only = [
+            ("--max-duration", self.max_duration.is_some()),
+            (
+                "--pushgateway (or MIRRORSYNC_PUSHGATEWAY)",
+                self.pushgateway.is_some(),
+            ),
+            ("--metrics-file", self.metrics_file.is_some()),
+        ];
+        let daemon_only = [
+            ("--metrics-addr", self.metrics_addr.is_some()),
+            ("--run-now", self.run_now),
+        ];
+        if self.once {
+            if let Some((flag, _)) = daemon_only.iter().find(|(_, set)| *set) {
+                return Err(format!(
+                    "{flag} applies only to the daemon (`sync` without --once); a --once run \
+                     exports metrics with --pushgateway or --metrics-file"
+                ));
+            }
+        } else if let Some((flag, _)) = once_only.iter().find(|(_, set)| *set) {
+            return Err(format!(
+                "{flag} applies only to `sync --once`; the daemon serves its metrics with \
+                 --metrics-addr and runs each pass to the end"
+            ));
+        }
+        if self.instance.is_some() && self.pushgateway.is_none() {
+            return Err(
+                "--instance is the Pushgateway's grouping label: it needs --pushgateway".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct PlanArgs {
     #[command(flatten)]

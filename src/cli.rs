@@ -39,7 +39,7 @@ pub enum Command {
     /// Show per tag unchanged / new / updated and the blobs and bytes a sync would copy.
     /// Writes nothing anywhere.
     Plan(PlanArgs),
-    /// Validate the configuration (and with --connect, reach every registry).
+    /// Validate the configuration (and with --connect, prove pull, push and write access).
     Check(CheckArgs),
 }
 
@@ -83,7 +83,7 @@ pub struct SyncArgs {
     /// (job `mirrorsync`, grouped by instance, and shard when sharded).
     #[arg(long, env = "MIRRORSYNC_PUSHGATEWAY")]
     pub pushgateway: Option<String>,
-    /// The Pushgateway `instance` label [default: $HOSTNAME, else "mirrorsync"].
+    /// With --pushgateway: its `instance` label [default: $HOSTNAME, else "mirrorsync"].
     #[arg(long)]
     pub instance: Option<String>,
     /// With --once: write the metrics as a node-exporter textfile (atomically).
@@ -146,7 +146,8 @@ pub struct PlanArgs {
 pub struct CheckArgs {
     #[command(flatten)]
     pub config: ConfigArg,
-    /// Also reach every registry the configuration names.
+    /// Also prove what a sync needs, with the credentials it would use: pull access to each
+    /// upstream repository, push access to the target, a writable OCI layout directory.
     #[arg(long)]
     pub connect: bool,
 }

@@ -42,9 +42,9 @@ use crate::registry::{
 use crate::signals::RunControl;
 use crate::target::{OciLayout, Target, TargetError};
 use inspect::{Change, Inspection};
-pub use preflight::Probe;
 use ledger::{BlobLedger, ManifestLedger};
 use manifests::Route;
+pub use preflight::Probe;
 use upstream::{Upstream, UpstreamRef};
 
 /// Indexes may nest; deeper than this is refused rather than followed.

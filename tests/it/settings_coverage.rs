@@ -18,6 +18,7 @@ use common::*;
 /// `registries` is `<host>`) and each flag of `--help` (`--flag` for the global ones, else
 /// `<subcommand> --flag`), with the tests (`module::function` in `tests/it/`) that show its
 /// effect.
+#[rustfmt::skip]
 const COVERAGE: &[(&str, &[&str])] = &[
     // Keys.
     ("schedule", &["observability::daemon_runs_passes_skips_overlaps_reloads_on_sighup_and_stops_on_sigterm"]),
@@ -122,10 +123,18 @@ fn example_keys(text: &str) -> BTreeSet<String> {
             stack.pop();
         }
         let mut path: Vec<&str> = stack.iter().map(|(_, k)| k.as_str()).collect();
-        let key = if path == ["registries"] { "<host>" } else { key };
+        let key = if path == ["registries"] {
+            "<host>"
+        } else {
+            key
+        };
         path.push(key);
         let full = path.join(".");
-        if let Some(inner) = rest.trim().strip_prefix('{').and_then(|r| r.split('}').next()) {
+        if let Some(inner) = rest
+            .trim()
+            .strip_prefix('{')
+            .and_then(|r| r.split('}').next())
+        {
             for pair in inner.split(',') {
                 if let Some((k, _)) = pair.split_once(':') {
                     keys.insert(format!("{full}.{}", k.trim()));
@@ -190,10 +199,9 @@ fn test_exists(module: &str, name: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_key_and_flag_has_a_test_that_shows_its_effect() {
-    let example = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("sync.yaml.example"),
-    )
-    .expect("sync.yaml.example");
+    let example =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("sync.yaml.example"))
+            .expect("sync.yaml.example");
     let mut wanted: BTreeSet<String> = example_keys(&example);
     let top = mirrorsync(&["--help"]).await;
     top.assert_code(0);
@@ -209,7 +217,13 @@ async fn every_key_and_flag_has_a_test_that_shows_its_effect() {
         }
     }
     // The extraction itself works (a broken parser would make the rule vacuous).
-    for sure in ["target.registry", "registries.<host>.mirrors", "images.tags.regex", "sync --once", "--log-format"] {
+    for sure in [
+        "target.registry",
+        "registries.<host>.mirrors",
+        "images.tags.regex",
+        "sync --once",
+        "--log-format",
+    ] {
         assert!(wanted.contains(sure), "{sure} not extracted: {wanted:#?}");
     }
 
@@ -341,7 +355,10 @@ async fn registry_prefix_overrides_the_target_prefix() {
 #[tokio::test(flavor = "multi_thread")]
 async fn prerelease_lets_pre_releases_into_semver_and_newest() {
     let upstream = Registry::start().await;
-    for (i, tag) in ["1.0.0", "1.1.0-rc1", "1.1.0", "2.0.0-beta"].iter().enumerate() {
+    for (i, tag) in ["1.0.0", "1.1.0-rc1", "1.1.0", "2.0.0-beta"]
+        .iter()
+        .enumerate()
+    {
         seed(&upstream, "team/app", tag, 50 + i as u64).await;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -410,7 +427,11 @@ async fn target_requests_per_second_holds_over_a_run() {
     assert!(seen.len() >= 24, "{}", seen.dump());
     // 4 per second with a burst of 1: a one-second window holds at most 5 arrivals (one at
     // each end), however the run is timed.
-    assert!(max <= 5, "{max} requests within one second:\n{}", seen.dump());
+    assert!(
+        max <= 5,
+        "{max} requests within one second:\n{}",
+        seen.dump()
+    );
     assert!(took >= Duration::from_secs_f64((seen.len() - 1) as f64 / 4.0 * 0.9));
 }
 
@@ -425,7 +446,13 @@ async fn registry_concurrency_bounds_blob_downloads() {
         Action::Throttle(1024 * 1024),
     ));
     let layers = (0..5).map(|i| layer(70 + i, 200 * 1024)).collect();
-    push_image(&upstream, "wide/app", "1", ImageSpec::new(Format::Oci, layers)).await;
+    push_image(
+        &upstream,
+        "wide/app",
+        "1",
+        ImageSpec::new(Format::Oci, layers),
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(
         dir.path(),
@@ -449,11 +476,7 @@ async fn registry_concurrency_bounds_blob_downloads() {
         .collect();
     layer_gets.sort();
     assert_eq!(layer_gets.len(), 5, "{}", seen.dump());
-    let closest = layer_gets
-        .windows(2)
-        .map(|w| w[1] - w[0])
-        .min()
-        .unwrap();
+    let closest = layer_gets.windows(2).map(|w| w[1] - w[0]).min().unwrap();
     eprintln!("blob downloads with concurrency 1: closest arrivals {closest:.0?} apart");
     assert!(
         closest >= Duration::from_millis(150),
@@ -544,5 +567,9 @@ async fn log_level_filters_what_is_logged() {
         "--log-level warn:\n{}",
         stderr[0]
     );
-    assert!(stderr[1].contains("DEBUG"), "--log-level debug:\n{}", stderr[1]);
+    assert!(
+        stderr[1].contains("DEBUG"),
+        "--log-level debug:\n{}",
+        stderr[1]
+    );
 }

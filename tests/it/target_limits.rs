@@ -18,7 +18,13 @@ const MIB: u64 = 1 << 20;
 
 /// A config mirroring `images` from `upstream` into the registry at `target_host`, with YAML
 /// lines (indented two spaces) under `target:`.
-fn config(dir: &Path, upstream: &Registry, target_host: &str, target_extra: &str, images: &str) -> PathBuf {
+fn config(
+    dir: &Path,
+    upstream: &Registry,
+    target_host: &str,
+    target_extra: &str,
+    images: &str,
+) -> PathBuf {
     write_config(
         dir,
         &format!(
@@ -138,16 +144,15 @@ async fn target_bytes_per_second_paces_copies_within_the_target() {
     );
 }
 
-/// The most upload sessions open at once at the target: +1 at each `POST .../blobs/uploads/`
-/// that opened one (202), -1 when its `PUT` (commit) or `DELETE` (cancel) arrives. Arrival
-/// order undercounts the overlap a little (a commit is counted as it arrives, not as it ends),
-/// so it can only miss a breach by a hair, never invent one.
-fn max_open_uploads(seen: &[Seen]) -> usize {
+/// The most upload sessions open at once at the target, from its own access log, whose lines
+/// are written as responses complete: +1 at each `POST .../blobs/uploads/` that opened one
+/// (202), -1 at its `PUT` (commit) or `DELETE` (cancel).
+fn max_open_uploads(log: &[Access]) -> usize {
     let (mut open, mut max) = (0i64, 0i64);
-    for s in seen.iter().filter(|s| s.kind() == Some("uploads")) {
-        match s.method.as_str() {
-            "POST" if s.status == 202 => open += 1,
-            "PUT" | "DELETE" if s.reference().is_some_and(|r| !r.is_empty()) => open -= 1,
+    for a in log.iter().filter(|a| a.kind() == Some("uploads")) {
+        match a.method.as_str() {
+            "POST" if a.status == 202 => open += 1,
+            "PUT" | "DELETE" if a.reference().is_some_and(|r| !r.is_empty()) => open -= 1,
             _ => {}
         }
         max = max.max(open);
@@ -158,50 +163,75 @@ fn max_open_uploads(seen: &[Seen]) -> usize {
 #[tokio::test(flavor = "multi_thread")]
 async fn target_concurrency_bounds_uploads_in_flight() {
     let upstream = Registry::start().await;
+    let proxy = Proxy::start(&upstream).await;
     let target = Registry::start().await;
-    let proxy = Proxy::start(&target).await;
-    // Each commit takes a while, so uploads that are allowed to overlap do.
+    // Each blob streams from upstream at 1 MiB/s straight into its upload (about 250 ms), so
+    // uploads that are allowed to overlap do.
     proxy.add(Rule::new(
-        "PUT /v2/*/blobs/uploads/*",
-        Action::Stall(Duration::from_millis(300)),
+        "GET /v2/*/blobs/*",
+        Action::Throttle(1024 * 1024),
     ));
     let layers = |seed: u64| (0..5).map(|i| layer(seed + i, 256 * 1024)).collect();
-    push_image(&upstream, "wide/a", "1", ImageSpec::new(Format::Oci, layers(500))).await;
-    push_image(&upstream, "wide/b", "1", ImageSpec::new(Format::Oci, layers(600))).await;
+    push_image(
+        &upstream,
+        "wide/a",
+        "1",
+        ImageSpec::new(Format::Oci, layers(500)),
+    )
+    .await;
+    push_image(
+        &upstream,
+        "wide/b",
+        "1",
+        ImageSpec::new(Format::Oci, layers(600)),
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
+    let config = |target_extra: &str, repo: &str| {
+        write_config(
+            dir.path(),
+            &format!(
+                "target:\n  registry: \"{t}\"\n  insecure: true\n{target_extra}\
+                 registries:\n  \"{p}\": {{ insecure: true }}\n\
+                 images:\n  - {p}/{repo}:1\n",
+                t = target.host(),
+                p = proxy.host(),
+            ),
+        )
+    };
 
     // Control: with the default (4), several uploads are open at once, so the count sees
     // overlap when there is some.
-    let control = config(
-        dir.path(),
-        &upstream,
-        &proxy.host(),
-        "",
-        &format!("  - {}\n", upstream.image_ref("wide/a", "1")),
+    let mark = target.log_mark().await;
+    sync_once(&config("", "wide/a"), &dir)
+        .await
+        .0
+        .assert_code(0);
+    let log = target.access_log_since(mark).await.not_harness();
+    let control_max = max_open_uploads(&log);
+    assert!(
+        control_max > 1,
+        "no overlap with the default:\n{}",
+        log.dump()
     );
-    let mark = proxy.mark();
-    sync_once(&control, &dir).await.0.assert_code(0);
-    let seen = proxy.since(mark);
-    let control_max = max_open_uploads(&seen);
-    assert!(control_max > 1, "no overlap with the default:\n{}", seen.dump());
 
-    let limited = config(
-        dir.path(),
-        &upstream,
-        &proxy.host(),
-        "  concurrency: 1\n",
-        &format!("  - {}\n", upstream.image_ref("wide/b", "1")),
-    );
-    let mark = proxy.mark();
-    sync_once(&limited, &dir).await.0.assert_code(0);
-    let seen = proxy.since(mark);
-    let uploads = seen.count("PUT", "uploads", Some("wide/b"));
-    let max = max_open_uploads(&seen);
+    let mark = target.log_mark().await;
+    sync_once(&config("  concurrency: 1\n", "wide/b"), &dir)
+        .await
+        .0
+        .assert_code(0);
+    let log = target.access_log_since(mark).await.not_harness();
+    let uploads = log
+        .iter()
+        .filter(|a| a.method == "PUT" && a.kind() == Some("uploads"))
+        .filter(|a| a.repo().as_deref() == Some("wide/b"))
+        .count();
+    let max = max_open_uploads(&log);
     eprintln!(
         "uploads open at once: {control_max} with the default, {max} with target.concurrency 1 ({uploads} uploads)"
     );
-    assert_eq!(uploads, 6, "config and 5 layers:\n{}", seen.dump());
-    assert_eq!(max, 1, "{}", seen.dump());
+    assert_eq!(uploads, 6, "config and 5 layers:\n{}", log.dump());
+    assert_eq!(max, 1, "{}", log.dump());
     assert_image_complete(&target, "wide/b", "1").await;
 }
 
@@ -243,7 +273,11 @@ async fn refused(args: &[&str], env: &[(&str, &str)], flag: &str) {
     );
     assert!(!mirror.exists(), "{args:?}: nothing may be synced");
     assert!(
-        upstream.access_log_since(mark).await.not_harness().is_empty(),
+        upstream
+            .access_log_since(mark)
+            .await
+            .not_harness()
+            .is_empty(),
         "{args:?}: nothing may be asked upstream"
     );
 }
@@ -251,17 +285,32 @@ async fn refused(args: &[&str], env: &[(&str, &str)], flag: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn flags_that_do_nothing_in_a_mode_are_usage_errors() {
     // --once: the daemon's flags.
-    refused(&["--once", "--metrics-addr", "127.0.0.1:0"], &[], "--metrics-addr").await;
+    refused(
+        &["--once", "--metrics-addr", "127.0.0.1:0"],
+        &[],
+        "--metrics-addr",
+    )
+    .await;
     refused(&["--once", "--run-now"], &[], "--run-now").await;
     refused(&["--once", "--instance", "pod-1"], &[], "--instance").await;
     // The daemon: the flags of a single run.
-    refused(&["--pushgateway", "http://127.0.0.1:9"], &[], "--pushgateway").await;
+    refused(
+        &["--pushgateway", "http://127.0.0.1:9"],
+        &[],
+        "--pushgateway",
+    )
+    .await;
     refused(
         &[],
         &[("MIRRORSYNC_PUSHGATEWAY", "http://127.0.0.1:9")],
         "MIRRORSYNC_PUSHGATEWAY",
     )
     .await;
-    refused(&["--metrics-file", "/tmp/never.prom"], &[], "--metrics-file").await;
+    refused(
+        &["--metrics-file", "/tmp/never.prom"],
+        &[],
+        "--metrics-file",
+    )
+    .await;
     refused(&["--max-duration", "1m"], &[], "--max-duration").await;
 }

@@ -39,7 +39,7 @@ pub enum Command {
     /// Show per tag unchanged / new / updated and the blobs and bytes a sync would copy.
     /// Writes nothing anywhere.
     Plan(PlanArgs),
-    /// Validate the configuration (and with --connect, reach every registry).
+    /// Validate the configuration (and with --connect, prove pull, push and write access).
     Check(CheckArgs),
 }
 
@@ -83,7 +83,7 @@ pub struct SyncArgs {
     /// (job `mirrorsync`, grouped by instance, and shard when sharded).
     #[arg(long, env = "MIRRORSYNC_PUSHGATEWAY")]
     pub pushgateway: Option<String>,
-    /// The Pushgateway `instance` label [default: $HOSTNAME, else "mirrorsync"].
+    /// With --pushgateway: its `instance` label [default: $HOSTNAME, else "mirrorsync"].
     #[arg(long)]
     pub instance: Option<String>,
     /// With --once: write the metrics as a node-exporter textfile (atomically).
@@ -102,6 +102,43 @@ pub struct SyncArgs {
     pub liveness_timeout: Duration,
 }
 
+impl SyncArgs {
+    /// A flag that would do nothing in this mode is a usage error, not silently ignored.
+    pub fn check_mode(&self) -> Result<(), String> {
+        let once_only = [
+            ("--max-duration", self.max_duration.is_some()),
+            (
+                "--pushgateway (or MIRRORSYNC_PUSHGATEWAY)",
+                self.pushgateway.is_some(),
+            ),
+            ("--metrics-file", self.metrics_file.is_some()),
+        ];
+        let daemon_only = [
+            ("--metrics-addr", self.metrics_addr.is_some()),
+            ("--run-now", self.run_now),
+        ];
+        if self.once {
+            if let Some((flag, _)) = daemon_only.iter().find(|(_, set)| *set) {
+                return Err(format!(
+                    "{flag} applies only to the daemon (`sync` without --once); a --once run \
+                     exports metrics with --pushgateway or --metrics-file"
+                ));
+            }
+        } else if let Some((flag, _)) = once_only.iter().find(|(_, set)| *set) {
+            return Err(format!(
+                "{flag} applies only to `sync --once`; the daemon serves its metrics with \
+                 --metrics-addr and runs each pass to the end"
+            ));
+        }
+        if self.instance.is_some() && self.pushgateway.is_none() {
+            return Err(
+                "--instance is the Pushgateway's grouping label: it needs --pushgateway".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct PlanArgs {
     #[command(flatten)]
@@ -114,7 +151,8 @@ pub struct PlanArgs {
 pub struct CheckArgs {
     #[command(flatten)]
     pub config: ConfigArg,
-    /// Also reach every registry the configuration names.
+    /// Also prove what a sync needs, with the credentials it would use: pull access to each
+    /// upstream repository, push access to the target, a writable OCI layout directory.
     #[arg(long)]
     pub connect: bool,
 }

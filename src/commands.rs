@@ -9,7 +9,7 @@ use crate::copy::Mode;
 use crate::run::PassOptions;
 use crate::shard::Shard;
 use crate::signals::RunControl;
-use crate::{cli, daemon, metrics, registry, run, signals};
+use crate::{cli, copy, daemon, metrics, run, signals};
 
 /// The shard from `--shard`, else from an Indexed Job's environment.
 fn shard_of(flag: Option<Shard>) -> Result<Option<Shard>, String> {
@@ -21,6 +21,10 @@ fn shard_of(flag: Option<Shard>) -> Result<Option<Shard>, String> {
 
 /// `mirrorsync sync`: one pass with `--once`, else the scheduled daemon.
 pub async fn sync(config: Config, args: cli::SyncArgs, progress: bool) -> i32 {
+    if let Err(e) = args.check_mode() {
+        eprintln!("error: {e}");
+        return 2;
+    }
     let shard = match shard_of(args.shard.shard) {
         Ok(s) => s,
         Err(e) => {
@@ -145,7 +149,8 @@ pub async fn plan(config: Config, args: cli::PlanArgs, progress: bool) -> i32 {
     }
 }
 
-/// `mirrorsync check`: the configuration already loaded; with `connect`, ping every registry.
+/// `mirrorsync check`: the configuration already loaded; with `connect`, prove what a sync
+/// needs (see [`copy::Engine::preflight`]). Exit 1 when something is missing.
 pub async fn check(config: Config, connect: bool) -> i32 {
     println!(
         "{}: {} tags to mirror into {}",
@@ -159,50 +164,22 @@ pub async fn check(config: Config, connect: bool) -> i32 {
     if !connect {
         return 0;
     }
-    let mut hosts: Vec<String> = config
-        .images
-        .iter()
-        .map(|i| i.source.registry().to_string())
-        .collect();
-    hosts.sort();
-    hosts.dedup();
-    // The same clients a sync builds: the target with its `auth:`, each upstream with its
-    // `auth:` or else the Docker config's credentials, and the configured limits.
-    let docker = match registry::CredentialStore::load(config.docker_config.as_deref()) {
-        Ok(store) => store,
+    // The engine a sync builds, so the clients (credentials from `auth:` or the Docker config,
+    // CA, limits) are exactly a sync's; in plan mode it writes nothing.
+    let engine = match copy::Engine::new(Arc::new(config), Mode::Plan, None).await {
+        Ok(engine) => engine,
         Err(e) => {
-            println!("FAILED  docker config: {e}");
+            println!("FAILED  {e}");
             return 1;
         }
     };
     let mut failed = 0;
-    let mut endpoints = Vec::new();
-    if let TargetKind::Registry(e) = &config.target.kind {
-        let mut usage = registry::Usage::new("target");
-        usage.limits = config.target.limits;
-        endpoints.push(("target".to_string(), e.clone(), None, usage));
-    }
-    for host in hosts {
-        let settings = config.registry(&host);
-        let mut usage = registry::Usage::new(host.clone());
-        usage.limits = settings.limits();
-        endpoints.push((host.clone(), settings.endpoint, Some(host), usage));
-    }
-    for (name, endpoint, docker_name, usage) in endpoints {
-        let lookup = docker_name.as_deref().map(|n| (&docker, n));
-        let result = match registry::RegistryClient::for_endpoint(&endpoint, lookup, usage).await {
-            Ok(c) => c
-                .verify_credentials()
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        match result {
-            Ok(()) => println!("ok      {name} ({})", endpoint.host),
-            Err(e) => {
+    for probe in engine.preflight().await {
+        match probe.result {
+            Ok(()) => println!("ok      {}", probe.what),
+            Err(why) => {
                 failed += 1;
-                println!("FAILED  {name} ({}): {e}", endpoint.host);
+                println!("FAILED  {}: {why}", probe.what);
             }
         }
     }

@@ -18,6 +18,7 @@ mod inspect;
 mod ledger;
 mod manifests;
 mod pool;
+mod preflight;
 pub mod progress;
 mod rewrite;
 mod select;
@@ -35,14 +36,15 @@ use crate::manifest::ManifestError;
 use crate::outcome::{CopyStats, TagOutcome, TagResult};
 use crate::reference::Digest;
 use crate::registry::{
-    CredentialStore, EndpointError, RegistryClient, RegistryError, RequestObserver, RetryPolicy,
-    Usage,
+    CredentialStore, EndpointError, HostLimits, LimitSettings, RegistryClient, RegistryError,
+    RequestObserver, RetryPolicy, Usage,
 };
 use crate::signals::RunControl;
 use crate::target::{OciLayout, Target, TargetError};
 use inspect::{Change, Inspection};
 use ledger::{BlobLedger, ManifestLedger};
 use manifests::Route;
+pub use preflight::Probe;
 use upstream::{Upstream, UpstreamRef};
 
 /// Indexes may nest; deeper than this is refused rather than followed.
@@ -133,6 +135,10 @@ pub struct Engine {
     tag_lists: std::sync::Mutex<HashMap<String, TagListCell>>,
     blobs: BlobLedger,
     manifests: ManifestLedger,
+    /// Blob writes to the target at once (`target.concurrency`).
+    target_writes: tokio::sync::Semaphore,
+    /// `target.bytes_per_second`, for every blob byte written to the target.
+    target_bytes: Arc<HostLimits>,
     stop: CancellationToken,
     /// Live counters for the terminal progress line.
     pub progress: Arc<progress::Progress>,
@@ -146,6 +152,8 @@ impl Engine {
         observer: Option<Arc<dyn RequestObserver>>,
     ) -> Result<Self, SyncError> {
         let retry = RetryPolicy::default();
+        let credentials = CredentialStore::load(config.docker_config.as_deref())
+            .map_err(|e| SyncError::Other(e.to_string()))?;
         let target = match &config.target.kind {
             TargetKind::Registry(endpoint) => {
                 let usage = Usage {
@@ -154,8 +162,9 @@ impl Engine {
                     retry: retry.clone(),
                     observer: observer.clone(),
                 };
-                // The target uses its `auth:` only, never the Docker config.
-                let client = RegistryClient::for_endpoint(endpoint, None, usage)
+                // Its `auth:`, else the Docker config's credentials, as for any registry.
+                let docker = Some((&credentials, endpoint.host.as_str()));
+                let client = RegistryClient::for_endpoint(endpoint, docker, usage)
                     .await
                     .map_err(|e| match e {
                         EndpointError::Client(e) => SyncError::Target(e.into()),
@@ -166,8 +175,11 @@ impl Engine {
             }
             TargetKind::Path(path) => Target::Layout(OciLayout::new(path.clone())),
         };
-        let credentials = CredentialStore::load(config.docker_config.as_deref())
-            .map_err(|e| SyncError::Other(e.to_string()))?;
+        let target_writes = tokio::sync::Semaphore::new(config.target.concurrency.max(1));
+        let target_bytes = Arc::new(HostLimits::new(LimitSettings {
+            bytes_per_second: config.target.limits.bytes_per_second,
+            ..LimitSettings::default()
+        }));
         Ok(Engine {
             config,
             mode,
@@ -179,6 +191,8 @@ impl Engine {
             tag_lists: std::sync::Mutex::new(HashMap::new()),
             blobs: BlobLedger::default(),
             manifests: ManifestLedger::default(),
+            target_writes,
+            target_bytes,
             stop: CancellationToken::new(),
             progress: Arc::default(),
         })

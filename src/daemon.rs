@@ -27,15 +27,14 @@ pub struct DaemonOptions {
     pub grace: Duration,
 }
 
+/// The schedule parsed when the configuration was loaded; the daemon cannot run without one.
 fn schedule_of(config: &Config) -> Result<Schedule, String> {
-    let expr = config.schedule.as_deref().ok_or_else(|| {
+    config.schedule.clone().ok_or_else(|| {
         format!(
             "{}: `sync` without --once needs a `schedule` (cron) in the configuration",
             config.path.display()
         )
-    })?;
-    Schedule::parse(expr, &config.timezone)
-        .map_err(|e| format!("{}: schedule: {e}", config.path.display()))
+    })
 }
 
 /// Runs until a stop signal; returns the exit code.

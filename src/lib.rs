@@ -184,6 +184,13 @@ pub async fn check(config: Config, connect: bool) -> i32 {
             TargetKind::Path(p) => p.display().to_string(),
         }
     );
+    if let Some(schedule) = &config.schedule {
+        let next = schedule
+            .next_after(chrono::Utc::now())
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_else(|| "never".to_string());
+        println!("schedule: {}; next pass at {next}", schedule.describe());
+    }
     if !connect {
         return 0;
     }

@@ -6,7 +6,7 @@
 //! every day, whether that is 01:00 or 02:00 UTC. Day-of-week names and numbers follow cron
 //! (`0`/`7` = Sunday, `MON-FRI` = Monday to Friday); when both day-of-month and day-of-week are
 //! restricted, either one matching is enough, as in Vixie cron. `@hourly`, `@daily`, `@weekly`,
-//! `@monthly`, `@yearly` are accepted too.
+//! `@monthly`, `@yearly` (or `@annually`) are accepted too (`@weekly` is Sunday 00:00).
 //!
 //! [`terminate_signal`] / [`Terminate`] wait for SIGTERM or SIGINT, and [`hangups`] delivers
 //! SIGHUP (config reload).
@@ -17,6 +17,16 @@ use chrono::{DateTime, Utc};
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
 use tokio::signal::unix::{Signal, SignalKind, signal};
+
+/// The `@` forms accepted as a whole schedule.
+pub const NICKNAMES: [&str; 6] = [
+    "@hourly",
+    "@daily",
+    "@weekly",
+    "@monthly",
+    "@yearly",
+    "@annually",
+];
 
 /// A parsed cron schedule in a time zone.
 #[derive(Debug, Clone)]
@@ -39,7 +49,15 @@ impl Schedule {
                 "schedule is empty: expected a cron expression such as \"0 */6 * * *\"".to_string(),
             );
         }
-        if !trimmed.starts_with('@') {
+        if trimmed.starts_with('@') {
+            if !NICKNAMES.iter().any(|n| n.eq_ignore_ascii_case(trimmed)) {
+                return Err(format!(
+                    "unknown schedule nickname \"{trimmed}\": use one of {}, or a cron \
+                     expression",
+                    NICKNAMES.join(", ")
+                ));
+            }
+        } else {
             let fields = trimmed.split_whitespace().count();
             if fields != 5 && fields != 6 {
                 return Err(format!(
@@ -405,6 +423,11 @@ mod tests {
         assert_eq!(
             s.interval(utc(2024, 5, 1, 10, 7, 0)),
             Some(Duration::from_secs(3600))
+        );
+        let e = Schedule::parse("@fortnightly", "UTC").unwrap_err();
+        assert!(
+            e.contains("unknown schedule nickname") && e.contains("@daily"),
+            "{e}"
         );
     }
 

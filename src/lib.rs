@@ -58,6 +58,12 @@ pub async fn sync(config: Config, args: cli::SyncArgs, progress: bool) -> i32 {
             return 2;
         }
     };
+    if !args.once && args.deferred_exit_code.is_some() {
+        eprintln!(
+            "error: --deferred-exit-code applies to `sync --once` only (the daemon's passes have no exit code)"
+        );
+        return 2;
+    }
     if !args.once {
         let options = daemon::DaemonOptions {
             config_path: args.config.config.clone(),
@@ -104,7 +110,11 @@ pub async fn sync(config: Config, args: cli::SyncArgs, progress: bool) -> i32 {
     let code = match run::run_pass(&config, &options, &metrics).await {
         Ok(report) => {
             print!("{}", report.render());
-            report.exit_code()
+            deferred_exit(
+                report.exit_code(),
+                report.deferred(),
+                args.deferred_exit_code,
+            )
         }
         Err(e) => {
             eprintln!("error: {e}");
@@ -113,6 +123,21 @@ pub async fn sync(config: Config, args: cli::SyncArgs, progress: bool) -> i32 {
     };
     export_metrics(&metrics, &args, shard).await;
     code
+}
+
+/// The exit code of a `--once` run: 3 (work left, nothing failed) becomes `--deferred-exit-code`.
+fn deferred_exit(code: i32, deferred: usize, deferred_exit_code: Option<u8>) -> i32 {
+    match deferred_exit_code {
+        Some(n) if code == report::EXIT_DEFERRED => {
+            tracing::info!(
+                deferred,
+                exit_code = n,
+                "tags were deferred to the next run; exiting with --deferred-exit-code"
+            );
+            i32::from(n)
+        }
+        _ => code,
+    }
 }
 
 /// Pushes and/or writes the metrics of a `--once` run. A failure is logged, not fatal: the

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::reference::Digest;
+use crate::reference::{Digest, TargetImage};
 
 /// Blob work done for one tag.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -52,7 +52,7 @@ pub enum TagResult {
 #[derive(Debug, Clone)]
 pub struct TagOutcome {
     pub source: String,
-    pub target: String,
+    pub target: TargetImage,
     pub result: TagResult,
     pub stats: CopyStats,
     pub duration: Duration,
@@ -84,6 +84,9 @@ impl TagOutcome {
         }
     }
 }
+
+/// The exit code of a run that left work for a later run and failed nothing.
+pub const EXIT_DEFERRED: i32 = 3;
 
 /// The summary of a whole run.
 #[derive(Debug, Clone)]
@@ -117,13 +120,13 @@ impl RunReport {
         self.tags.iter().filter(|t| f(&t.result)).count()
     }
 
-    /// 0 when every tag is in sync, 1 when some failed, 3 when none failed but some were left
-    /// for a later run.
+    /// 0 when every tag is in sync, 1 when some failed, [`EXIT_DEFERRED`] when none failed but
+    /// some were left for a later run.
     pub fn exit_code(&self) -> i32 {
         if self.failed() > 0 {
             1
         } else if self.deferred() > 0 {
-            3
+            EXIT_DEFERRED
         } else {
             0
         }

@@ -103,7 +103,7 @@ pub async fn run_pass(
         for (tag, status) in report.tags.iter().zip(&statuses) {
             metrics.set_tag(
                 &tag.source,
-                &tag.target,
+                &tag.target.to_string(),
                 status.in_sync,
                 status.last_synced,
                 status.lag_seconds,
@@ -112,7 +112,7 @@ pub async fn run_pass(
         let configured: std::collections::HashSet<(String, String)> = report
             .tags
             .iter()
-            .map(|t| (t.source.clone(), t.target.clone()))
+            .map(|t| (t.source.clone(), t.target.to_string()))
             .collect();
         metrics.retain_tags(&|s, t| configured.contains(&(s.to_string(), t.to_string())));
         let success = (report.failed() == 0 && report.deferred() == 0).then_some(now);

@@ -5,8 +5,8 @@
 //! daylight-saving rules of that zone: `0 3 * * *` in `Europe/Berlin` fires at 03:00 local time
 //! every day, whether that is 01:00 or 02:00 UTC. Day-of-week names and numbers follow cron
 //! (`0`/`7` = Sunday, `MON-FRI` = Monday to Friday); when both day-of-month and day-of-week are
-//! restricted, either one matching is enough, as in Vixie cron. `@hourly`, `@daily`, `@weekly`,
-//! `@monthly`, `@yearly` (or `@annually`) are accepted too (`@weekly` is Sunday 00:00).
+//! restricted, either one matching is enough, as in Vixie cron. `@hourly`, `@daily` (or
+//! `@midnight`), `@weekly` (Sunday 00:00), `@monthly`, `@yearly` (or `@annually`) are accepted too.
 //!
 //! [`terminate_signal`] / [`Terminate`] wait for SIGTERM or SIGINT, and [`hangups`] delivers
 //! SIGHUP (config reload).
@@ -19,9 +19,10 @@ use croner::parser::{CronParser, Seconds, Year};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// The `@` forms accepted as a whole schedule.
-pub const NICKNAMES: [&str; 6] = [
+pub const NICKNAMES: [&str; 7] = [
     "@hourly",
     "@daily",
+    "@midnight",
     "@weekly",
     "@monthly",
     "@yearly",
@@ -82,11 +83,17 @@ impl Schedule {
                 )
             })?
         };
+        // croner knows every nickname but Vixie cron's (and Kubernetes') `@midnight`.
+        let pattern = if trimmed.eq_ignore_ascii_case("@midnight") {
+            "@daily"
+        } else {
+            trimmed
+        };
         let cron = CronParser::builder()
             .seconds(Seconds::Optional)
             .year(Year::Disallowed)
             .build()
-            .parse(trimmed)
+            .parse(pattern)
             .map_err(|e| format!("invalid schedule \"{trimmed}\": {e}"))?;
         let schedule = Schedule {
             cron,

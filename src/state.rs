@@ -70,11 +70,13 @@ impl State {
     pub fn record(&mut self, outcomes: &[TagOutcome], now: f64) -> Vec<TagStatus> {
         let mut statuses = Vec::with_capacity(outcomes.len());
         for outcome in outcomes {
+            // Only tags: a digest pin is no tag to prune, and must never become a repository
+            // named `repo@sha256`.
             if let TagResult::Synced { .. } = outcome.result
-                && let Some((repository, tag)) = outcome.target.rsplit_once(':')
+                && let Some(tag) = outcome.target.tag_name()
             {
                 self.created
-                    .entry(repository.to_string())
+                    .entry(outcome.target.repository.clone())
                     .or_default()
                     .insert(tag.to_string());
             }
@@ -101,6 +103,13 @@ impl State {
             outcomes.iter().map(|o| o.key.as_str()).collect();
         self.tags.retain(|k, _| keys.contains(k.as_str()));
         statuses
+    }
+
+    /// Forgets `created` entries under names that are no repository: versions before 0.1 split
+    /// `repo@sha256:<hex>` at its last colon and recorded a repository `repo@sha256`.
+    fn drop_invalid_repositories(&mut self) {
+        self.created
+            .retain(|repository, _| crate::reference::validate_repository(repository).is_ok());
     }
 
     /// Longest-pending tags first next run: key -> since when pending.
@@ -179,7 +188,10 @@ pub async fn load(target: &Target, tag: &str) -> Result<State, String> {
             body.to_vec()
         }
     };
-    serde_json::from_slice(&bytes).map_err(|e| format!("state document: {e}"))
+    let mut state: State =
+        serde_json::from_slice(&bytes).map_err(|e| format!("state document: {e}"))?;
+    state.drop_invalid_repositories();
+    Ok(state)
 }
 
 /// Writes the state (blob first, then the manifest under its tag).
@@ -243,7 +255,7 @@ mod tests {
         let digest = Digest::from_sha256_bytes(&[7; 32]);
         TagOutcome {
             source: key.into(),
-            target: key.into(),
+            target: crate::reference::TargetImage::tag("repo", key),
             result: if failed {
                 TagResult::Failed { error: "x".into() }
             } else {

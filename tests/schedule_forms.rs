@@ -113,6 +113,7 @@ async fn five_and_six_field_expressions() {
 async fn nicknames_are_accepted() {
     assert_next("@hourly", "UTC", false, |t| t.minute() == 0).await;
     assert_next("@daily", "UTC", false, at(0, 0)).await;
+    assert_next("@midnight", "UTC", false, at(0, 0)).await;
     assert_next("@weekly", "UTC", false, |t| {
         t.weekday() == Weekday::Sun && t.hour() == 0 && t.minute() == 0
     })

@@ -297,6 +297,46 @@ mod tests {
     }
 
     #[test]
+    fn digest_pins_are_never_recorded_as_created_tags() {
+        let digest = Digest::from_sha256_bytes(&[9; 32]);
+        let synced = |target| TagOutcome {
+            source: "up/app".into(),
+            target,
+            result: TagResult::Synced {
+                digest: digest.clone(),
+                new: true,
+            },
+            stats: CopyStats::default(),
+            duration: std::time::Duration::ZERO,
+            key: "k".into(),
+        };
+        let mut state = State::default();
+        state.record(
+            &[
+                synced(crate::reference::TargetImage {
+                    repository: "team/app".into(),
+                    reference: crate::reference::TargetReference::Digest(digest.clone()),
+                }),
+                synced(crate::reference::TargetImage::tag("team/app", "1.0")),
+            ],
+            1.0,
+        );
+        assert_eq!(state.created.len(), 1);
+        assert_eq!(
+            state.created["team/app"].iter().collect::<Vec<_>>(),
+            vec!["1.0"]
+        );
+        // A state written by the old splitting code is cleaned when read.
+        state
+            .created
+            .entry("team/app@sha256".into())
+            .or_default()
+            .insert(digest.encoded().to_string());
+        state.drop_invalid_repositories();
+        assert_eq!(state.created.keys().collect::<Vec<_>>(), vec!["team/app"]);
+    }
+
+    #[test]
     fn survives_a_round_trip_and_forgets_removed_tags() {
         let mut state = State::default();
         state.record(&[outcome("a", true), outcome("b", false)], 10.0);

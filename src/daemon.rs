@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::copy::{Mode, RunControl};
+use crate::history::History;
 use crate::metrics::{self, Metrics};
 use crate::run::{PassOptions, run_pass};
 use crate::schedule::{self, Schedule};
@@ -90,6 +91,8 @@ pub async fn run(initial: Config, options: DaemonOptions) -> i32 {
     }
     tracing::info!(schedule = %schedule.describe(), "waiting for the schedule");
 
+    // The state of the last pass, for passes that cannot read it from the target.
+    let memory: crate::history::Memory = Arc::new(Mutex::new(None));
     let mut run_now = options.run_now;
     loop {
         if !run_now {
@@ -117,6 +120,10 @@ pub async fn run(initial: Config, options: DaemonOptions) -> i32 {
             control: RunControl {
                 stop: shutdown.child_token(),
                 grace: options.grace,
+            },
+            history: History {
+                memory: Some(Arc::clone(&memory)),
+                ..History::default()
             },
         };
         let exit = match run_pass(&config, &pass, &metrics).await {

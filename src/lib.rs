@@ -21,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod copy;
 pub mod daemon;
+pub mod history;
 pub mod manifest;
 pub mod metrics;
 pub mod prune;
@@ -106,6 +107,23 @@ pub async fn sync(config: Config, args: cli::SyncArgs, progress: bool) -> i32 {
         mode: Mode::Sync,
         shard,
         control,
+        history: history::History {
+            memory: None,
+            textfile: args.metrics_file.clone(),
+            pushgateway: args
+                .pushgateway
+                .as_ref()
+                .map(|url| history::PushgatewayGroup {
+                    url: url.clone(),
+                    labels: std::iter::once(("job".to_string(), "mirrorsync".to_string()))
+                        .chain(
+                            push_grouping(&args, shard)
+                                .into_iter()
+                                .map(|(k, v)| (k.to_string(), v)),
+                        )
+                        .collect(),
+                }),
+        },
     };
     let code = match run::run_pass(&config, &options, &metrics).await {
         Ok(report) => {
@@ -154,21 +172,27 @@ async fn export_metrics(
         tracing::error!(path = %path.display(), error = %e, "could not write the metrics textfile");
     }
     if let Some(url) = &args.pushgateway {
-        let instance = args
-            .instance
-            .clone()
-            .or_else(|| std::env::var("HOSTNAME").ok())
-            .unwrap_or_else(|| "mirrorsync".to_string());
-        let shard_label = shard.map(|s| format!("{}-of-{}", s.index, s.count));
-        let mut grouping = vec![("instance", instance.as_str())];
-        if let Some(label) = &shard_label {
-            grouping.push(("shard", label.as_str()));
-        }
+        let labels = push_grouping(args, shard);
+        let grouping: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let http = reqwest::Client::new();
         if let Err(e) = metrics::push(&http, url, &grouping, body).await {
             tracing::error!(error = %e, "could not push metrics to the Pushgateway");
         }
     }
+}
+
+/// The Pushgateway grouping labels of a `--once` run: instance, and shard when sharded.
+fn push_grouping(args: &cli::SyncArgs, shard: Option<Shard>) -> Vec<(&'static str, String)> {
+    let instance = args
+        .instance
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "mirrorsync".to_string());
+    let mut grouping = vec![("instance", instance)];
+    if let Some(s) = shard {
+        grouping.push(("shard", format!("{}-of-{}", s.index, s.count)));
+    }
+    grouping
 }
 
 /// `mirrorsync plan`: what a sync would do; writes nothing anywhere.
@@ -185,6 +209,7 @@ pub async fn plan(config: Config, args: cli::PlanArgs, progress: bool) -> i32 {
         mode: Mode::Plan,
         shard,
         control: RunControl::default(),
+        history: history::History::default(),
     };
     match run::run_pass(&config, &options, &metrics::Metrics::new()).await {
         Ok(report) => {

@@ -20,6 +20,8 @@ pub struct PassOptions {
     pub control: RunControl,
     /// Draw live progress on stderr when it is a terminal.
     pub progress: bool,
+    /// Where the tags' history comes from when the state cannot be read.
+    pub history: crate::history::History,
 }
 
 /// Feeds every registry request into the metrics.
@@ -55,11 +57,20 @@ pub async fn run_pass(
     );
     let state_tag = state::state_tag(options.shard.map(|s| (s.index, s.count)));
     let mut state = match state::load(engine.target(), &state_tag).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "could not read the state of earlier runs; lag starts over");
-            State::default()
+        Ok(mut s) => {
+            options.history.merge_into(&mut s);
+            s
         }
+        Err(e) => match options.history.recover().await {
+            Some((s, from)) => {
+                tracing::warn!(error = %e, from, "could not read the state of earlier runs; lag continues from the last values known");
+                s
+            }
+            None => {
+                tracing::warn!(error = %e, "could not read the state of earlier runs, and no earlier metrics are at hand; lag starts over");
+                State::default()
+            }
+        },
     };
     engine.remember_blobs(state.blob_locations());
     if let Some(ts) = state.last_success {
@@ -120,6 +131,7 @@ pub async fn run_pass(
             state.last_success = success;
         }
         state.remember_blobs(engine.known_blobs());
+        options.history.remember(&state);
         if let Err(e) = state::save(engine.target(), &state_tag, &state).await {
             tracing::warn!(error = %e, "could not save the run state; the next run cannot see this run's lag");
         }

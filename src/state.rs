@@ -34,7 +34,8 @@ pub struct TagState {
     /// Last time the target was seen to match upstream (unix seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_synced: Option<f64>,
-    /// Since when the target has been behind (unix seconds); none while in sync.
+    /// Since when the target has not been confirmed in sync (unix seconds); none while in
+    /// sync. Orders the next run's work; lag counts from `last_synced` when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_since: Option<f64>,
 }
@@ -90,12 +91,15 @@ impl State {
                     entry.pending_since.get_or_insert(now);
                 }
             }
+            // Lag: how long since the target was last confirmed in sync, whichever side kept
+            // this pass from confirming it (for a tag never in sync: since it was first tried).
+            let baseline = entry
+                .pending_since
+                .map(|since| entry.last_synced.unwrap_or(since));
             statuses.push(TagStatus {
                 in_sync: entry.pending_since.is_none(),
                 last_synced: entry.last_synced,
-                lag_seconds: entry
-                    .pending_since
-                    .map_or(0.0, |since| (now - since).max(0.0)),
+                lag_seconds: baseline.map_or(0.0, |since| (now - since).max(0.0)),
             });
         }
         // Tags no longer configured are forgotten.
@@ -274,15 +278,16 @@ mod tests {
             state.record(&[outcome("a", false)], 100.0)[0].lag_seconds,
             0.0
         );
+        // Lag counts from the last confirmation (100), not from the first failed pass.
         let first = state.record(&[outcome("a", true)], 200.0);
-        assert_eq!(first[0].lag_seconds, 0.0);
+        assert_eq!(first[0].lag_seconds, 100.0);
         assert!(!first[0].in_sync);
         assert_eq!(
             state.record(&[outcome("a", true)], 300.0)[0].lag_seconds,
-            100.0
+            200.0
         );
         let third = state.record(&[outcome("a", true)], 450.0);
-        assert_eq!(third[0].lag_seconds, 250.0);
+        assert_eq!(third[0].lag_seconds, 350.0);
         assert_eq!(third[0].last_synced, Some(100.0));
         let good = state.record(&[outcome("a", false)], 500.0);
         assert_eq!(
@@ -334,6 +339,19 @@ mod tests {
             .insert(digest.encoded().to_string());
         state.drop_invalid_repositories();
         assert_eq!(state.created.keys().collect::<Vec<_>>(), vec!["team/app"]);
+    }
+
+    #[test]
+    fn a_tag_never_in_sync_lags_since_it_was_first_tried() {
+        let mut state = State::default();
+        assert_eq!(
+            state.record(&[outcome("n", true)], 10.0)[0].lag_seconds,
+            0.0
+        );
+        assert_eq!(
+            state.record(&[outcome("n", true)], 25.0)[0].lag_seconds,
+            15.0
+        );
     }
 
     #[test]

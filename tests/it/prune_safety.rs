@@ -5,7 +5,7 @@
 //! kept index all keep the manifest alive. Each run is followed by a second one, where the bug
 //! showed, and the state never names a repository `repo@sha256`.
 
-mod common;
+use crate::common;
 
 use common::*;
 use reqwest::Method;

@@ -5,7 +5,7 @@
 //! history then comes from the previous textfile, the previous Pushgateway group, or the daemon's
 //! memory of its last pass.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -21,7 +21,9 @@ const PUSHGATEWAY_BIN: &str = "/usr/bin/prometheus-pushgateway";
 fn series(text: &str, target: &str) -> (Option<f64>, Option<f64>, Option<f64>) {
     let value = |name: &str| {
         text.lines()
-            .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(&format!("target=\"{target}\"")))
+            .find(|l| {
+                l.starts_with(&format!("{name}{{")) && l.contains(&format!("target=\"{target}\""))
+            })
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse::<f64>().ok())
     };
@@ -66,7 +68,11 @@ async fn once(config: &Path, extra: &[&str]) -> Output {
 /// Given a tag in sync at time t1, when `down` makes one side unreachable and two more runs
 /// fail, then each run reports the tag out of sync, last confirmed at t1, with lag = now - t1
 /// growing from run to run, and the last fully successful run still at t1.
-async fn assert_lag_grows(read: impl AsyncFn() -> String, run: impl AsyncFn() -> Output, down: impl FnOnce()) {
+async fn assert_lag_grows(
+    read: impl AsyncFn() -> String,
+    run: impl AsyncFn() -> Output,
+    down: impl FnOnce(),
+) {
     let out = run().await;
     out.assert_code(0);
     let text = read().await;
@@ -81,12 +87,22 @@ async fn assert_lag_grows(read: impl AsyncFn() -> String, run: impl AsyncFn() ->
         let before = now();
         let out = run().await;
         let after = now();
-        assert_eq!(out.code, Some(1), "run {attempt} fails:\n{}\n{}", out.stdout, out.stderr);
+        assert_eq!(
+            out.code,
+            Some(1),
+            "run {attempt} fails:\n{}\n{}",
+            out.stdout,
+            out.stderr
+        );
         let text = read().await;
         let (in_sync, last, lag) = series(&text, "team/app:1");
         let lag = lag.unwrap_or_else(|| panic!("run {attempt}: no lag series:\n{text}"));
         assert_eq!(in_sync, Some(0.0), "run {attempt}:\n{text}");
-        assert_eq!(last, Some(t1), "run {attempt}: last confirmed stays at run 1:\n{text}");
+        assert_eq!(
+            last,
+            Some(t1),
+            "run {attempt}: last confirmed stays at run 1:\n{text}"
+        );
         assert!(
             lag >= before - t1 - 0.5 && lag <= after - t1 + 0.5,
             "run {attempt}: lag {lag} should be now - t1 ({} .. {})\n{}",
@@ -108,7 +124,13 @@ async fn assert_lag_grows(read: impl AsyncFn() -> String, run: impl AsyncFn() ->
 async fn lag_grows_with_the_upstream_down_in_stateless_runs() {
     let mut upstream = Registry::start().await;
     let target = Registry::start().await;
-    push_image(&upstream, "team/app", "1", ImageSpec::new(Format::Oci, vec![layer(70, 2_000)])).await;
+    push_image(
+        &upstream,
+        "team/app",
+        "1",
+        ImageSpec::new(Format::Oci, vec![layer(70, 2_000)]),
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path(), &upstream.host(), &target.host());
     let textfile = dir.path().join("m.prom");
@@ -126,7 +148,13 @@ async fn lag_grows_with_the_upstream_down_in_stateless_runs() {
 async fn lag_grows_with_the_target_down_from_the_previous_textfile() {
     let upstream = Registry::start().await;
     let mut target = Registry::start().await;
-    push_image(&upstream, "team/app", "1", ImageSpec::new(Format::Oci, vec![layer(71, 2_000)])).await;
+    push_image(
+        &upstream,
+        "team/app",
+        "1",
+        ImageSpec::new(Format::Oci, vec![layer(71, 2_000)]),
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path(), &upstream.host(), &target.host());
     let textfile = dir.path().join("m.prom");
@@ -154,13 +182,20 @@ impl Pushgateway {
             let port = free_port();
             let child = Command::new(PUSHGATEWAY_BIN)
                 .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-                .arg(format!("--persistence.file={}", dir.path().join("pg.data").display()))
+                .arg(format!(
+                    "--persistence.file={}",
+                    dir.path().join("pg.data").display()
+                ))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("spawn the Pushgateway");
-            let mut pg = Pushgateway { child, port, _dir: dir };
+            let mut pg = Pushgateway {
+                child,
+                port,
+                _dir: dir,
+            };
             let deadline = Instant::now() + Duration::from_secs(15);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = pg.child.try_wait() {
@@ -201,7 +236,9 @@ impl Pushgateway {
                         .map(|o| {
                             o.iter()
                                 .filter(|(k, _)| *k != "job" && *k != "instance")
-                                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                                .map(|(k, v)| {
+                                    (k.clone(), v.as_str().unwrap_or_default().to_string())
+                                })
                                 .collect()
                         })
                         .unwrap_or_default();
@@ -232,7 +269,13 @@ async fn lag_grows_with_the_target_down_from_the_previous_pushgateway_group() {
     let pg = Pushgateway::start().await;
     let upstream = Registry::start().await;
     let mut target = Registry::start().await;
-    push_image(&upstream, "team/app", "1", ImageSpec::new(Format::Oci, vec![layer(72, 2_000)])).await;
+    push_image(
+        &upstream,
+        "team/app",
+        "1",
+        ImageSpec::new(Format::Oci, vec![layer(72, 2_000)]),
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path(), &upstream.host(), &target.host());
     let url = pg.url("");
@@ -249,9 +292,16 @@ async fn lag_grows_with_the_target_down_from_the_previous_pushgateway_group() {
 async fn the_daemon_keeps_lag_growing_with_the_target_down() {
     let upstream = Registry::start().await;
     let mut target = Registry::start().await;
-    push_image(&upstream, "team/app", "1", ImageSpec::new(Format::Oci, vec![layer(73, 2_000)])).await;
+    push_image(
+        &upstream,
+        "team/app",
+        "1",
+        ImageSpec::new(Format::Oci, vec![layer(73, 2_000)]),
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
-    let yaml = std::fs::read_to_string(config(dir.path(), &upstream.host(), &target.host())).unwrap();
+    let yaml =
+        std::fs::read_to_string(config(dir.path(), &upstream.host(), &target.host())).unwrap();
     let config = write_config(dir.path(), &format!("schedule: \"*/2 * * * * *\"\n{yaml}"));
     let port = free_port();
     let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();

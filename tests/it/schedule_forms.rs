@@ -3,7 +3,7 @@
 //! shows the next pass as the daemon will compute it; anything else is a configuration error
 //! (exit 2) naming the line, column and key.
 
-mod common;
+use crate::common;
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Timelike, Utc, Weekday};
 use chrono_tz::Tz;

@@ -65,8 +65,11 @@ pub async fn run_pass(
         .load_document(&state_tag, state::MAX_STATE_BYTES)
         .await
         .and_then(|doc| doc.map_or(Ok(State::default()), |d| State::from_json(&d)));
+    // What the target holds now, to skip writing a document that would say the same.
+    let mut stored = None;
     let mut state = match loaded {
         Ok(mut s) => {
+            stored = Some(s.clone());
             options.history.merge_into(&mut s);
             s
         }
@@ -143,9 +146,14 @@ pub async fn run_pass(
         seen.retain(|(_, repository)| repository != DOCUMENT_REPOSITORY);
         state.remember_blobs(seen);
         options.history.remember(&state);
-        let saved = match state.to_json() {
-            Ok(body) => engine.target().save_document(&state_tag, body).await,
-            Err(e) => Err(e),
+        let saved = if stored.as_ref().is_some_and(|s| state.same_as_stored(s)) {
+            tracing::debug!("the run state is unchanged; not written");
+            Ok(())
+        } else {
+            match state.to_json() {
+                Ok(body) => engine.target().save_document(&state_tag, body).await,
+                Err(e) => Err(e),
+            }
         };
         if let Err(e) = saved {
             tracing::warn!(error = %e, "could not save the run state; the next run cannot see this run's lag");

@@ -50,6 +50,11 @@ pub struct State {
     pub created: BTreeMap<String, std::collections::BTreeSet<String>>,
 }
 
+/// How stale the stored confirmation times may get before a pass that changed nothing else
+/// writes the document anyway. A stateless run after a restart sees lag at most this much too
+/// high; a daemon passing every few seconds writes a few times an hour instead of every pass.
+pub const REFRESH_SECONDS: f64 = 15.0 * 60.0;
+
 /// What one tag looks like for metrics after a run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TagStatus {
@@ -106,6 +111,28 @@ impl State {
     fn drop_invalid_repositories(&mut self) {
         self.created
             .retain(|repository, _| crate::reference::validate_repository(repository).is_ok());
+    }
+
+    /// Whether `self` says nothing more than `stored` (what the target holds) beyond what the
+    /// next run can recompute: the same tags, pending times, blob locations and created tags,
+    /// and confirmation times no more than [`REFRESH_SECONDS`] newer. Then the write is skipped.
+    pub fn same_as_stored(&self, stored: &State) -> bool {
+        let close = |new: Option<f64>, old: Option<f64>| match (new, old) {
+            (None, None) => true,
+            (Some(n), Some(o)) => n >= o && n - o < REFRESH_SECONDS,
+            _ => false,
+        };
+        self.version == stored.version
+            && self.blobs == stored.blobs
+            && self.created == stored.created
+            && close(self.last_success, stored.last_success)
+            && self.tags.len() == stored.tags.len()
+            && self.tags.iter().all(|(key, tag)| {
+                stored.tags.get(key).is_some_and(|old| {
+                    tag.pending_since == old.pending_since
+                        && close(tag.last_synced, old.last_synced)
+                })
+            })
     }
 
     /// Longest-pending tags first next run: key -> since when pending.
@@ -251,6 +278,34 @@ mod tests {
             .insert(digest.encoded().to_string());
         state.drop_invalid_repositories();
         assert_eq!(state.created.keys().collect::<Vec<_>>(), vec!["team/app"]);
+    }
+
+    #[test]
+    fn a_pass_that_only_moves_timestamps_a_little_is_not_written() {
+        let mut stored = State::default();
+        stored.record(&[outcome("a", false), outcome("b", false)], 1000.0);
+        stored.last_success = Some(1000.0);
+        let mut next = stored.clone();
+        next.record(&[outcome("a", false), outcome("b", false)], 1005.0);
+        next.last_success = Some(1005.0);
+        assert!(next.same_as_stored(&stored));
+        // Stale beyond the refresh period: written.
+        let mut late = stored.clone();
+        late.record(
+            &[outcome("a", false), outcome("b", false)],
+            1000.0 + REFRESH_SECONDS,
+        );
+        assert!(!late.same_as_stored(&stored));
+        // A failure, a new blob location, a tag gone: written.
+        let mut failed = stored.clone();
+        failed.record(&[outcome("a", true), outcome("b", false)], 1005.0);
+        assert!(!failed.same_as_stored(&stored));
+        let mut blobs = next.clone();
+        blobs.remember_blobs(vec![(Digest::from_sha256_bytes(&[3; 32]), "x/y".into())]);
+        assert!(!blobs.same_as_stored(&stored));
+        let mut fewer = stored.clone();
+        fewer.record(&[outcome("a", false)], 1005.0);
+        assert!(!fewer.same_as_stored(&stored));
     }
 
     #[test]

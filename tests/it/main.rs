@@ -19,6 +19,7 @@ mod prune_safety;
 mod rate_limits;
 mod schedule_forms;
 mod selection;
+mod state_garbage;
 mod sync_auth;
 mod sync_economy;
 mod sync_formats;

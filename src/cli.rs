@@ -101,6 +101,11 @@ pub struct SyncArgs {
     /// the deferred tags.
     #[arg(long, value_name = "N")]
     pub deferred_exit_code: Option<u8>,
+    /// Without --once: /healthz (liveness) fails when a due pass has not started, or a running
+    /// pass has finished no tag and moved no byte, for this long (e.g. 30m, 90s). Failing passes
+    /// and long passes that make progress keep it healthy: alert on the metrics for those.
+    #[arg(long, value_parser = parse_duration, default_value = "30m")]
+    pub liveness_timeout: Duration,
 }
 
 #[derive(Debug, Args)]

@@ -43,6 +43,7 @@ pub async fn sync(config: Config, args: cli::SyncArgs, progress: bool) -> i32 {
             run_now: args.run_now,
             shard,
             grace: args.grace_period,
+            liveness_timeout: args.liveness_timeout,
         };
         return daemon::run(config, options).await;
     }
@@ -84,6 +85,7 @@ pub async fn sync(config: Config, args: cli::SyncArgs, progress: bool) -> i32 {
                     .collect(),
             }),
         },
+        activity: None,
     };
     let code = match run::run_pass(&config, &options, &metrics).await {
         Ok(report) => {
@@ -96,6 +98,7 @@ pub async fn sync(config: Config, args: cli::SyncArgs, progress: bool) -> i32 {
         }
         Err(e) => {
             eprintln!("error: {e}");
+            metrics.count_pass(metrics::PassResult::Failed);
             1
         }
     };
@@ -176,6 +179,7 @@ pub async fn plan(config: Config, args: cli::PlanArgs, progress: bool) -> i32 {
         shard,
         control: RunControl::default(),
         history: History::default(),
+        activity: None,
     };
     match run::run_pass(&config, &options, &metrics::Metrics::new()).await {
         Ok(report) => {

@@ -1,21 +1,27 @@
 //! `mirrorsync sync` without `--once`: passes on the config's cron `schedule`, never two at
-//! once, serving `/metrics` and `/healthz`. SIGHUP reloads the configuration (keeping the old one
-//! when the new one is invalid); SIGTERM or SIGINT stops between passes, or within one after a
-//! grace period for running transfers; a second one stops a pass at once (see [`crate::signals`]).
+//! once, serving `/metrics` and `/healthz` (liveness: see [`crate::liveness`]). SIGHUP reloads
+//! the configuration (keeping the old one when the new one is invalid; either way recorded in
+//! `mirrorsync_config_last_reload_*`, and the series of tags it no longer lists are dropped at
+//! once); SIGTERM or SIGINT stops between passes, or within one after a grace period for running
+//! transfers; a second one stops a pass at once (see [`crate::signals`]).
 
+use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::copy::Mode;
+use crate::copy::progress::Progress;
+use crate::copy::{Mode, target_name};
 use crate::history::History;
-use crate::metrics::{self, Metrics};
-use crate::run::{PassOptions, run_pass};
+use crate::liveness::Liveness;
+use crate::metrics::{self, Metrics, PassResult};
+use crate::run::{PassOptions, run_pass, unix_now};
 use crate::schedule::Schedule;
 use crate::shard::Shard;
 use crate::signals::{self, RunControl};
@@ -27,6 +33,9 @@ pub struct DaemonOptions {
     pub run_now: bool,
     pub shard: Option<Shard>,
     pub grace: Duration,
+    /// `/healthz` fails when a due pass has not started, or a running pass made no progress,
+    /// for this long.
+    pub liveness_timeout: Duration,
 }
 
 /// The schedule parsed when the configuration was loaded; the daemon cannot run without one.
@@ -50,6 +59,7 @@ pub async fn run(initial: Config, options: DaemonOptions) -> i32 {
     };
     let mut config = initial;
     let metrics = Metrics::new();
+    metrics.record_config_load(true, unix_now());
     let shutdown = CancellationToken::new();
     let now = CancellationToken::new();
     let hangup = Arc::new(Notify::new());
@@ -58,31 +68,14 @@ pub async fn run(initial: Config, options: DaemonOptions) -> i32 {
         return 1;
     }
 
-    // Healthy while the last pass is younger than twice the schedule's interval.
-    let last_pass = Arc::new(Mutex::new(std::time::Instant::now()));
-    let interval = Arc::new(Mutex::new(
-        schedule
-            .interval(Utc::now())
-            .unwrap_or(Duration::from_secs(3600)),
-    ));
+    let first_due = match schedule.sleep_until_next(Utc::now()) {
+        Some((wait, _)) if !options.run_now => due_in(wait),
+        _ => Instant::now(),
+    };
+    let liveness = Liveness::new(options.liveness_timeout, first_due);
     if let Some(addr) = options.metrics_addr {
-        let (last, every) = (Arc::clone(&last_pass), Arc::clone(&interval));
-        let healthy: metrics::HealthCheck = Arc::new(move || {
-            let age = last.lock().map(|t| t.elapsed()).unwrap_or_default();
-            let limit = every
-                .lock()
-                .map(|d| *d * 2)
-                .unwrap_or(Duration::from_secs(7200));
-            if age <= limit {
-                Ok(())
-            } else {
-                Err(format!(
-                    "last pass ended {}s ago, more than twice the schedule interval ({}s)",
-                    age.as_secs(),
-                    limit.as_secs() / 2
-                ))
-            }
-        });
+        let live = Arc::clone(&liveness);
+        let healthy: metrics::HealthCheck = Arc::new(move || live.check());
         match metrics::serve(addr, Arc::clone(&metrics), healthy).await {
             Ok((bound, _)) => tracing::info!(address = %bound, "serving /metrics and /healthz"),
             Err(e) => {
@@ -94,7 +87,7 @@ pub async fn run(initial: Config, options: DaemonOptions) -> i32 {
     tracing::info!(schedule = %schedule.describe(), "waiting for the schedule");
 
     // The state of the last pass, for passes that cannot read it from the target.
-    let memory: crate::history::Memory = Arc::new(Mutex::new(None));
+    let memory: crate::history::Memory = Arc::new(std::sync::Mutex::new(None));
     let mut run_now = options.run_now;
     loop {
         if !run_now {
@@ -103,18 +96,27 @@ pub async fn run(initial: Config, options: DaemonOptions) -> i32 {
                 eprintln!("error: the schedule never fires again");
                 return 2;
             };
+            liveness.waiting_until(due_in(wait));
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 // Idle between passes: nothing is stopped, so a clean exit.
                 _ = shutdown.cancelled() => return 0,
                 _ = hangup.notified() => {
-                    reload(&options.config_path, &mut config, &mut schedule, &interval);
+                    reload(&options, &mut config, &mut schedule, &metrics);
                     continue;
                 }
             }
         }
         run_now = false;
         let pass_start = Utc::now();
+        let activity = Arc::new(Progress::default());
+        liveness.pass_started({
+            let activity = Arc::clone(&activity);
+            Arc::new(move || {
+                let tags = activity.tags_done.load(Ordering::Relaxed) as u64;
+                tags.wrapping_add(activity.bytes.load(Ordering::Relaxed))
+            })
+        });
         let pass = PassOptions {
             progress: false,
             mode: Mode::Sync,
@@ -128,6 +130,7 @@ pub async fn run(initial: Config, options: DaemonOptions) -> i32 {
                 memory: Some(Arc::clone(&memory)),
                 ..History::default()
             },
+            activity: Some(activity),
         };
         let exit = match run_pass(&config, &pass, &metrics).await {
             Ok(report) => {
@@ -136,12 +139,12 @@ pub async fn run(initial: Config, options: DaemonOptions) -> i32 {
             }
             Err(e) => {
                 tracing::error!(error = %e, "pass could not start");
+                metrics.count_pass(PassResult::Failed);
                 1
             }
         };
-        if let Ok(mut t) = last_pass.lock() {
-            *t = std::time::Instant::now();
-        }
+        // Until the loop computes the next occurrence: due now.
+        liveness.waiting_until(Instant::now());
         // Occurrences that fell due while the pass ran were skipped, never run concurrently.
         let mut due = pass_start;
         let end = Utc::now();
@@ -171,27 +174,76 @@ pub async fn run(initial: Config, options: DaemonOptions) -> i32 {
     }
 }
 
+/// The instant `wait` from now (a century when that is past what an `Instant` can hold).
+fn due_in(wait: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(wait)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(now)
+}
+
 fn reload(
-    path: &std::path::Path,
+    options: &DaemonOptions,
     config: &mut Config,
     schedule: &mut Schedule,
-    interval: &Arc<Mutex<Duration>>,
+    metrics: &Metrics,
 ) {
-    match Config::load(path)
+    match Config::load(&options.config_path)
         .map_err(|e| e.to_string())
         .and_then(|c| schedule_of(&c).map(|s| (c, s)))
     {
         Ok((new_config, new_schedule)) => {
             tracing::info!(tags = new_config.images.len(), schedule = %new_schedule.describe(), "configuration reloaded");
-            if let Ok(mut every) = interval.lock() {
-                *every = new_schedule.interval(Utc::now()).unwrap_or(*every);
-            }
+            metrics.record_config_load(true, unix_now());
+            let listed = Listed::new(&new_config, options.shard);
+            metrics.retain_tags(&|source, target| listed.contains(source, target));
             *config = new_config;
             *schedule = new_schedule;
         }
         Err(e) => {
+            metrics.record_config_load(false, unix_now());
             tracing::error!(error = %e, "new configuration is invalid; keeping the previous one")
         }
+    }
+}
+
+/// The tags a configuration lists (this shard's share), as the `source` and `target` labels of
+/// their series: a tag named in `images`, or any tag of a repository chosen by tag filters.
+struct Listed {
+    tags: HashSet<(String, String)>,
+    filtered_repositories: Vec<String>,
+}
+
+impl Listed {
+    fn new(config: &Config, shard: Option<Shard>) -> Listed {
+        let (images, selections) = match shard {
+            Some(s) => (
+                s.select(&config.images),
+                s.select_selections(&config.selections),
+            ),
+            None => (config.images.clone(), config.selections.clone()),
+        };
+        Listed {
+            tags: images
+                .iter()
+                .map(|item| (item.source.to_string(), target_name(item)))
+                .collect(),
+            filtered_repositories: selections
+                .iter()
+                .map(|s| s.target_repository.clone())
+                .collect(),
+        }
+    }
+
+    fn contains(&self, source: &str, target: &str) -> bool {
+        self.tags
+            .contains(&(source.to_string(), target.to_string()))
+            || self.filtered_repositories.iter().any(|repo| {
+                target == repo
+                    || target
+                        .strip_prefix(repo.as_str())
+                        .is_some_and(|rest| rest.starts_with(':') || rest.starts_with('@'))
+            })
     }
 }
 
@@ -209,4 +261,36 @@ fn watch_signals(
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listed_tags_are_the_images_and_the_filtered_repositories() {
+        let yaml = "schedule: \"0 * * * *\"\ntarget:\n  registry: mirror.example:5000\n  prefix: m\nimages:\n  - nginx:1.25\n  - source: redis\n    tags:\n      - regex: '^7\\.'\n  - quay.io/coreos/flannel@sha256:0000000000000000000000000000000000000000000000000000000000000000\n";
+        let config = Config::from_str(yaml, std::path::Path::new("sync.yaml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let listed = Listed::new(&config, None);
+        assert!(listed.contains("docker.io/library/nginx:1.25", "m/library/nginx:1.25"));
+        assert!(!listed.contains("docker.io/library/nginx:1.26", "m/library/nginx:1.26"));
+        // Any tag the filters may choose in a listed repository, and its listing failure.
+        assert!(listed.contains("docker.io/library/redis:7.2", "m/library/redis:7.2"));
+        assert!(listed.contains("docker.io/library/redis (tag filters)", "m/library/redis"));
+        assert!(!listed.contains("docker.io/library/redisx:7.2", "m/library/redisx:7.2"));
+        assert!(listed.contains(
+            "quay.io/coreos/flannel@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            "m/coreos/flannel@sha256:0000000000000000000000000000000000000000000000000000000000000000"
+        ));
+        // A shard lists only its share.
+        let shard = Shard::parse("0/2").unwrap();
+        let mine = Listed::new(&config, Some(shard));
+        let other = Listed::new(&config, Some(Shard::parse("1/2").unwrap()));
+        let nginx = ("docker.io/library/nginx:1.25", "m/library/nginx:1.25");
+        assert_ne!(
+            mine.contains(nginx.0, nginx.1),
+            other.contains(nginx.0, nginx.1)
+        );
+    }
 }

@@ -24,6 +24,9 @@ pub struct PassOptions {
     pub progress: bool,
     /// Where the tags' history comes from when the state cannot be read.
     pub history: crate::history::History,
+    /// Counters the engine updates as tags finish and bytes move (the daemon's liveness);
+    /// `None`: its own.
+    pub activity: Option<Arc<crate::copy::progress::Progress>>,
 }
 
 /// Feeds every registry request into the metrics.
@@ -54,11 +57,13 @@ pub async fn run_pass(
     }
     let prune_repos = crate::prune::repositories(&config);
     let observer: Arc<dyn RequestObserver> = Arc::new(MetricsObserver(Arc::clone(metrics)));
-    let engine = Arc::new(
-        Engine::new(Arc::new(config), options.mode, Some(observer))
-            .await
-            .map_err(|e| e.to_string())?,
-    );
+    let mut engine = Engine::new(Arc::new(config), options.mode, Some(observer))
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(activity) = &options.activity {
+        engine.progress = Arc::clone(activity);
+    }
+    let engine = Arc::new(engine);
     let state_tag = state::state_tag(options.shard.map(|s| (s.index, s.count)));
     let loaded = engine
         .target()

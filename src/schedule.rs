@@ -113,8 +113,7 @@ impl Schedule {
         (next > after).then_some(next)
     }
 
-    /// The time between the next two occurrences after `from`: the period a health check can
-    /// compare the age of the last pass with ("older than twice the interval").
+    /// The time between the next two occurrences after `from`: the schedule's period there.
     pub fn interval(&self, from: DateTime<Utc>) -> Option<Duration> {
         let first = self.next_after(from)?;
         let second = self.next_after(first)?;

@@ -162,6 +162,17 @@ pub const CONTRACT: &[(&str, &str)] = &[
     ("mirrorsync_blobs_total", "counter"),
     ("mirrorsync_bytes_copied_total", "counter"),
     ("mirrorsync_http_requests_total", "counter"),
+    ("mirrorsync_runs_total", "counter"),
+    ("mirrorsync_process_start_time_seconds", "gauge"),
+];
+
+/// The families only the daemon has, with their types.
+pub const DAEMON_ONLY: &[(&str, &str)] = &[
+    ("mirrorsync_config_last_reload_successful", "gauge"),
+    (
+        "mirrorsync_config_last_reload_success_timestamp_seconds",
+        "gauge",
+    ),
 ];
 
 /// Every family of [`CONTRACT`] is present with its type and a non-empty HELP.

@@ -177,6 +177,7 @@ struct Pushgateway {
 
 impl Pushgateway {
     async fn start() -> Pushgateway {
+        common::client::init_crypto();
         for _ in 0..5 {
             let dir = tempfile::tempdir().unwrap();
             let port = free_port();
@@ -290,6 +291,7 @@ async fn lag_grows_with_the_target_down_from_the_previous_pushgateway_group() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_daemon_keeps_lag_growing_with_the_target_down() {
+    common::client::init_crypto();
     let upstream = Registry::start().await;
     let mut target = Registry::start().await;
     push_image(

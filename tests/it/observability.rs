@@ -217,6 +217,20 @@ async fn once_pushes_its_metrics_to_a_real_pushgateway() {
         );
     }
 
+    // One pass, a successful one; the daemon's config pair is not pushed.
+    let runs = "mirrorsync_runs_total";
+    assert_eq!(e.value(runs, &[("result", "success")]), 1.0, "{}", e.text);
+    assert_eq!(e.value(runs, &[("result", "failed")]), 0.0, "{}", e.text);
+    assert_eq!(e.value(runs, &[("result", "deferred")]), 0.0, "{}", e.text);
+    for (name, _) in DAEMON_ONLY {
+        assert!(e.find(name, &[]).is_empty(), "{name} pushed:\n{}", e.text);
+    }
+    let started = e.value("mirrorsync_process_start_time_seconds", &[]);
+    assert!(
+        started >= before as f64 - 1.0 && started <= after as f64 + 1.0,
+        "process start {started} outside [{before}, {after}]"
+    );
+
     // The run: 3 tags synced, none otherwise.
     let tags = "mirrorsync_run_tags";
     assert_eq!(e.value(tags, &[("result", "synced")]), 3.0, "{}", e.text);
@@ -393,7 +407,19 @@ async fn textfile_and_metrics_endpoint_pass_promtool() {
         "{}",
         e.text
     );
-    assert_contract_families(&Exposition::parse(&body));
+    let e = Exposition::parse(&body);
+    assert_contract_families(&e);
+    for (name, kind) in DAEMON_ONLY {
+        assert_eq!(
+            e.types.get(*name).map(String::as_str),
+            Some(*kind),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        e.value("mirrorsync_config_last_reload_successful", &[]),
+        1.0
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1034,7 +1060,7 @@ fn json_lines(stderr: &str) -> Vec<Value> {
 // 6. /healthz.
 
 #[tokio::test(flavor = "multi_thread")]
-async fn healthz_fails_when_passes_stop_completing() {
+async fn healthz_fails_when_a_running_pass_makes_no_progress() {
     // An upstream that accepts connections and never answers: a pass cannot complete.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -1056,7 +1082,7 @@ async fn healthz_fails_when_passes_stop_completing() {
             target.host()
         ),
     );
-    let daemon = Daemon::start(&config, &[]).await;
+    let daemon = Daemon::start(&config, &["--liveness-timeout", "2s"]).await;
     assert_eq!(
         daemon.healthz().await,
         200,
@@ -1078,8 +1104,362 @@ async fn healthz_fails_when_passes_stop_completing() {
     assert_eq!(status, 503, "{body}");
     assert!(
         age >= Duration::from_secs(2),
-        "unhealthy only after twice the 1 s interval, not after {age:?}"
+        "unhealthy only after the 2 s --liveness-timeout, not after {age:?}"
     );
-    assert!(!body.trim().is_empty(), "503 says why");
+    assert!(body.contains("no progress"), "503 says why: {body}");
     holder.abort();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Passes and reloads, counted; series of removed tags gone at the reload.
+
+#[tokio::test(flavor = "multi_thread")]
+async fn daemon_counts_passes_and_reloads_and_drops_removed_tags_at_the_reload() {
+    let upstream = Registry::start().await;
+    let target = Registry::start().await;
+    for i in 0..2u64 {
+        push_image(
+            &upstream,
+            "team/svc",
+            format!("t{i}").as_str(),
+            ImageSpec::new(Format::Oci, vec![layer(800 + i, 3_000)]),
+        )
+        .await;
+    }
+    let refs = |tags: &[&str]| -> Vec<String> {
+        tags.iter()
+            .map(|t| upstream.image_ref("team/svc", t))
+            .collect()
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("sync.yaml");
+    // One pass (--run-now), then none until next January: whatever changes below is the
+    // reload's doing, not a pass's.
+    let yearly = Some("0 0 1 1 *");
+    write_file(
+        &config,
+        &config_yaml(&upstream, &target, yearly, "", &refs(&["t0", "t1"])),
+    );
+    let before = now_unix() as f64;
+    let daemon = Daemon::start(&config, &["--run-now"]).await;
+    let runs = "mirrorsync_runs_total";
+    let e = poll(
+        Duration::from_secs(20),
+        || format!("a successful pass\n{}", daemon.logs()),
+        || async {
+            let e = daemon.metrics().await?;
+            (e.value(runs, &[("result", "success")]) == 1.0).then_some(e)
+        },
+    )
+    .await;
+    assert_eq!(e.value(runs, &[("result", "failed")]), 0.0);
+    assert_eq!(e.value(runs, &[("result", "deferred")]), 0.0);
+    assert_eq!(
+        e.value("mirrorsync_config_last_reload_successful", &[]),
+        1.0
+    );
+    let loaded = e.value(
+        "mirrorsync_config_last_reload_success_timestamp_seconds",
+        &[],
+    );
+    let started = e.value("mirrorsync_process_start_time_seconds", &[]);
+    assert!(
+        loaded >= before - 1.0 && started >= before - 1.0 && started <= loaded + 1.0,
+        "loaded {loaded}, started {started}, test began {before}"
+    );
+    let t1 = (upstream.image_ref("team/svc", "t1"), "team/svc:t1");
+    assert_eq!(tag_series(&e, &t1.0, t1.1).0, 1.0, "t1 in sync\n{}", e.text);
+
+    // A reload that drops t1: its three series go at once, no pass in between.
+    write_file(
+        &config,
+        &config_yaml(&upstream, &target, yearly, "", &refs(&["t0"])),
+    );
+    daemon.signal(libc::SIGHUP);
+    let e = poll(
+        Duration::from_secs(10),
+        || format!("t1's series gone after the reload\n{}", daemon.logs()),
+        || async {
+            let e = daemon.metrics().await?;
+            let labels = [("source", t1.0.as_str())];
+            let gone = e.find("mirrorsync_tag_in_sync", &labels).is_empty()
+                && e.find("mirrorsync_tag_lag_seconds", &labels).is_empty()
+                && e.find("mirrorsync_tag_last_synced_timestamp_seconds", &labels)
+                    .is_empty();
+            gone.then_some(e)
+        },
+    )
+    .await;
+    let t0 = upstream.image_ref("team/svc", "t0");
+    assert_eq!(
+        tag_series(&e, &t0, "team/svc:t0").0,
+        1.0,
+        "t0 kept\n{}",
+        e.text
+    );
+    let passes: f64 = e.find(runs, &[]).iter().map(|s| s.value).sum();
+    assert_eq!(
+        passes, 1.0,
+        "no pass ran: the reload dropped them\n{}",
+        e.text
+    );
+    assert_eq!(
+        e.value("mirrorsync_config_last_reload_successful", &[]),
+        1.0
+    );
+    let reloaded = e.value(
+        "mirrorsync_config_last_reload_success_timestamp_seconds",
+        &[],
+    );
+    assert!(reloaded > loaded, "{reloaded} after {loaded}");
+
+    // An invalid config: 0, the last success time kept, the old config's series kept.
+    write_file(
+        &config,
+        &format!(
+            "no_such_key: 1\n{}",
+            config_yaml(&upstream, &target, yearly, "", &refs(&[]))
+        ),
+    );
+    daemon.signal(libc::SIGHUP);
+    let e = poll(
+        Duration::from_secs(10),
+        || format!("a failed reload on /metrics\n{}", daemon.logs()),
+        || async {
+            let e = daemon.metrics().await?;
+            (e.value("mirrorsync_config_last_reload_successful", &[]) == 0.0).then_some(e)
+        },
+    )
+    .await;
+    assert_eq!(
+        e.value(
+            "mirrorsync_config_last_reload_success_timestamp_seconds",
+            &[]
+        ),
+        reloaded
+    );
+    assert_eq!(tag_series(&e, &t0, "team/svc:t0").0, 1.0, "{}", e.text);
+
+    // A valid one again: back to 1.
+    write_file(
+        &config,
+        &config_yaml(&upstream, &target, yearly, "", &refs(&["t0"])),
+    );
+    daemon.signal(libc::SIGHUP);
+    poll(
+        Duration::from_secs(10),
+        || format!("a good reload on /metrics\n{}", daemon.logs()),
+        || async {
+            let e = daemon.metrics().await?;
+            (e.value("mirrorsync_config_last_reload_successful", &[]) == 1.0).then_some(())
+        },
+    )
+    .await;
+
+    // A stateless run with a tag that cannot be synced counts a failed pass.
+    let failing = dir.path().join("failing.yaml");
+    write_file(
+        &failing,
+        &config_yaml(
+            &upstream,
+            &target,
+            None,
+            "",
+            &[
+                upstream.image_ref("team/svc", "t0"),
+                upstream.image_ref("team/absent", "1"),
+            ],
+        ),
+    );
+    let textfile = dir.path().join("m.prom");
+    let out = mirrorsync(&[
+        "sync",
+        "--once",
+        "--config",
+        &failing.display().to_string(),
+        "--metrics-file",
+        &textfile.display().to_string(),
+    ])
+    .await;
+    out.assert_code(1);
+    let e = Exposition::parse(&std::fs::read_to_string(&textfile).expect("textfile"));
+    assert_eq!(e.value(runs, &[("result", "failed")]), 1.0, "{}", e.text);
+    assert_eq!(e.value(runs, &[("result", "success")]), 0.0, "{}", e.text);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. /healthz is liveness: a long pass that moves bytes stays healthy.
+
+#[tokio::test(flavor = "multi_thread")]
+async fn healthz_stays_200_through_a_long_first_pass_that_keeps_moving_bytes() {
+    let upstream = Registry::start().await;
+    let target = Registry::start().await;
+    // 6 MiB at 1 MiB/s: a first pass of about 6 s, three times the 2 s liveness timeout and
+    // six times the 1 s schedule interval.
+    push_image(
+        &upstream,
+        "team/big",
+        "1",
+        ImageSpec::new(Format::Oci, vec![layer(900, 1_000)]).big_layer(6 << 20, 901),
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("sync.yaml");
+    write_file(
+        &config,
+        &config_yaml(
+            &upstream,
+            &target,
+            Some("*/1 * * * * *"),
+            "    bytes_per_second: 1MiB\n",
+            &[upstream.image_ref("team/big", "1")],
+        ),
+    );
+    let daemon = Daemon::start(&config, &["--run-now", "--liveness-timeout", "2s"]).await;
+    let started = Instant::now();
+    let mut probes = 0;
+    loop {
+        let (status, _, body) = get(&daemon.url("/healthz"))
+            .await
+            .expect("/healthz answers");
+        assert_eq!(
+            status,
+            200,
+            "unhealthy {:?} into a pass that moves bytes: {body}\n{}",
+            started.elapsed(),
+            daemon.logs()
+        );
+        probes += 1;
+        if head_manifest(&target, "team/big", "1").await.is_some() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the pass did not end\n{}",
+            daemon.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(4),
+        "the pass took only {took:?}: not longer than the liveness timeout and twice the interval"
+    );
+    println!("healthy through a {took:?} pass ({probes} probes)");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. Slow clients of /metrics.
+
+/// Open file descriptors and resident memory (KiB) of process `pid`.
+fn fds_and_rss(pid: libc::pid_t) -> (usize, u64) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("/proc/<pid>/fd")
+        .count();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    (fds, rss)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scrapes_are_answered_within_a_second_while_hundreds_of_slow_clients_hang_on() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("sync.yaml");
+    // No pass runs (next January); no registry is contacted.
+    write_file(
+        &config,
+        "schedule: \"0 0 1 1 *\"\ntarget:\n  registry: \"127.0.0.1:9\"\n  insecure: true\nregistries:\n  \"127.0.0.1:9\":\n    insecure: true\nimages:\n  - 127.0.0.1:9/team/app:1\n",
+    );
+    let daemon = Daemon::start(&config, &[]).await;
+    let addr = format!("127.0.0.1:{}", daemon.port);
+    let (fds_before, rss_before) = fds_and_rss(daemon.pid());
+
+    // 300 connections that send nothing, and 100 that trickle a request head a byte at a time.
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(
+            tokio::net::TcpStream::connect(&addr)
+                .await
+                .expect("connect"),
+        );
+    }
+    let mut trickling = Vec::new();
+    for _ in 0..100 {
+        let mut s = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nX-Slow: ")
+            .await
+            .expect("write");
+        trickling.push(s);
+    }
+    let trickler = tokio::spawn(async move {
+        loop {
+            for s in trickling.iter_mut() {
+                let _ = s.write_all(b"a").await;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (fds_during, rss_during) = fds_and_rss(daemon.pid());
+
+    // Meanwhile, a normal client's scrapes are answered promptly.
+    let mut slowest = Duration::ZERO;
+    for _ in 0..10 {
+        let t = Instant::now();
+        let (status, _, body) = get(&daemon.url("/metrics")).await.expect("/metrics");
+        let took = t.elapsed();
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body.contains("mirrorsync_process_start_time_seconds"),
+            "{body}"
+        );
+        slowest = slowest.max(took);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        slowest < Duration::from_secs(1),
+        "slowest scrape {slowest:?}"
+    );
+
+    // Bounded: one descriptor per connection and a few KiB each.
+    assert!(
+        fds_during <= fds_before + 400 + 16,
+        "{fds_before} descriptors before, {fds_during} with 400 slow clients"
+    );
+    assert!(
+        rss_during <= rss_before + 32 * 1024,
+        "VmRSS {rss_before} KiB before, {rss_during} KiB with 400 slow clients"
+    );
+
+    // The header-read timeout (10 s) closes every one of them, idle or trickling.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let fds_after = loop {
+        let (fds, _) = fds_and_rss(daemon.pid());
+        if fds <= fds_before + 2 || Instant::now() > deadline {
+            break fds;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let (_, rss_after) = fds_and_rss(daemon.pid());
+    trickler.abort();
+    drop(idle);
+    assert!(
+        fds_after <= fds_before + 2,
+        "{fds_before} descriptors before, {fds_after} 20 s later: slow clients not closed"
+    );
+    assert!(
+        rss_after <= rss_during + 8 * 1024,
+        "VmRSS {rss_during} KiB with the clients, {rss_after} KiB after"
+    );
+    println!(
+        "slowest scrape {slowest:?}; descriptors {fds_before} -> {fds_during} -> {fds_after}; \
+         VmRSS {rss_before} -> {rss_during} -> {rss_after} KiB"
+    );
 }

@@ -374,9 +374,11 @@ containers:
       periodSeconds: 30
       timeoutSeconds: 5
       failureThreshold: 3
+    # /healthz is liveness only: it fails when the scheduler is stuck, not when passes fail
+    # (the alerts say that). Ready once /metrics answers.
     readinessProbe:
       httpGet:
-        path: /healthz
+        path: /metrics
         port: http-metrics
       periodSeconds: 10
       timeoutSeconds: 5

@@ -22,6 +22,10 @@ import yaml
 
 # The metric names of the product contract (shared/PRODUCT.md).
 CONTRACT_METRICS = {
+    "mirrorsync_process_start_time_seconds",
+    "mirrorsync_runs_total",
+    "mirrorsync_config_last_reload_successful",
+    "mirrorsync_config_last_reload_success_timestamp_seconds",
     "mirrorsync_run_last_success_timestamp_seconds",
     "mirrorsync_run_duration_seconds",
     "mirrorsync_run_tags",
@@ -354,8 +358,9 @@ def render_checks(case, rendered, value_files):
               and "--deferred-exit-code" not in args)
         cport = {pp["name"]: pp["containerPort"] for pp in c.get("ports", [])}
         check(f"{p} container port http-metrics = {port}", cport.get("http-metrics") == port)
-        check(f"{p} liveness and readiness probes on /healthz",
-              c["livenessProbe"]["httpGet"]["path"] == "/healthz" and c["readinessProbe"]["httpGet"]["path"] == "/healthz")
+        # /healthz is liveness only (a stuck scheduler); ready once /metrics answers.
+        check(f"{p} liveness probe on /healthz, readiness on /metrics",
+              c["livenessProbe"]["httpGet"]["path"] == "/healthz" and c["readinessProbe"]["httpGet"]["path"] == "/metrics")
         svc = find(docs, "Service")[0]
         sel = svc["spec"]["selector"]
         pod_labels = pod_tpl["metadata"]["labels"]
@@ -385,10 +390,13 @@ def render_checks(case, rendered, value_files):
         "tagLagging": "MirrorsyncTagLagging", "noSuccessfulRun": "MirrorsyncNoSuccessfulRun",
         "metricsMissing": "MirrorsyncMetricsMissing", "tagsFailing": "MirrorsyncTagsFailing",
         "rateLimitLow": "MirrorsyncRateLimitLow", "pushgatewayStale": "MirrorsyncPushgatewayStale",
+        "configReloadFailed": "MirrorsyncConfigReloadFailed",
     }
     want = {n for k, n in key_to_name.items() if alerts[k]["enabled"]}
     if mode != "cronjob":
         want.discard("MirrorsyncPushgatewayStale")
+    else:
+        want.discard("MirrorsyncConfigReloadFailed")
     if pr_values["enabled"] and want:
         check(f"{p} one PrometheusRule", len(prs) == 1)
         rules = [r for g in prs[0]["spec"]["groups"] for r in g["rules"]]

@@ -1,0 +1,1004 @@
+//! The metrics Prometheus alerts on, and the three ways they leave the process.
+//!
+//! [`Metrics`] holds the series of the README's metrics table in a `prometheus` crate
+//! [`Registry`](prometheus::Registry) and renders them with its text encoder (exposition format
+//! 0.0.4, every family with `# HELP` and `# TYPE`, families sorted by name, series by label
+//! values, so two renders of the same state are byte-identical). The text format keeps counter
+//! and gauge types through a Pushgateway; the crate's own push and protobuf support are left out.
+//!
+//! The rendered text leaves the process through:
+//! - [`server::serve`]: `GET /metrics` and `GET /healthz` for the long-running `mirrorsync sync`;
+//! - [`push::push`]: a Prometheus Pushgateway, for `sync --once` in a CronJob;
+//! - [`textfile::write_textfile`]: a node-exporter textfile, written atomically.
+//!
+//! Series that have not been recorded yet are absent (for example
+//! `mirrorsync_run_last_success_timestamp_seconds` before the first successful run, and the
+//! `mirrorsync_config_*` pair outside the daemon), except `mirrorsync_process_start_time_seconds`,
+//! `mirrorsync_run_tags` (all four results), `mirrorsync_runs_total` (all three results),
+//! `mirrorsync_blobs_total` (all three actions) and `mirrorsync_schedule_skipped_passes_total`,
+//! which are always present so that `rate()` and alerts see a 0 rather than nothing. Label values
+//! never carry secrets: callers pass image references and registry host names only.
+
+pub mod push;
+pub mod server;
+pub mod textfile;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use prometheus::core::Collector;
+use prometheus::{Gauge, GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+pub use push::{MetricsError, push};
+pub use server::{HealthCheck, serve};
+pub use textfile::write_textfile;
+
+/// `Content-Type` of the text exposition format 0.0.4.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+
+/// What happened to one blob of a synced image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum BlobAction {
+    /// Streamed from upstream to the target.
+    Copied,
+    /// Cross-repository mount at the target.
+    Mounted,
+    /// Already present in the target repository.
+    Present,
+}
+
+impl BlobAction {
+    /// Every action.
+    pub const ALL: [BlobAction; 3] = [BlobAction::Copied, BlobAction::Mounted, BlobAction::Present];
+
+    /// The `action` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BlobAction::Copied => "copied",
+            BlobAction::Mounted => "mounted",
+            BlobAction::Present => "present",
+        }
+    }
+}
+
+/// The result of one tag in a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TagRunResult {
+    /// The target already held the upstream digest.
+    Unchanged,
+    /// The tag was copied or updated.
+    Synced,
+    /// The tag could not be synced.
+    Failed,
+    /// Left for a later run (signal, `--max-duration`, rate-limit reserve reached).
+    Deferred,
+}
+
+impl TagRunResult {
+    /// Every result.
+    pub const ALL: [TagRunResult; 4] = [
+        TagRunResult::Unchanged,
+        TagRunResult::Synced,
+        TagRunResult::Failed,
+        TagRunResult::Deferred,
+    ];
+
+    /// The `result` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TagRunResult::Unchanged => "unchanged",
+            TagRunResult::Synced => "synced",
+            TagRunResult::Failed => "failed",
+            TagRunResult::Deferred => "deferred",
+        }
+    }
+}
+
+/// The result of a whole pass, counted in `mirrorsync_runs_total{result}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PassResult {
+    /// Every tag ended in sync.
+    Success,
+    /// A tag failed, or the pass could not start.
+    Failed,
+    /// No tag failed, but some were left for a later run.
+    Deferred,
+}
+
+impl PassResult {
+    /// Every result.
+    pub const ALL: [PassResult; 3] = [
+        PassResult::Success,
+        PassResult::Failed,
+        PassResult::Deferred,
+    ];
+
+    /// The `result` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PassResult::Success => "success",
+            PassResult::Failed => "failed",
+            PassResult::Deferred => "deferred",
+        }
+    }
+}
+
+const PROCESS_START: &str = "mirrorsync_process_start_time_seconds";
+const RUN_LAST_SUCCESS: &str = "mirrorsync_run_last_success_timestamp_seconds";
+const RUN_DURATION: &str = "mirrorsync_run_duration_seconds";
+const RUN_TAGS: &str = "mirrorsync_run_tags";
+const RUNS: &str = "mirrorsync_runs_total";
+const TAG_IN_SYNC: &str = "mirrorsync_tag_in_sync";
+const TAG_LAST_SYNCED: &str = "mirrorsync_tag_last_synced_timestamp_seconds";
+const TAG_LAG: &str = "mirrorsync_tag_lag_seconds";
+const BLOBS: &str = "mirrorsync_blobs_total";
+const BYTES_COPIED: &str = "mirrorsync_bytes_copied_total";
+const HTTP_REQUESTS: &str = "mirrorsync_http_requests_total";
+const RATELIMIT_REMAINING: &str = "mirrorsync_ratelimit_remaining";
+const SKIPPED_PASSES: &str = "mirrorsync_schedule_skipped_passes_total";
+const CONFIG_RELOAD_OK: &str = "mirrorsync_config_last_reload_successful";
+const CONFIG_RELOAD_TIME: &str = "mirrorsync_config_last_reload_success_timestamp_seconds";
+
+/// What the registry's series cannot answer cheaply: which tags have series (to drop them), and
+/// the values read back by callers.
+#[derive(Debug, Default)]
+struct Tags {
+    lag: BTreeMap<(String, String), f64>,
+    last_success: Option<f64>,
+}
+
+/// The process's metrics. Updates are atomic operations on `prometheus` series, cheap enough to
+/// call from every transfer task; the per-tag series also take one small lock.
+pub struct Metrics {
+    registry: Registry,
+    process_start: Gauge,
+    run_last_success: GaugeVec,
+    run_duration: GaugeVec,
+    run_tags: IntGaugeVec,
+    runs: IntCounterVec,
+    tag_in_sync: IntGaugeVec,
+    tag_last_synced: GaugeVec,
+    tag_lag: GaugeVec,
+    blobs: IntCounterVec,
+    bytes_copied: IntCounterVec,
+    http_requests: IntCounterVec,
+    ratelimit_remaining: GaugeVec,
+    skipped_passes: IntCounter,
+    config_reload_ok: IntGaugeVec,
+    config_reload_time: GaugeVec,
+    tags: Mutex<Tags>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// Registers `collector` and returns it. The names and label sets below are constants, distinct
+/// and valid, so registering cannot fail.
+fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
+    registry
+        .register(Box::new(collector.clone()))
+        .expect("metric names and labels are distinct constants");
+    collector
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help)
+}
+
+/// Unix time of the first [`Metrics::new`] in this process: the process's start, near enough.
+fn process_start_time() -> f64 {
+    static START: OnceLock<f64> = OnceLock::new();
+    *START.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    })
+}
+
+impl Metrics {
+    /// A fresh set of metrics, shared: the always-present series at 0, the others absent.
+    pub fn new() -> Arc<Metrics> {
+        let r = Registry::new();
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &r,
+                GaugeVec::new(opts(name, help), labels).expect("valid metric"),
+            )
+        };
+        let int_gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &r,
+                IntGaugeVec::new(opts(name, help), labels).expect("valid metric"),
+            )
+        };
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &r,
+                IntCounterVec::new(opts(name, help), labels).expect("valid metric"),
+            )
+        };
+        let m = Metrics {
+            process_start: register(
+                &r,
+                Gauge::with_opts(opts(
+                    PROCESS_START,
+                    "Unix time the process started: the baseline of \"no success since\" alerts before the first successful run.",
+                ))
+                .expect("valid metric"),
+            ),
+            run_last_success: gauge_vec(
+                RUN_LAST_SUCCESS,
+                "Unix time at the end of the last run in which every tag was in sync.",
+                &[],
+            ),
+            run_duration: gauge_vec(RUN_DURATION, "Duration of the last run in seconds.", &[]),
+            run_tags: int_gauge_vec(
+                RUN_TAGS,
+                "Tags per result of the last run: unchanged, synced, failed, deferred.",
+                &["result"],
+            ),
+            runs: counter_vec(
+                RUNS,
+                "Passes, by result: success (every tag in sync), failed (a tag failed, or the pass could not start), deferred (work left for a later pass).",
+                &["result"],
+            ),
+            tag_in_sync: int_gauge_vec(
+                TAG_IN_SYNC,
+                "1 when the target held the upstream digest at the last check, 0 otherwise.",
+                &["source", "target"],
+            ),
+            tag_last_synced: gauge_vec(
+                TAG_LAST_SYNCED,
+                "Unix time the target was last seen to match upstream.",
+                &["source", "target"],
+            ),
+            tag_lag: gauge_vec(
+                TAG_LAG,
+                "Seconds the target has been behind an upstream digest already seen; 0 when in sync.",
+                &["source", "target"],
+            ),
+            blobs: counter_vec(
+                BLOBS,
+                "Blobs handled, by action: copied from upstream, mounted from another repository of the target, or already present.",
+                &["action"],
+            ),
+            bytes_copied: counter_vec(
+                BYTES_COPIED,
+                "Blob bytes pulled from each upstream registry.",
+                &["registry"],
+            ),
+            http_requests: counter_vec(
+                HTTP_REQUESTS,
+                "HTTP requests made, by registry, method and status code (\"error\" when no response was received).",
+                &["registry", "method", "code"],
+            ),
+            ratelimit_remaining: gauge_vec(
+                RATELIMIT_REMAINING,
+                "Last ratelimit-remaining value seen from the upstream registry.",
+                &["registry"],
+            ),
+            skipped_passes: register(
+                &r,
+                IntCounter::with_opts(opts(
+                    SKIPPED_PASSES,
+                    "Scheduled passes skipped because the previous pass was still running.",
+                ))
+                .expect("valid metric"),
+            ),
+            config_reload_ok: int_gauge_vec(
+                CONFIG_RELOAD_OK,
+                "1 when the last load of the configuration (at start or on SIGHUP) succeeded, 0 when it failed and the previous one is kept.",
+                &[],
+            ),
+            config_reload_time: gauge_vec(
+                CONFIG_RELOAD_TIME,
+                "Unix time of the last successful load of the configuration (at start or on SIGHUP).",
+                &[],
+            ),
+            tags: Mutex::new(Tags::default()),
+            registry: r,
+        };
+        m.process_start.set(process_start_time());
+        for result in TagRunResult::ALL {
+            m.run_tags.with_label_values(&[result.as_str()]).set(0);
+        }
+        for result in PassResult::ALL {
+            m.runs.with_label_values(&[result.as_str()]);
+        }
+        for action in BlobAction::ALL {
+            m.blobs.with_label_values(&[action.as_str()]);
+        }
+        Arc::new(m)
+    }
+
+    fn tags(&self) -> MutexGuard<'_, Tags> {
+        // A panic elsewhere while holding the lock leaves consistent plain data: keep going.
+        self.tags.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Overrides `mirrorsync_process_start_time_seconds` (tests with golden output).
+    pub fn set_process_start(&self, ts: f64) {
+        self.process_start.set(ts);
+    }
+
+    /// Records the end of a run: its duration, the number of tags per result (results not
+    /// listed are 0; a result listed twice is summed), one more pass in `mirrorsync_runs_total`
+    /// (failed when a tag failed, else deferred when a tag was deferred, else success), and,
+    /// when every tag was in sync, the end time as the last success (otherwise the previous
+    /// last success is kept).
+    pub fn record_run(
+        &self,
+        duration_seconds: f64,
+        tags: &[(TagRunResult, usize)],
+        success_timestamp: Option<f64>,
+    ) {
+        let mut counts: BTreeMap<TagRunResult, usize> =
+            TagRunResult::ALL.iter().map(|r| (*r, 0)).collect();
+        for &(result, n) in tags {
+            *counts.entry(result).or_default() += n;
+        }
+        self.run_duration
+            .with_label_values::<&str>(&[])
+            .set(duration_seconds);
+        for (result, n) in &counts {
+            self.run_tags
+                .with_label_values(&[result.as_str()])
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
+        let pass = if counts[&TagRunResult::Failed] > 0 {
+            PassResult::Failed
+        } else if counts[&TagRunResult::Deferred] > 0 {
+            PassResult::Deferred
+        } else {
+            PassResult::Success
+        };
+        self.count_pass(pass);
+        if let Some(ts) = success_timestamp {
+            self.set_last_success(ts);
+        }
+    }
+
+    /// Adds one pass to `mirrorsync_runs_total{result}`; [`Metrics::record_run`] does it for a
+    /// pass that ran, callers do it for a pass that could not start.
+    pub fn count_pass(&self, result: PassResult) {
+        self.runs.with_label_values(&[result.as_str()]).inc();
+    }
+
+    /// Seeds `mirrorsync_run_last_success_timestamp_seconds`, e.g. from state persisted by an
+    /// earlier run.
+    pub fn set_last_success(&self, ts: f64) {
+        let mut tags = self.tags();
+        tags.last_success = Some(ts);
+        self.run_last_success.with_label_values::<&str>(&[]).set(ts);
+    }
+
+    /// Records a load of the configuration (daemon: at start and on each SIGHUP):
+    /// `mirrorsync_config_last_reload_successful` 1 or 0, and on success
+    /// `mirrorsync_config_last_reload_success_timestamp_seconds` = `now`.
+    pub fn record_config_load(&self, ok: bool, now: f64) {
+        self.config_reload_ok
+            .with_label_values::<&str>(&[])
+            .set(i64::from(ok));
+        if ok {
+            self.config_reload_time
+                .with_label_values::<&str>(&[])
+                .set(now);
+        }
+    }
+
+    /// Sets the three per-tag gauges of `source` -> `target`. `last_synced_timestamp` None
+    /// leaves `mirrorsync_tag_last_synced_timestamp_seconds` out for this tag (never seen in
+    /// sync).
+    pub fn set_tag(
+        &self,
+        source: &str,
+        target: &str,
+        in_sync: bool,
+        last_synced_timestamp: Option<f64>,
+        lag_seconds: f64,
+    ) {
+        let mut tags = self.tags();
+        let labels = [source, target];
+        self.tag_in_sync
+            .with_label_values(&labels)
+            .set(i64::from(in_sync));
+        match last_synced_timestamp {
+            Some(ts) => self.tag_last_synced.with_label_values(&labels).set(ts),
+            None => {
+                // Absent already is fine.
+                let _ = self.tag_last_synced.remove_label_values(&labels);
+            }
+        }
+        self.tag_lag.with_label_values(&labels).set(lag_seconds);
+        tags.lag
+            .insert((source.to_string(), target.to_string()), lag_seconds);
+    }
+
+    /// Keeps only the tags for which `keep(source, target)` is true: the series of the others
+    /// disappear (after a config reload, or a pass over a changed list).
+    pub fn retain_tags(&self, keep: &dyn Fn(&str, &str) -> bool) {
+        let mut tags = self.tags();
+        tags.lag.retain(|(source, target), _| {
+            if keep(source, target) {
+                return true;
+            }
+            let labels = [source.as_str(), target.as_str()];
+            let _ = self.tag_in_sync.remove_label_values(&labels);
+            let _ = self.tag_last_synced.remove_label_values(&labels);
+            let _ = self.tag_lag.remove_label_values(&labels);
+            false
+        });
+    }
+
+    /// Adds `n` to `mirrorsync_blobs_total{action}`.
+    pub fn add_blobs(&self, action: BlobAction, n: u64) {
+        self.blobs.with_label_values(&[action.as_str()]).inc_by(n);
+    }
+
+    /// Adds `n` blob bytes pulled from upstream `registry`.
+    pub fn add_bytes_copied(&self, registry: &str, n: u64) {
+        self.bytes_copied.with_label_values(&[registry]).inc_by(n);
+    }
+
+    /// Counts one HTTP request to `registry`; `code` is the status ("200") or "error" for a
+    /// transport failure.
+    pub fn inc_http_request(&self, registry: &str, method: &str, code: &str) {
+        self.http_requests
+            .with_label_values(&[registry, method, code])
+            .inc();
+    }
+
+    /// Sets the last `ratelimit-remaining` seen from `registry`.
+    pub fn set_ratelimit_remaining(&self, registry: &str, remaining: f64) {
+        self.ratelimit_remaining
+            .with_label_values(&[registry])
+            .set(remaining);
+    }
+
+    /// Counts a due pass skipped because the previous one was still running.
+    pub fn inc_skipped_passes(&self) {
+        self.skipped_passes.inc();
+    }
+
+    /// The current `mirrorsync_tag_lag_seconds` of a tag, if set.
+    pub fn tag_lag(&self, source: &str, target: &str) -> Option<f64> {
+        self.tags()
+            .lag
+            .get(&(source.to_string(), target.to_string()))
+            .copied()
+    }
+
+    /// The current `mirrorsync_run_last_success_timestamp_seconds`, if any.
+    pub fn last_success(&self) -> Option<f64> {
+        self.tags().last_success
+    }
+
+    /// Renders every metric in the text exposition format 0.0.4.
+    pub fn render(&self) -> String {
+        let families = self.registry.gather();
+        // Encoding our own well-formed families into a String cannot fail.
+        prometheus::TextEncoder::new()
+            .encode_to_string(&families)
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use std::time::Duration;
+
+    const GOLDEN: &str = r#"# HELP mirrorsync_blobs_total Blobs handled, by action: copied from upstream, mounted from another repository of the target, or already present.
+# TYPE mirrorsync_blobs_total counter
+mirrorsync_blobs_total{action="copied"} 3
+mirrorsync_blobs_total{action="mounted"} 2
+mirrorsync_blobs_total{action="present"} 0
+# HELP mirrorsync_bytes_copied_total Blob bytes pulled from each upstream registry.
+# TYPE mirrorsync_bytes_copied_total counter
+mirrorsync_bytes_copied_total{registry="docker.io"} 61200000
+mirrorsync_bytes_copied_total{registry="quay.io"} 10
+# HELP mirrorsync_config_last_reload_success_timestamp_seconds Unix time of the last successful load of the configuration (at start or on SIGHUP).
+# TYPE mirrorsync_config_last_reload_success_timestamp_seconds gauge
+mirrorsync_config_last_reload_success_timestamp_seconds 1699999100
+# HELP mirrorsync_config_last_reload_successful 1 when the last load of the configuration (at start or on SIGHUP) succeeded, 0 when it failed and the previous one is kept.
+# TYPE mirrorsync_config_last_reload_successful gauge
+mirrorsync_config_last_reload_successful 0
+# HELP mirrorsync_http_requests_total HTTP requests made, by registry, method and status code ("error" when no response was received).
+# TYPE mirrorsync_http_requests_total counter
+mirrorsync_http_requests_total{code="200",method="GET",registry="docker.io"} 2
+mirrorsync_http_requests_total{code="200",method="HEAD",registry="docker.io"} 1
+mirrorsync_http_requests_total{code="error",method="GET",registry="quay.io"} 1
+# HELP mirrorsync_process_start_time_seconds Unix time the process started: the baseline of "no success since" alerts before the first successful run.
+# TYPE mirrorsync_process_start_time_seconds gauge
+mirrorsync_process_start_time_seconds 1699999000
+# HELP mirrorsync_ratelimit_remaining Last ratelimit-remaining value seen from the upstream registry.
+# TYPE mirrorsync_ratelimit_remaining gauge
+mirrorsync_ratelimit_remaining{registry="docker.io"} 97
+# HELP mirrorsync_run_duration_seconds Duration of the last run in seconds.
+# TYPE mirrorsync_run_duration_seconds gauge
+mirrorsync_run_duration_seconds 12.25
+# HELP mirrorsync_run_last_success_timestamp_seconds Unix time at the end of the last run in which every tag was in sync.
+# TYPE mirrorsync_run_last_success_timestamp_seconds gauge
+mirrorsync_run_last_success_timestamp_seconds 1700000000.5
+# HELP mirrorsync_run_tags Tags per result of the last run: unchanged, synced, failed, deferred.
+# TYPE mirrorsync_run_tags gauge
+mirrorsync_run_tags{result="deferred"} 0
+mirrorsync_run_tags{result="failed"} 1
+mirrorsync_run_tags{result="synced"} 1
+mirrorsync_run_tags{result="unchanged"} 3
+# HELP mirrorsync_runs_total Passes, by result: success (every tag in sync), failed (a tag failed, or the pass could not start), deferred (work left for a later pass).
+# TYPE mirrorsync_runs_total counter
+mirrorsync_runs_total{result="deferred"} 0
+mirrorsync_runs_total{result="failed"} 1
+mirrorsync_runs_total{result="success"} 0
+# HELP mirrorsync_schedule_skipped_passes_total Scheduled passes skipped because the previous pass was still running.
+# TYPE mirrorsync_schedule_skipped_passes_total counter
+mirrorsync_schedule_skipped_passes_total 1
+# HELP mirrorsync_tag_in_sync 1 when the target held the upstream digest at the last check, 0 otherwise.
+# TYPE mirrorsync_tag_in_sync gauge
+mirrorsync_tag_in_sync{source="docker.io/library/nginx:1.25",target="mirror/library/nginx:1.25"} 1
+mirrorsync_tag_in_sync{source="docker.io/library/redis:7.2",target="mirror/library/redis:7.2"} 0
+mirrorsync_tag_in_sync{source="odd\\name \"quoted\"\nline",target="t"} 0
+# HELP mirrorsync_tag_lag_seconds Seconds the target has been behind an upstream digest already seen; 0 when in sync.
+# TYPE mirrorsync_tag_lag_seconds gauge
+mirrorsync_tag_lag_seconds{source="docker.io/library/nginx:1.25",target="mirror/library/nginx:1.25"} 0
+mirrorsync_tag_lag_seconds{source="docker.io/library/redis:7.2",target="mirror/library/redis:7.2"} 3600
+mirrorsync_tag_lag_seconds{source="odd\\name \"quoted\"\nline",target="t"} 1.5
+# HELP mirrorsync_tag_last_synced_timestamp_seconds Unix time the target was last seen to match upstream.
+# TYPE mirrorsync_tag_last_synced_timestamp_seconds gauge
+mirrorsync_tag_last_synced_timestamp_seconds{source="docker.io/library/nginx:1.25",target="mirror/library/nginx:1.25"} 1700000000
+mirrorsync_tag_last_synced_timestamp_seconds{source="docker.io/library/redis:7.2",target="mirror/library/redis:7.2"} 1699990000
+"#;
+
+    fn populated() -> Arc<Metrics> {
+        let m = Metrics::new();
+        m.set_process_start(1_699_999_000.0);
+        m.record_config_load(true, 1_699_999_100.0);
+        m.record_config_load(false, 1_699_999_200.0);
+        // Inserted out of order on purpose: the output is sorted.
+        m.set_tag(
+            "docker.io/library/redis:7.2",
+            "mirror/library/redis:7.2",
+            false,
+            Some(1_699_990_000.0),
+            3600.0,
+        );
+        m.set_tag("odd\\name \"quoted\"\nline", "t", false, None, 1.5);
+        m.set_tag(
+            "docker.io/library/nginx:1.25",
+            "mirror/library/nginx:1.25",
+            true,
+            Some(1_700_000_000.0),
+            0.0,
+        );
+        m.record_run(
+            12.25,
+            &[
+                (TagRunResult::Unchanged, 2),
+                (TagRunResult::Synced, 1),
+                (TagRunResult::Failed, 1),
+                (TagRunResult::Unchanged, 1),
+            ],
+            Some(1_700_000_000.5),
+        );
+        m.add_blobs(BlobAction::Mounted, 2);
+        m.add_blobs(BlobAction::Copied, 1);
+        m.add_blobs(BlobAction::Copied, 2);
+        m.add_bytes_copied("quay.io", 10);
+        m.add_bytes_copied("docker.io", 61_200_000);
+        m.inc_http_request("quay.io", "GET", "error");
+        m.inc_http_request("docker.io", "HEAD", "200");
+        m.inc_http_request("docker.io", "GET", "200");
+        m.inc_http_request("docker.io", "GET", "200");
+        m.set_ratelimit_remaining("docker.io", 99.0);
+        m.set_ratelimit_remaining("docker.io", 97.0);
+        m.inc_skipped_passes();
+        m
+    }
+
+    #[test]
+    fn renders_golden_text_with_escaping() {
+        let m = populated();
+        let text = m.render();
+        if text != GOLDEN {
+            println!("rendered:\n{text}");
+            for (i, (a, b)) in text.lines().zip(GOLDEN.lines()).enumerate() {
+                assert_eq!(a, b, "line {}", i + 1);
+            }
+            assert_eq!(text, GOLDEN);
+        }
+        // Stable: rendering again gives the same bytes.
+        assert_eq!(m.render(), text);
+    }
+
+    #[test]
+    fn empty_metrics_render_the_always_present_families() {
+        let text = Metrics::new().render();
+        assert!(!text.contains(RUN_LAST_SUCCESS), "{text}");
+        assert!(!text.contains(RUN_DURATION), "{text}");
+        assert!(!text.contains(TAG_LAG), "{text}");
+        assert!(!text.contains(CONFIG_RELOAD_OK), "daemon only: {text}");
+        assert!(!text.contains(CONFIG_RELOAD_TIME), "daemon only: {text}");
+        assert!(
+            text.contains(&format!("{PROCESS_START} {}\n", process_start_time())),
+            "{text}"
+        );
+        for r in ["success", "failed", "deferred"] {
+            assert!(
+                text.contains(&format!("mirrorsync_runs_total{{result=\"{r}\"}} 0\n")),
+                "{text}"
+            );
+        }
+        for r in ["unchanged", "synced", "failed", "deferred"] {
+            assert!(
+                text.contains(&format!("mirrorsync_run_tags{{result=\"{r}\"}} 0\n")),
+                "{text}"
+            );
+        }
+        for a in ["copied", "mounted", "present"] {
+            assert!(
+                text.contains(&format!("mirrorsync_blobs_total{{action=\"{a}\"}} 0\n")),
+                "{text}"
+            );
+        }
+        assert!(text.contains("mirrorsync_schedule_skipped_passes_total 0\n"));
+        // Every sample line belongs to a family announced with HELP and TYPE just before.
+        let mut current = String::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                current = rest.split(' ').next().unwrap().to_string();
+            } else if !line.starts_with('#') {
+                assert!(line.starts_with(&current), "{line}");
+            }
+        }
+    }
+
+    #[test]
+    fn all_results_present_and_last_success_kept() {
+        let m = Metrics::new();
+        m.record_run(1.0, &[(TagRunResult::Failed, 2)], None);
+        let text = m.render();
+        assert!(text.contains("mirrorsync_run_tags{result=\"unchanged\"} 0\n"));
+        assert!(text.contains("mirrorsync_run_tags{result=\"synced\"} 0\n"));
+        assert!(text.contains("mirrorsync_run_tags{result=\"failed\"} 2\n"));
+        assert!(text.contains("mirrorsync_run_tags{result=\"deferred\"} 0\n"));
+        assert!(text.contains("mirrorsync_run_duration_seconds 1\n"));
+        assert!(!text.contains(RUN_LAST_SUCCESS), "absent until a success");
+
+        m.set_last_success(100.0);
+        assert!(
+            m.render()
+                .contains("mirrorsync_run_last_success_timestamp_seconds 100\n")
+        );
+        m.record_run(2.0, &[(TagRunResult::Synced, 3)], Some(200.0));
+        assert_eq!(m.last_success(), Some(200.0));
+        m.record_run(3.0, &[(TagRunResult::Deferred, 1)], None);
+        let text = m.render();
+        assert!(text.contains("mirrorsync_run_last_success_timestamp_seconds 200\n"));
+        assert!(
+            text.contains("mirrorsync_run_tags{result=\"synced\"} 0\n"),
+            "reset per run"
+        );
+        assert!(text.contains("mirrorsync_run_tags{result=\"deferred\"} 1\n"));
+        assert!(text.contains("mirrorsync_run_duration_seconds 3\n"));
+        // One pass counted per record_run, by its worst result; a pass that could not start
+        // is counted by the caller.
+        m.record_run(
+            4.0,
+            &[(TagRunResult::Failed, 1), (TagRunResult::Deferred, 1)],
+            None,
+        );
+        m.count_pass(PassResult::Failed);
+        let text = m.render();
+        assert!(
+            text.contains("mirrorsync_runs_total{result=\"failed\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mirrorsync_runs_total{result=\"success\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mirrorsync_runs_total{result=\"deferred\"} 1\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn config_loads_set_the_reload_pair() {
+        let m = Metrics::new();
+        m.record_config_load(true, 100.0);
+        let text = m.render();
+        assert!(
+            text.contains("mirrorsync_config_last_reload_successful 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mirrorsync_config_last_reload_success_timestamp_seconds 100\n"),
+            "{text}"
+        );
+        m.record_config_load(false, 200.0);
+        let text = m.render();
+        assert!(
+            text.contains("mirrorsync_config_last_reload_successful 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mirrorsync_config_last_reload_success_timestamp_seconds 100\n"),
+            "the last success is kept: {text}"
+        );
+    }
+
+    #[test]
+    fn retain_tags_drops_unconfigured_series() {
+        let m = Metrics::new();
+        m.set_tag("a", "ma", true, Some(1.0), 0.0);
+        m.set_tag("b", "mb", false, Some(2.0), 5.0);
+        m.set_tag("c", "mc", false, None, 7.0);
+        m.retain_tags(&|s, t| s == "b" && t == "mb");
+        let text = m.render();
+        assert!(text.contains("mirrorsync_tag_lag_seconds{source=\"b\",target=\"mb\"} 5\n"));
+        assert!(!text.contains("source=\"a\""), "{text}");
+        assert!(!text.contains("source=\"c\""), "{text}");
+        assert_eq!(m.tag_lag("b", "mb"), Some(5.0));
+        assert_eq!(m.tag_lag("a", "ma"), None);
+        m.retain_tags(&|_, _| false);
+        let text = m.render();
+        assert!(
+            !text.contains(TAG_IN_SYNC) && !text.contains(TAG_LAG),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn concurrent_updates_are_all_counted() {
+        let m = Metrics::new();
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let m = m.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        m.add_blobs(BlobAction::Present, 1);
+                        m.inc_http_request("r", "GET", "200");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let text = m.render();
+        assert!(text.contains("mirrorsync_blobs_total{action=\"present\"} 8000\n"));
+        assert!(text.contains(
+            "mirrorsync_http_requests_total{code=\"200\",method=\"GET\",registry=\"r\"} 8000\n"
+        ));
+    }
+
+    async fn http_get(addr: std::net::SocketAddr, raw: &[u8]) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(raw).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Kills the child process when dropped, so a failing assertion does not leave it running.
+    struct KillOnDrop(std::process::Child);
+
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn promtool_check(text: &str) {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new("/usr/bin/promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run promtool");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "promtool check metrics failed:\n{said}\n{text}"
+        );
+        assert!(said.trim().is_empty(), "promtool complained:\n{said}");
+    }
+
+    #[tokio::test]
+    async fn promtool_and_real_pushgateway() {
+        let promtool = Path::new("/usr/bin/promtool");
+        let gateway = Path::new("/usr/bin/prometheus-pushgateway");
+        if !promtool.exists() || !gateway.exists() {
+            println!(
+                "skipping: /usr/bin/promtool or /usr/bin/prometheus-pushgateway is absent \
+                 (apt-get install prometheus prometheus-pushgateway)"
+            );
+            return;
+        }
+        let _ = rustls::crypto::ring::default_provider().install_default();
+
+        let m = populated();
+        let text = m.render();
+        promtool_check(&text);
+        promtool_check(&Metrics::new().render());
+
+        // What /metrics serves and what a textfile holds pass too.
+        let (addr, task) = serve(
+            "127.0.0.1:0".parse().unwrap(),
+            m.clone(),
+            Arc::new(|| Ok(())),
+        )
+        .await
+        .unwrap();
+        let served = http_get(addr, b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+        task.abort();
+        promtool_check(served.split_once("\r\n\r\n").unwrap().1);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mirrorsync.prom");
+        write_textfile(&file, &text).unwrap();
+        promtool_check(&std::fs::read_to_string(&file).unwrap());
+
+        // A real Pushgateway on a free loopback port.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let _gw = KillOnDrop(
+            std::process::Command::new(gateway)
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("start prometheus-pushgateway"),
+        );
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = http.get(format!("{base}/-/ready")).send().await;
+            if matches!(&ready, Ok(r) if r.status().is_success()) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pushgateway not ready"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        // Credentials in the URL are sent as basic auth (this gateway ignores them).
+        let with_creds = format!("http://robot:pw@127.0.0.1:{port}/");
+        push(
+            &http,
+            &with_creds,
+            &[("instance", "ns/pod-1")],
+            text.clone(),
+        )
+        .await
+        .unwrap();
+
+        let v: serde_json::Value = http
+            .get(format!("{base}/api/v1/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["status"], "success", "{v}");
+        let groups = v["data"].as_array().unwrap();
+        let group = groups
+            .iter()
+            .find(|g| g["labels"]["instance"] == "ns/pod-1")
+            .unwrap_or_else(|| panic!("group not found: {v}"));
+        assert_eq!(group["labels"]["job"], "mirrorsync", "{group}");
+        assert_eq!(group["last_push_successful"], true, "{group}");
+        let expect = [
+            (RUN_LAST_SUCCESS, "gauge"),
+            (RUN_DURATION, "gauge"),
+            (RUN_TAGS, "gauge"),
+            (TAG_IN_SYNC, "gauge"),
+            (TAG_LAST_SYNCED, "gauge"),
+            (TAG_LAG, "gauge"),
+            (BLOBS, "counter"),
+            (BYTES_COPIED, "counter"),
+            (HTTP_REQUESTS, "counter"),
+            (RATELIMIT_REMAINING, "gauge"),
+            (SKIPPED_PASSES, "counter"),
+            (PROCESS_START, "gauge"),
+            (RUNS, "counter"),
+            (CONFIG_RELOAD_OK, "gauge"),
+            (CONFIG_RELOAD_TIME, "gauge"),
+        ];
+        for (name, kind) in expect {
+            let fam = &group[name];
+            assert!(fam.is_object(), "{name} missing from {group}");
+            assert_eq!(
+                fam["type"].as_str().unwrap_or("").to_ascii_lowercase(),
+                kind,
+                "{name}: {fam}"
+            );
+            let help = fam["help"].as_str().unwrap_or("");
+            assert!(
+                !help.is_empty() && text.contains(&format!("# HELP {name} {help}\n")),
+                "{name} help: {fam}"
+            );
+        }
+        let lag = group[TAG_LAG]["metrics"].as_array().unwrap();
+        let odd = lag
+            .iter()
+            .find(|s| s["labels"]["target"] == "t")
+            .unwrap_or_else(|| panic!("{lag:?}"));
+        assert_eq!(odd["labels"]["source"], "odd\\name \"quoted\"\nline");
+        assert_eq!(odd["value"], "1.5");
+        let tags = &group[RUN_TAGS]["metrics"];
+        assert_eq!(tags.as_array().unwrap().len(), 4, "{tags}");
+
+        // An empty grouping value uses the base64 form.
+        push(&http, &base, &[("instance", "")], Metrics::new().render())
+            .await
+            .unwrap();
+        let v: serde_json::Value = http
+            .get(format!("{base}/api/v1/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let empty = v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["labels"]["instance"] == "")
+            .unwrap_or_else(|| panic!("group with empty instance not found: {v}"));
+        assert_eq!(empty[SKIPPED_PASSES]["type"], "COUNTER", "{empty}");
+
+        // A body the gateway rejects: the error names the URL and status with the body.
+        let err = push(
+            &http,
+            &with_creds,
+            &[("instance", "bad")],
+            "not a metric line {\n".to_string(),
+        )
+        .await
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(err, MetricsError::Status { status: 400, .. }),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(&format!(
+                "http://127.0.0.1:{port}/metrics/job/mirrorsync/instance/bad"
+            )),
+            "{msg}"
+        );
+        assert!(!msg.contains("pw"), "{msg}");
+        println!("pushgateway round trip checked on port {port}; rejected push said: {msg}");
+    }
+}

@@ -11,7 +11,7 @@ use crate::shard::Shard;
 ///
 /// Exit codes: 0 every tag is in sync; 1 some tags failed (the others were still synced);
 /// 2 configuration or usage error; 3 stopped early with work left (signal, --max-duration,
-/// pull-quota reserve reached).
+/// pull-quota reserve reached; `sync --once --deferred-exit-code N` makes this N).
 #[derive(Debug, Parser)]
 #[command(name = "mirrorsync", version, about, long_about)]
 pub struct Cli {
@@ -95,6 +95,12 @@ pub struct SyncArgs {
     /// Without --once: start with a pass instead of waiting for the schedule.
     #[arg(long)]
     pub run_now: bool,
+    /// With --once: the exit code of a run where no tag failed but some were deferred
+    /// (pull-quota reserve reached, --max-duration, a signal) [default: 3]. 0 lets a
+    /// Kubernetes Job succeed on a routine deferral; the summary and the metrics still count
+    /// the deferred tags.
+    #[arg(long, value_name = "N")]
+    pub deferred_exit_code: Option<u8>,
     /// Without --once: /healthz (liveness) fails when a due pass has not started, or a running
     /// pass has finished no tag and moved no byte, for this long (e.g. 30m, 90s). Failing passes
     /// and long passes that make progress keep it healthy: alert on the metrics for those.

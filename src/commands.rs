@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use crate::config::{Config, TargetKind};
 use crate::copy::Mode;
+use crate::history::{History, PushgatewayGroup};
+use crate::report::EXIT_DEFERRED;
 use crate::run::PassOptions;
 use crate::shard::Shard;
 use crate::signals::RunControl;
@@ -32,6 +34,12 @@ pub async fn sync(config: Config, args: cli::SyncArgs, progress: bool) -> i32 {
             return 2;
         }
     };
+    if !args.once && args.deferred_exit_code.is_some() {
+        eprintln!(
+            "error: --deferred-exit-code applies to `sync --once` only (the daemon's passes have no exit code)"
+        );
+        return 2;
+    }
     if !args.once {
         let options = daemon::DaemonOptions {
             config_path: args.config.config.clone(),
@@ -67,12 +75,30 @@ pub async fn sync(config: Config, args: cli::SyncArgs, progress: bool) -> i32 {
         mode: Mode::Sync,
         shard,
         control,
+        history: History {
+            memory: None,
+            textfile: args.metrics_file.clone(),
+            pushgateway: args.pushgateway.as_ref().map(|url| PushgatewayGroup {
+                url: url.clone(),
+                labels: std::iter::once(("job".to_string(), "mirrorsync".to_string()))
+                    .chain(
+                        push_grouping(&args, shard)
+                            .into_iter()
+                            .map(|(k, v)| (k.to_string(), v)),
+                    )
+                    .collect(),
+            }),
+        },
         activity: None,
     };
     let code = match run::run_pass(&config, &options, &metrics).await {
         Ok(report) => {
             print!("{}", report.render());
-            report.exit_code()
+            deferred_exit(
+                report.exit_code(),
+                report.deferred(),
+                args.deferred_exit_code,
+            )
         }
         Err(e) => {
             eprintln!("error: {e}");
@@ -90,6 +116,35 @@ pub async fn sync(config: Config, args: cli::SyncArgs, progress: bool) -> i32 {
     code
 }
 
+/// The exit code of a `--once` run: 3 (work left, nothing failed) becomes `--deferred-exit-code`.
+fn deferred_exit(code: i32, deferred: usize, deferred_exit_code: Option<u8>) -> i32 {
+    match deferred_exit_code {
+        Some(n) if code == EXIT_DEFERRED => {
+            tracing::info!(
+                deferred,
+                exit_code = n,
+                "tags were deferred to the next run; exiting with --deferred-exit-code"
+            );
+            i32::from(n)
+        }
+        _ => code,
+    }
+}
+
+/// The Pushgateway grouping labels of a `--once` run: instance, and shard when sharded.
+fn push_grouping(args: &cli::SyncArgs, shard: Option<Shard>) -> Vec<(&'static str, String)> {
+    let instance = args
+        .instance
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "mirrorsync".to_string());
+    let mut grouping = vec![("instance", instance)];
+    if let Some(s) = shard {
+        grouping.push(("shard", format!("{}-of-{}", s.index, s.count)));
+    }
+    grouping
+}
+
 /// Pushes and/or writes the metrics of a `--once` run. A failure is logged, not fatal: the
 /// sync itself happened.
 async fn export_metrics(
@@ -104,16 +159,8 @@ async fn export_metrics(
         tracing::error!(path = %path.display(), error = %e, "could not write the metrics textfile");
     }
     if let Some(url) = &args.pushgateway {
-        let instance = args
-            .instance
-            .clone()
-            .or_else(|| std::env::var("HOSTNAME").ok())
-            .unwrap_or_else(|| "mirrorsync".to_string());
-        let shard_label = shard.map(|s| format!("{}-of-{}", s.index, s.count));
-        let mut grouping = vec![("instance", instance.as_str())];
-        if let Some(label) = &shard_label {
-            grouping.push(("shard", label.as_str()));
-        }
+        let labels = push_grouping(args, shard);
+        let grouping: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let http = reqwest::Client::new();
         if let Err(e) = metrics::push(&http, url, &grouping, body).await {
             tracing::error!(error = %e, "could not push metrics to the Pushgateway");
@@ -135,6 +182,7 @@ pub async fn plan(config: Config, args: cli::PlanArgs, progress: bool) -> i32 {
         mode: Mode::Plan,
         shard,
         control: RunControl::default(),
+        history: History::default(),
         activity: None,
     };
     match run::run_pass(&config, &options, &metrics::Metrics::new()).await {
@@ -161,6 +209,13 @@ pub async fn check(config: Config, connect: bool) -> i32 {
             TargetKind::Path(p) => p.display().to_string(),
         }
     );
+    if let Some(schedule) = &config.schedule {
+        let next = schedule
+            .next_after(chrono::Utc::now())
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_else(|| "never".to_string());
+        println!("schedule: {}; next pass at {next}", schedule.describe());
+    }
     if !connect {
         return 0;
     }

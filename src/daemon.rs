@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::copy::progress::Progress;
 use crate::copy::{Mode, target_name};
+use crate::history::History;
 use crate::liveness::Liveness;
 use crate::metrics::{self, Metrics, PassResult};
 use crate::run::{PassOptions, run_pass, unix_now};
@@ -37,15 +38,14 @@ pub struct DaemonOptions {
     pub liveness_timeout: Duration,
 }
 
+/// The schedule parsed when the configuration was loaded; the daemon cannot run without one.
 fn schedule_of(config: &Config) -> Result<Schedule, String> {
-    let expr = config.schedule.as_deref().ok_or_else(|| {
+    config.schedule.clone().ok_or_else(|| {
         format!(
             "{}: `sync` without --once needs a `schedule` (cron) in the configuration",
             config.path.display()
         )
-    })?;
-    Schedule::parse(expr, &config.timezone)
-        .map_err(|e| format!("{}: schedule: {e}", config.path.display()))
+    })
 }
 
 /// Runs until a stop signal; returns the exit code.
@@ -86,6 +86,8 @@ pub async fn run(initial: Config, options: DaemonOptions) -> i32 {
     }
     tracing::info!(schedule = %schedule.describe(), "waiting for the schedule");
 
+    // The state of the last pass, for passes that cannot read it from the target.
+    let memory: crate::history::Memory = Arc::new(std::sync::Mutex::new(None));
     let mut run_now = options.run_now;
     loop {
         if !run_now {
@@ -123,6 +125,10 @@ pub async fn run(initial: Config, options: DaemonOptions) -> i32 {
                 stop: shutdown.child_token(),
                 now: now.clone(),
                 grace: options.grace,
+            },
+            history: History {
+                memory: Some(Arc::clone(&memory)),
+                ..History::default()
             },
             activity: Some(activity),
         };

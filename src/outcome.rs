@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::reference::Digest;
+use crate::reference::{Digest, TargetImage};
 
 /// Blob work done for one tag.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -53,7 +53,8 @@ pub enum TagResult {
 #[derive(Debug, Clone)]
 pub struct TagOutcome {
     pub source: String,
-    pub target: String,
+    /// Where it lands: repository and tag, or digest for a digest pin.
+    pub target: TargetImage,
     pub result: TagResult,
     pub stats: CopyStats,
     pub duration: Duration,

@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use crate::outcome::{CopyStats, Pruned, TagOutcome, TagResult};
 
+/// The exit code of a run that left work for a later run and failed nothing.
+pub const EXIT_DEFERRED: i32 = 3;
+
 /// The summary of a whole run.
 #[derive(Debug, Clone)]
 pub struct RunReport {
@@ -37,13 +40,13 @@ impl RunReport {
         self.tags.iter().filter(|t| f(&t.result)).count()
     }
 
-    /// 0 when every tag is in sync, 1 when some failed, 3 when none failed but some were left
-    /// for a later run.
+    /// 0 when every tag is in sync, 1 when some failed, [`EXIT_DEFERRED`] when none failed but
+    /// some were left for a later run.
     pub fn exit_code(&self) -> i32 {
         if self.failed() > 0 {
             1
         } else if self.deferred() > 0 {
-            3
+            EXIT_DEFERRED
         } else {
             0
         }

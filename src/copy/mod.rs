@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, SyncItem, TargetKind};
 use crate::manifest::ManifestError;
 use crate::outcome::{CopyStats, TagOutcome, TagResult};
-use crate::reference::Digest;
+use crate::reference::{Digest, TargetImage, TargetReference};
 use crate::registry::{
     CredentialStore, EndpointError, HostLimits, LimitSettings, RegistryClient, RegistryError,
     RequestObserver, RetryPolicy, Usage,
@@ -306,7 +306,7 @@ impl Engine {
         for (i, item) in items.iter().enumerate() {
             let outcome = TagOutcome {
                 source: item.source.to_string(),
-                target: target_name(item),
+                target: target_image(item),
                 result: results[i].take().unwrap_or_else(|| deferred("not reached")),
                 stats: counters[i].snapshot(),
                 duration: elapsed,
@@ -431,6 +431,20 @@ fn failed_or_deferred(error: SyncError) -> TagResult {
 }
 
 /// `repository:tag` (or `repository@digest`) at the target, for messages.
+/// Where an item lands, whole.
+pub fn target_image(item: &SyncItem) -> TargetImage {
+    let reference = match (&item.target_tag, item.source.digest()) {
+        (Some(tag), _) => TargetReference::Tag(tag.clone()),
+        (None, Some(d)) => TargetReference::Digest(d.clone()),
+        (None, None) => TargetReference::Selection,
+    };
+    TargetImage {
+        repository: item.target_repository.clone(),
+        reference,
+    }
+}
+
+/// Where an item lands, as text: `repo:tag` or `repo@digest`.
 pub fn target_name(item: &SyncItem) -> String {
     match (&item.target_tag, item.source.digest()) {
         (Some(tag), _) => format!("{}:{tag}", item.target_repository),

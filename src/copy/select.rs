@@ -10,6 +10,7 @@ use super::upstream::UpstreamRef;
 use super::{Engine, SyncError, target_name};
 use crate::config::SyncItem;
 use crate::outcome::{CopyStats, TagOutcome, TagResult};
+use crate::reference::{TargetImage, TargetReference};
 
 impl Engine {
     /// The configured fixed tags plus the tags each `tags:` filter selects now. A selection
@@ -30,7 +31,10 @@ impl Engine {
                 Err(e) => {
                     let outcome = TagOutcome {
                         source: format!("{} (tag filters)", selection.source.name()),
-                        target: selection.target_repository.clone(),
+                        target: TargetImage {
+                            repository: selection.target_repository.clone(),
+                            reference: TargetReference::Selection,
+                        },
                         result: TagResult::Failed {
                             error: e.to_string(),
                         },

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use futures_util::TryStreamExt;
 
@@ -71,6 +72,7 @@ impl Engine {
         })?;
         match parsed {
             Parsed::Image { blobs } => {
+                route.counters.blobs_total.fetch_add(blobs.len() as u64, Ordering::Relaxed);
                 futures_util::stream::iter(blobs.iter().map(Ok))
                     .try_for_each_concurrent(BLOBS_PER_MANIFEST, |blob| {
                         self.ensure_blob(

@@ -42,7 +42,7 @@ impl Engine {
                             selection.target_repository
                         ),
                     };
-                    outcome.log();
+                    crate::report::tag_finished(&outcome, self.mode == super::Mode::Plan);
                     failures.push(outcome);
                     continue;
                 }
@@ -100,11 +100,11 @@ impl Engine {
     pub(super) async fn referrer_items(
         &self,
         items: &[SyncItem],
-        inspections: &[Inspection],
+        inspections: &[(Inspection, Duration)],
     ) -> Vec<SyncItem> {
         let mut extra = Vec::new();
         let mut taken: std::collections::HashSet<String> = items.iter().map(target_name).collect();
-        for (item, inspection) in items.iter().zip(inspections) {
+        for (item, (inspection, _)) in items.iter().zip(inspections) {
             // Signatures name upstream's digest: useless where the mirror rewrites manifests.
             if !item.options.referrers || item.platforms.is_some() {
                 continue;

@@ -1,6 +1,6 @@
 //! The metrics Prometheus alerts on, and the three ways they leave the process.
 //!
-//! [`Metrics`] holds the series named in PRODUCT.md ("Metrics"), plus
+//! [`Metrics`] holds the series the README documents ("Observability"), plus
 //! `mirrorsync_schedule_skipped_passes_total`, and renders them in the Prometheus text
 //! exposition format 0.0.4 ([`Metrics::render`]): every family with `# HELP` and `# TYPE`,
 //! counters named `*_total`, families in a fixed order and series sorted by label values, so two

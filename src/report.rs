@@ -177,7 +177,7 @@ impl RunReport {
         }
         let _ = writeln!(
             out,
-            "{}: {} {}, {} unchanged, {} failed, {} deferred; {} {} ({}), {} mounted, {} present; {:.1}s",
+            "{}: {} {}, {} unchanged, {} failed, {} deferred; {} {} ({}), {} {}, {} present; {:.1}s",
             plural(self.tags.len() as u64, "tag"),
             self.synced(),
             if self.planned { "to sync" } else { "synced" },
@@ -188,6 +188,7 @@ impl RunReport {
             if self.planned { "to copy" } else { "copied" },
             human_bytes(total.copied_bytes),
             total.mounted,
+            if self.planned { "to mount" } else { "mounted" },
             total.present,
             self.duration.as_secs_f64(),
         );
@@ -209,15 +210,31 @@ impl RunReport {
         let (failed, deferred, pruned) = (self.failed(), self.deferred(), self.pruned.len());
         if self.planned {
             tracing::info!(
-                tags, would_sync = synced, unchanged, failed, deferred, would_prune = pruned,
-                duration_ms, exit_code, "plan finished"
+                tags,
+                would_sync = synced,
+                unchanged,
+                failed,
+                deferred,
+                would_prune = pruned,
+                duration_ms,
+                exit_code,
+                "plan finished"
             );
         } else {
             tracing::info!(
-                tags, synced, unchanged, failed, deferred, pruned,
-                blobs_copied = total.copied, bytes_copied = total.copied_bytes,
-                blobs_mounted = total.mounted, blobs_present = total.present,
-                duration_ms, exit_code, "run finished"
+                tags,
+                synced,
+                unchanged,
+                failed,
+                deferred,
+                pruned,
+                blobs_copied = total.copied,
+                bytes_copied = total.copied_bytes,
+                blobs_mounted = total.mounted,
+                blobs_present = total.present,
+                duration_ms,
+                exit_code,
+                "run finished"
             );
         }
     }

@@ -72,7 +72,10 @@ impl Engine {
         })?;
         match parsed {
             Parsed::Image { blobs } => {
-                route.counters.blobs_total.fetch_add(blobs.len() as u64, Ordering::Relaxed);
+                route
+                    .counters
+                    .blobs_total
+                    .fetch_add(blobs.len() as u64, Ordering::Relaxed);
                 futures_util::stream::iter(blobs.iter().map(Ok))
                     .try_for_each_concurrent(BLOBS_PER_MANIFEST, |blob| {
                         self.ensure_blob(

@@ -13,6 +13,7 @@ mod faults;
 mod harness;
 mod kill_safety;
 mod kubernetes;
+mod logs;
 mod observability;
 mod rate_limits;
 mod selection;

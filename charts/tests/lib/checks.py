@@ -20,7 +20,7 @@ import sys
 
 import yaml
 
-# The metric names of the product contract (shared/PRODUCT.md).
+# The metric names the README's "Observability" section documents.
 CONTRACT_METRICS = {
     "mirrorsync_run_last_success_timestamp_seconds",
     "mirrorsync_run_duration_seconds",

@@ -40,6 +40,13 @@ pub fn fatal(message: impl std::fmt::Display) {
 pub fn tag_finished(tag: &TagOutcome, planned: bool) {
     if !json_logs() {
         if let Some(line) = tag_line(tag, planned) {
+            // The live progress line on a terminal is cleared first; it is redrawn below.
+            let err = std::io::stderr();
+            if std::io::IsTerminal::is_terminal(&err) {
+                let mut err = err.lock();
+                let _ = std::io::Write::write_all(&mut err, b"\r\x1b[2K");
+                let _ = std::io::Write::flush(&mut err);
+            }
             println!("{line}");
         }
         return;

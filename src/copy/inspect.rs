@@ -90,6 +90,7 @@ impl Engine {
         let digest = match (item.source.digest(), item.source.tag()) {
             (Some(digest), _) => digest.clone(),
             (None, Some(tag)) => {
+                upstream.reachable().await?;
                 let head = upstream
                     .origin
                     .head_manifest(repository, tag)

@@ -132,8 +132,7 @@ pub struct Engine {
     credentials: CredentialStore,
     observer: Option<Arc<dyn RequestObserver>>,
     retry: RetryPolicy,
-    /// Upstreams by host, or why the host could not be reached this run.
-    upstreams: tokio::sync::Mutex<HashMap<String, Result<UpstreamRef, Arc<SyncError>>>>,
+    upstreams: tokio::sync::Mutex<HashMap<String, UpstreamRef>>,
     /// Tag lists, fetched once per repository per run.
     tag_lists: std::sync::Mutex<HashMap<String, TagListCell>>,
     blobs: BlobLedger,
@@ -386,6 +385,10 @@ impl Engine {
             sparse: item.options.sparse,
         };
         let copied = async {
+            // With mirrors, content by digest may come from them while the origin is down.
+            if change.upstream.mirrors.is_empty() {
+                change.upstream.reachable().await?;
+            }
             let manifest = self
                 .copy_manifest(route, &change.digest, item.platforms.as_deref(), 0)
                 .await?;
@@ -447,39 +450,25 @@ impl Engine {
         Ok(())
     }
 
-    /// The upstream for a registry host, built and probed (`GET /v2/`, with its retries) on first
-    /// use. A host that cannot be reached is reported once, here, and every later tag of it
-    /// fails at once with a short reason instead of retrying the same dead connection.
+    /// The upstream for a registry host, built on first use with its settings and credentials.
     async fn upstream(&self, registry: &str) -> Result<UpstreamRef, SyncError> {
         let mut upstreams = self.upstreams.lock().await;
-        if let Some(known) = upstreams.get(registry) {
-            return known.clone().map_err(SyncError::Shared);
+        if let Some(existing) = upstreams.get(registry) {
+            return Ok(Arc::clone(existing));
         }
         let settings = self.config.registry(registry);
-        let built = async {
-            let upstream = Upstream::build(
+        let upstream = Arc::new(
+            Upstream::build(
                 registry,
                 &settings,
                 &self.credentials,
                 &self.retry,
                 self.observer.clone(),
             )
-            .await?;
-            if let Err(e) = upstream.origin.ping().await {
-                tracing::error!(
-                    registry, operation = "GET /v2/", error = %e,
-                    "upstream unreachable; its tags fail without further requests this run"
-                );
-                return Err(SyncError::Other(format!(
-                    "upstream {registry} unreachable (GET /v2/ failed; the error is logged once)"
-                )));
-            }
-            Ok(Arc::new(upstream))
-        }
-        .await
-        .map_err(Arc::new);
-        upstreams.insert(registry.to_string(), built.clone());
-        built.map_err(SyncError::Shared)
+            .await?,
+        );
+        upstreams.insert(registry.to_string(), Arc::clone(&upstream));
+        Ok(upstream)
     }
 }
 

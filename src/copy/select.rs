@@ -78,6 +78,7 @@ impl Engine {
         upstream: &UpstreamRef,
         repository: &str,
     ) -> Result<Arc<Vec<String>>, SyncError> {
+        upstream.reachable().await?;
         let key = format!("{}/{repository}", upstream.host);
         let cell = {
             let mut lists = self.tag_lists.lock().unwrap_or_else(|p| p.into_inner());

@@ -798,3 +798,30 @@ fn no_source_refers_to_a_document_outside_the_repository() {
         "{outside} is not in the repository: {found:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pinned_digest_already_mirrored_needs_no_probe_of_a_dead_host() {
+    let upstream = Registry::start().await;
+    let target = Registry::start().await;
+    let image = push_image(
+        &upstream,
+        "team/pinned",
+        "1",
+        ImageSpec::new(Format::Oci, vec![layer(70, 1_000)]),
+    )
+    .await;
+    let pinned = format!("{}/team/pinned@{}", upstream.host(), image.digest);
+    let scenario = Scenario::registry_to_registry(&upstream, &target, "", &[pinned]);
+    scenario.sync().await.assert_code(0);
+    // The upstream goes away: nothing is needed from it, so nothing fails.
+    drop(upstream);
+    let out = scenario.sync().await;
+    eprintln!("{}{}", out.stdout, out.stderr);
+    out.assert_code(0);
+    assert!(
+        out.stdout.contains("1 tag: 0 synced, 1 unchanged"),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stderr.contains("unreachable"), "{}", out.stderr);
+}

@@ -52,8 +52,8 @@ fn registries_yaml(target: &Registry, upstream_host: &str, extra: &str) -> Strin
 // ---------------------------------------------------------------------------------------------
 // Item 7: each tag's event when that tag finishes, with its own duration.
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_fast_tag_is_logged_while_a_slow_tag_still_runs_with_its_own_duration() {
+/// A slow tag (its manifest GET stalls 4 s) and a fast one, two tags at once.
+async fn slow_and_fast() -> (Registry, Proxy, Registry, tempfile::TempDir, String) {
     let upstream = Registry::start().await;
     let proxy = Proxy::start(&upstream).await;
     let target = Registry::start().await;
@@ -84,15 +84,26 @@ async fn a_fast_tag_is_logged_while_a_slow_tag_still_runs_with_its_own_duration(
     yaml.push_str(&format!("  - {}\n", proxy.image_ref("team/fast", "1")));
     let (_dir, cfg) = config(&yaml);
 
-    let started = Instant::now();
-    let mut child = tokio::process::Command::new(bin_path())
-        .args(["--log-format", "json", "sync", "--once", "--config", &cfg])
+    (upstream, proxy, target, _dir, cfg)
+}
+
+/// Starts `mirrorsync <args>` with both streams piped.
+fn spawn(args: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new(bin_path())
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .expect("spawn mirrorsync");
+        .expect("spawn mirrorsync")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fast_tag_is_logged_while_a_slow_tag_still_runs_with_its_own_duration() {
+    let (_upstream, _proxy, _target, _dir, cfg) = slow_and_fast().await;
+    let started = Instant::now();
+    let mut child = spawn(&["--log-format", "json", "sync", "--once", "--config", &cfg]);
     let stderr = child.stderr.take().expect("stderr");
     let mut lines = BufReader::new(stderr).lines();
     let mut seen = String::new();
@@ -156,6 +167,32 @@ async fn a_fast_tag_is_logged_while_a_slow_tag_still_runs_with_its_own_duration(
     );
     assert!(fast_ms < 3000, "the fast tag's own duration: {fast_ms} ms");
     assert!(slow_ms >= 4000, "the slow tag's own duration: {slow_ms} ms");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_text_logs_a_fast_tag_gets_its_line_on_stdout_while_a_slow_tag_still_runs() {
+    let (_upstream, _proxy, _target, _dir, cfg) = slow_and_fast().await;
+    let started = Instant::now();
+    let mut child = spawn(&["sync", "--once", "--config", &cfg]);
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("a first line")
+        .expect("read stdout")
+        .expect("stdout ended without a line");
+    let at = started.elapsed();
+    let still_running = child.try_wait().expect("try_wait").is_none();
+    let mut rest = Vec::new();
+    while let Ok(Some(line)) = lines.next_line().await {
+        rest.push(line);
+    }
+    let status = child.wait().await.expect("wait");
+    eprintln!("first stdout line after {at:.1?}: {first}\nthen: {rest:?}");
+    assert_eq!(status.code(), Some(0));
+    assert!(first.contains("/team/fast:1 -> team/fast:1 "), "{first}");
+    assert!(still_running && at < Duration::from_secs(3), "{at:?}");
+    assert!(rest[0].contains("/team/slow:1 -> "), "{rest:?}");
+    assert!(rest[1].starts_with("2 tags: 2 synced"), "{rest:?}");
 }
 
 // ---------------------------------------------------------------------------------------------

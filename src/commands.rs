@@ -30,7 +30,7 @@ pub async fn sync(config: Config, args: cli::SyncArgs, progress: bool) -> i32 {
     let shard = match shard_of(args.shard.shard) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::report::fatal(&e);
             return 2;
         }
     };
@@ -93,24 +93,25 @@ pub async fn sync(config: Config, args: cli::SyncArgs, progress: bool) -> i32 {
     };
     let code = match run::run_pass(&config, &options, &metrics).await {
         Ok(report) => {
-            print!("{}", report.render());
-            deferred_exit(
-                report.exit_code(),
-                report.deferred(),
-                args.deferred_exit_code,
-            )
+            print!("{}", report.render_end());
+            // A second signal: whatever the tags did, the run was cut short.
+            let code = if options.control.stopped_now() {
+                3
+            } else {
+                deferred_exit(
+                    report.exit_code(),
+                    report.deferred(),
+                    args.deferred_exit_code,
+                )
+            };
+            report.log_summary(code);
+            code
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::report::fatal(&e);
             metrics.count_pass(metrics::PassResult::Failed);
             1
         }
-    };
-    // A second signal: whatever the tags did, the run was cut short.
-    let code = if options.control.stopped_now() {
-        3
-    } else {
-        code
     };
     export_metrics(&metrics, &args, shard).await;
     code
@@ -173,7 +174,7 @@ pub async fn plan(config: Config, args: cli::PlanArgs, progress: bool) -> i32 {
     let shard = match shard_of(args.shard.shard) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::report::fatal(&e);
             return 2;
         }
     };
@@ -187,11 +188,13 @@ pub async fn plan(config: Config, args: cli::PlanArgs, progress: bool) -> i32 {
     };
     match run::run_pass(&config, &options, &metrics::Metrics::new()).await {
         Ok(report) => {
-            print!("{}", report.render());
-            report.exit_code()
+            print!("{}", report.render_end());
+            let code = report.exit_code();
+            report.log_summary(code);
+            code
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::report::fatal(&e);
             1
         }
     }

@@ -104,7 +104,11 @@ pub async fn prune(
                     }
                 }
             }
-            tracing::info!(repository = %repository, tag = %tag, %digest, dry_run, "pruned a tag no longer selected");
+            if dry_run {
+                tracing::info!(repository = %repository, tag = %tag, %digest, "would prune a tag no longer selected");
+            } else {
+                tracing::info!(repository = %repository, tag = %tag, %digest, "pruned a tag no longer selected");
+            }
             pruned.push(Pruned {
                 repository: repository.clone(),
                 tag,

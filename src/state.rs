@@ -248,7 +248,7 @@ mod tests {
             target,
             result: TagResult::Synced {
                 digest: digest.clone(),
-                new: true,
+                previous: None,
             },
             stats: CopyStats::default(),
             duration: std::time::Duration::ZERO,

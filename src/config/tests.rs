@@ -1,5 +1,5 @@
 //! Config tests: each error names the file, line, column and key path; valid files map
-//! images to the targets PRODUCT.md promises.
+//! images to the targets the README documents.
 
 use std::collections::HashMap;
 use std::path::Path;

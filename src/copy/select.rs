@@ -46,7 +46,7 @@ impl Engine {
                             selection.target_repository
                         ),
                     };
-                    outcome.log();
+                    crate::report::tag_finished(&outcome, self.mode == super::Mode::Plan);
                     failures.push(outcome);
                     continue;
                 }
@@ -82,6 +82,7 @@ impl Engine {
         upstream: &UpstreamRef,
         repository: &str,
     ) -> Result<Arc<Vec<String>>, SyncError> {
+        upstream.reachable().await?;
         let key = format!("{}/{repository}", upstream.host);
         let cell = {
             let mut lists = self.tag_lists.lock().unwrap_or_else(|p| p.into_inner());
@@ -104,11 +105,11 @@ impl Engine {
     pub(super) async fn referrer_items(
         &self,
         items: &[SyncItem],
-        inspections: &[Inspection],
+        inspections: &[(Inspection, Duration)],
     ) -> Vec<SyncItem> {
         let mut extra = Vec::new();
         let mut taken: std::collections::HashSet<String> = items.iter().map(target_name).collect();
-        for (item, inspection) in items.iter().zip(inspections) {
+        for (item, (inspection, _)) in items.iter().zip(inspections) {
             // Signatures name upstream's digest: useless where the mirror rewrites manifests.
             if !item.options.referrers || item.platforms.is_some() {
                 continue;

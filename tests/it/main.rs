@@ -15,6 +15,7 @@ mod interop;
 mod kill_safety;
 mod kubernetes;
 mod lag_sides;
+mod logs;
 mod observability;
 mod preflight;
 mod prune_safety;

@@ -20,7 +20,7 @@ import sys
 
 import yaml
 
-# The metric names of the product contract (shared/PRODUCT.md).
+# The metric names the README's "Observability" section documents.
 CONTRACT_METRICS = {
     "mirrorsync_process_start_time_seconds",
     "mirrorsync_runs_total",

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from . import corpus as corpus_mod
 from . import report
+from . import wan
 from .client import Client
 from .layers import LayerFactory
 from .measure import GNU_TIME, Run, run_measured, target_figures, upstream_figures
@@ -48,9 +49,14 @@ def parse_args(argv):
     p.add_argument("--no-build", action="store_true", help="use target/release/mirrorsync as it is")
     p.add_argument("--rev", help="benchmark this git revision (built from a clean export in target/bench-build) instead of the working tree")
     p.add_argument("--no-rss", action="store_true", help="skip the single-layer peak-RSS runs")
+    p.add_argument("--no-wan", action="store_true", help="skip the WAN profiles (upstream behind a proxy adding RTT and a downlink cap)")
+    p.add_argument("--wan-only", action="store_true", help="run only the WAN profiles; rewrite only their section of the report")
+    p.add_argument("--wan-profile", action="append", help="run only this WAN profile (repeatable; see mirrorbench/wan.py)")
     a = p.parse_args(argv)
     if a.rounds is None:
         a.rounds = 1 if a.smoke else 3
+    if a.no_wan and a.wan_only:
+        p.error("--no-wan and --wan-only exclude each other")
     if a.rounds < 1:
         p.error("--rounds must be at least 1")
     if a.output is None:
@@ -110,6 +116,13 @@ class Bench:
         self.changed: dict[int, dict[str, int]] = {}  # round -> blobs the move added
         self.cold_blobs: dict[int, dict[str, int]] = {}  # round -> the corpus's blobs at its cold sync
         self.seed_seconds = 0.0
+        # WAN profiles (wan.py): the source mirrorsync and skopeo are pointed at (the proxy), its
+        # CA (file, dir) when it is TLS, and processes whose CPU is not "others'".
+        self.source_host: str | None = None
+        self.source_ca: tuple[str, str] | None = None
+        self.extra_procs: list = []
+        self.wan_profiles: list = []
+        self.wan_info: dict = {}
 
     # --- registries ------------------------------------------------------------------------
     def fresh_storage(self, label: str) -> str:
@@ -131,7 +144,8 @@ class Bench:
         repos: dict[str, list[str]] = {}
         for t in tags:
             repos.setdefault(t.repo, []).append(t.tag)
-        up = self.upstream.host
+        up = self.source_host or self.upstream.host
+        ca = self.source_ca
         cfg_dir = os.path.join(self.workdir, "configs")
         os.makedirs(cfg_dir, exist_ok=True)
         if tool == "mirrorsync":
@@ -143,7 +157,7 @@ class Bench:
                 '  prefix: ""',
                 "registries:",
                 f'  "{up}":',
-                "    insecure: true",
+                f'    ca_file: "{ca[0]}"' if ca else "    insecure: true",
                 "images:",
             ]
             for repo, tlist in repos.items():
@@ -153,7 +167,7 @@ class Bench:
             with open(path, "w") as f:
                 f.write("\n".join(lines) + "\n")
             return [self.binary, "sync", "--once", "--config", path]
-        lines = [f'"{up}":', "  tls-verify: false", "  images:"]
+        lines = [f'"{up}":'] + ([f'  cert-dir: "{ca[1]}"'] if ca else ["  tls-verify: false"]) + ["  images:"]
         for repo, tlist in repos.items():
             lines.append(f"    {repo}: [" + ", ".join(json.dumps(t) for t in tlist) + "]")
         path = os.path.join(cfg_dir, f"{name}-skopeo.yaml")
@@ -163,18 +177,18 @@ class Bench:
         # destination: library/web lands at <target>/library/web, as with mirrorsync's prefix "".
         return [
             SKOPEO, "sync", "--src", "yaml", "--dest", "docker", "--all", "--preserve-digests",
-            "--src-tls-verify=false", "--dest-tls-verify=false",
+            *([] if ca else ["--src-tls-verify=false"]), "--dest-tls-verify=false",
             path, f"{self.target.host}/{dest_parent}",
         ]
 
     def measure(self, tool: str, scenario: str, rnd: int, tags: list, dest_parent: str = "library") -> Run:
-        name = f"r{rnd}-{scenario}"
+        name = f"r{rnd}-{scenario}".replace("/", "-")
         argv = self.command(tool, tags, dest_parent, name)
         run = Run(tool=tool, scenario=scenario, round=rnd, argv=argv)
         up_mark, tg_mark = self.upstream.mark(), self.target.mark()
         logs = os.path.join(self.workdir, "logs")
         os.makedirs(logs, exist_ok=True)
-        run_measured(run, os.path.join(logs, f"{name}-{tool}.log"), [self.upstream, self.target])
+        run_measured(run, os.path.join(logs, f"{name}-{tool}.log"), [self.upstream, self.target, *self.extra_procs])
         upstream_figures(self.upstream.since(up_mark), run)
         target_figures(self.target.since(tg_mark), run, {t.repo for t in tags})
         if run.rc != 0:
@@ -382,24 +396,46 @@ def main(argv=None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     load_before = os.getloadavg()
+    profiles = wan.SMOKE_PROFILES if args.smoke else wan.FULL_PROFILES
+    if args.wan_profile:
+        known = {p.name: p for p in wan.FULL_PROFILES + wan.SMOKE_PROFILES}
+        unknown = [n for n in args.wan_profile if n not in known]
+        if unknown:
+            log(f"error: unknown WAN profile(s) {unknown}; known: {sorted(known)}")
+            return 2
+        profiles = [known[n] for n in args.wan_profile]
     try:
-        log(f"== corpus ({'smoke' if args.smoke else 'full'}); workdir {workdir}")
-        bench.upstream.start(os.path.join(workdir, "storage", "upstream"))
         factory = LayerFactory(args.cache_dir, log=log)
-        t0 = time.monotonic()
-        sizes = corpus_mod.SMOKE if args.smoke else corpus_mod.FULL
-        bench.corpus = corpus_mod.seed(Client(bench.upstream.host), factory, sizes, log=log)
-        bench.seed_seconds = time.monotonic() - t0
-        c = bench.corpus
-        log(
-            f"   seeded in {bench.seed_seconds:.1f}s: {len(c.tags)} tags, {len(c.repos())} repositories, "
-            f"{len(c.blobs())} unique blobs, {c.unique_blob_bytes() / 1e6:.1f} MB "
-            f"(layers built {factory.built}, reused {factory.reused})"
-        )
-        for rnd in range(1, args.rounds + 1):
-            bench.round(rnd)
-            if not args.no_rss:
-                bench.rss_runs(rnd)
+        if not args.wan_only:
+            log(f"== corpus ({'smoke' if args.smoke else 'full'}); workdir {workdir}")
+            bench.upstream.start(os.path.join(workdir, "storage", "upstream"))
+            t0 = time.monotonic()
+            sizes = corpus_mod.SMOKE if args.smoke else corpus_mod.FULL
+            bench.corpus = corpus_mod.seed(Client(bench.upstream.host), factory, sizes, log=log)
+            bench.seed_seconds = time.monotonic() - t0
+            c = bench.corpus
+            log(
+                f"   seeded in {bench.seed_seconds:.1f}s: {len(c.tags)} tags, {len(c.repos())} repositories, "
+                f"{len(c.blobs())} unique blobs, {c.unique_blob_bytes() / 1e6:.1f} MB "
+                f"(layers built {factory.built}, reused {factory.reused})"
+            )
+            for rnd in range(1, args.rounds + 1):
+                bench.round(rnd)
+                if not args.no_rss:
+                    bench.rss_runs(rnd)
+        if not args.no_wan:
+            loop_corpus = bench.corpus
+            if not args.smoke:
+                # The WAN corpus: the same shape, small enough for thin links (own upstream storage).
+                log("== WAN corpus")
+                bench.upstream.start(os.path.join(workdir, "storage", "upstream-wan"))
+                bench.corpus = corpus_mod.seed(Client(bench.upstream.host), factory, wan.WAN, log=log)
+            elif loop_corpus is None:
+                bench.upstream.start(os.path.join(workdir, "storage", "upstream"))
+                bench.corpus = corpus_mod.seed(Client(bench.upstream.host), factory, corpus_mod.SMOKE, log=log)
+            bench.wan_corpus = bench.corpus
+            wan.run_profiles(bench, profiles, log)
+            bench.corpus = loop_corpus
     finally:
         bench.target.stop()
         bench.upstream.stop()
@@ -416,9 +452,17 @@ def main(argv=None) -> int:
         "smoke": args.smoke,
         "rounds": args.rounds,
     }
-    text, problems = report.render(bench, meta)
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    report.write(args.output, text)
+    out_dir = os.path.dirname(os.path.abspath(args.output))
+    os.makedirs(out_dir, exist_ok=True)
+    wan_text = None
+    if bench.wan_profiles:
+        wan_text = wan.render(bench, meta, out_dir)
+    if args.wan_only:
+        problems = report.problems(bench)
+        report.write_wan(args.output, wan_text)
+    else:
+        text, problems = report.render(bench, meta)
+        report.write(args.output, text, wan_text)
     with open(os.path.join(workdir, "runs.json"), "w") as f:
         json.dump(report.raw(bench), f, indent=1)
     log(f"== report written to {os.path.relpath(args.output)} ({elapsed:.0f}s in all)")

@@ -49,6 +49,7 @@ class Run:
     tg_other_repos: dict = field(default_factory=dict)  # repository -> writes outside the mirrored ones
     verify_errors: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # broken invariants (mirrorsync)
+    link: dict = field(default_factory=dict)  # WAN profiles: figures from the proxy (wan.py)
 
     @property
     def other_share(self) -> float:

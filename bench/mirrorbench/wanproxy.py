@@ -10,8 +10,10 @@ them as a long link would:
 - the downlink (upstream to client) is one bottleneck shared by every connection, served
   round-robin in small quanta (fair queueing, as Linux's default fq_codel does), so a HEAD's
   answer does not wait behind a big blob;
-- each connection has a window of bytes in flight (read from upstream and not yet delivered),
-  like a TCP receive window; a full window stops reading from upstream (backpressure).
+- each connection has a window of bytes in flight (read from upstream and not yet acknowledged,
+  i.e. delivered plus RTT/2), like TCP's; a full window stops reading from upstream. The default
+  window is 1.25 x the bandwidth-delay product: one connection alone can fill the link, with a
+  queue of a quarter RTT at most (well-tuned TCP buffers, a shallow bottleneck queue).
 
 Not modelled: TCP slow start and loss (a new connection gets its share at once) and the uplink
 (requests are tiny; they only pay the propagation delay).
@@ -35,6 +37,7 @@ import time
 CHUNK = 256 * 1024  # read size from either side
 QUANTUM = 16 * 1024  # bytes per turn of one connection at the shared bottleneck
 SLOT = 0.1  # timeline resolution, seconds
+UPSTREAM_RCVBUF = 64 * 1024
 SLACK = 0.02  # how far the bottleneck's clock may fall behind real time (timer lateness)
 
 
@@ -192,9 +195,13 @@ class Pipe:
                 self.stats.slots[int(time.monotonic() / SLOT)] += n
             else:
                 self.stats.up_bytes += n
-            self.in_window -= n
-            if self.in_window < self.window:
-                self.room.set()
+            # The window reopens when the acknowledgement is back, half an RTT after delivery.
+            loop.call_later(self.delay, self.release, n)
+
+    def release(self, n: int) -> None:
+        self.in_window -= n
+        if self.in_window < self.window:
+            self.room.set()
 
 
 class Proxy:
@@ -212,7 +219,14 @@ class Proxy:
             if sock is not None:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            ureader, uwriter = await asyncio.open_connection(*self.upstream, limit=CHUNK)
+            # A small receive buffer towards upstream: bytes the link has not taken yet wait in
+            # the server's send buffer (as they would at the far end), not in a big loopback
+            # buffer here that no real path has.
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UPSTREAM_RCVBUF)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, self.upstream)
+            ureader, uwriter = await asyncio.open_connection(sock=sock, limit=CHUNK)
         except OSError:
             cwriter.close()
             return
@@ -255,7 +269,8 @@ class Proxy:
 async def serve(args) -> None:
     host, _, port = args.upstream.rpartition(":")
     rate = args.downlink_mbit * 1e6 / 8 if args.downlink_mbit else 0.0
-    proxy = Proxy((host, int(port)), args.rtt_ms / 1000.0, rate, args.window_kib * 1024)
+    window = args.window_kib * 1024 if args.window_kib else max(64 * 1024, int(1.25 * rate * args.rtt_ms / 1000)) if rate else 4 << 20
+    proxy = Proxy((host, int(port)), args.rtt_ms / 1000.0, rate, window)
     asyncio.get_running_loop().create_task(proxy.link.run())
     server = await asyncio.start_server(proxy.handle, "127.0.0.1", args.port, limit=CHUNK, backlog=512)
     ctl = await asyncio.start_server(proxy.control, "127.0.0.1", args.control_port)
@@ -275,7 +290,7 @@ def main(argv=None) -> int:
     p.add_argument("--control-port", type=int, default=0)
     p.add_argument("--rtt-ms", type=float, default=80.0)
     p.add_argument("--downlink-mbit", type=float, default=200.0, help="shared downlink; 0 = unlimited")
-    p.add_argument("--window-kib", type=int, default=4096, help="bytes in flight per connection")
+    p.add_argument("--window-kib", type=int, default=0, help="bytes in flight per connection (default: 1.25 x bandwidth x RTT, at least 64 KiB)")
     args = p.parse_args(argv)
     try:
         asyncio.run(serve(args))

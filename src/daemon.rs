@@ -1,7 +1,7 @@
 //! `mirrorsync sync` without `--once`: passes on the config's cron `schedule`, never two at
 //! once, serving `/metrics` and `/healthz`. SIGHUP reloads the configuration (keeping the old one
 //! when the new one is invalid); SIGTERM or SIGINT stops between passes, or within one after a
-//! grace period for running transfers.
+//! grace period for running transfers; a second one stops a pass at once (see [`crate::signals`]).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -12,11 +12,12 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::copy::{Mode, RunControl};
+use crate::copy::Mode;
 use crate::metrics::{self, Metrics};
 use crate::run::{PassOptions, run_pass};
-use crate::schedule::{self, Schedule};
+use crate::schedule::Schedule;
 use crate::shard::Shard;
+use crate::signals::{self, RunControl};
 
 /// What the daemon needs beyond the configuration.
 pub struct DaemonOptions {
@@ -50,8 +51,9 @@ pub async fn run(initial: Config, options: DaemonOptions) -> i32 {
     let mut config = initial;
     let metrics = Metrics::new();
     let shutdown = CancellationToken::new();
+    let now = CancellationToken::new();
     let hangup = Arc::new(Notify::new());
-    if let Err(e) = watch_signals(shutdown.clone(), Arc::clone(&hangup)) {
+    if let Err(e) = watch_signals(shutdown.clone(), now.clone(), Arc::clone(&hangup)) {
         eprintln!("error: cannot install signal handlers: {e}");
         return 1;
     }
@@ -117,6 +119,7 @@ pub async fn run(initial: Config, options: DaemonOptions) -> i32 {
             shard: options.shard,
             control: RunControl {
                 stop: shutdown.child_token(),
+                now: now.clone(),
                 grace: options.grace,
             },
         };
@@ -153,6 +156,9 @@ pub async fn run(initial: Config, options: DaemonOptions) -> i32 {
                 "scheduled passes fell due while a pass was running and were skipped"
             );
         }
+        if now.is_cancelled() {
+            return 3;
+        }
         if shutdown.is_cancelled() {
             return exit;
         }
@@ -183,14 +189,13 @@ fn reload(
     }
 }
 
-fn watch_signals(shutdown: CancellationToken, hangup: Arc<Notify>) -> std::io::Result<()> {
-    let mut terminate = schedule::Terminate::install()?;
-    let mut hangups = schedule::hangups()?;
-    tokio::spawn(async move {
-        let signal = terminate.recv().await;
-        tracing::info!(signal, "stopping: no new work starts");
-        shutdown.cancel();
-    });
+fn watch_signals(
+    shutdown: CancellationToken,
+    now: CancellationToken,
+    hangup: Arc<Notify>,
+) -> std::io::Result<()> {
+    signals::watch_stop(shutdown, now)?;
+    let mut hangups = signals::hangups()?;
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading the configuration");

@@ -15,14 +15,19 @@
 //! run to the next (kept in the target itself), [`metrics`] exports what Prometheus alerts on,
 //! [`prune`] removes tags a filter no longer selects, and [`shard`] splits the list over pods.
 //! [`daemon`] runs passes on the config's cron [`schedule`]; [`tags`] chooses tags from a
-//! repository's tag list.
+//! repository's tag list. [`commands`] are what `main` calls; [`signals`] says how a run is
+//! stopped. [`outcome`] holds how each tag ended, the data [`report`], [`metrics`] and [`state`]
+//! read.
 
+pub mod atomic_file;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod copy;
 pub mod daemon;
 pub mod manifest;
 pub mod metrics;
+pub mod outcome;
 pub mod prune;
 pub mod reference;
 pub mod registry;
@@ -30,196 +35,8 @@ pub mod report;
 pub mod run;
 pub mod schedule;
 pub mod shard;
+pub mod signals;
 pub mod state;
 pub mod tags;
 pub mod target;
-
-use std::sync::Arc;
-
-use config::{Config, TargetKind};
-use copy::{Mode, RunControl};
-use run::PassOptions;
-use shard::Shard;
-
-/// The shard from `--shard`, else from an Indexed Job's environment.
-fn shard_of(flag: Option<Shard>) -> Result<Option<Shard>, String> {
-    match flag {
-        Some(s) => Ok(Some(s)),
-        None => Shard::from_env(|k| std::env::var(k).ok()).transpose(),
-    }
-}
-
-/// `mirrorsync sync`: one pass with `--once`, else the scheduled daemon.
-pub async fn sync(config: Config, args: cli::SyncArgs, progress: bool) -> i32 {
-    let shard = match shard_of(args.shard.shard) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 2;
-        }
-    };
-    if !args.once {
-        let options = daemon::DaemonOptions {
-            config_path: args.config.config.clone(),
-            metrics_addr: args.metrics_addr,
-            run_now: args.run_now,
-            shard,
-            grace: args.grace_period,
-        };
-        return daemon::run(config, options).await;
-    }
-    let control = RunControl {
-        stop: tokio_util::sync::CancellationToken::new(),
-        grace: args.grace_period,
-    };
-    let stop = control.stop.clone();
-    match schedule::Terminate::install() {
-        Ok(mut terminate) => {
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let signal = terminate.recv().await;
-                tracing::warn!(signal, "stopping: no new work starts");
-                stop.cancel();
-            });
-        }
-        Err(e) => tracing::warn!(error = %e, "cannot watch for SIGTERM"),
-    }
-    if let Some(limit) = args.max_duration {
-        tokio::spawn(async move {
-            tokio::time::sleep(limit).await;
-            tracing::warn!(
-                max_duration_s = limit.as_secs(),
-                "--max-duration reached: no new work starts"
-            );
-            stop.cancel();
-        });
-    }
-    let metrics = metrics::Metrics::new();
-    let options = PassOptions {
-        progress,
-        mode: Mode::Sync,
-        shard,
-        control,
-    };
-    let code = match run::run_pass(&config, &options, &metrics).await {
-        Ok(report) => {
-            print!("{}", report.render());
-            report.exit_code()
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            1
-        }
-    };
-    export_metrics(&metrics, &args, shard).await;
-    code
-}
-
-/// Pushes and/or writes the metrics of a `--once` run. A failure is logged, not fatal: the
-/// sync itself happened.
-async fn export_metrics(
-    metrics: &Arc<metrics::Metrics>,
-    args: &cli::SyncArgs,
-    shard: Option<Shard>,
-) {
-    let body = metrics.render();
-    if let Some(path) = &args.metrics_file
-        && let Err(e) = metrics::write_textfile(path, &body)
-    {
-        tracing::error!(path = %path.display(), error = %e, "could not write the metrics textfile");
-    }
-    if let Some(url) = &args.pushgateway {
-        let instance = args
-            .instance
-            .clone()
-            .or_else(|| std::env::var("HOSTNAME").ok())
-            .unwrap_or_else(|| "mirrorsync".to_string());
-        let shard_label = shard.map(|s| format!("{}-of-{}", s.index, s.count));
-        let mut grouping = vec![("instance", instance.as_str())];
-        if let Some(label) = &shard_label {
-            grouping.push(("shard", label.as_str()));
-        }
-        let http = reqwest::Client::new();
-        if let Err(e) = metrics::push(&http, url, &grouping, body).await {
-            tracing::error!(error = %e, "could not push metrics to the Pushgateway");
-        }
-    }
-}
-
-/// `mirrorsync plan`: what a sync would do; writes nothing anywhere.
-pub async fn plan(config: Config, args: cli::PlanArgs, progress: bool) -> i32 {
-    let shard = match shard_of(args.shard.shard) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 2;
-        }
-    };
-    let options = PassOptions {
-        progress,
-        mode: Mode::Plan,
-        shard,
-        control: RunControl::default(),
-    };
-    match run::run_pass(&config, &options, &metrics::Metrics::new()).await {
-        Ok(report) => {
-            print!("{}", report.render());
-            report.exit_code()
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            1
-        }
-    }
-}
-
-/// `mirrorsync check`: the configuration already loaded; with `connect`, ping every registry.
-pub async fn check(config: Config, connect: bool) -> i32 {
-    println!(
-        "{}: {} tags to mirror into {}",
-        config.path.display(),
-        config.images.len(),
-        match &config.target.kind {
-            TargetKind::Registry(e) => e.host.clone(),
-            TargetKind::Path(p) => p.display().to_string(),
-        }
-    );
-    if !connect {
-        return 0;
-    }
-    let mut hosts: Vec<String> = config
-        .images
-        .iter()
-        .map(|i| i.source.registry().to_string())
-        .collect();
-    hosts.sort();
-    hosts.dedup();
-    let mut failed = 0;
-    let mut endpoints = Vec::new();
-    if let TargetKind::Registry(e) = &config.target.kind {
-        endpoints.push(("target".to_string(), e.clone()));
-    }
-    for host in hosts {
-        endpoints.push((host.clone(), config.registry(&host).endpoint));
-    }
-    for (name, endpoint) in endpoints {
-        let client = registry::RegistryClient::new(registry::ClientOptions::new(
-            &endpoint.host,
-            endpoint.insecure,
-            endpoint.ca_file.clone(),
-            endpoint.credentials.clone(),
-        ));
-        let result = match client {
-            Ok(c) => c.verify_credentials().await.map(|_| ()),
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(()) => println!("ok      {name} ({})", endpoint.host),
-            Err(e) => {
-                failed += 1;
-                println!("FAILED  {name} ({}): {e}", endpoint.host);
-            }
-        }
-    }
-    if failed > 0 { 1 } else { 0 }
-}
+pub mod verify;

@@ -36,9 +36,9 @@ fn main() -> ExitCode {
     let progress = cli.log_format == LogFormat::Text;
     let code = runtime.block_on(async {
         match cli.command {
-            Command::Sync(args) => mirrorsync::sync(config, args, progress).await,
-            Command::Plan(args) => mirrorsync::plan(config, args, progress).await,
-            Command::Check(args) => mirrorsync::check(config, args.connect).await,
+            Command::Sync(args) => mirrorsync::commands::sync(config, args, progress).await,
+            Command::Plan(args) => mirrorsync::commands::plan(config, args, progress).await,
+            Command::Check(args) => mirrorsync::commands::check(config, args.connect).await,
         }
     });
     // Transfers abandoned after a grace period must not hold the process open.

@@ -5,17 +5,9 @@
 use std::collections::HashSet;
 
 use crate::config::Config;
-use crate::report::{TagOutcome, TagResult};
+use crate::outcome::{Pruned, TagOutcome, TagResult};
 use crate::state::State;
 use crate::target::Target;
-
-/// One tag pruned (or, in `plan`, to prune).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pruned {
-    pub repository: String,
-    pub tag: String,
-    pub digest: String,
-}
 
 /// Target repositories whose entries ask for pruning.
 pub fn repositories(config: &Config) -> HashSet<String> {

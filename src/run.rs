@@ -5,12 +5,14 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
-use crate::copy::{Engine, Mode, RunControl};
+use crate::copy::{Engine, Mode};
 use crate::metrics::{BlobAction, Metrics, TagRunResult};
 use crate::registry::RequestObserver;
 use crate::report::RunReport;
 use crate::shard::Shard;
+use crate::signals::RunControl;
 use crate::state::{self, State};
+use crate::target::DOCUMENT_REPOSITORY;
 
 /// How a pass runs.
 #[derive(Clone)]
@@ -51,10 +53,17 @@ pub async fn run_pass(
     let prune_repos = crate::prune::repositories(&config);
     let observer: Arc<dyn RequestObserver> = Arc::new(MetricsObserver(Arc::clone(metrics)));
     let engine = Arc::new(
-        Engine::new(Arc::new(config), options.mode, Some(observer)).map_err(|e| e.to_string())?,
+        Engine::new(Arc::new(config), options.mode, Some(observer))
+            .await
+            .map_err(|e| e.to_string())?,
     );
     let state_tag = state::state_tag(options.shard.map(|s| (s.index, s.count)));
-    let mut state = match state::load(engine.target(), &state_tag).await {
+    let loaded = engine
+        .target()
+        .load_document(&state_tag, state::MAX_STATE_BYTES)
+        .await
+        .and_then(|doc| doc.map_or(Ok(State::default()), |d| State::from_json(&d)));
+    let mut state = match loaded {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(error = %e, "could not read the state of earlier runs; lag starts over");
@@ -119,8 +128,14 @@ pub async fn run_pass(
         if success.is_some() {
             state.last_success = success;
         }
-        state.remember_blobs(engine.known_blobs());
-        if let Err(e) = state::save(engine.target(), &state_tag, &state).await {
+        let mut seen = engine.known_blobs();
+        seen.retain(|(_, repository)| repository != DOCUMENT_REPOSITORY);
+        state.remember_blobs(seen);
+        let saved = match state.to_json() {
+            Ok(body) => engine.target().save_document(&state_tag, body).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = saved {
             tracing::warn!(error = %e, "could not save the run state; the next run cannot see this run's lag");
         }
         let mut per_registry: HashMap<String, u64> = HashMap::new();

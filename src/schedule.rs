@@ -1,4 +1,4 @@
-//! When the long-running `mirrorsync sync` starts a pass, and how it is told to stop or reload.
+//! When the long-running `mirrorsync sync` starts a pass.
 //!
 //! [`Schedule`] is the config's `schedule` (standard cron, 5 fields, or 6 with seconds first)
 //! evaluated in its `timezone` (an IANA name such as `UTC` or `Europe/Berlin`), with the
@@ -7,16 +7,12 @@
 //! (`0`/`7` = Sunday, `MON-FRI` = Monday to Friday); when both day-of-month and day-of-week are
 //! restricted, either one matching is enough, as in Vixie cron. `@hourly`, `@daily`, `@weekly`,
 //! `@monthly`, `@yearly` are accepted too.
-//!
-//! [`terminate_signal`] / [`Terminate`] wait for SIGTERM or SIGINT, and [`hangups`] delivers
-//! SIGHUP (config reload).
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
-use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// A parsed cron schedule in a time zone.
 #[derive(Debug, Clone)]
@@ -132,63 +128,6 @@ impl std::fmt::Display for Schedule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} ({})", self.expr, self.tz.name())
     }
-}
-
-/// SIGTERM and SIGINT handlers, installed at once (so a signal that arrives before the first
-/// `recv` is not lost and does not kill the process with the default action).
-///
-/// Once installed, tokio keeps the handlers for the life of the process: a later SIGTERM no
-/// longer kills it by default, so a caller that wants "a second signal forces exit" keeps calling
-/// [`Terminate::recv`].
-#[derive(Debug)]
-pub struct Terminate {
-    term: Signal,
-    int: Signal,
-}
-
-impl Terminate {
-    /// Installs the handlers.
-    pub fn install() -> std::io::Result<Terminate> {
-        Ok(Terminate {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-        })
-    }
-
-    /// Waits for the next SIGTERM or SIGINT and returns its name (`"SIGTERM"` or `"SIGINT"`).
-    pub async fn recv(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.term.recv() => "SIGTERM",
-            _ = self.int.recv() => "SIGINT",
-        }
-    }
-}
-
-/// Resolves when the process receives SIGTERM or SIGINT (the first one).
-///
-/// The handlers are installed when this future is first polled; use [`Terminate::install`]
-/// early in `main` when a signal must not be missed before that. If the handlers cannot be
-/// installed (which does not happen on Linux with a tokio runtime), this falls back to
-/// `tokio::signal::ctrl_c`.
-pub async fn terminate_signal() {
-    match Terminate::install() {
-        Ok(mut t) => {
-            let name = t.recv().await;
-            tracing::info!(signal = name, "termination signal received");
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot install SIGTERM handler; waiting for SIGINT only");
-            if tokio::signal::ctrl_c().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-    }
-}
-
-/// SIGHUP notifications (config reload): `while hangups.recv().await.is_some() { ... }`.
-/// Several SIGHUPs that arrive before the next `recv` are delivered as one.
-pub fn hangups() -> std::io::Result<Signal> {
-    signal(SignalKind::hangup())
 }
 
 #[cfg(test)]
@@ -406,41 +345,5 @@ mod tests {
             s.interval(utc(2024, 5, 1, 10, 7, 0)),
             Some(Duration::from_secs(3600))
         );
-    }
-
-    fn kill(sig: &str) {
-        let status = std::process::Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(std::process::id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success());
-    }
-
-    // Both signal tests run in one test so that no other test of this module is in flight
-    // while the process signals itself.
-    #[tokio::test]
-    async fn signals_are_delivered() {
-        let mut hup = hangups().unwrap();
-        let mut term = Terminate::install().unwrap();
-        kill("HUP");
-        tokio::time::timeout(Duration::from_secs(10), hup.recv())
-            .await
-            .expect("SIGHUP delivered")
-            .expect("stream open");
-        kill("TERM");
-        let name = tokio::time::timeout(Duration::from_secs(10), term.recv())
-            .await
-            .expect("SIGTERM delivered");
-        assert_eq!(name, "SIGTERM");
-        // terminate_signal resolves on SIGINT too (handlers are already installed above, so
-        // the signal cannot hit the default action).
-        let waiter = tokio::spawn(terminate_signal());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        kill("INT");
-        tokio::time::timeout(Duration::from_secs(10), waiter)
-            .await
-            .expect("terminate_signal resolved")
-            .unwrap();
     }
 }

@@ -3,30 +3,22 @@
 //! A CronJob pod starts empty, yet sync lag must grow across failing runs and blobs seen in
 //! earlier runs should be mountable. So each run reads and writes a small state document: per
 //! tag, when it last matched upstream and since when it has been behind; and where blobs were
-//! seen at the target. For a registry target the document is an OCI artifact in the target
-//! itself (repository [`STATE_REPOSITORY`], one tag per shard); for an OCI layout target it is
-//! a file in the layout directory. It is the only thing a run writes when nothing changed.
+//! seen at the target. The target stores the document (`Target::{load,save}_document`): for a
+//! registry an OCI artifact in the target itself (one tag per shard), for an OCI layout a file
+//! in the layout directory. It is the only thing a run writes when nothing changed. This module
+//! is the data only; it reads and writes nothing.
 
 use std::collections::{BTreeMap, HashMap};
 
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::{OCI_MANIFEST, digest_of};
+use crate::outcome::{TagOutcome, TagResult};
 use crate::reference::Digest;
-use crate::registry::FetchedManifest;
-use crate::report::{TagOutcome, TagResult};
-use crate::target::Target;
 
-/// The target repository that holds the state artifact.
-pub const STATE_REPOSITORY: &str = "mirrorsync/state";
-const STATE_MEDIA_TYPE: &str = "application/vnd.mirrorsync.state.v1+json";
-const STATE_CONFIG_MEDIA_TYPE: &str = "application/vnd.mirrorsync.state.config.v1+json";
-const LAYOUT_FILE: &str = ".mirrorsync-state";
 /// Blob locations kept at most (oldest dropped first), so the document stays small.
 const MAX_BLOBS: usize = 200_000;
 /// The state document is refused above this size.
-const MAX_STATE_BYTES: usize = 64 * 1024 * 1024;
+pub const MAX_STATE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Per-tag history.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -122,9 +114,7 @@ impl State {
     /// Adds blob locations seen in this run.
     pub fn remember_blobs(&mut self, seen: Vec<(Digest, String)>) {
         for (digest, repository) in seen {
-            if repository != STATE_REPOSITORY {
-                self.blobs.insert(digest.to_string(), repository);
-            }
+            self.blobs.insert(digest.to_string(), repository);
         }
         while self.blobs.len() > MAX_BLOBS {
             let Some(first) = self.blobs.keys().next().cloned() else {
@@ -143,101 +133,22 @@ pub fn state_tag(shard: Option<(usize, usize)>) -> String {
     }
 }
 
-/// Reads the state; an absent document is the empty state.
-pub async fn load(target: &Target, tag: &str) -> Result<State, String> {
-    let bytes = match target {
-        Target::Layout(layout) => {
-            let path = layout.root().join(format!("{LAYOUT_FILE}-{tag}.json"));
-            match tokio::fs::read(&path).await {
-                Ok(b) => b,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
-                Err(e) => return Err(format!("{}: {e}", path.display())),
-            }
-        }
-        Target::Registry(client) => {
-            let manifest = match target.get_manifest(STATE_REPOSITORY, tag).await {
-                Ok(Some(m)) => m,
-                Ok(None) => return Ok(State::default()),
-                Err(e) => return Err(e.to_string()),
-            };
-            let doc: serde_json::Value = serde_json::from_slice(&manifest.bytes)
-                .map_err(|e| format!("state manifest: {e}"))?;
-            let layer = doc["layers"][0]["digest"]
-                .as_str()
-                .and_then(|d| Digest::parse(d).ok())
-                .ok_or("state manifest has no layer")?;
-            let response = client
-                .get_blob(STATE_REPOSITORY, &layer)
-                .await
-                .map_err(|e| e.to_string())?;
-            let body = crate::registry::read_limited(response, MAX_STATE_BYTES)
-                .await
-                .map_err(|e| e.to_string())?;
-            if digest_of(&body) != layer {
-                return Err("state blob does not match its digest".into());
-            }
-            body.to_vec()
-        }
-    };
-    serde_json::from_slice(&bytes).map_err(|e| format!("state document: {e}"))
-}
+impl State {
+    /// Parses a stored state document.
+    pub fn from_json(bytes: &[u8]) -> Result<State, String> {
+        serde_json::from_slice(bytes).map_err(|e| format!("state document: {e}"))
+    }
 
-/// Writes the state (blob first, then the manifest under its tag).
-pub async fn save(target: &Target, tag: &str, state: &State) -> Result<(), String> {
-    let body = serde_json::to_vec(state).map_err(|e| e.to_string())?;
-    match target {
-        Target::Layout(layout) => {
-            let path = layout.root().join(format!("{LAYOUT_FILE}-{tag}.json"));
-            std::fs::create_dir_all(layout.root())
-                .map_err(|e| format!("{}: {e}", layout.root().display()))?;
-            crate::metrics::write_textfile(&path, &String::from_utf8_lossy(&body))
-                .map_err(|e| format!("{}: {e}", path.display()))
-        }
-        Target::Registry(client) => {
-            let layer = digest_of(&body);
-            let config = Bytes::from_static(b"{}");
-            let config_digest = digest_of(&config);
-            for (digest, bytes) in [
-                (&config_digest, config.clone()),
-                (&layer, Bytes::from(body.clone())),
-            ] {
-                if client
-                    .blob_size(STATE_REPOSITORY, digest)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .is_none()
-                {
-                    client
-                        .upload_bytes(STATE_REPOSITORY, digest, bytes)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                }
-            }
-            let manifest = serde_json::json!({
-                "schemaVersion": 2,
-                "mediaType": OCI_MANIFEST,
-                "config": {"mediaType": STATE_CONFIG_MEDIA_TYPE, "digest": config_digest.to_string(), "size": config.len()},
-                "layers": [{"mediaType": STATE_MEDIA_TYPE, "digest": layer.to_string(), "size": body.len()}],
-                "annotations": {"org.opencontainers.image.title": "mirrorsync state"},
-            });
-            let bytes = Bytes::from(serde_json::to_vec(&manifest).map_err(|e| e.to_string())?);
-            let fetched = FetchedManifest {
-                digest: digest_of(&bytes),
-                bytes,
-                media_type: OCI_MANIFEST.to_string(),
-            };
-            target
-                .put_manifest(STATE_REPOSITORY, tag, &fetched)
-                .await
-                .map_err(|e| e.to_string())
-        }
+    /// The document to store.
+    pub fn to_json(&self) -> Result<Vec<u8>, String> {
+        serde_json::to_vec(self).map_err(|e| e.to_string())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::CopyStats;
+    use crate::outcome::CopyStats;
 
     fn outcome(key: &str, failed: bool) -> TagOutcome {
         let digest = Digest::from_sha256_bytes(&[7; 32]);

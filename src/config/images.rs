@@ -9,7 +9,9 @@ use serde_saphyr::{Location, Spanned};
 use super::raw::{RawImage, RawImageSpec, RawTag, RawTagFilter};
 use super::validate::Validator;
 use super::values::parse_platform;
-use super::{ConfigError, ItemOptions, Platform, RegistrySettings, SyncItem, TagSelection, Target};
+use super::{
+    ConfigError, ItemOptions, Platform, RegistrySettings, SyncItem, TagSelection, TargetSettings,
+};
 use crate::reference::{Reference, ReferenceError, validate_repository, validate_tag};
 use crate::tags::{TagFilter, glob_match, parse_range};
 
@@ -37,7 +39,7 @@ impl Validator<'_> {
     pub(super) fn images(
         &self,
         entries: &[Spanned<RawImage>],
-        target: &Target,
+        target: &TargetSettings,
         registries: &BTreeMap<String, RegistrySettings>,
     ) -> Result<(Vec<SyncItem>, Vec<TagSelection>), ConfigError> {
         let mut items = Vec::new();
@@ -124,7 +126,7 @@ impl Validator<'_> {
     fn target_repository(
         &self,
         e: &Expanded,
-        target: &Target,
+        target: &TargetSettings,
         registries: &BTreeMap<String, RegistrySettings>,
     ) -> Result<String, ConfigError> {
         if let Some(repo) = &e.target {

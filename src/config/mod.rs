@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use credentials::{CredentialError, CredentialStore, Credentials, Secret};
+pub use credentials::{Credentials, Secret};
 pub use error::ConfigError;
 pub use values::parse_byte_size;
 
@@ -56,7 +56,7 @@ pub struct Config {
     /// Tags copied at once (1..=256), default 64; up to twice as many are inspected at once.
     pub concurrency: usize,
     /// Where images are written.
-    pub target: Target,
+    pub target: TargetSettings,
     /// Per-upstream settings, keyed by normalised host (`docker.io`).
     pub registries: BTreeMap<String, RegistrySettings>,
     /// Docker config with `auths`/`credHelpers`: the `docker_config` key (`~` expanded), or
@@ -79,14 +79,22 @@ pub enum TargetKind {
 
 /// `target:`: the destination and the prefix put before every source repository path.
 #[derive(Debug, Clone)]
-pub struct Target {
+pub struct TargetSettings {
     pub kind: TargetKind,
     /// Without leading or trailing `/`; `""` keeps upstream paths unchanged.
     pub prefix: String,
     /// Request and bandwidth limits at a target registry.
-    pub limits: crate::registry::LimitSettings,
+    pub limits: LimitSettings,
     /// Blob uploads at once to the target.
     pub concurrency: usize,
+}
+
+/// Request and bandwidth limits an operator configured for one host.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LimitSettings {
+    pub requests_per_second: Option<f64>,
+    pub burst: Option<u32>,
+    pub bytes_per_second: Option<u64>,
 }
 
 /// How to reach one registry.
@@ -124,6 +132,15 @@ pub struct RegistrySettings {
 }
 
 impl RegistrySettings {
+    /// The request and bandwidth limits configured for this host.
+    pub fn limits(&self) -> LimitSettings {
+        LimitSettings {
+            requests_per_second: self.requests_per_second,
+            burst: self.burst,
+            bytes_per_second: self.bytes_per_second,
+        }
+    }
+
     /// Settings for a host that `registries:` does not mention.
     pub fn default_for(host: &str) -> RegistrySettings {
         let docker_hub = normalize_registry(host) == crate::reference::DOCKER_HUB;

@@ -17,7 +17,7 @@ use super::raw::{RawAuth, RawConfig, RawRegistry, RawTarget};
 use super::values::{check_mirror_url, check_schedule, parse_byte_size, resolve_path, trim_prefix};
 use super::{
     Config, ConfigError, Credentials, DEFAULT_CONCURRENCY, DEFAULT_REGISTRY_CONCURRENCY, Endpoint,
-    RegistrySettings, Secret, Target, TargetKind, api_host,
+    RegistrySettings, Secret, TargetKind, TargetSettings, api_host,
 };
 use crate::reference::{normalize_registry, validate_registry, validate_repository};
 
@@ -178,7 +178,7 @@ impl Validator<'_> {
         Ok(prefix.to_string())
     }
 
-    fn target(&self, raw: &Spanned<RawTarget>) -> Result<Target, ConfigError> {
+    fn target(&self, raw: &Spanned<RawTarget>) -> Result<TargetSettings, ConfigError> {
         let t = &raw.value;
         let kind = match (&t.registry, &t.path) {
             (Some(_), Some(_)) => {
@@ -240,10 +240,10 @@ impl Validator<'_> {
             &t.bytes_per_second,
             "target",
         )?;
-        Ok(Target {
+        Ok(TargetSettings {
             kind,
             prefix,
-            limits: crate::registry::LimitSettings {
+            limits: super::LimitSettings {
                 requests_per_second,
                 burst,
                 bytes_per_second,

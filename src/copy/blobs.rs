@@ -6,8 +6,9 @@ use std::sync::atomic::Ordering;
 use futures_util::StreamExt;
 
 use super::upstream::UpstreamRef;
-use super::{Counters, Engine, Mode, SyncError, download, verify};
+use super::{Counters, Engine, Mode, SyncError, download};
 use crate::manifest::Descriptor;
+use crate::verify;
 
 impl Engine {
     /// Present already: skip. Held by another target repository: mount (or copy within the

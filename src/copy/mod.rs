@@ -14,29 +14,33 @@
 
 mod blobs;
 mod download;
+mod inspect;
 mod ledger;
 mod manifests;
+mod pool;
 pub mod progress;
 mod rewrite;
+mod select;
 mod upstream;
-pub mod verify;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, CredentialStore, SyncItem, TargetKind};
+use crate::config::{Config, SyncItem, TargetKind};
 use crate::manifest::ManifestError;
+use crate::outcome::{CopyStats, TagOutcome, TagResult};
 use crate::reference::Digest;
 use crate::registry::{
-    ClientOptions, LimitSettings, RegistryClient, RegistryError, RequestObserver, RetryPolicy,
+    CredentialStore, EndpointError, RegistryClient, RegistryError, RequestObserver, RetryPolicy,
+    Usage,
 };
-use crate::report::{CopyStats, TagOutcome, TagResult};
+use crate::signals::RunControl;
 use crate::target::{OciLayout, Target, TargetError};
+use inspect::{Change, Inspection};
 use ledger::{BlobLedger, ManifestLedger};
 use manifests::Route;
 use upstream::{Upstream, UpstreamRef};
@@ -93,24 +97,6 @@ pub enum Mode {
     Plan,
 }
 
-/// How a run may be stopped early.
-#[derive(Clone)]
-pub struct RunControl {
-    /// Cancelled on SIGTERM or when `--max-duration` is up: no new tag starts after it.
-    pub stop: CancellationToken,
-    /// How long running tags may go on after a stop before they are abandoned.
-    pub grace: Duration,
-}
-
-impl Default for RunControl {
-    fn default() -> Self {
-        RunControl {
-            stop: CancellationToken::new(),
-            grace: Duration::from_secs(30),
-        }
-    }
-}
-
 /// Per-tag counters, shared with the tasks that do the tag's work.
 #[derive(Default)]
 struct Counters {
@@ -129,22 +115,6 @@ impl Counters {
             present: self.present.load(Ordering::Relaxed),
         }
     }
-}
-
-/// What the inspection of one tag found.
-enum Inspection {
-    Done(TagResult),
-    Changed(Change),
-}
-
-/// A tag whose target is missing or behind upstream.
-struct Change {
-    upstream: UpstreamRef,
-    /// Upstream's digest now.
-    digest: Digest,
-    /// What the target tag points at now, if anything.
-    current: Option<Digest>,
-    target_ref: String,
 }
 
 /// A repository's tag list, fetched on first use.
@@ -170,7 +140,7 @@ pub struct Engine {
 
 impl Engine {
     /// Prepares a run: builds the target client (no request is made yet).
-    pub fn new(
+    pub async fn new(
         config: Arc<Config>,
         mode: Mode,
         observer: Option<Arc<dyn RequestObserver>>,
@@ -178,19 +148,20 @@ impl Engine {
         let retry = RetryPolicy::default();
         let target = match &config.target.kind {
             TargetKind::Registry(endpoint) => {
-                let mut options = ClientOptions::new(
-                    &endpoint.host,
-                    endpoint.insecure,
-                    endpoint.ca_file.clone(),
-                    endpoint.credentials.clone(),
-                );
-                options.label = "target".into();
-                options.limits = config.target.limits;
-                options.retry = retry.clone();
-                options.observer = observer.clone();
-                Target::Registry(Box::new(
-                    RegistryClient::new(options).map_err(|e| SyncError::Target(e.into()))?,
-                ))
+                let usage = Usage {
+                    label: "target".into(),
+                    limits: config.target.limits,
+                    retry: retry.clone(),
+                    observer: observer.clone(),
+                };
+                // The target uses its `auth:` only, never the Docker config.
+                let client = RegistryClient::for_endpoint(endpoint, None, usage)
+                    .await
+                    .map_err(|e| match e {
+                        EndpointError::Client(e) => SyncError::Target(e.into()),
+                        other => SyncError::Other(other.to_string()),
+                    })?;
+                Target::Registry(Box::new(client))
             }
             TargetKind::Path(path) => Target::Layout(OciLayout::new(path.clone())),
         };
@@ -328,319 +299,6 @@ impl Engine {
         }
         outcomes
     }
-
-    /// Phase 1 over a list of items; a stopped or crashed inspection becomes a result.
-    async fn inspect_all(
-        self: &Arc<Self>,
-        items: &[SyncItem],
-        control: &RunControl,
-    ) -> Vec<Inspection> {
-        self.for_each_item(items, control, |engine, item, _| async move {
-            engine.inspect(&item).await
-        })
-        .await
-        .into_iter()
-        .map(|r| match r {
-            None => Inspection::Done(deferred("stopped before the tag was checked")),
-            Some(Err(error)) => Inspection::Done(TagResult::Failed { error }),
-            Some(Ok(inspection)) => inspection,
-        })
-        .collect()
-    }
-
-    /// The configured fixed tags plus the tags each `tags:` filter selects now. A selection
-    /// whose tag list cannot be read becomes a failed outcome of its own.
-    async fn expand_selections(&self) -> (Vec<SyncItem>, Vec<TagOutcome>) {
-        let mut items = self.config.images.clone();
-        let mut failures = Vec::new();
-        let mut taken: std::collections::HashSet<String> = items.iter().map(target_name).collect();
-        for selection in &self.config.selections {
-            let listed = async {
-                let upstream = self.upstream(selection.source.registry()).await?;
-                self.tag_list(&upstream, selection.source.repository())
-                    .await
-            }
-            .await;
-            let tags = match listed {
-                Ok(tags) => tags,
-                Err(e) => {
-                    let outcome = TagOutcome {
-                        source: format!("{} (tag filters)", selection.source.name()),
-                        target: selection.target_repository.clone(),
-                        result: TagResult::Failed {
-                            error: e.to_string(),
-                        },
-                        stats: CopyStats::default(),
-                        duration: Duration::ZERO,
-                        key: format!(
-                            "{} (tag filters) -> {}",
-                            selection.source.name(),
-                            selection.target_repository
-                        ),
-                    };
-                    outcome.log();
-                    failures.push(outcome);
-                    continue;
-                }
-            };
-            let chosen = crate::tags::select(&tags, &selection.filters);
-            tracing::info!(repository = %selection.source.name(), listed = tags.len(), chosen = chosen.len(), "tag filters applied");
-            for tag in chosen {
-                let mut options = selection.options.clone();
-                options.immutable = selection
-                    .immutable
-                    .iter()
-                    .any(|p| crate::tags::glob_match(p, &tag));
-                let item = SyncItem {
-                    source: selection.source.with_tag(&tag),
-                    target_repository: selection.target_repository.clone(),
-                    target_tag: Some(tag),
-                    platforms: selection.platforms.clone(),
-                    location: selection.location.clone(),
-                    options,
-                };
-                // A tag listed exactly elsewhere, or chosen by two filters, is synced once.
-                if taken.insert(target_name(&item)) {
-                    items.push(item);
-                }
-            }
-        }
-        (items, failures)
-    }
-
-    /// A repository's tags, listed once per run.
-    async fn tag_list(
-        &self,
-        upstream: &UpstreamRef,
-        repository: &str,
-    ) -> Result<Arc<Vec<String>>, SyncError> {
-        let key = format!("{}/{repository}", upstream.host);
-        let cell = {
-            let mut lists = self.tag_lists.lock().unwrap_or_else(|p| p.into_inner());
-            Arc::clone(lists.entry(key).or_default())
-        };
-        cell.get_or_try_init(|| async {
-            upstream
-                .origin
-                .list_tags(repository)
-                .await
-                .map(Arc::new)
-                .map_err(|e| upstream.error(e))
-        })
-        .await
-        .cloned()
-    }
-
-    /// For entries with `referrers: true`: cosign's `sha256-<hex>.sig|.att|.sbom` tags and the
-    /// OCI referrers fallback tag `sha256-<hex>` of each mirrored digest that exist upstream.
-    async fn referrer_items(
-        &self,
-        items: &[SyncItem],
-        inspections: &[Inspection],
-    ) -> Vec<SyncItem> {
-        let mut extra = Vec::new();
-        let mut taken: std::collections::HashSet<String> = items.iter().map(target_name).collect();
-        for (item, inspection) in items.iter().zip(inspections) {
-            // Signatures name upstream's digest: useless where the mirror rewrites manifests.
-            if !item.options.referrers || item.platforms.is_some() {
-                continue;
-            }
-            let digest = match inspection {
-                Inspection::Done(TagResult::Unchanged { digest }) => digest.clone(),
-                Inspection::Changed(change) => change.digest.clone(),
-                _ => continue,
-            };
-            let Ok(upstream) = self.upstream(item.source.registry()).await else {
-                continue;
-            };
-            let tags = match self.tag_list(&upstream, item.source.repository()).await {
-                Ok(tags) => tags,
-                Err(e) => {
-                    tracing::warn!(repository = %item.source.name(), error = %e, "cannot list tags to find signatures");
-                    continue;
-                }
-            };
-            let base = format!("{}-{}", digest.algorithm(), digest.encoded());
-            for suffix in ["", ".sig", ".att", ".sbom"] {
-                let tag = format!("{base}{suffix}");
-                if !tags.contains(&tag) {
-                    continue;
-                }
-                let referrer = SyncItem {
-                    source: item.source.with_tag(&tag),
-                    target_repository: item.target_repository.clone(),
-                    target_tag: Some(tag),
-                    platforms: None,
-                    location: item.location.clone(),
-                    options: crate::config::ItemOptions::default(),
-                };
-                if taken.insert(target_name(&referrer)) {
-                    extra.push(referrer);
-                }
-            }
-        }
-        extra
-    }
-
-    /// Runs `work` for each item, `concurrency` at a time, on the runtime's threads. Items not
-    /// started when a stop is requested give `None`; items still running a grace period after
-    /// the stop are abandoned and give `None` too.
-    async fn for_each_item<F, Fut, T>(
-        self: &Arc<Self>,
-        items: &[SyncItem],
-        control: &RunControl,
-        work: F,
-    ) -> Vec<Option<Result<T, String>>>
-    where
-        F: Fn(Arc<Engine>, SyncItem, usize) -> Fut,
-        Fut: std::future::Future<Output = T> + Send + 'static,
-        T: Send + 'static,
-    {
-        let limit = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
-        let mut tasks = tokio::task::JoinSet::new();
-        let mut ids = HashMap::new();
-        // Permits are taken here, in list order, so work starts in priority order however the
-        // runtime schedules tasks; a stop ends the starting.
-        for (k, item) in items.iter().enumerate() {
-            let permit = tokio::select! {
-                permit = Arc::clone(&limit).acquire_owned() => permit.ok(),
-                _ = control.stop.cancelled() => None,
-            };
-            let Some(permit) = permit else {
-                break;
-            };
-            let fut = work(Arc::clone(self), item.clone(), k);
-            let handle = tasks.spawn(async move {
-                let _permit = permit;
-                (k, Some(fut.await))
-            });
-            ids.insert(handle.id(), k);
-        }
-        let mut out: Vec<Option<Result<T, String>>> = (0..items.len()).map(|_| None).collect();
-        let mut deadline: Option<tokio::time::Instant> = None;
-        loop {
-            let next = match deadline {
-                None => tokio::select! {
-                    joined = tasks.join_next() => joined,
-                    _ = control.stop.cancelled() => {
-                        deadline = Some(tokio::time::Instant::now() + control.grace);
-                        continue;
-                    }
-                },
-                Some(at) => tokio::select! {
-                    joined = tasks.join_next() => joined,
-                    _ = tokio::time::sleep_until(at) => {
-                        tracing::warn!(running = tasks.len(), "grace period over; abandoning running tags");
-                        tasks.abort_all();
-                        deadline = Some(at + Duration::from_secs(3600));
-                        continue;
-                    }
-                },
-            };
-            match next {
-                None => break,
-                Some(Ok((k, value))) => out[k] = value.map(Ok),
-                Some(Err(e)) if e.is_cancelled() => {}
-                Some(Err(e)) => {
-                    tracing::error!(error = %e, "a sync task panicked");
-                    if let Some(k) = ids.get(&e.id()) {
-                        out[*k] = Some(Err(format!("internal error: {e}")));
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    /// Phase 1 for one tag: what upstream holds (a HEAD) against what the target holds.
-    async fn inspect(&self, item: &SyncItem) -> Inspection {
-        match self.inspect_inner(item).await {
-            Ok(inspection) => inspection,
-            Err(e) => Inspection::Done(failed_or_deferred(e)),
-        }
-    }
-
-    async fn inspect_inner(&self, item: &SyncItem) -> Result<Inspection, SyncError> {
-        if item.options.immutable
-            && let Some(tag) = &item.target_tag
-            && let Some(digest) = self
-                .target
-                .manifest_digest(&item.target_repository, tag)
-                .await?
-        {
-            // An immutable tag already mirrored: upstream is not asked at all.
-            return Ok(Inspection::Done(TagResult::Unchanged { digest }));
-        }
-        let upstream = self.upstream(item.source.registry()).await?;
-        let repository = item.source.repository();
-        let digest = match (item.source.digest(), item.source.tag()) {
-            (Some(digest), _) => digest.clone(),
-            (None, Some(tag)) => {
-                let head = upstream
-                    .origin
-                    .head_manifest(repository, tag)
-                    .await
-                    .map_err(|e| upstream.error(e))?
-                    .ok_or_else(|| {
-                        SyncError::NotFound(format!(
-                            "HEAD /v2/{repository}/manifests/{tag} at {} answered 404",
-                            upstream.host
-                        ))
-                    })?;
-                match head.digest {
-                    Some(d) if d.is_sha256() => d,
-                    // No usable Docker-Content-Digest on the HEAD: only a GET tells us.
-                    _ => {
-                        upstream.check_quota()?;
-                        upstream
-                            .origin
-                            .get_manifest(repository, tag)
-                            .await
-                            .map_err(|e| upstream.error(e))?
-                            .digest
-                    }
-                }
-            }
-            (None, None) => {
-                return Err(SyncError::Other(
-                    "reference has neither tag nor digest".into(),
-                ));
-            }
-        };
-        let target_ref = item
-            .target_tag
-            .clone()
-            .unwrap_or_else(|| digest.to_string());
-        let current = self
-            .target
-            .manifest_digest(&item.target_repository, &target_ref)
-            .await?;
-        if current.as_ref() == Some(&digest) {
-            return Ok(Inspection::Done(TagResult::Unchanged { digest }));
-        }
-        let filter = item.platforms.as_deref();
-        if let Some(current) = &current
-            && (filter.is_some() || self.converts_to_oci())
-        {
-            // A rewritten manifest has its own digest; its annotations say what it was made from.
-            let existing = self
-                .target
-                .get_manifest(&item.target_repository, &current.to_string())
-                .await?;
-            if existing.is_some_and(|m| rewrite::is_current(&m.bytes, &digest, filter)) {
-                return Ok(Inspection::Done(TagResult::Unchanged {
-                    digest: current.clone(),
-                }));
-            }
-        }
-        Ok(Inspection::Changed(Change {
-            upstream,
-            digest,
-            current,
-            target_ref,
-        }))
-    }
-
     /// Phase 2 for one changed tag: content first, the tag last.
     async fn copy_tag(
         &self,
@@ -724,78 +382,16 @@ impl Engine {
             return Ok(Arc::clone(existing));
         }
         let settings = self.config.registry(registry);
-        let credentials = match settings.endpoint.credentials.clone() {
-            Some(c) => Some(c),
-            None => {
-                let store = self.credentials.clone();
-                let host = registry.to_string();
-                tokio::task::spawn_blocking(move || store.get(&host))
-                    .await
-                    .map_err(|e| SyncError::Other(e.to_string()))?
-                    .map_err(|e| SyncError::Other(e.to_string()))?
-            }
-        };
-        let limits = LimitSettings {
-            requests_per_second: settings.requests_per_second,
-            burst: settings.burst,
-            bytes_per_second: settings.bytes_per_second,
-        };
-        let client = |host: &str, insecure: bool, credentials| {
-            let mut options = ClientOptions::new(
-                host,
-                insecure,
-                settings.endpoint.ca_file.clone(),
-                credentials,
-            );
-            options.label = registry.to_string();
-            options.limits = limits;
-            options.retry = self.retry.clone();
-            options.observer = self.observer.clone();
-            RegistryClient::new(options).map_err(|source| SyncError::Upstream {
-                host: registry.to_string(),
-                source: Box::new(source),
-            })
-        };
-        let origin = client(
-            &settings.endpoint.host,
-            settings.endpoint.insecure,
-            credentials,
-        )?;
-        let mut mirrors = Vec::new();
-        for mirror in &settings.mirrors {
-            let (insecure, host) = match url::Url::parse(mirror) {
-                Ok(u) => (
-                    u.scheme() == "http",
-                    match (u.host_str(), u.port()) {
-                        (Some(h), Some(p)) => format!("{h}:{p}"),
-                        (Some(h), None) => h.to_string(),
-                        _ => continue,
-                    },
-                ),
-                Err(_) => continue,
-            };
-            // A mirror is an optimisation: no retries, the origin is the fallback.
-            let mut options = ClientOptions::new(&host, insecure, None, None);
-            options.label = registry.to_string();
-            options.limits = limits;
-            options.retry = RetryPolicy::new(1, 0);
-            options.observer = self.observer.clone();
-            mirrors.push(
-                RegistryClient::new(options).map_err(|source| SyncError::Upstream {
-                    host: registry.to_string(),
-                    source: Box::new(source),
-                })?,
-            );
-        }
-        let mirror_down = mirrors.iter().map(|_| Default::default()).collect();
-        let upstream = Arc::new(Upstream {
-            host: registry.to_string(),
-            origin,
-            mirrors,
-            mirror_down,
-            transfers: Semaphore::new(settings.concurrency.max(1)),
-            reserve: u64::from(settings.rate_limit_reserve.unwrap_or(0)),
-        });
+        let upstream = Arc::new(
+            Upstream::build(
+                registry,
+                &settings,
+                &self.credentials,
+                &self.retry,
+                self.observer.clone(),
+            )
+            .await?,
+        );
         upstreams.insert(registry.to_string(), Arc::clone(&upstream));
         Ok(upstream)
     }

@@ -7,7 +7,11 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 use super::SyncError;
-use crate::registry::RegistryClient;
+use crate::config::RegistrySettings;
+use crate::registry::{
+    CredentialStore, EndpointError, RegistryClient, RequestObserver, RetryPolicy, Usage,
+    mirror_endpoint,
+};
 
 /// One upstream host.
 pub struct Upstream {
@@ -25,6 +29,58 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// The upstream for `registry` (`docker.io`): its origin with the configured settings and
+    /// credentials (`auth:`, else the Docker config), and its mirrors (anonymous, no retries:
+    /// a mirror is an optimisation, the origin is the fallback). No request is made.
+    pub async fn build(
+        registry: &str,
+        settings: &RegistrySettings,
+        docker: &CredentialStore,
+        retry: &RetryPolicy,
+        observer: Option<Arc<dyn RequestObserver>>,
+    ) -> Result<Upstream, SyncError> {
+        let failed = |e: EndpointError| match e {
+            EndpointError::Client(source) => SyncError::Upstream {
+                host: registry.to_string(),
+                source: Box::new(source),
+            },
+            other => SyncError::Other(other.to_string()),
+        };
+        let usage = Usage {
+            label: registry.to_string(),
+            limits: settings.limits(),
+            retry: retry.clone(),
+            observer,
+        };
+        let origin = RegistryClient::for_endpoint(
+            &settings.endpoint,
+            Some((docker, registry)),
+            usage.clone(),
+        )
+        .await
+        .map_err(failed)?;
+        let mut mirrors = Vec::new();
+        for endpoint in settings.mirrors.iter().filter_map(|m| mirror_endpoint(m)) {
+            let usage = Usage {
+                retry: RetryPolicy::new(1, 0),
+                ..usage.clone()
+            };
+            mirrors.push(
+                RegistryClient::for_endpoint(&endpoint, None, usage)
+                    .await
+                    .map_err(failed)?,
+            );
+        }
+        Ok(Upstream {
+            host: registry.to_string(),
+            origin,
+            mirror_down: mirrors.iter().map(|_| Default::default()).collect(),
+            mirrors,
+            transfers: Semaphore::new(settings.concurrency.max(1)),
+            reserve: u64::from(settings.rate_limit_reserve.unwrap_or(0)),
+        })
+    }
+
     /// How many content sources there are: the mirrors, then the origin.
     pub fn source_count(&self) -> usize {
         self.mirrors.len() + 1

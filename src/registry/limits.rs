@@ -8,13 +8,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 /// Bandwidth is metered in cells of this many bytes.
 const CELL: usize = 1024;
 
-/// What an operator configured for one host.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct LimitSettings {
-    pub requests_per_second: Option<f64>,
-    pub burst: Option<u32>,
-    pub bytes_per_second: Option<u64>,
-}
+pub use crate::config::LimitSettings;
 
 /// The live limiters of one host.
 pub struct HostLimits {

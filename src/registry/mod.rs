@@ -7,6 +7,8 @@
 
 mod auth;
 mod blobs;
+mod credentials;
+mod endpoint;
 mod error;
 mod limits;
 mod manifests;
@@ -25,6 +27,8 @@ use reqwest::{Method, StatusCode};
 use url::Url;
 
 pub use auth::{Challenge, parse_challenge};
+pub use credentials::{CredentialError, CredentialStore};
+pub use endpoint::{EndpointError, Usage, mirror_endpoint};
 pub use error::{ApiError, RegistryError};
 pub use limits::{HostLimits, LimitSettings};
 pub use retry::{RetryPolicy, parse_retry_after};

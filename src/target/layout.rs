@@ -14,9 +14,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
 use super::TargetError;
-use crate::copy::verify::VerifiedStream;
 use crate::reference::Digest;
 use crate::registry::FetchedManifest;
+use crate::verify::VerifiedStream;
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
@@ -145,7 +145,7 @@ impl OciLayout {
         let src = self.blob_path(from, digest)?;
         let dst = self.blob_path(repository, digest)?;
         self.prepare(repository).await?;
-        let tmp = temp_name(&dst);
+        let tmp = crate::atomic_file::temp_path(&dst);
         if tokio::fs::hard_link(&src, &tmp).await.is_err() {
             tokio::fs::copy(&src, &tmp)
                 .await
@@ -166,7 +166,7 @@ impl OciLayout {
     ) -> Result<u64, TargetError> {
         self.prepare(repository).await?;
         let dst = self.blob_path(repository, digest)?;
-        let tmp = temp_name(&dst);
+        let tmp = crate::atomic_file::temp_path(&dst);
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| TargetError::Io { path, source }
@@ -289,34 +289,24 @@ impl OciLayout {
     }
 }
 
-fn temp_name(path: &Path) -> PathBuf {
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let name = path
-        .file_name()
-        .map(|f| f.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
-}
-
+/// Renames a finished temporary file into place; on failure the temporary file is removed.
 async fn rename(from: &Path, to: &Path) -> Result<(), TargetError> {
-    tokio::fs::rename(from, to)
-        .await
-        .map_err(|source| TargetError::Io {
+    if let Err(source) = tokio::fs::rename(from, to).await {
+        let _ = tokio::fs::remove_file(from).await;
+        return Err(TargetError::Io {
             path: to.to_path_buf(),
             source,
-        })
+        });
+    }
+    Ok(())
 }
 
+/// Replaces a small file (`index.json`, a manifest) atomically and durably.
 async fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), TargetError> {
-    let tmp = temp_name(path);
-    let io = |source| TargetError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut file = tokio::fs::File::create(&tmp).await.map_err(io)?;
-    file.write_all(bytes).await.map_err(io)?;
-    file.sync_all().await.map_err(io)?;
-    drop(file);
-    rename(&tmp, path).await
+    crate::atomic_file::write_async(path, bytes.to_vec())
+        .await
+        .map_err(|source| TargetError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
 }

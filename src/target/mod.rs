@@ -4,16 +4,18 @@
 //! blob or manifest becomes visible only once it is complete and verified, and a tag is written
 //! last, so a tag never points at content that is not entirely present.
 
+mod document;
 mod layout;
 mod upload;
 
 use std::path::PathBuf;
 
+pub use document::DOCUMENT_REPOSITORY;
 pub use layout::OciLayout;
 
-use crate::copy::verify::VerifiedStream;
 use crate::reference::Digest;
 use crate::registry::{FetchedManifest, MountOutcome, RegistryClient, RegistryError};
+use crate::verify::VerifiedStream;
 
 /// A failure at the target.
 #[derive(Debug, thiserror::Error)]
@@ -142,11 +144,7 @@ impl Target {
         match self {
             Target::Registry(c) => {
                 let response = c.get_blob(repository, digest).await?;
-                Ok(crate::copy::verify::from_response(
-                    response,
-                    digest.clone(),
-                    size,
-                ))
+                Ok(crate::verify::from_response(response, digest.clone(), size))
             }
             Target::Layout(l) => l.read_blob(repository, digest, size).await,
         }

@@ -9,9 +9,9 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::TargetError;
-use crate::copy::verify::VerifiedStream;
 use crate::reference::Digest;
 use crate::registry::RegistryClient;
+use crate::verify::VerifiedStream;
 
 /// Bytes per PATCH request: large enough that request overhead is small, small enough that a
 /// failed chunk is cheap to redo.

@@ -42,7 +42,9 @@
 pub mod access;
 pub mod bin;
 pub mod client;
+pub mod exposition;
 pub mod image;
+pub mod observe;
 pub mod proxy;
 pub mod registry;
 pub mod scenario;

@@ -1,6 +1,6 @@
 //! Smoke test of the integration-test harness itself (real registries, seeding, checks).
 
-mod common;
+use crate::common;
 
 use common::*;
 use reqwest::{Method, StatusCode};

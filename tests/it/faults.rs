@@ -8,7 +8,7 @@
 //! other tags still sync, and nothing corrupt or partial lands at the target. Retries are
 //! counted at the proxy; `--nocapture` prints the figures.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};

@@ -1,7 +1,7 @@
 //! Choosing what to mirror: tag filters over a real tag list, immutable tags, platform modes,
 //! signatures and referrers, backup tags.
 
-mod common;
+use crate::common;
 
 use common::*;
 

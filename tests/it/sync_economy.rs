@@ -1,7 +1,7 @@
 //! What a sync costs upstream and writes at the target, counted from the registries' own access
 //! logs: unchanged tags spend one HEAD, shared content crosses the link once, plan writes nothing.
 
-mod common;
+use crate::common;
 
 use common::*;
 

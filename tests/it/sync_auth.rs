@@ -4,7 +4,7 @@
 //! registries themselves (digests recomputed, access logs, the token server's own records);
 //! secrets must never show up in mirrorsync's output.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -7,9 +7,10 @@
 //! at the target must be a complete image. Every few trials a final run completes the sync, and
 //! its upstream blob GETs must be only for blobs absent at the target before it; then the target
 //! is reset. SIGTERM and `--max-duration` with a throttled upstream stop new tags, exit 3, list
-//! the DEFERRED tags, and leave no partial tag. `--nocapture` prints the trial results.
+//! the DEFERRED tags, and leave no partial tag; a second SIGTERM exits at once with 3, the tags
+//! finished before it saved. `--nocapture` prints the trial results.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -457,4 +458,100 @@ async fn sigterm_stops_new_tags_and_exits_3() {
         out.stdout
     );
     assert_stopped_early(&out, &target, 1).await;
+}
+
+/// The run state a registry target holds (`mirrorsync/state:latest`), as JSON.
+async fn saved_state(target: &Registry) -> serde_json::Value {
+    let (bytes, _, _) = get_manifest(target, "mirrorsync/state", "latest")
+        .await
+        .expect("a saved state");
+    let manifest: serde_json::Value = serde_json::from_slice(&bytes).expect("state manifest");
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .expect("state layer");
+    let path = format!("/v2/mirrorsync/state/blobs/{layer}");
+    let body = target
+        .client()
+        .get(&path)
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e:#}"))
+        .bytes()
+        .await
+        .expect("state body");
+    serde_json::from_slice(&body).expect("state document")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_sigterm_exits_at_once_with_the_finished_tags_saved() {
+    // 200 MiB at 20 MiB/s: the big tag needs about 10 s, far more than the test allows after
+    // the second signal. Two tags at once: a small one finishes first while the big one runs.
+    let (_up, _proxy, target, _dir, cfg) = slow_world(200 * MIB).await;
+    let yaml = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, yaml.replace("concurrency: 1\n", "concurrency: 2\n")).unwrap();
+    let child = tokio::process::Command::new(bin_path())
+        .args(["sync", "--once", "--config", &cfg.display().to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn mirrorsync");
+    let pid = child.id().expect("pid") as libc::pid_t;
+    let started = Instant::now();
+    while head_manifest(&target, "slow/small0", "v1").await.is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "slow/small0 never reached the target"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // SAFETY: `pid` is our own running child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = Instant::now();
+    // SAFETY: as above; the first signal did not end the process (30 s grace period).
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let raw = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("exits after the second SIGTERM")
+        .expect("wait");
+    let took = second.elapsed();
+    let stdout = String::from_utf8_lossy(&raw.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&raw.stderr).into_owned();
+    eprintln!(
+        "second SIGTERM: exit {:?} after {took:.1?}\n{stdout}",
+        raw.status.code()
+    );
+    assert_eq!(raw.status.code(), Some(3), "{stdout}\n{stderr}");
+    assert!(
+        took < Duration::from_secs(4),
+        "exited {took:?} after the second signal"
+    );
+    assert_eq!(
+        stderr.matches("second signal").count(),
+        1,
+        "one log line for the second signal:\n{stderr}"
+    );
+    // The big tag was abandoned: deferred, and not at the target.
+    let big = stdout
+        .lines()
+        .find(|l| l.contains("/slow/big:v1 -> "))
+        .unwrap_or_else(|| panic!("no line for slow/big:\n{stdout}"));
+    assert!(big.starts_with("DEFERRED "), "{big}");
+    assert_eq!(head_manifest(&target, "slow/big", "v1").await, None);
+    // The tag finished before the signals is complete at the target and recorded as in sync.
+    assert_image_complete(&target, "slow/small0", "v1").await;
+    let state = saved_state(&target).await;
+    let tags = state["tags"].as_object().expect("tags in the state");
+    let entry = |repo: &str| {
+        tags.iter()
+            .find(|(k, _)| k.contains(&format!("/{repo}:v1 -> ")))
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("{repo} not in the state: {state}"))
+    };
+    let small = entry("slow/small0");
+    assert!(small["last_synced"].is_number(), "{small}");
+    assert!(small.get("pending_since").is_none(), "{small}");
+    let big = entry("slow/big");
+    assert!(big["pending_since"].is_number(), "{big}");
 }

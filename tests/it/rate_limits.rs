@@ -7,7 +7,7 @@
 //! line next run; upstream mirrors serve what they hold, the origin the rest, and a mirror that
 //! is down does not stop the sync. `--nocapture` prints the figures.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

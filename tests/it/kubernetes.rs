@@ -2,7 +2,7 @@
 //! `helm template`, kept in charts/tests/golden by the chart tests) against local registries,
 //! and N shards of an Indexed Job at once against one target.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 

@@ -5,7 +5,7 @@
 //! registry's own access log must stay empty across the run, which proves the error was found
 //! before any network traffic (not even a `GET /v2/` ping).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Stdio;

@@ -1,6 +1,6 @@
 //! Every manifest format a hot image comes in is mirrored byte for byte, digests preserved.
 
-mod common;
+use crate::common;
 
 use common::*;
 

@@ -6,7 +6,7 @@
 //! upstream link once, and mirrorsync's peak RSS stays under 100 MiB and does not grow with the
 //! layer size. Peak RSS and wall time are printed (`--nocapture` shows them).
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,0 +1,137 @@
+//! Phase 1 of a run: for each tag, what upstream holds (a HEAD, which costs no pull quota)
+//! against what the target holds. The same digest means unchanged, and nothing more is asked.
+
+use std::sync::Arc;
+
+use super::upstream::UpstreamRef;
+use super::{Engine, SyncError, deferred, failed_or_deferred, rewrite};
+use crate::config::SyncItem;
+use crate::outcome::TagResult;
+use crate::reference::Digest;
+use crate::signals::RunControl;
+
+/// What the inspection of one tag found.
+pub(super) enum Inspection {
+    Done(TagResult),
+    Changed(Change),
+}
+
+/// A tag whose target is missing or behind upstream.
+pub(super) struct Change {
+    pub(super) upstream: UpstreamRef,
+    /// Upstream's digest now.
+    pub(super) digest: Digest,
+    /// What the target tag points at now, if anything.
+    pub(super) current: Option<Digest>,
+    pub(super) target_ref: String,
+}
+
+impl Engine {
+    /// Phase 1 over a list of items; a stopped or crashed inspection becomes a result.
+    pub(super) async fn inspect_all(
+        self: &Arc<Self>,
+        items: &[SyncItem],
+        control: &RunControl,
+    ) -> Vec<Inspection> {
+        self.for_each_item(items, control, |engine, item, _| async move {
+            engine.inspect(&item).await
+        })
+        .await
+        .into_iter()
+        .map(|r| match r {
+            None => Inspection::Done(deferred("stopped before the tag was checked")),
+            Some(Err(error)) => Inspection::Done(TagResult::Failed { error }),
+            Some(Ok(inspection)) => inspection,
+        })
+        .collect()
+    }
+
+    /// Phase 1 for one tag: what upstream holds (a HEAD) against what the target holds.
+    async fn inspect(&self, item: &SyncItem) -> Inspection {
+        match self.inspect_inner(item).await {
+            Ok(inspection) => inspection,
+            Err(e) => Inspection::Done(failed_or_deferred(e)),
+        }
+    }
+
+    async fn inspect_inner(&self, item: &SyncItem) -> Result<Inspection, SyncError> {
+        if item.options.immutable
+            && let Some(tag) = &item.target_tag
+            && let Some(digest) = self
+                .target
+                .manifest_digest(&item.target_repository, tag)
+                .await?
+        {
+            // An immutable tag already mirrored: upstream is not asked at all.
+            return Ok(Inspection::Done(TagResult::Unchanged { digest }));
+        }
+        let upstream = self.upstream(item.source.registry()).await?;
+        let repository = item.source.repository();
+        let digest = match (item.source.digest(), item.source.tag()) {
+            (Some(digest), _) => digest.clone(),
+            (None, Some(tag)) => {
+                let head = upstream
+                    .origin
+                    .head_manifest(repository, tag)
+                    .await
+                    .map_err(|e| upstream.error(e))?
+                    .ok_or_else(|| {
+                        SyncError::NotFound(format!(
+                            "HEAD /v2/{repository}/manifests/{tag} at {} answered 404",
+                            upstream.host
+                        ))
+                    })?;
+                match head.digest {
+                    Some(d) if d.is_sha256() => d,
+                    // No usable Docker-Content-Digest on the HEAD: only a GET tells us.
+                    _ => {
+                        upstream.check_quota()?;
+                        upstream
+                            .origin
+                            .get_manifest(repository, tag)
+                            .await
+                            .map_err(|e| upstream.error(e))?
+                            .digest
+                    }
+                }
+            }
+            (None, None) => {
+                return Err(SyncError::Other(
+                    "reference has neither tag nor digest".into(),
+                ));
+            }
+        };
+        let target_ref = item
+            .target_tag
+            .clone()
+            .unwrap_or_else(|| digest.to_string());
+        let current = self
+            .target
+            .manifest_digest(&item.target_repository, &target_ref)
+            .await?;
+        if current.as_ref() == Some(&digest) {
+            return Ok(Inspection::Done(TagResult::Unchanged { digest }));
+        }
+        let filter = item.platforms.as_deref();
+        if let Some(current) = &current
+            && (filter.is_some() || self.converts_to_oci())
+        {
+            // A rewritten manifest has its own digest; its annotations say what it was made from.
+            let existing = self
+                .target
+                .get_manifest(&item.target_repository, &current.to_string())
+                .await?;
+            if existing.is_some_and(|m| rewrite::is_current(&m.bytes, &digest, filter)) {
+                return Ok(Inspection::Done(TagResult::Unchanged {
+                    digest: current.clone(),
+                }));
+            }
+        }
+        Ok(Inspection::Changed(Change {
+            upstream,
+            digest,
+            current,
+            target_ref,
+        }))
+    }
+}

@@ -1,0 +1,95 @@
+//! How each tag of a run ended, and what `prune` removed: the data the engine produces and
+//! the report, the metrics and the state read. Plain data, no rendering.
+
+use std::time::Duration;
+
+use crate::reference::Digest;
+
+/// Blob work done for one tag.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CopyStats {
+    /// Blobs streamed from upstream.
+    pub copied: u64,
+    pub copied_bytes: u64,
+    /// Blobs made available from another target repository.
+    pub mounted: u64,
+    /// Blobs already in the target repository.
+    pub present: u64,
+}
+
+impl CopyStats {
+    /// Adds another tag's work to this total.
+    pub fn add(&mut self, other: &CopyStats) {
+        self.copied += other.copied;
+        self.copied_bytes += other.copied_bytes;
+        self.mounted += other.mounted;
+        self.present += other.present;
+    }
+}
+
+/// How one tag ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TagResult {
+    /// The target already held the upstream digest.
+    Unchanged {
+        digest: Digest,
+    },
+    /// The target now holds the upstream digest (with `plan`: would hold). `new` when the tag did
+    /// not exist at the target before.
+    Synced {
+        digest: Digest,
+        new: bool,
+    },
+    Failed {
+        error: String,
+    },
+    /// Left for a later run (pull-quota reserve reached, stop requested); first in line then.
+    Deferred {
+        reason: String,
+    },
+}
+
+/// One tag's line in the summary.
+#[derive(Debug, Clone)]
+pub struct TagOutcome {
+    pub source: String,
+    pub target: String,
+    pub result: TagResult,
+    pub stats: CopyStats,
+    pub duration: Duration,
+    /// Stable identity across runs (`source -> target`).
+    pub key: String,
+}
+
+impl TagOutcome {
+    /// One structured log event per tag.
+    pub fn log(&self) {
+        let ms = self.duration.as_millis() as u64;
+        match &self.result {
+            TagResult::Unchanged { digest } => tracing::debug!(
+                source = %self.source, target = %self.target, digest = %digest, result = "unchanged", duration_ms = ms, "tag unchanged"
+            ),
+            TagResult::Synced { digest, new } => tracing::info!(
+                source = %self.source, target = %self.target, digest = %digest,
+                result = if *new { "new" } else { "updated" },
+                blobs_copied = self.stats.copied, bytes_copied = self.stats.copied_bytes,
+                blobs_mounted = self.stats.mounted, blobs_present = self.stats.present,
+                duration_ms = ms, "tag synced"
+            ),
+            TagResult::Failed { error } => tracing::warn!(
+                source = %self.source, target = %self.target, result = "failed", error = %error, duration_ms = ms, "tag failed"
+            ),
+            TagResult::Deferred { reason } => tracing::info!(
+                source = %self.source, target = %self.target, result = "deferred", reason = %reason, duration_ms = ms, "tag deferred"
+            ),
+        }
+    }
+}
+
+/// One tag pruned (or, in `plan`, to prune).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pruned {
+    pub repository: String,
+    pub tag: String,
+    pub digest: String,
+}

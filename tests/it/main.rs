@@ -1,0 +1,21 @@
+//! The integration tests, in one binary so the harness in `tests/common/` compiles once.
+//!
+//! Each file of this folder is one user-facing area (its first comment says which). To add one:
+//! create `tests/it/<area>.rs` starting with `use crate::common;` (then `use common::*;`), and
+//! add `mod <area>;` below. Run one area with `cargo test --release --test it <area>::`.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod big_layer;
+mod config_errors;
+mod faults;
+mod harness;
+mod kill_safety;
+mod kubernetes;
+mod observability;
+mod rate_limits;
+mod selection;
+mod sync_auth;
+mod sync_economy;
+mod sync_formats;

@@ -50,6 +50,7 @@ def parse_args(argv):
     p.add_argument("--ms-top", action="append", default=[], help="extra top-level line for mirrorsync's sync.yaml (e.g. 'concurrency: 32'; for experiments: the report's figures are for defaults)")
     p.add_argument("--ms-registry", action="append", default=[], help="extra line for the upstream's entry in mirrorsync's sync.yaml (e.g. 'concurrency: 16')")
     p.add_argument("--wan-mirrorsync-only", action="store_true", help="WAN profiles: skip skopeo (quicker experiments)")
+    p.add_argument("--skopeo-cap", type=float, default=240.0, help="WAN profiles: stop a skopeo run after this many seconds and report its time as a lower bound (default 240; 0: no cap)")
     p.add_argument("--binary", help="benchmark this mirrorsync binary as it is (no build), e.g. a baseline kept aside")
     p.add_argument("--rev", help="benchmark this git revision (built from a clean export in target/bench-build) instead of the working tree")
     p.add_argument("--no-rss", action="store_true", help="skip the single-layer peak-RSS runs")
@@ -187,17 +188,17 @@ class Bench:
             path, f"{self.target.host}/{dest_parent}",
         ]
 
-    def measure(self, tool: str, scenario: str, rnd: int, tags: list, dest_parent: str = "library") -> Run:
+    def measure(self, tool: str, scenario: str, rnd: int, tags: list, dest_parent: str = "library", cap: float | None = None) -> Run:
         name = f"r{rnd}-{scenario}".replace("/", "-")
         argv = self.command(tool, tags, dest_parent, name)
         run = Run(tool=tool, scenario=scenario, round=rnd, argv=argv)
         up_mark, tg_mark = self.upstream.mark(), self.target.mark()
         logs = os.path.join(self.workdir, "logs")
         os.makedirs(logs, exist_ok=True)
-        run_measured(run, os.path.join(logs, f"{name}-{tool}.log"), [self.upstream, self.target, *self.extra_procs])
+        run_measured(run, os.path.join(logs, f"{name}-{tool}.log"), [self.upstream, self.target, *self.extra_procs], cap=cap)
         upstream_figures(self.upstream.since(up_mark), run)
         target_figures(self.target.since(tg_mark), run, {t.repo for t in tags})
-        if run.rc != 0:
+        if run.rc != 0 and not run.capped:
             with open(run.log_path, errors="replace") as f:
                 tail = f.read()[-3000:]
             run.problems.append(f"{tool} exited {run.rc}; end of its output:\n{tail}")

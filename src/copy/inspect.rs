@@ -1,14 +1,11 @@
-//! Phase 1 of a run: for each tag, what upstream holds (a HEAD, which costs no pull quota)
+//! The first step of each tag: what upstream holds (a HEAD, which costs no pull quota)
 //! against what the target holds. The same digest means unchanged, and nothing more is asked.
 
-use std::sync::Arc;
-
 use super::upstream::UpstreamRef;
-use super::{Engine, SyncError, deferred, failed_or_deferred, rewrite};
+use super::{Engine, SyncError, failed_or_deferred, rewrite};
 use crate::config::SyncItem;
 use crate::outcome::TagResult;
 use crate::reference::Digest;
-use crate::signals::RunControl;
 
 /// What the inspection of one tag found.
 pub(super) enum Inspection {
@@ -27,27 +24,8 @@ pub(super) struct Change {
 }
 
 impl Engine {
-    /// Phase 1 over a list of items; a stopped or crashed inspection becomes a result.
-    pub(super) async fn inspect_all(
-        self: &Arc<Self>,
-        items: &[SyncItem],
-        control: &RunControl,
-    ) -> Vec<Inspection> {
-        self.for_each_item(items, control, |engine, item, _| async move {
-            engine.inspect(&item).await
-        })
-        .await
-        .into_iter()
-        .map(|r| match r {
-            None => Inspection::Done(deferred("stopped before the tag was checked")),
-            Some(Err(error)) => Inspection::Done(TagResult::Failed { error }),
-            Some(Ok(inspection)) => inspection,
-        })
-        .collect()
-    }
-
-    /// Phase 1 for one tag: what upstream holds (a HEAD) against what the target holds.
-    async fn inspect(&self, item: &SyncItem) -> Inspection {
+    /// What upstream holds for one tag (a HEAD) against what the target holds.
+    pub(super) async fn inspect(&self, item: &SyncItem) -> Inspection {
         match self.inspect_inner(item).await {
             Ok(inspection) => inspection,
             Err(e) => Inspection::Done(failed_or_deferred(e)),

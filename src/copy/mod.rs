@@ -1,15 +1,17 @@
 //! The engine: every configured tag's journey from upstream to target.
 //!
-//! A run has two phases. First every tag is inspected (`Engine::inspect`): HEAD upstream and
-//! target with the same Accept list; the same digest means unchanged and nothing more is asked
-//! upstream (HEADs do not count against Docker Hub's pull quota). Then only the changed tags are
-//! copied (`Engine::copy_tag`), the longest-pending first, while the pull quota lasts: the
-//! manifest is fetched by digest (exact bytes, digest verified), its blobs are made present at
-//! the target (skipped, mounted, or streamed and verified), child manifests are pushed by digest,
-//! and the tag is written last.
+//! Each tag is first inspected (`Engine::inspect`): HEAD upstream and target with the same
+//! Accept list; the same digest means unchanged and nothing more is asked upstream (HEADs do not
+//! count against Docker Hub's pull quota). A changed tag is then copied (`Engine::copy_tag`)
+//! while the pull quota lasts, without waiting for the other tags' inspections: the manifest is
+//! fetched by digest (exact bytes, digest verified), its blobs are made present at the target
+//! (skipped, mounted, or streamed and verified), child manifests are pushed by digest, and the
+//! tag is written last.
 //!
-//! Tags run in parallel up to `concurrency`; blob transfers per upstream host are bounded by that
-//! host's `concurrency`. A failing tag never stops the others. A stop request (signal,
+//! Up to twice `concurrency` tags are inspected at once and `concurrency` copied at once; copies
+//! start in priority order (the longest-pending first, then file order) whatever order the
+//! inspections finish in. Blob transfers per upstream host are bounded by that host's
+//! `concurrency`. A failing tag never stops the others. A stop request (signal,
 //! `--max-duration`) lets running tags finish within a grace period; the rest are deferred.
 
 mod blobs;
@@ -49,6 +51,13 @@ use upstream::{Upstream, UpstreamRef};
 const MAX_INDEX_DEPTH: usize = 4;
 /// Blob checks and copies started at once within one manifest.
 const BLOBS_PER_MANIFEST: usize = 8;
+
+/// Tags inspected at once: twice the copies. A HEAD is one cheap round trip (and free of
+/// Docker Hub's pull quota; each host's request rate still applies), so inspection runs ahead
+/// and a no-op run is round trips only.
+fn inspections_at_once(concurrency: usize) -> usize {
+    concurrency.saturating_mul(2)
+}
 
 /// Why one tag could not be synced.
 #[derive(Debug, thiserror::Error)]
@@ -223,65 +232,33 @@ impl Engine {
 
         // Tag filters are resolved against each repository's tag list, fetched once.
         let (mut items, mut outcomes) = self.expand_selections().await;
-        // Phase 1: HEAD everything (free), concurrency-limited.
-        let mut inspections = self.inspect_all(&items, control).await;
-        let referrers = self.referrer_items(&items, &inspections).await;
-        if !referrers.is_empty() {
-            inspections.extend(self.inspect_all(&referrers, control).await);
-            items.extend(referrers);
-        }
-        let counters: Vec<Arc<Counters>> = items
-            .iter()
-            .map(|_| Arc::new(Counters::default()))
-            .collect();
         self.progress
             .tags_total
             .store(items.len(), Ordering::Relaxed);
-        let mut results: Vec<Option<TagResult>> = vec![None; items.len()];
-        let mut changed = Vec::new();
-        for (i, inspection) in inspections.into_iter().enumerate() {
-            match inspection {
-                Inspection::Done(result) => {
-                    self.progress.tags_done.fetch_add(1, Ordering::Relaxed);
-                    results[i] = Some(result)
-                }
-                Inspection::Changed(change) => changed.push((i, change)),
-            }
+        let mut counters: Vec<Arc<Counters>> = items
+            .iter()
+            .map(|_| Arc::new(Counters::default()))
+            .collect();
+        // Each tag is inspected, then copied if it changed, without waiting for the other
+        // tags' inspections (against a far upstream every HEAD is a round trip).
+        let mut synced = self.sync_all(&items, &counters, priority, control).await;
+        let found: Vec<Option<Digest>> = synced.iter().map(|(d, _)| d.clone()).collect();
+        // Signatures and attestations of what was found, after it.
+        let referrers = self.referrer_items(&items, &found).await;
+        if !referrers.is_empty() {
+            self.progress
+                .tags_total
+                .fetch_add(referrers.len(), Ordering::Relaxed);
+            let more: Vec<Arc<Counters>> = referrers
+                .iter()
+                .map(|_| Arc::new(Counters::default()))
+                .collect();
+            synced.extend(self.sync_all(&referrers, &more, priority, control).await);
+            items.extend(referrers);
+            counters.extend(more);
         }
-        // Phase 2: copy what changed, the longest-pending first.
-        changed.sort_by_key(|(i, _)| {
-            let since = priority.get(&item_key(&items[*i])).copied();
-            (since.unwrap_or(i64::MAX), *i)
-        });
-        let order: Vec<usize> = changed.iter().map(|(i, _)| *i).collect();
-        let jobs: Arc<std::sync::Mutex<HashMap<usize, Change>>> =
-            Arc::new(std::sync::Mutex::new(changed.into_iter().collect()));
-        let copy_items: Vec<SyncItem> = order.iter().map(|i| items[*i].clone()).collect();
-        let copied = self
-            .for_each_item(&copy_items, control, |engine, item, k| {
-                let index = order[k];
-                let job = jobs
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&index);
-                let counters = Arc::clone(&counters[index]);
-                async move {
-                    let result = match job {
-                        Some(change) => engine.copy_tag(&item, change, &counters).await,
-                        None => deferred("internal: missing work item"),
-                    };
-                    engine.progress.tags_done.fetch_add(1, Ordering::Relaxed);
-                    result
-                }
-            })
-            .await;
-        for (k, result) in copied.into_iter().enumerate() {
-            results[order[k]] = Some(match result {
-                None => deferred("stopped before the copy started"),
-                Some(Ok(result)) => result,
-                Some(Err(error)) => TagResult::Failed { error },
-            });
-        }
+        let mut results: Vec<Option<TagResult>> =
+            synced.into_iter().map(|(_, result)| Some(result)).collect();
         forward.abort();
 
         let elapsed = run_started.elapsed();
@@ -299,7 +276,83 @@ impl Engine {
         }
         outcomes
     }
-    /// Phase 2 for one changed tag: content first, the tag last.
+    /// Inspects every item and copies those that changed, pending first (`priority`, lower
+    /// first; then list order). Up to [`inspections_at_once`] tags are inspected at once and
+    /// `concurrency` copied at once; copies start strictly in that order (a changed tag waits
+    /// until every tag before it was found unchanged or has started its copy), so the pull
+    /// quota goes to the longest-pending tags first. Returns, per item, the upstream digest found
+    /// (if any) and the result.
+    async fn sync_all(
+        self: &Arc<Self>,
+        items: &[SyncItem],
+        counters: &[Arc<Counters>],
+        priority: &HashMap<String, i64>,
+        control: &RunControl,
+    ) -> Vec<(Option<Digest>, TagResult)> {
+        let mut order: Vec<usize> = (0..items.len()).collect();
+        order.sort_by_key(|i| {
+            let since = priority.get(&item_key(&items[*i])).copied();
+            (since.unwrap_or(i64::MAX), *i)
+        });
+        let ordered: Vec<SyncItem> = order.iter().map(|i| items[*i].clone()).collect();
+        let copies = Arc::new(tokio::sync::Semaphore::new(self.config.concurrency.max(1)));
+        let turns = Arc::new(pool::Turns::default());
+        let width = inspections_at_once(self.config.concurrency);
+        let done = self
+            .for_each_item(&ordered, control, width, |engine, item, k, inspecting| {
+                let counters = Arc::clone(&counters[order[k]]);
+                let (copies, stop) = (Arc::clone(&copies), control.stop.clone());
+                // Passed once this tag has its copy slot or needs none (or is dropped).
+                let turn = pool::Turn::new(Arc::clone(&turns), k);
+                async move {
+                    let inspection = engine.inspect(&item).await;
+                    drop(inspecting);
+                    let result = match inspection {
+                        Inspection::Done(result) => {
+                            drop(turn);
+                            let found = match &result {
+                                TagResult::Unchanged { digest } => Some(digest.clone()),
+                                _ => None,
+                            };
+                            (found, result)
+                        }
+                        Inspection::Changed(change) => {
+                            let slot = tokio::select! {
+                                slot = async {
+                                    turn.wait().await;
+                                    copies.acquire_owned().await.ok()
+                                } => slot,
+                                _ = stop.cancelled() => None,
+                            };
+                            drop(turn);
+                            let found = Some(change.digest.clone());
+                            match slot {
+                                Some(_slot) => {
+                                    (found, engine.copy_tag(&item, change, &counters).await)
+                                }
+                                None => (found, deferred("stopped before the copy started")),
+                            }
+                        }
+                    };
+                    engine.progress.tags_done.fetch_add(1, Ordering::Relaxed);
+                    result
+                }
+            })
+            .await;
+        let mut out: Vec<(Option<Digest>, TagResult)> = (0..items.len())
+            .map(|_| (None, deferred("not reached")))
+            .collect();
+        for (k, result) in done.into_iter().enumerate() {
+            out[order[k]] = match result {
+                None => (None, deferred("stopped before the tag was checked")),
+                Some(Ok(found)) => found,
+                Some(Err(error)) => (None, TagResult::Failed { error }),
+            };
+        }
+        out
+    }
+
+    /// Copies one changed tag: content first, the tag last.
     async fn copy_tag(
         &self,
         item: &SyncItem,

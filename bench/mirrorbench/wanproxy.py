@@ -150,8 +150,9 @@ class Pipe:
             data = await self.reader.read(CHUNK)
             if not data:
                 if self.link is not None:
-                    # EOF after the last byte has crossed the bottleneck.
-                    while self.backlog:
+                    # EOF after the last byte has crossed the bottleneck: the link may hold a
+                    # quantum taken from the backlog and not transmitted yet (queued_at_link).
+                    while self.backlog or self.queued_at_link:
                         await asyncio.sleep(0.005)
                 self.transmitted(None, loop.time())
                 return

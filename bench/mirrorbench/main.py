@@ -50,7 +50,7 @@ def parse_args(argv):
     p.add_argument("--ms-top", action="append", default=[], help="extra top-level line for mirrorsync's sync.yaml (e.g. 'concurrency: 32'; for experiments: the report's figures are for defaults)")
     p.add_argument("--ms-registry", action="append", default=[], help="extra line for the upstream's entry in mirrorsync's sync.yaml (e.g. 'concurrency: 16')")
     p.add_argument("--wan-mirrorsync-only", action="store_true", help="WAN profiles: skip skopeo (quicker experiments)")
-    p.add_argument("--skopeo-cap", type=float, default=240.0, help="WAN profiles: stop a skopeo run after this many seconds and report its time as a lower bound (default 240; 0: no cap)")
+    p.add_argument("--skopeo-cap", type=float, help="WAN profiles: stop a skopeo run after this many seconds and report its time as a lower bound (default 240, 5 with --smoke; 0: no cap)")
     p.add_argument("--binary", help="benchmark this mirrorsync binary as it is (no build), e.g. a baseline kept aside")
     p.add_argument("--rev", help="benchmark this git revision (built from a clean export in target/bench-build) instead of the working tree")
     p.add_argument("--no-rss", action="store_true", help="skip the single-layer peak-RSS runs")
@@ -60,6 +60,8 @@ def parse_args(argv):
     a = p.parse_args(argv)
     if a.rounds is None:
         a.rounds = 1 if a.smoke else 3
+    if a.skopeo_cap is None:
+        a.skopeo_cap = 5.0 if a.smoke else 240.0
     if a.no_wan and a.wan_only:
         p.error("--no-wan and --wan-only exclude each other")
     if a.rounds < 1:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import resource
+import signal
+import threading
 import subprocess
 import time
 from collections import Counter
@@ -49,6 +51,8 @@ class Run:
     tg_other_repos: dict = field(default_factory=dict)  # repository -> writes outside the mirrored ones
     verify_errors: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # broken invariants (mirrorsync)
+    link: dict = field(default_factory=dict)  # WAN profiles: figures from the proxy (wan.py)
+    capped: bool = False  # killed at the time cap (WAN profiles): wall time is a lower bound
 
     @property
     def other_share(self) -> float:
@@ -56,9 +60,10 @@ class Run:
         return self.other_cpu / (self.wall * (os.cpu_count() or 1)) if self.wall else 0.0
 
 
-def run_measured(run: Run, log_path: str, registries: list[Registry], env=None) -> Run:
+def run_measured(run: Run, log_path: str, registries: list[Registry], env=None, cap: float | None = None) -> Run:
     """Runs `run.argv` to completion: wall time, the tool's CPU and peak RSS (wait4), and the
-    CPU the registries and other processes used meanwhile."""
+    CPU the registries and other processes used meanwhile. With `cap` (seconds), a run still
+    going then is killed (`run.capped`; its wall time is then a lower bound)."""
     reg0 = {r.name: r.cpu_seconds() for r in registries}
     busy0, self0 = system_busy_seconds(), self_cpu_seconds()
     # Peak RSS comes from GNU time, which forks the tool from its own small process: a child
@@ -68,8 +73,20 @@ def run_measured(run: Run, log_path: str, registries: list[Registry], env=None) 
     argv = [GNU_TIME, "-f", "%M", "-o", rss_file, *run.argv]
     with open(log_path, "wb") as out:
         t0 = time.monotonic()
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=cap is not None)
+        timer = None
+        if cap is not None:
+            def kill():
+                run.capped = True
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            timer = threading.Timer(cap, kill)
+            timer.start()
         _, status, ru = os.wait4(proc.pid, 0)
+        if timer is not None:
+            timer.cancel()
         run.wall = time.monotonic() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
     busy1, self1 = system_busy_seconds(), self_cpu_seconds()

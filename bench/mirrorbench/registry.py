@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -91,7 +92,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _config(storage: str, port: int) -> str:
+def _config(storage: str, port: int, tls: tuple[str, str, str] | None = None) -> str:
     # As the integration tests: no blob descriptor cache (it can hide on-disk state), deletes on,
     # upload purging off, access log on (stdout).
     return (
@@ -100,6 +101,7 @@ def _config(storage: str, port: int) -> str:
         f"storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n"
         "  maintenance:\n    uploadpurging:\n      enabled: false\n"
         f"http:\n  addr: 127.0.0.1:{port}\n  secret: mirrorsync-bench-{port}\n"
+        + (f"  tls:\n    certificate: {tls[1]}\n    key: {tls[2]}\n" if tls else "")
     )
 
 
@@ -113,6 +115,7 @@ class Registry:
         self.proc: subprocess.Popen | None = None
         self.port: int | None = None
         self.storage: str | None = None
+        self.tls: tuple[str, str, str] | None = None  # (CA, certificate, key): serve HTTPS
         self.access_log = os.path.join(self.dir, "access.log")
         self.app_log = os.path.join(self.dir, "registry.log")
         open(self.access_log, "ab").close()
@@ -131,7 +134,7 @@ class Registry:
             port = self.port if (self.port and attempt == 0) else free_port()
             cfg = os.path.join(self.dir, "config.yml")
             with open(cfg, "w") as f:
-                f.write(_config(storage, port))
+                f.write(_config(storage, port, self.tls))
             log_start = os.path.getsize(self.app_log) if os.path.exists(self.app_log) else 0
             out = open(self.access_log, "ab")
             err = open(self.app_log, "ab")
@@ -166,7 +169,11 @@ class Registry:
             if listening:
                 try:
                     # /v2/ is not counted: every count is taken between two marks.
-                    urllib.request.urlopen(f"http://{self.host}/v2/", timeout=2).read()
+                    if self.tls:
+                        ctx = ssl.create_default_context(cafile=self.tls[0])
+                        urllib.request.urlopen(f"https://{self.host}/v2/", timeout=2, context=ctx).read()
+                    else:
+                        urllib.request.urlopen(f"http://{self.host}/v2/", timeout=2).read()
                     return True
                 except Exception:
                     pass

@@ -7,6 +7,8 @@ import statistics
 
 ANALYSIS_BEGIN = "<!-- analysis: hand-written, kept by bench/run across runs; check it still matches the figures -->"
 ANALYSIS_END = "<!-- end of analysis -->"
+WAN_BEGIN = "<!-- wan: written by bench/run's WAN profiles (also alone: bench/run --wan-only) -->"
+WAN_END = "<!-- end of wan -->"
 
 MiB = 1 << 20
 
@@ -248,8 +250,9 @@ def render(bench, meta):
     w("logs; peak RSS from the OS (GNU `time -f %M`, i.e. the kernel's ru_maxrss), CPU time from `wait4`;")
     w("wall time is the tool's process, start to exit.")
     w("")
-    w("Reproduce from a fresh clone with `bench/run` (full run, a few minutes) or `bench/run --smoke`")
-    w("(tiny corpus, seconds; what CI runs). `bench/run --help` lists the options.")
+    w("Reproduce from a fresh clone with `bench/run` (full run: loopback rounds, then the WAN profiles")
+    w("below; half an hour) or `bench/run --smoke` (tiny corpus and one small WAN profile; what CI runs).")
+    w("`bench/run --help` lists the options.")
     w("")
     w("## This run")
     w("")
@@ -356,18 +359,49 @@ def render(bench, meta):
     return "\n".join(lines), probs
 
 
-def write(path, text):
-    """Writes the report, keeping a hand-written analysis block from the previous file."""
-    analysis = ""
+def _block(text, begin, end):
+    if begin in text and end in text:
+        return text[text.index(begin) : text.index(end) + len(end)]
+    return ""
+
+
+def write(path, text, wan_text=None):
+    """Writes the report: `text`, then the WAN section (`wan_text`, or the previous file's when
+    None: a run without WAN profiles keeps it), then the hand-written analysis block of the
+    previous file."""
+    analysis = wan_block = ""
     if os.path.exists(path):
         with open(path) as f:
             old = f.read()
-        if ANALYSIS_BEGIN in old and ANALYSIS_END in old:
-            analysis = old[old.index(ANALYSIS_BEGIN) : old.index(ANALYSIS_END) + len(ANALYSIS_END)]
+        analysis = _block(old, ANALYSIS_BEGIN, ANALYSIS_END)
+        wan_block = _block(old, WAN_BEGIN, WAN_END)
+    if wan_text is not None:
+        wan_block = f"{WAN_BEGIN}\n{wan_text}\n{WAN_END}"
     with open(path, "w") as f:
         f.write(text)
+        if wan_block:
+            f.write("\n" + wan_block + "\n")
         if analysis:
             f.write("\n" + analysis + "\n")
+
+
+def write_wan(path, wan_text):
+    """Replaces only the WAN section of the report (bench/run --wan-only)."""
+    old = ""
+    if os.path.exists(path):
+        with open(path) as f:
+            old = f.read()
+    block = f"{WAN_BEGIN}\n{wan_text}\n{WAN_END}"
+    prev = _block(old, WAN_BEGIN, WAN_END)
+    if prev:
+        new = old.replace(prev, block)
+    elif ANALYSIS_BEGIN in old:
+        i = old.index(ANALYSIS_BEGIN)
+        new = old[:i] + block + "\n\n" + old[i:]
+    else:
+        new = old + ("\n" if old else "") + block + "\n"
+    with open(path, "w") as f:
+        f.write(new)
 
 
 def summary(bench):
@@ -411,6 +445,7 @@ def raw(bench):
             "up": r.up,
             "target": r.tg,
             "problems": r.problems,
+            "link": r.link,
             "verify_errors": r.verify_errors,
         }
         for r in bench.runs

@@ -28,10 +28,17 @@ pub use values::parse_byte_size;
 
 use crate::reference::{DOCKER_HUB, DOCKER_HUB_API, Reference, normalize_registry};
 
-/// Default for [`Config::concurrency`]: tags synced at once.
-pub const DEFAULT_CONCURRENCY: usize = 8;
-/// Default for [`RegistrySettings::concurrency`]: blob transfers at once per upstream host.
-pub const DEFAULT_REGISTRY_CONCURRENCY: usize = 4;
+/// Default for [`Config::concurrency`]: tags copied at once. A tag's copy is mostly waiting for
+/// round trips (manifest, child manifests, blobs), so many run at once; the streams they open
+/// are bounded per host by [`RegistrySettings::concurrency`].
+pub const DEFAULT_CONCURRENCY: usize = 64;
+/// Default for [`RegistrySettings::concurrency`]: blob transfers at once per upstream host,
+/// enough to keep a long, fast link busy with small blobs (each costs a round trip).
+pub const DEFAULT_REGISTRY_CONCURRENCY: usize = 32;
+/// Default for [`RegistrySettings::concurrency`] on Docker Hub: as before, gentle on Hub.
+pub const DOCKER_HUB_CONCURRENCY: usize = 4;
+/// Default for [`Target::concurrency`]: blob uploads at once to the target.
+pub const DEFAULT_TARGET_CONCURRENCY: usize = 4;
 /// Requests per second to Docker Hub unless configured: well under its abuse limits.
 pub const DOCKER_HUB_REQUESTS_PER_SECOND: f64 = 10.0;
 /// Request burst to Docker Hub unless configured.
@@ -47,7 +54,7 @@ pub struct Config {
     pub schedule: Option<crate::schedule::Schedule>,
     /// Time zone for `schedule`; default `UTC`.
     pub timezone: String,
-    /// Tags synced at once (1..=256), default 8.
+    /// Tags copied at once (1..=256), default 64; up to twice as many are inspected at once.
     pub concurrency: usize,
     /// Where images are written.
     pub target: TargetSettings,
@@ -122,7 +129,7 @@ pub struct RegistrySettings {
     pub burst: Option<u32>,
     /// Download bandwidth limit in bytes per second (> 0).
     pub bytes_per_second: Option<u64>,
-    /// Blob transfers at once for this host (1..=64), default 4.
+    /// Blob transfers at once for this host (1..=64), default 32 (Docker Hub: 4).
     pub concurrency: usize,
     /// Stop pulling when the registry's `ratelimit-remaining` reaches this.
     pub rate_limit_reserve: Option<u32>,
@@ -153,7 +160,11 @@ impl RegistrySettings {
             requests_per_second: docker_hub.then_some(DOCKER_HUB_REQUESTS_PER_SECOND),
             burst: docker_hub.then_some(DOCKER_HUB_BURST),
             bytes_per_second: None,
-            concurrency: DEFAULT_REGISTRY_CONCURRENCY,
+            concurrency: if docker_hub {
+                DOCKER_HUB_CONCURRENCY
+            } else {
+                DEFAULT_REGISTRY_CONCURRENCY
+            },
             rate_limit_reserve: None,
         }
     }

@@ -141,7 +141,7 @@ images:
     assert_eq!(hub.concurrency, 2);
     assert_eq!(hub.rate_limit_reserve, Some(10));
     assert_eq!(c.registry("quay.io").bytes_per_second, Some(1 << 20));
-    assert_eq!(c.registry("ghcr.io").concurrency, 4);
+    assert_eq!(c.registry("ghcr.io").concurrency, 32);
 
     let mapped: Vec<(String, String, Option<String>)> = c
         .images
@@ -188,6 +188,30 @@ images:
         !debug.contains("s3cret") && !debug.contains("\"pw\""),
         "{debug}"
     );
+}
+
+#[test]
+fn defaults_run_wide_except_towards_docker_hub() {
+    // Nothing configured: many tags at once and 32 blob transfers per host, but Docker Hub
+    // keeps its gentle defaults (4 transfers, 10 requests/s, burst 20), listed or not.
+    let c = load(&format!(
+        "{TARGET}registries:\n  docker.io:\n    rate_limit_reserve: 5\n  quay.io: {{}}\nimages: [nginx]\n"
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.concurrency, 64);
+    assert_eq!(c.target.concurrency, 4);
+    for host in ["quay.io", "ghcr.io"] {
+        let r = c.registry(host);
+        assert_eq!(r.concurrency, 32, "{host}");
+        assert_eq!(r.requests_per_second, None, "{host}");
+        assert_eq!(r.burst, None, "{host}");
+    }
+    let unlisted = load(&format!("{TARGET}images: [nginx]\n")).unwrap();
+    for hub in [c.registry("docker.io"), unlisted.registry("docker.io")] {
+        assert_eq!(hub.concurrency, 4);
+        assert_eq!(hub.requests_per_second, Some(10.0));
+        assert_eq!(hub.burst, Some(20));
+    }
 }
 
 #[test]

@@ -262,7 +262,7 @@ impl Validator<'_> {
             },
             concurrency: match &t.concurrency {
                 Some(c) => self.in_range(c, "target.concurrency", 1, 64)?,
-                None => DEFAULT_REGISTRY_CONCURRENCY,
+                None => super::DEFAULT_TARGET_CONCURRENCY,
             },
             chunk_size: match &t.chunk_size {
                 Some(v) => {
@@ -449,6 +449,7 @@ impl Validator<'_> {
             bytes_per_second,
             concurrency: match &r.concurrency {
                 Some(c) => self.in_range(c, &format!("{key}.concurrency"), 1, 64)?,
+                None if docker_hub => super::DOCKER_HUB_CONCURRENCY,
                 None => DEFAULT_REGISTRY_CONCURRENCY,
             },
             rate_limit_reserve: r.rate_limit_reserve,

@@ -11,8 +11,8 @@ use tokio::sync::SemaphorePermit;
 use super::upstream::UpstreamRef;
 use super::{Counters, Engine, Mode, SyncError, download};
 use crate::manifest::Descriptor;
-use crate::target::{Mounted, Target, TargetError};
 use crate::registry::HostLimits;
+use crate::target::{Mounted, Target, TargetError};
 use crate::verify;
 
 /// Times one blob is started again after the target refused a body as too large (each time

@@ -1,15 +1,11 @@
-//! Phase 1 of a run: for each tag, what upstream holds (a HEAD, which costs no pull quota)
+//! The first step of each tag: what upstream holds (a HEAD, which costs no pull quota)
 //! against what the target holds. The same digest means unchanged, and nothing more is asked.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
 use super::upstream::UpstreamRef;
-use super::{Engine, SyncError, deferred, failed_or_deferred, rewrite};
+use super::{Engine, SyncError, failed_or_deferred, rewrite};
 use crate::config::SyncItem;
-use crate::outcome::{CopyStats, TagResult};
+use crate::outcome::TagResult;
 use crate::reference::Digest;
-use crate::signals::RunControl;
 
 /// What the inspection of one tag found.
 pub(super) enum Inspection {
@@ -28,46 +24,8 @@ pub(super) struct Change {
 }
 
 impl Engine {
-    /// Phase 1 over a list of items, with the time each inspection took. A tag finished here
-    /// (unchanged, failed) is announced at once; a stopped or crashed inspection becomes a
-    /// result, announced when the phase ends.
-    pub(super) async fn inspect_all(
-        self: &Arc<Self>,
-        items: &[SyncItem],
-        control: &RunControl,
-    ) -> Vec<(Inspection, Duration)> {
-        let inspected = self
-            .for_each_item(items, control, |engine, item, _| async move {
-                let started = Instant::now();
-                let inspection = engine.inspect(&item).await;
-                let spent = started.elapsed();
-                if let Inspection::Done(result) = &inspection {
-                    engine.announce(&item, result.clone(), CopyStats::default(), spent);
-                }
-                (inspection, spent)
-            })
-            .await;
-        items
-            .iter()
-            .zip(inspected)
-            .map(|(item, r)| match r {
-                Some(Ok(done)) => done,
-                None => {
-                    let result = deferred("stopped before the tag was checked");
-                    self.announce(item, result.clone(), CopyStats::default(), Duration::ZERO);
-                    (Inspection::Done(result), Duration::ZERO)
-                }
-                Some(Err(error)) => {
-                    let result = TagResult::Failed { error };
-                    self.announce(item, result.clone(), CopyStats::default(), Duration::ZERO);
-                    (Inspection::Done(result), Duration::ZERO)
-                }
-            })
-            .collect()
-    }
-
-    /// Phase 1 for one tag: what upstream holds (a HEAD) against what the target holds.
-    async fn inspect(&self, item: &SyncItem) -> Inspection {
+    /// What upstream holds for one tag (a HEAD) against what the target holds.
+    pub(super) async fn inspect(&self, item: &SyncItem) -> Inspection {
         match self.inspect_inner(item).await {
             Ok(inspection) => inspection,
             Err(e) => Inspection::Done(failed_or_deferred(e)),

@@ -1,15 +1,17 @@
 //! The engine: every configured tag's journey from upstream to target.
 //!
-//! A run has two phases. First every tag is inspected (`Engine::inspect`): HEAD upstream and
-//! target with the same Accept list; the same digest means unchanged and nothing more is asked
-//! upstream (HEADs do not count against Docker Hub's pull quota). Then only the changed tags are
-//! copied (`Engine::copy_tag`), the longest-pending first, while the pull quota lasts: the
-//! manifest is fetched by digest (exact bytes, digest verified), its blobs are made present at
-//! the target (skipped, mounted, or streamed and verified), child manifests are pushed by digest,
-//! and the tag is written last.
+//! Each tag is first inspected (`Engine::inspect`): HEAD upstream and target with the same
+//! Accept list; the same digest means unchanged and nothing more is asked upstream (HEADs do not
+//! count against Docker Hub's pull quota). A changed tag is then copied (`Engine::copy_tag`)
+//! while the pull quota lasts, without waiting for the other tags' inspections: the manifest is
+//! fetched by digest (exact bytes, digest verified), its blobs are made present at the target
+//! (skipped, mounted, or streamed and verified), child manifests are pushed by digest, and the
+//! tag is written last.
 //!
-//! Tags run in parallel up to `concurrency`; blob transfers per upstream host are bounded by that
-//! host's `concurrency`. A failing tag never stops the others. A stop request (signal,
+//! Up to twice `concurrency` tags are inspected at once and `concurrency` copied at once; copies
+//! start in priority order (the longest-pending first, then file order) whatever order the
+//! inspections finish in. Blob transfers per upstream host are bounded by that host's
+//! `concurrency`. A failing tag never stops the others. A stop request (signal,
 //! `--max-duration`) lets running tags finish within a grace period; the rest are deferred.
 
 mod blobs;
@@ -51,6 +53,13 @@ use upstream::{Upstream, UpstreamRef};
 const MAX_INDEX_DEPTH: usize = 4;
 /// Blob checks and copies started at once within one manifest.
 const BLOBS_PER_MANIFEST: usize = 8;
+
+/// Tags inspected at once: twice the copies. A HEAD is one cheap round trip (and free of
+/// Docker Hub's pull quota; each host's request rate still applies), so inspection runs ahead
+/// and a no-op run is round trips only.
+fn inspections_at_once(concurrency: usize) -> usize {
+    concurrency.saturating_mul(2)
+}
 
 /// Why one tag could not be synced.
 #[derive(Debug, thiserror::Error)]
@@ -231,7 +240,6 @@ impl Engine {
         control: &RunControl,
         priority: &HashMap<String, i64>,
     ) -> Vec<TagOutcome> {
-        let run_started = Instant::now();
         // Stop requests reach the engine's own token, which blob transfers check.
         let stop = self.stop.clone();
         let outer = control.stop.clone();
@@ -242,98 +250,36 @@ impl Engine {
 
         // Tag filters are resolved against each repository's tag list, fetched once.
         let (mut items, mut outcomes) = self.expand_selections().await;
-        // Phase 1: HEAD everything (free), concurrency-limited.
-        let mut inspections = self.inspect_all(&items, control).await;
-        let referrers = self.referrer_items(&items, &inspections).await;
-        if !referrers.is_empty() {
-            inspections.extend(self.inspect_all(&referrers, control).await);
-            items.extend(referrers);
-        }
-        let counters: Vec<Arc<Counters>> = items
-            .iter()
-            .map(|_| Arc::new(Counters::default()))
-            .collect();
         self.progress
             .tags_total
             .store(items.len(), Ordering::Relaxed);
-        let mut finished: Vec<Option<TagOutcome>> = vec![None; items.len()];
-        let mut spent = vec![Duration::ZERO; items.len()];
-        let mut changed = Vec::new();
-        for (i, (inspection, took)) in inspections.into_iter().enumerate() {
-            spent[i] = took;
-            match inspection {
-                Inspection::Done(result) => {
-                    self.progress.tags_done.fetch_add(1, Ordering::Relaxed);
-                    // Announced when its inspection ended.
-                    let stats = CopyStats::default();
-                    finished[i] = Some(self.outcome(&items[i], result, stats, took));
-                }
-                Inspection::Changed(change) => changed.push((i, change)),
-            }
-        }
-        // Phase 2: copy what changed, the longest-pending first.
-        changed.sort_by_key(|(i, _)| {
-            let since = priority.get(&item_key(&items[*i])).copied();
-            (since.unwrap_or(i64::MAX), *i)
-        });
-        let order: Vec<usize> = changed.iter().map(|(i, _)| *i).collect();
-        let jobs: Arc<std::sync::Mutex<HashMap<usize, Change>>> =
-            Arc::new(std::sync::Mutex::new(changed.into_iter().collect()));
-        let copy_items: Vec<SyncItem> = order.iter().map(|i| items[*i].clone()).collect();
-        let copied = self
-            .for_each_item(&copy_items, control, |engine, item, k| {
-                let index = order[k];
-                let job = jobs
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&index);
-                let counters = Arc::clone(&counters[index]);
-                let inspected_in = spent[index];
-                async move {
-                    let started = Instant::now();
-                    counters.started.store(true, Ordering::Relaxed);
-                    let result = match job {
-                        Some(change) => engine.copy_tag(&item, change, &counters).await,
-                        None => deferred("internal: missing work item"),
-                    };
-                    engine.progress.tags_done.fetch_add(1, Ordering::Relaxed);
-                    let took = inspected_in + started.elapsed();
-                    engine.announce(&item, result, counters.snapshot(), took)
-                }
-            })
-            .await;
-        for (k, outcome) in copied.into_iter().enumerate() {
-            let i = order[k];
-            finished[i] = Some(match outcome {
-                Some(Ok(outcome)) => outcome,
-                // Not started, or abandoned at the end of the grace period: announced now.
-                None => {
-                    let reason = self.unfinished_reason(&counters[i], control);
-                    let took = run_started.elapsed();
-                    self.announce(&items[i], deferred(&reason), counters[i].snapshot(), took)
-                }
-                Some(Err(error)) => {
-                    let result = TagResult::Failed { error };
-                    let took = run_started.elapsed();
-                    self.announce(&items[i], result, counters[i].snapshot(), took)
-                }
-            });
+        let mut counters: Vec<Arc<Counters>> = items
+            .iter()
+            .map(|_| Arc::new(Counters::default()))
+            .collect();
+        // Each tag is inspected, then copied if it changed, without waiting for the other
+        // tags' inspections (against a far upstream every HEAD is a round trip).
+        let mut synced = self.sync_all(&items, &counters, priority, control).await;
+        let found: Vec<Option<Digest>> = synced.iter().map(|(d, _)| d.clone()).collect();
+        // Signatures and attestations of what was found, after it.
+        let referrers = self.referrer_items(&items, &found).await;
+        if !referrers.is_empty() {
+            self.progress
+                .tags_total
+                .fetch_add(referrers.len(), Ordering::Relaxed);
+            let more: Vec<Arc<Counters>> = referrers
+                .iter()
+                .map(|_| Arc::new(Counters::default()))
+                .collect();
+            synced.extend(self.sync_all(&referrers, &more, priority, control).await);
+            items.extend(referrers);
+            counters.extend(more);
         }
         forward.abort();
         if self.mode == Mode::Sync {
             self.target.cancel_abandoned_uploads().await;
         }
-
-        for (i, item) in items.iter().enumerate() {
-            let outcome = match finished[i].take() {
-                Some(outcome) => outcome,
-                None => {
-                    let result = deferred("not reached");
-                    self.announce(item, result, counters[i].snapshot(), Duration::ZERO)
-                }
-            };
-            outcomes.push(outcome);
-        }
+        outcomes.extend(synced.into_iter().map(|(_, outcome)| outcome));
         outcomes
     }
 
@@ -388,7 +334,106 @@ impl Engine {
         format!("{when}, {done} of {total} blobs copied")
     }
 
-    /// Phase 2 for one changed tag: content first, the tag last.
+    /// Inspects every item and copies those that changed, pending first (`priority`, lower
+    /// first; then list order). Up to [`inspections_at_once`] tags are inspected at once and
+    /// `concurrency` copied at once; copies start strictly in that order (a changed tag waits
+    /// until every tag before it was found unchanged or has started its copy), so the pull
+    /// quota goes to the longest-pending tags first. Returns, per item, the upstream digest found
+    /// (if any) and the result.
+    async fn sync_all(
+        self: &Arc<Self>,
+        items: &[SyncItem],
+        counters: &[Arc<Counters>],
+        priority: &HashMap<String, i64>,
+        control: &RunControl,
+    ) -> Vec<(Option<Digest>, TagOutcome)> {
+        let run_started = Instant::now();
+        let mut order: Vec<usize> = (0..items.len()).collect();
+        order.sort_by_key(|i| {
+            let since = priority.get(&item_key(&items[*i])).copied();
+            (since.unwrap_or(i64::MAX), *i)
+        });
+        let ordered: Vec<SyncItem> = order.iter().map(|i| items[*i].clone()).collect();
+        let copies = Arc::new(tokio::sync::Semaphore::new(self.config.concurrency.max(1)));
+        let turns = Arc::new(pool::Turns::default());
+        let width = inspections_at_once(self.config.concurrency);
+        let done = self
+            .for_each_item(&ordered, control, width, |engine, item, k, inspecting| {
+                let counters = Arc::clone(&counters[order[k]]);
+                let (copies, stop) = (Arc::clone(&copies), control.stop.clone());
+                // Passed once this tag has its copy slot or needs none (or is dropped).
+                let turn = pool::Turn::new(Arc::clone(&turns), k);
+                async move {
+                    let started = Instant::now();
+                    let inspection = engine.inspect(&item).await;
+                    drop(inspecting);
+                    let result = match inspection {
+                        Inspection::Done(result) => {
+                            drop(turn);
+                            let found = match &result {
+                                TagResult::Unchanged { digest } => Some(digest.clone()),
+                                _ => None,
+                            };
+                            (found, result)
+                        }
+                        Inspection::Changed(change) => {
+                            let slot = tokio::select! {
+                                slot = async {
+                                    turn.wait().await;
+                                    copies.acquire_owned().await.ok()
+                                } => slot,
+                                _ = stop.cancelled() => None,
+                            };
+                            drop(turn);
+                            let found = Some(change.digest.clone());
+                            match slot {
+                                Some(_slot) => {
+                                    counters.started.store(true, Ordering::Relaxed);
+                                    (found, engine.copy_tag(&item, change, &counters).await)
+                                }
+                                None => (found, deferred("stopped before the copy started")),
+                            }
+                        }
+                    };
+                    engine.progress.tags_done.fetch_add(1, Ordering::Relaxed);
+                    let (found, result) = result;
+                    // Announced the moment it finishes, with its own duration.
+                    let took = started.elapsed();
+                    (
+                        found,
+                        engine.announce(&item, result, counters.snapshot(), took),
+                    )
+                }
+            })
+            .await;
+        let mut out: Vec<Option<(Option<Digest>, TagOutcome)>> =
+            (0..items.len()).map(|_| None).collect();
+        for (k, result) in done.into_iter().enumerate() {
+            let i = order[k];
+            out[i] = Some(match result {
+                Some(Ok(found)) => found,
+                // Not started, or abandoned at the end of the grace period: announced now.
+                None => {
+                    let reason = self.unfinished_reason(&counters[i], control);
+                    let took = run_started.elapsed();
+                    let outcome =
+                        self.announce(&items[i], deferred(&reason), counters[i].snapshot(), took);
+                    (None, outcome)
+                }
+                Some(Err(error)) => {
+                    let result = TagResult::Failed { error };
+                    let took = run_started.elapsed();
+                    (
+                        None,
+                        self.announce(&items[i], result, counters[i].snapshot(), took),
+                    )
+                }
+            });
+        }
+        out.into_iter().flatten().collect()
+    }
+
+    /// Copies one changed tag: content first, the tag last.
     async fn copy_tag(
         &self,
         item: &SyncItem,

@@ -1,33 +1,35 @@
-//! The worker pool of a run: tags run `concurrency` at a time, started in priority order, and a
-//! stop request ends the starting; running tags get the grace period (or none, on a stop
-//! "now"), then they are abandoned.
+//! The worker pool of a run: tags start in priority order as slots free up, copies take their
+//! slots in that order too ([`Turns`]), and a stop request ends the starting; running tags get
+//! the grace period (or none, on a stop "now"), then they are abandoned.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::Engine;
 use crate::config::SyncItem;
 use crate::signals::RunControl;
 
 impl Engine {
-    /// Runs `work` for each item, `concurrency` at a time, on the runtime's threads. Items not
-    /// started when a stop is requested give `None`; items still running a grace period after
-    /// the stop are abandoned and give `None` too.
+    /// Runs `work` for each item on the runtime's threads, starting them in list order as one of
+    /// `limit` slots frees up; `work` gets its slot and may give it back before it ends. Items
+    /// not started when a stop is requested give `None`; items still running a grace period
+    /// after the stop are abandoned and give `None` too.
     pub(super) async fn for_each_item<F, Fut, T>(
         self: &Arc<Self>,
         items: &[SyncItem],
         control: &RunControl,
+        limit: usize,
         work: F,
     ) -> Vec<Option<Result<T, String>>>
     where
-        F: Fn(Arc<Engine>, SyncItem, usize) -> Fut,
+        F: Fn(Arc<Engine>, SyncItem, usize, OwnedSemaphorePermit) -> Fut,
         Fut: std::future::Future<Output = T> + Send + 'static,
         T: Send + 'static,
     {
-        let limit = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
+        let limit = Arc::new(Semaphore::new(limit.max(1)));
         let mut tasks = tokio::task::JoinSet::new();
         let mut ids = HashMap::new();
         // Permits are taken here, in list order, so work starts in priority order however the
@@ -40,11 +42,8 @@ impl Engine {
             let Some(permit) = permit else {
                 break;
             };
-            let fut = work(Arc::clone(self), item.clone(), k);
-            let handle = tasks.spawn(async move {
-                let _permit = permit;
-                (k, Some(fut.await))
-            });
+            let fut = work(Arc::clone(self), item.clone(), k, permit);
+            let handle = tasks.spawn(async move { (k, Some(fut.await)) });
             ids.insert(handle.id(), k);
         }
         let mut out: Vec<Option<Result<T, String>>> = (0..items.len()).map(|_| None).collect();
@@ -87,5 +86,76 @@ impl Engine {
             }
         }
         out
+    }
+}
+
+/// The order in which changed tags take copy slots: position `k` may take one once every
+/// position before it has passed (taken its slot, needed none, or ended), so copies start in
+/// priority order however the inspections before them finish.
+#[derive(Default)]
+pub(super) struct Turns {
+    /// The first position not passed yet, and the positions after it that have passed.
+    passed: std::sync::Mutex<(usize, std::collections::BTreeSet<usize>)>,
+    next: tokio::sync::watch::Sender<usize>,
+}
+
+/// Position `k`'s turn; dropping it passes it.
+pub(super) struct Turn {
+    turns: Arc<Turns>,
+    k: usize,
+}
+
+impl Turn {
+    pub(super) fn new(turns: Arc<Turns>, k: usize) -> Self {
+        Turn { turns, k }
+    }
+
+    /// Waits until every position before this one has passed.
+    pub(super) async fn wait(&self) {
+        let mut next = self.turns.next.subscribe();
+        let _ = next.wait_for(|n| *n >= self.k).await;
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let mut passed = self.turns.passed.lock().unwrap_or_else(|p| p.into_inner());
+        let (first, later) = &mut *passed;
+        later.insert(self.k);
+        while later.remove(first) {
+            *first += 1;
+        }
+        self.turns.next.send_replace(*first);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_turn_comes_when_every_earlier_position_has_passed_in_any_order() {
+        let turns = Arc::new(Turns::default());
+        let mut held: Vec<Option<Turn>> = (0..4)
+            .map(|k| Some(Turn::new(Arc::clone(&turns), k)))
+            .collect();
+        let third = held[3].take().unwrap();
+        let waiting = tokio::spawn(async move {
+            third.wait().await;
+        });
+        // Positions 2, 0 and 1 pass out of order; 3 may go only after all three.
+        for k in [2, 0] {
+            held[k].take();
+            tokio::task::yield_now().await;
+            assert!(
+                !waiting.is_finished(),
+                "turn 3 came after only some earlier positions passed"
+            );
+        }
+        held[1].take();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("turn 3 never came")
+            .unwrap();
     }
 }

@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::inspect::Inspection;
 use super::upstream::UpstreamRef;
 use super::{Engine, SyncError, target_name};
 use crate::config::SyncItem;
 use crate::outcome::{CopyStats, TagOutcome, TagResult};
+use crate::reference::Digest;
 use crate::reference::{TargetImage, TargetReference};
 
 impl Engine {
@@ -105,19 +105,17 @@ impl Engine {
     pub(super) async fn referrer_items(
         &self,
         items: &[SyncItem],
-        inspections: &[(Inspection, Duration)],
+        found: &[Option<Digest>],
     ) -> Vec<SyncItem> {
         let mut extra = Vec::new();
         let mut taken: std::collections::HashSet<String> = items.iter().map(target_name).collect();
-        for (item, (inspection, _)) in items.iter().zip(inspections) {
+        for (item, digest) in items.iter().zip(found) {
             // Signatures name upstream's digest: useless where the mirror rewrites manifests.
             if !item.options.referrers || item.platforms.is_some() {
                 continue;
             }
-            let digest = match inspection {
-                Inspection::Done(TagResult::Unchanged { digest }) => digest.clone(),
-                Inspection::Changed(change) => change.digest.clone(),
-                _ => continue,
+            let Some(digest) = digest.clone() else {
+                continue;
             };
             let Ok(upstream) = self.upstream(item.source.registry()).await else {
                 continue;

@@ -149,6 +149,11 @@ pub struct RegistryClient {
     uploads: learned::OpenUploads,
 }
 
+/// HTTP/2 flow-control window of a connection (all streams together).
+const H2_CONNECTION_WINDOW: u32 = 16 << 20;
+/// HTTP/2 flow-control window of one stream (one blob).
+const H2_STREAM_WINDOW: u32 = 4 << 20;
+
 /// The longest an idle read may wait before the request counts as stalled.
 const READ_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -441,7 +446,13 @@ fn build_http_client(ca_file: Option<&Path>, host: &str) -> Result<reqwest::Clie
         .user_agent(concat!("mirrorsync/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(30))
         .read_timeout(READ_TIMEOUT)
-        .redirect(reqwest::redirect::Policy::limited(10));
+        .redirect(reqwest::redirect::Policy::limited(10))
+        // HTTP/2 when the server offers it over ALPN: every request to a host shares one
+        // connection (one TCP and TLS handshake). Its flow-control windows must cover the
+        // link's bandwidth x RTT from the first byte (an adaptive window starts at 64 KiB and
+        // takes many round trips to grow): 16 MiB fills 1 Gbit/s at 130 ms.
+        .http2_initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .http2_initial_stream_window_size(H2_STREAM_WINDOW);
     if let Some(path) = ca_file {
         let pem = std::fs::read(path).map_err(|e| {
             RegistryError::protocol(host, format!("reading CA file {}: {e}", path.display()))

@@ -288,7 +288,7 @@ async fn pull_quota_is_spent_on_changed_tags_only_down_to_the_reserve_and_deferr
 #[tokio::test(flavor = "multi_thread")]
 async fn pull_quota_reserve_holds_when_tags_are_copied_concurrently() {
     let _shared = LOAD.read().await;
-    // The default concurrency (8): six changed tags start their copies at once.
+    // The default concurrency (64): six changed tags start their copies at once.
     let world = World::new().await;
     let repo = "hub/par";
     let mut images = Vec::new();
@@ -628,4 +628,49 @@ async fn deferred_exit_code_lets_a_routine_quota_deferral_succeed() {
         "{}",
         out.stderr
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_tag_is_copied_while_later_tags_are_still_being_inspected() {
+    let _shared = LOAD.read().await;
+    // No barrier between inspecting and copying. With `concurrency: 1` (so two inspections at
+    // once) and the last tag's HEAD held back 2 s by the proxy, the first tag's copy (its
+    // manifest GET) must not wait for that HEAD; and copies still start in file order.
+    let world = World::new().await;
+    let repo = "pipe/app";
+    let mut images = Vec::new();
+    let mut digests = Vec::new();
+    for i in 0..8u64 {
+        let img = small_image(&world.upstream, repo, &format!("t{i}"), 950 + i).await;
+        images.push(format!("{repo}:t{i}"));
+        digests.push(img.digest);
+    }
+    world.proxy.add(Rule::new(
+        &format!("HEAD /v2/{repo}/manifests/t7"),
+        Action::Stall(Duration::from_secs(2)),
+    ));
+    let config = world.config(&images, "", "concurrency: 1\n");
+    let (out, _) = sync(&config, &[]).await;
+    out.assert_code(0);
+    let seen = world.proxy.seen();
+    let held = seen
+        .iter()
+        .find(|s| s.is("HEAD", "manifests", None) && s.reference().as_deref() == Some("t7"))
+        .expect("the last tag was HEADed");
+    let first_copy = seen
+        .iter()
+        .find(|s| s.is("GET", "manifests", None))
+        .expect("a manifest GET");
+    assert!(
+        first_copy.at < held.at + Duration::from_secs(1),
+        "the first copy waited for the held-back HEAD of the last tag (GET at {:?}, HEAD sent at {:?}, answered 2 s later):\n{}",
+        first_copy.at,
+        held.at,
+        seen.dump()
+    );
+    let got = pulls(&seen);
+    assert_eq!(got, digests, "copies did not start in file order");
+    for i in 0..8 {
+        assert_image_complete(&world.target, repo, &format!("t{i}")).await;
+    }
 }

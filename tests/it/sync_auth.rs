@@ -789,3 +789,71 @@ async fn bearer_tokens_are_renewed_before_they_expire() {
         .count();
     assert_eq!(refused, 1, "{}", log.dump());
 }
+
+/// Given an upstream serving HTTPS (distribution offers HTTP/2 over ALPN), when I sync three
+/// tags with two layers each, then every request mirrorsync sends upstream is HTTP/2 and they
+/// all share one connection: one TCP and one TLS handshake for the run, whatever is in flight.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tls_upstream_is_spoken_to_over_http2_on_one_connection() {
+    let ca = TestCa::new();
+    let upstream = Registry::start_with(RegistryOptions {
+        tls: Some(&ca),
+        htpasswd: None,
+        token: None,
+    })
+    .await;
+    let target = Registry::start().await;
+    let mut images = Vec::new();
+    for i in 0..3u64 {
+        images.push(seed(&upstream, "wan/app", &format!("v{i}"), 60 + 2 * i).await);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "target:\n  registry: \"{t}\"\n  insecure: true\n\
+             registries:\n  \"{u}\":\n    ca_file: {ca}\n\
+             images:\n  - source: {u}/wan/app\n    tags: [v0, v1, v2]\n",
+            t = target.host(),
+            u = upstream.host(),
+            ca = ca.ca_pem_path().display(),
+        ),
+    );
+    let out = run(&["sync", "--once"], &config, &env_with(dir.path(), &[])).await;
+    out.assert_code(0);
+    for (i, img) in images.iter().enumerate() {
+        assert_mirrored(&target, "wan/app", &format!("v{i}"), img).await;
+    }
+    upstream.settle_log().await;
+    let access = std::fs::read_to_string(upstream.dir().join("access.log")).unwrap();
+    let ours: Vec<&str> = access
+        .lines()
+        .filter(|l| l.contains("\"mirrorsync/"))
+        .collect();
+    // The ping, 3 HEADs, 3 manifest GETs, 3 configs and 6 layers.
+    assert!(ours.len() >= 16, "too few requests logged:\n{access}");
+    let not_h2: Vec<&str> = ours
+        .iter()
+        .copied()
+        .filter(|l| !l.contains(" HTTP/2.0\""))
+        .collect();
+    assert!(
+        not_h2.is_empty(),
+        "requests not over HTTP/2:\n{}",
+        not_h2.join("\n")
+    );
+    // The registry's own log names each request's client address: one port, one connection.
+    let ports: BTreeSet<String> = upstream
+        .registry_log()
+        .lines()
+        .filter(|l| l.contains("response completed") && l.contains("useragent=mirrorsync/"))
+        .filter_map(|l| l.split("remoteaddr=").nth(1))
+        .filter_map(|rest| rest.trim_start_matches('"').split(['"', ' ']).next())
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        ports.len(),
+        1,
+        "client addresses seen by the upstream (one per connection): {ports:?}"
+    );
+}

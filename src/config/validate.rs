@@ -268,7 +268,7 @@ impl Validator<'_> {
                 Some(v) => {
                     let key = "target.chunk_size";
                     let n = parse_byte_size(&v.value).map_err(|e| self.site.spanned(v, key, e))?;
-                    if !(crate::registry::MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&n) {
+                    if !(super::MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&n) {
                         return Err(self.site.spanned(
                             v,
                             key,
@@ -277,7 +277,7 @@ impl Validator<'_> {
                     }
                     n
                 }
-                None => crate::registry::DEFAULT_CHUNK_SIZE,
+                None => super::DEFAULT_CHUNK_SIZE,
             },
         })
     }

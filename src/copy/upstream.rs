@@ -105,10 +105,16 @@ impl Upstream {
                         registry = %self.host, operation = "GET /v2/", error = %e,
                         "upstream unreachable; its tags fail without further requests this run"
                     );
-                    format!(
-                        "upstream {} unreachable (GET /v2/ failed; the error is logged once)",
-                        self.host
-                    )
+                    match e {
+                        // A TLS failure says which setting to fix: short enough for every tag.
+                        RegistryError::Tls { .. } => {
+                            format!("upstream {} unreachable: {e}", self.host)
+                        }
+                        _ => format!(
+                            "upstream {} unreachable (GET /v2/ failed; the error is logged once)",
+                            self.host
+                        ),
+                    }
                 })
             })
             .await;

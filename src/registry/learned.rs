@@ -10,12 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use url::Url;
 
-/// The default upload chunk: large enough that request overhead is small, small enough that a
-/// failed chunk is cheap to redo.
-pub const DEFAULT_CHUNK_SIZE: u64 = 64 * 1024 * 1024;
-
-/// The smallest chunk: ECR refuses parts below 5 MiB (except the last), as S3 does.
-pub const MIN_CHUNK_SIZE: u64 = 5 * 1024 * 1024;
+pub use crate::config::{DEFAULT_CHUNK_SIZE, MIN_CHUNK_SIZE};
 
 /// Registry behaviour learned during a run.
 pub struct Learned {

@@ -588,9 +588,19 @@ async fn deferred_exit_code_lets_a_routine_quota_deferral_succeed() {
         .assert_code(7);
     sync(&config, &[]).await.0.assert_code(3);
 
-    // A failed tag still fails the run, whatever the deferred code.
+    // A failed tag still fails the run, whatever the deferred code. (A tag missing upstream
+    // would itself wait for a pull: a HEAD's 404 is confirmed with a GET. One the upstream
+    // refuses outright fails without one.)
     let mut with_missing = images.clone();
-    with_missing.push(format!("{repo}:does-not-exist"));
+    with_missing.push(format!("{repo}:refused"));
+    world.proxy.add(Rule::new(
+        &format!("HEAD /v2/{repo}/manifests/refused"),
+        Action::Respond {
+            status: 403,
+            headers: vec![],
+            body: bytes::Bytes::new(),
+        },
+    ));
     let broken = world.config(
         &with_missing,
         "    rate_limit_reserve: 2\n",

@@ -21,6 +21,9 @@ use common::*;
 #[rustfmt::skip]
 const COVERAGE: &[(&str, &[&str])] = &[
     // Keys.
+    ("target.chunk_size", &["interop::patch_answered_201_and_chunk_size_setting", "interop::body_limit_413_halves_chunks_down_to_five_mib"]),
+    ("sync --deferred-exit-code", &["rate_limits::deferred_exit_code_lets_a_routine_quota_deferral_succeed"]),
+    ("sync --liveness-timeout", &["observability::healthz_fails_when_a_running_pass_makes_no_progress", "observability::healthz_stays_200_through_a_long_first_pass_that_keeps_moving_bytes"]),
     ("schedule", &["observability::daemon_runs_passes_skips_overlaps_reloads_on_sighup_and_stops_on_sigterm"]),
     ("timezone", &["settings_coverage::timezone_decides_when_the_schedule_fires"]),
     ("concurrency", &["rate_limits::with_concurrency_1_changed_tags_are_copied_in_priority_order_even_under_load"]),

@@ -226,7 +226,8 @@ impl Engine {
         let (mut items, mut outcomes) = self.expand_selections().await;
         // Phase 1: HEAD everything (free), concurrency-limited.
         let mut inspections = self.inspect_all(&items, control).await;
-        let referrers = self.referrer_items(&items, &inspections).await;
+        let (referrers, fallbacks) = self.referrer_items(&items, &inspections).await;
+        let first_referrer = items.len();
         if !referrers.is_empty() {
             inspections.extend(self.inspect_all(&referrers, control).await);
             items.extend(referrers);
@@ -285,6 +286,8 @@ impl Engine {
         }
         forward.abort();
         if self.mode == Mode::Sync {
+            self.keep_fallbacks(&fallbacks, first_referrer, &mut results)
+                .await;
             self.target.cancel_abandoned_uploads().await;
         }
 

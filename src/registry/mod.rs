@@ -14,6 +14,7 @@ mod error;
 mod learned;
 mod limits;
 mod manifests;
+mod referrers;
 mod retry;
 mod tags;
 mod tls;
@@ -36,6 +37,7 @@ pub use error::{ApiError, RegistryError};
 pub use learned::{DEFAULT_CHUNK_SIZE, Learned, MIN_CHUNK_SIZE};
 pub use limits::{HostLimits, LimitSettings};
 pub use manifests::is_schema1;
+pub use referrers::{entry_digest, index_entries};
 pub use retry::{RetryPolicy, parse_retry_after};
 
 use crate::config::Credentials;

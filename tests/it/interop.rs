@@ -1008,14 +1008,28 @@ async fn referrers_api_upstream_into_a_target_without_it() {
 
     let plan = mirrorsync(&["plan", "--config", &config.display().to_string()]).await;
     plan.assert_code(0);
+    // Each referrer's payload is to copy; its empty config is at the target already.
     for listed in [&sig, &sbom] {
+        let line = plan
+            .stdout
+            .lines()
+            .find(|l| l.contains(&format!("-> app/signed@{} ", listed.digest)))
+            .unwrap_or_else(|| {
+                panic!(
+                    "plan does not list referrer {}\n{}",
+                    listed.digest, plan.stdout
+                )
+            });
         assert!(
-            plan.stdout.contains(&listed.digest),
-            "plan does not list referrer {}\n{}",
-            listed.digest,
-            plan.stdout
+            line.starts_with("new: ") && line.contains("1 blob to copy"),
+            "{line}"
         );
     }
+    assert!(
+        plan.stdout.contains("3 tags: 3 to sync"),
+        "plan counts the image and its two referrers\n{}",
+        plan.stdout
+    );
     assert!(
         head_manifest(&w.target, "app/signed", &sig.digest)
             .await

@@ -11,7 +11,7 @@ use crate::shard::Shard;
 ///
 /// Exit codes: 0 every tag is in sync; 1 some tags failed (the others were still synced);
 /// 2 configuration or usage error; 3 stopped early with work left (signal, --max-duration,
-/// pull-quota reserve reached).
+/// pull-quota reserve reached; `sync --once --deferred-exit-code N` makes this N).
 #[derive(Debug, Parser)]
 #[command(name = "mirrorsync", version, about, long_about)]
 pub struct Cli {
@@ -39,7 +39,7 @@ pub enum Command {
     /// Show per tag unchanged / new / updated and the blobs and bytes a sync would copy.
     /// Writes nothing anywhere.
     Plan(PlanArgs),
-    /// Validate the configuration (and with --connect, reach every registry).
+    /// Validate the configuration (and with --connect, prove pull, push and write access).
     Check(CheckArgs),
 }
 
@@ -83,7 +83,7 @@ pub struct SyncArgs {
     /// (job `mirrorsync`, grouped by instance, and shard when sharded).
     #[arg(long, env = "MIRRORSYNC_PUSHGATEWAY")]
     pub pushgateway: Option<String>,
-    /// The Pushgateway `instance` label [default: $HOSTNAME, else "mirrorsync"].
+    /// With --pushgateway: its `instance` label [default: $HOSTNAME, else "mirrorsync"].
     #[arg(long)]
     pub instance: Option<String>,
     /// With --once: write the metrics as a node-exporter textfile (atomically).
@@ -95,11 +95,54 @@ pub struct SyncArgs {
     /// Without --once: start with a pass instead of waiting for the schedule.
     #[arg(long)]
     pub run_now: bool,
+    /// With --once: the exit code of a run where no tag failed but some were deferred
+    /// (pull-quota reserve reached, --max-duration, a signal) [default: 3]. 0 lets a
+    /// Kubernetes Job succeed on a routine deferral; the summary and the metrics still count
+    /// the deferred tags.
+    #[arg(long, value_name = "N")]
+    pub deferred_exit_code: Option<u8>,
     /// Without --once: /healthz (liveness) fails when a due pass has not started, or a running
     /// pass has finished no tag and moved no byte, for this long (e.g. 30m, 90s). Failing passes
     /// and long passes that make progress keep it healthy: alert on the metrics for those.
     #[arg(long, value_parser = parse_duration, default_value = "30m")]
     pub liveness_timeout: Duration,
+}
+
+impl SyncArgs {
+    /// A flag that would do nothing in this mode is a usage error, not silently ignored.
+    pub fn check_mode(&self) -> Result<(), String> {
+        let once_only = [
+            ("--max-duration", self.max_duration.is_some()),
+            (
+                "--pushgateway (or MIRRORSYNC_PUSHGATEWAY)",
+                self.pushgateway.is_some(),
+            ),
+            ("--metrics-file", self.metrics_file.is_some()),
+        ];
+        let daemon_only = [
+            ("--metrics-addr", self.metrics_addr.is_some()),
+            ("--run-now", self.run_now),
+        ];
+        if self.once {
+            if let Some((flag, _)) = daemon_only.iter().find(|(_, set)| *set) {
+                return Err(format!(
+                    "{flag} applies only to the daemon (`sync` without --once); a --once run \
+                     exports metrics with --pushgateway or --metrics-file"
+                ));
+            }
+        } else if let Some((flag, _)) = once_only.iter().find(|(_, set)| *set) {
+            return Err(format!(
+                "{flag} applies only to `sync --once`; the daemon serves its metrics with \
+                 --metrics-addr and runs each pass to the end"
+            ));
+        }
+        if self.instance.is_some() && self.pushgateway.is_none() {
+            return Err(
+                "--instance is the Pushgateway's grouping label: it needs --pushgateway".into(),
+            );
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Args)]
@@ -114,7 +157,8 @@ pub struct PlanArgs {
 pub struct CheckArgs {
     #[command(flatten)]
     pub config: ConfigArg,
-    /// Also reach every registry the configuration names.
+    /// Also prove what a sync needs, with the credentials it would use: pull access to each
+    /// upstream repository, push access to the target, a writable OCI layout directory.
     #[arg(long)]
     pub connect: bool,
 }

@@ -6,10 +6,12 @@ use std::sync::Arc;
 
 use crate::config::{Config, TargetKind};
 use crate::copy::Mode;
+use crate::history::{History, PushgatewayGroup};
+use crate::report::EXIT_DEFERRED;
 use crate::run::PassOptions;
 use crate::shard::Shard;
 use crate::signals::RunControl;
-use crate::{cli, daemon, metrics, registry, run, signals};
+use crate::{cli, copy, daemon, metrics, run, signals};
 
 /// The shard from `--shard`, else from an Indexed Job's environment.
 fn shard_of(flag: Option<Shard>) -> Result<Option<Shard>, String> {
@@ -21,13 +23,23 @@ fn shard_of(flag: Option<Shard>) -> Result<Option<Shard>, String> {
 
 /// `mirrorsync sync`: one pass with `--once`, else the scheduled daemon.
 pub async fn sync(config: Config, args: cli::SyncArgs, progress: bool) -> i32 {
+    if let Err(e) = args.check_mode() {
+        eprintln!("error: {e}");
+        return 2;
+    }
     let shard = match shard_of(args.shard.shard) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::report::fatal(&e);
             return 2;
         }
     };
+    if !args.once && args.deferred_exit_code.is_some() {
+        eprintln!(
+            "error: --deferred-exit-code applies to `sync --once` only (the daemon's passes have no exit code)"
+        );
+        return 2;
+    }
     if !args.once {
         let options = daemon::DaemonOptions {
             config_path: args.config.config.clone(),
@@ -63,27 +75,75 @@ pub async fn sync(config: Config, args: cli::SyncArgs, progress: bool) -> i32 {
         mode: Mode::Sync,
         shard,
         control,
+        history: History {
+            memory: None,
+            textfile: args.metrics_file.clone(),
+            pushgateway: args.pushgateway.as_ref().map(|url| PushgatewayGroup {
+                url: url.clone(),
+                labels: std::iter::once(("job".to_string(), "mirrorsync".to_string()))
+                    .chain(
+                        push_grouping(&args, shard)
+                            .into_iter()
+                            .map(|(k, v)| (k.to_string(), v)),
+                    )
+                    .collect(),
+            }),
+        },
         activity: None,
     };
     let code = match run::run_pass(&config, &options, &metrics).await {
         Ok(report) => {
-            print!("{}", report.render());
-            report.exit_code()
+            print!("{}", report.render_end());
+            // A second signal: whatever the tags did, the run was cut short.
+            let code = if options.control.stopped_now() {
+                3
+            } else {
+                deferred_exit(
+                    report.exit_code(),
+                    report.deferred(),
+                    args.deferred_exit_code,
+                )
+            };
+            report.log_summary(code);
+            code
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::report::fatal(&e);
             metrics.count_pass(metrics::PassResult::Failed);
             1
         }
     };
-    // A second signal: whatever the tags did, the run was cut short.
-    let code = if options.control.stopped_now() {
-        3
-    } else {
-        code
-    };
     export_metrics(&metrics, &args, shard).await;
     code
+}
+
+/// The exit code of a `--once` run: 3 (work left, nothing failed) becomes `--deferred-exit-code`.
+fn deferred_exit(code: i32, deferred: usize, deferred_exit_code: Option<u8>) -> i32 {
+    match deferred_exit_code {
+        Some(n) if code == EXIT_DEFERRED => {
+            tracing::info!(
+                deferred,
+                exit_code = n,
+                "tags were deferred to the next run; exiting with --deferred-exit-code"
+            );
+            i32::from(n)
+        }
+        _ => code,
+    }
+}
+
+/// The Pushgateway grouping labels of a `--once` run: instance, and shard when sharded.
+fn push_grouping(args: &cli::SyncArgs, shard: Option<Shard>) -> Vec<(&'static str, String)> {
+    let instance = args
+        .instance
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "mirrorsync".to_string());
+    let mut grouping = vec![("instance", instance)];
+    if let Some(s) = shard {
+        grouping.push(("shard", format!("{}-of-{}", s.index, s.count)));
+    }
+    grouping
 }
 
 /// Pushes and/or writes the metrics of a `--once` run. A failure is logged, not fatal: the
@@ -100,16 +160,8 @@ async fn export_metrics(
         tracing::error!(path = %path.display(), error = %e, "could not write the metrics textfile");
     }
     if let Some(url) = &args.pushgateway {
-        let instance = args
-            .instance
-            .clone()
-            .or_else(|| std::env::var("HOSTNAME").ok())
-            .unwrap_or_else(|| "mirrorsync".to_string());
-        let shard_label = shard.map(|s| format!("{}-of-{}", s.index, s.count));
-        let mut grouping = vec![("instance", instance.as_str())];
-        if let Some(label) = &shard_label {
-            grouping.push(("shard", label.as_str()));
-        }
+        let labels = push_grouping(args, shard);
+        let grouping: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let http = reqwest::Client::new();
         if let Err(e) = metrics::push(&http, url, &grouping, body).await {
             tracing::error!(error = %e, "could not push metrics to the Pushgateway");
@@ -122,7 +174,7 @@ pub async fn plan(config: Config, args: cli::PlanArgs, progress: bool) -> i32 {
     let shard = match shard_of(args.shard.shard) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::report::fatal(&e);
             return 2;
         }
     };
@@ -131,21 +183,25 @@ pub async fn plan(config: Config, args: cli::PlanArgs, progress: bool) -> i32 {
         mode: Mode::Plan,
         shard,
         control: RunControl::default(),
+        history: History::default(),
         activity: None,
     };
     match run::run_pass(&config, &options, &metrics::Metrics::new()).await {
         Ok(report) => {
-            print!("{}", report.render());
-            report.exit_code()
+            print!("{}", report.render_end());
+            let code = report.exit_code();
+            report.log_summary(code);
+            code
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::report::fatal(&e);
             1
         }
     }
 }
 
-/// `mirrorsync check`: the configuration already loaded; with `connect`, ping every registry.
+/// `mirrorsync check`: the configuration already loaded; with `connect`, prove what a sync
+/// needs (see [`copy::Engine::preflight`]). Exit 1 when something is missing.
 pub async fn check(config: Config, connect: bool) -> i32 {
     println!(
         "{}: {} tags to mirror into {}",
@@ -156,53 +212,32 @@ pub async fn check(config: Config, connect: bool) -> i32 {
             TargetKind::Path(p) => p.display().to_string(),
         }
     );
+    if let Some(schedule) = &config.schedule {
+        let next = schedule
+            .next_after(chrono::Utc::now())
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_else(|| "never".to_string());
+        println!("schedule: {}; next pass at {next}", schedule.describe());
+    }
     if !connect {
         return 0;
     }
-    let mut hosts: Vec<String> = config
-        .images
-        .iter()
-        .map(|i| i.source.registry().to_string())
-        .collect();
-    hosts.sort();
-    hosts.dedup();
-    // The same clients a sync builds: the target with its `auth:`, each upstream with its
-    // `auth:` or else the Docker config's credentials, and the configured limits.
-    let docker = match registry::CredentialStore::load(config.docker_config.as_deref()) {
-        Ok(store) => store,
+    // The engine a sync builds, so the clients (credentials from `auth:` or the Docker config,
+    // CA, limits) are exactly a sync's; in plan mode it writes nothing.
+    let engine = match copy::Engine::new(Arc::new(config), Mode::Plan, None).await {
+        Ok(engine) => engine,
         Err(e) => {
-            println!("FAILED  docker config: {e}");
+            println!("FAILED  {e}");
             return 1;
         }
     };
     let mut failed = 0;
-    let mut endpoints = Vec::new();
-    if let TargetKind::Registry(e) = &config.target.kind {
-        let mut usage = registry::Usage::new("target");
-        usage.limits = config.target.limits;
-        endpoints.push(("target".to_string(), e.clone(), None, usage));
-    }
-    for host in hosts {
-        let settings = config.registry(&host);
-        let mut usage = registry::Usage::new(host.clone());
-        usage.limits = settings.limits();
-        endpoints.push((host.clone(), settings.endpoint, Some(host), usage));
-    }
-    for (name, endpoint, docker_name, usage) in endpoints {
-        let lookup = docker_name.as_deref().map(|n| (&docker, n));
-        let result = match registry::RegistryClient::for_endpoint(&endpoint, lookup, usage).await {
-            Ok(c) => c
-                .verify_credentials()
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        match result {
-            Ok(()) => println!("ok      {name} ({})", endpoint.host),
-            Err(e) => {
+    for probe in engine.preflight().await {
+        match probe.result {
+            Ok(()) => println!("ok      {}", probe.what),
+            Err(why) => {
                 failed += 1;
-                println!("FAILED  {name} ({}): {e}", endpoint.host);
+                println!("FAILED  {}: {why}", probe.what);
             }
         }
     }

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::copy::progress::Progress;
 use crate::copy::{Mode, target_name};
+use crate::history::History;
 use crate::liveness::Liveness;
 use crate::metrics::{self, Metrics, PassResult};
 use crate::run::{PassOptions, run_pass, unix_now};
@@ -37,15 +38,14 @@ pub struct DaemonOptions {
     pub liveness_timeout: Duration,
 }
 
+/// The schedule parsed when the configuration was loaded; the daemon cannot run without one.
 fn schedule_of(config: &Config) -> Result<Schedule, String> {
-    let expr = config.schedule.as_deref().ok_or_else(|| {
+    config.schedule.clone().ok_or_else(|| {
         format!(
             "{}: `sync` without --once needs a `schedule` (cron) in the configuration",
             config.path.display()
         )
-    })?;
-    Schedule::parse(expr, &config.timezone)
-        .map_err(|e| format!("{}: schedule: {e}", config.path.display()))
+    })
 }
 
 /// Runs until a stop signal; returns the exit code.
@@ -53,7 +53,7 @@ pub async fn run(initial: Config, options: DaemonOptions) -> i32 {
     let mut schedule = match schedule_of(&initial) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::report::fatal(&e);
             return 2;
         }
     };
@@ -64,7 +64,7 @@ pub async fn run(initial: Config, options: DaemonOptions) -> i32 {
     let now = CancellationToken::new();
     let hangup = Arc::new(Notify::new());
     if let Err(e) = watch_signals(shutdown.clone(), now.clone(), Arc::clone(&hangup)) {
-        eprintln!("error: cannot install signal handlers: {e}");
+        crate::report::fatal(format!("cannot install signal handlers: {e}"));
         return 1;
     }
 
@@ -79,22 +79,25 @@ pub async fn run(initial: Config, options: DaemonOptions) -> i32 {
         match metrics::serve(addr, Arc::clone(&metrics), healthy).await {
             Ok((bound, _)) => tracing::info!(address = %bound, "serving /metrics and /healthz"),
             Err(e) => {
-                eprintln!("error: cannot serve metrics on {addr}: {e}");
+                crate::report::fatal(format!("cannot serve metrics on {addr}: {e}"));
                 return 2;
             }
         }
     }
     tracing::info!(schedule = %schedule.describe(), "waiting for the schedule");
 
+    // The state of the last pass, for passes that cannot read it from the target.
+    let memory: crate::history::Memory = Arc::new(std::sync::Mutex::new(None));
     let mut run_now = options.run_now;
     loop {
         if !run_now {
             let now = Utc::now();
-            let Some((wait, _)) = schedule.sleep_until_next(now) else {
-                eprintln!("error: the schedule never fires again");
+            let Some((wait, next)) = schedule.sleep_until_next(now) else {
+                crate::report::fatal("the schedule never fires again");
                 return 2;
             };
             liveness.waiting_until(due_in(wait));
+            tracing::info!(next_pass = %next.to_rfc3339(), wait_s = wait.as_secs(), "next pass scheduled");
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 // Idle between passes: nothing is stopped, so a clean exit.
@@ -124,12 +127,23 @@ pub async fn run(initial: Config, options: DaemonOptions) -> i32 {
                 now: now.clone(),
                 grace: options.grace,
             },
+            history: History {
+                memory: Some(Arc::clone(&memory)),
+                ..History::default()
+            },
             activity: Some(activity),
         };
+        tracing::info!(tags = config.images.len(), "pass started");
         let exit = match run_pass(&config, &pass, &metrics).await {
             Ok(report) => {
-                print!("{}", report.render());
-                report.exit_code()
+                print!("{}", report.render_end());
+                let exit = if now.is_cancelled() {
+                    3
+                } else {
+                    report.exit_code()
+                };
+                report.log_summary(exit);
+                exit
             }
             Err(e) => {
                 tracing::error!(error = %e, "pass could not start");

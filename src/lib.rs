@@ -25,6 +25,7 @@ pub mod commands;
 pub mod config;
 pub mod copy;
 pub mod daemon;
+pub mod history;
 pub mod liveness;
 pub mod manifest;
 pub mod metrics;

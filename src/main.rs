@@ -7,8 +7,12 @@ use mirrorsync::cli::{Cli, Command, LogFormat};
 use mirrorsync::config::Config;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     init_tracing(cli.log_format, &cli.log_level);
+    mirrorsync::report::use_json_logs(cli.log_format == LogFormat::Json);
     let _ = rustls::crypto::ring::default_provider().install_default();
 
     let config_path = match &cli.command {
@@ -19,7 +23,7 @@ fn main() -> ExitCode {
     let config = match Config::load(config_path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e}");
+            mirrorsync::report::fatal(&e);
             return ExitCode::from(2);
         }
     };
@@ -29,7 +33,7 @@ fn main() -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            mirrorsync::report::fatal(format!("cannot start the async runtime: {e}"));
             return ExitCode::from(1);
         }
     };
@@ -44,6 +48,23 @@ fn main() -> ExitCode {
     // Transfers abandoned after a grace period must not hold the process open.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// A command line clap refuses (exit 2), or `--help`/`--version` (exit 0, on stdout). With
+/// `--log-format json` among the arguments the refusal is one JSON event, like every other error.
+fn usage_error(error: clap::Error) -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let json = args
+        .windows(2)
+        .any(|w| w[0] == "--log-format" && w[1] == "json")
+        || args.iter().any(|a| a == "--log-format=json");
+    if !error.use_stderr() || !json {
+        error.exit();
+    }
+    init_tracing(LogFormat::Json, "info");
+    let message = error.render().to_string();
+    tracing::error!(error = %message.trim_end(), "invalid command line");
+    ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2))
 }
 
 fn init_tracing(format: LogFormat, filter: &str) {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::reference::Digest;
+use crate::reference::{Digest, TargetImage};
 
 /// Blob work done for one tag.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -34,11 +34,11 @@ pub enum TagResult {
     Unchanged {
         digest: Digest,
     },
-    /// The target now holds the upstream digest (with `plan`: would hold). `new` when the tag did
-    /// not exist at the target before.
+    /// The target now holds the upstream digest (with `plan`: would hold). `previous` is what the
+    /// target tag pointed at before (`None`: the tag is new).
     Synced {
         digest: Digest,
-        new: bool,
+        previous: Option<Digest>,
     },
     Failed {
         error: String,
@@ -53,37 +53,13 @@ pub enum TagResult {
 #[derive(Debug, Clone)]
 pub struct TagOutcome {
     pub source: String,
-    pub target: String,
+    /// Where it lands: repository and tag, or digest for a digest pin.
+    pub target: TargetImage,
     pub result: TagResult,
     pub stats: CopyStats,
     pub duration: Duration,
     /// Stable identity across runs (`source -> target`).
     pub key: String,
-}
-
-impl TagOutcome {
-    /// One structured log event per tag.
-    pub fn log(&self) {
-        let ms = self.duration.as_millis() as u64;
-        match &self.result {
-            TagResult::Unchanged { digest } => tracing::debug!(
-                source = %self.source, target = %self.target, digest = %digest, result = "unchanged", duration_ms = ms, "tag unchanged"
-            ),
-            TagResult::Synced { digest, new } => tracing::info!(
-                source = %self.source, target = %self.target, digest = %digest,
-                result = if *new { "new" } else { "updated" },
-                blobs_copied = self.stats.copied, bytes_copied = self.stats.copied_bytes,
-                blobs_mounted = self.stats.mounted, blobs_present = self.stats.present,
-                duration_ms = ms, "tag synced"
-            ),
-            TagResult::Failed { error } => tracing::warn!(
-                source = %self.source, target = %self.target, result = "failed", error = %error, duration_ms = ms, "tag failed"
-            ),
-            TagResult::Deferred { reason } => tracing::info!(
-                source = %self.source, target = %self.target, result = "deferred", reason = %reason, duration_ms = ms, "tag deferred"
-            ),
-        }
-    }
 }
 
 /// One tag pruned (or, in `plan`, to prune).

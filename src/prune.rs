@@ -1,11 +1,17 @@
 //! `prune: true`: tags an entry no longer selects are removed from its target repository, but
-//! only tags mirrorsync itself created (recorded in the run state), and never one whose digest a
-//! kept tag shares: deleting a manifest in a registry removes every tag that points at it.
+//! only tags mirrorsync itself created (recorded in the run state), and never a manifest that a
+//! configured entry still needs. In a registry a tag is removed by deleting its manifest, which
+//! removes every tag pointing at it and breaks every index listing it; so a manifest stays when
+//! a kept tag, an alias, a digest pin or another entry of the same repository resolves to it,
+//! or when an index they resolve to lists it. A repository whose needs cannot be known this
+//! run (an unreadable upstream tag list, a target that does not answer) is not pruned at all.
 
 use std::collections::HashSet;
 
 use crate::config::Config;
+use crate::manifest::Parsed;
 use crate::outcome::{Pruned, TagOutcome, TagResult};
+use crate::reference::{Digest, TargetReference};
 use crate::state::State;
 use crate::target::Target;
 
@@ -36,33 +42,44 @@ pub async fn prune(
     let mut repos: Vec<&String> = repositories.iter().collect();
     repos.sort();
     for repository in repos {
-        let mut kept_tags = HashSet::new();
-        let mut kept_digests = HashSet::new();
-        for outcome in outcomes {
-            let Some((repo, tag)) = outcome.target.rsplit_once(':') else {
-                continue;
-            };
-            if repo != repository {
-                continue;
-            }
-            kept_tags.insert(tag.to_string());
-            if let TagResult::Unchanged { digest } | TagResult::Synced { digest, .. } =
-                &outcome.result
-            {
-                kept_digests.insert(digest.to_string());
-            }
+        let entries: Vec<&TagOutcome> = outcomes
+            .iter()
+            .filter(|o| &o.target.repository == repository)
+            .collect();
+        if entries
+            .iter()
+            .any(|o| o.target.reference == TargetReference::Selection)
+        {
+            tracing::warn!(repository = %repository, "not pruned: a tag filter's tag list could not be read, so which tags it keeps is unknown");
+            continue;
         }
-        let created: Vec<String> = state
+        let kept_tags: HashSet<&str> = entries.iter().filter_map(|o| o.target.tag_name()).collect();
+        let candidates: Vec<String> = state
             .created
             .get(repository)
             .map(|tags| {
                 tags.iter()
-                    .filter(|t| !kept_tags.contains(*t))
+                    .filter(|t| !kept_tags.contains(t.as_str()))
                     .cloned()
                     .collect()
             })
             .unwrap_or_default();
-        for tag in created {
+        if candidates.is_empty() {
+            continue;
+        }
+        // Only a registry deletes manifests; a layout drops the tag alone.
+        let needed = if matches!(target, Target::Registry(_)) {
+            match needed_manifests(target, repository, &entries).await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(repository = %repository, error = %e, "not pruned: cannot tell which manifests the configured entries need");
+                    continue;
+                }
+            }
+        } else {
+            HashSet::new()
+        };
+        for tag in candidates {
             let digest = match target.manifest_digest(repository, &tag).await {
                 Ok(Some(d)) => d,
                 Ok(None) => {
@@ -74,8 +91,8 @@ pub async fn prune(
                     continue;
                 }
             };
-            if kept_digests.contains(&digest.to_string()) && matches!(target, Target::Registry(_)) {
-                tracing::warn!(repository = %repository, tag = %tag, %digest, "not pruned: a kept tag points at the same manifest");
+            if needed.contains(&digest) {
+                tracing::warn!(repository = %repository, tag = %tag, %digest, "not pruned: a configured entry still needs its manifest (same digest, or listed by an index it needs)");
                 continue;
             }
             if !dry_run {
@@ -87,7 +104,11 @@ pub async fn prune(
                     }
                 }
             }
-            tracing::info!(repository = %repository, tag = %tag, %digest, dry_run, "pruned a tag no longer selected");
+            if dry_run {
+                tracing::info!(repository = %repository, tag = %tag, %digest, "would prune a tag no longer selected");
+            } else {
+                tracing::info!(repository = %repository, tag = %tag, %digest, "pruned a tag no longer selected");
+            }
             pruned.push(Pruned {
                 repository: repository.clone(),
                 tag,
@@ -96,6 +117,56 @@ pub async fn prune(
         }
     }
     pruned
+}
+
+/// Every manifest in `repository` that the configured entries resolve to at the target, and
+/// every manifest an index among them lists (at any depth).
+async fn needed_manifests(
+    target: &Target,
+    repository: &str,
+    entries: &[&TagOutcome],
+) -> Result<HashSet<Digest>, String> {
+    let mut roots = Vec::new();
+    for entry in entries {
+        if let TargetReference::Digest(pin) = &entry.target.reference {
+            roots.push(pin.clone());
+        }
+        match &entry.result {
+            TagResult::Unchanged { digest } | TagResult::Synced { digest, .. } => {
+                roots.push(digest.clone())
+            }
+            // Not confirmed this run: whatever the target holds for it now is still needed.
+            TagResult::Failed { .. } | TagResult::Deferred { .. } => {
+                if let TargetReference::Tag(tag) = &entry.target.reference
+                    && let Some(d) = target
+                        .manifest_digest(repository, tag)
+                        .await
+                        .map_err(|e| e.to_string())?
+                {
+                    roots.push(d);
+                }
+            }
+        }
+    }
+    let mut needed = HashSet::new();
+    while let Some(digest) = roots.pop() {
+        if !needed.insert(digest.clone()) {
+            continue;
+        }
+        let Some(manifest) = target
+            .get_manifest(repository, &digest.to_string())
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            continue;
+        };
+        if let Ok(Parsed::Index { manifests }) =
+            crate::manifest::parse(&manifest.media_type, &manifest.bytes)
+        {
+            roots.extend(manifests.into_iter().map(|m| m.digest));
+        }
+    }
+    Ok(needed)
 }
 
 fn forget(state: &mut State, repository: &str, tag: &str, dry_run: bool) {

@@ -384,6 +384,53 @@ fn split_registry(name: &str) -> (&str, &str) {
     }
 }
 
+/// Where one configured image lands at the target: a repository and a tag, or a digest for a
+/// digest-only pin. Carried whole through outcomes, state and prune, so that nothing has to split
+/// `repo:tag` or `repo@sha256:...` back out of a string.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TargetImage {
+    pub repository: String,
+    pub reference: TargetReference,
+}
+
+/// The part of a [`TargetImage`] after the repository.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TargetReference {
+    Tag(String),
+    /// A digest-only pin, pushed by digest.
+    Digest(Digest),
+    /// Every tag a `tags:` filter selects, when the selection could not be made (the upstream
+    /// tag list was unreadable): which tags it stands for is unknown.
+    Selection,
+}
+
+impl TargetImage {
+    pub fn tag(repository: &str, tag: &str) -> TargetImage {
+        TargetImage {
+            repository: repository.to_string(),
+            reference: TargetReference::Tag(tag.to_string()),
+        }
+    }
+
+    /// The tag, unless this is a digest pin or a selection.
+    pub fn tag_name(&self) -> Option<&str> {
+        match &self.reference {
+            TargetReference::Tag(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for TargetImage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.reference {
+            TargetReference::Tag(t) => write!(f, "{}:{t}", self.repository),
+            TargetReference::Digest(d) => write!(f, "{}@{d}", self.repository),
+            TargetReference::Selection => write!(f, "{}", self.repository),
+        }
+    }
+}
+
 /// Normalises a registry host: Docker Hub's aliases (`index.docker.io`, `registry-1.docker.io`)
 /// become `docker.io`, and the host part is lower-cased (the port is kept).
 pub fn normalize_registry(host: &str) -> String {

@@ -1,9 +1,121 @@
-//! What a run did, per tag and in total: the end-of-run summary and the exit code.
+//! What a run did, per tag and in total: each tag's result as it finishes, the end-of-run
+//! summary and the exit code.
+//!
+//! Text logs (the default): a tag that changed, failed or was deferred gets one line on stdout
+//! when it finishes, and the end of the run adds the totals; stderr carries only what is not a
+//! tag's result (retries, warnings). JSON logs (`--log-format json`): stderr is JSON only, one
+//! event per tag as it finishes and one run-summary event; stdout gets the whole summary at the
+//! end.
 
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::outcome::{CopyStats, Pruned, TagOutcome, TagResult};
+
+/// The exit code of a run that left work for a later run and failed nothing.
+pub const EXIT_DEFERRED: i32 = 3;
+
+/// Whether logs are JSON (set once by `main`).
+static JSON_LOGS: AtomicBool = AtomicBool::new(false);
+
+/// Chooses JSON events (`true`) or text lines for tag results, the run summary and fatal errors.
+pub fn use_json_logs(on: bool) {
+    JSON_LOGS.store(on, Ordering::Relaxed);
+}
+
+fn json_logs() -> bool {
+    JSON_LOGS.load(Ordering::Relaxed)
+}
+
+/// An error that stops a command: `error: ...` on stderr, or one JSON event with JSON logs.
+pub fn fatal(message: impl std::fmt::Display) {
+    if json_logs() {
+        tracing::error!(error = %message, "cannot continue");
+    } else {
+        eprintln!("error: {message}");
+    }
+}
+
+/// Announces one tag the moment it finishes, with its own duration: its summary line on stdout
+/// (none for an unchanged tag), or one event on stderr with JSON logs. `planned`: a `plan` run,
+/// which says what it would do and has copied nothing.
+pub fn tag_finished(tag: &TagOutcome, planned: bool) {
+    if !json_logs() {
+        if let Some(line) = tag_line(tag, planned) {
+            // The live progress line on a terminal is cleared first; it is redrawn below.
+            let err = std::io::stderr();
+            if std::io::IsTerminal::is_terminal(&err) {
+                let mut err = err.lock();
+                let _ = std::io::Write::write_all(&mut err, b"\r\x1b[2K");
+                let _ = std::io::Write::flush(&mut err);
+            }
+            println!("{line}");
+        }
+        return;
+    }
+    let ms = tag.duration.as_millis() as u64;
+    let (source, target) = (&tag.source, &tag.target);
+    match &tag.result {
+        TagResult::Unchanged { digest } => tracing::debug!(
+            %source, %target, %digest, result = "unchanged", duration_ms = ms, "tag unchanged"
+        ),
+        TagResult::Synced { digest, previous } => {
+            let result = if previous.is_some() { "updated" } else { "new" };
+            let current = previous.as_ref().map(|d| d.to_string());
+            if planned {
+                tracing::info!(
+                    %source, %target, %digest, current, result, duration_ms = ms, "would sync"
+                );
+            } else {
+                let s = &tag.stats;
+                tracing::info!(
+                    %source, %target, %digest, previous = current, result,
+                    blobs_copied = s.copied, bytes_copied = s.copied_bytes,
+                    blobs_mounted = s.mounted, blobs_present = s.present,
+                    duration_ms = ms, "tag synced"
+                );
+            }
+        }
+        TagResult::Failed { error } => tracing::warn!(
+            %source, %target, result = "failed", %error, duration_ms = ms, "tag failed"
+        ),
+        TagResult::Deferred { reason } => tracing::info!(
+            %source, %target, result = "deferred", %reason, duration_ms = ms, "tag deferred"
+        ),
+    }
+}
+
+/// A tag's line in the summary; `None` for an unchanged tag (counted in the totals only).
+fn tag_line(tag: &TagOutcome, planned: bool) -> Option<String> {
+    let (source, target) = (&tag.source, &tag.target);
+    let s = &tag.stats;
+    Some(match &tag.result {
+        TagResult::Unchanged { .. } => return None,
+        TagResult::Synced { digest, previous } if planned => {
+            let blobs = format!(
+                "{} to copy ({}), {} to mount, {} present",
+                plural(s.copied, "blob"),
+                human_bytes(s.copied_bytes),
+                s.mounted,
+                s.present
+            );
+            match previous {
+                Some(old) => format!("updated: {source} -> {target} {old} -> {digest} {blobs}"),
+                None => format!("new: {source} -> {target} {digest} {blobs}"),
+            }
+        }
+        TagResult::Synced { digest, .. } => format!(
+            "{source} -> {target} {digest} {} copied ({}), {} mounted, {} present",
+            plural(s.copied, "blob"),
+            human_bytes(s.copied_bytes),
+            s.mounted,
+            s.present
+        ),
+        TagResult::Failed { error } => format!("FAILED {source} -> {target}: {error}"),
+        TagResult::Deferred { reason } => format!("DEFERRED {source} -> {target}: {reason}"),
+    })
+}
 
 /// The summary of a whole run.
 #[derive(Debug, Clone)]
@@ -37,20 +149,30 @@ impl RunReport {
         self.tags.iter().filter(|t| f(&t.result)).count()
     }
 
-    /// 0 when every tag is in sync, 1 when some failed, 3 when none failed but some were left
-    /// for a later run.
+    /// 0 when every tag is in sync, 1 when some failed, [`EXIT_DEFERRED`] when none failed but
+    /// some were left for a later run.
     pub fn exit_code(&self) -> i32 {
         if self.failed() > 0 {
             1
         } else if self.deferred() > 0 {
-            3
+            EXIT_DEFERRED
         } else {
             0
         }
     }
 
-    /// The end-of-run text: one line per tag that changed or failed, then totals.
+    /// The end-of-run text: one line per tag that changed, failed or was deferred, then totals.
     pub fn render(&self) -> String {
+        self.render_with(true)
+    }
+
+    /// What the end of a run prints on stdout: with text logs the tags' lines were printed as
+    /// each tag finished, so only pruned tags and the totals remain.
+    pub fn render_end(&self) -> String {
+        self.render_with(json_logs())
+    }
+
+    fn render_with(&self, tags: bool) -> String {
         let mut out = String::new();
         let mut total = CopyStats::default();
         for p in &self.pruned {
@@ -59,44 +181,13 @@ impl RunReport {
         }
         for tag in &self.tags {
             total.add(&tag.stats);
-            match &tag.result {
-                TagResult::Unchanged { .. } => {}
-                TagResult::Synced { digest, new } => {
-                    let s = &tag.stats;
-                    let verb = if self.planned {
-                        if *new { "new" } else { "updated" }
-                    } else {
-                        ""
-                    };
-                    let copied = if self.planned { "to copy" } else { "copied" };
-                    let mounted = if self.planned { "to mount" } else { "mounted" };
-                    let _ = writeln!(
-                        out,
-                        "{}{} -> {} {digest} {} {copied} ({}), {} {mounted}, {} present",
-                        if verb.is_empty() {
-                            String::new()
-                        } else {
-                            format!("{verb}: ")
-                        },
-                        tag.source,
-                        tag.target,
-                        plural(s.copied, "blob"),
-                        human_bytes(s.copied_bytes),
-                        s.mounted,
-                        s.present,
-                    );
-                }
-                TagResult::Failed { error } => {
-                    let _ = writeln!(out, "FAILED {} -> {}: {error}", tag.source, tag.target);
-                }
-                TagResult::Deferred { reason } => {
-                    let _ = writeln!(out, "DEFERRED {} -> {}: {reason}", tag.source, tag.target);
-                }
+            if let Some(line) = tag_line(tag, self.planned).filter(|_| tags) {
+                let _ = writeln!(out, "{line}");
             }
         }
         let _ = writeln!(
             out,
-            "{}: {} {}, {} unchanged, {} failed, {} deferred; {} {} ({}), {} mounted, {} present; {:.1}s",
+            "{}: {} {}, {} unchanged, {} failed, {} deferred; {} {} ({}), {} {}, {} present; {:.1}s",
             plural(self.tags.len() as u64, "tag"),
             self.synced(),
             if self.planned { "to sync" } else { "synced" },
@@ -107,10 +198,55 @@ impl RunReport {
             if self.planned { "to copy" } else { "copied" },
             human_bytes(total.copied_bytes),
             total.mounted,
+            if self.planned { "to mount" } else { "mounted" },
             total.present,
             self.duration.as_secs_f64(),
         );
         out
+    }
+
+    /// The run-summary event (JSON logs only; text logs have the totals line on stdout).
+    /// `exit_code` is the process's (or, in the daemon, the pass's).
+    pub fn log_summary(&self, exit_code: i32) {
+        if !json_logs() {
+            return;
+        }
+        let mut total = CopyStats::default();
+        for tag in &self.tags {
+            total.add(&tag.stats);
+        }
+        let (tags, duration_ms) = (self.tags.len(), self.duration.as_millis() as u64);
+        let (synced, unchanged) = (self.synced(), self.unchanged());
+        let (failed, deferred, pruned) = (self.failed(), self.deferred(), self.pruned.len());
+        if self.planned {
+            tracing::info!(
+                tags,
+                would_sync = synced,
+                unchanged,
+                failed,
+                deferred,
+                would_prune = pruned,
+                duration_ms,
+                exit_code,
+                "plan finished"
+            );
+        } else {
+            tracing::info!(
+                tags,
+                synced,
+                unchanged,
+                failed,
+                deferred,
+                pruned,
+                blobs_copied = total.copied,
+                bytes_copied = total.copied_bytes,
+                blobs_mounted = total.mounted,
+                blobs_present = total.present,
+                duration_ms,
+                exit_code,
+                "run finished"
+            );
+        }
     }
 }
 

@@ -22,6 +22,8 @@ pub struct PassOptions {
     pub control: RunControl,
     /// Draw live progress on stderr when it is a terminal.
     pub progress: bool,
+    /// Where the tags' history comes from when the state cannot be read.
+    pub history: crate::history::History,
     /// Counters the engine updates as tags finish and bytes move (the daemon's liveness);
     /// `None`: its own.
     pub activity: Option<Arc<crate::copy::progress::Progress>>,
@@ -68,12 +70,24 @@ pub async fn run_pass(
         .load_document(&state_tag, state::MAX_STATE_BYTES)
         .await
         .and_then(|doc| doc.map_or(Ok(State::default()), |d| State::from_json(&d)));
+    // What the target holds now, to skip writing a document that would say the same.
+    let mut stored = None;
     let mut state = match loaded {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "could not read the state of earlier runs; lag starts over");
-            State::default()
+        Ok(mut s) => {
+            stored = Some(s.clone());
+            options.history.merge_into(&mut s);
+            s
         }
+        Err(e) => match options.history.recover().await {
+            Some((s, from)) => {
+                tracing::warn!(error = %e, from, "could not read the state of earlier runs; lag continues from the last values known");
+                s
+            }
+            None => {
+                tracing::warn!(error = %e, "could not read the state of earlier runs, and no earlier metrics are at hand; lag starts over");
+                State::default()
+            }
+        },
     };
     engine.remember_blobs(state.blob_locations());
     if let Some(ts) = state.last_success {
@@ -117,7 +131,7 @@ pub async fn run_pass(
         for (tag, status) in report.tags.iter().zip(&statuses) {
             metrics.set_tag(
                 &tag.source,
-                &tag.target,
+                &tag.target.to_string(),
                 status.in_sync,
                 status.last_synced,
                 status.lag_seconds,
@@ -126,7 +140,7 @@ pub async fn run_pass(
         let configured: std::collections::HashSet<(String, String)> = report
             .tags
             .iter()
-            .map(|t| (t.source.clone(), t.target.clone()))
+            .map(|t| (t.source.clone(), t.target.to_string()))
             .collect();
         metrics.retain_tags(&|s, t| configured.contains(&(s.to_string(), t.to_string())));
         let success = (report.failed() == 0 && report.deferred() == 0).then_some(now);
@@ -136,9 +150,15 @@ pub async fn run_pass(
         let mut seen = engine.known_blobs();
         seen.retain(|(_, repository)| repository != DOCUMENT_REPOSITORY);
         state.remember_blobs(seen);
-        let saved = match state.to_json() {
-            Ok(body) => engine.target().save_document(&state_tag, body).await,
-            Err(e) => Err(e),
+        options.history.remember(&state);
+        let saved = if stored.as_ref().is_some_and(|s| state.same_as_stored(s)) {
+            tracing::debug!("the run state is unchanged; not written");
+            Ok(())
+        } else {
+            match state.to_json() {
+                Ok(body) => engine.target().save_document(&state_tag, body).await,
+                Err(e) => Err(e),
+            }
         };
         if let Err(e) = saved {
             tracing::warn!(error = %e, "could not save the run state; the next run cannot see this run's lag");

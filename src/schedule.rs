@@ -5,14 +5,25 @@
 //! daylight-saving rules of that zone: `0 3 * * *` in `Europe/Berlin` fires at 03:00 local time
 //! every day, whether that is 01:00 or 02:00 UTC. Day-of-week names and numbers follow cron
 //! (`0`/`7` = Sunday, `MON-FRI` = Monday to Friday); when both day-of-month and day-of-week are
-//! restricted, either one matching is enough, as in Vixie cron. `@hourly`, `@daily`, `@weekly`,
-//! `@monthly`, `@yearly` are accepted too.
+//! restricted, either one matching is enough, as in Vixie cron. `@hourly`, `@daily` (or
+//! `@midnight`), `@weekly` (Sunday 00:00), `@monthly`, `@yearly` (or `@annually`) are accepted too.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
+
+/// The `@` forms accepted as a whole schedule.
+pub const NICKNAMES: [&str; 7] = [
+    "@hourly",
+    "@daily",
+    "@midnight",
+    "@weekly",
+    "@monthly",
+    "@yearly",
+    "@annually",
+];
 
 /// A parsed cron schedule in a time zone.
 #[derive(Debug, Clone)]
@@ -35,7 +46,15 @@ impl Schedule {
                 "schedule is empty: expected a cron expression such as \"0 */6 * * *\"".to_string(),
             );
         }
-        if !trimmed.starts_with('@') {
+        if trimmed.starts_with('@') {
+            if !NICKNAMES.iter().any(|n| n.eq_ignore_ascii_case(trimmed)) {
+                return Err(format!(
+                    "unknown schedule nickname \"{trimmed}\": use one of {}, or a cron \
+                     expression",
+                    NICKNAMES.join(", ")
+                ));
+            }
+        } else {
             let fields = trimmed.split_whitespace().count();
             if fields != 5 && fields != 6 {
                 return Err(format!(
@@ -60,11 +79,17 @@ impl Schedule {
                 )
             })?
         };
+        // croner knows every nickname but Vixie cron's (and Kubernetes') `@midnight`.
+        let pattern = if trimmed.eq_ignore_ascii_case("@midnight") {
+            "@daily"
+        } else {
+            trimmed
+        };
         let cron = CronParser::builder()
             .seconds(Seconds::Optional)
             .year(Year::Disallowed)
             .build()
-            .parse(trimmed)
+            .parse(pattern)
             .map_err(|e| format!("invalid schedule \"{trimmed}\": {e}"))?;
         let schedule = Schedule {
             cron,
@@ -343,6 +368,11 @@ mod tests {
         assert_eq!(
             s.interval(utc(2024, 5, 1, 10, 7, 0)),
             Some(Duration::from_secs(3600))
+        );
+        let e = Schedule::parse("@fortnightly", "UTC").unwrap_err();
+        assert!(
+            e.contains("unknown schedule nickname") && e.contains("@daily"),
+            "{e}"
         );
     }
 }

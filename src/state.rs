@@ -26,7 +26,8 @@ pub struct TagState {
     /// Last time the target was seen to match upstream (unix seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_synced: Option<f64>,
-    /// Since when the target has been behind (unix seconds); none while in sync.
+    /// Since when the target has not been confirmed in sync (unix seconds); none while in
+    /// sync. Orders the next run's work; lag counts from `last_synced` when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_since: Option<f64>,
 }
@@ -49,6 +50,11 @@ pub struct State {
     pub created: BTreeMap<String, std::collections::BTreeSet<String>>,
 }
 
+/// How stale the stored confirmation times may get before a pass that changed nothing else
+/// writes the document anyway. A stateless run after a restart sees lag at most this much too
+/// high; a daemon passing every few seconds writes a few times an hour instead of every pass.
+pub const REFRESH_SECONDS: f64 = 15.0 * 60.0;
+
 /// What one tag looks like for metrics after a run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TagStatus {
@@ -62,11 +68,13 @@ impl State {
     pub fn record(&mut self, outcomes: &[TagOutcome], now: f64) -> Vec<TagStatus> {
         let mut statuses = Vec::with_capacity(outcomes.len());
         for outcome in outcomes {
+            // Only tags: a digest pin is no tag to prune, and must never become a repository
+            // named `repo@sha256`.
             if let TagResult::Synced { .. } = outcome.result
-                && let Some((repository, tag)) = outcome.target.rsplit_once(':')
+                && let Some(tag) = outcome.target.tag_name()
             {
                 self.created
-                    .entry(repository.to_string())
+                    .entry(outcome.target.repository.clone())
                     .or_default()
                     .insert(tag.to_string());
             }
@@ -80,12 +88,15 @@ impl State {
                     entry.pending_since.get_or_insert(now);
                 }
             }
+            // Lag: how long since the target was last confirmed in sync, whichever side kept
+            // this pass from confirming it (for a tag never in sync: since it was first tried).
+            let baseline = entry
+                .pending_since
+                .map(|since| entry.last_synced.unwrap_or(since));
             statuses.push(TagStatus {
                 in_sync: entry.pending_since.is_none(),
                 last_synced: entry.last_synced,
-                lag_seconds: entry
-                    .pending_since
-                    .map_or(0.0, |since| (now - since).max(0.0)),
+                lag_seconds: baseline.map_or(0.0, |since| (now - since).max(0.0)),
             });
         }
         // Tags no longer configured are forgotten.
@@ -93,6 +104,35 @@ impl State {
             outcomes.iter().map(|o| o.key.as_str()).collect();
         self.tags.retain(|k, _| keys.contains(k.as_str()));
         statuses
+    }
+
+    /// Forgets `created` entries under names that are no repository: versions before 0.1 split
+    /// `repo@sha256:<hex>` at its last colon and recorded a repository `repo@sha256`.
+    fn drop_invalid_repositories(&mut self) {
+        self.created
+            .retain(|repository, _| crate::reference::validate_repository(repository).is_ok());
+    }
+
+    /// Whether `self` says nothing more than `stored` (what the target holds) beyond what the
+    /// next run can recompute: the same tags, pending times, blob locations and created tags,
+    /// and confirmation times no more than [`REFRESH_SECONDS`] newer. Then the write is skipped.
+    pub fn same_as_stored(&self, stored: &State) -> bool {
+        let close = |new: Option<f64>, old: Option<f64>| match (new, old) {
+            (None, None) => true,
+            (Some(n), Some(o)) => n >= o && n - o < REFRESH_SECONDS,
+            _ => false,
+        };
+        self.version == stored.version
+            && self.blobs == stored.blobs
+            && self.created == stored.created
+            && close(self.last_success, stored.last_success)
+            && self.tags.len() == stored.tags.len()
+            && self.tags.iter().all(|(key, tag)| {
+                stored.tags.get(key).is_some_and(|old| {
+                    tag.pending_since == old.pending_since
+                        && close(tag.last_synced, old.last_synced)
+                })
+            })
     }
 
     /// Longest-pending tags first next run: key -> since when pending.
@@ -134,9 +174,13 @@ pub fn state_tag(shard: Option<(usize, usize)>) -> String {
 }
 
 impl State {
-    /// Parses a stored state document.
+    /// Parses a stored state document, dropping `created` entries under names that are no
+    /// repository (earlier versions recorded a digest pin as a repository `repo@sha256`).
     pub fn from_json(bytes: &[u8]) -> Result<State, String> {
-        serde_json::from_slice(bytes).map_err(|e| format!("state document: {e}"))
+        let mut state: State =
+            serde_json::from_slice(bytes).map_err(|e| format!("state document: {e}"))?;
+        state.drop_invalid_repositories();
+        Ok(state)
     }
 
     /// The document to store.
@@ -154,7 +198,7 @@ mod tests {
         let digest = Digest::from_sha256_bytes(&[7; 32]);
         TagOutcome {
             source: key.into(),
-            target: key.into(),
+            target: crate::reference::TargetImage::tag("repo", key),
             result: if failed {
                 TagResult::Failed { error: "x".into() }
             } else {
@@ -173,15 +217,16 @@ mod tests {
             state.record(&[outcome("a", false)], 100.0)[0].lag_seconds,
             0.0
         );
+        // Lag counts from the last confirmation (100), not from the first failed pass.
         let first = state.record(&[outcome("a", true)], 200.0);
-        assert_eq!(first[0].lag_seconds, 0.0);
+        assert_eq!(first[0].lag_seconds, 100.0);
         assert!(!first[0].in_sync);
         assert_eq!(
             state.record(&[outcome("a", true)], 300.0)[0].lag_seconds,
-            100.0
+            200.0
         );
         let third = state.record(&[outcome("a", true)], 450.0);
-        assert_eq!(third[0].lag_seconds, 250.0);
+        assert_eq!(third[0].lag_seconds, 350.0);
         assert_eq!(third[0].last_synced, Some(100.0));
         let good = state.record(&[outcome("a", false)], 500.0);
         assert_eq!(
@@ -193,6 +238,87 @@ mod tests {
             }
         );
         assert!(state.priorities().is_empty());
+    }
+
+    #[test]
+    fn digest_pins_are_never_recorded_as_created_tags() {
+        let digest = Digest::from_sha256_bytes(&[9; 32]);
+        let synced = |target| TagOutcome {
+            source: "up/app".into(),
+            target,
+            result: TagResult::Synced {
+                digest: digest.clone(),
+                previous: None,
+            },
+            stats: CopyStats::default(),
+            duration: std::time::Duration::ZERO,
+            key: "k".into(),
+        };
+        let mut state = State::default();
+        state.record(
+            &[
+                synced(crate::reference::TargetImage {
+                    repository: "team/app".into(),
+                    reference: crate::reference::TargetReference::Digest(digest.clone()),
+                }),
+                synced(crate::reference::TargetImage::tag("team/app", "1.0")),
+            ],
+            1.0,
+        );
+        assert_eq!(state.created.len(), 1);
+        assert_eq!(
+            state.created["team/app"].iter().collect::<Vec<_>>(),
+            vec!["1.0"]
+        );
+        // A state written by the old splitting code is cleaned when read.
+        state
+            .created
+            .entry("team/app@sha256".into())
+            .or_default()
+            .insert(digest.encoded().to_string());
+        state.drop_invalid_repositories();
+        assert_eq!(state.created.keys().collect::<Vec<_>>(), vec!["team/app"]);
+    }
+
+    #[test]
+    fn a_pass_that_only_moves_timestamps_a_little_is_not_written() {
+        let mut stored = State::default();
+        stored.record(&[outcome("a", false), outcome("b", false)], 1000.0);
+        stored.last_success = Some(1000.0);
+        let mut next = stored.clone();
+        next.record(&[outcome("a", false), outcome("b", false)], 1005.0);
+        next.last_success = Some(1005.0);
+        assert!(next.same_as_stored(&stored));
+        // Stale beyond the refresh period: written.
+        let mut late = stored.clone();
+        late.record(
+            &[outcome("a", false), outcome("b", false)],
+            1000.0 + REFRESH_SECONDS,
+        );
+        assert!(!late.same_as_stored(&stored));
+        // A failure, a new blob location, a tag gone: written.
+        let mut failed = stored.clone();
+        failed.record(&[outcome("a", true), outcome("b", false)], 1005.0);
+        assert!(!failed.same_as_stored(&stored));
+        let mut blobs = next.clone();
+        blobs.remember_blobs(vec![(Digest::from_sha256_bytes(&[3; 32]), "x/y".into())]);
+        assert!(!blobs.same_as_stored(&stored));
+        let mut fewer = stored.clone();
+        fewer.record(&[outcome("a", false)], 1005.0);
+        assert!(!fewer.same_as_stored(&stored));
+    }
+
+    #[test]
+    fn a_tag_never_in_sync_lags_since_it_was_first_tried() {
+        let mut state = State::default();
+        assert_eq!(
+            state.record(&[outcome("n", true)], 10.0)[0].lag_seconds,
+            0.0
+        );
+        assert_eq!(
+            state.record(&[outcome("n", true)], 25.0)[0].lag_seconds,
+            15.0
+        );
     }
 
     #[test]

@@ -40,6 +40,20 @@ impl VerifiedStream {
         self.expected_size
     }
 
+    /// The same checks over a transformed body (e.g. paced to a bandwidth limit). Only for a
+    /// stream nothing has been read from yet.
+    pub fn map_body(
+        self,
+        f: impl FnOnce(
+            BoxStream<'static, Result<Bytes, String>>,
+        ) -> BoxStream<'static, Result<Bytes, String>>,
+    ) -> VerifiedStream {
+        VerifiedStream {
+            inner: f(self.inner).fuse().boxed(),
+            ..self
+        }
+    }
+
     /// The next piece of the body; an error when the source fails or sends more than promised.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, String> {
         match self.inner.next().await {

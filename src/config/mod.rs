@@ -42,8 +42,9 @@ pub const DOCKER_HUB_BURST: u32 = 20;
 pub struct Config {
     /// The file it was read from (for messages).
     pub path: PathBuf,
-    /// Cron expression with 5 or 6 fields, used by `sync` without `--once`.
-    pub schedule: Option<String>,
+    /// When `sync` without `--once` starts a pass: the `schedule` key (5 or 6 cron fields, or
+    /// a nickname such as `@daily`) parsed at load in `timezone` (default `UTC`).
+    pub schedule: Option<crate::schedule::Schedule>,
     /// Time zone for `schedule`; default `UTC`.
     pub timezone: String,
     /// Tags synced at once (1..=256), default 8.

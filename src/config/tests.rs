@@ -1,5 +1,5 @@
 //! Config tests: each error names the file, line, column and key path; valid files map
-//! images to the targets PRODUCT.md promises.
+//! images to the targets the README documents.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -29,12 +29,25 @@ fn error(text: &str) -> String {
 
 const TARGET: &str = "target:\n  path: /tmp/mirror\n";
 
+/// A real self-signed certificate in PEM.
+fn test_ca_pem() -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    rcgen::CertificateParams::new(vec!["ca.test".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap()
+        .pem()
+}
+
 #[test]
 fn example_file_is_valid_and_needs_no_registry() {
     let c = load(EXAMPLE).unwrap_or_else(|e| panic!("{e}"));
     assert!(matches!(c.target.kind, TargetKind::Path(_)));
     assert_eq!(c.images.len(), 3);
-    assert_eq!(c.schedule.as_deref(), Some("0 */6 * * *"));
+    assert_eq!(
+        c.schedule.as_ref().map(|s| s.expression()),
+        Some("0 */6 * * *")
+    );
     let busybox = &c.images[2];
     assert_eq!(busybox.source.to_string(), "docker.io/library/busybox:1.37");
     assert_eq!(busybox.target_repository, "cache/busybox");
@@ -57,7 +70,7 @@ fn every_optional_key_filled_in() {
         std::fs::write(&p, body).unwrap();
         p.display().to_string()
     };
-    let ca = file("ca.pem", "-----BEGIN CERTIFICATE-----\n");
+    let ca = file("ca.pem", &test_ca_pem());
     let token = file("hub-token", "s3cret-token\n");
     let docker_config = file("config.json", "{}");
     let text = format!(
@@ -342,8 +355,27 @@ fn bad_bytes_per_second() {
 fn bad_schedule_field_count() {
     assert_eq!(
         error(&format!("schedule: \"*/5 * * *\"\n{TARGET}images: [x]\n")),
-        "sync.yaml:1:11: schedule: invalid schedule \"*/5 * * *\": a cron expression has 5 or 6 fields, this has 4"
+        "sync.yaml:1:11: schedule: schedule \"*/5 * * *\" has 4 fields: expected 5 (minute hour \
+         day-of-month month day-of-week) or 6 (second minute hour day-of-month month day-of-week)"
     );
+}
+
+#[test]
+fn schedule_nicknames_are_parsed_at_load() {
+    for (nick, hours) in [("@hourly", 1), ("@daily", 24), ("@weekly", 7 * 24)] {
+        let c = load(&format!("schedule: \"{nick}\"\n{TARGET}images: [x]\n"))
+            .unwrap_or_else(|e| panic!("{nick}: {e}"));
+        let s = c.schedule.expect("schedule");
+        assert_eq!(s.expression(), nick);
+        let from = chrono::DateTime::parse_from_rfc3339("2024-05-01T10:07:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        assert_eq!(
+            s.interval(from),
+            Some(std::time::Duration::from_secs(hours * 3600)),
+            "{nick}"
+        );
+    }
 }
 
 #[test]

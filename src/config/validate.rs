@@ -14,7 +14,7 @@ use serde_saphyr::{Location, Spanned};
 
 use super::error::ErrorSite;
 use super::raw::{RawAuth, RawConfig, RawRegistry, RawTarget};
-use super::values::{check_mirror_url, check_schedule, parse_byte_size, resolve_path, trim_prefix};
+use super::values::{check_ca_pem, check_mirror_url, parse_byte_size, resolve_path, trim_prefix};
 use super::{
     Config, ConfigError, Credentials, DEFAULT_CONCURRENCY, DEFAULT_REGISTRY_CONCURRENCY, Endpoint,
     RegistrySettings, Secret, TargetKind, TargetSettings, api_host,
@@ -80,12 +80,10 @@ impl Validator<'_> {
             None => "UTC".to_string(),
         };
         let schedule = match raw.schedule {
-            Some(s) => {
-                check_schedule(&s.value).map_err(|m| self.site.spanned(&s, "schedule", m))?;
-                crate::schedule::Schedule::parse(s.value.trim(), &timezone)
-                    .map_err(|m| self.site.spanned(&s, "schedule", m))?;
-                Some(s.value.trim().to_string())
-            }
+            Some(s) => Some(
+                crate::schedule::Schedule::parse(&s.value, &timezone)
+                    .map_err(|m| self.site.spanned(&s, "schedule", m))?,
+            ),
             None => None,
         };
         let concurrency = match raw.concurrency {
@@ -168,6 +166,18 @@ impl Validator<'_> {
                 self.site
                     .spanned(s, key, format!("cannot read {}: {e}", path.display()))
             })?;
+        Ok(path)
+    }
+
+    /// A CA bundle: readable, and holding at least one PEM certificate.
+    fn ca_file(&self, s: &Spanned<String>, key: &str) -> Result<PathBuf, ConfigError> {
+        let path = self.readable_file(s, key)?;
+        let pem = std::fs::read(&path).map_err(|e| {
+            self.site
+                .spanned(s, key, format!("cannot read {}: {e}", path.display()))
+        })?;
+        check_ca_pem(&pem)
+            .map_err(|e| self.site.spanned(s, key, format!("{} {e}", path.display())))?;
         Ok(path)
     }
 
@@ -284,7 +294,7 @@ impl Validator<'_> {
             host,
             insecure: insecure.unwrap_or(false),
             ca_file: ca_file
-                .map(|c| self.readable_file(c, &format!("{key}.ca_file")))
+                .map(|c| self.ca_file(c, &format!("{key}.ca_file")))
                 .transpose()?,
             credentials: auth
                 .map(|a| self.credentials(a, &format!("{key}.auth")))

@@ -1,4 +1,4 @@
-//! Small value parsers for config scalars: byte sizes, platforms, cron field counts, URLs and
+//! Small value parsers for config scalars: byte sizes, platforms, URLs and
 //! file paths. Each returns a one-line reason on failure; `validate` adds the location.
 
 use std::path::{Path, PathBuf};
@@ -63,16 +63,27 @@ pub(crate) fn parse_platform(text: &str) -> Result<Platform, String> {
     })
 }
 
-/// Checks that a cron expression has 5 or 6 fields (croner parses it later).
-pub(crate) fn check_schedule(text: &str) -> Result<(), String> {
-    let fields = text.split_whitespace().count();
-    if fields == 5 || fields == 6 {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid schedule \"{text}\": a cron expression has 5 or 6 fields, this has {fields}"
-        ))
+/// Checks that `pem` holds at least one PEM certificate and no malformed PEM section; returns
+/// how many certificates it holds. A file of something else (a key, DER, an empty file) would
+/// otherwise be trusted as "no extra CA" and fail only at the first TLS handshake.
+pub(crate) fn check_ca_pem(pem: &[u8]) -> Result<usize, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut count = 0;
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| format!("is not valid PEM: {e}"))?;
+        // Every X.509 certificate is a DER SEQUENCE.
+        if cert.first() != Some(&0x30) {
+            return Err("holds a CERTIFICATE section that is not an X.509 certificate".into());
+        }
+        count += 1;
     }
+    if count == 0 {
+        return Err(
+            "holds no PEM certificate (expected a -----BEGIN CERTIFICATE----- section)".into(),
+        );
+    }
+    Ok(count)
 }
 
 /// Checks a mirror URL: `http://` or `https://`, a valid `host[:port]`, optional path.
@@ -174,10 +185,29 @@ mod tests {
     }
 
     #[test]
-    fn schedules_urls_paths() {
-        assert!(check_schedule("0 */6 * * *").is_ok());
-        assert!(check_schedule("0 0 */6 * * *").is_ok());
-        assert!(check_schedule("0 */6 * *").is_err());
+    fn ca_bundles_must_hold_a_certificate() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["ca.test".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap()
+            .pem();
+        assert_eq!(check_ca_pem(cert.as_bytes()), Ok(1));
+        assert_eq!(check_ca_pem(format!("{cert}{cert}").as_bytes()), Ok(2));
+        for bad in [
+            String::new(),
+            "not a certificate\n".to_string(),
+            key.serialize_pem(),
+            "-----BEGIN CERTIFICATE-----\n".to_string(),
+            "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n".to_string(),
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".to_string(),
+        ] {
+            assert!(check_ca_pem(bad.as_bytes()).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn mirror_urls_and_paths() {
         assert_eq!(
             check_mirror_url("https://mirror.gcr.io/").as_deref(),
             Ok("https://mirror.gcr.io")

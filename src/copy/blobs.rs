@@ -3,11 +3,15 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use bytes::Bytes;
 use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use tokio::sync::SemaphorePermit;
 
 use super::upstream::UpstreamRef;
 use super::{Counters, Engine, Mode, SyncError, download};
 use crate::manifest::Descriptor;
+use crate::registry::HostLimits;
 use crate::target::{Mounted, Target, TargetError};
 use crate::verify;
 
@@ -63,6 +67,8 @@ impl Engine {
                 .acquire()
                 .await
                 .map_err(|e| SyncError::Other(e.to_string()))?;
+            // Taken before the download starts, so no upstream body waits on an idle socket.
+            let _writing = self.target_write_slot().await?;
             self.stream_from_upstream(upstream, source_repo, target_repo, blob)
                 .await?;
         }
@@ -141,7 +147,8 @@ impl Engine {
                     }
                 })
                 .boxed();
-            let stream = verify::VerifiedStream::new(body, blob.digest.clone(), blob.size);
+            let stream = verify::VerifiedStream::new(body, blob.digest.clone(), blob.size)
+                .map_body(|body| paced(Arc::clone(&self.target_bytes), body));
             match self
                 .target
                 .write_blob(target_repo, &blob.digest, stream, None)
@@ -169,6 +176,14 @@ impl Engine {
         ))
     }
 
+    /// One of the `target.concurrency` blob writes to the target allowed at once.
+    async fn target_write_slot(&self) -> Result<SemaphorePermit<'_>, SyncError> {
+        self.target_writes
+            .acquire()
+            .await
+            .map_err(|e| SyncError::Other(e.to_string()))
+    }
+
     /// A blob another target repository holds: mount it, or, when the registry refuses mounts,
     /// copy it between target repositories. `false` when neither worked (the holder may have
     /// lost it since: state from an earlier run can be stale), so the caller copies from upstream.
@@ -182,18 +197,21 @@ impl Engine {
             }
         };
         let copied = async {
+            let _writing = self.target_write_slot().await?;
             let source = match self.target.read_blob(from, &blob.digest, blob.size).await {
-                Ok(source) => source,
+                Ok(source) => source.map_body(|body| paced(Arc::clone(&self.target_bytes), body)),
                 Err(e) => {
                     if let (Some(location), Target::Registry(c)) = (&session, &self.target) {
                         c.cancel_upload(target_repo, location).await;
                     }
-                    return Err(e);
+                    return Err(SyncError::from(e));
                 }
             };
-            self.target
-                .write_blob(target_repo, &blob.digest, source, session)
-                .await
+            Ok::<_, SyncError>(
+                self.target
+                    .write_blob(target_repo, &blob.digest, source, session)
+                    .await?,
+            )
         }
         .await;
         match copied {
@@ -204,4 +222,22 @@ impl Engine {
             }
         }
     }
+}
+
+/// A blob body paced to the target's `bytes_per_second` (uploads and copies within the target
+/// alike); without a limit the pieces pass straight through.
+fn paced(
+    limits: Arc<HostLimits>,
+    body: BoxStream<'static, Result<Bytes, String>>,
+) -> BoxStream<'static, Result<Bytes, String>> {
+    body.then(move |piece| {
+        let limits = Arc::clone(&limits);
+        async move {
+            if let Ok(bytes) = &piece {
+                limits.bytes(bytes.len()).await;
+            }
+            piece
+        }
+    })
+    .boxed()
 }

@@ -2,11 +2,12 @@
 //! against what the target holds. The same digest means unchanged, and nothing more is asked.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::upstream::UpstreamRef;
 use super::{Engine, SyncError, deferred, failed_or_deferred, rewrite};
 use crate::config::SyncItem;
-use crate::outcome::TagResult;
+use crate::outcome::{CopyStats, TagResult};
 use crate::reference::Digest;
 use crate::signals::RunControl;
 
@@ -27,23 +28,42 @@ pub(super) struct Change {
 }
 
 impl Engine {
-    /// Phase 1 over a list of items; a stopped or crashed inspection becomes a result.
+    /// Phase 1 over a list of items, with the time each inspection took. A tag finished here
+    /// (unchanged, failed) is announced at once; a stopped or crashed inspection becomes a
+    /// result, announced when the phase ends.
     pub(super) async fn inspect_all(
         self: &Arc<Self>,
         items: &[SyncItem],
         control: &RunControl,
-    ) -> Vec<Inspection> {
-        self.for_each_item(items, control, |engine, item, _| async move {
-            engine.inspect(&item).await
-        })
-        .await
-        .into_iter()
-        .map(|r| match r {
-            None => Inspection::Done(deferred("stopped before the tag was checked")),
-            Some(Err(error)) => Inspection::Done(TagResult::Failed { error }),
-            Some(Ok(inspection)) => inspection,
-        })
-        .collect()
+    ) -> Vec<(Inspection, Duration)> {
+        let inspected = self
+            .for_each_item(items, control, |engine, item, _| async move {
+                let started = Instant::now();
+                let inspection = engine.inspect(&item).await;
+                let spent = started.elapsed();
+                if let Inspection::Done(result) = &inspection {
+                    engine.announce(&item, result.clone(), CopyStats::default(), spent);
+                }
+                (inspection, spent)
+            })
+            .await;
+        items
+            .iter()
+            .zip(inspected)
+            .map(|(item, r)| match r {
+                Some(Ok(done)) => done,
+                None => {
+                    let result = deferred("stopped before the tag was checked");
+                    self.announce(item, result.clone(), CopyStats::default(), Duration::ZERO);
+                    (Inspection::Done(result), Duration::ZERO)
+                }
+                Some(Err(error)) => {
+                    let result = TagResult::Failed { error };
+                    self.announce(item, result.clone(), CopyStats::default(), Duration::ZERO);
+                    (Inspection::Done(result), Duration::ZERO)
+                }
+            })
+            .collect()
     }
 
     /// Phase 1 for one tag: what upstream holds (a HEAD) against what the target holds.
@@ -69,7 +89,10 @@ impl Engine {
         let repository = item.source.repository();
         let digest = match (item.source.digest(), item.source.tag()) {
             (Some(digest), _) => digest.clone(),
-            (None, Some(tag)) => upstream.resolve(repository, tag).await?,
+            (None, Some(tag)) => {
+                upstream.reachable().await?;
+                upstream.resolve(repository, tag).await?
+            }
             (None, None) => {
                 return Err(SyncError::Other(
                     "reference has neither tag nor digest".into(),

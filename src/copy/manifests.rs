@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use futures_util::{StreamExt, TryStreamExt};
 
@@ -71,6 +72,10 @@ impl Engine {
         })?;
         match parsed {
             Parsed::Image { blobs } => {
+                route
+                    .counters
+                    .blobs_total
+                    .fetch_add(blobs.len() as u64, Ordering::Relaxed);
                 // After a failure no new blob starts, but the ones in flight finish: a transfer
                 // dropped mid-request would leave its upload session in a state the registry no
                 // longer matches, so it could not be cancelled.

@@ -18,6 +18,7 @@ mod inspect;
 mod ledger;
 mod manifests;
 mod pool;
+mod preflight;
 pub mod progress;
 mod rewrite;
 mod select;
@@ -25,24 +26,25 @@ mod upstream;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, SyncItem, TargetKind};
 use crate::manifest::ManifestError;
 use crate::outcome::{CopyStats, TagOutcome, TagResult};
-use crate::reference::Digest;
+use crate::reference::{Digest, TargetImage, TargetReference};
 use crate::registry::{
-    CredentialStore, EndpointError, RegistryClient, RegistryError, RequestObserver, RetryPolicy,
-    Usage,
+    CredentialStore, EndpointError, HostLimits, LimitSettings, RegistryClient, RegistryError,
+    RequestObserver, RetryPolicy, Usage,
 };
 use crate::signals::RunControl;
 use crate::target::{OciLayout, Target, TargetError};
 use inspect::{Change, Inspection};
 use ledger::{BlobLedger, ManifestLedger};
 use manifests::Route;
+pub use preflight::Probe;
 use upstream::{Upstream, UpstreamRef};
 
 /// Indexes may nest; deeper than this is refused rather than followed.
@@ -104,6 +106,10 @@ struct Counters {
     copied_bytes: AtomicU64,
     mounted: AtomicU64,
     present: AtomicU64,
+    /// Blobs of the manifests read so far (for "N of M blobs copied").
+    blobs_total: AtomicU64,
+    /// The copy began (a tag abandoned after this was cut short, not skipped).
+    started: AtomicBool,
 }
 
 impl Counters {
@@ -133,6 +139,10 @@ pub struct Engine {
     tag_lists: std::sync::Mutex<HashMap<String, TagListCell>>,
     blobs: BlobLedger,
     manifests: ManifestLedger,
+    /// Blob writes to the target at once (`target.concurrency`).
+    target_writes: tokio::sync::Semaphore,
+    /// `target.bytes_per_second`, for every blob byte written to the target.
+    target_bytes: Arc<HostLimits>,
     stop: CancellationToken,
     /// Live counters for the terminal progress line.
     pub progress: Arc<progress::Progress>,
@@ -146,6 +156,8 @@ impl Engine {
         observer: Option<Arc<dyn RequestObserver>>,
     ) -> Result<Self, SyncError> {
         let retry = RetryPolicy::default();
+        let credentials = CredentialStore::load(config.docker_config.as_deref())
+            .map_err(|e| SyncError::Other(e.to_string()))?;
         let target = match &config.target.kind {
             TargetKind::Registry(endpoint) => {
                 let usage = Usage {
@@ -154,8 +166,9 @@ impl Engine {
                     retry: retry.clone(),
                     observer: observer.clone(),
                 };
-                // The target uses its `auth:` only, never the Docker config.
-                let client = RegistryClient::for_endpoint(endpoint, None, usage)
+                // Its `auth:`, else the Docker config's credentials, as for any registry.
+                let docker = Some((&credentials, endpoint.host.as_str()));
+                let client = RegistryClient::for_endpoint(endpoint, docker, usage)
                     .await
                     .map_err(|e| match e {
                         EndpointError::Client(e) => SyncError::Target(e.into()),
@@ -166,8 +179,11 @@ impl Engine {
             }
             TargetKind::Path(path) => Target::Layout(OciLayout::new(path.clone())),
         };
-        let credentials = CredentialStore::load(config.docker_config.as_deref())
-            .map_err(|e| SyncError::Other(e.to_string()))?;
+        let target_writes = tokio::sync::Semaphore::new(config.target.concurrency.max(1));
+        let target_bytes = Arc::new(HostLimits::new(LimitSettings {
+            bytes_per_second: config.target.limits.bytes_per_second,
+            ..LimitSettings::default()
+        }));
         Ok(Engine {
             config,
             mode,
@@ -179,6 +195,8 @@ impl Engine {
             tag_lists: std::sync::Mutex::new(HashMap::new()),
             blobs: BlobLedger::default(),
             manifests: ManifestLedger::default(),
+            target_writes,
+            target_bytes,
             stop: CancellationToken::new(),
             progress: Arc::default(),
         })
@@ -239,13 +257,17 @@ impl Engine {
         self.progress
             .tags_total
             .store(items.len(), Ordering::Relaxed);
-        let mut results: Vec<Option<TagResult>> = vec![None; items.len()];
+        let mut finished: Vec<Option<TagOutcome>> = vec![None; items.len()];
+        let mut spent = vec![Duration::ZERO; items.len()];
         let mut changed = Vec::new();
-        for (i, inspection) in inspections.into_iter().enumerate() {
+        for (i, (inspection, took)) in inspections.into_iter().enumerate() {
+            spent[i] = took;
             match inspection {
                 Inspection::Done(result) => {
                     self.progress.tags_done.fetch_add(1, Ordering::Relaxed);
-                    results[i] = Some(result)
+                    // Announced when its inspection ended.
+                    let stats = CopyStats::default();
+                    finished[i] = Some(self.outcome(&items[i], result, stats, took));
                 }
                 Inspection::Changed(change) => changed.push((i, change)),
             }
@@ -267,45 +289,108 @@ impl Engine {
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&index);
                 let counters = Arc::clone(&counters[index]);
+                let inspected_in = spent[index];
                 async move {
+                    let started = Instant::now();
+                    counters.started.store(true, Ordering::Relaxed);
                     let result = match job {
                         Some(change) => engine.copy_tag(&item, change, &counters).await,
                         None => deferred("internal: missing work item"),
                     };
                     engine.progress.tags_done.fetch_add(1, Ordering::Relaxed);
-                    result
+                    let took = inspected_in + started.elapsed();
+                    engine.announce(&item, result, counters.snapshot(), took)
                 }
             })
             .await;
-        for (k, result) in copied.into_iter().enumerate() {
-            results[order[k]] = Some(match result {
-                None => deferred("stopped before the copy started"),
-                Some(Ok(result)) => result,
-                Some(Err(error)) => TagResult::Failed { error },
+        for (k, outcome) in copied.into_iter().enumerate() {
+            let i = order[k];
+            finished[i] = Some(match outcome {
+                Some(Ok(outcome)) => outcome,
+                // Not started, or abandoned at the end of the grace period: announced now.
+                None => {
+                    let reason = self.unfinished_reason(&counters[i], control);
+                    let took = run_started.elapsed();
+                    self.announce(&items[i], deferred(&reason), counters[i].snapshot(), took)
+                }
+                Some(Err(error)) => {
+                    let result = TagResult::Failed { error };
+                    let took = run_started.elapsed();
+                    self.announce(&items[i], result, counters[i].snapshot(), took)
+                }
             });
         }
         forward.abort();
         if self.mode == Mode::Sync {
-            self.keep_fallbacks(&fallbacks, first_referrer, &mut results)
+            self.keep_fallbacks(&fallbacks, first_referrer, &mut finished)
                 .await;
             self.target.cancel_abandoned_uploads().await;
         }
 
-        let elapsed = run_started.elapsed();
         for (i, item) in items.iter().enumerate() {
-            let outcome = TagOutcome {
-                source: item.source.to_string(),
-                target: target_name(item),
-                result: results[i].take().unwrap_or_else(|| deferred("not reached")),
-                stats: counters[i].snapshot(),
-                duration: elapsed,
-                key: item_key(item),
+            let outcome = match finished[i].take() {
+                Some(outcome) => outcome,
+                None => {
+                    let result = deferred("not reached");
+                    self.announce(item, result, counters[i].snapshot(), Duration::ZERO)
+                }
             };
-            outcome.log();
             outcomes.push(outcome);
         }
         outcomes
     }
+
+    /// The outcome of one tag (not announced).
+    fn outcome(
+        &self,
+        item: &SyncItem,
+        result: TagResult,
+        stats: CopyStats,
+        duration: Duration,
+    ) -> TagOutcome {
+        TagOutcome {
+            source: item.source.to_string(),
+            target: target_image(item),
+            result,
+            stats,
+            duration,
+            key: item_key(item),
+        }
+    }
+
+    /// The outcome of one tag that just finished, announced at once (a line or an event).
+    fn announce(
+        &self,
+        item: &SyncItem,
+        result: TagResult,
+        stats: CopyStats,
+        duration: Duration,
+    ) -> TagOutcome {
+        let outcome = self.outcome(item, result, stats, duration);
+        crate::report::tag_finished(&outcome, self.mode == Mode::Plan);
+        outcome
+    }
+
+    /// Why a changed tag did not finish: never started, or abandoned part way when the grace
+    /// period ended (or at a second signal), with how far its blobs got.
+    fn unfinished_reason(&self, counters: &Counters, control: &RunControl) -> String {
+        if !counters.started.load(Ordering::Relaxed) {
+            return "stopped before the copy started".into();
+        }
+        let when = if control.now.is_cancelled() {
+            "stopped at once by a second signal"
+        } else {
+            "stopped after the grace period"
+        };
+        let total = counters.blobs_total.load(Ordering::Relaxed);
+        if total == 0 {
+            return format!("{when}, before its manifest was read");
+        }
+        let s = counters.snapshot();
+        let done = (s.copied + s.mounted + s.present).min(total);
+        format!("{when}, {done} of {total} blobs copied")
+    }
+
     /// Phase 2 for one changed tag: content first, the tag last.
     async fn copy_tag(
         &self,
@@ -321,6 +406,10 @@ impl Engine {
             sparse: item.options.sparse,
         };
         let copied = async {
+            // With mirrors, content by digest may come from them while the origin is down.
+            if change.upstream.mirrors.is_empty() {
+                change.upstream.reachable().await?;
+            }
             let manifest = self
                 .copy_manifest(route, &change.digest, item.platforms.as_deref(), 0)
                 .await?;
@@ -341,7 +430,7 @@ impl Engine {
         match copied {
             Ok(manifest) => TagResult::Synced {
                 digest: manifest.digest.clone(),
-                new: change.current.is_none(),
+                previous: change.current,
             },
             Err(e) => failed_or_deferred(e),
         }
@@ -420,6 +509,20 @@ fn failed_or_deferred(error: SyncError) -> TagResult {
 }
 
 /// `repository:tag` (or `repository@digest`) at the target, for messages.
+/// Where an item lands, whole.
+pub fn target_image(item: &SyncItem) -> TargetImage {
+    let reference = match (&item.target_tag, item.source.digest()) {
+        (Some(tag), _) => TargetReference::Tag(tag.clone()),
+        (None, Some(d)) => TargetReference::Digest(d.clone()),
+        (None, None) => TargetReference::Selection,
+    };
+    TargetImage {
+        repository: item.target_repository.clone(),
+        reference,
+    }
+}
+
+/// Where an item lands, as text: `repo:tag` or `repo@digest`.
 pub fn target_name(item: &SyncItem) -> String {
     match (&item.target_tag, item.source.digest()) {
         (Some(tag), _) => format!("{}:{tag}", item.target_repository),

@@ -13,7 +13,7 @@ use super::{Engine, SyncError, target_name};
 use crate::config::SyncItem;
 use crate::manifest::OCI_INDEX;
 use crate::outcome::{CopyStats, TagOutcome, TagResult};
-use crate::reference::{Digest, Reference};
+use crate::reference::{Digest, Reference, TargetImage, TargetReference};
 use crate::registry::{self, FetchedManifest, RegistryClient};
 use crate::target::{Target, TargetError};
 
@@ -36,7 +36,10 @@ impl Engine {
                 Err(e) => {
                     let outcome = TagOutcome {
                         source: format!("{} (tag filters)", selection.source.name()),
-                        target: selection.target_repository.clone(),
+                        target: TargetImage {
+                            repository: selection.target_repository.clone(),
+                            reference: TargetReference::Selection,
+                        },
                         result: TagResult::Failed {
                             error: e.to_string(),
                         },
@@ -48,7 +51,7 @@ impl Engine {
                             selection.target_repository
                         ),
                     };
-                    outcome.log();
+                    crate::report::tag_finished(&outcome, self.mode == super::Mode::Plan);
                     failures.push(outcome);
                     continue;
                 }
@@ -84,6 +87,7 @@ impl Engine {
         upstream: &UpstreamRef,
         repository: &str,
     ) -> Result<Arc<Vec<String>>, SyncError> {
+        upstream.reachable().await?;
         let key = format!("{}/{repository}", upstream.host);
         let cell = {
             let mut lists = self.tag_lists.lock().unwrap_or_else(|p| p.into_inner());
@@ -108,13 +112,13 @@ impl Engine {
     pub(super) async fn referrer_items(
         &self,
         items: &[SyncItem],
-        inspections: &[Inspection],
+        inspections: &[(Inspection, Duration)],
     ) -> (Vec<SyncItem>, Vec<Fallback>) {
         let mut extra = Vec::new();
         let mut fallbacks: Vec<Fallback> = Vec::new();
         let mut taken: HashMap<String, Option<usize>> =
             items.iter().map(|i| (target_name(i), None)).collect();
-        for (item, inspection) in items.iter().zip(inspections) {
+        for (item, (inspection, _)) in items.iter().zip(inspections) {
             // Signatures name upstream's digest: useless where the mirror rewrites manifests.
             if !item.options.referrers || item.platforms.is_some() {
                 continue;
@@ -218,16 +222,19 @@ impl Engine {
     /// Keeps the `sha256-<hex>` fallback index of each subject at a target without the
     /// referrers API, as the distribution spec describes: the referrers copied are added to
     /// what the index lists already, nothing is dropped. Done when a referrer was copied this
-    /// run or the index is missing; `first` is where the referrer items start in `results`.
+    /// run or the index is missing; `first` is where the referrer items start in `finished`.
     /// A failure is reported on the referrers of that subject.
     pub(super) async fn keep_fallbacks(
         &self,
         fallbacks: &[Fallback],
         first: usize,
-        results: &mut [Option<TagResult>],
+        finished: &mut [Option<TagOutcome>],
     ) {
         let Target::Registry(client) = &self.target else {
             return;
+        };
+        let result = |finished: &[Option<TagOutcome>], i: usize| {
+            finished[first + i].as_ref().map(|o| o.result.clone())
         };
         for fallback in fallbacks {
             let done: Vec<&(serde_json::Value, usize)> = fallback
@@ -235,23 +242,28 @@ impl Engine {
                 .iter()
                 .filter(|(_, i)| {
                     matches!(
-                        results[first + i],
+                        result(finished, *i),
                         Some(TagResult::Synced { .. } | TagResult::Unchanged { .. })
                     )
                 })
                 .collect();
             let synced = done
                 .iter()
-                .any(|(_, i)| matches!(results[first + i], Some(TagResult::Synced { .. })));
+                .any(|(_, i)| matches!(result(finished, *i), Some(TagResult::Synced { .. })));
             if done.is_empty() {
                 continue;
             }
             if let Err(error) = self.keep_fallback(client, fallback, &done, synced).await {
                 tracing::warn!(repository = %fallback.repository, subject = %fallback.subject, %error, "cannot update the referrers fallback tag");
                 for (_, i) in &fallback.entries {
-                    results[first + i] = Some(TagResult::Failed {
-                        error: format!("referrers fallback tag of {}: {error}", fallback.subject),
-                    });
+                    if let Some(outcome) = finished[first + i].as_mut() {
+                        outcome.result = TagResult::Failed {
+                            error: format!(
+                                "referrers fallback tag of {}: {error}",
+                                fallback.subject
+                            ),
+                        };
+                    }
                 }
             }
         }

@@ -31,6 +31,9 @@ pub struct Upstream {
     /// Manifests fetched by tag while resolving it (no usable HEAD, or no digest on it), kept
     /// by (repository, digest) so the copy does not GET them a second time.
     pub prefetched: Mutex<HashMap<(String, Digest), FetchedManifest>>,
+    /// The origin's `GET /v2/` probe, made once per run: `Err` is the short reason every tag of
+    /// an unreachable host fails with.
+    probed: tokio::sync::OnceCell<Result<(), String>>,
 }
 
 impl Upstream {
@@ -84,7 +87,32 @@ impl Upstream {
             transfers: Semaphore::new(settings.concurrency.max(1)),
             reserve: u64::from(settings.rate_limit_reserve.unwrap_or(0)),
             prefetched: Default::default(),
+            probed: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// Fails fast when the origin cannot be reached. The first tag that needs the origin probes
+    /// it (`GET /v2/`, with its retries); a failure is logged once, with the request that
+    /// failed, and every tag of the host then fails with one short reason and no request of
+    /// its own. A tag that needs nothing from upstream (a pinned digest already mirrored) never
+    /// calls this.
+    pub async fn reachable(&self) -> Result<(), SyncError> {
+        let probed = self
+            .probed
+            .get_or_init(|| async {
+                self.origin.ping().await.map_err(|e| {
+                    tracing::error!(
+                        registry = %self.host, operation = "GET /v2/", error = %e,
+                        "upstream unreachable; its tags fail without further requests this run"
+                    );
+                    format!(
+                        "upstream {} unreachable (GET /v2/ failed; the error is logged once)",
+                        self.host
+                    )
+                })
+            })
+            .await;
+        probed.clone().map_err(SyncError::Other)
     }
 
     /// How many content sources there are: the mirrors, then the origin.

@@ -241,7 +241,7 @@ impl RegistryClient {
 
     /// `GET /v2/`: checks the registry speaks the API and learns its auth challenge.
     pub async fn ping(&self) -> Result<(), RegistryError> {
-        self.retrying("ping", || self.ping_cached()).await
+        self.retrying("GET /v2/", || self.ping_cached()).await
     }
 
     /// The first successful ping is remembered, and so is a failure no retry can mend (an

@@ -1,7 +1,8 @@
 //! mirrorsync's own small documents at the target (the run state), one per tag (a shard).
 //!
 //! In a registry a document is an OCI artifact in [`DOCUMENT_REPOSITORY`]: a `{}` config blob,
-//! one layer with the JSON, a manifest under the tag. In an OCI layout it is a file
+//! one layer with the JSON, a manifest under the tag; the manifest it replaces is deleted where
+//! the registry allows deletes. In an OCI layout it is a file
 //! `.mirrorsync-state-<tag>.json` in the layout directory, replaced atomically.
 
 use bytes::Bytes;
@@ -101,7 +102,9 @@ impl Target {
                     "mediaType": OCI_MANIFEST,
                     "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": config_digest.to_string(), "size": config.len()},
                     "layers": [{"mediaType": MEDIA_TYPE, "digest": layer.to_string(), "size": size}],
-                    "annotations": {"org.opencontainers.image.title": "mirrorsync state"},
+                    // The tag in the manifest keeps two shards' documents apart even when their
+                    // bodies are equal: deleting one's old manifest never touches the other.
+                    "annotations": {"org.opencontainers.image.title": "mirrorsync state", "io.mirrorsync.state.tag": tag},
                 });
                 let bytes = Bytes::from(serde_json::to_vec(&manifest).map_err(|e| e.to_string())?);
                 let fetched = FetchedManifest {
@@ -109,9 +112,33 @@ impl Target {
                     bytes,
                     media_type: OCI_MANIFEST.to_string(),
                 };
+                // (Not knowing it only leaves garbage behind; the write goes on.)
+                let previous = self
+                    .manifest_digest(DOCUMENT_REPOSITORY, tag)
+                    .await
+                    .ok()
+                    .flatten();
                 self.put_manifest(DOCUMENT_REPOSITORY, tag, &fetched)
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| e.to_string())?;
+                // The new document is in place: the old manifest is garbage. A registry that
+                // does not allow deletes (405 UNSUPPORTED) keeps it until its own GC.
+                if let Some(old) = previous.filter(|d| *d != fetched.digest) {
+                    match client.delete_manifest(DOCUMENT_REPOSITORY, &old).await {
+                        Ok(_) => {
+                            tracing::debug!(digest = %old, "deleted the previous state manifest")
+                        }
+                        Err(e) if e.status() == Some(405) => {
+                            tracing::debug!(
+                                "the target does not allow deletes; the previous state manifest stays"
+                            )
+                        }
+                        Err(e) => {
+                            tracing::warn!(digest = %old, error = %e, "could not delete the previous state manifest")
+                        }
+                    }
+                }
+                Ok(())
             }
         }
     }

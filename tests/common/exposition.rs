@@ -149,7 +149,7 @@ pub fn parse_sample(line: &str) -> Sample {
     }
 }
 
-/// The families PRODUCT.md names, with their types. `mirrorsync_ratelimit_remaining` is
+/// The families the README's "Observability" table names, with their types. `mirrorsync_ratelimit_remaining` is
 /// left out: it only exists once an upstream sent a `ratelimit-remaining` header, which a
 /// plain registry never does.
 pub const CONTRACT: &[(&str, &str)] = &[

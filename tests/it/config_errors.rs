@@ -360,3 +360,75 @@ async fn check_accepts_the_shipped_example() {
         out.stdout
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ca_file_without_a_certificate_is_a_config_error() {
+    // A CA file that exists but holds a private key, not a certificate: were it accepted, the
+    // run would trust nothing extra and fail at the first TLS handshake, far from the cause.
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    std::fs::write(dir.path().join("key-not-ca.pem"), key.serialize_pem()).unwrap();
+    let path = dir.path().join("key-not-ca.pem");
+    assert_config_error(
+        &format!(
+            "target:\n\
+             \x20 registry: \"{{HOST}}\"\n\
+             \x20 ca_file: {}\n\
+             images:\n\
+             \x20 - {{HOST}}/team/app:1.0\n",
+            path.display()
+        ),
+        Expected {
+            line: 3,
+            column: 12,
+            key: "target.ca_file",
+            reason: "holds no PEM certificate",
+        },
+    )
+    .await;
+    // An upstream CA file whose certificate section is not valid base64.
+    std::fs::write(
+        dir.path().join("broken.pem"),
+        "-----BEGIN CERTIFICATE-----\n!!not base64!!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    assert_config_error(
+        &format!(
+            "target:\n\
+             \x20 registry: \"{{HOST}}\"\n\
+             \x20 insecure: true\n\
+             registries:\n\
+             \x20 \"{{HOST}}\":\n\
+             \x20   ca_file: {}\n\
+             images:\n\
+             \x20 - {{HOST}}/team/app:1.0\n",
+            dir.path().join("broken.pem").display()
+        ),
+        Expected {
+            line: 6,
+            column: 14,
+            key: "registries.{HOST}.ca_file",
+            reason: "is not valid PEM",
+        },
+    )
+    .await;
+    // An empty file.
+    std::fs::write(dir.path().join("empty.pem"), "").unwrap();
+    assert_config_error(
+        &format!(
+            "target:\n\
+             \x20 registry: \"{{HOST}}\"\n\
+             \x20 ca_file: {}\n\
+             images:\n\
+             \x20 - {{HOST}}/team/app:1.0\n",
+            dir.path().join("empty.pem").display()
+        ),
+        Expected {
+            line: 3,
+            column: 12,
+            key: "target.ca_file",
+            reason: "holds no PEM certificate",
+        },
+    )
+    .await;
+}

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use common::*;
 
 /// The rendered container args, with the config path swapped for a local one and the
-/// Pushgateway dropped (the observability tests cover pushing).
+/// Pushgateway (and its `--instance`) dropped (the observability tests cover pushing).
 fn chart_args(file: &str, config: &str) -> Vec<String> {
     let path = format!("{}/charts/tests/golden/{file}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
@@ -19,8 +19,11 @@ fn chart_args(file: &str, config: &str) -> Vec<String> {
         .position(|a| a == "--config")
         .expect("--config in the chart's args");
     args[at + 1] = config.to_string();
-    if let Some(at) = args.iter().position(|a| a == "--pushgateway") {
-        args.drain(at..at + 2);
+    // The Pushgateway and its `instance` label (which needs it) go together.
+    for flag in ["--pushgateway", "--instance"] {
+        if let Some(at) = args.iter().position(|a| a == flag) {
+            args.drain(at..at + 2);
+        }
     }
     args
 }

@@ -833,8 +833,9 @@ async fn daemon_runs_passes_skips_overlaps_reloads_on_sighup_and_stops_on_sigter
     );
     // Every second since the start fell due once: it either ran a pass or was skipped, never
     // both (the first pass, from --run-now, was not a due one).
+    // Each pass loads the state once (it saves it only when it changed).
     let saves = state_sequence(&target.access_log().await)
-        .matches('P')
+        .matches('G')
         .count();
     let skipped_now = daemon
         .metrics()
@@ -875,17 +876,15 @@ async fn daemon_runs_passes_skips_overlaps_reloads_on_sighup_and_stops_on_sigter
         stop.elapsed()
     );
 
-    // Passes never overlapped: at the target, each pass loads the state then saves it, and the
-    // loads and saves alternate strictly over the daemon's whole life.
+    // Passes never overlapped: at the target, each pass loads the state, then saves it when it
+    // changed; two saves with no load between them would be two passes at once.
     let target_log = target.access_log().await;
     let seq = state_sequence(&target_log);
-    let passes = seq.matches('P').count();
+    let passes = seq.matches('G').count();
     assert!(passes >= 6, "passes: {seq}");
-    let alternating: String =
-        "GP".repeat(seq.len() / 2) + if seq.len() % 2 == 1 { "G" } else { "" };
-    assert_eq!(
-        seq, alternating,
-        "state loads (G) and saves (P) must alternate: passes overlapped"
+    assert!(
+        seq.starts_with('G') && !seq.contains("PP"),
+        "state loads (G) and saves (P): passes overlapped: {seq}"
     );
     // One summary line on stdout per completed pass.
     let stdout = daemon.stdout();

@@ -526,3 +526,106 @@ async fn with_concurrency_1_changed_tags_are_copied_in_priority_order_even_under
         );
     }
 }
+
+/// The line of a textfile metric that starts with `prefix`, parsed as a number.
+fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deferred_exit_code_lets_a_routine_quota_deferral_succeed() {
+    let _shared = LOAD.read().await;
+    let world = World::new().await;
+    let repo = "hub/quota";
+    let mut images = Vec::new();
+    for i in 0..6u64 {
+        small_image(&world.upstream, repo, &format!("d{i}"), 600 + i).await;
+        images.push(format!("{repo}:d{i}"));
+    }
+    let config = world.config(&images, "    rate_limit_reserve: 2\n", "concurrency: 1\n");
+    let metrics = world.dir.path().join("metrics.prom");
+    let metrics_arg = metrics.display().to_string();
+
+    // Five pulls left, reserve 2: three tags copied, three deferred. A CronJob run with
+    // --deferred-exit-code 0 succeeds, and still says what was deferred.
+    world.proxy.set_quota(Some(5));
+    let (out, _) = sync(
+        &config,
+        &["--deferred-exit-code", "0", "--metrics-file", &metrics_arg],
+    )
+    .await;
+    out.assert_code(0);
+    assert_eq!(
+        out.stdout
+            .lines()
+            .filter(|l| l.starts_with("DEFERRED "))
+            .count(),
+        3,
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("3 deferred"), "{}", out.stdout);
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    assert_eq!(
+        metric(&text, "mirrorsync_run_tags{result=\"deferred\"}"),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "mirrorsync_run_last_success_timestamp_seconds"),
+        None,
+        "a deferral is not a fully successful run:\n{text}"
+    );
+
+    // Any code can be chosen; without the flag it is 3.
+    world.proxy.set_quota(Some(2));
+    sync(&config, &["--deferred-exit-code", "7"])
+        .await
+        .0
+        .assert_code(7);
+    sync(&config, &[]).await.0.assert_code(3);
+
+    // A failed tag still fails the run, whatever the deferred code.
+    let mut with_missing = images.clone();
+    with_missing.push(format!("{repo}:does-not-exist"));
+    let broken = world.config(
+        &with_missing,
+        "    rate_limit_reserve: 2\n",
+        "concurrency: 1\n",
+    );
+    world.proxy.set_quota(Some(3));
+    let (out, _) = sync(&broken, &["--deferred-exit-code", "0"]).await;
+    out.assert_code(1);
+    assert!(out.stdout.contains("DEFERRED "), "{}", out.stdout);
+    // (`world.config` rewrites the one config file.)
+    let config = world.config(&images, "    rate_limit_reserve: 2\n", "concurrency: 1\n");
+
+    // Quota back: everything in sync, exit 0 with or without the flag.
+    world.proxy.set_quota(Some(100));
+    sync(&config, &["--deferred-exit-code", "7"])
+        .await
+        .0
+        .assert_code(0);
+    for i in 0..6 {
+        assert_image_complete(&world.target, repo, &format!("d{i}")).await;
+    }
+
+    // The daemon has no exit code per pass: the flag is a usage error there.
+    let out = mirrorsync(&[
+        "sync",
+        "--config",
+        &config.display().to_string(),
+        "--deferred-exit-code",
+        "0",
+    ])
+    .await;
+    out.assert_code(2);
+    assert!(
+        out.stderr.contains("--deferred-exit-code"),
+        "{}",
+        out.stderr
+    );
+}

@@ -194,6 +194,78 @@ A duration of the form <n>s|m|h|d|w in seconds.
 {{- end }}
 
 {{/*
+Seconds as the shortest <n>s|m|h|d|w: 86400 -> "1d", 7200 -> "2h".
+*/}}
+{{- define "mirrorsync.shortDuration" -}}
+{{- $s := int . }}
+{{- if eq (mod $s 604800) 0 }}{{ div $s 604800 }}w
+{{- else if eq (mod $s 86400) 0 }}{{ div $s 86400 }}d
+{{- else if eq (mod $s 3600) 0 }}{{ div $s 3600 }}h
+{{- else if eq (mod $s 60) 0 }}{{ div $s 60 }}m
+{{- else }}{{ $s }}s
+{{- end }}
+{{- end }}
+
+{{/*
+The longest gap between two passes of `schedule`, in seconds, where the form makes it plain;
+"" otherwise. Nicknames; every N (a step on "*") in the first field (seconds in a 6-field
+schedule, else minutes); a fixed minute with every hour or every N hours; a fixed minute and
+hour every day, or on one day of the week. (`@monthly` and `@yearly` give their longest month and year.)
+*/}}
+{{- define "mirrorsync.scheduleSeconds" -}}
+{{- $s := trim .Values.schedule }}
+{{- $nicknames := dict "@hourly" 3600 "@daily" 86400 "@midnight" 86400 "@weekly" 604800 "@monthly" 2678400 "@yearly" 31622400 "@annually" 31622400 }}
+{{- if hasKey $nicknames (lower $s) }}
+{{- get $nicknames (lower $s) }}
+{{- else }}
+{{- $f := regexSplit "\\s+" $s -1 }}
+{{- $unit := 60 }}
+{{- if eq (len $f) 6 }}
+{{- /* Seconds first: every N seconds, or a fixed second and the 5-field forms below. */}}
+{{- if and (regexMatch "^\\*/[1-9][0-9]*$" (index $f 0)) (eq (join " " (rest $f)) "* * * * *") }}
+{{- $unit = 0 }}{{ trimPrefix "*/" (index $f 0) }}
+{{- else if regexMatch "^[0-9]+$" (index $f 0) }}
+{{- $f = rest $f }}
+{{- else }}
+{{- $unit = 0 }}
+{{- end }}
+{{- end }}
+{{- if and (gt $unit 0) (eq (len $f) 5) }}
+{{- $m := index $f 0 }}{{ $h := index $f 1 }}{{ $dow := index $f 4 }}
+{{- $days := join " " (slice $f 2 4) }}
+{{- $fixed := "^[0-9]+$" }}
+{{- $step := "^\\*/[1-9][0-9]*$" }}
+{{- if and (eq $m "*") (eq (join " " (rest $f)) "* * * *") }}60
+{{- else if and (regexMatch $step $m) (eq (join " " (rest $f)) "* * * *") }}{{ mul (trimPrefix "*/" $m | int) 60 }}
+{{- else if and (regexMatch $fixed $m) (eq $h "*") (eq $days "* *") (eq $dow "*") }}3600
+{{- else if and (regexMatch $fixed $m) (regexMatch $step $h) (eq $days "* *") (eq $dow "*") }}{{ mul (trimPrefix "*/" $h | int) 3600 }}
+{{- else if and (regexMatch $fixed $m) (regexMatch $fixed $h) (eq $days "* *") (eq $dow "*") }}86400
+{{- else if and (regexMatch $fixed $m) (regexMatch $fixed $h) (eq $days "* *") (regexMatch "^([0-7]|[A-Za-z]{3})$" $dow) }}604800
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+metrics.prometheusRule.runInterval: as set, else derived from `schedule`. Fails when both are
+known and disagree, or when neither is.
+*/}}
+{{- define "mirrorsync.runInterval" -}}
+{{- $set := .Values.metrics.prometheusRule.runInterval }}
+{{- $derived := include "mirrorsync.scheduleSeconds" . }}
+{{- if and $set $derived }}
+{{- if ne (include "mirrorsync.seconds" $set | int) ($derived | int) }}
+{{- fail (printf "metrics.prometheusRule.runInterval %s disagrees with schedule %q, which runs every %s: leave runInterval empty to derive it from schedule, or make them agree" $set .Values.schedule (include "mirrorsync.shortDuration" $derived)) }}
+{{- end }}
+{{- end }}
+{{- if $set }}{{ $set }}
+{{- else if $derived }}{{ include "mirrorsync.shortDuration" $derived }}
+{{- else }}
+{{- fail (printf "metrics.prometheusRule.runInterval cannot be derived from schedule %q (only nicknames, */N, and fixed-minute hourly, daily and weekly forms are): set it to the longest time between two passes" .Values.schedule) }}
+{{- end }}
+{{- end }}
+
+{{/*
 --max-duration for cronjob mode, in seconds.
 */}}
 {{- define "mirrorsync.maxDurationSeconds" -}}
@@ -216,6 +288,7 @@ The container's arguments (the image's entrypoint is the mirrorsync binary).
 {{- $args = concat $args (list "--config" (printf "%s/sync.yaml" (include "mirrorsync.configDir" .)) "--log-format" .Values.logFormat) }}
 {{- if eq .Values.mode "cronjob" }}
 {{- $args = concat $args (list "--max-duration" (include "mirrorsync.goDuration" (include "mirrorsync.maxDurationSeconds" .))) }}
+{{- $args = concat $args (list "--deferred-exit-code" (toString (int .Values.cronjob.deferredExitCode))) }}
 {{- if .Values.metrics.pushgateway.url }}
 {{- $args = concat $args (list "--pushgateway" .Values.metrics.pushgateway.url "--instance" (include "mirrorsync.pushInstance" .)) }}
 {{- end }}

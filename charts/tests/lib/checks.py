@@ -20,7 +20,7 @@ import sys
 
 import yaml
 
-# The metric names of the product contract (shared/PRODUCT.md).
+# The metric names the README's "Observability" section documents.
 CONTRACT_METRICS = {
     "mirrorsync_process_start_time_seconds",
     "mirrorsync_runs_total",
@@ -325,8 +325,16 @@ def render_checks(case, rendered, value_files):
               arg_value(args, "--instance") == (expected_instance(values) if url else None))
         rules = job.get("podFailurePolicy", {}).get("rules", [])
         fail_codes = [r["onExitCodes"]["values"] for r in rules if r["action"] == "FailJob"]
-        check(f"{p} podFailurePolicy fails the Job at once on exit codes {cjv['failJobOnExitCodes']}",
-              fail_codes == ([cjv["failJobOnExitCodes"]] if cjv["failJobOnExitCodes"] else []))
+        deferred = cjv["deferredExitCode"]
+        want_codes = list(cjv["failJobOnExitCodes"] or [])
+        if deferred and deferred not in want_codes:
+            want_codes.append(deferred)
+        check(f"{p} podFailurePolicy fails the Job at once on exit codes {want_codes}",
+              fail_codes == ([want_codes] if want_codes else []))
+        check(f"{p} --deferred-exit-code {deferred} from cronjob.deferredExitCode",
+              arg_value(args, "--deferred-exit-code") == str(deferred))
+        check(f"{p} a deferral (exit {deferred}) is {'a failed' if deferred else 'a successful'} Job",
+              (deferred in sum(fail_codes, [])) == (deferred != 0))
         check(f"{p} no --metrics-addr in cronjob mode", "--metrics-addr" not in args)
         if shards > 1:
             par = cjv["parallelism"] or shards
@@ -345,8 +353,9 @@ def render_checks(case, rendered, value_files):
         check(f"{p} args: sync --metrics-addr 0.0.0.0:{port} without --once",
               args[0] == "sync" and "--once" not in args and arg_value(args, "--metrics-addr") == f"0.0.0.0:{port}")
         check(f"{p} --run-now follows deployment.runNow", ("--run-now" in args) == values["deployment"]["runNow"])
-        check(f"{p} no --max-duration/--pushgateway in deployment mode",
-              "--max-duration" not in args and "--pushgateway" not in args)
+        check(f"{p} no --max-duration/--pushgateway/--deferred-exit-code in deployment mode",
+              "--max-duration" not in args and "--pushgateway" not in args
+              and "--deferred-exit-code" not in args)
         cport = {pp["name"]: pp["containerPort"] for pp in c.get("ports", [])}
         check(f"{p} container port http-metrics = {port}", cport.get("http-metrics") == port)
         # /healthz is liveness only (a stuck scheduler); ready once /metrics answers.
@@ -407,6 +416,16 @@ def render_checks(case, rendered, value_files):
             if pr_values["runbookUrl"]:
                 check(f"{p} {r['alert']} runbook_url",
                       r["annotations"].get("runbook_url") == f"{pr_values['runbookUrl']}#{r['alert'].lower()}")
+        interval = (duration_seconds(pr_values["runInterval"]) if pr_values["runInterval"]
+                    else schedule_period(values["schedule"]))
+        missed = alerts["noSuccessfulRun"]["missedRuns"]
+        no_success = [r for r in rules if r["alert"] == "MirrorsyncNoSuccessfulRun"]
+        if no_success:
+            check(f"{p} MirrorsyncNoSuccessfulRun after {missed} × runInterval "
+                  f"({pr_values['runInterval'] or 'derived from ' + repr(values['schedule'])}: {interval}s)",
+                  interval is not None and any(r["expr"].rstrip().endswith(f"> {missed * interval}")
+                                               for r in no_success),
+                  "; ".join(r["expr"] for r in no_success))
         ns = pr_values["namespace"]
         if ns:
             check(f"{p} PrometheusRule namespace {ns}", prs[0]["metadata"]["namespace"] == ns)
@@ -449,6 +468,49 @@ def expected_image(values):
     if img["digest"]:
         return f"{repo}@{img['digest']}"
     return f"{repo}:{img['tag'] or APP_VERSION}"
+
+
+def duration_seconds(text):
+    """<n>s|m|h|d|w in seconds."""
+    m = re.fullmatch(r"(\d+)([smhdw])", text)
+    return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+
+
+def schedule_period(schedule):
+    """The longest gap between passes of the simple schedule forms the chart derives runInterval
+    from; None for the others."""
+    s = schedule.strip()
+    nick = {"@hourly": 3600, "@daily": 86400, "@midnight": 86400, "@weekly": 604800,
+            "@monthly": 31 * 86400, "@yearly": 366 * 86400, "@annually": 366 * 86400}
+    if s.lower() in nick:
+        return nick[s.lower()]
+    f = s.split()
+    step = re.compile(r"\*/([1-9]\d*)")
+    if len(f) == 6:
+        m = step.fullmatch(f[0])
+        if m and f[1:] == ["*"] * 5:
+            return int(m.group(1))
+        if not f[0].isdigit():
+            return None
+        f = f[1:]
+    if len(f) != 5:
+        return None
+    minute, hour, dom, mon, dow = f
+    if f == ["*"] * 5:
+        return 60
+    if step.fullmatch(minute) and f[1:] == ["*"] * 4:
+        return int(step.fullmatch(minute).group(1)) * 60
+    if not minute.isdigit() or (dom, mon) != ("*", "*"):
+        return None
+    if hour == "*" and dow == "*":
+        return 3600
+    if step.fullmatch(hour) and dow == "*":
+        return int(step.fullmatch(hour).group(1)) * 3600
+    if hour.isdigit() and dow == "*":
+        return 86400
+    if hour.isdigit() and re.fullmatch(r"[0-7]|[A-Za-z]{3}", dow):
+        return 604800
+    return None
 
 
 def arg_value(args, flag):

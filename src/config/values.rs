@@ -135,6 +135,13 @@ pub(crate) fn trim_prefix(prefix: &str) -> &str {
     prefix.trim_matches('/')
 }
 
+/// The default upload chunk (`target.chunk_size`): large enough that request overhead is small,
+/// small enough that a failed chunk is cheap to redo.
+pub const DEFAULT_CHUNK_SIZE: u64 = 64 * 1024 * 1024;
+
+/// The smallest chunk: ECR refuses parts below 5 MiB (except the last), as S3 does.
+pub const MIN_CHUNK_SIZE: u64 = 5 * 1024 * 1024;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,10 +235,3 @@ mod tests {
         assert_eq!(trim_prefix("/mirror/"), "mirror");
     }
 }
-
-/// The default upload chunk (`target.chunk_size`): large enough that request overhead is small,
-/// small enough that a failed chunk is cheap to redo.
-pub const DEFAULT_CHUNK_SIZE: u64 = 64 * 1024 * 1024;
-
-/// The smallest chunk: ECR refuses parts below 5 MiB (except the last), as S3 does.
-pub const MIN_CHUNK_SIZE: u64 = 5 * 1024 * 1024;

@@ -262,7 +262,8 @@ impl Engine {
         let mut synced = self.sync_all(&items, &counters, priority, control).await;
         let found: Vec<Option<Digest>> = synced.iter().map(|(d, _)| d.clone()).collect();
         // Signatures and attestations of what was found, after it.
-        let referrers = self.referrer_items(&items, &found).await;
+        let (referrers, fallbacks) = self.referrer_items(&items, &found).await;
+        let first_referrer = items.len();
         if !referrers.is_empty() {
             self.progress
                 .tags_total
@@ -276,10 +277,14 @@ impl Engine {
             counters.extend(more);
         }
         forward.abort();
+        let mut finished: Vec<Option<TagOutcome>> =
+            synced.into_iter().map(|(_, outcome)| Some(outcome)).collect();
         if self.mode == Mode::Sync {
+            self.keep_fallbacks(&fallbacks, first_referrer, &mut finished)
+                .await;
             self.target.cancel_abandoned_uploads().await;
         }
-        outcomes.extend(synced.into_iter().map(|(_, outcome)| outcome));
+        outcomes.extend(finished.into_iter().flatten());
         outcomes
     }
 

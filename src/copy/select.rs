@@ -2,15 +2,19 @@
 //! repository's tag list (fetched once per repository per run), and the cosign-style
 //! signature, attestation and SBOM tags (`sha256-<hex>.sig`, ...) of the tags being mirrored.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::upstream::UpstreamRef;
 use super::{Engine, SyncError, target_name};
 use crate::config::SyncItem;
+use crate::manifest::OCI_INDEX;
 use crate::outcome::{CopyStats, TagOutcome, TagResult};
-use crate::reference::Digest;
-use crate::reference::{TargetImage, TargetReference};
+use crate::reference::{Digest, Reference, TargetImage, TargetReference};
+use crate::registry::{self, FetchedManifest, RegistryClient};
+use crate::target::{Target, TargetError};
 
 impl Engine {
     /// The configured fixed tags plus the tags each `tags:` filter selects now. A selection
@@ -100,15 +104,19 @@ impl Engine {
         .cloned()
     }
 
-    /// For entries with `referrers: true`: cosign's `sha256-<hex>.sig|.att|.sbom` tags and the
-    /// OCI referrers fallback tag `sha256-<hex>` of each mirrored digest that exist upstream.
+    /// For entries with `referrers: true`: the referrers of each mirrored digest, from the
+    /// OCI referrers API where upstream has it (copied by digest), plus cosign's
+    /// `sha256-<hex>.sig|.att|.sbom` tags; where upstream has no referrers API, its
+    /// `sha256-<hex>` fallback tag instead. Also the fallback indexes to keep at the target.
     pub(super) async fn referrer_items(
         &self,
         items: &[SyncItem],
         found: &[Option<Digest>],
-    ) -> Vec<SyncItem> {
+    ) -> (Vec<SyncItem>, Vec<Fallback>) {
         let mut extra = Vec::new();
-        let mut taken: std::collections::HashSet<String> = items.iter().map(target_name).collect();
+        let mut fallbacks: Vec<Fallback> = Vec::new();
+        let mut taken: HashMap<String, Option<usize>> =
+            items.iter().map(|i| (target_name(i), None)).collect();
         for (item, digest) in items.iter().zip(found) {
             // Signatures name upstream's digest: useless where the mirror rewrites manifests.
             if !item.options.referrers || item.platforms.is_some() {
@@ -120,7 +128,57 @@ impl Engine {
             let Ok(upstream) = self.upstream(item.source.registry()).await else {
                 continue;
             };
-            let tags = match self.tag_list(&upstream, item.source.repository()).await {
+            let repository = item.source.repository();
+            let listed = match upstream.origin.list_referrers(repository, &digest).await {
+                Ok(listed) => listed,
+                Err(e) => {
+                    tracing::warn!(repository = %item.source.name(), %digest, error = %e, "cannot list referrers; using the fallback tag");
+                    None
+                }
+            };
+            let mut candidates = Vec::new();
+            if let Some(entries) = &listed {
+                let mut fallback = Fallback {
+                    repository: item.target_repository.clone(),
+                    subject: digest.clone(),
+                    entries: Vec::new(),
+                };
+                for entry in entries {
+                    let Some(referrer) = crate::registry::entry_digest(entry) else {
+                        continue;
+                    };
+                    let Ok(source) = Reference::new(
+                        item.source.registry(),
+                        repository,
+                        None,
+                        Some(referrer.clone()),
+                    ) else {
+                        continue;
+                    };
+                    let item = SyncItem {
+                        source,
+                        target_repository: item.target_repository.clone(),
+                        target_tag: None,
+                        platforms: None,
+                        location: item.location.clone(),
+                        options: crate::config::ItemOptions::default(),
+                    };
+                    let index = *taken.entry(target_name(&item)).or_insert_with(|| {
+                        extra.push(item);
+                        Some(extra.len() - 1)
+                    });
+                    if let Some(index) = index {
+                        fallback.entries.push((entry.clone(), index));
+                    }
+                }
+                let known = fallbacks
+                    .iter()
+                    .any(|f| f.repository == fallback.repository && f.subject == fallback.subject);
+                if !fallback.entries.is_empty() && !known {
+                    fallbacks.push(fallback);
+                }
+            }
+            let tags = match self.tag_list(&upstream, repository).await {
                 Ok(tags) => tags,
                 Err(e) => {
                     tracing::warn!(repository = %item.source.name(), error = %e, "cannot list tags to find signatures");
@@ -128,11 +186,19 @@ impl Engine {
                 }
             };
             let base = format!("{}-{}", digest.algorithm(), digest.encoded());
-            for suffix in ["", ".sig", ".att", ".sbom"] {
+            // With the referrers API, the fallback tag is ours to keep, not upstream's to copy.
+            let suffixes: &[&str] = if listed.is_some() {
+                &[".sig", ".att", ".sbom"]
+            } else {
+                &["", ".sig", ".att", ".sbom"]
+            };
+            for suffix in suffixes {
                 let tag = format!("{base}{suffix}");
-                if !tags.contains(&tag) {
-                    continue;
+                if tags.contains(&tag) {
+                    candidates.push(tag);
                 }
+            }
+            for tag in candidates {
                 let referrer = SyncItem {
                     source: item.source.with_tag(&tag),
                     target_repository: item.target_repository.clone(),
@@ -141,11 +207,132 @@ impl Engine {
                     location: item.location.clone(),
                     options: crate::config::ItemOptions::default(),
                 };
-                if taken.insert(target_name(&referrer)) {
+                if let Entry::Vacant(slot) = taken.entry(target_name(&referrer)) {
+                    slot.insert(None);
                     extra.push(referrer);
                 }
             }
         }
-        extra
+        (extra, fallbacks)
     }
+
+    /// Keeps the `sha256-<hex>` fallback index of each subject at a target without the
+    /// referrers API, as the distribution spec describes: the referrers copied are added to
+    /// what the index lists already, nothing is dropped. Done when a referrer was copied this
+    /// run or the index is missing; `first` is where the referrer items start in `finished`.
+    /// A failure is reported on the referrers of that subject.
+    pub(super) async fn keep_fallbacks(
+        &self,
+        fallbacks: &[Fallback],
+        first: usize,
+        finished: &mut [Option<TagOutcome>],
+    ) {
+        let Target::Registry(client) = &self.target else {
+            return;
+        };
+        let result = |finished: &[Option<TagOutcome>], i: usize| {
+            finished[first + i].as_ref().map(|o| o.result.clone())
+        };
+        for fallback in fallbacks {
+            let done: Vec<&(serde_json::Value, usize)> = fallback
+                .entries
+                .iter()
+                .filter(|(_, i)| {
+                    matches!(
+                        result(finished, *i),
+                        Some(TagResult::Synced { .. } | TagResult::Unchanged { .. })
+                    )
+                })
+                .collect();
+            let synced = done
+                .iter()
+                .any(|(_, i)| matches!(result(finished, *i), Some(TagResult::Synced { .. })));
+            if done.is_empty() {
+                continue;
+            }
+            if let Err(error) = self.keep_fallback(client, fallback, &done, synced).await {
+                tracing::warn!(repository = %fallback.repository, subject = %fallback.subject, %error, "cannot update the referrers fallback tag");
+                for (_, i) in &fallback.entries {
+                    if let Some(outcome) = finished[first + i].as_mut() {
+                        outcome.result = TagResult::Failed {
+                            error: format!(
+                                "referrers fallback tag of {}: {error}",
+                                fallback.subject
+                            ),
+                        };
+                    }
+                }
+            }
+        }
+    }
+
+    async fn keep_fallback(
+        &self,
+        client: &RegistryClient,
+        fallback: &Fallback,
+        done: &[&(serde_json::Value, usize)],
+        synced: bool,
+    ) -> Result<(), SyncError> {
+        let repository = &fallback.repository;
+        let subject = &fallback.subject;
+        let tag = format!("{}-{}", subject.algorithm(), subject.encoded());
+        let present = self.target.manifest_digest(repository, &tag).await?;
+        if present.is_some() && !synced {
+            return Ok(());
+        }
+        if client
+            .list_referrers(repository, subject)
+            .await
+            .map_err(TargetError::from)?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let mut entries = match present {
+            Some(_) => match self.target.get_manifest(repository, &tag).await? {
+                Some(existing) => registry::index_entries(&existing.bytes).ok_or_else(|| {
+                    SyncError::Other(format!(
+                        "{repository}:{tag} exists and is not an OCI index; left as it is"
+                    ))
+                })?,
+                None => Vec::new(),
+            },
+            None => Vec::new(),
+        };
+        let before = entries.len();
+        for (entry, _) in done {
+            let digest = registry::entry_digest(entry);
+            if !entries.iter().any(|e| registry::entry_digest(e) == digest) {
+                entries.push(entry.clone());
+            }
+        }
+        if present.is_some() && entries.len() == before {
+            return Ok(());
+        }
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": entries,
+        });
+        let bytes = bytes::Bytes::from(serde_json::to_vec(&index).unwrap_or_default());
+        let manifest = FetchedManifest {
+            digest: crate::manifest::digest_of(&bytes),
+            bytes,
+            media_type: OCI_INDEX.to_string(),
+        };
+        self.target
+            .put_manifest(repository, &tag, &manifest)
+            .await?;
+        tracing::info!(repository = %repository, tag = %tag, referrers = entries.len(), "referrers fallback tag updated");
+        Ok(())
+    }
+}
+
+/// The referrers of one mirrored digest, for its fallback tag at the target.
+pub(super) struct Fallback {
+    repository: String,
+    subject: Digest,
+    /// Each referrer's descriptor as upstream listed it, and its item (counted from the first
+    /// referrer item).
+    entries: Vec<(serde_json::Value, usize)>,
 }

@@ -20,6 +20,8 @@ pub struct Learned {
     mounts_refused: AtomicBool,
     /// A mount answered 201: mounts work here.
     mounts_work: AtomicBool,
+    /// `GET /v2/<name>/referrers/<digest>` is not answered with an index here.
+    no_referrers_api: AtomicBool,
     /// Until a behaviour is known, one request at a time finds it out, so tags or blobs in
     /// flight together do not all pay for the same failure.
     head_probe: tokio::sync::Mutex<()>,
@@ -34,6 +36,7 @@ impl Default for Learned {
             head_works: AtomicBool::new(false),
             mounts_refused: AtomicBool::new(false),
             mounts_work: AtomicBool::new(false),
+            no_referrers_api: AtomicBool::new(false),
             head_probe: tokio::sync::Mutex::new(()),
             mount_probe: tokio::sync::Mutex::new(()),
             chunk_size: AtomicU64::new(DEFAULT_CHUNK_SIZE),
@@ -94,6 +97,23 @@ impl Learned {
             tracing::info!(
                 registry = host,
                 "cross-repository mount refused; not asking again this run"
+            );
+        }
+    }
+
+    /// Whether the referrers API was found missing this run.
+    pub fn no_referrers_api(&self) -> bool {
+        self.no_referrers_api.load(Ordering::Relaxed)
+    }
+
+    /// The referrers API is missing: the `sha256-<hex>` fallback tags are used for the rest of
+    /// the run.
+    pub fn lacks_referrers_api(&self, host: &str, why: &str) {
+        if !self.no_referrers_api.swap(true, Ordering::Relaxed) {
+            tracing::info!(
+                registry = host,
+                reason = why,
+                "no OCI referrers API; using sha256-<hex> fallback tags for the rest of the run"
             );
         }
     }

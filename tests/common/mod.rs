@@ -67,7 +67,7 @@ pub use image::{
     PushedImage,
 };
 pub use proxy::{Action, LocationStyle, Proxy, Rule, RuleId, Seen, SeenExt, Times};
-pub use quirk::Quirk;
+pub use quirk::{Listed, Quirk};
 pub use registry::{Registry, RegistryOptions};
 pub use scenario::Scenario;
 pub use seed::{

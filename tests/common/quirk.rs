@@ -45,6 +45,25 @@ pub enum Quirk {
     /// frontend). Spec discussion: <https://github.com/opencontainers/distribution-spec/pull/296>
     /// ("the location header may point to an external service").
     LocationOtherHost(String),
+    /// An OCI 1.1 registry with the referrers API (zot, Harbor 2.8+, ACR, ghcr.io for OCI
+    /// artifacts): `GET /v2/<name>/referrers/<subject>` answers `200` with an OCI index of the
+    /// manifests whose `subject` is that digest, each listed with its `artifactType`. The test
+    /// seeds those manifests by digest and names them here; distribution 2.8 behind the proxy
+    /// answers every other subject with 404 (no API). Spec: "Listing Referrers",
+    /// <https://github.com/opencontainers/distribution-spec/blob/main/spec.md#listing-referrers>.
+    Referrers {
+        subject: String,
+        referrers: Vec<Listed>,
+    },
+}
+
+/// One manifest listed by [`Quirk::Referrers`].
+#[derive(Clone, Debug)]
+pub struct Listed {
+    pub media_type: String,
+    pub digest: String,
+    pub size: usize,
+    pub artifact_type: String,
 }
 
 impl Quirk {
@@ -93,6 +112,32 @@ impl Quirk {
                 "* /v2/*/blobs/uploads/*",
                 Action::RewriteLocation(LocationStyle::Host(host.clone())),
             )],
+            Quirk::Referrers { subject, referrers } => {
+                let manifests: Vec<serde_json::Value> = referrers
+                    .iter()
+                    .map(|r| {
+                        serde_json::json!({
+                            "mediaType": r.media_type,
+                            "digest": r.digest,
+                            "size": r.size,
+                            "artifactType": r.artifact_type,
+                        })
+                    })
+                    .collect();
+                let index = serde_json::json!({
+                    "schemaVersion": 2,
+                    "mediaType": "application/vnd.oci.image.index.v1+json",
+                    "manifests": manifests,
+                });
+                vec![Rule::new(
+                    &format!("GET /v2/*/referrers/{subject}"),
+                    Action::respond(
+                        200,
+                        &[("Content-Type", "application/vnd.oci.image.index.v1+json")],
+                        serde_json::to_vec(&index).expect("index json"),
+                    ),
+                )]
+            }
         };
         rules.into_iter().map(|r| proxy.add(r)).collect()
     }

@@ -896,3 +896,261 @@ async fn plain_http_where_tls_expected_fails_fast_and_typos_are_warned() {
         out.stderr
     );
 }
+
+/// A referrer manifest (an OCI 1.1 artifact) for `subject`, pushed by digest only: an empty
+/// config and one layer, `artifactType` set, `subject` naming the image.
+async fn push_referrer(
+    reg: &Registry,
+    repo: &str,
+    subject: &PushedImage,
+    artifact_type: &str,
+    payload: &[u8],
+) -> Listed {
+    let empty = push_blob(reg, repo, b"{}")
+        .await
+        .with_media_type("application/vnd.oci.empty.v1+json");
+    let blob = push_blob(reg, repo, payload)
+        .await
+        .with_media_type("application/octet-stream");
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": artifact_type,
+        "config": empty.to_json(),
+        "layers": [blob.to_json()],
+        "subject": {"mediaType": subject.media_type, "digest": subject.digest, "size": subject.manifest_bytes.len()},
+    });
+    let bytes = serde_json::to_vec(&manifest).expect("json");
+    let digest = push_manifest(reg, repo, &sha256_digest(&bytes), OCI_MANIFEST, &bytes).await;
+    Listed {
+        media_type: OCI_MANIFEST.into(),
+        digest,
+        size: bytes.len(),
+        artifact_type: artifact_type.into(),
+    }
+}
+
+fn referrers_config(w: &World, images: &[&str]) -> PathBuf {
+    let mut yaml = format!(
+        "target:\n  registry: \"{}\"\n  insecure: true\nregistries:\n  \"{}\":\n    insecure: true\nimages:\n",
+        w.target.host(),
+        w.up.host()
+    );
+    for image in images {
+        yaml.push_str(&format!(
+            "  - {{ source: \"{}/{image}\", referrers: true }}\n",
+            w.up.host()
+        ));
+    }
+    write_config(w.dir.path(), &yaml)
+}
+
+/// An upstream with the OCI referrers API: the referrers it lists are planned, copied by digest
+/// with their blobs, and listed in the `sha256-<hex>` fallback index at a target without the
+/// API (distribution 2.8), next to what that index listed already. A no-op run GETs no
+/// manifest.
+#[tokio::test(flavor = "multi_thread")]
+async fn referrers_api_upstream_into_a_target_without_it() {
+    let w = World::new().await;
+    let image = push_image(
+        &w.upstream,
+        "app/signed",
+        "1.0",
+        ImageSpec::new(Format::Oci, vec![layer(71, 3_000)]),
+    )
+    .await;
+    let sig = push_referrer(
+        &w.upstream,
+        "app/signed",
+        &image,
+        "application/vnd.dev.cosign.artifact.sig.v1+json",
+        b"signature",
+    )
+    .await;
+    let sbom = push_referrer(
+        &w.upstream,
+        "app/signed",
+        &image,
+        "application/spdx+json",
+        b"{\"spdxVersion\":\"SPDX-2.3\"}",
+    )
+    .await;
+    // The target's fallback index already lists another referrer: it must stay.
+    let other = push_referrer(
+        &w.target,
+        "app/signed",
+        &image,
+        "application/vnd.example.other",
+        b"other",
+    )
+    .await;
+    let hex = image.digest.trim_start_matches("sha256:");
+    let fallback_tag = format!("sha256-{hex}");
+    let existing = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": other.media_type, "digest": other.digest, "size": other.size, "artifactType": other.artifact_type}],
+    });
+    push_manifest(
+        &w.target,
+        "app/signed",
+        &fallback_tag,
+        OCI_INDEX,
+        &serde_json::to_vec(&existing).expect("json"),
+    )
+    .await;
+    Quirk::Referrers {
+        subject: image.digest.clone(),
+        referrers: vec![sig.clone(), sbom.clone()],
+    }
+    .install(&w.up);
+    let config = referrers_config(&w, &["app/signed:1.0"]);
+
+    let plan = mirrorsync(&["plan", "--config", &config.display().to_string()]).await;
+    plan.assert_code(0);
+    // Each referrer's payload is to copy; its empty config is at the target already.
+    for listed in [&sig, &sbom] {
+        let line = plan
+            .stdout
+            .lines()
+            .find(|l| l.contains(&format!("-> app/signed@{} ", listed.digest)))
+            .unwrap_or_else(|| {
+                panic!(
+                    "plan does not list referrer {}\n{}",
+                    listed.digest, plan.stdout
+                )
+            });
+        assert!(
+            line.starts_with("new: ") && line.contains("1 blob to copy"),
+            "{line}"
+        );
+    }
+    assert!(
+        plan.stdout.contains("3 tags: 3 to sync"),
+        "plan counts the image and its two referrers\n{}",
+        plan.stdout
+    );
+    assert!(
+        head_manifest(&w.target, "app/signed", &sig.digest)
+            .await
+            .is_none(),
+        "plan wrote"
+    );
+
+    let cold = w.sync(&config).await;
+    cold.assert_code(0);
+    assert_eq!(summary(&cold), (3, 0, 0), "{}", cold.stdout);
+    for listed in [&sig, &sbom] {
+        let up = get_manifest(&w.upstream, "app/signed", &listed.digest).await;
+        let down = get_manifest(&w.target, "app/signed", &listed.digest).await;
+        assert!(
+            down.is_some(),
+            "referrer {} missing at the target",
+            listed.digest
+        );
+        assert_eq!(down, up, "referrer {} bytes at the target", listed.digest);
+        assert_image_complete(&w.target, "app/signed", &listed.digest).await;
+    }
+    let (bytes, media_type, _) = get_manifest(&w.target, "app/signed", &fallback_tag)
+        .await
+        .expect("fallback tag at the target");
+    assert_eq!(media_type, OCI_INDEX);
+    let index: serde_json::Value = serde_json::from_slice(&bytes).expect("fallback index json");
+    let entries = index["manifests"].as_array().expect("manifests");
+    let digests: Vec<&str> = entries
+        .iter()
+        .filter_map(|e| e["digest"].as_str())
+        .collect();
+    assert_eq!(
+        digests,
+        [
+            other.digest.as_str(),
+            sig.digest.as_str(),
+            sbom.digest.as_str()
+        ]
+    );
+    assert_eq!(
+        entries[1]["artifactType"], sig.artifact_type,
+        "artifactType kept"
+    );
+
+    let mark = w.up.mark();
+    let again = w.sync(&config).await;
+    again.assert_code(0);
+    assert_eq!(summary(&again), (0, 3, 0), "{}", again.stdout);
+    let seen = w.up.since(mark);
+    assert_eq!(
+        tag_gets(&seen, "app/signed") + digest_gets(&seen, "app/signed"),
+        0,
+        "a no-op run GETs no manifest upstream"
+    );
+    assert_eq!(
+        get_manifest(&w.target, "app/signed", &fallback_tag)
+            .await
+            .map(|m| m.0),
+        Some(bytes),
+        "the fallback index is left as it is"
+    );
+}
+
+/// An upstream without the referrers API (distribution 2.8: 404) is asked once per run, then
+/// its `sha256-<hex>` fallback tags are used as before.
+#[tokio::test(flavor = "multi_thread")]
+async fn referrers_api_missing_upstream_is_asked_once_per_run() {
+    let w = World::new().await;
+    let mut fallbacks = Vec::new();
+    for (i, tag) in ["1.0", "2.0"].into_iter().enumerate() {
+        let image = push_image(
+            &w.upstream,
+            "app/plain",
+            tag,
+            ImageSpec::new(Format::Oci, vec![layer(80 + i as u64, 2_000)]),
+        )
+        .await;
+        let sig = push_referrer(
+            &w.upstream,
+            "app/plain",
+            &image,
+            "application/x.sig",
+            tag.as_bytes(),
+        )
+        .await;
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [{"mediaType": sig.media_type, "digest": sig.digest, "size": sig.size}],
+        });
+        let fallback = format!("sha256-{}", image.digest.trim_start_matches("sha256:"));
+        push_manifest(
+            &w.upstream,
+            "app/plain",
+            &fallback,
+            OCI_INDEX,
+            &serde_json::to_vec(&index).expect("json"),
+        )
+        .await;
+        fallbacks.push((fallback, sig));
+    }
+    let config = referrers_config(&w, &["app/plain:1.0", "app/plain:2.0"]);
+    let cold = w.sync(&config).await;
+    cold.assert_code(0);
+    let asked =
+        w.up.seen()
+            .iter()
+            .filter(|s| s.path.contains("/referrers/"))
+            .count();
+    assert_eq!(asked, 1, "the missing referrers API is asked once per run");
+    for (fallback, sig) in &fallbacks {
+        assert_eq!(
+            head_manifest(&w.target, "app/plain", fallback).await,
+            head_manifest(&w.upstream, "app/plain", fallback).await,
+            "{fallback} copied as is"
+        );
+        assert!(
+            head_manifest(&w.target, "app/plain", &sig.digest)
+                .await
+                .is_some()
+        );
+        assert_image_complete(&w.target, "app/plain", fallback).await;
+    }
+}

@@ -277,8 +277,10 @@ impl Engine {
             counters.extend(more);
         }
         forward.abort();
-        let mut finished: Vec<Option<TagOutcome>> =
-            synced.into_iter().map(|(_, outcome)| Some(outcome)).collect();
+        let mut finished: Vec<Option<TagOutcome>> = synced
+            .into_iter()
+            .map(|(_, outcome)| Some(outcome))
+            .collect();
         if self.mode == Mode::Sync {
             self.keep_fallbacks(&fallbacks, first_referrer, &mut finished)
                 .await;

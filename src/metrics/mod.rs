@@ -257,7 +257,7 @@ impl Metrics {
             ),
             tag_lag: gauge_vec(
                 TAG_LAG,
-                "Seconds the target has been behind an upstream digest already seen; 0 when in sync.",
+                "0 when the last pass confirmed the tag in sync; otherwise seconds since it was last confirmed in sync, whichever side (upstream or target) kept the pass from confirming it.",
                 &["source", "target"],
             ),
             blobs: counter_vec(
@@ -543,7 +543,7 @@ mirrorsync_schedule_skipped_passes_total 1
 mirrorsync_tag_in_sync{source="docker.io/library/nginx:1.25",target="mirror/library/nginx:1.25"} 1
 mirrorsync_tag_in_sync{source="docker.io/library/redis:7.2",target="mirror/library/redis:7.2"} 0
 mirrorsync_tag_in_sync{source="odd\\name \"quoted\"\nline",target="t"} 0
-# HELP mirrorsync_tag_lag_seconds Seconds the target has been behind an upstream digest already seen; 0 when in sync.
+# HELP mirrorsync_tag_lag_seconds 0 when the last pass confirmed the tag in sync; otherwise seconds since it was last confirmed in sync, whichever side (upstream or target) kept the pass from confirming it.
 # TYPE mirrorsync_tag_lag_seconds gauge
 mirrorsync_tag_lag_seconds{source="docker.io/library/nginx:1.25",target="mirror/library/nginx:1.25"} 0
 mirrorsync_tag_lag_seconds{source="docker.io/library/redis:7.2",target="mirror/library/redis:7.2"} 3600

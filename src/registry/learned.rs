@@ -62,11 +62,16 @@ impl Learned {
     }
 
     /// While nobody knows yet whether manifest HEAD works, a guard that makes callers take turns.
+    /// A caller that waited for its turn while the first one found out gets no guard: the
+    /// behaviour is known by then, and holding the lock would make every tag in flight take
+    /// turns for the whole run.
     pub async fn head_probe(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        if self.head_works.load(Ordering::Relaxed) || self.head_unreliable() {
+        let known = || self.head_works.load(Ordering::Relaxed) || self.head_unreliable();
+        if known() {
             return None;
         }
-        Some(self.head_probe.lock().await)
+        let guard = self.head_probe.lock().await;
+        (!known()).then_some(guard)
     }
 
     /// A manifest HEAD answered with a usable digest.
@@ -75,11 +80,14 @@ impl Learned {
     }
 
     /// While nobody knows yet whether mounts work, a guard that makes callers take turns.
+    /// As with [`Learned::head_probe`], a caller that waited while another found out gets none.
     pub async fn mount_probe(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        if self.mounts_work.load(Ordering::Relaxed) || self.mounts_refused() {
+        let known = || self.mounts_work.load(Ordering::Relaxed) || self.mounts_refused();
+        if known() {
             return None;
         }
-        Some(self.mount_probe.lock().await)
+        let guard = self.mount_probe.lock().await;
+        (!known()).then_some(guard)
     }
 
     /// A mount answered 201.
@@ -213,6 +221,39 @@ mod tests {
         assert_eq!(learned.chunk_size(), 5 * MIB);
         learned.set_chunk_size(MIB);
         assert_eq!(learned.chunk_size(), 5 * MIB);
+    }
+
+    #[tokio::test]
+    async fn callers_queued_behind_the_first_probe_go_free_once_it_found_out() {
+        let learned = std::sync::Arc::new(Learned::default());
+        let first = learned.head_probe().await;
+        assert!(first.is_some(), "nobody knows yet: the first caller probes");
+        let queued: Vec<_> = (0..3)
+            .map(|_| {
+                let learned = std::sync::Arc::clone(&learned);
+                tokio::spawn(async move { learned.head_probe().await.is_some() })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        learned.trust_head();
+        drop(first);
+        for waiting in queued {
+            assert!(
+                !waiting.await.unwrap(),
+                "a caller that waited kept a guard after HEAD was known to work"
+            );
+        }
+
+        let first = learned.mount_probe().await;
+        assert!(first.is_some());
+        let queued = {
+            let learned = std::sync::Arc::clone(&learned);
+            tokio::spawn(async move { learned.mount_probe().await.is_some() })
+        };
+        tokio::task::yield_now().await;
+        learned.refuse_mounts("r");
+        drop(first);
+        assert!(!queued.await.unwrap());
     }
 
     #[test]

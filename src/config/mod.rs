@@ -37,8 +37,10 @@ pub const DEFAULT_CONCURRENCY: usize = 64;
 pub const DEFAULT_REGISTRY_CONCURRENCY: usize = 32;
 /// Default for [`RegistrySettings::concurrency`] on Docker Hub: as before, gentle on Hub.
 pub const DOCKER_HUB_CONCURRENCY: usize = 4;
-/// Default for [`Target::concurrency`]: blob uploads at once to the target.
-pub const DEFAULT_TARGET_CONCURRENCY: usize = 4;
+/// Default for [`TargetSettings::concurrency`]: blob writes at once to the target. A blob
+/// streams from upstream straight into its upload, so a write lasts as long as its download:
+/// as many as an upstream host's default transfers, or those would wait for a write slot.
+pub const DEFAULT_TARGET_CONCURRENCY: usize = DEFAULT_REGISTRY_CONCURRENCY;
 /// Requests per second to Docker Hub unless configured: well under its abuse limits.
 pub const DOCKER_HUB_REQUESTS_PER_SECOND: f64 = 10.0;
 /// Request burst to Docker Hub unless configured.

@@ -200,7 +200,7 @@ async fn target_concurrency_bounds_uploads_in_flight() {
         )
     };
 
-    // Control: with the default (4), several uploads are open at once, so the count sees
+    // Control: with the default (32), several uploads are open at once, so the count sees
     // overlap when there is some.
     let mark = target.log_mark().await;
     sync_once(&config("", "wide/a"), &dir)

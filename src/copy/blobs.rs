@@ -8,6 +8,7 @@ use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use tokio::sync::SemaphorePermit;
 
+use super::queue::SMALL_BLOB;
 use super::upstream::UpstreamRef;
 use super::{Counters, Engine, Mode, SyncError, download};
 use crate::manifest::Descriptor;
@@ -62,11 +63,7 @@ impl Engine {
         }
         if self.mode == Mode::Sync {
             self.stop_if_requested()?;
-            let _permit = upstream
-                .transfers
-                .acquire()
-                .await
-                .map_err(|e| SyncError::Other(e.to_string()))?;
+            let _transfer = upstream.transfers.acquire(blob.size).await;
             // Taken before the download starts, so no upstream body waits on an idle socket.
             let _writing = self.target_write_slot().await?;
             self.stream_from_upstream(upstream, source_repo, target_repo, blob)
@@ -102,7 +99,9 @@ impl Engine {
                 break;
             };
             let client = upstream.source(source);
-            let response = match client.get_blob_from(source_repo, &blob.digest, 0).await {
+            let response = match client
+                .get_blob_from(source_repo, &blob.digest, 0, blob.size > SMALL_BLOB)
+                .await {
                 Ok((response, _)) => response,
                 Err(e) if !upstream.is_origin(source) => {
                     upstream.note_failure(source, &e);

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 
+use super::queue::SMALL_BLOB;
 use super::upstream::UpstreamRef;
 use crate::reference::Digest;
 use crate::registry::describe_reqwest_error;
@@ -60,7 +61,9 @@ pub fn resumable(
                     return None;
                 }
                 let client = st.upstream.source(st.source);
-                match client.get_blob_from(&st.repository, &st.digest, st.offset).await {
+                match client
+                    .get_blob_from(&st.repository, &st.digest, st.offset, st.size > SMALL_BLOB)
+                    .await {
                     Ok((response, at_offset)) => {
                         st.skip = if at_offset { 0 } else { st.offset };
                         st.body = Some(response.bytes_stream().boxed());

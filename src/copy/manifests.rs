@@ -81,8 +81,11 @@ impl Engine {
                 // longer matches, so it could not be cancelled.
                 let failed = std::sync::atomic::AtomicBool::new(false);
                 let failed = &failed;
-                let transfers: Vec<_> = blobs
-                    .iter()
+                // Biggest first: over a long link the big blobs set the run's length.
+                let mut by_size: Vec<&Descriptor> = blobs.iter().collect();
+                by_size.sort_by_key(|blob| std::cmp::Reverse(blob.size));
+                let transfers: Vec<_> = by_size
+                    .into_iter()
                     .map(|blob| async move {
                         if failed.load(std::sync::atomic::Ordering::Relaxed) {
                             return Ok(());

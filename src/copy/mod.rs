@@ -22,6 +22,7 @@ mod manifests;
 mod pool;
 mod preflight;
 pub mod progress;
+mod queue;
 mod rewrite;
 mod select;
 mod upstream;

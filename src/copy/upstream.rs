@@ -5,9 +5,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::Semaphore;
-
 use super::SyncError;
+use super::queue::TransferSlots;
 use crate::config::RegistrySettings;
 use crate::reference::Digest;
 use crate::registry::{
@@ -24,8 +23,8 @@ pub struct Upstream {
     pub mirrors: Vec<RegistryClient>,
     /// Mirrors that could not be reached this run are not asked again.
     pub mirror_down: Vec<std::sync::atomic::AtomicBool>,
-    /// Blob transfers at once from this host.
-    pub transfers: Semaphore,
+    /// Blob transfers at once from this host, the biggest waiting blob first.
+    pub transfers: TransferSlots,
     /// Stop spending manifest GETs at the origin when its reported pulls left reach this.
     pub reserve: u64,
     /// Manifests fetched by tag while resolving it (no usable HEAD, or no digest on it), kept
@@ -84,7 +83,7 @@ impl Upstream {
             origin,
             mirror_down: mirrors.iter().map(|_| Default::default()).collect(),
             mirrors,
-            transfers: Semaphore::new(settings.concurrency.max(1)),
+            transfers: TransferSlots::new(settings.concurrency),
             reserve: u64::from(settings.rate_limit_reserve.unwrap_or(0)),
             prefetched: Default::default(),
             probed: tokio::sync::OnceCell::new(),

@@ -37,17 +37,19 @@ impl RegistryClient {
         repository: &str,
         digest: &Digest,
     ) -> Result<reqwest::Response, RegistryError> {
-        Ok(self.get_blob_from(repository, digest, 0).await?.0)
+        Ok(self.get_blob_from(repository, digest, 0, false).await?.0)
     }
 
     /// `GET /v2/<name>/blobs/<digest>` with `Range: bytes=<offset>-` to resume a download.
     /// Returns the response and whether it starts at `offset` (206) or at 0 (200: the registry
-    /// ignored the range, and the caller must skip `offset` bytes).
+    /// ignored the range, and the caller must skip `offset` bytes). A `bulk` download gets an
+    /// HTTP/1.1 connection of its own (see [`RegistryClient::send`]).
     pub async fn get_blob_from(
         &self,
         repository: &str,
         digest: &Digest,
         offset: u64,
+        bulk: bool,
     ) -> Result<(reqwest::Response, bool), RegistryError> {
         let url = self.url(&format!("v2/{repository}/blobs/{digest}"))?;
         let mut headers = HeaderMap::new();
@@ -58,7 +60,8 @@ impl RegistryClient {
         }
         let call = Call::new("GET blob", Method::GET, url.clone(), pull(repository))
             .headers(headers)
-            .expect(Expect::Success);
+            .expect(Expect::Success)
+            .bulk(bulk);
         let response = self.call(&call, Replayable::Empty).await?.ok_or_else(|| {
             RegistryError::protocol(&url, "blob GET answered 404 where a body was expected")
         })?;

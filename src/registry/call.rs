@@ -42,6 +42,8 @@ pub(super) struct Call {
     pub expect: Expect,
     /// `404` is an answer ("absent"), not an error.
     pub missing_ok: bool,
+    /// Sent on a connection of its own (see [`RegistryClient::send`]).
+    pub bulk: bool,
 }
 
 impl Call {
@@ -54,7 +56,14 @@ impl Call {
             headers: HeaderMap::new(),
             expect: Expect::Only(StatusCode::OK),
             missing_ok: false,
+            bulk: false,
         }
+    }
+
+    /// A big body: on a connection of its own, not multiplexed with the small requests.
+    pub fn bulk(mut self, bulk: bool) -> Call {
+        self.bulk = bulk;
+        self
     }
 
     pub fn headers(mut self, headers: HeaderMap) -> Call {
@@ -115,6 +124,7 @@ impl RegistryClient {
                 call.scopes.clone(),
                 call.headers.clone(),
                 body,
+                call.bulk,
             )
             .await?;
         let status = response.status();

@@ -138,6 +138,8 @@ pub struct RegistryClient {
     label: String,
     base: Url,
     http: reqwest::Client,
+    /// For big blob downloads: HTTP/1.1, a connection per transfer.
+    bulk: reqwest::Client,
     auth: Authenticator,
     pinged: tokio::sync::OnceCell<()>,
     limits: HostLimits,
@@ -169,13 +171,15 @@ impl RegistryClient {
         let base = Url::parse(&format!("{scheme}://{}/", options.host)).map_err(|e| {
             RegistryError::protocol(&options.host, format!("not a valid registry host: {e}"))
         })?;
-        let http = build_http_client(options.ca_file.as_deref(), &options.host)?;
+        let http = build_http_client(options.ca_file.as_deref(), &options.host, false)?;
+        let bulk = build_http_client(options.ca_file.as_deref(), &options.host, true)?;
         Ok(RegistryClient {
             auth: Authenticator::new(&options.host, options.credentials),
             host: options.host,
             label: options.label,
             base,
             http,
+            bulk,
             pinged: tokio::sync::OnceCell::new(),
             limits: HostLimits::new(options.limits),
             retry: options.retry,
@@ -341,6 +345,12 @@ impl RegistryClient {
     }
 
     /// The one place requests are built and sent: authentication, and a bounded retry on 401.
+    ///
+    /// Over HTTP/2 every request to the host shares one connection, and a server sends what it
+    /// has queued on it in order: a small answer (a manifest, a config blob) waits behind the
+    /// megabytes of big blobs already in the pipe, a few round trips on a long link. A `bulk`
+    /// request (a big blob) therefore goes on an HTTP/1.1 connection of its own, as a browser's
+    /// downloads do, and the shared one stays quick for the small requests.
     pub async fn send(
         &self,
         method: Method,
@@ -348,13 +358,14 @@ impl RegistryClient {
         mut scopes: Vec<String>,
         headers: HeaderMap,
         body: RequestBody,
+        bulk: bool,
     ) -> Result<reqwest::Response, RegistryError> {
         self.ping_cached().await?;
         let mut body = Some(body);
         let mut tried = 0;
+        let http = if bulk { &self.bulk } else { &self.http };
         loop {
-            let mut request = self
-                .http
+            let mut request = http
                 .request(method.clone(), url.clone())
                 .headers(headers.clone());
             if let Some(value) = self.auth.authorization(self, &scopes).await? {
@@ -446,7 +457,13 @@ impl RegistryClient {
     }
 }
 
-fn build_http_client(ca_file: Option<&Path>, host: &str) -> Result<reqwest::Client, RegistryError> {
+/// The HTTP client of one host: HTTP/2 when the server offers it over ALPN, or, for `bulk`
+/// transfers, HTTP/1.1 only.
+fn build_http_client(
+    ca_file: Option<&Path>,
+    host: &str,
+    bulk: bool,
+) -> Result<reqwest::Client, RegistryError> {
     let mut builder = reqwest::Client::builder()
         .user_agent(concat!("mirrorsync/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(30))
@@ -458,11 +475,14 @@ fn build_http_client(ca_file: Option<&Path>, host: &str) -> Result<reqwest::Clie
         // takes many round trips to grow): 16 MiB fills 1 Gbit/s at 130 ms.
         .http2_initial_connection_window_size(H2_CONNECTION_WINDOW)
         .http2_initial_stream_window_size(H2_STREAM_WINDOW);
+    if bulk {
+        builder = builder.http1_only();
+    }
     if let Some(path) = ca_file {
         let pem = std::fs::read(path).map_err(|e| {
             RegistryError::protocol(host, format!("reading CA file {}: {e}", path.display()))
         })?;
-        builder = builder.tls_backend_preconfigured(tls::client_config(&pem, path, host)?);
+        builder = builder.tls_backend_preconfigured(tls::client_config(&pem, path, host, bulk)?);
     }
     builder
         .build()

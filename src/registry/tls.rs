@@ -19,11 +19,13 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use super::RegistryError;
 
-/// The rustls configuration for a host whose `ca_file` is `pem` (read from `path`).
+/// The rustls configuration for a host whose `ca_file` is `pem` (read from `path`); `http1_only`
+/// offers no HTTP/2 over ALPN.
 pub(super) fn client_config(
     pem: &[u8],
     path: &Path,
     host: &str,
+    http1_only: bool,
 ) -> Result<rustls::ClientConfig, RegistryError> {
     let bad = |detail: String| {
         RegistryError::protocol(host, format!("CA file {}: {detail}", path.display()))
@@ -50,7 +52,11 @@ pub(super) fn client_config(
         .with_no_client_auth();
     // A preconfigured TLS backend gets no ALPN from reqwest: offer HTTP/2 as the default one does.
     let mut config = config;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = if http1_only {
+        vec![b"http/1.1".to_vec()]
+    } else {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    };
     Ok(config)
 }
 

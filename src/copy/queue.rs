@@ -1,0 +1,261 @@
+//! Blob transfer slots of one upstream host, handed out by size.
+//!
+//! Over a long link a small blob costs a round trip and a big one costs link time. Big blobs
+//! (over [`SMALL_BLOB`]) go biggest first, so they overlap with everything else instead of
+//! ending the run alone on an otherwise idle link; but they may hold only three quarters of the
+//! slots (all of them below four), so the small ones (configs, small layers) and the manifests
+//! waiting on them always have slots of their own and are not stuck behind big ones for the
+//! whole transfer. Small blobs may use every slot, first come, first served.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
+
+/// Blobs up to this size are mostly a round trip on a long link (1 MiB crosses 100 Mbit/s in
+/// 84 ms), so they are not held back behind big ones.
+pub const SMALL_BLOB: u64 = 1024 * 1024;
+
+/// `limit` transfers at once.
+pub struct TransferSlots {
+    state: Arc<Mutex<State>>,
+}
+
+struct State {
+    free: usize,
+    /// Slots big blobs may hold at once: `limit - limit / 4`.
+    big_quota: usize,
+    running_big: usize,
+    /// Everyone waiting, by arrival; the big ones again by (size, arrival).
+    waiting: BTreeMap<u64, Waiter>,
+    big_by_size: BTreeSet<(u64, u64)>,
+    arrivals: u64,
+}
+
+struct Waiter {
+    size: u64,
+    wake: oneshot::Sender<TransferSlot>,
+}
+
+/// One transfer slot; dropping it hands it on to a waiting blob (or frees it).
+pub struct TransferSlot {
+    /// `None` once handed back without being used (see the `Drop`).
+    state: Option<Arc<Mutex<State>>>,
+    big: bool,
+}
+
+impl TransferSlots {
+    pub fn new(limit: usize) -> Self {
+        let limit = limit.max(1);
+        TransferSlots {
+            state: Arc::new(Mutex::new(State {
+                free: limit,
+                big_quota: limit - limit / 4,
+                running_big: 0,
+                waiting: BTreeMap::new(),
+                big_by_size: BTreeSet::new(),
+                arrivals: 0,
+            })),
+        }
+    }
+
+    /// A slot for a blob of `size` bytes, when its turn comes. Cancelling the wait gives up the
+    /// place in the queue; a slot handed to a cancelled waiter goes on to the next one.
+    pub async fn acquire(&self, size: u64) -> TransferSlot {
+        let woken = {
+            let mut state = lock(&self.state);
+            let (wake, woken) = oneshot::channel();
+            state.arrivals += 1;
+            let arrival = state.arrivals;
+            state.waiting.insert(arrival, Waiter { size, wake });
+            if size > SMALL_BLOB {
+                state.big_by_size.insert((size, arrival));
+            }
+            state.dispatch(&self.state);
+            woken
+        };
+        match woken.await {
+            Ok(slot) => slot,
+            // The sender stays queued until a slot is handed over, and a handed-over slot
+            // always arrives: unreachable, but a fresh wait is the safe answer.
+            Err(_) => Box::pin(self.acquire(size)).await,
+        }
+    }
+}
+
+impl State {
+    /// Hands free slots to waiters: the biggest big blob while big ones are under their quota,
+    /// else the longest-waiting small one.
+    fn dispatch(&mut self, shared: &Arc<Mutex<State>>) {
+        while self.free > 0 {
+            let next = if self.running_big < self.big_quota
+                && let Some(&(_, arrival)) = self.biggest()
+            {
+                arrival
+            } else if let Some(arrival) = self.oldest_small() {
+                arrival
+            } else {
+                return;
+            };
+            let Some(waiter) = self.waiting.remove(&next) else {
+                return;
+            };
+            let big = waiter.size > SMALL_BLOB;
+            if big {
+                self.big_by_size.remove(&(waiter.size, next));
+            }
+            self.free -= 1;
+            self.running_big += usize::from(big);
+            let slot = TransferSlot {
+                state: Some(Arc::clone(shared)),
+                big,
+            };
+            // A waiter that gave up: take the slot back (without running its drop while the
+            // lock is held) and go on to the next one.
+            if let Err(mut unused) = waiter.wake.send(slot) {
+                unused.state = None;
+                self.free += 1;
+                self.running_big -= usize::from(big);
+            }
+        }
+    }
+
+    /// The biggest waiting big blob, the earliest among equals.
+    fn biggest(&self) -> Option<&(u64, u64)> {
+        let size = self.big_by_size.last()?.0;
+        self.big_by_size.range((size, 0)..).next()
+    }
+
+    fn oldest_small(&self) -> Option<u64> {
+        self.waiting
+            .iter()
+            .find(|(_, w)| w.size <= SMALL_BLOB)
+            .map(|(arrival, _)| *arrival)
+    }
+}
+
+impl Drop for TransferSlot {
+    fn drop(&mut self) {
+        let Some(shared) = self.state.take() else {
+            return;
+        };
+        let mut state = lock(&shared);
+        state.free += 1;
+        state.running_big -= usize::from(self.big);
+        state.dispatch(&shared);
+    }
+}
+
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Starts a waiter for `size` that records its turn in `order`, and lets it queue.
+    async fn queue(
+        slots: &Arc<TransferSlots>,
+        size: u64,
+        order: &Arc<Mutex<Vec<u64>>>,
+    ) -> tokio::task::JoinHandle<()> {
+        let before = lock(&slots.state).arrivals;
+        let (mine, order) = (Arc::clone(slots), Arc::clone(order));
+        let task = tokio::spawn(async move {
+            let _slot = mine.acquire(size).await;
+            order.lock().unwrap().push(size);
+        });
+        // Until it is queued.
+        while lock(&slots.state).arrivals == before {
+            tokio::task::yield_now().await;
+        }
+        task
+    }
+
+    const BIG: u64 = SMALL_BLOB + 1;
+
+    #[tokio::test]
+    async fn big_blobs_go_biggest_first_small_ones_in_arrival_order() {
+        let slots = Arc::new(TransferSlots::new(1));
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let held = slots.acquire(1).await;
+        let mut tasks = Vec::new();
+        for size in [10, BIG, 700, 5 * BIG, 42, 5 * BIG] {
+            tasks.push(queue(&slots, size, &order).await);
+        }
+        drop(held);
+        for task in tasks {
+            tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .expect("a waiter never got its slot")
+                .unwrap();
+        }
+        assert_eq!(
+            *order.lock().unwrap(),
+            vec![5 * BIG, 5 * BIG, BIG, 10, 700, 42]
+        );
+    }
+
+    #[tokio::test]
+    async fn big_blobs_leave_a_quarter_of_the_slots_to_small_ones() {
+        let slots = Arc::new(TransferSlots::new(8));
+        let mut big = Vec::new();
+        for _ in 0..6 {
+            big.push(
+                tokio::time::timeout(Duration::from_secs(1), slots.acquire(BIG))
+                    .await
+                    .expect("big blobs get three quarters of the slots"),
+            );
+        }
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), slots.acquire(BIG))
+                .await
+                .is_err(),
+            "a seventh big blob took a slot kept for small ones"
+        );
+        let _small = tokio::time::timeout(Duration::from_secs(1), slots.acquire(10))
+            .await
+            .expect("the slots kept for small blobs were taken");
+        let _small2 = tokio::time::timeout(Duration::from_secs(1), slots.acquire(10))
+            .await
+            .expect("the slots kept for small blobs were taken");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), slots.acquire(10))
+                .await
+                .is_err(),
+            "more than the limit at once"
+        );
+        // A big one finishing frees a slot for the next big one.
+        big.pop();
+        tokio::time::timeout(Duration::from_secs(1), slots.acquire(BIG))
+            .await
+            .expect("a freed big slot was not handed on");
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_wait_neither_loses_nor_keeps_a_slot() {
+        let slots = Arc::new(TransferSlots::new(2));
+        let a = slots.acquire(1).await;
+        let b = slots.acquire(1).await;
+        // Gives up while queued.
+        let gave_up = tokio::time::timeout(Duration::from_millis(20), slots.acquire(99)).await;
+        assert!(gave_up.is_err());
+        drop(a);
+        drop(b);
+        // Both slots are free again: two acquisitions succeed at once, a third waits.
+        let _c = tokio::time::timeout(Duration::from_secs(1), slots.acquire(1))
+            .await
+            .expect("slot lost to a cancelled waiter");
+        let _d = tokio::time::timeout(Duration::from_secs(1), slots.acquire(1))
+            .await
+            .expect("slot lost to a cancelled waiter");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), slots.acquire(1))
+                .await
+                .is_err(),
+            "more than the limit at once"
+        );
+    }
+}

@@ -192,14 +192,18 @@ images:
 
 #[test]
 fn defaults_run_wide_except_towards_docker_hub() {
-    // Nothing configured: many tags at once and 32 blob transfers per host, but Docker Hub
-    // keeps its gentle defaults (4 transfers, 10 requests/s, burst 20), listed or not.
+    // Nothing configured: many tags at once, 32 blob transfers per host and 32 writes to the
+    // target, but Docker Hub keeps its gentle defaults (4 transfers, 10 requests/s, burst 20),
+    // listed or not.
     let c = load(&format!(
         "{TARGET}registries:\n  docker.io:\n    rate_limit_reserve: 5\n  quay.io: {{}}\nimages: [nginx]\n"
     ))
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.concurrency, 64);
-    assert_eq!(c.target.concurrency, 4);
+    assert_eq!(
+        c.target.concurrency, 32,
+        "as many blob writes as an upstream's transfers"
+    );
     for host in ["quay.io", "ghcr.io"] {
         let r = c.registry(host);
         assert_eq!(r.concurrency, 32, "{host}");

@@ -101,7 +101,8 @@ impl Engine {
             let client = upstream.source(source);
             let response = match client
                 .get_blob_from(source_repo, &blob.digest, 0, blob.size > SMALL_BLOB)
-                .await {
+                .await
+            {
                 Ok((response, _)) => response,
                 Err(e) if !upstream.is_origin(source) => {
                     upstream.note_failure(source, &e);

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use super::Engine;
+use super::upstream::UpstreamRef;
 use crate::target::{DOCUMENT_REPOSITORY, Target};
 
 /// One thing a sync needs, and whether it is there (`Err` says why not).
@@ -65,13 +66,14 @@ impl Engine {
                     .upstream(source.registry())
                     .await
                     .map_err(|e| e.to_string())?;
-                match upstream
-                    .origin
-                    .head_manifest(source.repository(), &reference)
-                    .await
-                {
+                let repository = source.repository();
+                match upstream.origin.head_manifest(repository, &reference).await {
                     Ok(Some(_)) => Ok(()),
-                    Ok(None) => Err("not found (404)".to_string()),
+                    Ok(None) => tag_listed(&upstream, repository, source.tag(), "404").await,
+                    Err(e) if matches!(e.status(), Some(405 | 501)) => {
+                        let status = e.status().unwrap_or_default().to_string();
+                        tag_listed(&upstream, repository, source.tag(), &status).await
+                    }
                     Err(e) => Err(e.to_string()),
                 }
             }
@@ -134,6 +136,34 @@ impl Engine {
 
 /// The layout directory (or, when it does not exist yet, the nearest existing directory above
 /// it, where a sync would create it) accepts a new file.
+/// After a manifest `HEAD` answered `status` (404, 405 or 501): some registries (Nexus, some
+/// proxies) do not answer manifest `HEAD` although a sync's `GET` works. The tag list (no pull
+/// spent) tells a missing tag from such a registry; a digest cannot be told without a pull.
+async fn tag_listed(
+    upstream: &UpstreamRef,
+    repository: &str,
+    tag: Option<&str>,
+    status: &str,
+) -> Result<(), String> {
+    let Some(tag) = tag else {
+        return Err(format!(
+            "HEAD answered {status}: the digest is missing, or this registry does not answer manifest HEAD (telling which would spend a pull)"
+        ));
+    };
+    match upstream.origin.list_tags(repository).await {
+        Ok(tags) if tags.iter().any(|t| t == tag) => Ok(()),
+        Ok(_) => Err(format!(
+            "not found (HEAD answered {status}, and the tag list does not name {tag})"
+        )),
+        Err(e) if e.status() == Some(404) => Err(format!(
+            "not found (HEAD answered {status}, and so did the repository's tag list)"
+        )),
+        Err(e) => Err(format!(
+            "HEAD answered {status}, and listing the tags to tell why failed: {e}"
+        )),
+    }
+}
+
 fn writable(root: &Path) -> Result<(), String> {
     let mut dir = root;
     while !dir.exists() {

@@ -253,6 +253,60 @@ async fn manifest_head_that_does_not_work_falls_back_to_one_get_per_tag() {
     }
 }
 
+/// Item 1, pre-flight: `check --connect` against a registry that does not answer manifest HEAD
+/// (404 without a body, or 405) says ok for a tag the registry has (found in its tag list: no
+/// pull spent) and "not found" only for the tag it lacks.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_connect_tells_a_registry_without_head_from_a_missing_tag() {
+    for quirk in [Quirk::HeadNotFound, Quirk::HeadNotAllowed] {
+        let world = World::new().await;
+        for (repo, seed) in [("lib/here", 91u64), ("lib/other", 92)] {
+            push_image(
+                &world.upstream,
+                repo,
+                "v1",
+                ImageSpec::new(Format::Oci, vec![layer(seed, 1000)]),
+            )
+            .await;
+        }
+        quirk.install(&world.up);
+        let config = world.config(&["lib/here:v1", "lib/other:gone"], "");
+        let out = mirrorsync(&[
+            "check",
+            "--connect",
+            "--config",
+            &config.display().to_string(),
+        ])
+        .await;
+        out.assert_code(1);
+        let here = out
+            .stdout
+            .lines()
+            .find(|l| l.contains("lib/here"))
+            .unwrap_or_default();
+        assert!(here.starts_with("ok"), "{quirk:?}\n{}", out.stdout);
+        let other = out
+            .stdout
+            .lines()
+            .find(|l| l.contains("lib/other"))
+            .unwrap_or_default();
+        assert!(
+            other.starts_with("FAILED")
+                && other.contains("not found")
+                && other.contains("tag list"),
+            "{quirk:?}\n{}",
+            out.stdout
+        );
+        let seen = world.up.seen();
+        assert_eq!(
+            seen.count("GET", "manifests", None),
+            0,
+            "{quirk:?}: a pull was spent\n{}",
+            seen.dump()
+        );
+    }
+}
+
 /// Item 1, quota: the GETs that replace a broken HEAD are pulls. With 3 pulls left and a
 /// reserve of 1, two tags are resolved and the third is deferred instead of hitting a 429.
 #[tokio::test(flavor = "multi_thread")]

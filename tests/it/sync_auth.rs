@@ -791,10 +791,12 @@ async fn bearer_tokens_are_renewed_before_they_expire() {
 }
 
 /// Given an upstream serving HTTPS (distribution offers HTTP/2 over ALPN), when I sync three
-/// tags with two layers each, then every request mirrorsync sends upstream is HTTP/2 and they
-/// all share one connection: one TCP and one TLS handshake for the run, whatever is in flight.
+/// tags with two small layers each and a fourth with a 3 MiB layer, then every request
+/// mirrorsync sends upstream is HTTP/2 on one shared connection (one TCP and one TLS handshake
+/// for all of them), except the big layer's download: HTTP/1.1 on a connection of its own, so
+/// the small answers do not queue behind its bytes.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_tls_upstream_is_spoken_to_over_http2_on_one_connection() {
+async fn a_tls_upstream_is_spoken_to_over_http2_on_one_connection_big_blobs_on_their_own() {
     let ca = TestCa::new();
     let upstream = Registry::start_with(RegistryOptions {
         tls: Some(&ca),
@@ -807,13 +809,24 @@ async fn a_tls_upstream_is_spoken_to_over_http2_on_one_connection() {
     for i in 0..3u64 {
         images.push(seed(&upstream, "wan/app", &format!("v{i}"), 60 + 2 * i).await);
     }
+    let big = layer(70, 3 << 20);
+    let big_digest = sha256_digest(&big);
+    images.push(
+        push_image(
+            &upstream,
+            "wan/app",
+            "v3",
+            ImageSpec::new(Format::Oci, vec![big, layer(71, 1000)]),
+        )
+        .await,
+    );
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(
         dir.path(),
         &format!(
             "target:\n  registry: \"{t}\"\n  insecure: true\n\
              registries:\n  \"{u}\":\n    ca_file: {ca}\n\
-             images:\n  - source: {u}/wan/app\n    tags: [v0, v1, v2]\n",
+             images:\n  - source: {u}/wan/app\n    tags: [v0, v1, v2, v3]\n",
             t = target.host(),
             u = upstream.host(),
             ca = ca.ca_pem_path().display(),
@@ -832,7 +845,14 @@ async fn a_tls_upstream_is_spoken_to_over_http2_on_one_connection() {
         .collect();
     // The ping, 3 HEADs, 3 manifest GETs, 3 configs and 6 layers.
     assert!(ours.len() >= 16, "too few requests logged:\n{access}");
-    let not_h2: Vec<&str> = ours
+    let (bulk, shared): (Vec<&str>, Vec<&str>) = ours.iter().partition(|l| l.contains(&big_digest));
+    assert_eq!(bulk.len(), 1, "the big layer is downloaded once:\n{access}");
+    assert!(
+        bulk[0].contains(" HTTP/1.1\""),
+        "the big layer not on HTTP/1.1: {}",
+        bulk[0]
+    );
+    let not_h2: Vec<&str> = shared
         .iter()
         .copied()
         .filter(|l| !l.contains(" HTTP/2.0\""))
@@ -842,18 +862,25 @@ async fn a_tls_upstream_is_spoken_to_over_http2_on_one_connection() {
         "requests not over HTTP/2:\n{}",
         not_h2.join("\n")
     );
-    // The registry's own log names each request's client address: one port, one connection.
-    let ports: BTreeSet<String> = upstream
-        .registry_log()
-        .lines()
-        .filter(|l| l.contains("response completed") && l.contains("useragent=mirrorsync/"))
-        .filter_map(|l| l.split("remoteaddr=").nth(1))
-        .filter_map(|rest| rest.trim_start_matches('"').split(['"', ' ']).next())
-        .map(str::to_string)
-        .collect();
+    // The registry's own log names each request's client address: one per connection, the
+    // shared one and the big layer's.
+    let ports = |big: bool| -> BTreeSet<String> {
+        upstream
+            .registry_log()
+            .lines()
+            .filter(|l| l.contains("response completed") && l.contains("useragent=mirrorsync/"))
+            .filter(|l| l.contains(&big_digest) == big)
+            .filter_map(|l| l.split("remoteaddr=").nth(1))
+            .filter_map(|rest| rest.trim_start_matches('"').split(['"', ' ']).next())
+            .map(str::to_string)
+            .collect()
+    };
+    let (shared, bulk) = (ports(false), ports(true));
     assert_eq!(
-        ports.len(),
+        shared.len(),
         1,
-        "client addresses seen by the upstream (one per connection): {ports:?}"
+        "client addresses of the small requests (one per connection): {shared:?}"
     );
+    assert_eq!(bulk.len(), 1, "{bulk:?}");
+    assert!(shared.is_disjoint(&bulk), "{shared:?} {bulk:?}");
 }

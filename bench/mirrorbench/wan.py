@@ -390,6 +390,10 @@ def render(bench, meta: dict, out_dir: str) -> str:
                 row("TLS handshakes", lambda r: f"{r.link['tls_handshakes']:,}")
             row("peak RSS", lambda r: _mib(r.maxrss) if r.maxrss else "-")
             row("CPU time of the tool", lambda r: "-" if r.capped else f"{r.cpu:.2f} s")
+            row(
+                "CPU time of the registries (upstream + target)",
+                lambda r: "-" if r.capped else f"{r.registry_cpu.get('upstream', 0):.2f} + {r.registry_cpu.get('target', 0):.2f} s",
+            )
             if any(r.capped for r in runs.values()):
                 lines.append("")
                 lines.append(f"A run stopped at the cap (`--skopeo-cap`, {bench.args.skopeo_cap:.0f} s) shows what it did until then.")

@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use tokio::sync::SemaphorePermit;
 
-use super::queue::SMALL_BLOB;
+use super::queue::OWN_CONNECTION;
 use super::upstream::UpstreamRef;
 use super::{Counters, Engine, Mode, SyncError, download};
 use crate::manifest::Descriptor;
@@ -100,7 +100,7 @@ impl Engine {
             };
             let client = upstream.source(source);
             let response = match client
-                .get_blob_from(source_repo, &blob.digest, 0, blob.size > SMALL_BLOB)
+                .get_blob_from(source_repo, &blob.digest, 0, blob.size > OWN_CONNECTION)
                 .await
             {
                 Ok((response, _)) => response,

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 
-use super::queue::SMALL_BLOB;
+use super::queue::OWN_CONNECTION;
 use super::upstream::UpstreamRef;
 use crate::reference::Digest;
 use crate::registry::describe_reqwest_error;
@@ -62,7 +62,7 @@ pub fn resumable(
                 }
                 let client = st.upstream.source(st.source);
                 match client
-                    .get_blob_from(&st.repository, &st.digest, st.offset, st.size > SMALL_BLOB)
+                    .get_blob_from(&st.repository, &st.digest, st.offset, st.size > OWN_CONNECTION)
                     .await {
                     Ok((response, at_offset)) => {
                         st.skip = if at_offset { 0 } else { st.offset };

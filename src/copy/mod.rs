@@ -385,6 +385,9 @@ impl Engine {
                             (found, result)
                         }
                         Inspection::Changed(change) => {
+                            if engine.mode == Mode::Sync {
+                                change.upstream.tag_changed();
+                            }
                             let slot = tokio::select! {
                                 slot = async {
                                     turn.wait().await;

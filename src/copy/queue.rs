@@ -16,6 +16,12 @@ use tokio::sync::oneshot;
 /// 84 ms), so they are not held back behind big ones.
 pub const SMALL_BLOB: u64 = 1024 * 1024;
 
+/// Blobs over this size download on connections of their own (see
+/// [`crate::registry::RegistryClient::send`]): on one shared HTTP/2 connection they would
+/// share a single flow's part of the link with everything else, and a flow's part of a link
+/// shared by many is small. Below it are configs and the like, a round trip each.
+pub const OWN_CONNECTION: u64 = 64 * 1024;
+
 /// `limit` transfers at once.
 pub struct TransferSlots {
     state: Arc<Mutex<State>>,
@@ -50,13 +56,19 @@ impl TransferSlots {
         TransferSlots {
             state: Arc::new(Mutex::new(State {
                 free: limit,
-                big_quota: limit - limit / 4,
+                big_quota: Self::big_limit(limit),
                 running_big: 0,
                 waiting: BTreeMap::new(),
                 big_by_size: BTreeSet::new(),
                 arrivals: 0,
             })),
         }
+    }
+
+    /// How many of `limit` slots big blobs may hold at once.
+    pub fn big_limit(limit: usize) -> usize {
+        let limit = limit.max(1);
+        limit - limit / 4
     }
 
     /// A slot for a blob of `size` bytes, when its turn comes. Cancelling the wait gives up the

@@ -33,6 +33,11 @@ pub struct Upstream {
     /// The origin's `GET /v2/` probe, made once per run: `Err` is the short reason every tag of
     /// an unreachable host fails with.
     probed: tokio::sync::OnceCell<Result<(), String>>,
+    /// Changed tags found so far, and the download connections opened ahead for them (at most
+    /// as many as big blobs may download at once).
+    changed_tags: std::sync::atomic::AtomicUsize,
+    bulk_opened: std::sync::atomic::AtomicUsize,
+    bulk_limit: usize,
 }
 
 impl Upstream {
@@ -87,6 +92,9 @@ impl Upstream {
             reserve: u64::from(settings.rate_limit_reserve.unwrap_or(0)),
             prefetched: Default::default(),
             probed: tokio::sync::OnceCell::new(),
+            changed_tags: Default::default(),
+            bulk_opened: Default::default(),
+            bulk_limit: TransferSlots::big_limit(settings.concurrency),
         })
     }
 
@@ -118,6 +126,30 @@ impl Upstream {
             })
             .await;
         probed.clone().map_err(SyncError::Other)
+    }
+
+    /// A tag of this host was found changed: its blobs will be downloaded after two or more
+    /// manifest round trips (the tag's manifest, an index's children). Opens a connection for
+    /// big blob downloads now, one per changed tag and at most as many as big blobs may
+    /// download at once, so the handshakes (TCP and TLS: two round trips) are done by the time
+    /// the blobs are asked for. Not with mirrors (the blobs come from them first).
+    pub fn tag_changed(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if !self.mirrors.is_empty() {
+            return;
+        }
+        let seen = self.changed_tags.fetch_add(1, Relaxed) + 1;
+        let want = seen.min(self.bulk_limit);
+        let Ok(opened) = self
+            .bulk_opened
+            .fetch_update(Relaxed, Relaxed, |n| (n < want).then_some(want))
+        else {
+            return;
+        };
+        for _ in opened..want {
+            let upstream = Arc::clone(self);
+            tokio::spawn(async move { upstream.origin.open_bulk_connection().await });
+        }
     }
 
     /// How many content sources there are: the mirrors, then the origin.

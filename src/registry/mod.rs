@@ -172,7 +172,12 @@ impl RegistryClient {
             RegistryError::protocol(&options.host, format!("not a valid registry host: {e}"))
         })?;
         let http = build_http_client(options.ca_file.as_deref(), &options.host, false)?;
-        let bulk = build_http_client(options.ca_file.as_deref(), &options.host, true)?;
+        // Plain HTTP is HTTP/1.1 anyway (a connection per request in flight): one pool.
+        let bulk = if options.insecure {
+            http.clone()
+        } else {
+            build_http_client(options.ca_file.as_deref(), &options.host, true)?
+        };
         Ok(RegistryClient {
             auth: Authenticator::new(&options.host, options.credentials),
             host: options.host,
@@ -248,6 +253,22 @@ impl RegistryClient {
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// Opens one more connection for big blob downloads ahead of need, with a `GET /v2/` on it
+    /// (answered 200 or 401: cheap either way), so the download that takes it does not wait for
+    /// the TCP and TLS handshakes. Failures are left to the download itself.
+    pub async fn open_bulk_connection(&self) {
+        let Ok(url) = self.url("v2/") else {
+            return;
+        };
+        self.limits.request().await;
+        let sent = self.bulk.get(url).send().await;
+        self.observe("GET", &sent);
+        if let Ok(response) = sent {
+            // Read to the end, or the connection is not handed back to the pool.
+            let _ = response.bytes().await;
         }
     }
 

@@ -23,7 +23,8 @@ pub struct Upstream {
     pub mirrors: Vec<RegistryClient>,
     /// Mirrors that could not be reached this run are not asked again.
     pub mirror_down: Vec<std::sync::atomic::AtomicBool>,
-    /// Blob transfers at once from this host, the biggest waiting blob first.
+    /// Blob transfers at once from this host: big blobs biggest first, small ones in arrival
+    /// order (see [`TransferSlots`]).
     pub transfers: TransferSlots,
     /// Stop spending manifest GETs at the origin when its reported pulls left reach this.
     pub reserve: u64,

@@ -138,7 +138,8 @@ pub struct RegistryClient {
     label: String,
     base: Url,
     http: reqwest::Client,
-    /// For big blob downloads: HTTP/1.1, a connection per transfer.
+    /// For layer downloads over TLS: HTTP/1.1, a connection per transfer (for plain HTTP, the
+    /// same client as `http`).
     bulk: reqwest::Client,
     auth: Authenticator,
     pinged: tokio::sync::OnceCell<()>,
@@ -369,9 +370,10 @@ impl RegistryClient {
     ///
     /// Over HTTP/2 every request to the host shares one connection, and a server sends what it
     /// has queued on it in order: a small answer (a manifest, a config blob) waits behind the
-    /// megabytes of big blobs already in the pipe, a few round trips on a long link. A `bulk`
-    /// request (a big blob) therefore goes on an HTTP/1.1 connection of its own, as a browser's
-    /// downloads do, and the shared one stays quick for the small requests.
+    /// megabytes of layers already in the pipe, a few round trips on a long link; and the one
+    /// connection is one flow, whose part of a link shared with other flows is small. A `bulk`
+    /// request (a layer download) therefore goes on an HTTP/1.1 connection of its own, as a
+    /// browser's downloads do, and the shared one stays quick for the small requests.
     pub async fn send(
         &self,
         method: Method,

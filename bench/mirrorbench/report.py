@@ -288,7 +288,7 @@ def render(bench, meta):
     w("Configurations (ports vary per run):")
     w("")
     w("```yaml")
-    w("# mirrorsync sync --once --config sync.yaml   (defaults: concurrency 8, 4 blob transfers per upstream)")
+    w("# mirrorsync sync --once --config sync.yaml   (defaults: concurrency 64, 32 blob transfers per upstream, 32 writes to the target)")
     w("target: {registry: \"127.0.0.1:TARGET\", insecure: true, prefix: \"\"}")
     w("registries: {\"127.0.0.1:UPSTREAM\": {insecure: true}}")
     w("images:")

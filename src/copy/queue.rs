@@ -188,6 +188,20 @@ mod tests {
 
     const BIG: u64 = SMALL_BLOB + 1;
 
+    /// A slot for `size` within a second, or the test fails with `why`.
+    async fn granted(slots: &TransferSlots, size: u64, why: &str) -> TransferSlot {
+        tokio::time::timeout(Duration::from_secs(1), slots.acquire(size))
+            .await
+            .expect(why)
+    }
+
+    /// Whether a request for `size` is still waiting after 20 ms (and gives up).
+    async fn kept_waiting(slots: &TransferSlots, size: u64) -> bool {
+        tokio::time::timeout(Duration::from_millis(20), slots.acquire(size))
+            .await
+            .is_err()
+    }
+
     #[tokio::test]
     async fn big_blobs_go_biggest_first_small_ones_in_arrival_order() {
         let slots = Arc::new(TransferSlots::new(1));
@@ -215,35 +229,21 @@ mod tests {
         let slots = Arc::new(TransferSlots::new(8));
         let mut big = Vec::new();
         for _ in 0..6 {
-            big.push(
-                tokio::time::timeout(Duration::from_secs(1), slots.acquire(BIG))
-                    .await
-                    .expect("big blobs get three quarters of the slots"),
-            );
+            big.push(granted(&slots, BIG, "big blobs get three quarters of the slots").await);
         }
         assert!(
-            tokio::time::timeout(Duration::from_millis(20), slots.acquire(BIG))
-                .await
-                .is_err(),
+            kept_waiting(&slots, BIG).await,
             "a seventh big blob took a slot kept for small ones"
         );
-        let _small = tokio::time::timeout(Duration::from_secs(1), slots.acquire(10))
-            .await
-            .expect("the slots kept for small blobs were taken");
-        let _small2 = tokio::time::timeout(Duration::from_secs(1), slots.acquire(10))
-            .await
-            .expect("the slots kept for small blobs were taken");
+        let _small = granted(&slots, 10, "the slots kept for small blobs were taken").await;
+        let _small2 = granted(&slots, 10, "the slots kept for small blobs were taken").await;
         assert!(
-            tokio::time::timeout(Duration::from_millis(20), slots.acquire(10))
-                .await
-                .is_err(),
+            kept_waiting(&slots, 10).await,
             "more than the limit at once"
         );
         // A big one finishing frees a slot for the next big one.
         big.pop();
-        tokio::time::timeout(Duration::from_secs(1), slots.acquire(BIG))
-            .await
-            .expect("a freed big slot was not handed on");
+        granted(&slots, BIG, "a freed big slot was not handed on").await;
     }
 
     #[tokio::test]
@@ -252,22 +252,12 @@ mod tests {
         let a = slots.acquire(1).await;
         let b = slots.acquire(1).await;
         // Gives up while queued.
-        let gave_up = tokio::time::timeout(Duration::from_millis(20), slots.acquire(99)).await;
-        assert!(gave_up.is_err());
+        assert!(kept_waiting(&slots, 99).await);
         drop(a);
         drop(b);
         // Both slots are free again: two acquisitions succeed at once, a third waits.
-        let _c = tokio::time::timeout(Duration::from_secs(1), slots.acquire(1))
-            .await
-            .expect("slot lost to a cancelled waiter");
-        let _d = tokio::time::timeout(Duration::from_secs(1), slots.acquire(1))
-            .await
-            .expect("slot lost to a cancelled waiter");
-        assert!(
-            tokio::time::timeout(Duration::from_millis(20), slots.acquire(1))
-                .await
-                .is_err(),
-            "more than the limit at once"
-        );
+        let _c = granted(&slots, 1, "slot lost to a cancelled waiter").await;
+        let _d = granted(&slots, 1, "slot lost to a cancelled waiter").await;
+        assert!(kept_waiting(&slots, 1).await, "more than the limit at once");
     }
 }

@@ -862,18 +862,20 @@ async fn a_tls_upstream_gets_small_requests_over_one_http2_connection_and_layers
         (1..=4).contains(&openers),
         "one connection opened ahead per changed tag at most:\n{access}"
     );
+    // The access-log lines among `lines` that were not over `protocol`.
+    let not_over = |lines: &[&str], protocol: &str| -> String {
+        let wanted = format!(" {protocol}\"");
+        let other: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|l| !l.contains(&wanted))
+            .collect();
+        other.join("\n")
+    };
     let layer_gets: Vec<&str> = ours.iter().copied().filter(|l| is_layer(l)).collect();
     assert_eq!(layer_gets.len(), 7, "each layer downloaded once:\n{access}");
-    let not_h1: Vec<&str> = layer_gets
-        .iter()
-        .copied()
-        .filter(|l| !l.contains(" HTTP/1.1\""))
-        .collect();
-    assert!(
-        not_h1.is_empty(),
-        "layers not over HTTP/1.1:\n{}",
-        not_h1.join("\n")
-    );
+    let stray = not_over(&layer_gets, "HTTP/1.1");
+    assert!(stray.is_empty(), "layers not over HTTP/1.1:\n{stray}");
     let small: Vec<&str> = ours
         .iter()
         .copied()
@@ -881,16 +883,8 @@ async fn a_tls_upstream_gets_small_requests_over_one_http2_connection_and_layers
         .collect();
     // The ping, 4 HEADs, 4 manifest GETs, 4 configs and the 1 kB layer.
     assert!(small.len() >= 14, "too few requests logged:\n{access}");
-    let not_h2: Vec<&str> = small
-        .iter()
-        .copied()
-        .filter(|l| !l.contains(" HTTP/2.0\""))
-        .collect();
-    assert!(
-        not_h2.is_empty(),
-        "small requests not over HTTP/2:\n{}",
-        not_h2.join("\n")
-    );
+    let stray = not_over(&small, "HTTP/2.0");
+    assert!(stray.is_empty(), "small requests not over HTTP/2:\n{stray}");
     // The registry's own log names each request's client address: the small requests (the
     // address-only `/v2/` aside: the ping and the openers) all come from one address (one
     // connection), which no layer download shares.

@@ -167,3 +167,19 @@ pub fn write_config(dir: &Path, yaml: &str) -> PathBuf {
     std::fs::write(&p, yaml).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
     p
 }
+
+/// Every non-empty line of `stderr` parsed as a JSON object (panics on the first that is not):
+/// what `--log-format json` promises.
+pub fn json_lines(stderr: &str) -> Vec<serde_json::Value> {
+    stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| {
+                panic!("not a JSON line ({e}): {l:?}\n--- stderr ---\n{stderr}")
+            });
+            assert!(v.is_object(), "not a JSON object: {l}");
+            v
+        })
+        .collect()
+}

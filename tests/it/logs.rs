@@ -16,21 +16,6 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 const MIB: u64 = 1024 * 1024;
 
-/// Every non-empty line of `stderr` parsed as a JSON object (panics on the first that is not).
-fn json_lines(stderr: &str) -> Vec<Value> {
-    stderr
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| {
-                panic!("not a JSON line ({e}): {l:?}\n--- stderr ---\n{stderr}")
-            });
-            assert!(v.is_object(), "not a JSON object: {l}");
-            v
-        })
-        .collect()
-}
-
 fn message(e: &Value) -> &str {
     e["message"].as_str().unwrap_or_default()
 }

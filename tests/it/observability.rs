@@ -1041,21 +1041,6 @@ async fn json_logs_are_one_event_per_line_with_one_event_per_synced_tag() {
     json_lines(&out.stderr);
 }
 
-/// Every line of `stderr` parsed as a JSON object (panics on the first that is not).
-fn json_lines(stderr: &str) -> Vec<Value> {
-    stderr
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| {
-                panic!("not a JSON line ({e}): {l:?}\n--- stderr ---\n{stderr}")
-            });
-            assert!(v.is_object(), "not a JSON object: {l}");
-            v
-        })
-        .collect()
-}
-
 // ---------------------------------------------------------------------------------------------
 // 6. /healthz.
 

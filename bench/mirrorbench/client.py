@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import ssl
 import threading
 import urllib.parse
 
@@ -37,14 +38,19 @@ class RegistryError(Exception):
 class Client:
     """One keep-alive connection per thread to one registry."""
 
-    def __init__(self, host: str):
+    def __init__(self, host: str, ca_file: str | None = None):
+        """`ca_file`: speak HTTPS, trusting only the certificates in that file."""
         self.host = host
+        self._tls = ssl.create_default_context(cafile=ca_file) if ca_file else None
         self._local = threading.local()
 
     def _conn(self) -> http.client.HTTPConnection:
         c = getattr(self._local, "conn", None)
         if c is None:
-            c = http.client.HTTPConnection(self.host, timeout=600, blocksize=1 << 20)
+            if self._tls is not None:
+                c = http.client.HTTPSConnection(self.host, timeout=600, blocksize=1 << 20, context=self._tls)
+            else:
+                c = http.client.HTTPConnection(self.host, timeout=600, blocksize=1 << 20)
             self._local.conn = c
         return c
 

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 
 from . import corpus as corpus_mod
+from . import floor
+from .client import Client
 from .registry import _die_with_parent
 
 KiB, MiB = 1 << 10, 1 << 20
@@ -245,6 +247,8 @@ def run_profiles(bench, profiles: list[Profile], log) -> None:
                     elif scenario == "noop" and tool == "mirrorsync":
                         bench.check_noop(run)
                 bench.drop_storage(storage)
+            if "cold" in prof.scenarios:
+                measure_floor(bench, prof, tags, log, certs[0] if prof.tls else None)
         finally:
             proxy.stop()
             bench.source_host = None
@@ -253,6 +257,32 @@ def run_profiles(bench, profiles: list[Profile], log) -> None:
     if bench.upstream.tls is not None:
         bench.upstream.tls = None
         bench.upstream.start(up_storage)
+
+
+FLOOR_RUNS = 2
+
+
+def measure_floor(bench, prof: Profile, tags, log, ca_file: str | None) -> None:
+    """The registries' CPU for the protocol-minimal cold copy of `tags` (floor.py), each time on
+    a fresh target, straight to the upstream registry (the link does not change what they
+    compute). The registries' CPU varies from run to run by 20% here (the target's file system
+    writes): the lowest of FLOOR_RUNS is kept, the figure most in a client's favour."""
+    cores = os.cpu_count() or 1
+    best = None
+    for k in range(FLOOR_RUNS):
+        storage = bench.fresh_storage(f"{prof.name}-floor-{k}")
+        bench.target_on(storage)
+        cpu0 = (bench.upstream.cpu_seconds(), bench.target.cpu_seconds())
+        t0 = time.monotonic()
+        counts = floor.copy_minimal(Client(bench.upstream.host, ca_file), Client(bench.target.host), [(t.repo, t.tag) for t in tags])
+        wall = time.monotonic() - t0
+        up, tg = bench.upstream.cpu_seconds() - cpu0[0], bench.target.cpu_seconds() - cpu0[1]
+        log(f"     protocol floor: registries used {up:.2f} + {tg:.2f} CPU-s ({(up + tg) / cores:.2f} s on {cores} cores); "
+            f"the minimal client took {wall:.1f} s")
+        if best is None or up + tg < best["upstream"] + best["target"]:
+            best = {"upstream": up, "target": tg, "cores": cores, "counts": counts, "runs": FLOOR_RUNS}
+        bench.drop_storage(storage)
+    bench.wan_info[prof.name]["floor"] = best
 
 
 # --- report -----------------------------------------------------------------------------------
@@ -398,6 +428,18 @@ def render(bench, meta: dict, out_dir: str) -> str:
                 lines.append("")
                 lines.append(f"A run stopped at the cap (`--skopeo-cap`, {bench.args.skopeo_cap:.0f} s) shows what it did until then.")
             lines.append("")
+            fl = info.get("floor")
+            if scenario == "cold" and fl:
+                n = fl["counts"]
+                requests = n["manifest_get"] + n["blob_get"] + 2 * n["blob_upload"] + n["mount"] + n["manifest_put"]
+                lines += [
+                    f"**Protocol floor** (`bench/mirrorbench/floor.py`): a client that makes only the requests every tool must make "
+                    f"(upstream: a GET per manifest and per blob; target: a POST and a PUT per blob, a mount for a blob another "
+                    f"repository already has, a PUT per manifest; {requests:,} requests, no HEAD, 32 at once) costs these registries "
+                    f"{fl['upstream']:.2f} + {fl['target']:.2f} CPU-s (the lowest of {fl['runs']} runs): on this machine's {fl['cores']} cores no client finishes "
+                    f"in under **{(fl['upstream'] + fl['target']) / fl['cores']:.2f} s**, before its own CPU and the proxy's.",
+                    "",
+                ]
             if scenario == "cold" and all(t in runs for t in ("mirrorsync",)):
                 name = f"{prof.name}.svg"
                 svg_timeline(prof, runs, os.path.join(out_dir, name))

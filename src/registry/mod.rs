@@ -172,6 +172,9 @@ impl RegistryClient {
         let base = Url::parse(&format!("{scheme}://{}/", options.host)).map_err(|e| {
             RegistryError::protocol(&options.host, format!("not a valid registry host: {e}"))
         })?;
+        if !options.insecure && options.ca_file.is_none() {
+            tls::load_platform_roots_soon();
+        }
         let http = build_http_client(options.ca_file.as_deref(), &options.host, false)?;
         // Plain HTTP is HTTP/1.1 anyway (a connection per request in flight): one pool.
         let bulk = if options.insecure {
@@ -501,12 +504,15 @@ fn build_http_client(
     if bulk {
         builder = builder.http1_only();
     }
-    if let Some(path) = ca_file {
-        let pem = std::fs::read(path).map_err(|e| {
-            RegistryError::protocol(host, format!("reading CA file {}: {e}", path.display()))
-        })?;
-        builder = builder.tls_backend_preconfigured(tls::client_config(&pem, path, host, bulk)?);
-    }
+    builder = match ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| {
+                RegistryError::protocol(host, format!("reading CA file {}: {e}", path.display()))
+            })?;
+            builder.tls_backend_preconfigured(tls::client_config(&pem, path, host, bulk)?)
+        }
+        None => builder.tls_backend_preconfigured(tls::platform_config(host, bulk)?),
+    };
     builder
         .build()
         .map_err(|e| RegistryError::protocol(host, format!("building HTTP client: {e}")))

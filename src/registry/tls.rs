@@ -10,7 +10,7 @@
 //! verifier unchanged.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, Error, SignatureScheme};
@@ -52,12 +52,118 @@ pub(super) fn client_config(
         .with_no_client_auth();
     // A preconfigured TLS backend gets no ALPN from reqwest: offer HTTP/2 as the default one does.
     let mut config = config;
-    config.alpn_protocols = if http1_only {
+    config.alpn_protocols = alpn(http1_only);
+    Ok(config)
+}
+
+/// The rustls configuration for a host with no `ca_file`: the platform's roots, through one
+/// verifier for the whole process (see [`SharedPlatform`]); `http1_only` as in
+/// [`client_config`].
+pub(super) fn platform_config(
+    host: &str,
+    http1_only: bool,
+) -> Result<rustls::ClientConfig, RegistryError> {
+    let shared = shared_platform();
+    let verifier: Arc<dyn ServerCertVerifier> = shared.clone();
+    let mut config = rustls::ClientConfig::builder_with_provider(shared.provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| RegistryError::protocol(host, format!("TLS configuration: {e}")))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn(http1_only);
+    Ok(config)
+}
+
+/// Starts loading the platform's roots on a thread of its own, once: called for a host that
+/// speaks TLS, so that the load overlaps the TCP handshake instead of following it.
+pub(super) fn load_platform_roots_soon() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        let shared = shared_platform().clone();
+        let _ = std::thread::Builder::new()
+            .name("tls-roots".into())
+            .spawn(move || {
+                let _ = shared.get();
+            });
+    });
+}
+
+fn shared_platform() -> &'static Arc<SharedPlatform> {
+    static SHARED: OnceLock<Arc<SharedPlatform>> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        Arc::new(SharedPlatform {
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            verifier: OnceLock::new(),
+        })
+    })
+}
+
+fn alpn(http1_only: bool) -> Vec<Vec<u8>> {
+    if http1_only {
         vec![b"http/1.1".to_vec()]
     } else {
         vec![b"h2".to_vec(), b"http/1.1".to_vec()]
-    };
-    Ok(config)
+    }
+}
+
+/// The platform verifier, built at the first certificate it checks. Building it reads and
+/// parses every certificate under /etc/ssl/certs (20-90 ms here): reqwest's default does that
+/// for every client it builds, before the first request of the run, even for a plain-HTTP
+/// host. Shared, it happens once per process and only when a TLS server is met.
+#[derive(Debug)]
+struct SharedPlatform {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    verifier: OnceLock<Result<rustls_platform_verifier::Verifier, Error>>,
+}
+
+impl SharedPlatform {
+    fn get(&self) -> Result<&rustls_platform_verifier::Verifier, Error> {
+        self.verifier
+            .get_or_init(|| rustls_platform_verifier::Verifier::new(self.provider.clone()))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+}
+
+impl ServerCertVerifier for SharedPlatform {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        self.get()?
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.get()?.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.get()?.verify_tls13_signature(message, cert, dss)
+    }
+
+    /// Asked for the ClientHello, before any certificate: from the provider, as the platform
+    /// verifier itself answers it, without loading the roots.
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
 
 #[derive(Debug)]

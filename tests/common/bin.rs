@@ -35,6 +35,20 @@ impl Output {
     }
 }
 
+/// The `FAILED` line of `repo_tag` (`repo:tag` as the source names it); panics with both
+/// streams when there is none.
+pub fn failed_line<'a>(out: &'a Output, repo_tag: &str) -> &'a str {
+    out.stdout
+        .lines()
+        .find(|l| l.starts_with("FAILED ") && l.contains(&format!("/{repo_tag} -> ")))
+        .unwrap_or_else(|| {
+            panic!(
+                "{repo_tag} did not fail\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                out.stdout, out.stderr
+            )
+        })
+}
+
 /// The mirrorsync binary: `CARGO_BIN_EXE_mirrorsync` when built as the crate's integration test,
 /// else `/work/main/target/debug/mirrorsync`.
 pub fn bin_path() -> PathBuf {

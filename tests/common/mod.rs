@@ -57,8 +57,8 @@ pub mod verify;
 
 pub use access::{Access, AccessLogExt, HARNESS_USER_AGENT};
 pub use bin::{
-    Output, bin_path, json_lines, measure_program, mirrorsync, mirrorsync_with_env, run_measured,
-    run_measured_with_env, write_config,
+    Output, bin_path, failed_line, json_lines, measure_program, mirrorsync, mirrorsync_with_env,
+    run_measured, run_measured_with_env, write_config,
 };
 pub use client::{Challenge, Client};
 pub use image::{

@@ -93,18 +93,6 @@ fn summary(out: &Output) -> (usize, usize, usize) {
     (num(" synced"), num(" unchanged"), num(" failed"))
 }
 
-fn failed_line<'a>(out: &'a Output, repo_tag: &str) -> &'a str {
-    out.stdout
-        .lines()
-        .find(|l| l.starts_with("FAILED ") && l.contains(&format!("/{repo_tag} -> ")))
-        .unwrap_or_else(|| {
-            panic!(
-                "{repo_tag} did not fail\n--- stdout ---\n{}\n--- stderr ---\n{}",
-                out.stdout, out.stderr
-            )
-        })
-}
-
 /// Manifest GETs by tag (not by digest) in `repo`.
 fn tag_gets(seen: &[Seen], repo: &str) -> usize {
     seen.iter()

@@ -326,6 +326,87 @@ async fn tls_target_without_ca_file_fails_with_a_certificate_error() {
     assert!(lower(&out).contains("certificate"), "{}", out.stdout);
 }
 
+/// The platform's roots (here set with `SSL_CERT_FILE`/`SSL_CERT_DIR`, as in a container) are
+/// read when a TLS host needs them, and only then: a TLS upstream without `ca_file` is trusted
+/// through them; a run between plain-HTTP registries needs none (it used to stop before its
+/// first request, "building HTTP client: builder error", on a machine without CA certificates);
+/// a TLS upstream with no platform roots fails on its own line, saying so.
+#[tokio::test(flavor = "multi_thread")]
+async fn platform_roots_are_read_only_for_tls_hosts() {
+    let ca = TestCa::new();
+    let upstream = Registry::start_with(RegistryOptions {
+        tls: Some(&ca),
+        htpasswd: None,
+        token: None,
+    })
+    .await;
+    let plain = Registry::start().await;
+    let target = Registry::start().await;
+    let img = seed(&upstream, "team/app", "1.0", 61).await;
+    let plain_img = seed(&plain, "team/lib", "2.0", 63).await;
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("no-certs");
+    std::fs::create_dir(&empty).unwrap();
+    let config = |images: &str| {
+        write_config(
+            dir.path(),
+            &format!(
+                "target:\n  registry: \"{t}\"\n  insecure: true\n\
+                 registries:\n  \"{p}\": {{ insecure: true }}\n\
+                 images:\n{images}",
+                t = target.host(),
+                p = plain.host(),
+            ),
+        )
+    };
+    let ca_file = ca.ca_pem_path();
+    let roots_from_env = [
+        ("SSL_CERT_FILE", ca_file.to_str().unwrap()),
+        ("SSL_CERT_DIR", empty.to_str().unwrap()),
+    ];
+    let no_roots = [
+        ("SSL_CERT_FILE", "/nonexistent/ca.pem"),
+        ("SSL_CERT_DIR", empty.to_str().unwrap()),
+    ];
+
+    let tls_only = config(&format!("  - {}/team/app:1.0\n", upstream.host()));
+    let out = run(
+        &["sync", "--once"],
+        &tls_only,
+        &env_with(dir.path(), &roots_from_env),
+    )
+    .await;
+    out.assert_code(0);
+    assert_mirrored(&target, "team/app", "1.0", &img).await;
+
+    let plain_only = config(&format!("  - {}/team/lib:2.0\n", plain.host()));
+    let out = run(
+        &["sync", "--once"],
+        &plain_only,
+        &env_with(dir.path(), &no_roots),
+    )
+    .await;
+    out.assert_code(0);
+    assert_mirrored(&target, "team/lib", "2.0", &plain_img).await;
+
+    let plain_next = seed(&plain, "team/lib", "2.1", 65).await;
+    let both = config(&format!(
+        "  - {}/team/app:1.1\n  - {}/team/lib:2.1\n",
+        upstream.host(),
+        plain.host()
+    ));
+    let out = run(&["sync", "--once"], &both, &env_with(dir.path(), &no_roots)).await;
+    out.assert_code(1);
+    let failed = failed_line(&out, "team/app:1.1");
+    assert!(
+        failed.to_lowercase().contains("no ca certificates"),
+        "the TLS upstream's line says why:\n{}",
+        out.stdout
+    );
+    // The plain-HTTP tag is not affected.
+    assert_mirrored(&target, "team/lib", "2.1", &plain_next).await;
+}
+
 /// A certificate the client does not trust will not become trusted by asking again: the tag
 /// fails at once, after a handshake or two, not after a round of backoff retries.
 #[tokio::test(flavor = "multi_thread")]

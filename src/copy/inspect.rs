@@ -47,10 +47,7 @@ impl Engine {
         let repository = item.source.repository();
         let digest = match (item.source.digest(), item.source.tag()) {
             (Some(digest), _) => digest.clone(),
-            (None, Some(tag)) => {
-                upstream.reachable().await?;
-                upstream.resolve(repository, tag).await?
-            }
+            (None, Some(tag)) => upstream.resolve(repository, tag).await?,
             (None, None) => {
                 return Err(SyncError::Other(
                     "reference has neither tag nor digest".into(),

@@ -204,12 +204,24 @@ impl Upstream {
     /// answered 405/501, or 404 for something the GET then finds (Nexus, some proxies), makes
     /// the rest of the run use GET at once; a tag is reported missing only after a GET said so.
     /// A schema 1 manifest is refused without a GET when the HEAD's media type says so.
+    /// The host's first HEAD of the run, when it has no credentials, goes out in place of the
+    /// `GET /v2/` ping (see `RegistryClient::head_in_place_of_ping`); the host is known
+    /// reachable, or not, before any other request.
     pub async fn resolve(&self, repository: &str, tag: &str) -> Result<Digest, SyncError> {
         let learned = self.origin.learned();
         let mut head_missing = false;
         let probe = learned.head_probe().await;
+        let first = match probe.is_some() && self.probed.get().is_none() {
+            true => self.origin.head_in_place_of_ping(repository, tag).await,
+            false => None,
+        };
+        self.reachable().await?;
         if !learned.head_unreliable() {
-            match self.origin.head_manifest(repository, tag).await {
+            let head = match first {
+                Some(head) => Ok(Some(head)),
+                None => self.origin.head_manifest(repository, tag).await,
+            };
+            match head {
                 Ok(Some(head)) => {
                     learned.trust_head();
                     if let Some(media_type) = head.media_type.as_deref()

@@ -1,7 +1,8 @@
 //! Registry authentication: `WWW-Authenticate` challenges, Basic credentials and Bearer tokens.
 //!
 //! The flow follows the Docker token protocol: the first request to a host learns its challenge
-//! (`GET /v2/`), then every request carries either Basic credentials or a Bearer token for exactly
+//! (`GET /v2/`, or for a host without credentials the first manifest `HEAD`, whose 200 or 401
+//! tells the same), then every request carries either Basic credentials or a Bearer token for exactly
 //! the scopes it needs. Tokens are cached per scope set and renewed shortly before they expire or
 //! when a 401 names a scope we did not ask for. A second 401 for the same scopes is a denial, never a
 //! loop.
@@ -132,6 +133,11 @@ impl Authenticator {
             challenge: Mutex::new(None),
             tokens: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether credentials are configured for this host.
+    pub fn has_credentials(&self) -> bool {
+        self.credentials.is_some()
     }
 
     pub async fn set_challenge(&self, challenge: Challenge) {

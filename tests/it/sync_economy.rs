@@ -337,3 +337,74 @@ async fn a_missing_upstream_tag_fails_alone() {
     );
     assert_image_complete(&target, "library/good", "1").await;
 }
+
+/// Requests from mirrorsync in an upstream access log, as "METHOD path status".
+fn tool_requests(log: &[Access]) -> Vec<String> {
+    log.not_harness()
+        .iter()
+        .map(|a| format!("{} {} {}", a.method, a.path, a.status))
+        .collect()
+}
+
+/// A host without credentials gets no `GET /v2/` ping: the run's first manifest HEAD stands in
+/// for it (its 200 says nothing is asked, its 401 carries the challenge), one round trip before
+/// anything else. Open upstream: one HEAD per tag and nothing else on a no-op. Token upstream,
+/// anonymous: the first HEAD's 401 leads to the token, as the ping's did, with no more requests
+/// than before.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_first_head_stands_in_for_the_ping_of_a_host_without_credentials() {
+    // Open upstream.
+    let upstream = Registry::start().await;
+    let target = Registry::start().await;
+    let images = seed_corpus(&upstream).await;
+    let scenario = Scenario::registry_to_registry(&upstream, &target, "", &images);
+    for run in ["cold", "no-op"] {
+        let mark = upstream.log_mark().await;
+        scenario.sync().await.assert_code(0);
+        let asked = tool_requests(&upstream.access_log_since(mark).await);
+        // No ping before it (a cold run's later `GET /v2/`s open download connections ahead).
+        assert!(
+            asked[0].starts_with("HEAD /v2/library/") && asked[0].contains("/manifests/"),
+            "{run}: a manifest HEAD comes first:\n{asked:#?}"
+        );
+        if run == "no-op" {
+            assert_eq!(asked.len(), images.len(), "HEADs only:\n{asked:#?}");
+            assert!(asked.iter().all(|r| r.starts_with("HEAD ")), "{asked:#?}");
+        }
+    }
+
+    // Token upstream, anonymous pulls allowed, no credentials configured.
+    let token_server = TokenServer::start(vec![("seed".into(), "seedpw".into())], true);
+    let secured = Registry::start_with(RegistryOptions {
+        token: Some(&token_server),
+        ..Default::default()
+    })
+    .await;
+    let img = push_image(
+        &secured,
+        "lib/tok",
+        "a",
+        ImageSpec::new(Format::Oci, vec![layer(120, 20_000)]),
+    )
+    .await;
+    let anonymous =
+        Scenario::registry_to_registry(&secured, &target, "", &[secured.image_ref("lib/tok", "a")]);
+    token_server.clear_requests();
+    let mark = secured.log_mark().await;
+    anonymous.sync().await.assert_code(0);
+    let asked = tool_requests(&secured.access_log_since(mark).await);
+    assert_eq!(
+        asked[..2],
+        [
+            "HEAD /v2/lib/tok/manifests/a 401".to_string(),
+            "HEAD /v2/lib/tok/manifests/a 200".to_string()
+        ],
+        "the first HEAD's 401 is the ping's, then the HEAD again with the token:\n{asked:#?}"
+    );
+    let tokens = token_server.requests();
+    assert_eq!(tokens.len(), 1, "one anonymous token: {tokens:?}");
+    let (_, _, digest) = get_manifest(&target, "lib/tok", "a")
+        .await
+        .expect("mirrored");
+    assert_eq!(digest, img.digest);
+}

@@ -37,87 +37,84 @@ pub(super) fn client_config(
         return Err(bad("holds no certificate".into()));
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // Built now, so that a certificate the verifier cannot take is reported at start.
     let platform =
         rustls_platform_verifier::Verifier::new_with_extra_roots(certs.clone(), provider.clone())
             .map_err(|e| bad(e.to_string()))?;
-    let verifier = PinnedSelfSigned {
-        platform,
-        pinned: certs,
-    };
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| bad(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
-    // A preconfigured TLS backend gets no ALPN from reqwest: offer HTTP/2 as the default one does.
-    let mut config = config;
-    config.alpn_protocols = alpn(http1_only);
-    Ok(config)
+    let roots = Arc::new(Roots {
+        provider,
+        verifier: OnceLock::from(Ok(platform)),
+    });
+    config_with(roots, certs, host, http1_only)
 }
 
 /// The rustls configuration for a host with no `ca_file`: the platform's roots, through one
-/// verifier for the whole process (see [`SharedPlatform`]); `http1_only` as in
-/// [`client_config`].
+/// verifier for the whole process (see [`Roots`]); `http1_only` as in [`client_config`].
 pub(super) fn platform_config(
     host: &str,
     http1_only: bool,
 ) -> Result<rustls::ClientConfig, RegistryError> {
-    let shared = shared_platform();
-    let verifier: Arc<dyn ServerCertVerifier> = shared.clone();
-    let mut config = rustls::ClientConfig::builder_with_provider(shared.provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| RegistryError::protocol(host, format!("TLS configuration: {e}")))?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
-    config.alpn_protocols = alpn(http1_only);
-    Ok(config)
+    config_with(shared_roots().clone(), Vec::new(), host, http1_only)
 }
 
-/// Starts loading the platform's roots on a thread of its own, once: called for a host that
+/// Starts loading the platform's roots on a thread of their own, once: called for a host that
 /// speaks TLS, so that the load overlaps the TCP handshake instead of following it.
 pub(super) fn load_platform_roots_soon() {
     static STARTED: std::sync::Once = std::sync::Once::new();
     STARTED.call_once(|| {
-        let shared = shared_platform().clone();
+        let roots = shared_roots().clone();
         let _ = std::thread::Builder::new()
             .name("tls-roots".into())
             .spawn(move || {
-                let _ = shared.get();
+                let _ = roots.get();
             });
     });
 }
 
-fn shared_platform() -> &'static Arc<SharedPlatform> {
-    static SHARED: OnceLock<Arc<SharedPlatform>> = OnceLock::new();
+fn shared_roots() -> &'static Arc<Roots> {
+    static SHARED: OnceLock<Arc<Roots>> = OnceLock::new();
     SHARED.get_or_init(|| {
-        Arc::new(SharedPlatform {
+        Arc::new(Roots {
             provider: Arc::new(rustls::crypto::ring::default_provider()),
             verifier: OnceLock::new(),
         })
     })
 }
 
-fn alpn(http1_only: bool) -> Vec<Vec<u8>> {
-    if http1_only {
+fn config_with(
+    roots: Arc<Roots>,
+    pinned: Vec<CertificateDer<'static>>,
+    host: &str,
+    http1_only: bool,
+) -> Result<rustls::ClientConfig, RegistryError> {
+    let provider = roots.provider.clone();
+    let verifier = HostVerifier { roots, pinned };
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| RegistryError::protocol(host, format!("TLS configuration: {e}")))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    // A preconfigured TLS backend gets no ALPN from reqwest: offer HTTP/2 as the default one does.
+    config.alpn_protocols = if http1_only {
         vec![b"http/1.1".to_vec()]
     } else {
         vec![b"h2".to_vec(), b"http/1.1".to_vec()]
-    }
+    };
+    Ok(config)
 }
 
-/// The platform verifier, built at the first certificate it checks. Building it reads and
-/// parses every certificate under /etc/ssl/certs (20-90 ms here): reqwest's default does that
-/// for every client it builds, before the first request of the run, even for a plain-HTTP
-/// host. Shared, it happens once per process and only when a TLS server is met.
+/// The platform verifier: its roots, plus a host's `ca_file` ones. Without a `ca_file` it is
+/// built at the first certificate it checks, once for the process: building it reads and parses
+/// every certificate under /etc/ssl/certs, which reqwest's default did for every client it
+/// built, before the first request of the run, even for a plain-HTTP host.
 #[derive(Debug)]
-struct SharedPlatform {
+struct Roots {
     provider: Arc<rustls::crypto::CryptoProvider>,
     verifier: OnceLock<Result<rustls_platform_verifier::Verifier, Error>>,
 }
 
-impl SharedPlatform {
+impl Roots {
     fn get(&self) -> Result<&rustls_platform_verifier::Verifier, Error> {
         self.verifier
             .get_or_init(|| rustls_platform_verifier::Verifier::new(self.provider.clone()))
@@ -126,53 +123,16 @@ impl SharedPlatform {
     }
 }
 
-impl ServerCertVerifier for SharedPlatform {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, Error> {
-        self.get()?
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        self.get()?.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        self.get()?.verify_tls13_signature(message, cert, dss)
-    }
-
-    /// Asked for the ClientHello, before any certificate: from the provider, as the platform
-    /// verifier itself answers it, without loading the roots.
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
+/// One host's trust: what the platform verifier says, except for exactly one case it refuses,
+/// a certificate of the host's `ca_file` served as the server's own (see the module doc).
 #[derive(Debug)]
-struct PinnedSelfSigned {
-    platform: rustls_platform_verifier::Verifier,
+struct HostVerifier {
+    roots: Arc<Roots>,
+    /// The `ca_file`'s certificates (none without one).
     pinned: Vec<CertificateDer<'static>>,
 }
 
-impl PinnedSelfSigned {
+impl HostVerifier {
     /// The platform refused only because a certificate from `ca_file` is marked CA, and that
     /// exact certificate is valid for `server_name`.
     fn accepts(
@@ -198,7 +158,7 @@ impl PinnedSelfSigned {
     }
 }
 
-impl ServerCertVerifier for PinnedSelfSigned {
+impl ServerCertVerifier for HostVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -207,7 +167,7 @@ impl ServerCertVerifier for PinnedSelfSigned {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        match self.platform.verify_server_cert(
+        match self.roots.get()?.verify_server_cert(
             end_entity,
             intermediates,
             server_name,
@@ -228,7 +188,7 @@ impl ServerCertVerifier for PinnedSelfSigned {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.platform.verify_tls12_signature(message, cert, dss)
+        self.roots.get()?.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -237,10 +197,15 @@ impl ServerCertVerifier for PinnedSelfSigned {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.platform.verify_tls13_signature(message, cert, dss)
+        self.roots.get()?.verify_tls13_signature(message, cert, dss)
     }
 
+    /// Asked for the ClientHello, before any certificate: the provider's schemes, as the
+    /// platform verifier answers, without loading the roots.
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.platform.supported_verify_schemes()
+        self.roots
+            .provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

@@ -336,8 +336,7 @@ async fn platform_roots_are_read_only_for_tls_hosts() {
     let ca = TestCa::new();
     let upstream = Registry::start_with(RegistryOptions {
         tls: Some(&ca),
-        htpasswd: None,
-        token: None,
+        ..Default::default()
     })
     .await;
     let plain = Registry::start().await;
@@ -878,8 +877,8 @@ async fn bearer_tokens_are_renewed_before_they_expire() {
 }
 
 /// Given an upstream serving HTTPS (distribution offers HTTP/2 over ALPN), when I sync four
-/// tags with layers of 300 kB, 70 kB and 3 MiB, then the small requests (the ping, HEADs,
-/// manifests, config blobs) are HTTP/2 on one shared connection (one TCP and one TLS handshake
+/// tags with layers of 300 kB, 70 kB and 3 MiB, then the small requests (HEADs, manifests,
+/// config blobs) are HTTP/2 on one shared connection (one TCP and one TLS handshake
 /// for all of them), while every layer over 64 KiB downloads over HTTP/1.1 on a connection of
 /// its own (one opened ahead per changed tag with a `GET /v2/`), so on a long link the small
 /// answers do not queue behind layer bytes, nor share one flow's part of the link with them.
@@ -888,8 +887,7 @@ async fn a_tls_upstream_gets_small_requests_over_one_http2_connection_and_layers
     let ca = TestCa::new();
     let upstream = Registry::start_with(RegistryOptions {
         tls: Some(&ca),
-        htpasswd: None,
-        token: None,
+        ..Default::default()
     })
     .await;
     let target = Registry::start().await;

@@ -211,9 +211,10 @@ impl Upstream {
         let learned = self.origin.learned();
         let mut head_missing = false;
         let probe = learned.head_probe().await;
-        let first = match probe.is_some() && self.probed.get().is_none() {
-            true => self.origin.head_in_place_of_ping(repository, tag).await,
-            false => None,
+        let first = if probe.is_some() && self.probed.get().is_none() {
+            self.origin.head_in_place_of_ping(repository, tag).await
+        } else {
+            None
         };
         self.reachable().await?;
         if !learned.head_unreliable() {

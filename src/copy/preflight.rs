@@ -134,8 +134,6 @@ impl Engine {
     }
 }
 
-/// The layout directory (or, when it does not exist yet, the nearest existing directory above
-/// it, where a sync would create it) accepts a new file.
 /// After a manifest `HEAD` answered `status` (404, 405 or 501): some registries (Nexus, some
 /// proxies) do not answer manifest `HEAD` although a sync's `GET` works. The tag list (no pull
 /// spent) tells a missing tag from such a registry; a digest cannot be told without a pull.
@@ -164,6 +162,8 @@ async fn tag_listed(
     }
 }
 
+/// The layout directory (or, when it does not exist yet, the nearest existing directory above
+/// it, where a sync would create it) accepts a new file.
 fn writable(root: &Path) -> Result<(), String> {
     let mut dir = root;
     while !dir.exists() {

@@ -66,9 +66,14 @@ impl TransferSlots {
     }
 
     /// How many of `limit` slots big blobs may hold at once.
-    pub fn big_limit(limit: usize) -> usize {
+    fn big_limit(limit: usize) -> usize {
         let limit = limit.max(1);
         limit - limit / 4
+    }
+
+    /// How many slots big blobs may hold at once.
+    pub fn big_quota(&self) -> usize {
+        lock(&self.state).big_quota
     }
 
     /// A slot for a blob of `size` bytes, when its turn comes. Cancelling the wait gives up the

@@ -38,7 +38,6 @@ pub struct Upstream {
     /// as many as big blobs may download at once).
     changed_tags: std::sync::atomic::AtomicUsize,
     bulk_opened: std::sync::atomic::AtomicUsize,
-    bulk_limit: usize,
 }
 
 impl Upstream {
@@ -95,7 +94,6 @@ impl Upstream {
             probed: tokio::sync::OnceCell::new(),
             changed_tags: Default::default(),
             bulk_opened: Default::default(),
-            bulk_limit: TransferSlots::big_limit(settings.concurrency),
         })
     }
 
@@ -140,7 +138,7 @@ impl Upstream {
             return;
         }
         let seen = self.changed_tags.fetch_add(1, Relaxed) + 1;
-        let want = seen.min(self.bulk_limit);
+        let want = seen.min(self.transfers.big_quota());
         let Ok(opened) = self
             .bulk_opened
             .fetch_update(Relaxed, Relaxed, |n| (n < want).then_some(want))
@@ -204,6 +202,7 @@ impl Upstream {
     /// answered 405/501, or 404 for something the GET then finds (Nexus, some proxies), makes
     /// the rest of the run use GET at once; a tag is reported missing only after a GET said so.
     /// A schema 1 manifest is refused without a GET when the HEAD's media type says so.
+    ///
     /// The host's first HEAD of the run, when it has no credentials, goes out in place of the
     /// `GET /v2/` ping (see `RegistryClient::head_in_place_of_ping`); the host is known
     /// reachable, or not, before any other request.

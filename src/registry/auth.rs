@@ -322,9 +322,7 @@ impl Authenticator {
         if let Some(header) = self.basic_header() {
             request = request.header(reqwest::header::AUTHORIZATION, header);
         }
-        client.limits.request().await;
-        let sent = request.send().await;
-        client.observe("GET", &sent);
+        let sent = client.exchange("GET", request).await;
         let transport = |detail: String| RegistryError::Transport {
             method: "GET".into(),
             url: strip_query(&url),

@@ -45,9 +45,9 @@ impl RegistryClient {
 
     /// The first request of a run to a host without credentials: a manifest `HEAD` sent in
     /// place of the `GET /v2/` ping, one round trip sooner. The ping only learns what the host
-    /// asks for, and this answer says the same: a 2xx means nothing is asked (as a 200 to the
-    /// ping), a 401 carries the challenge (as the ping's). Either one counts as the ping. The
-    /// HEAD's answer is returned when it is a 2xx; `None` otherwise (a 401, any other status,
+    /// asks for, and this answer says the same: a 200 means nothing is asked (as the ping's 200),
+    /// a 401 carries the challenge (as the ping's). Either one counts as the ping. The HEAD's
+    /// answer is returned when it is a 200; `None` otherwise (a 401, any other status,
     /// no answer): the caller then pings, if still needed, and asks again the usual way, so a
     /// failure is reported, retried and logged as before. One attempt, never retried.
     pub async fn head_in_place_of_ping(
@@ -61,42 +61,23 @@ impl RegistryClient {
         let url = self
             .url(&format!("v2/{repository}/manifests/{reference}"))
             .ok()?;
-        self.limits.request().await;
-        let sent = self
-            .http
-            .head(url.clone())
-            .headers(manifest_accept())
-            .send()
-            .await;
-        self.observe("HEAD", &sent);
-        let response = sent.ok()?;
-        self.note_ratelimit(response.headers());
+        let request = self.http.head(url.clone()).headers(manifest_accept());
+        let response = self.exchange("HEAD", request).await.ok()?;
         let status = response.status();
         tracing::debug!(method = %reqwest::Method::HEAD, url = %redact(&url), status = status.as_u16(), "registry request");
-        if status == reqwest::StatusCode::UNAUTHORIZED {
-            let challenge = response
-                .headers()
-                .get(header::WWW_AUTHENTICATE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(super::auth::parse_challenge)?;
-            self.auth.set_challenge(challenge).await;
-            let _ = self.pinged.set(());
+        if !self.learn_challenge(&response).await {
             return None;
         }
-        if !status.is_success() {
+        let _ = self.pinged.set(());
+        if status != reqwest::StatusCode::OK {
             return None;
         }
         let headers = response.headers();
-        let head = ManifestHead {
+        Some(ManifestHead {
             digest: content_digest(headers, &url).ok()?,
             media_type: media_type(headers),
             size: content_length(headers),
-        };
-        self.auth
-            .set_challenge(super::auth::Challenge::Anonymous)
-            .await;
-        let _ = self.pinged.set(());
-        Some(head)
+        })
     }
 
     /// `GET /v2/<name>/manifests/<reference>`: the exact bytes, at most 4 MiB, with the digest

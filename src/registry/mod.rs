@@ -20,7 +20,6 @@ mod tags;
 mod tls;
 mod transport;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
@@ -172,15 +171,14 @@ impl RegistryClient {
         let base = Url::parse(&format!("{scheme}://{}/", options.host)).map_err(|e| {
             RegistryError::protocol(&options.host, format!("not a valid registry host: {e}"))
         })?;
-        if !options.insecure && options.ca_file.is_none() {
-            tls::load_platform_roots_soon();
-        }
-        let http = build_http_client(options.ca_file.as_deref(), &options.host, false)?;
+        let trust =
+            tls::HostTrust::for_host(options.ca_file.as_deref(), &options.host, !options.insecure)?;
+        let http = build_http_client(&trust, &options.host, false)?;
         // Plain HTTP is HTTP/1.1 anyway (a connection per request in flight): one pool.
         let bulk = if options.insecure {
             http.clone()
         } else {
-            build_http_client(options.ca_file.as_deref(), &options.host, true)?
+            build_http_client(&trust, &options.host, true)?
         };
         Ok(RegistryClient {
             auth: Authenticator::new(&options.host, options.credentials),
@@ -260,6 +258,44 @@ impl RegistryClient {
         }
     }
 
+    /// Sends one request within the host's request rate, counts it in the metrics, and notes
+    /// the pull quota its answer reports. No retry, no authentication: callers add those.
+    pub(super) async fn exchange(
+        &self,
+        method: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        self.limits.request().await;
+        let sent = request.send().await;
+        self.observe(method, &sent);
+        if let Ok(response) = &sent {
+            self.note_ratelimit(response.headers());
+        }
+        sent
+    }
+
+    /// What a host asks for, learned from its answer to a request sent without credentials:
+    /// nothing (200) or the challenge of its 401. `false` for any other answer, and for a 401
+    /// without a usable challenge.
+    async fn learn_challenge(&self, response: &reqwest::Response) -> bool {
+        let challenge = match response.status() {
+            StatusCode::OK => Some(Challenge::Anonymous),
+            StatusCode::UNAUTHORIZED => response
+                .headers()
+                .get(header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_challenge),
+            _ => None,
+        };
+        match challenge {
+            Some(challenge) => {
+                self.auth.set_challenge(challenge).await;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Opens one more connection for big blob downloads ahead of need, with a `GET /v2/` on it
     /// (answered 200 or 401: cheap either way), so the download that takes it does not wait for
     /// the TCP and TLS handshakes. Failures are left to the download itself.
@@ -267,10 +303,7 @@ impl RegistryClient {
         let Ok(url) = self.url("v2/") else {
             return;
         };
-        self.limits.request().await;
-        let sent = self.bulk.get(url).send().await;
-        self.observe("GET", &sent);
-        if let Ok(response) = sent {
+        if let Ok(response) = self.exchange("GET", self.bulk.get(url)).await {
             // Read to the end, or the connection is not handed back to the pool.
             let _ = response.bytes().await;
         }
@@ -309,37 +342,21 @@ impl RegistryClient {
     }
 
     async fn ping_once(&self) -> Result<(), RegistryError> {
-        {
-            {
-                let url = self.url("v2/")?;
-                self.limits.request().await;
-                let sent = self.http.get(url.clone()).send().await;
-                self.observe("GET", &sent);
-                let response = sent.map_err(|e| transport("GET", &url, &e))?;
-                match response.status() {
-                    StatusCode::OK => self.auth.set_challenge(Challenge::Anonymous).await,
-                    StatusCode::UNAUTHORIZED => {
-                        let header = response
-                            .headers()
-                            .get(header::WWW_AUTHENTICATE)
-                            .and_then(|v| v.to_str().ok())
-                            .and_then(parse_challenge);
-                        match header {
-                            Some(challenge) => self.auth.set_challenge(challenge).await,
-                            None => {
-                                return Err(RegistryError::Auth {
-                                    host: self.host.clone(),
-                                    reason: "GET /v2/ answered 401 without a usable challenge"
-                                        .into(),
-                                });
-                            }
-                        }
-                    }
-                    _ => return Err(status_error("GET", &url, response).await),
-                }
-                Ok(())
-            }
+        let url = self.url("v2/")?;
+        let response = self
+            .exchange("GET", self.http.get(url.clone()))
+            .await
+            .map_err(|e| transport("GET", &url, &e))?;
+        if self.learn_challenge(&response).await {
+            return Ok(());
         }
+        if response.status() == StatusCode::UNAUTHORIZED {
+            return Err(RegistryError::Auth {
+                host: self.host.clone(),
+                reason: "GET /v2/ answered 401 without a usable challenge".into(),
+            });
+        }
+        Err(status_error("GET", &url, response).await)
     }
 
     fn url(&self, path: &str) -> Result<Url, RegistryError> {
@@ -423,11 +440,10 @@ impl RegistryClient {
             if body.is_none() {
                 body = Some(RequestBody::Empty);
             }
-            self.limits.request().await;
-            let sent = request.send().await;
-            self.observe(method.as_str(), &sent);
-            let response = sent.map_err(|e| transport(method.as_str(), &url, &e))?;
-            self.note_ratelimit(response.headers());
+            let response = self
+                .exchange(method.as_str(), request)
+                .await
+                .map_err(|e| transport(method.as_str(), &url, &e))?;
             tracing::debug!(method = %method, url = %redact(&url), status = response.status().as_u16(), "registry request");
             if response.status() != StatusCode::UNAUTHORIZED || !replayable {
                 return Ok(response);
@@ -486,7 +502,7 @@ impl RegistryClient {
 /// The HTTP client of one host: HTTP/2 when the server offers it over ALPN, or, for `bulk`
 /// transfers, HTTP/1.1 only.
 fn build_http_client(
-    ca_file: Option<&Path>,
+    trust: &tls::HostTrust,
     host: &str,
     bulk: bool,
 ) -> Result<reqwest::Client, RegistryError> {
@@ -504,16 +520,8 @@ fn build_http_client(
     if bulk {
         builder = builder.http1_only();
     }
-    builder = match ca_file {
-        Some(path) => {
-            let pem = std::fs::read(path).map_err(|e| {
-                RegistryError::protocol(host, format!("reading CA file {}: {e}", path.display()))
-            })?;
-            builder.tls_backend_preconfigured(tls::client_config(&pem, path, host, bulk)?)
-        }
-        None => builder.tls_backend_preconfigured(tls::platform_config(host, bulk)?),
-    };
     builder
+        .tls_backend_preconfigured(trust.client_config(host, bulk)?)
         .build()
         .map_err(|e| RegistryError::protocol(host, format!("building HTTP client: {e}")))
 }

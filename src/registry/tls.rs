@@ -19,47 +19,87 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use super::RegistryError;
 
-/// The rustls configuration for a host whose `ca_file` is `pem` (read from `path`); `http1_only`
-/// offers no HTTP/2 over ALPN.
-pub(super) fn client_config(
-    pem: &[u8],
-    path: &Path,
-    host: &str,
-    http1_only: bool,
-) -> Result<rustls::ClientConfig, RegistryError> {
-    let bad = |detail: String| {
-        RegistryError::protocol(host, format!("CA file {}: {detail}", path.display()))
-    };
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(format!("not PEM: {e}")))?;
-    if certs.is_empty() {
-        return Err(bad("holds no certificate".into()));
+/// What one host's TLS connections trust: the platform's roots, plus the certificates of its
+/// `ca_file`, and a `ca_file` certificate served as the server's own (see the module doc). Made
+/// once per host and shared by its clients.
+#[derive(Debug, Clone)]
+pub(super) struct HostTrust {
+    roots: Arc<Roots>,
+    /// The `ca_file`'s certificates (none without one).
+    pinned: Arc<[CertificateDer<'static>]>,
+}
+
+impl HostTrust {
+    /// The trust of `host`, whose `ca_file` (if any) is read now. For a TLS host without one,
+    /// the platform's roots start loading on a thread of their own (once for the process), so
+    /// that the load overlaps the TCP handshake instead of following it.
+    pub(super) fn for_host(
+        ca_file: Option<&Path>,
+        host: &str,
+        tls: bool,
+    ) -> Result<HostTrust, RegistryError> {
+        let Some(path) = ca_file else {
+            if tls {
+                load_platform_roots_soon();
+            }
+            return Ok(HostTrust {
+                roots: shared_roots().clone(),
+                pinned: Arc::from([]),
+            });
+        };
+        let bad = |detail: String| {
+            RegistryError::protocol(host, format!("CA file {}: {detail}", path.display()))
+        };
+        let pem = std::fs::read(path).map_err(|e| {
+            RegistryError::protocol(host, format!("reading CA file {}: {e}", path.display()))
+        })?;
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(format!("not PEM: {e}")))?;
+        if certs.is_empty() {
+            return Err(bad("holds no certificate".into()));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        // Built now, so that a certificate the verifier cannot take is reported at start.
+        let platform = rustls_platform_verifier::Verifier::new_with_extra_roots(
+            certs.clone(),
+            provider.clone(),
+        )
+        .map_err(|e| bad(e.to_string()))?;
+        Ok(HostTrust {
+            roots: Arc::new(Roots {
+                provider,
+                verifier: OnceLock::from(Ok(platform)),
+            }),
+            pinned: Arc::from(certs),
+        })
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    // Built now, so that a certificate the verifier cannot take is reported at start.
-    let platform =
-        rustls_platform_verifier::Verifier::new_with_extra_roots(certs.clone(), provider.clone())
-            .map_err(|e| bad(e.to_string()))?;
-    let roots = Arc::new(Roots {
-        provider,
-        verifier: OnceLock::from(Ok(platform)),
-    });
-    config_with(roots, certs, host, http1_only)
+
+    /// The rustls configuration of one client of the host; `http1_only` offers no HTTP/2 over
+    /// ALPN.
+    pub(super) fn client_config(
+        &self,
+        host: &str,
+        http1_only: bool,
+    ) -> Result<rustls::ClientConfig, RegistryError> {
+        let mut config = rustls::ClientConfig::builder_with_provider(self.roots.provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| RegistryError::protocol(host, format!("TLS configuration: {e}")))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(self.clone()))
+            .with_no_client_auth();
+        // A preconfigured TLS backend gets no ALPN from reqwest: offer HTTP/2 as its default does.
+        config.alpn_protocols = if http1_only {
+            vec![b"http/1.1".to_vec()]
+        } else {
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        };
+        Ok(config)
+    }
 }
 
-/// The rustls configuration for a host with no `ca_file`: the platform's roots, through one
-/// verifier for the whole process (see [`Roots`]); `http1_only` as in [`client_config`].
-pub(super) fn platform_config(
-    host: &str,
-    http1_only: bool,
-) -> Result<rustls::ClientConfig, RegistryError> {
-    config_with(shared_roots().clone(), Vec::new(), host, http1_only)
-}
-
-/// Starts loading the platform's roots on a thread of their own, once: called for a host that
-/// speaks TLS, so that the load overlaps the TCP handshake instead of following it.
-pub(super) fn load_platform_roots_soon() {
+/// Starts loading the platform's roots on a thread of their own, once.
+fn load_platform_roots_soon() {
     static STARTED: std::sync::Once = std::sync::Once::new();
     STARTED.call_once(|| {
         let roots = shared_roots().clone();
@@ -81,29 +121,6 @@ fn shared_roots() -> &'static Arc<Roots> {
     })
 }
 
-fn config_with(
-    roots: Arc<Roots>,
-    pinned: Vec<CertificateDer<'static>>,
-    host: &str,
-    http1_only: bool,
-) -> Result<rustls::ClientConfig, RegistryError> {
-    let provider = roots.provider.clone();
-    let verifier = HostVerifier { roots, pinned };
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| RegistryError::protocol(host, format!("TLS configuration: {e}")))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
-    // A preconfigured TLS backend gets no ALPN from reqwest: offer HTTP/2 as the default one does.
-    config.alpn_protocols = if http1_only {
-        vec![b"http/1.1".to_vec()]
-    } else {
-        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
-    };
-    Ok(config)
-}
-
 /// The platform verifier: its roots, plus a host's `ca_file` ones. Without a `ca_file` it is
 /// built at the first certificate it checks, once for the process: building it reads and parses
 /// every certificate under /etc/ssl/certs, which reqwest's default did for every client it
@@ -123,16 +140,7 @@ impl Roots {
     }
 }
 
-/// One host's trust: what the platform verifier says, except for exactly one case it refuses,
-/// a certificate of the host's `ca_file` served as the server's own (see the module doc).
-#[derive(Debug)]
-struct HostVerifier {
-    roots: Arc<Roots>,
-    /// The `ca_file`'s certificates (none without one).
-    pinned: Vec<CertificateDer<'static>>,
-}
-
-impl HostVerifier {
+impl HostTrust {
     /// The platform refused only because a certificate from `ca_file` is marked CA, and that
     /// exact certificate is valid for `server_name`.
     fn accepts(
@@ -158,7 +166,7 @@ impl HostVerifier {
     }
 }
 
-impl ServerCertVerifier for HostVerifier {
+impl ServerCertVerifier for HostTrust {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,

@@ -359,6 +359,15 @@ def _mib(n):
     return f"{n / MiB:.1f} MiB"
 
 
+def figures_dir(out_dir: str) -> str:
+    """Where the timelines go: bench/figures/ for the report at the repository's root (its top
+    level shows the project's parts, not its outputs), figures/ beside any other report."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if os.path.abspath(out_dir) == root:
+        return os.path.join(root, "bench", "figures")
+    return os.path.join(out_dir, "figures")
+
+
 def render(bench, meta: dict, out_dir: str) -> str:
     """The markdown of the WAN section; writes one SVG per profile into out_dir."""
     wan_runs = [r for r in bench.runs if "/" in r.scenario]
@@ -441,8 +450,10 @@ def render(bench, meta: dict, out_dir: str) -> str:
                     "",
                 ]
             if scenario == "cold" and all(t in runs for t in ("mirrorsync",)):
-                name = f"{prof.name}.svg"
-                svg_timeline(prof, runs, os.path.join(out_dir, name))
+                path = os.path.join(figures_dir(out_dir), f"{prof.name}.svg")
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                svg_timeline(prof, runs, path)
+                name = os.path.relpath(path, out_dir)
                 svgs.append(name)
                 lines += [f"![bytes/s over the run, {prof.title}]({name})", ""]
     return "\n".join(lines)

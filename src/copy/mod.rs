@@ -343,8 +343,8 @@ impl Engine {
     }
 
     /// Inspects every item and copies those that changed, pending first (`priority`, lower
-    /// first; then list order). Up to [`inspections_at_once`] tags are inspected at once and
-    /// `concurrency` copied at once; copies start strictly in that order (a changed tag waits
+    /// first; then list order). Up to [`inspections_at_once`] tags are inspected (or, changed,
+    /// wait for a copy slot) at once and `concurrency` copied at once; copies start strictly in that order (a changed tag waits
     /// until every tag before it was found unchanged or has started its copy), so the pull
     /// quota goes to the longest-pending tags first. Returns, per item, the upstream digest found
     /// (if any) and the result.
@@ -374,9 +374,9 @@ impl Engine {
                 async move {
                     let started = Instant::now();
                     let inspection = engine.inspect(&item).await;
-                    drop(inspecting);
                     let result = match inspection {
                         Inspection::Done(result) => {
+                            drop(inspecting);
                             drop(turn);
                             let found = match &result {
                                 TagResult::Unchanged { digest } => Some(digest.clone()),
@@ -395,6 +395,10 @@ impl Engine {
                                 } => slot,
                                 _ = stop.cancelled() => None,
                             };
+                            // The inspection slot is kept until the copy slot is taken:
+                            // inspection runs ahead of the copies by a bounded number of tags,
+                            // so the tags (and memory) waiting for a copy stay bounded too.
+                            drop(inspecting);
                             drop(turn);
                             let found = Some(change.digest.clone());
                             match slot {

@@ -32,12 +32,21 @@ impl Engine {
         let limit = Arc::new(Semaphore::new(limit.max(1)));
         let mut tasks = tokio::task::JoinSet::new();
         let mut ids = HashMap::new();
+        let mut out: Vec<Option<Result<T, String>>> = (0..items.len()).map(|_| None).collect();
         // Permits are taken here, in list order, so work starts in priority order however the
-        // runtime schedules tasks; a stop ends the starting.
+        // runtime schedules tasks; a stop ends the starting. Finished tasks are reaped while
+        // starting: a task's memory (sized for its whole future) is freed only when it is
+        // joined, so a list of 10,000 tags would otherwise hold 10,000 finished tasks.
         for (k, item) in items.iter().enumerate() {
-            let permit = tokio::select! {
-                permit = Arc::clone(&limit).acquire_owned() => permit.ok(),
-                _ = control.stop.cancelled() => None,
+            let permit = loop {
+                tokio::select! {
+                    biased;
+                    Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                        take_joined(joined, &mut ids, &mut out);
+                    }
+                    permit = Arc::clone(&limit).acquire_owned() => break permit.ok(),
+                    _ = control.stop.cancelled() => break None,
+                }
             };
             let Some(permit) = permit else {
                 break;
@@ -46,20 +55,19 @@ impl Engine {
             let handle = tasks.spawn(async move { (k, Some(fut.await)) });
             ids.insert(handle.id(), k);
         }
-        let mut out: Vec<Option<Result<T, String>>> = (0..items.len()).map(|_| None).collect();
         let mut deadline: Option<tokio::time::Instant> = None;
         let mut abandoned = false;
         loop {
             let next = match deadline {
                 None => tokio::select! {
-                    joined = tasks.join_next() => joined,
+                    joined = tasks.join_next_with_id() => joined,
                     _ = control.stop.cancelled() => {
                         deadline = Some(tokio::time::Instant::now() + control.grace);
                         continue;
                     }
                 },
                 Some(at) => tokio::select! {
-                    joined = tasks.join_next() => joined,
+                    joined = tasks.join_next_with_id() => joined,
                     _ = tokio::time::sleep_until(at) => {
                         tracing::warn!(running = tasks.len(), "grace period over; abandoning running tags");
                         tasks.abort_all();
@@ -75,17 +83,32 @@ impl Engine {
             };
             match next {
                 None => break,
-                Some(Ok((k, value))) => out[k] = value.map(Ok),
-                Some(Err(e)) if e.is_cancelled() => {}
-                Some(Err(e)) => {
-                    tracing::error!(error = %e, "a sync task panicked");
-                    if let Some(k) = ids.get(&e.id()) {
-                        out[*k] = Some(Err(format!("internal error: {e}")));
-                    }
-                }
+                Some(joined) => take_joined(joined, &mut ids, &mut out),
             }
         }
         out
+    }
+}
+
+/// Files a joined task's value under its position: its output, nothing when it was cancelled
+/// (abandoned), or an internal error when it panicked.
+fn take_joined<T>(
+    joined: Result<(tokio::task::Id, (usize, Option<T>)), tokio::task::JoinError>,
+    ids: &mut HashMap<tokio::task::Id, usize>,
+    out: &mut [Option<Result<T, String>>],
+) {
+    match joined {
+        Ok((id, (k, value))) => {
+            ids.remove(&id);
+            out[k] = value.map(Ok);
+        }
+        Err(e) if e.is_cancelled() => {}
+        Err(e) => {
+            tracing::error!(error = %e, "a sync task panicked");
+            if let Some(k) = ids.remove(&e.id()) {
+                out[k] = Some(Err(format!("internal error: {e}")));
+            }
+        }
     }
 }
 
@@ -94,15 +117,30 @@ impl Engine {
 /// priority order however the inspections before them finish.
 #[derive(Default)]
 pub(super) struct Turns {
-    /// The first position not passed yet, and the positions after it that have passed.
-    passed: std::sync::Mutex<(usize, std::collections::BTreeSet<usize>)>,
-    next: tokio::sync::watch::Sender<usize>,
+    state: std::sync::Mutex<TurnState>,
+}
+
+#[derive(Default)]
+struct TurnState {
+    /// The first position not passed yet.
+    first: usize,
+    /// Positions after `first` that have passed.
+    passed: std::collections::BTreeSet<usize>,
+    /// Who waits for which position's turn: woken one by one as `first` reaches them, so a pass
+    /// costs the positions it releases, not one wake-up of every waiting tag.
+    waiting: std::collections::BTreeMap<usize, tokio::sync::oneshot::Sender<()>>,
 }
 
 /// Position `k`'s turn; dropping it passes it.
 pub(super) struct Turn {
     turns: Arc<Turns>,
     k: usize,
+}
+
+impl Turns {
+    fn lock(&self) -> std::sync::MutexGuard<'_, TurnState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl Turn {
@@ -112,20 +150,32 @@ impl Turn {
 
     /// Waits until every position before this one has passed.
     pub(super) async fn wait(&self) {
-        let mut next = self.turns.next.subscribe();
-        let _ = next.wait_for(|n| *n >= self.k).await;
+        let woken = {
+            let mut state = self.turns.lock();
+            if state.first >= self.k {
+                return;
+            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            state.waiting.insert(self.k, tx);
+            rx
+        };
+        let _ = woken.await;
     }
 }
 
 impl Drop for Turn {
     fn drop(&mut self) {
-        let mut passed = self.turns.passed.lock().unwrap_or_else(|p| p.into_inner());
-        let (first, later) = &mut *passed;
-        later.insert(self.k);
-        while later.remove(first) {
-            *first += 1;
+        let mut state = self.turns.lock();
+        let state = &mut *state;
+        state.waiting.remove(&self.k);
+        state.passed.insert(self.k);
+        while state.passed.remove(&state.first) {
+            state.first += 1;
         }
-        self.turns.next.send_replace(*first);
+        let later = state.waiting.split_off(&(state.first + 1));
+        for (_, tx) in std::mem::replace(&mut state.waiting, later) {
+            let _ = tx.send(());
+        }
     }
 }
 

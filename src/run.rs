@@ -4,9 +4,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::config::Config;
+use crate::config::{Config, TagSeries};
 use crate::copy::{Engine, Mode};
-use crate::metrics::{BlobAction, Metrics, TagRunResult};
+use crate::metrics::{BlobAction, Metrics, TagLag, TagRunResult};
 use crate::registry::RequestObserver;
 use crate::report::RunReport;
 use crate::shard::Shard;
@@ -56,6 +56,7 @@ pub async fn run_pass(
         tracing::info!(shard = %format!("{}/{}", shard.index, shard.count), tags = config.images.len(), "syncing this shard's share");
     }
     let prune_repos = crate::prune::repositories(&config);
+    let tag_series = config.tag_series;
     let observer: Arc<dyn RequestObserver> = Arc::new(MetricsObserver(Arc::clone(metrics)));
     let mut engine = Engine::new(Arc::new(config), options.mode, Some(observer))
         .await
@@ -128,6 +129,7 @@ pub async fn run_pass(
             )
             .await;
         }
+        metrics.set_tag_series_out_of_sync_only(tag_series == TagSeries::OutOfSync);
         for (tag, status) in report.tags.iter().zip(&statuses) {
             metrics.set_tag(
                 &tag.source,
@@ -137,6 +139,17 @@ pub async fn run_pass(
                 status.lag_seconds,
             );
         }
+        metrics.set_lag_summary(
+            report
+                .tags
+                .iter()
+                .zip(&statuses)
+                .map(|(tag, status)| TagLag {
+                    repository: &tag.target.repository,
+                    in_sync: status.in_sync,
+                    lag_seconds: status.lag_seconds,
+                }),
+        );
         let configured: std::collections::HashSet<(String, String)> = report
             .tags
             .iter()

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from . import corpus as corpus_mod
 from . import report
+from . import scale
 from . import wan
 from .client import Client
 from .layers import LayerFactory
@@ -57,11 +58,19 @@ def parse_args(argv):
     p.add_argument("--no-wan", action="store_true", help="skip the WAN profiles (upstream behind a proxy adding RTT and a downlink cap)")
     p.add_argument("--wan-only", action="store_true", help="run only the WAN profiles; rewrite only their section of the report")
     p.add_argument("--wan-profile", action="append", help="run only this WAN profile (repeatable; see mirrorbench/wan.py)")
+    p.add_argument("--scale", metavar="SIZES", help="run only the scale scenario for these list sizes (comma separated, e.g. 1000,10000) and rewrite only its section of the report; --smoke runs it at 200,1000")
     a = p.parse_args(argv)
     if a.rounds is None:
         a.rounds = 1 if a.smoke else 3
     if a.skopeo_cap is None:
         a.skopeo_cap = 5.0 if a.smoke else 240.0
+    if a.scale is not None:
+        try:
+            a.scale = [int(x) for x in a.scale.split(",") if x.strip()]
+        except ValueError:
+            p.error("--scale takes list sizes separated by commas, e.g. 1000,10000")
+        if not a.scale or min(a.scale) < 1:
+            p.error("--scale needs at least one list size of 1 or more")
     if a.no_wan and a.wan_only:
         p.error("--no-wan and --wan-only exclude each other")
     if a.rounds < 1:
@@ -373,6 +382,23 @@ def _os_name() -> str:
     return platform.system()
 
 
+def run_scale_only(args, binary, provenance, workdir, command, started, t_start) -> int:
+    """`bench/run --scale SIZES`: the scale scenario alone; rewrites only its section."""
+    rows = scale.run_scale(binary, workdir, args.scale, log)
+    meta = {"command": command, "date": started.strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(), "provenance": provenance}
+    out_dir = os.path.dirname(os.path.abspath(args.output))
+    os.makedirs(out_dir, exist_ok=True)
+    fig = scale.figure(rows, out_dir, wan.figures_dir(out_dir))
+    scale.write(args.output, scale.render(rows, meta, fig))
+    log(f"== scale section written to {os.path.relpath(args.output)} ({time.monotonic() - t_start:.0f}s in all)")
+    if not (args.keep or args.workdir):
+        shutil.rmtree(workdir, ignore_errors=True)
+    found = scale.problems(rows)
+    for p in found:
+        log("   - " + p)
+    return 1 if found else 0
+
+
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     command = "bench/run" + ("" if not sys.argv[1:] else " " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
@@ -406,6 +432,8 @@ def main(argv=None) -> int:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_signal)
+    if args.scale:
+        return run_scale_only(args, binary, provenance, workdir, command, started, t_start)
     load_before = os.getloadavg()
     profiles = wan.SMOKE_PROFILES if args.smoke else wan.FULL_PROFILES
     if args.wan_profile:
@@ -474,6 +502,12 @@ def main(argv=None) -> int:
     else:
         text, problems = report.render(bench, meta)
         report.write(args.output, text, wan_text)
+    if args.smoke:
+        # The scale scenario at small sizes, so it cannot rot (its figures mean little here).
+        rows = scale.run_scale(binary, workdir, [200, 1000], log)
+        problems = list(problems) + scale.problems(rows)
+        meta["provenance"] = provenance
+        scale.write(args.output, scale.render(rows, meta, scale.figure(rows, out_dir, wan.figures_dir(out_dir))))
     with open(os.path.join(workdir, "runs.json"), "w") as f:
         json.dump(report.raw(bench), f, indent=1)
     log(f"== report written to {os.path.relpath(args.output)} ({elapsed:.0f}s in all)")

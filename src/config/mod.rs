@@ -69,6 +69,20 @@ pub struct Config {
     pub images: Vec<SyncItem>,
     /// Entries whose tags are chosen at run time from the upstream tag list.
     pub selections: Vec<TagSelection>,
+    /// Which tags get per-tag series (`tag_series`, default every tag).
+    pub tag_series: TagSeries,
+}
+
+/// `tag_series`: which tags have their own `mirrorsync_tag_*` series. The aggregate lag series
+/// are exported either way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TagSeries {
+    /// Every configured tag: three series each (in sync, last synced, lag).
+    #[default]
+    All,
+    /// Only tags the last pass could not confirm in sync (failed, deferred, lagging): for lists
+    /// of thousands of tags, where a series per tag is more than Prometheus should hold.
+    OutOfSync,
 }
 
 /// Where mirrored images go.

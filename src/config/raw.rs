@@ -21,6 +21,7 @@ pub(crate) struct RawConfig {
     pub docker_config: Option<Spanned<String>>,
     pub registries: Option<RawRegistries>,
     pub images: Option<Spanned<Vec<Spanned<RawImage>>>>,
+    pub tag_series: Option<Spanned<String>>,
 }
 
 /// `target:`, where mirrored images are written.

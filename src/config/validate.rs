@@ -17,7 +17,7 @@ use super::raw::{RawAuth, RawConfig, RawRegistry, RawTarget};
 use super::values::{check_ca_pem, check_mirror_url, parse_byte_size, resolve_path, trim_prefix};
 use super::{
     Config, ConfigError, Credentials, DEFAULT_CONCURRENCY, DEFAULT_REGISTRY_CONCURRENCY, Endpoint,
-    RegistrySettings, Secret, TargetKind, TargetSettings, api_host,
+    RegistrySettings, Secret, TagSeries, TargetKind, TargetSettings, api_host,
 };
 use crate::reference::{normalize_registry, validate_registry, validate_repository};
 
@@ -108,6 +108,20 @@ impl Validator<'_> {
         }
         let (images, selections) = self.images(&images.value, &target, &registries)?;
         warn_unused_registries(&registries, &images, &selections);
+        let tag_series = match &raw.tag_series {
+            None => TagSeries::All,
+            Some(m) => match m.value.trim() {
+                "all" => TagSeries::All,
+                "out_of_sync" => TagSeries::OutOfSync,
+                other => {
+                    return Err(self.site.spanned(
+                        m,
+                        "tag_series",
+                        format!("\"{other}\" is not a series mode (use all or out_of_sync)"),
+                    ));
+                }
+            },
+        };
         Ok(Config {
             path: path.to_path_buf(),
             schedule,
@@ -118,6 +132,7 @@ impl Validator<'_> {
             docker_config,
             images,
             selections,
+            tag_series,
         })
     }
 

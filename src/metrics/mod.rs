@@ -19,6 +19,7 @@
 //! which are always present so that `rate()` and alerts see a 0 rather than nothing. Label values
 //! never carry secrets: callers pass image references and registry host names only.
 
+pub mod aggregate;
 pub mod push;
 pub mod server;
 pub mod textfile;
@@ -29,6 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use prometheus::core::Collector;
 use prometheus::{Gauge, GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
+pub use aggregate::TagLag;
 pub use push::{MetricsError, push};
 pub use server::{HealthCheck, serve};
 pub use textfile::write_textfile;
@@ -145,6 +147,8 @@ const CONFIG_RELOAD_TIME: &str = "mirrorsync_config_last_reload_success_timestam
 struct Tags {
     lag: BTreeMap<(String, String), f64>,
     last_success: Option<f64>,
+    /// `tag_series: out_of_sync`: per-tag series only for tags not in sync.
+    out_of_sync_only: bool,
 }
 
 /// The process's metrics. Updates are atomic operations on `prometheus` series, cheap enough to
@@ -166,6 +170,7 @@ pub struct Metrics {
     skipped_passes: IntCounter,
     config_reload_ok: IntGaugeVec,
     config_reload_time: GaugeVec,
+    lag_summary: aggregate::LagSummary,
     tags: Mutex<Tags>,
 }
 
@@ -298,6 +303,7 @@ impl Metrics {
                 "Unix time of the last successful load of the configuration (at start or on SIGHUP).",
                 &[],
             ),
+            lag_summary: aggregate::LagSummary::register(&r),
             tags: Mutex::new(Tags::default()),
             registry: r,
         };
@@ -402,6 +408,17 @@ impl Metrics {
     ) {
         let mut tags = self.tags();
         let labels = [source, target];
+        if tags.out_of_sync_only && in_sync {
+            // Only the aggregates speak for a tag in sync.
+            if tags
+                .lag
+                .remove(&(source.to_string(), target.to_string()))
+                .is_some()
+            {
+                self.remove_tag_series(&labels);
+            }
+            return;
+        }
         self.tag_in_sync
             .with_label_values(&labels)
             .set(i64::from(in_sync));
@@ -425,12 +442,26 @@ impl Metrics {
             if keep(source, target) {
                 return true;
             }
-            let labels = [source.as_str(), target.as_str()];
-            let _ = self.tag_in_sync.remove_label_values(&labels);
-            let _ = self.tag_last_synced.remove_label_values(&labels);
-            let _ = self.tag_lag.remove_label_values(&labels);
+            self.remove_tag_series(&[source.as_str(), target.as_str()]);
             false
         });
+    }
+
+    fn remove_tag_series(&self, labels: &[&str; 2]) {
+        let _ = self.tag_in_sync.remove_label_values(labels);
+        let _ = self.tag_last_synced.remove_label_values(labels);
+        let _ = self.tag_lag.remove_label_values(labels);
+    }
+
+    /// `tag_series: out_of_sync` (true): from now on, [`Metrics::set_tag`] keeps per-tag series
+    /// only for tags not in sync, and drops those of a tag found in sync; false: every tag.
+    pub fn set_tag_series_out_of_sync_only(&self, yes: bool) {
+        self.tags().out_of_sync_only = yes;
+    }
+
+    /// Replaces the aggregate lag series (see [`aggregate`]) with those of a whole pass.
+    pub fn set_lag_summary<'a>(&self, tags: impl IntoIterator<Item = TagLag<'a>>) {
+        self.lag_summary.set(tags);
     }
 
     /// Adds `n` to `mirrorsync_blobs_total{action}`.

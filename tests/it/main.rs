@@ -22,6 +22,7 @@ mod prune_safety;
 mod rate_limits;
 mod schedule_forms;
 mod selection;
+mod series_modes;
 mod settings_coverage;
 mod state_garbage;
 mod sync_auth;

@@ -27,6 +27,7 @@ const COVERAGE: &[(&str, &[&str])] = &[
     ("schedule", &["observability::daemon_runs_passes_skips_overlaps_reloads_on_sighup_and_stops_on_sigterm"]),
     ("timezone", &["settings_coverage::timezone_decides_when_the_schedule_fires"]),
     ("concurrency", &["rate_limits::with_concurrency_1_changed_tags_are_copied_in_priority_order_even_under_load"]),
+    ("tag_series", &["series_modes::out_of_sync_mode_exports_per_tag_series_only_for_the_failing_tag", "series_modes::default_mode_exports_every_tag_and_the_aggregates"]),
     ("target", &["sync_formats::single_arch_oci_and_docker_schema2_images_are_mirrored_exactly"]),
     ("target.path", &["sync_formats::oci_layout_target_needs_no_registry_and_reads_back_with_skopeo"]),
     ("target.registry", &["sync_formats::single_arch_oci_and_docker_schema2_images_are_mirrored_exactly"]),

@@ -361,12 +361,11 @@ impl Engine {
             let since = priority.get(&item_key(&items[*i])).copied();
             (since.unwrap_or(i64::MAX), *i)
         });
-        let ordered: Vec<SyncItem> = order.iter().map(|i| items[*i].clone()).collect();
         let copies = Arc::new(tokio::sync::Semaphore::new(self.config.concurrency.max(1)));
         let turns = Arc::new(pool::Turns::default());
         let width = inspections_at_once(self.config.concurrency);
         let done = self
-            .for_each_item(&ordered, control, width, |engine, item, k, inspecting| {
+            .for_each_item(items, &order, control, width, |engine, item, k, inspecting| {
                 let counters = Arc::clone(&counters[order[k]]);
                 let (copies, stop) = (Arc::clone(&copies), control.stop.clone());
                 // Passed once this tag has its copy slot or needs none (or is dropped).

@@ -234,7 +234,7 @@ fn unknown_top_level_key() {
     assert_eq!(
         error(&format!("{TARGET}images: [nginx]\nimagez: [redis]\n")),
         "sync.yaml:4:1: imagez: unknown key (expected one of schedule, timezone, concurrency, \
-         target, docker_config, registries, images)"
+         target, docker_config, registries, images, tag_series)"
     );
 }
 

@@ -365,60 +365,66 @@ impl Engine {
         let turns = Arc::new(pool::Turns::default());
         let width = inspections_at_once(self.config.concurrency);
         let done = self
-            .for_each_item(items, &order, control, width, |engine, item, k, inspecting| {
-                let counters = Arc::clone(&counters[order[k]]);
-                let (copies, stop) = (Arc::clone(&copies), control.stop.clone());
-                // Passed once this tag has its copy slot or needs none (or is dropped).
-                let turn = pool::Turn::new(Arc::clone(&turns), k);
-                async move {
-                    let started = Instant::now();
-                    let inspection = engine.inspect(&item).await;
-                    let result = match inspection {
-                        Inspection::Done(result) => {
-                            drop(inspecting);
-                            drop(turn);
-                            let found = match &result {
-                                TagResult::Unchanged { digest } => Some(digest.clone()),
-                                _ => None,
-                            };
-                            (found, result)
-                        }
-                        Inspection::Changed(change) => {
-                            if engine.mode == Mode::Sync {
-                                change.upstream.tag_changed();
+            .for_each_item(
+                items,
+                &order,
+                control,
+                width,
+                |engine, item, k, inspecting| {
+                    let counters = Arc::clone(&counters[order[k]]);
+                    let (copies, stop) = (Arc::clone(&copies), control.stop.clone());
+                    // Passed once this tag has its copy slot or needs none (or is dropped).
+                    let turn = pool::Turn::new(Arc::clone(&turns), k);
+                    async move {
+                        let started = Instant::now();
+                        let inspection = engine.inspect(&item).await;
+                        let result = match inspection {
+                            Inspection::Done(result) => {
+                                drop(inspecting);
+                                drop(turn);
+                                let found = match &result {
+                                    TagResult::Unchanged { digest } => Some(digest.clone()),
+                                    _ => None,
+                                };
+                                (found, result)
                             }
-                            let slot = tokio::select! {
-                                slot = async {
-                                    turn.wait().await;
-                                    copies.acquire_owned().await.ok()
-                                } => slot,
-                                _ = stop.cancelled() => None,
-                            };
-                            // The inspection slot is kept until the copy slot is taken:
-                            // inspection runs ahead of the copies by a bounded number of tags,
-                            // so the tags (and memory) waiting for a copy stay bounded too.
-                            drop(inspecting);
-                            drop(turn);
-                            let found = Some(change.digest.clone());
-                            match slot {
-                                Some(_slot) => {
-                                    counters.started.store(true, Ordering::Relaxed);
-                                    (found, engine.copy_tag(&item, change, &counters).await)
+                            Inspection::Changed(change) => {
+                                if engine.mode == Mode::Sync {
+                                    change.upstream.tag_changed();
                                 }
-                                None => (found, deferred("stopped before the copy started")),
+                                let slot = tokio::select! {
+                                    slot = async {
+                                        turn.wait().await;
+                                        copies.acquire_owned().await.ok()
+                                    } => slot,
+                                    _ = stop.cancelled() => None,
+                                };
+                                // The inspection slot is kept until the copy slot is taken:
+                                // inspection runs ahead of the copies by a bounded number of tags,
+                                // so the tags (and memory) waiting for a copy stay bounded too.
+                                drop(inspecting);
+                                drop(turn);
+                                let found = Some(change.digest.clone());
+                                match slot {
+                                    Some(_slot) => {
+                                        counters.started.store(true, Ordering::Relaxed);
+                                        (found, engine.copy_tag(&item, change, &counters).await)
+                                    }
+                                    None => (found, deferred("stopped before the copy started")),
+                                }
                             }
-                        }
-                    };
-                    engine.progress.tags_done.fetch_add(1, Ordering::Relaxed);
-                    let (found, result) = result;
-                    // Announced the moment it finishes, with its own duration.
-                    let took = started.elapsed();
-                    (
-                        found,
-                        engine.announce(&item, result, counters.snapshot(), took),
-                    )
-                }
-            })
+                        };
+                        engine.progress.tags_done.fetch_add(1, Ordering::Relaxed);
+                        let (found, result) = result;
+                        // Announced the moment it finishes, with its own duration.
+                        let took = started.elapsed();
+                        (
+                            found,
+                            engine.announce(&item, result, counters.snapshot(), took),
+                        )
+                    }
+                },
+            )
             .await;
         let mut out: Vec<Option<(Option<Digest>, TagOutcome)>> =
             (0..items.len()).map(|_| None).collect();

@@ -3,6 +3,7 @@
 
 use crate::common;
 
+use common::exposition::Exposition;
 use common::*;
 
 /// Two tags upstream and one the upstream does not have (it fails every run).

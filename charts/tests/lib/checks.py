@@ -455,6 +455,38 @@ def render_checks(case, rendered, value_files):
                                                for r in no_success)
                   and any(f"> {missed * interval}" in r["expr"] for r in no_success),
                   "; ".join(r["expr"] for r in no_success))
+        by_name = {}
+        for r in rules:
+            by_name.setdefault(r["alert"], []).append(r)
+        cjv = values["cronjob"]
+        if "MirrorsyncTagsFailing" in by_name:
+            want_for = alerts["tagsFailing"]["for"] or (
+                human_duration(cjv["activeDeadlineSeconds"]) if mode == "cronjob" else "15m")
+            check(f"{p} MirrorsyncTagsFailing for {want_for}"
+                  f"{'' if alerts['tagsFailing']['for'] else ' (derived)'}",
+                  by_name["MirrorsyncTagsFailing"][0].get("for") == want_for)
+        if "MirrorsyncRateLimitLow" in by_name:
+            window = duration_seconds(alerts["rateLimitLow"]["window"])
+            check(f"{p} MirrorsyncRateLimitLow reads only readings younger than {window}s",
+                  f"mirrorsync_ratelimit_remaining_timestamp_seconds" in by_name["MirrorsyncRateLimitLow"][0]["expr"]
+                  and by_name["MirrorsyncRateLimitLow"][0]["expr"].rstrip().endswith(f"< {window}"))
+        if "MirrorsyncPushgatewayStale" in by_name:
+            due = (alerts["pushgatewayStale"]["missedRuns"] * interval + cjv["startingDeadlineSeconds"]
+                   + cjv["activeDeadlineSeconds"])
+            overdue, never = by_name["MirrorsyncPushgatewayStale"]
+            shard_labels = [f"{i}-of-{shards}" for i in range(shards)] if shards > 1 else [""]
+            check(f"{p} MirrorsyncPushgatewayStale: a push is due within {due}s, for {alerts['pushgatewayStale']['for']}",
+                  overdue["expr"].endswith(f"> {due}") and overdue["for"] == alerts["pushgatewayStale"]["for"])
+            check(f"{p} MirrorsyncPushgatewayStale: absent() per expected shard {shard_labels}",
+                  all(f'shard="{sl}"}})' in never["expr"] for sl in shard_labels)
+                  and never["expr"].count("absent(") == len(shard_labels))
+        for key, name in (("down", "MirrorsyncDown"), ("metricsMissing", "MirrorsyncMetricsMissing"),
+                          ("configReloadFailed", "MirrorsyncConfigReloadFailed"), ("tagLagging", "MirrorsyncTagLagging")):
+            if name in by_name:
+                check(f"{p} {name} for {alerts[key]['for']} from values", by_name[name][0].get("for") == alerts[key]["for"])
+        for name, group in by_name.items():
+            labelsets = [tuple(sorted(r["labels"].items())) for r in group]
+            check(f"{p} {name}: its {len(group)} rule(s) carry distinct label sets", len(set(labelsets)) == len(group))
         ns = pr_values["namespace"]
         if ns:
             check(f"{p} PrometheusRule namespace {ns}", prs[0]["metadata"]["namespace"] == ns)
@@ -539,6 +571,13 @@ def expected_image(values):
     if img["digest"]:
         return f"{repo}@{img['digest']}"
     return f"{repo}:{img['tag'] or APP_VERSION}"
+
+
+def human_duration(seconds):
+    h, rest = divmod(int(seconds), 3600)
+    m, sec = divmod(rest, 60)
+    out = (f"{h}h" if h else "") + (f"{m}m" if m else "")
+    return out + (f"{sec}s" if sec or not out else "")
 
 
 def duration_seconds(text):

@@ -45,6 +45,8 @@ pub fn assert_promtool_clean(text: &str, what: &str) {
 
 /// A plain HTTP client for 127.0.0.1 (no proxy from the environment).
 pub fn http() -> reqwest::Client {
+    // The first client of a test run alone (a filtered run) needs the provider too.
+    super::client::init_crypto();
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(10))

@@ -399,9 +399,10 @@ impl Metrics {
     /// Adds one pass to `mirrorsync_runs_total{result}`; [`Metrics::record_run`] does it for a
     /// pass that ran, callers do it for a pass that could not start.
     pub fn count_pass(&self, result: PassResult) {
-        self.runs.with_label_values(&[result.as_str()]).inc();
+        // The pass's own gauges first: a scrape that sees the pass counted sees them too.
         self.run_counts
             .end_run(&self.blobs, &self.bytes_copied, &self.http_requests);
+        self.runs.with_label_values(&[result.as_str()]).inc();
     }
 
     /// Seeds `mirrorsync_run_last_success_timestamp_seconds`, e.g. from state persisted by an

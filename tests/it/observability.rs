@@ -878,6 +878,37 @@ async fn daemon_runs_passes_skips_overlaps_reloads_on_sighup_and_stops_on_sigter
             "{tag}"
         );
     }
+    // The first pass copied the blobs; the passes since found the tags unchanged: the counters
+    // keep the first pass's copies, the per-run gauges show the last pass's own (none).
+    let e = poll(
+        Duration::from_secs(10),
+        || format!("a pass after the copying one\n{}", daemon.logs()),
+        || async {
+            let e = daemon.metrics().await?;
+            (e.value("mirrorsync_runs_total", &[("result", "success")]) >= 2.0).then_some(e)
+        },
+    )
+    .await;
+    assert!(
+        e.value("mirrorsync_blobs_total", &[("action", "copied")]) > 0.0,
+        "{}",
+        e.text
+    );
+    assert_eq!(
+        e.value("mirrorsync_run_blobs", &[("action", "copied")]),
+        0.0,
+        "{}",
+        e.text
+    );
+    assert_eq!(
+        e.value(
+            "mirrorsync_run_bytes_copied",
+            &[("registry", &upstream.host())]
+        ),
+        0.0,
+        "{}",
+        e.text
+    );
 
     // (b) SIGHUP with a valid config that adds t2: t2 reaches the target.
     write_file(

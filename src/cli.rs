@@ -80,8 +80,10 @@ pub struct SyncArgs {
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     pub grace_period: Duration,
     /// With --once: push the run's metrics to this Prometheus Pushgateway
-    /// (job `mirrorsync`, grouped by instance, and shard when sharded).
-    #[arg(long, env = "MIRRORSYNC_PUSHGATEWAY")]
+    /// (job `mirrorsync`, grouped by instance, and shard when sharded). A user and password
+    /// in the URL are sent as Basic auth and never logged; from the environment (e.g. a
+    /// Kubernetes Secret) they stay out of the process's arguments.
+    #[arg(long, env = "MIRRORSYNC_PUSHGATEWAY", hide_env_values = true)]
     pub pushgateway: Option<String>,
     /// With --pushgateway: its `instance` label [default: $HOSTNAME, else "mirrorsync"].
     #[arg(long)]

@@ -16,10 +16,13 @@
 //! `mirrorsync_config_*` pair outside the daemon), except `mirrorsync_process_start_time_seconds`,
 //! `mirrorsync_run_tags` (all four results), `mirrorsync_runs_total` (all three results),
 //! `mirrorsync_blobs_total` (all three actions) and `mirrorsync_schedule_skipped_passes_total`,
-//! which are always present so that `rate()` and alerts see a 0 rather than nothing. Label values
+//! which are always present so that `rate()` and alerts see a 0 rather than nothing. The per-run
+//! gauges (`mirrorsync_run_blobs`, `mirrorsync_run_bytes_copied`, `mirrorsync_run_http_requests`,
+//! see [`per_run`]) appear when the first pass ends. Label values
 //! never carry secrets: callers pass image references and registry host names only.
 
 pub mod aggregate;
+mod per_run;
 pub mod push;
 pub mod server;
 pub mod textfile;
@@ -140,6 +143,10 @@ const RATELIMIT_REMAINING: &str = "mirrorsync_ratelimit_remaining";
 const SKIPPED_PASSES: &str = "mirrorsync_schedule_skipped_passes_total";
 const CONFIG_RELOAD_OK: &str = "mirrorsync_config_last_reload_successful";
 const CONFIG_RELOAD_TIME: &str = "mirrorsync_config_last_reload_success_timestamp_seconds";
+const RUN_BLOBS: &str = "mirrorsync_run_blobs";
+const RUN_BYTES_COPIED: &str = "mirrorsync_run_bytes_copied";
+const RUN_HTTP_REQUESTS: &str = "mirrorsync_run_http_requests";
+const RATELIMIT_SEEN: &str = "mirrorsync_ratelimit_remaining_timestamp_seconds";
 
 /// What the registry's series cannot answer cheaply: which tags have series (to drop them), and
 /// the values read back by callers.
@@ -171,6 +178,8 @@ pub struct Metrics {
     config_reload_ok: IntGaugeVec,
     config_reload_time: GaugeVec,
     lag_summary: aggregate::LagSummary,
+    run_counts: per_run::PerRun,
+    ratelimit_seen: GaugeVec,
     tags: Mutex<Tags>,
 }
 
@@ -193,14 +202,17 @@ fn opts(name: &str, help: &str) -> Opts {
     Opts::new(name, help)
 }
 
+/// The current Unix time in seconds.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// Unix time of the first [`Metrics::new`] in this process: the process's start, near enough.
 fn process_start_time() -> f64 {
     static START: OnceLock<f64> = OnceLock::new();
-    *START.get_or_init(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64())
-    })
+    *START.get_or_init(unix_now)
 }
 
 impl Metrics {
@@ -304,6 +316,29 @@ impl Metrics {
                 &[],
             ),
             lag_summary: aggregate::LagSummary::register(&r),
+            run_counts: per_run::PerRun {
+                blobs: int_gauge_vec(
+                    RUN_BLOBS,
+                    "Blobs handled by the last run, by action (mirrorsync_blobs_total of that run alone).",
+                    &["action"],
+                ),
+                bytes_copied: int_gauge_vec(
+                    RUN_BYTES_COPIED,
+                    "Blob bytes the last run pulled from each upstream registry (mirrorsync_bytes_copied_total of that run alone).",
+                    &["registry"],
+                ),
+                http_requests: int_gauge_vec(
+                    RUN_HTTP_REQUESTS,
+                    "HTTP requests the last run made, by registry, method and status code (mirrorsync_http_requests_total of that run alone).",
+                    &["registry", "method", "code"],
+                ),
+                seen: Mutex::default(),
+            },
+            ratelimit_seen: gauge_vec(
+                RATELIMIT_SEEN,
+                "Unix time mirrorsync_ratelimit_remaining was last seen from the upstream registry.",
+                &["registry"],
+            ),
             tags: Mutex::new(Tags::default()),
             registry: r,
         };
@@ -370,6 +405,9 @@ impl Metrics {
     /// Adds one pass to `mirrorsync_runs_total{result}`; [`Metrics::record_run`] does it for a
     /// pass that ran, callers do it for a pass that could not start.
     pub fn count_pass(&self, result: PassResult) {
+        // The pass's own gauges first: a scrape that sees the pass counted sees them too.
+        self.run_counts
+            .end_run(&self.blobs, &self.bytes_copied, &self.http_requests);
         self.runs.with_label_values(&[result.as_str()]).inc();
     }
 
@@ -482,11 +520,19 @@ impl Metrics {
             .inc();
     }
 
-    /// Sets the last `ratelimit-remaining` seen from `registry`.
+    /// Sets the last `ratelimit-remaining` seen from `registry`, seen now.
     pub fn set_ratelimit_remaining(&self, registry: &str, remaining: f64) {
+        self.set_ratelimit_remaining_at(registry, remaining, unix_now());
+    }
+
+    /// Sets the last `ratelimit-remaining` seen from `registry`, and the Unix time it was seen
+    /// (`mirrorsync_ratelimit_remaining_timestamp_seconds`: alerts ignore an old reading, since
+    /// the quota refills while nobody asks).
+    pub fn set_ratelimit_remaining_at(&self, registry: &str, remaining: f64, seen: f64) {
         self.ratelimit_remaining
             .with_label_values(&[registry])
             .set(remaining);
+        self.ratelimit_seen.with_label_values(&[registry]).set(seen);
     }
 
     /// Counts a due pass skipped because the previous one was still running.
@@ -549,6 +595,14 @@ mirrorsync_process_start_time_seconds 1699999000
 # HELP mirrorsync_ratelimit_remaining Last ratelimit-remaining value seen from the upstream registry.
 # TYPE mirrorsync_ratelimit_remaining gauge
 mirrorsync_ratelimit_remaining{registry="docker.io"} 97
+# HELP mirrorsync_ratelimit_remaining_timestamp_seconds Unix time mirrorsync_ratelimit_remaining was last seen from the upstream registry.
+# TYPE mirrorsync_ratelimit_remaining_timestamp_seconds gauge
+mirrorsync_ratelimit_remaining_timestamp_seconds{registry="docker.io"} 1699999400
+# HELP mirrorsync_run_blobs Blobs handled by the last run, by action (mirrorsync_blobs_total of that run alone).
+# TYPE mirrorsync_run_blobs gauge
+mirrorsync_run_blobs{action="copied"} 0
+mirrorsync_run_blobs{action="mounted"} 0
+mirrorsync_run_blobs{action="present"} 0
 # HELP mirrorsync_run_duration_seconds Duration of the last run in seconds.
 # TYPE mirrorsync_run_duration_seconds gauge
 mirrorsync_run_duration_seconds 12.25
@@ -625,8 +679,8 @@ mirrorsync_tag_last_synced_timestamp_seconds{source="docker.io/library/redis:7.2
         m.inc_http_request("docker.io", "HEAD", "200");
         m.inc_http_request("docker.io", "GET", "200");
         m.inc_http_request("docker.io", "GET", "200");
-        m.set_ratelimit_remaining("docker.io", 99.0);
-        m.set_ratelimit_remaining("docker.io", 97.0);
+        m.set_ratelimit_remaining_at("docker.io", 99.0, 1_699_999_300.0);
+        m.set_ratelimit_remaining_at("docker.io", 97.0, 1_699_999_400.0);
         m.inc_skipped_passes();
         m
     }
@@ -737,6 +791,88 @@ mirrorsync_tag_last_synced_timestamp_seconds{source="docker.io/library/redis:7.2
             text.contains("mirrorsync_runs_total{result=\"deferred\"} 1\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn per_run_gauges_hold_each_pass_alone_and_reset_to_zero() {
+        let m = Metrics::new();
+        assert!(
+            !m.render().contains(RUN_BYTES_COPIED),
+            "absent before a pass ended"
+        );
+        m.add_bytes_copied("docker.io", 100);
+        m.add_blobs(BlobAction::Copied, 2);
+        m.inc_http_request("docker.io", "GET", "200");
+        m.inc_http_request("docker.io", "GET", "200");
+        m.record_run(1.0, &[(TagRunResult::Synced, 1)], Some(10.0));
+        let text = m.render();
+        assert!(
+            text.contains("mirrorsync_run_bytes_copied{registry=\"docker.io\"} 100\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mirrorsync_run_blobs{action=\"copied\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "mirrorsync_run_http_requests{code=\"200\",method=\"GET\",registry=\"docker.io\"} 2\n"
+            ),
+            "{text}"
+        );
+        // The second pass copies from quay.io only: docker.io's gauge drops to 0, the counters
+        // keep growing.
+        m.add_bytes_copied("quay.io", 7);
+        m.add_bytes_copied("docker.io", 0);
+        m.inc_http_request("quay.io", "HEAD", "404");
+        m.count_pass(PassResult::Failed);
+        let text = m.render();
+        assert!(
+            text.contains("mirrorsync_run_bytes_copied{registry=\"docker.io\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mirrorsync_run_bytes_copied{registry=\"quay.io\"} 7\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mirrorsync_bytes_copied_total{registry=\"docker.io\"} 100\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mirrorsync_run_blobs{action=\"copied\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "mirrorsync_run_http_requests{code=\"200\",method=\"GET\",registry=\"docker.io\"} 0\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "mirrorsync_run_http_requests{code=\"404\",method=\"HEAD\",registry=\"quay.io\"} 1\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_ratelimit_reading_carries_the_time_it_was_seen() {
+        let m = Metrics::new();
+        let before = unix_now();
+        m.set_ratelimit_remaining("docker.io", 5.0);
+        let text = m.render();
+        let seen: f64 = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(
+                    "mirrorsync_ratelimit_remaining_timestamp_seconds{registry=\"docker.io\"} ",
+                )
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no timestamp in {text}"));
+        assert!(seen >= before.floor() && seen <= unix_now() + 1.0, "{seen}");
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub fn assert_promtool_clean(text: &str, what: &str) {
 
 /// A plain HTTP client for 127.0.0.1 (no proxy from the environment).
 pub fn http() -> reqwest::Client {
+    // The first client of a test run alone (a filtered run) needs the provider too.
+    super::client::init_crypto();
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(10))
@@ -112,11 +114,21 @@ pub struct Pushgateway {
 
 impl Pushgateway {
     pub async fn start() -> Pushgateway {
+        Self::start_with(None).await
+    }
+
+    /// A Pushgateway that answers only requests with Basic auth `user`/`password` (its
+    /// `--web.config.file` with a bcrypt hash; `/-/ready` is checked with the credentials).
+    pub async fn start_with_basic_auth(user: &str, password: &str) -> Pushgateway {
+        Self::start_with(Some((user, password))).await
+    }
+
+    async fn start_with(basic_auth: Option<(&str, &str)>) -> Pushgateway {
         let mut last = String::new();
         for _attempt in 0..5 {
             let dir = tempfile::tempdir().expect("tempdir");
             let port = free_port();
-            let args = vec![
+            let mut args = vec![
                 format!("--web.listen-address=127.0.0.1:{port}"),
                 // Debian's default persistence file is shared by every instance: use our own.
                 format!(
@@ -124,6 +136,15 @@ impl Pushgateway {
                     dir.path().join("pg.data").display()
                 ),
             ];
+            let mut ready = format!("http://127.0.0.1:{port}/-/ready");
+            if let Some((user, password)) = basic_auth {
+                let hash = bcrypt::hash(password, 5).expect("bcrypt");
+                let web = dir.path().join("web.yml");
+                std::fs::write(&web, format!("basic_auth_users:\n  {user}: '{hash}'\n"))
+                    .expect("write web.yml");
+                args.push(format!("--web.config.file={}", web.display()));
+                ready = format!("http://{user}:{password}@127.0.0.1:{port}/-/ready");
+            }
             let child = spawn_logged(Path::new(PUSHGATEWAY_BIN), &args, dir.path());
             let mut pg = Pushgateway { child, port, dir };
             let deadline = Instant::now() + Duration::from_secs(15);
@@ -134,7 +155,7 @@ impl Pushgateway {
                 let log = pg.log();
                 if log.contains("Listening on")
                     && log.contains(&format!("127.0.0.1:{port}"))
-                    && matches!(get(&pg.url("/-/ready")).await, Some((200, _, _)))
+                    && matches!(get(&ready).await, Some((200, _, _)))
                 {
                     return pg;
                 }

@@ -271,6 +271,46 @@ async fn once_pushes_its_metrics_to_a_real_pushgateway() {
         "{}",
         e.text
     );
+    // A --once run is one run: its per-run gauges, which a dashboard sums over runs, hold
+    // what its counters hold.
+    assert_eq!(
+        e.value("mirrorsync_run_blobs", &[("action", "copied")]),
+        unique_count as f64,
+        "{}",
+        e.text
+    );
+    assert_eq!(
+        e.value(
+            "mirrorsync_run_bytes_copied",
+            &[("registry", &upstream.host())]
+        ),
+        unique_bytes as f64,
+        "{}",
+        e.text
+    );
+    let per_run: Vec<_> = e.find("mirrorsync_run_http_requests", &[]);
+    let counted: Vec<_> = e.find("mirrorsync_http_requests_total", &[]);
+    assert!(!per_run.is_empty(), "{}", e.text);
+    assert_eq!(
+        per_run
+            .iter()
+            .map(|s| (s.labels.clone(), s.value))
+            .collect::<Vec<_>>(),
+        counted
+            .iter()
+            .map(|s| (s.labels.clone(), s.value))
+            .collect::<Vec<_>>(),
+        "{}",
+        e.text
+    );
+    // The local registries send no ratelimit headers: no reading, and no time of one.
+    assert!(
+        e.find("mirrorsync_ratelimit_remaining_timestamp_seconds", &[])
+            .is_empty(),
+        "{}",
+        e.text
+    );
+
     // ...which is also what the upstream served.
     let served: BTreeSet<String> = up_log
         .iter()
@@ -334,6 +374,93 @@ async fn once_pushes_its_metrics_to_a_real_pushgateway() {
         );
         assert!(synced > now_unix() as f64 - 60.0);
     }
+}
+
+/// The Helm chart hands the Pushgateway URL, credentials included, over from a Secret as
+/// MIRRORSYNC_PUSHGATEWAY: the push authenticates with them, and neither the logs (debug level
+/// included) nor `--help` show the password.
+#[tokio::test(flavor = "multi_thread")]
+async fn once_pushes_with_credentials_from_the_environment_and_never_shows_them() {
+    const PASSWORD: &str = "pg-Secret-9f3k";
+    let pg = Pushgateway::start_with_basic_auth("pusher", PASSWORD).await;
+    let upstream = Registry::start().await;
+    let target = Registry::start().await;
+    seed_three(&upstream).await;
+    let refs: Vec<String> = THREE
+        .iter()
+        .map(|(r, t)| upstream.image_ref(r, t))
+        .collect();
+    let scenario = Scenario::registry_to_registry(&upstream, &target, "", &refs);
+    let url = format!("http://pusher:{PASSWORD}@127.0.0.1:{}", pg.port);
+
+    // Without credentials the Pushgateway refuses: what lands there came with them.
+    let (code, _, _) = get(&pg.url("/api/v1/metrics")).await.expect("answer");
+    assert_eq!(code, 401, "the Pushgateway must require Basic auth");
+
+    let env = [("MIRRORSYNC_PUSHGATEWAY", url.as_str())];
+    let out = mirrorsync_with_env(
+        &[
+            "sync",
+            "--once",
+            "--config",
+            &scenario.config_arg(),
+            "--instance",
+            "from-env",
+            "--log-level",
+            "debug",
+        ],
+        &env,
+    )
+    .await;
+    out.assert_code(0);
+    let (code, _, api) = get(&format!("{url}/api/v1/metrics"))
+        .await
+        .expect("Pushgateway API");
+    assert_eq!(code, 200, "{api}");
+    let api: Value = serde_json::from_str(&api).expect("Pushgateway API JSON");
+    let e = pushgateway_group(&api, "mirrorsync", "from-env").unwrap_or_else(|| {
+        panic!(
+            "no group instance=from-env at the Pushgateway:\n{api:#}\n--- stderr ---\n{}",
+            out.stderr
+        )
+    });
+    assert_eq!(
+        e.value("mirrorsync_run_tags", &[("result", "synced")]),
+        3.0,
+        "{}",
+        e.text
+    );
+    for (what, text) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+        assert!(
+            !text.contains(PASSWORD),
+            "the password in the {what}:\n{text}"
+        );
+    }
+
+    // A push that fails (wrong password) names the Pushgateway, not the password.
+    let wrong = format!("http://pusher:Wrong-{PASSWORD}@127.0.0.1:{}", pg.port);
+    let out = mirrorsync_with_env(
+        &["sync", "--once", "--config", &scenario.config_arg()],
+        &[("MIRRORSYNC_PUSHGATEWAY", wrong.as_str())],
+    )
+    .await;
+    assert!(
+        out.stderr
+            .contains("could not push metrics to the Pushgateway")
+            && out.stderr.contains(&format!("127.0.0.1:{}", pg.port)),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains(PASSWORD), "{}", out.stderr);
+    assert!(!out.stdout.contains(PASSWORD), "{}", out.stdout);
+
+    let help = mirrorsync_with_env(&["sync", "--help"], &env).await;
+    help.assert_code(0);
+    assert!(
+        help.stdout.contains("MIRRORSYNC_PUSHGATEWAY") && !help.stdout.contains(PASSWORD),
+        "{}",
+        help.stdout
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -751,6 +878,37 @@ async fn daemon_runs_passes_skips_overlaps_reloads_on_sighup_and_stops_on_sigter
             "{tag}"
         );
     }
+    // The first pass copied the blobs; the passes since found the tags unchanged: the counters
+    // keep the first pass's copies, the per-run gauges show the last pass's own (none).
+    let e = poll(
+        Duration::from_secs(10),
+        || format!("a pass after the copying one\n{}", daemon.logs()),
+        || async {
+            let e = daemon.metrics().await?;
+            (e.value("mirrorsync_runs_total", &[("result", "success")]) >= 2.0).then_some(e)
+        },
+    )
+    .await;
+    assert!(
+        e.value("mirrorsync_blobs_total", &[("action", "copied")]) > 0.0,
+        "{}",
+        e.text
+    );
+    assert_eq!(
+        e.value("mirrorsync_run_blobs", &[("action", "copied")]),
+        0.0,
+        "{}",
+        e.text
+    );
+    assert_eq!(
+        e.value(
+            "mirrorsync_run_bytes_copied",
+            &[("registry", &upstream.host())]
+        ),
+        0.0,
+        "{}",
+        e.text
+    );
 
     // (b) SIGHUP with a valid config that adds t2: t2 reaches the target.
     write_file(

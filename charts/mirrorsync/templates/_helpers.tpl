@@ -56,7 +56,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{- define "mirrorsync.image" -}}
-{{- $repo := .Values.image.repository }}
+{{- $repo := required "image.repository is required: the repository you pushed the image built from the Dockerfile to, e.g. registry.example.internal:5000/tools/mirrorsync (no public mirrorsync image is published)" .Values.image.repository }}
 {{- if .Values.image.registry }}
 {{- $repo = printf "%s/%s" .Values.image.registry .Values.image.repository }}
 {{- end }}
@@ -289,11 +289,16 @@ The container's arguments (the image's entrypoint is the mirrorsync binary).
 {{- if eq .Values.mode "cronjob" }}
 {{- $args = concat $args (list "--max-duration" (include "mirrorsync.goDuration" (include "mirrorsync.maxDurationSeconds" .))) }}
 {{- $args = concat $args (list "--deferred-exit-code" (toString (int .Values.cronjob.deferredExitCode))) }}
-{{- if .Values.metrics.pushgateway.url }}
+{{- if .Values.metrics.pushgateway.existingSecret }}
+{{- /* The URL comes from the Secret through MIRRORSYNC_PUSHGATEWAY (see mirrorsync.podSpec). */}}
+{{- $args = concat $args (list "--instance" (include "mirrorsync.pushInstance" .)) }}
+{{- else if .Values.metrics.pushgateway.url }}
 {{- $args = concat $args (list "--pushgateway" .Values.metrics.pushgateway.url "--instance" (include "mirrorsync.pushInstance" .)) }}
 {{- end }}
 {{- else }}
-{{- $args = concat $args (list "--metrics-addr" (printf "0.0.0.0:%d" (int .Values.metrics.port))) }}
+{{- $bind := .Values.metrics.bindAddress }}
+{{- if contains ":" $bind }}{{ $bind = printf "[%s]" $bind }}{{ end }}
+{{- $args = concat $args (list "--metrics-addr" (printf "%s:%d" $bind (int .Values.metrics.port))) }}
 {{- if .Values.deployment.runNow }}
 {{- $args = append $args "--run-now" }}
 {{- end }}
@@ -319,6 +324,39 @@ PromQL label matchers of this release's series.
 {{- printf "job=\"mirrorsync\", instance=%q" (include "mirrorsync.pushInstance" .) }}
 {{- else }}
 {{- printf "job=%q" (include "mirrorsync.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The Pushgateway `shard` label of each group this release's runs push, as a list: ["0-of-3",
+"1-of-3", "2-of-3"], or [""] unsharded (the group has no shard label).
+*/}}
+{{- define "mirrorsync.expectedShards" -}}
+{{- $n := int .Values.shards }}
+{{- $out := list }}
+{{- if gt $n 1 }}
+{{- range $i := until $n }}{{ $out = append $out (printf "%d-of-%d" $i $n) }}{{ end }}
+{{- else }}
+{{- $out = list "" }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
+{{/*
+The metric selector of the series alerts look at: this release's, and in cronjob mode only the
+groups of the current `shards` (groups another shard count left in the Pushgateway are ignored).
+*/}}
+{{- define "mirrorsync.alertSelector" -}}
+{{- $sel := include "mirrorsync.metricSelector" . }}
+{{- if eq .Values.mode "cronjob" }}
+{{- $shards := include "mirrorsync.expectedShards" . | fromJsonArray }}
+{{- if gt (len $shards) 1 }}
+{{- printf "%s, shard=~%q" $sel (join "|" $shards) }}
+{{- else }}
+{{- printf "%s, shard=\"\"" $sel }}
+{{- end }}
+{{- else }}
+{{- $sel }}
 {{- end }}
 {{- end }}
 
@@ -356,6 +394,10 @@ containers:
     {{- end }}
     {{- if gt (int .Values.shards) 1 }}
     {{- $env = append $env (dict "name" "MIRRORSYNC_SHARDS" "value" (toString .Values.shards)) }}
+    {{- end }}
+    {{- $pg := .Values.metrics.pushgateway }}
+    {{- if and (eq .Values.mode "cronjob") $pg.existingSecret }}
+    {{- $env = append $env (dict "name" "MIRRORSYNC_PUSHGATEWAY" "valueFrom" (dict "secretKeyRef" (dict "name" $pg.existingSecret "key" $pg.existingSecretKey))) }}
     {{- end }}
     {{- $env = concat $env .Values.extraEnv }}
     {{- with $env }}
@@ -403,7 +445,14 @@ containers:
 volumes:
   - name: config
     projected:
+      {{- if (.Values.podSecurityContext | default dict).fsGroup }}
+      # Readable by the owner and the group only: the files belong to root and to the pod's
+      # fsGroup, which the container's user is in.
+      defaultMode: 0440
+      {{- else }}
+      # No fsGroup: the container's user reads the files as "other".
       defaultMode: 0444
+      {{- end }}
       sources:
         - configMap:
             name: {{ include "mirrorsync.fullname" . }}
@@ -457,5 +506,49 @@ annotations:
   checksum/config: {{ include "mirrorsync.syncYaml" . | sha256sum }}
   {{- with .Values.podAnnotations }}
   {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- end }}
+
+{{/*
+Seconds as a compound duration that Prometheus and people read: 25800 -> "7h10m", 0 -> "0s".
+*/}}
+{{- define "mirrorsync.humanDuration" -}}
+{{- $s := int . }}
+{{- $h := div $s 3600 }}{{ $m := div (mod $s 3600) 60 }}{{ $r := mod $s 60 }}
+{{- if $h }}{{ $h }}h{{ end }}{{ if $m }}{{ $m }}m{{ end }}{{ if or $r (eq $s 0) }}{{ $r }}s{{ end }}
+{{- end }}
+
+{{/*
+A Prometheus duration (e.g. 1h30m, 5m, 0) in whole seconds (milliseconds dropped).
+*/}}
+{{- define "mirrorsync.promSeconds" -}}
+{{- $mult := dict "ms" 0 "s" 1 "m" 60 "h" 3600 "d" 86400 "w" 604800 "y" 31536000 }}
+{{- $total := 0 }}
+{{- range $part := regexFindAll "[0-9]+(ms|[smhdwy])" . -1 }}
+{{- $n := regexFind "^[0-9]+" $part | int }}
+{{- $total = add $total (mul $n (get $mult (trimPrefix (toString $n) $part))) }}
+{{- end }}
+{{- $total }}
+{{- end }}
+
+{{/*
+An alert's labels and annotations, from a dict: alert, severity, reason (optional), summary,
+description, ruleLabels (added labels), runbookUrl (base; the anchor is the alert's name in lower case).
+*/}}
+{{- define "mirrorsync.alertMeta" -}}
+labels:
+  severity: {{ .severity }}
+  {{- with .reason }}
+  # Rules that share an alert name differ in this label (and never match together).
+  reason: {{ . }}
+  {{- end }}
+  {{- with .ruleLabels }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+annotations:
+  summary: {{ .summary | quote }}
+  description: {{ .description | quote }}
+  {{- with .runbookUrl }}
+  runbook_url: {{ printf "%s#%s" . (lower $.alert) | quote }}
   {{- end }}
 {{- end }}

@@ -11,7 +11,13 @@ them. Subcommands:
   args      RENDERED PREFIX           the CronJob container's args, env and sync.yaml to files
   binary    CASE RENDERED BIN WORKDIR the real mirrorsync accepts the rendered sync.yaml and args
   schema    SCHEMA                    values.schema.json's config keys match mirrorsync's sync.yaml
+  dashboard-coverage RULES TEST      every dashboard query (RULES) has a promql_expr_test in TEST
+  exact     TEST OUT                  a promtool test file made exact: at every eval_time it names,
+                                      every alert of its rule files that it does not list is
+                                      expected not to fire
 """
+
+import os
 
 import hashlib
 import json
@@ -36,9 +42,13 @@ CONTRACT_METRICS = {
     "mirrorsync_bytes_copied_total",
     "mirrorsync_http_requests_total",
     "mirrorsync_ratelimit_remaining",
+    "mirrorsync_ratelimit_remaining_timestamp_seconds",
+    "mirrorsync_run_bytes_copied",
+    "mirrorsync_run_blobs",
+    "mirrorsync_run_http_requests",
 }
-# The Pushgateway's own per-group metric.
-PUSHGATEWAY_METRICS = {"push_time_seconds"}
+# The Pushgateway's own per-group metric, and Prometheus's own per-target one.
+PUSHGATEWAY_METRICS = {"push_time_seconds", "up"}
 
 # Keys mirrorsync's sync.yaml accepts (src/config/raw.rs; unknown keys are errors there).
 SYNC_TOP = {"schedule", "timezone", "concurrency", "target", "docker_config", "registries", "images"}
@@ -105,6 +115,7 @@ def metric_names(expr):
     expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
     expr = re.sub(r"\{[^}]*\}", "{}", expr)
     expr = re.sub(r"\[[^\]]*\]", "[]", expr)
+    expr = re.sub(r"\boffset\s+[0-9a-z]+", " ", expr)
     expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
     names = set()
     for m in re.finditer(r"[a-zA-Z_:][a-zA-Z0-9_:]*", expr):
@@ -318,9 +329,18 @@ def render_checks(case, rendered, value_files):
         check(f"{p} --max-duration {md} = activeDeadlineSeconds {job['activeDeadlineSeconds']} - margin",
               md is not None and go_duration_seconds(md) == job["activeDeadlineSeconds"] - cjv["maxDurationMarginSeconds"]
               and 0 < go_duration_seconds(md) < job["activeDeadlineSeconds"])
-        url = values["metrics"]["pushgateway"]["url"]
-        check(f"{p} --pushgateway {'from values' if url else 'absent without a URL'}",
-              arg_value(args, "--pushgateway") == (url or None))
+        pg = values["metrics"]["pushgateway"]
+        url = pg["url"]
+        if pg["existingSecret"]:
+            ref = env.get("MIRRORSYNC_PUSHGATEWAY", {}).get("valueFrom", {}).get("secretKeyRef", {})
+            check(f"{p} the Pushgateway URL from Secret {pg['existingSecret']}/{pg['existingSecretKey']} "
+                  "(MIRRORSYNC_PUSHGATEWAY), not in the args",
+                  ref == {"name": pg["existingSecret"], "key": pg["existingSecretKey"]}
+                  and "--pushgateway" not in args and (not url or url not in " ".join(args)))
+            url = url or "from-secret"
+        else:
+            check(f"{p} --pushgateway {'from values' if url else 'absent without a URL'}",
+                  arg_value(args, "--pushgateway") == (url or None) and "MIRRORSYNC_PUSHGATEWAY" not in env)
         check(f"{p} --instance {'stable: ' + expected_instance(values) if url else 'absent without a URL'}",
               arg_value(args, "--instance") == (expected_instance(values) if url else None))
         rules = job.get("podFailurePolicy", {}).get("rules", [])
@@ -348,10 +368,12 @@ def render_checks(case, rendered, value_files):
                   "completionMode" not in job and "completions" not in job and "MIRRORSYNC_SHARDS" not in env)
     else:
         port = values["metrics"]["port"]
+        bind = values["metrics"]["bindAddress"]
+        addr = f"[{bind}]:{port}" if ":" in bind else f"{bind}:{port}"
         check(f"{p} one replica, Recreate strategy",
               dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate")
-        check(f"{p} args: sync --metrics-addr 0.0.0.0:{port} without --once",
-              args[0] == "sync" and "--once" not in args and arg_value(args, "--metrics-addr") == f"0.0.0.0:{port}")
+        check(f"{p} args: sync --metrics-addr {addr} without --once",
+              args[0] == "sync" and "--once" not in args and arg_value(args, "--metrics-addr") == addr)
         check(f"{p} --run-now follows deployment.runNow", ("--run-now" in args) == values["deployment"]["runNow"])
         check(f"{p} no --max-duration/--pushgateway/--deferred-exit-code in deployment mode",
               "--max-duration" not in args and "--pushgateway" not in args
@@ -382,6 +404,12 @@ def render_checks(case, rendered, value_files):
         else:
             check(f"{p} no ServiceMonitor unless enabled", not sms)
 
+    fs_group = (values.get("podSecurityContext") or {}).get("fsGroup")
+    mode_bits = projected.get("defaultMode")
+    check(f"{p} mounted files are {'0440 (owner and fsGroup)' if fs_group else '0444 (no fsGroup)'}",
+          mode_bits == (0o440 if fs_group else 0o444), f"{mode_bits}")
+    network_policy_checks(p, docs, values, mode, pod_tpl)
+
     # Alerts.
     prs = find(docs, "PrometheusRule")
     pr_values = values["metrics"]["prometheusRule"]
@@ -390,13 +418,13 @@ def render_checks(case, rendered, value_files):
         "tagLagging": "MirrorsyncTagLagging", "noSuccessfulRun": "MirrorsyncNoSuccessfulRun",
         "metricsMissing": "MirrorsyncMetricsMissing", "tagsFailing": "MirrorsyncTagsFailing",
         "rateLimitLow": "MirrorsyncRateLimitLow", "pushgatewayStale": "MirrorsyncPushgatewayStale",
-        "configReloadFailed": "MirrorsyncConfigReloadFailed",
+        "configReloadFailed": "MirrorsyncConfigReloadFailed", "down": "MirrorsyncDown",
     }
     want = {n for k, n in key_to_name.items() if alerts[k]["enabled"]}
     if mode != "cronjob":
         want.discard("MirrorsyncPushgatewayStale")
     else:
-        want.discard("MirrorsyncConfigReloadFailed")
+        want -= {"MirrorsyncConfigReloadFailed", "MirrorsyncDown", "MirrorsyncMetricsMissing"}
     if pr_values["enabled"] and want:
         check(f"{p} one PrometheusRule", len(prs) == 1)
         rules = [r for g in prs[0]["spec"]["groups"] for r in g["rules"]]
@@ -423,9 +451,42 @@ def render_checks(case, rendered, value_files):
         if no_success:
             check(f"{p} MirrorsyncNoSuccessfulRun after {missed} × runInterval "
                   f"({pr_values['runInterval'] or 'derived from ' + repr(values['schedule'])}: {interval}s)",
-                  interval is not None and any(r["expr"].rstrip().endswith(f"> {missed * interval}")
-                                               for r in no_success),
+                  interval is not None and all(f"> {missed * interval}" in r["expr"] or "for" in r
+                                               for r in no_success)
+                  and any(f"> {missed * interval}" in r["expr"] for r in no_success),
                   "; ".join(r["expr"] for r in no_success))
+        by_name = {}
+        for r in rules:
+            by_name.setdefault(r["alert"], []).append(r)
+        cjv = values["cronjob"]
+        if "MirrorsyncTagsFailing" in by_name:
+            want_for = alerts["tagsFailing"]["for"] or (
+                human_duration(cjv["activeDeadlineSeconds"]) if mode == "cronjob" else "15m")
+            check(f"{p} MirrorsyncTagsFailing for {want_for}"
+                  f"{'' if alerts['tagsFailing']['for'] else ' (derived)'}",
+                  by_name["MirrorsyncTagsFailing"][0].get("for") == want_for)
+        if "MirrorsyncRateLimitLow" in by_name:
+            window = duration_seconds(alerts["rateLimitLow"]["window"])
+            check(f"{p} MirrorsyncRateLimitLow reads only readings younger than {window}s",
+                  f"mirrorsync_ratelimit_remaining_timestamp_seconds" in by_name["MirrorsyncRateLimitLow"][0]["expr"]
+                  and by_name["MirrorsyncRateLimitLow"][0]["expr"].rstrip().endswith(f"< {window}"))
+        if "MirrorsyncPushgatewayStale" in by_name:
+            due = (alerts["pushgatewayStale"]["missedRuns"] * interval + cjv["startingDeadlineSeconds"]
+                   + cjv["activeDeadlineSeconds"])
+            overdue, never = by_name["MirrorsyncPushgatewayStale"]
+            shard_labels = [f"{i}-of-{shards}" for i in range(shards)] if shards > 1 else [""]
+            check(f"{p} MirrorsyncPushgatewayStale: a push is due within {due}s, for {alerts['pushgatewayStale']['for']}",
+                  overdue["expr"].endswith(f"> {due}") and overdue["for"] == alerts["pushgatewayStale"]["for"])
+            check(f"{p} MirrorsyncPushgatewayStale: absent() per expected shard {shard_labels}",
+                  all(f'shard="{sl}"}})' in never["expr"] for sl in shard_labels)
+                  and never["expr"].count("absent(") == len(shard_labels))
+        for key, name in (("down", "MirrorsyncDown"), ("metricsMissing", "MirrorsyncMetricsMissing"),
+                          ("configReloadFailed", "MirrorsyncConfigReloadFailed"), ("tagLagging", "MirrorsyncTagLagging")):
+            if name in by_name:
+                check(f"{p} {name} for {alerts[key]['for']} from values", by_name[name][0].get("for") == alerts[key]["for"])
+        for name, group in by_name.items():
+            labelsets = [tuple(sorted(r["labels"].items())) for r in group]
+            check(f"{p} {name}: its {len(group)} rule(s) carry distinct label sets", len(set(labelsets)) == len(group))
         ns = pr_values["namespace"]
         if ns:
             check(f"{p} PrometheusRule namespace {ns}", prs[0]["metadata"]["namespace"] == ns)
@@ -446,12 +507,54 @@ def render_checks(case, rendered, value_files):
             print(f"# {e}")
         check(f"{p} dashboard JSON parses and has panels", ok)
         exprs = " ".join(t["expr"] for pnl in board.get("panels", []) for t in pnl.get("targets", []))
-        for metric in ("mirrorsync_tag_lag_seconds", "mirrorsync_bytes_copied_total", "mirrorsync_http_requests_total"):
+        # cronjob mode sums the per-run gauges over runs; the daemon's counters grow.
+        per_run = ("mirrorsync_run_bytes_copied", "mirrorsync_run_http_requests") if mode == "cronjob" \
+            else ("mirrorsync_bytes_copied_total", "mirrorsync_http_requests_total")
+        for metric in ("mirrorsync_tag_lag_seconds",) + per_run:
             check(f"{p} dashboard shows {metric}", metric in exprs)
         check(f"{p} dashboard requests by code", "sum by (code)" in exprs)
-        check(f"{p} dashboard uses contract metrics only", metric_names(exprs) <= CONTRACT_METRICS)
+        check(f"{p} dashboard uses contract metrics only",
+              metric_names(exprs) <= CONTRACT_METRICS | PUSHGATEWAY_METRICS, f"{metric_names(exprs) - CONTRACT_METRICS}")
+        check(f"{p} dashboard filters every query by namespace, job and instance",
+              all('namespace=~"$namespace", job=~"$job", instance=~"$instance"' in t["expr"]
+                  for pnl in board.get("panels", []) for t in pnl.get("targets", [])))
+        ident = f"{NAMESPACE}/{expected_fullname(values)}"
+        uid = dash_values["uid"] or "mirrorsync-" + hashlib.sha256(ident.encode()).hexdigest()[:12]
+        check(f"{p} dashboard uid {uid}, title unique per release",
+              board.get("uid") == uid and board.get("title") == (dash_values["title"] or f"mirrorsync {ident}"),
+              f"{board.get('uid')} {board.get('title')}")
     else:
         check(f"{p} no dashboard unless enabled", not dash)
+
+
+def network_policy_checks(p, docs, values, mode, pod_tpl):
+    np_values = values["networkPolicy"]
+    nps = find(docs, "NetworkPolicy")
+    if not np_values["enabled"]:
+        check(f"{p} no NetworkPolicy unless enabled", not nps)
+        return
+    check(f"{p} one NetworkPolicy", len(nps) == 1)
+    if not nps:
+        return
+    spec = nps[0]["spec"]
+    pod_labels = pod_tpl["metadata"]["labels"]
+    check(f"{p} NetworkPolicy selects the pods",
+          all(pod_labels.get(k) == v for k, v in spec["podSelector"]["matchLabels"].items()))
+    ingress = spec.get("ingress", [])
+    if mode == "cronjob":
+        check(f"{p} NetworkPolicy: no ingress in cronjob mode", "Ingress" in spec["policyTypes"] and not ingress)
+    else:
+        port = values["metrics"]["port"]
+        check(f"{p} NetworkPolicy: ingress only to the metrics port {port}, from metricsFrom",
+              len(ingress) == 1 and ingress[0]["ports"] == [{"port": port, "protocol": "TCP"}]
+              and ingress[0].get("from", []) == np_values["metricsFrom"])
+    egress = np_values["egress"]
+    if egress:
+        dns = [{"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}] if np_values["allowDNS"] else []
+        check(f"{p} NetworkPolicy: egress only as in values{' plus DNS' if dns else ''}",
+              "Egress" in spec["policyTypes"] and spec.get("egress") == egress + dns)
+    else:
+        check(f"{p} NetworkPolicy: egress open without egress rules", "Egress" not in spec["policyTypes"])
 
 
 def expected_fullname(values):
@@ -468,6 +571,13 @@ def expected_image(values):
     if img["digest"]:
         return f"{repo}@{img['digest']}"
     return f"{repo}:{img['tag'] or APP_VERSION}"
+
+
+def human_duration(seconds):
+    h, rest = divmod(int(seconds), 3600)
+    m, sec = divmod(rest, 60)
+    out = (f"{h}h" if h else "") + (f"{m}m" if m else "")
+    return out + (f"{sec}s" if sec or not out else "")
 
 
 def duration_seconds(text):
@@ -554,13 +664,38 @@ def extract_crds(rendered, outdir, case):
     print(n)
 
 
+# What Grafana puts in place of the dashboard's variables, for promtool: every namespace, job and
+# instance; a one-day range; one-hour graph intervals.
+DASHBOARD_VARS = {"$__rate_interval": "5m", "$__interval": "1h", "$__range": "1d",
+                  '"$namespace"': '".*"', '"$job"': '".*"', '"$instance"': '".*"'}
+
+
+def expand_dashboard_vars(expr):
+    for k, v in DASHBOARD_VARS.items():
+        expr = expr.replace(k, v)
+    return expr
+
+
+def dashboard_coverage(dashboard_rules_path, test_path):
+    """Every recorded panel query of a rendered dashboard is evaluated by a promql_expr_test."""
+    with open(dashboard_rules_path) as f:
+        records = [r["record"] for g in yaml.safe_load(f)["groups"] for r in g["rules"]]
+    with open(test_path) as f:
+        tests = yaml.safe_load(f)["tests"]
+    exprs = " ".join(c["expr"] for t in tests for c in t.get("promql_expr_test", []))
+    missing = [r for r in records if not re.search(re.escape(r) + r"\b", exprs)]
+    if missing:
+        print(f"no promql_expr_test for {missing}")
+        sys.exit(1)
+
+
 def dashboard_rules(rendered, out):
     cm = [d for d in find(load_docs(rendered), "ConfigMap") if d["metadata"]["name"].endswith("-dashboard")][0]
     board = json.loads(cm["data"]["mirrorsync.json"])
     rules = []
     for pnl in board["panels"]:
         for t in pnl["targets"]:
-            expr = t["expr"].replace("$__rate_interval", "5m").replace("$__range", "1d").replace('"$job"', '".*"')
+            expr = expand_dashboard_vars(t["expr"])
             rules.append({"record": f"dashboard:panel{pnl['id']}_{t['refId'].lower()}", "expr": expr})
     with open(out, "w") as f:
         yaml.safe_dump({"groups": [{"name": "dashboard-queries", "rules": rules}]}, f, sort_keys=False)
@@ -680,7 +815,33 @@ def schema_checks(schema_path):
     check("[schema] every object with properties rejects unknown keys", not unclosed, f"{unclosed}")
 
 
+def exact_alert_tests(test_path, out):
+    """Completes a promtool test file so that it asserts exactly which alerts fire: for each
+    eval_time of a test, every alert name of the rule files without an entry gets `exp_alerts: []`.
+    Rule file paths become absolute (the output lives elsewhere)."""
+    here = os.path.dirname(os.path.abspath(test_path))
+    with open(test_path) as f:
+        doc = yaml.safe_load(f)
+    doc["rule_files"] = [os.path.normpath(os.path.join(here, r)) for r in doc["rule_files"]]
+    names = []
+    for path in doc["rule_files"]:
+        with open(path) as f:
+            for g in yaml.safe_load(f)["groups"]:
+                names += [r["alert"] for r in g["rules"] if "alert" in r and r["alert"] not in names]
+    for t in doc["tests"]:
+        cases = t.get("alert_rule_test", [])
+        listed = {}
+        for c in cases:
+            listed.setdefault(c["eval_time"], set()).add(c["alertname"])
+        for when, have in listed.items():
+            cases += [{"eval_time": when, "alertname": n, "exp_alerts": []} for n in names if n not in have]
+        t["alert_rule_test"] = cases
+    with open(out, "w") as f:
+        yaml.safe_dump(doc, f, sort_keys=False, allow_unicode=True, width=1000)
+
+
 RELEASE = "mirror"
+NAMESPACE = "mirror"
 APP_VERSION = ""
 
 if __name__ == "__main__":
@@ -701,6 +862,10 @@ if __name__ == "__main__":
         binary_checks(*rest)
     elif cmd == "schema":
         schema_checks(*rest)
+    elif cmd == "exact":
+        exact_alert_tests(*rest)
+    elif cmd == "dashboard-coverage":
+        dashboard_coverage(*rest)
     else:
         sys.exit(f"unknown command {cmd}")
     sys.exit(1 if failed else 0)

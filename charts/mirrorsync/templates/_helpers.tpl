@@ -135,6 +135,9 @@ caBundle) turned into the paths and variables the pod provides.
 {{- $_ := set $byScope (printf "%s/%s" $c.scope $c.kind) $c }}
 {{- end }}
 {{- $out := dict "schedule" .Values.schedule "timezone" .Values.timezone "concurrency" .Values.config.concurrency }}
+{{- with .Values.config.tag_series }}
+{{- $_ := set $out "tag_series" . }}
+{{- end }}
 {{- $scopes := list (list "target" (omit .Values.config.target "auth" "caBundle")) }}
 {{- $target := index (first $scopes) 1 }}
 {{- $_ := required "config.target.registry is required: the private registry to mirror into (host[:port])" .Values.config.target.registry }}

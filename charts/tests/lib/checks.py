@@ -51,7 +51,7 @@ CONTRACT_METRICS = {
 PUSHGATEWAY_METRICS = {"push_time_seconds", "up"}
 
 # Keys mirrorsync's sync.yaml accepts (src/config/raw.rs; unknown keys are errors there).
-SYNC_TOP = {"schedule", "timezone", "concurrency", "target", "docker_config", "registries", "images"}
+SYNC_TOP = {"schedule", "timezone", "concurrency", "target", "docker_config", "registries", "images", "tag_series"}
 SYNC_TARGET = {
     "registry", "path", "prefix", "insecure", "ca_file", "auth", "requests_per_second", "burst",
     "bytes_per_second", "concurrency",
@@ -263,6 +263,8 @@ def render_checks(case, rendered, value_files):
     check(f"{p} sync.yaml schedule/timezone/concurrency from values",
           sync["schedule"] == values["schedule"] and sync["timezone"] == values["timezone"]
           and sync["concurrency"] == cfg["concurrency"])
+    check(f"{p} sync.yaml tag_series from values", sync.get("tag_series") == cfg.get("tag_series"),
+          f"{sync.get('tag_series')} != {cfg.get('tag_series')}")
     for host, reg in (cfg.get("registries") or {}).items():
         plain = {k: v for k, v in reg.items() if k not in ("auth", "caBundle")}
         got = {k: v for k, v in sync["registries"][host].items() if k not in ("auth", "ca_file")}

@@ -5,7 +5,8 @@
 //! with a handler's [`Reply`], recording every request it was sent ([`Hostile::seen`]). Two
 //! handlers are built in:
 //! - [`Hostile::endless_tags`]: `GET /v2/<repo>/tags/list` pages that never end, each with a
-//!   `Link: <...?page=N+1>; rel="next"`, of `tags_per_page` tags of `tag_len` characters;
+//!   `Link: <...?page=N+1>; rel="next"`, of `tags_per_page` tags of `tag_len` characters (and
+//!   optional padding);
 //! - [`Hostile::huge_index`]: `<repo>:v1` is an OCI index of `children` image manifests of
 //!   `child_size` bytes each (padded with an annotation), all sharing one config and one layer
 //!   blob; manifests and blobs are served by tag and digest, `HEAD` and `GET`, as a registry
@@ -109,8 +110,14 @@ impl Hostile {
         self.seen.lock().expect("seen").clone()
     }
 
-    /// Tag-list pages of `repo` without end (see the module doc).
-    pub async fn endless_tags(repo: &str, tags_per_page: usize, tag_len: usize) -> Hostile {
+    /// Tag-list pages of `repo` without end (see the module doc), each also carrying
+    /// `padding` bytes in a field of its own.
+    pub async fn endless_tags(
+        repo: &str,
+        tags_per_page: usize,
+        tag_len: usize,
+        padding: usize,
+    ) -> Hostile {
         let list = format!("/v2/{repo}/tags/list");
         Hostile::start(move |req| {
             if req.path == "/v2/" {
@@ -131,7 +138,9 @@ impl Hostile {
                     format!("{name}{}", "x".repeat(pad))
                 })
                 .collect();
-            let body = serde_json::json!({ "name": list, "tags": tags }).to_string();
+            let body =
+                serde_json::json!({ "name": list, "tags": tags, "padding": "p".repeat(padding) })
+                    .to_string();
             let link = format!("<{list}?page={}>; rel=\"next\"", page + 1);
             Reply::new(
                 200,
@@ -264,6 +273,7 @@ impl HugeIndex {
 
 /// Serves one connection: requests in turn until the client closes it.
 async fn serve(stream: tokio::net::TcpStream, handler: Handler, record: Arc<Mutex<Vec<Request>>>) {
+    let _ = stream.set_nodelay(true);
     let mut conn = BufReader::new(stream);
     loop {
         let mut line = String::new();
@@ -322,10 +332,10 @@ async fn serve(stream: tokio::net::TcpStream, handler: Handler, record: Arc<Mute
             head.push_str(&format!("Content-Length: {}\r\n", reply.body.len()));
         }
         head.push_str("\r\n");
-        let stream = conn.get_mut();
-        if stream.write_all(head.as_bytes()).await.is_err()
-            || stream.write_all(&reply.body).await.is_err()
-        {
+        // One write: a head and a body sent apart wait on Nagle and delayed ACKs (40 ms).
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(&reply.body);
+        if conn.get_mut().write_all(&bytes).await.is_err() {
             return;
         }
     }

@@ -358,13 +358,14 @@ async fn listed_tags_cannot_escape_the_repository_or_forge_output() {
     assert!(!layout.join("library").exists());
 }
 
-/// Tag lists without end, by bytes (pages of a thousand long tags) and by pages (one tag
-/// each): each selection fails with the limit it hit, the run goes on, and peak RSS stays far
-/// under the chart's limit.
+/// Tag lists without end, by tags (pages of a thousand long tags), by bytes (pages padded to
+/// 1 MiB) and by pages (one tag each): each selection fails with the limit it hit, the run goes
+/// on, and peak RSS stays far under the chart's limit.
 #[tokio::test(flavor = "multi_thread")]
 async fn endless_tag_pages_fail_the_selection_within_bounded_memory() {
-    let by_bytes = Hostile::endless_tags("vendor/big", 1000, 100).await;
-    let by_pages = Hostile::endless_tags("vendor/many", 1, 10).await;
+    let by_tags = Hostile::endless_tags("vendor/tags", 1000, 100, 0).await;
+    let by_bytes = Hostile::endless_tags("vendor/big", 10, 20, 1 << 20).await;
+    let by_pages = Hostile::endless_tags("vendor/many", 1, 10, 0).await;
     let upstream = Registry::start().await;
     let target = Registry::start().await;
     let fine = small_image(&upstream, "team/fine", "1.0", 21).await;
@@ -373,10 +374,12 @@ async fn endless_tag_pages_fail_the_selection_within_bounded_memory() {
         dir.path(),
         &format!(
             "target:\n  registry: \"{t}\"\n  insecure: true\n\
-             registries:\n  \"{b}\": {{ insecure: true }}\n  \"{p}\": {{ insecure: true }}\n  \"{u}\": {{ insecure: true }}\n\
-             images:\n  - {{ source: \"{b}/vendor/big\", tags: [{{ all: true }}] }}\n  \
+             registries:\n  \"{t2}\": {{ insecure: true }}\n  \"{b}\": {{ insecure: true }}\n  \"{p}\": {{ insecure: true }}\n  \"{u}\": {{ insecure: true }}\n\
+             images:\n  - {{ source: \"{t2}/vendor/tags\", tags: [{{ all: true }}] }}\n  \
+             - {{ source: \"{b}/vendor/big\", tags: [{{ all: true }}] }}\n  \
              - {{ source: \"{p}/vendor/many\", tags: [{{ all: true }}] }}\n  - {u}/team/fine:1.0\n",
             t = target.host(),
+            t2 = by_tags.host(),
             b = by_bytes.host(),
             p = by_pages.host(),
             u = upstream.host(),
@@ -385,8 +388,13 @@ async fn endless_tag_pages_fail_the_selection_within_bounded_memory() {
     let (out, rss_kib) = run_measured(&["sync", "--once", "--config", &config]).await;
     eprintln!("endless tag pages: peak RSS {} MiB", rss_kib / 1024);
     out.assert_code(1);
+    let many_tags = selection_failed(&out, "vendor/tags");
+    assert!(many_tags.contains("more than 250000 tags"), "{many_tags}");
     let big = selection_failed(&out, "vendor/big");
-    assert!(big.contains("bytes over its pages"), "{big}");
+    assert!(
+        big.contains("more than 33554432 bytes over its pages"),
+        "{big}"
+    );
     let many = selection_failed(&out, "vendor/many");
     assert!(many.contains("more than 10000 pages"), "{many}");
     let pages = by_pages.seen().len();

@@ -136,13 +136,18 @@ fn from_samples(samples: &[Sample]) -> State {
 /// `GET /api/v1/metrics` of the Pushgateway, the samples of the group with exactly these
 /// grouping labels.
 async fn fetch_group(group: &PushgatewayGroup) -> Result<Vec<Sample>, String> {
-    let url = format!("{}/api/v1/metrics", group.url.trim_end_matches('/'));
-    let response = reqwest::Client::new()
+    let (url, credentials) = without_credentials(&group.url)?;
+    let url = format!("{}/api/v1/metrics", url.as_str().trim_end_matches('/'));
+    let mut request = reqwest::Client::new()
         .get(&url)
-        .timeout(std::time::Duration::from_secs(10))
+        .timeout(std::time::Duration::from_secs(10));
+    if let Some((user, password)) = credentials {
+        request = request.basic_auth(user, password);
+    }
+    let response = request
         .send()
         .await
-        .map_err(|e| format!("GET {url}: {e}"))?;
+        .map_err(|e| format!("GET {url}: {}", e.without_url()))?;
     if !response.status().is_success() {
         return Err(format!("GET {url}: HTTP {}", response.status()));
     }
@@ -186,6 +191,49 @@ async fn fetch_group(group: &PushgatewayGroup) -> Result<Vec<Sample>, String> {
         }
     }
     Ok(samples)
+}
+
+/// A user name and an optional password.
+type BasicAuth = (String, Option<String>);
+
+/// The Pushgateway URL with its `user:password@` taken out (for the request's Basic
+/// authentication), so neither appears in a message.
+fn without_credentials(raw: &str) -> Result<(url::Url, Option<BasicAuth>), String> {
+    let mut url = url::Url::parse(raw.trim())
+        .map_err(|e| format!("the Pushgateway URL is not a valid URL: {e}"))?;
+    if url.username().is_empty() && url.password().is_none() {
+        return Ok((url, None));
+    }
+    let user = percent_decode(url.username());
+    let password = url.password().map(percent_decode);
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    Ok((url, Some((user, password))))
+}
+
+/// Decodes `%XX` escapes (user information in a URL is percent-encoded).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| s.get(i + 1..i + 3))
+            .flatten()
+            .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match escaped {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The samples of a Prometheus text exposition (comments and malformed lines skipped).
@@ -241,6 +289,26 @@ fn parse_sample(line: &str) -> Option<Sample> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_pushgateway_password_is_never_in_the_error() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        // Port 1 on loopback: refused at once.
+        let group = PushgatewayGroup {
+            url: "http://me:s3cr%40t@127.0.0.1:1/".into(),
+            labels: Vec::new(),
+        };
+        let error = fetch_group(&group).await.unwrap_err();
+        assert!(error.contains("127.0.0.1:1"), "{error}");
+        assert!(!error.contains("s3cr") && !error.contains("me:"), "{error}");
+        assert_eq!(
+            without_credentials("https://me:s3cr%40t@pg.example/x").unwrap(),
+            (
+                url::Url::parse("https://pg.example/x").unwrap(),
+                Some(("me".to_string(), Some("s3cr@t".to_string())))
+            )
+        );
+    }
 
     #[test]
     fn reads_a_textfile_back() {

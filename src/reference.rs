@@ -39,22 +39,22 @@ pub enum ReferenceError {
     #[error("empty image reference")]
     Empty,
     /// The reference as a whole is malformed (whitespace, missing name, ...).
-    #[error("invalid image reference \"{input}\": {reason}")]
+    #[error("invalid image reference {input:?}: {reason}")]
     InvalidReference { input: String, reason: String },
     /// The repository path has upper-case letters, which registries do not accept.
-    #[error("invalid repository \"{0}\": repository names must be lower case")]
+    #[error("invalid repository {0:?}: repository names must be lower case")]
     UpperCaseRepository(String),
     /// The repository path breaks the distribution grammar.
-    #[error("invalid repository \"{input}\": {reason}")]
+    #[error("invalid repository {input:?}: {reason}")]
     InvalidRepository { input: String, reason: String },
     /// The tag breaks `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
-    #[error("invalid tag \"{input}\": {reason}")]
+    #[error("invalid tag {input:?}: {reason}")]
     InvalidTag { input: String, reason: String },
     /// The digest is not `algorithm:encoded`, or a known algorithm has a wrong encoding.
-    #[error("invalid digest \"{input}\": {reason}")]
+    #[error("invalid digest {input:?}: {reason}")]
     InvalidDigest { input: String, reason: String },
     /// The registry host (or its port) is malformed.
-    #[error("invalid registry \"{input}\": {reason}")]
+    #[error("invalid registry {input:?}: {reason}")]
     InvalidRegistry { input: String, reason: String },
 }
 
@@ -333,17 +333,17 @@ impl Reference {
         self.digest.as_ref()
     }
 
-    /// The same repository with `tag` and no digest.
-    ///
-    /// The tag is trusted (it comes from a validated config or a registry's tag list).
-    pub fn with_tag(&self, tag: &str) -> Reference {
-        debug_assert!(validate_tag(tag).is_ok(), "invalid tag {tag:?}");
-        Reference {
+    /// The same repository with `tag` and no digest. The tag is checked against the tag
+    /// grammar in every build: tags also come from registries' tag lists, and one such as
+    /// `1.0/../../other/manifests/latest` must never reach a URL or a file name.
+    pub fn with_tag(&self, tag: &str) -> Result<Reference, ReferenceError> {
+        validate_tag(tag)?;
+        Ok(Reference {
             registry: self.registry.clone(),
             repository: self.repository.clone(),
             tag: Some(tag.to_string()),
             digest: None,
-        }
+        })
     }
 
     /// Registry and repository without tag or digest: `docker.io/library/nginx`.
@@ -784,7 +784,7 @@ mod tests {
         assert_eq!(r.name(), "docker.io/library/nginx");
         let pinned = Reference::parse(&format!("quay.io/a/b:1@{D256}")).unwrap();
         assert_eq!(pinned.api_host(), "quay.io");
-        let retagged = pinned.with_tag("2");
+        let retagged = pinned.with_tag("2").unwrap();
         assert_eq!(retagged.to_string(), "quay.io/a/b:2");
         assert_eq!(retagged.digest(), None);
         assert!(Reference::new("quay.io", "A", None, None).is_err());

@@ -336,11 +336,13 @@ impl Validator<'_> {
                     continue;
                 }
             };
-            validate_tag(t).map_err(|e| self.site.spanned(tag, &tag_key, e.to_string()))?;
+            let tagged = source
+                .with_tag(t)
+                .map_err(|e| self.site.spanned(tag, &tag_key, e.to_string()))?;
             let mut options = options.clone();
             options.immutable = is_immutable(t);
             out.push(Expanded {
-                source: source.with_tag(t),
+                source: tagged,
                 at: tag.referenced,
                 key: tag_key,
                 platforms: platforms.clone(),

@@ -97,6 +97,14 @@ pub(crate) fn check_mirror_url(url: &str) -> Result<String, String> {
         ));
     };
     let host = rest.split('/').next().unwrap_or(rest);
+    if let Some((_, after)) = host.rsplit_once('@') {
+        // Never echo what may be a password.
+        let scheme = &url[..url.len() - rest.len()];
+        let shown = format!("{scheme}***@{after}{}", &rest[host.len()..]);
+        return Err(format!(
+            "invalid mirror URL {shown:?}: user information (user:password@) is not accepted; mirrors are read anonymously"
+        ));
+    }
     validate_registry(host).map_err(|e| format!("invalid mirror URL \"{url}\": {e}"))?;
     if rest.contains(['?', '#']) || url.chars().any(char::is_whitespace) {
         return Err(format!(
@@ -222,6 +230,11 @@ mod tests {
         assert!(check_mirror_url("http://localhost:5000/prefix").is_ok());
         assert!(check_mirror_url("mirror.gcr.io").is_err());
         assert!(check_mirror_url("https://").is_err());
+        let e = check_mirror_url("https://me:s3cret@mirror.example/x").unwrap_err();
+        assert!(
+            e.contains("https://***@mirror.example/x") && !e.contains("s3cret"),
+            "{e}"
+        );
         let base = Path::new("/etc/ms");
         assert_eq!(
             resolve_path("~/.docker/config.json", base, Some("/home/me")),

@@ -63,6 +63,8 @@ impl Engine {
             .manifest_digest(&item.target_repository, &target_ref)
             .await?;
         if current.as_ref() == Some(&digest) {
+            // A manifest fetched to resolve the tag is not needed: do not hold it for the run.
+            drop(upstream.take_prefetched(repository, &digest));
             return Ok(Inspection::Done(TagResult::Unchanged { digest }));
         }
         let filter = item.platforms.as_deref();
@@ -75,6 +77,7 @@ impl Engine {
                 .get_manifest(&item.target_repository, &current.to_string())
                 .await?;
             if existing.is_some_and(|m| rewrite::is_current(&m.bytes, &digest, filter)) {
+                drop(upstream.take_prefetched(repository, &digest));
                 return Ok(Inspection::Done(TagResult::Unchanged {
                     digest: current.clone(),
                 }));

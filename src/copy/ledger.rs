@@ -3,10 +3,13 @@
 //! [`BlobLedger`] knows, per blob digest, which target repositories hold it; its per-digest lock
 //! makes a second image that needs a blob already in flight wait for it and then mount it, so a
 //! blob crosses the upstream link at most once per run. [`ManifestLedger`] does the same for
-//! manifests: one digest under several tags (or shared by several indexes) is copied once.
+//! manifests: one digest under several tags (or shared by several indexes) is copied once, and
+//! it keeps their descriptors, not their bytes; [`ManifestBudget`] bounds the manifest bytes
+//! held at once.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 
 use tokio::sync::{Mutex, OnceCell};
 
@@ -39,8 +42,36 @@ impl BlobLedger {
     }
 }
 
-/// The outcome of copying one manifest (and everything under it) into one target repository.
-pub type ManifestResult = Result<Arc<FetchedManifest>, Arc<super::SyncError>>;
+/// The outcome of copying one manifest (and everything under it) into one target repository,
+/// as the run remembers it: what it became, not its bytes (see [`CopiedManifest`]).
+pub type ManifestResult = Result<CopiedManifest, Arc<super::SyncError>>;
+
+/// A manifest copied this run. Its descriptor stays for the whole run; its bytes only while a
+/// tag that is still pushing holds them (a weak reference), so a run that copies thousands of
+/// manifests keeps their digests, not their bodies.
+#[derive(Clone)]
+pub struct CopiedManifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+    body: Weak<FetchedManifest>,
+}
+
+impl CopiedManifest {
+    pub fn of(manifest: &Arc<FetchedManifest>) -> CopiedManifest {
+        CopiedManifest {
+            digest: manifest.digest.clone(),
+            media_type: manifest.media_type.clone(),
+            size: manifest.bytes.len() as u64,
+            body: Arc::downgrade(manifest),
+        }
+    }
+
+    /// The bytes, while some task still holds them.
+    pub fn body(&self) -> Option<Arc<FetchedManifest>> {
+        self.body.upgrade()
+    }
+}
 
 type ManifestKey = (String, Digest, String);
 
@@ -63,5 +94,49 @@ impl ManifestLedger {
             .entry((repository.to_string(), digest.clone(), filter.to_string()))
             .or_default()
             .clone()
+    }
+}
+
+/// Most manifest bytes the run holds at once while copying what they reference (an index
+/// while its children are copied, each child while its blobs are): 32 manifests of the 4 MiB
+/// maximum. Real manifests are a few KiB; only a hostile upstream gets near it.
+pub const MAX_HELD_MANIFEST_BYTES: usize = 128 << 20;
+
+/// Manifest bytes held now, against [`MAX_HELD_MANIFEST_BYTES`].
+#[derive(Default)]
+pub struct ManifestBudget {
+    held: AtomicUsize,
+}
+
+/// Bytes counted in a [`ManifestBudget`] until dropped.
+pub struct Held<'a> {
+    budget: &'a ManifestBudget,
+    bytes: usize,
+}
+
+impl ManifestBudget {
+    /// Counts `bytes` more, or fails (nothing counted) when that would pass the limit.
+    pub fn hold(&self, bytes: usize) -> Result<Held<'_>, super::SyncError> {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(bytes)
+                    .filter(|total| *total <= MAX_HELD_MANIFEST_BYTES)
+            })
+            .map_err(|held| {
+                super::SyncError::Other(format!(
+                    "this manifest ({bytes} bytes) would take the manifest bytes the run holds at once past {} MiB (now {held} bytes): a limit of mirrorsync against oversized indexes",
+                    MAX_HELD_MANIFEST_BYTES >> 20
+                ))
+            })?;
+        Ok(Held {
+            budget: self,
+            bytes,
+        })
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.budget.held.fetch_sub(self.bytes, Ordering::AcqRel);
     }
 }

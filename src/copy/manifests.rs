@@ -6,12 +6,19 @@ use std::sync::atomic::Ordering;
 
 use futures_util::{StreamExt, TryStreamExt};
 
+use super::ledger::CopiedManifest;
 use super::upstream::UpstreamRef;
 use super::{BLOBS_PER_MANIFEST, Counters, Engine, MAX_INDEX_DEPTH, Mode, SyncError, rewrite};
 use crate::config::Platform;
 use crate::manifest::{self, Descriptor, Parsed};
 use crate::reference::Digest;
 use crate::registry::FetchedManifest;
+
+/// A manifest this run copied, and its bytes when still held (see [`Engine::body_of`]).
+pub(super) struct Copied {
+    pub manifest: CopiedManifest,
+    body: Option<Arc<FetchedManifest>>,
+}
 
 /// Where a manifest copy happens: which upstream repository to which target repository.
 #[derive(Clone, Copy)]
@@ -26,29 +33,62 @@ pub(super) struct Route<'a> {
 
 impl Engine {
     /// Copies a manifest and everything it references into the target repository, once per run
-    /// per (repository, digest, platform filter), and returns the bytes to push (upstream's, or
-    /// a rewritten manifest). Does not write this manifest itself: the caller does, tag last.
+    /// per (repository, digest, platform filter), and returns what it became (upstream's bytes,
+    /// or a rewritten manifest). Does not write this manifest itself: the caller does, tag last.
     pub(super) async fn copy_manifest(
         &self,
         route: Route<'_>,
         digest: &Digest,
         filter: Option<&[Platform]>,
         depth: usize,
-    ) -> Result<Arc<FetchedManifest>, SyncError> {
+    ) -> Result<Copied, SyncError> {
         let mut key = filter.map(rewrite::filter_key).unwrap_or_default();
         if route.sparse && filter.is_some() {
             key.push_str(";sparse");
         }
         let cell = self.manifests.cell(route.target_repo, digest, &key);
+        let mut mine = None;
+        let slot = &mut mine;
         let result = cell
-            .get_or_init(|| async {
-                self.copy_manifest_once(route, digest, filter, depth)
-                    .await
-                    .map(Arc::new)
-                    .map_err(Arc::new)
+            .get_or_init(|| async move {
+                match self.copy_manifest_once(route, digest, filter, depth).await {
+                    Ok(manifest) => {
+                        let manifest = Arc::new(manifest);
+                        let copied = CopiedManifest::of(&manifest);
+                        *slot = Some(manifest);
+                        Ok(copied)
+                    }
+                    Err(e) => Err(Arc::new(e)),
+                }
             })
             .await;
-        result.clone().map_err(SyncError::Shared)
+        let manifest = result.clone().map_err(SyncError::Shared)?;
+        let body = mine.or_else(|| manifest.body());
+        Ok(Copied { manifest, body })
+    }
+
+    /// The bytes of a copied manifest, to push: held by this task or another one still
+    /// pushing it, or else read back from the target repository, where the task that copied it
+    /// pushed it (the run does not keep manifest bytes once pushed).
+    pub(super) async fn body_of(
+        &self,
+        repository: &str,
+        copied: &Copied,
+    ) -> Result<Arc<FetchedManifest>, SyncError> {
+        if let Some(body) = &copied.body {
+            return Ok(Arc::clone(body));
+        }
+        let digest = &copied.manifest.digest;
+        match self
+            .target
+            .get_manifest(repository, &digest.to_string())
+            .await?
+        {
+            Some(found) if found.digest == *digest => Ok(Arc::new(found)),
+            _ => Err(SyncError::Other(format!(
+                "manifest {digest} was copied by another tag of this run, which did not push it to {repository}"
+            ))),
+        }
     }
 
     async fn copy_manifest_once(
@@ -64,6 +104,8 @@ impl Engine {
             )));
         }
         let fetched = self.fetch_manifest(route, digest).await?;
+        // Held until its children and blobs are copied: bounded for the run as a whole.
+        let _held = self.manifest_budget.hold(fetched.bytes.len())?;
         let parsed = manifest::parse(&fetched.media_type, &fetched.bytes).map_err(|source| {
             SyncError::Manifest {
                 digest: digest.clone(),
@@ -205,18 +247,27 @@ impl Engine {
             sparse: false,
             ..route
         };
-        let fetched =
+        let copied =
             Box::pin(self.copy_manifest(child_route, &child.digest, None, depth + 1)).await?;
+        let became = &copied.manifest;
         if self.mode == Mode::Sync {
+            let body = self.body_of(route.target_repo, &copied).await?;
             self.target
-                .put_manifest(route.target_repo, &fetched.digest.to_string(), &fetched)
+                .put_manifest(route.target_repo, &became.digest.to_string(), &body)
                 .await?;
         }
-        if fetched.digest != child.digest {
+        if became.digest != child.digest {
             replacements
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(child.digest.clone(), rewrite::Replacement::of(&fetched));
+                .insert(
+                    child.digest.clone(),
+                    rewrite::Replacement {
+                        digest: became.digest.clone(),
+                        size: became.size,
+                        media_type: became.media_type.clone(),
+                    },
+                );
         }
         Ok(())
     }

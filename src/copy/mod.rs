@@ -45,7 +45,7 @@ use crate::registry::{
 use crate::signals::RunControl;
 use crate::target::{OciLayout, Target, TargetError};
 use inspect::{Change, Inspection};
-use ledger::{BlobLedger, ManifestLedger};
+use ledger::{BlobLedger, ManifestBudget, ManifestLedger};
 use manifests::Route;
 pub use preflight::Probe;
 use upstream::{Upstream, UpstreamRef};
@@ -149,6 +149,8 @@ pub struct Engine {
     tag_lists: std::sync::Mutex<HashMap<String, TagListCell>>,
     blobs: BlobLedger,
     manifests: ManifestLedger,
+    /// Manifest bytes held at once, bounded.
+    manifest_budget: ManifestBudget,
     /// Blob writes to the target at once (`target.concurrency`).
     target_writes: tokio::sync::Semaphore,
     /// `target.bytes_per_second`, for every blob byte written to the target.
@@ -205,6 +207,7 @@ impl Engine {
             tag_lists: std::sync::Mutex::new(HashMap::new()),
             blobs: BlobLedger::default(),
             manifests: ManifestLedger::default(),
+            manifest_budget: ManifestBudget::default(),
             target_writes,
             target_bytes,
             stop: CancellationToken::new(),
@@ -472,10 +475,11 @@ impl Engine {
             if change.upstream.mirrors.is_empty() {
                 change.upstream.reachable().await?;
             }
-            let manifest = self
+            let copied = self
                 .copy_manifest(route, &change.digest, item.platforms.as_deref(), 0)
                 .await?;
             if self.mode == Mode::Sync {
+                let manifest = self.body_of(&item.target_repository, &copied).await?;
                 if let (Some(template), Some(current), Some(tag)) =
                     (&item.options.backup_tag, &change.current, &item.target_tag)
                 {
@@ -486,12 +490,12 @@ impl Engine {
                     .put_manifest(&item.target_repository, &change.target_ref, &manifest)
                     .await?;
             }
-            Ok::<_, SyncError>(manifest)
+            Ok::<_, SyncError>(copied.manifest.digest)
         }
         .await;
         match copied {
-            Ok(manifest) => TagResult::Synced {
-                digest: manifest.digest.clone(),
+            Ok(digest) => TagResult::Synced {
+                digest,
                 previous: change.current,
             },
             Err(e) => failed_or_deferred(e),

@@ -78,16 +78,6 @@ pub struct Replacement {
     pub media_type: String,
 }
 
-impl Replacement {
-    pub fn of(m: &FetchedManifest) -> Self {
-        Replacement {
-            digest: m.digest.clone(),
-            size: m.bytes.len() as u64,
-            media_type: m.media_type.clone(),
-        }
-    }
-}
-
 /// How an index is to be rewritten.
 pub struct IndexRewrite<'a> {
     pub keep: &'a [bool],

@@ -58,13 +58,17 @@ impl Engine {
             let chosen = crate::tags::select(&tags, &selection.filters);
             tracing::info!(repository = %selection.source.name(), listed = tags.len(), chosen = chosen.len(), "tag filters applied");
             for tag in chosen {
+                // The registry client drops tags outside the grammar; never build on one.
+                let Ok(source) = selection.source.with_tag(&tag) else {
+                    continue;
+                };
                 let mut options = selection.options.clone();
                 options.immutable = selection
                     .immutable
                     .iter()
                     .any(|p| crate::tags::glob_match(p, &tag));
                 let item = SyncItem {
-                    source: selection.source.with_tag(&tag),
+                    source,
                     target_repository: selection.target_repository.clone(),
                     target_tag: Some(tag),
                     platforms: selection.platforms.clone(),
@@ -199,8 +203,11 @@ impl Engine {
                 }
             }
             for tag in candidates {
+                let Ok(source) = item.source.with_tag(&tag) else {
+                    continue;
+                };
                 let referrer = SyncItem {
-                    source: item.source.with_tag(&tag),
+                    source,
                     target_repository: item.target_repository.clone(),
                     target_tag: Some(tag),
                     platforms: None,

@@ -104,6 +104,9 @@ fn parse_params(s: &str) -> HashMap<String, String> {
     out
 }
 
+/// Largest token response read (a token server's answer is a few KiB).
+pub(crate) const MAX_TOKEN_BODY: usize = 1 << 20;
+
 struct CachedToken {
     value: Secret,
     renew_at: Instant,
@@ -303,8 +306,20 @@ impl Authenticator {
         };
         let mut url = url::Url::parse(realm)
             .map_err(|e| fail(format!("token realm {realm:?} is not a URL: {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(fail(format!("token realm {realm:?} is not http(s)")));
+        if !super::origin::is_web_url(&url) {
+            return Err(fail(format!(
+                "token realm {realm:?} is not an http(s) URL without user information"
+            )));
+        }
+        // The realm comes from the registry's own challenge (see `RegistryClient::send`), but
+        // it may name any host: the credentials of a registry reached over TLS never travel in
+        // plain text to it.
+        if self.credentials.is_some() && client.base.scheme() == "https" && url.scheme() != "https"
+        {
+            return Err(fail(format!(
+                "token realm {realm:?} is plain HTTP while {} is reached over HTTPS: its credentials are not sent there",
+                self.host
+            )));
         }
         {
             let mut query = url.query_pairs_mut();
@@ -335,7 +350,7 @@ impl Authenticator {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(super::parse_retry_after);
-        let body = super::read_limited(response, 1 << 20)
+        let body = super::read_limited(response, MAX_TOKEN_BODY)
             .await
             .map_err(|e| transport(e.to_string()))?;
         if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {

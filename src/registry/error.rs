@@ -80,8 +80,15 @@ impl RegistryError {
     }
 
     pub(crate) fn protocol(url: impl fmt::Display, reason: impl Into<String>) -> Self {
+        // A URL that came from a registry (a Location, a Link) may carry user information or
+        // upload state: messages get it redacted.
+        let url = url.to_string();
+        let url = match url::Url::parse(&url) {
+            Ok(parsed) if parsed.has_host() => super::redact(&parsed),
+            _ => url,
+        };
         RegistryError::Protocol {
-            url: url.to_string(),
+            url,
             reason: reason.into(),
         }
     }

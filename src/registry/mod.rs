@@ -7,6 +7,7 @@
 
 mod auth;
 mod blobs;
+mod body;
 mod call;
 mod credentials;
 mod endpoint;
@@ -14,6 +15,7 @@ mod error;
 mod learned;
 mod limits;
 mod manifests;
+mod origin;
 mod referrers;
 mod retry;
 mod tags;
@@ -25,18 +27,19 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use reqwest::header::{self, HeaderMap};
 use reqwest::{Method, StatusCode};
 use url::Url;
 
 pub use auth::{Challenge, parse_challenge};
+pub(crate) use body::{BodyError, MAX_ERROR_BODY, read_limited};
 pub use credentials::{CredentialError, CredentialStore};
 pub use endpoint::{EndpointError, Usage, mirror_endpoint};
 pub use error::{ApiError, RegistryError};
 pub use learned::{DEFAULT_CHUNK_SIZE, Learned, MIN_CHUNK_SIZE};
 pub use limits::{HostLimits, LimitSettings};
 pub use manifests::is_schema1;
+use origin::same_origin;
 pub use referrers::{entry_digest, index_entries};
 pub use retry::{RetryPolicy, parse_retry_after};
 use transport::transport;
@@ -278,6 +281,10 @@ impl RegistryClient {
     /// nothing (200) or the challenge of its 401. `false` for any other answer, and for a 401
     /// without a usable challenge.
     async fn learn_challenge(&self, response: &reqwest::Response) -> bool {
+        // A challenge counts only from the registry itself, not from where it redirected us.
+        if !self.is_own(response.url()) {
+            return false;
+        }
         let challenge = match response.status() {
             StatusCode::OK => Some(Challenge::Anonymous),
             StatusCode::UNAUTHORIZED => response
@@ -305,7 +312,7 @@ impl RegistryClient {
         };
         if let Ok(response) = self.exchange("GET", self.bulk.get(url)).await {
             // Read to the end, or the connection is not handed back to the pool.
-            let _ = response.bytes().await;
+            let _ = read_limited(response, MAX_ERROR_BODY).await;
         }
     }
 
@@ -377,13 +384,19 @@ impl RegistryClient {
         let url = request.join(value).map_err(|e| {
             RegistryError::protocol(request, format!("bad Location {value:?}: {e}"))
         })?;
-        if !matches!(url.scheme(), "http" | "https") {
+        if !origin::is_web_url(&url) {
             return Err(RegistryError::protocol(
                 request,
                 format!("bad Location {value:?}"),
             ));
         }
+        // On another host it is used without our credentials (see `send`).
         Ok(url)
+    }
+
+    /// Whether `url` is the registry's own (scheme, host, port): see [`origin`].
+    fn is_own(&self, url: &Url) -> bool {
+        same_origin(url, &self.base)
     }
 
     /// The one place requests are built and sent: authentication, and a bounded retry on 401.
@@ -411,7 +424,8 @@ impl RegistryClient {
             let mut request = http
                 .request(method.clone(), url.clone())
                 .headers(headers.clone());
-            if let Some(value) = self.auth.authorization(self, &scopes).await? {
+            let own = self.is_own(&url);
+            if own && let Some(value) = self.auth.authorization(self, &scopes).await? {
                 request = request.header(header::AUTHORIZATION, value);
             }
             let replayable = !matches!(body, Some(RequestBody::Stream { .. }));
@@ -445,6 +459,17 @@ impl RegistryClient {
                 .await
                 .map_err(|e| transport(method.as_str(), &url, &e))?;
             tracing::debug!(method = %method, url = %redact(&url), status = response.status().as_u16(), "registry request");
+            if response.status() == StatusCode::UNAUTHORIZED
+                && !(own && self.is_own(response.url()))
+            {
+                return Err(origin::foreign_challenge(
+                    &self.host,
+                    &self.base,
+                    method.as_str(),
+                    &url,
+                    response.url(),
+                ));
+            }
             if response.status() != StatusCode::UNAUTHORIZED || !replayable {
                 return Ok(response);
             }
@@ -541,32 +566,6 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// Why a response body could not be read whole.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum BodyError {
-    #[error("body is larger than {0} bytes")]
-    TooLarge(usize),
-    #[error("reading body: {0}")]
-    Read(String),
-}
-
-/// Reads a response body, failing when it is longer than `limit`.
-pub(crate) async fn read_limited(
-    response: reqwest::Response,
-    limit: usize,
-) -> Result<Bytes, BodyError> {
-    let mut stream = response.bytes_stream();
-    let mut buf = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| BodyError::Read(describe_reqwest_error(&e)))?;
-        if buf.len() + chunk.len() > limit {
-            return Err(BodyError::TooLarge(limit));
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(Bytes::from(buf))
-}
-
 /// Turns an unexpected response into an error carrying the registry's code and message.
 pub(crate) async fn status_error(
     method: &str,
@@ -582,7 +581,9 @@ pub(crate) async fn status_error(
     let body = if method == "HEAD" {
         Bytes::new()
     } else {
-        read_limited(response, 64 * 1024).await.unwrap_or_default()
+        read_limited(response, MAX_ERROR_BODY)
+            .await
+            .unwrap_or_default()
     };
     let (errors, body_excerpt) = parse_error_body(&body);
     RegistryError::Status {

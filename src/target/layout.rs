@@ -147,12 +147,7 @@ impl OciLayout {
         self.prepare(repository).await?;
         let tmp = crate::atomic_file::temp_path(&dst);
         if tokio::fs::hard_link(&src, &tmp).await.is_err() {
-            tokio::fs::copy(&src, &tmp)
-                .await
-                .map_err(|source| TargetError::Io {
-                    path: src.clone(),
-                    source,
-                })?;
+            copy_new(&src, &tmp).await?;
         }
         rename(&tmp, &dst).await?;
         Ok(true)
@@ -172,7 +167,7 @@ impl OciLayout {
             move |source| TargetError::Io { path, source }
         };
         let result = async {
-            let mut file = tokio::fs::File::create(&tmp).await.map_err(io(&tmp))?;
+            let mut file = create_new(&tmp).await.map_err(io(&tmp))?;
             while let Some(chunk) = source.next_chunk().await.map_err(TargetError::Source)? {
                 file.write_all(&chunk).await.map_err(io(&tmp))?;
             }
@@ -287,6 +282,34 @@ impl OciLayout {
         }
         Ok(())
     }
+}
+
+/// Creates a temporary file that must not exist yet: a file or symlink planted under its name
+/// makes this fail rather than be followed or overwritten.
+async fn create_new(path: &Path) -> std::io::Result<tokio::fs::File> {
+    tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .await
+}
+
+/// Copies `from` into a new temporary file `to` (see [`create_new`]); removes it on failure.
+async fn copy_new(from: &Path, to: &Path) -> Result<(), TargetError> {
+    let copied = async {
+        let mut source = tokio::fs::File::open(from).await?;
+        let mut file = create_new(to).await?;
+        tokio::io::copy(&mut source, &mut file).await?;
+        file.sync_all().await
+    }
+    .await;
+    copied.map_err(|source| {
+        let _ = std::fs::remove_file(to);
+        TargetError::Io {
+            path: from.to_path_buf(),
+            source,
+        }
+    })
 }
 
 /// Renames a finished temporary file into place; on failure the temporary file is removed.

@@ -43,6 +43,7 @@ pub mod access;
 pub mod bin;
 pub mod client;
 pub mod exposition;
+pub mod hostile;
 pub mod image;
 pub mod observe;
 pub mod proxy;

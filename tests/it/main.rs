@@ -11,6 +11,7 @@ mod big_layer;
 mod config_errors;
 mod faults;
 mod harness;
+mod hostile;
 mod interop;
 mod kill_safety;
 mod kubernetes;

@@ -152,7 +152,7 @@ impl Engine {
 
     /// GET a manifest by digest: from a mirror when one has it (verified by digest, so a stale
     /// or hostile mirror cannot inject anything), else from the origin, within its pull quota.
-    async fn fetch_manifest(
+    pub(super) async fn fetch_manifest(
         &self,
         route: Route<'_>,
         digest: &Digest,
@@ -210,7 +210,8 @@ impl Engine {
         if self.mode == Mode::Sync {
             self.target
                 .put_manifest(route.target_repo, &fetched.digest.to_string(), &fetched)
-                .await?;
+                .await
+                .map_err(super::refusals::explain_by_digest)?;
         }
         if fetched.digest != child.digest {
             replacements

@@ -31,10 +31,11 @@ use reqwest::{Method, StatusCode};
 use url::Url;
 
 pub use auth::{Challenge, parse_challenge};
+pub use blobs::refuses_shortcut;
 pub use credentials::{CredentialError, CredentialStore};
 pub use endpoint::{EndpointError, Usage, mirror_endpoint};
 pub use error::{ApiError, RegistryError};
-pub use learned::{DEFAULT_CHUNK_SIZE, Learned, MIN_CHUNK_SIZE};
+pub use learned::{DEFAULT_CHUNK_SIZE, Learned, MIN_CHUNK_SIZE, UploadFlow};
 pub use limits::{HostLimits, LimitSettings};
 pub use manifests::is_schema1;
 pub use referrers::{entry_digest, index_entries};

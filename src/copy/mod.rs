@@ -100,15 +100,6 @@ pub enum SyncError {
 }
 
 impl SyncError {
-    /// The kind of failure, for counting apart (see [`FailureCause`]).
-    fn cause(&self) -> FailureCause {
-        match self {
-            SyncError::Refused { cause, .. } => *cause,
-            SyncError::Shared(inner) => inner.cause(),
-            _ => FailureCause::Other,
-        }
-    }
-
     fn deferred_reason(&self) -> Option<&str> {
         match self {
             SyncError::Deferred(reason) => Some(reason),
@@ -475,15 +466,7 @@ impl Engine {
             if change.upstream.mirrors.is_empty() {
                 change.upstream.reachable().await?;
             }
-            let manifest = match (&item.platforms, item.options.single) {
-                (Some(platforms), true) => {
-                    self.copy_single(route, &change.digest, platforms).await?
-                }
-                _ => {
-                    let filter = item.platforms.as_deref();
-                    self.copy_manifest(route, &change.digest, filter, 0).await?
-                }
-            };
+            let manifest = self.copy_item(route, item, &change.digest).await?;
             if self.mode == Mode::Sync {
                 if let (Some(template), Some(current), Some(tag)) =
                     (&item.options.backup_tag, &change.current, &item.target_tag)

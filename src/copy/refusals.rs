@@ -10,6 +10,17 @@ use crate::reference::Digest;
 use crate::registry::RegistryError;
 use crate::target::TargetError;
 
+impl SyncError {
+    /// The kind of failure, for counting apart (see [`FailureCause`]).
+    pub(super) fn cause(&self) -> FailureCause {
+        match self {
+            SyncError::Refused { cause, .. } => *cause,
+            SyncError::Shared(inner) => inner.cause(),
+            _ => FailureCause::Other,
+        }
+    }
+}
+
 /// The registry error at the bottom of `error`, if there is one.
 fn registry_error(error: &SyncError) -> Option<&RegistryError> {
     match error {

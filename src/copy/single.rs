@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::manifests::Route;
 use super::{Engine, SyncError, rewrite};
-use crate::config::Platform;
+use crate::config::{Platform, SyncItem};
 use crate::manifest::{self, Parsed};
 use crate::reference::Digest;
 use crate::registry::FetchedManifest;
@@ -55,6 +55,23 @@ impl Engine {
                 "{wanted} matches {} manifests of index {digest}; name the variant too (platforms_mode: single stores one)",
                 more.len()
             ))),
+        }
+    }
+
+    /// Copies what an item's tag will point at: the manifest (filtered to `platforms:`), or in
+    /// single mode the chosen platform's image.
+    pub(super) async fn copy_item(
+        &self,
+        route: Route<'_>,
+        item: &SyncItem,
+        digest: &Digest,
+    ) -> Result<Arc<FetchedManifest>, SyncError> {
+        match (&item.platforms, item.options.single) {
+            (Some(platforms), true) => self.copy_single(route, digest, platforms).await,
+            (filter, _) => {
+                self.copy_manifest(route, digest, filter.as_deref(), 0)
+                    .await
+            }
         }
     }
 

@@ -261,3 +261,347 @@ fn uploads_are_closed(target: &Registry) -> bool {
             .join("docker/registry/v2/repositories"),
     )
 }
+
+/// Item 2: a target that refuses manifests pushed by digest fails a multi-platform tag with a
+/// line that says so and names `platforms:`, while a single-platform image lands. With one
+/// platform and `platforms_mode: single`, that platform's own manifest goes under the tag
+/// (its digest, which a pull of that platform resolves to), and the next run finds it in sync.
+#[tokio::test(flavor = "multi_thread")]
+async fn manifests_by_digest_refused_and_single_platform_mode() {
+    let w = World::new().await;
+    let amd = push_image(
+        &w.upstream,
+        "lib/multi",
+        None,
+        ImageSpec::new(Format::Oci, vec![layer(700, 5_000)]),
+    )
+    .await;
+    let arm = push_image(
+        &w.upstream,
+        "lib/multi",
+        None,
+        ImageSpec::new(Format::Oci, vec![layer(701, 6_000)]).platform("linux/arm64"),
+    )
+    .await;
+    let arm_platform = arm.platform.clone();
+    push_index(
+        &w.upstream,
+        "lib/multi",
+        "v1",
+        Format::Oci,
+        &[
+            (amd.clone(), amd.platform.clone()),
+            (arm.clone(), arm_platform),
+        ],
+    )
+    .await;
+    small_images(&w.upstream, 1).await;
+    Quirk::ManifestByDigestRefused.install(&w.down);
+
+    let config = w.config("", &[w.image("lib/multi:v1"), w.image("lib/app0:v1")]);
+    let out = w.sync(&config).await;
+    out.assert_code(1);
+    let line = failed_line(&out, "lib/multi:v1");
+    assert!(
+        line.contains("the target refuses manifests pushed by digest, so a multi-platform image cannot be stored there")
+            && line.contains("`platforms:`"),
+        "{line}"
+    );
+    assert_mirrored(&w, "lib/app0", "v1").await;
+    assert!(head_manifest(&w.target, "lib/multi", "v1").await.is_none());
+
+    let single = format!(
+        "{{ source: \"{}\", platforms: [linux/arm64], platforms_mode: single }}",
+        w.image("lib/multi:v1")
+    );
+    let config = w.config("", &[single]);
+    let out = w.sync(&config).await;
+    out.assert_code(0);
+    assert_eq!(
+        head_manifest(&w.target, "lib/multi", "v1").await.as_deref(),
+        Some(arm.digest.as_str()),
+        "the arm64 manifest itself is under the tag"
+    );
+    assert_image_complete(&w.target, "lib/multi", "v1").await;
+    let raw = skopeo_inspect_raw(
+        &format!("docker://{}/lib/multi:v1", w.target.host()),
+        &["--tls-verify=false"],
+    )
+    .await;
+    assert_eq!(
+        raw, arm.manifest_bytes,
+        "skopeo reads the platform's own bytes"
+    );
+    skopeo_copies_out(&w, "lib/multi", "v1").await;
+
+    let mark = w.down.mark();
+    let again = w.sync(&config).await;
+    again.assert_code(0);
+    assert!(again.stdout.contains("1 unchanged"), "{}", again.stdout);
+    assert!(
+        image_uploads(&w.down.since(mark)).is_empty(),
+        "nothing uploaded when in sync"
+    );
+
+    // Validation: single takes exactly one platform.
+    let two = format!(
+        "{{ source: \"{}\", platforms: [linux/arm64, linux/amd64], platforms_mode: single }}",
+        w.image("lib/multi:v1")
+    );
+    let out = w.sync(&w.config("", &[two])).await;
+    out.assert_code(2);
+    assert!(out.stderr.contains("platforms_mode"), "{}", out.stderr);
+}
+
+/// Item 3: a target that allows exactly two path components refuses the upload POST for
+/// `mirror/lib/app0` (404 NAME_UNKNOWN): the tag fails with a line naming the path and the keys
+/// that change it, `check --connect` says the same before any sync, and the same images land
+/// under their two-component upstream path without the prefix.
+#[tokio::test(flavor = "multi_thread")]
+async fn nested_repository_path_refused_names_the_keys() {
+    let w = World::new().await;
+    small_images(&w.upstream, 1).await;
+    Quirk::TwoComponentNames.install(&w.down);
+    let config = w.config("  prefix: mirror\n", &[w.image("lib/app0:v1")]);
+
+    let check = mirrorsync(&[
+        "check",
+        "--connect",
+        "--config",
+        &config.display().to_string(),
+    ])
+    .await;
+    check.assert_code(1);
+    let said = |text: &str| {
+        text.contains("mirror/lib/app0")
+            && text.contains("`prefix`")
+            && text.contains("`target:`")
+            && text.contains("two")
+    };
+    assert!(
+        said(&check.stdout) || said(&check.stderr),
+        "{}\n{}",
+        check.stdout,
+        check.stderr
+    );
+
+    let metrics = w.dir.path().join("metrics.prom");
+    let out = mirrorsync(&[
+        "sync",
+        "--once",
+        "--config",
+        &config.display().to_string(),
+        "--metrics-file",
+        &metrics.display().to_string(),
+    ])
+    .await;
+    out.assert_code(1);
+    assert!(said(failed_line(&out, "lib/app0:v1")), "{}", out.stdout);
+    let text = std::fs::read_to_string(&metrics).expect("metrics file");
+    assert!(
+        text.contains("mirrorsync_run_tags_failed{reason=\"name_refused\"} 1"),
+        "{text}"
+    );
+
+    let config = w.config("", &[w.image("lib/app0:v1")]);
+    w.sync(&config).await.assert_code(0);
+    assert_mirrored(&w, "lib/app0", "v1").await;
+}
+
+/// Item 3: upstream moved a tag the target keeps immutable (ECR's 400 TAG_INVALID): the tag
+/// fails with the refusal said in words, and the metrics count it as `tag_immutable`, apart
+/// from a tag that failed for another reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn immutable_tag_moved_upstream_is_counted_apart() {
+    let w = World::new().await;
+    small_images(&w.upstream, 1).await;
+    let config = w.config("", &[w.image("lib/app0:v1")]);
+    w.sync(&config).await.assert_code(0);
+    let old = head_manifest(&w.target, "lib/app0", "v1")
+        .await
+        .expect("mirrored");
+    push_image(
+        &w.upstream,
+        "lib/app0",
+        "v1",
+        ImageSpec::new(Format::Oci, vec![layer(800, 3_000)]),
+    )
+    .await;
+    Quirk::ImmutableTag {
+        repo: "lib/app0".into(),
+        tag: "v1".into(),
+    }
+    .install(&w.down);
+    let metrics = w.dir.path().join("metrics.prom");
+    let config = w.config("", &[w.image("lib/app0:v1"), w.image("lib/gone:v1")]);
+    let out = mirrorsync(&[
+        "sync",
+        "--once",
+        "--config",
+        &config.display().to_string(),
+        "--metrics-file",
+        &metrics.display().to_string(),
+    ])
+    .await;
+    out.assert_code(1);
+    let line = failed_line(&out, "lib/app0:v1");
+    assert!(
+        line.contains("upstream moved") && line.contains("immutable") && line.contains(&old),
+        "{line}"
+    );
+    failed_line(&out, "lib/gone:v1");
+    assert_eq!(head_manifest(&w.target, "lib/app0", "v1").await, Some(old));
+    let text = std::fs::read_to_string(&metrics).expect("metrics file");
+    let value = |reason: &str| {
+        text.lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "mirrorsync_run_tags_failed{{reason=\"{reason}\"}}"
+                ))
+            })
+            .and_then(|l| l.split_whitespace().last())
+            .map(str::to_string)
+    };
+    assert_eq!(value("tag_immutable").as_deref(), Some("1"), "{text}");
+    assert_eq!(value("other").as_deref(), Some("1"), "{text}");
+}
+
+/// A referrer manifest for the manifest `subject` (media type, digest, size), pushed by digest.
+async fn push_referrer(
+    reg: &Registry,
+    repo: &str,
+    subject: (&str, &str, usize),
+    kind: &str,
+) -> Listed {
+    let empty = push_blob(reg, repo, b"{}")
+        .await
+        .with_media_type("application/vnd.oci.empty.v1+json");
+    let blob = push_blob(reg, repo, kind.as_bytes())
+        .await
+        .with_media_type("application/octet-stream");
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": kind,
+        "config": empty.to_json(),
+        "layers": [blob.to_json()],
+        "subject": {"mediaType": subject.0, "digest": subject.1, "size": subject.2},
+    });
+    let bytes = serde_json::to_vec(&manifest).expect("json");
+    let digest = push_manifest(reg, repo, &sha256_digest(&bytes), OCI_MANIFEST, &bytes).await;
+    Listed {
+        media_type: OCI_MANIFEST.into(),
+        digest,
+        size: bytes.len(),
+        artifact_type: kind.into(),
+    }
+}
+
+/// Item 6: an upstream whose referrers API answers in two pages (`Link: rel="next"`) has both
+/// pages' referrers copied; a signature of an attestation (a referrer of a referrer, listed by
+/// the API for the attestation) is copied too, and both subjects' fallback indexes at the target
+/// (distribution has no referrers API) list them.
+#[tokio::test(flavor = "multi_thread")]
+async fn referrers_past_the_first_page_and_referrers_of_referrers() {
+    let w = World::new().await;
+    let up = Proxy::start(&w.upstream).await;
+    let image = push_image(
+        &w.upstream,
+        "app/signed",
+        "1.0",
+        ImageSpec::new(Format::Oci, vec![layer(900, 3_000)]),
+    )
+    .await;
+    let subject = (
+        image.media_type.as_str(),
+        image.digest.as_str(),
+        image.manifest_bytes.len(),
+    );
+    let sig = push_referrer(
+        &w.upstream,
+        "app/signed",
+        subject,
+        "application/vnd.dev.cosign.artifact.sig.v1+json",
+    )
+    .await;
+    let att = push_referrer(
+        &w.upstream,
+        "app/signed",
+        subject,
+        "application/vnd.in-toto+json",
+    )
+    .await;
+    let att_subject = (OCI_MANIFEST, att.digest.as_str(), att.size);
+    let att_sig = push_referrer(
+        &w.upstream,
+        "app/signed",
+        att_subject,
+        "application/vnd.dev.cosign.artifact.sig.v1+json",
+    )
+    .await;
+    Quirk::ReferrersPaged {
+        repo: "app/signed".into(),
+        subject: image.digest.clone(),
+        pages: vec![vec![sig.clone()], vec![att.clone()]],
+    }
+    .install(&up);
+    Quirk::Referrers {
+        subject: att.digest.clone(),
+        referrers: vec![att_sig.clone()],
+    }
+    .install(&up);
+    // A registry with the API lists no referrers as an empty index (404 means no API).
+    for leaf in [&sig, &att_sig] {
+        Quirk::Referrers {
+            subject: leaf.digest.clone(),
+            referrers: Vec::new(),
+        }
+        .install(&up);
+    }
+    let yaml = format!(
+        "target:\n  registry: \"{}\"\n  insecure: true\nregistries:\n  \"{}\":\n    insecure: true\nimages:\n  - {{ source: \"{}/app/signed:1.0\", referrers: true }}\n",
+        w.target.host(),
+        up.host(),
+        up.host()
+    );
+    let config = write_config(w.dir.path(), &yaml);
+    let out = w.sync(&config).await;
+    out.assert_code(0);
+    for listed in [&sig, &att, &att_sig] {
+        assert_eq!(
+            get_manifest(&w.target, "app/signed", &listed.digest).await,
+            get_manifest(&w.upstream, "app/signed", &listed.digest).await,
+            "referrer {} at the target",
+            listed.digest
+        );
+        assert_image_complete(&w.target, "app/signed", &listed.digest).await;
+    }
+    let listed_at = |digest: &str| {
+        let tag = format!("sha256-{}", digest.trim_start_matches("sha256:"));
+        let target = &w.target;
+        async move {
+            let (bytes, _, _) = get_manifest(target, "app/signed", &tag)
+                .await
+                .expect("fallback tag");
+            let index: serde_json::Value = serde_json::from_slice(&bytes).expect("index");
+            index["manifests"]
+                .as_array()
+                .expect("manifests")
+                .iter()
+                .filter_map(|e| e["digest"].as_str().map(str::to_string))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        listed_at(&image.digest).await,
+        [sig.digest.clone(), att.digest.clone()]
+    );
+    assert_eq!(listed_at(&att.digest).await, vec![att_sig.digest.clone()]);
+    let seen = up.seen();
+    assert!(
+        seen.iter()
+            .any(|s| s.path.contains("/referrers/") && s.query == "page=2"),
+        "second page read:\n{}",
+        seen.dump()
+    );
+}

@@ -333,6 +333,64 @@ impl RegistryClient {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::ApiError;
+
+    fn status(status: u16, code: &str, message: &str) -> RegistryError {
+        RegistryError::Status {
+            method: "PUT".into(),
+            url: "u".into(),
+            status,
+            errors: vec![ApiError {
+                code: code.into(),
+                message: message.into(),
+            }],
+            body_excerpt: None,
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn which_answers_refuse_the_shortcut_rather_than_the_content() {
+        let digest = Digest::parse(&format!("sha256:{}", "a".repeat(64))).unwrap();
+        for refused in [500, 400, 405, 415, 416, 501] {
+            assert!(refuses_shortcut(
+                &status(refused, "UNKNOWN", "not supported"),
+                &digest
+            ));
+        }
+        for not in [401, 403, 404, 408, 413, 429, 502, 503, 504] {
+            assert!(!refuses_shortcut(&status(not, "X", ""), &digest), "{not}");
+        }
+        let named = format!("digest {digest} does not match");
+        assert!(!refuses_shortcut(
+            &status(400, "DIGEST_INVALID", &named),
+            &digest
+        ));
+        assert!(!refuses_shortcut(
+            &status(400, "BLOB_UPLOAD_INVALID", &named),
+            &digest
+        ));
+        // A registry that ignored the body hashes nothing: its digest refusal names no digest.
+        assert!(refuses_shortcut(
+            &status(
+                400,
+                "DIGEST_INVALID",
+                "provided digest did not match uploaded content"
+            ),
+            &digest
+        ));
+        let transport = RegistryError::Transport {
+            method: "PUT".into(),
+            url: "u".into(),
+            detail: "reset".into(),
+        };
+        assert!(!refuses_shortcut(&transport, &digest));
+    }
+}
+
 /// Whether `error`, the answer to a shortcut (a closing `PUT` with a body, a `PATCH` with
 /// `Content-Range`), says the registry does not take the shortcut rather than the content:
 /// any 4xx or 5xx except an authorisation refusal (401, 403), a lost session (404), a body too

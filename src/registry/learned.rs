@@ -380,6 +380,25 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_shortcut_moves_the_flow_down_once_and_never_back() {
+        let learned = Learned::default();
+        assert_eq!(learned.upload_flow(), UploadFlow::PutWithBody);
+        assert!(learned.fall_back("r", UploadFlow::PatchThenPut, "500"));
+        assert_eq!(learned.upload_flow(), UploadFlow::PatchThenPut);
+        assert!(learned.fall_back("r", UploadFlow::SinglePatch, "416"));
+        assert!(learned.fall_back("r", UploadFlow::PatchThenPut, "500 again"));
+        assert_eq!(learned.upload_flow(), UploadFlow::SinglePatch, "never back");
+
+        // A shortcut that worked here: a later refusal is a failure, not a lesson.
+        let learned = Learned::default();
+        learned.put_body_worked();
+        assert!(!learned.fall_back("r", UploadFlow::PatchThenPut, "500"));
+        assert_eq!(learned.upload_flow(), UploadFlow::PutWithBody);
+        learned.ranges_worked();
+        assert!(!learned.fall_back("r", UploadFlow::SinglePatch, "416"));
+    }
+
+    #[test]
     fn sessions_follow_their_location() {
         let uploads = OpenUploads::default();
         let a = Url::parse("http://r/v2/x/blobs/uploads/u1?_state=1").unwrap();

@@ -452,6 +452,7 @@ async fn immutable_tag_moved_upstream_is_counted_apart() {
     failed_line(&out, "lib/gone:v1");
     assert_eq!(head_manifest(&w.target, "lib/app0", "v1").await, Some(old));
     let text = std::fs::read_to_string(&metrics).expect("metrics file");
+    assert_promtool_clean(&text, "the metrics file");
     let value = |reason: &str| {
         text.lines()
             .find(|l| {

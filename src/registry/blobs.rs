@@ -333,6 +333,29 @@ impl RegistryClient {
     }
 }
 
+/// Whether `error`, the answer to a shortcut (a closing `PUT` with a body, a `PATCH` with
+/// `Content-Range`), says the registry does not take the shortcut rather than the content:
+/// any 4xx or 5xx except an authorisation refusal (401, 403), a lost session (404), a body too
+/// large (413, handled by smaller chunks), throttling or a passing outage (408, 429, 502, 503,
+/// 504), and a digest or upload refusal that names the blob's digest (a `DIGEST_INVALID`
+/// that does not may come from a registry that ignored the body and hashed nothing; our own
+/// check of the bytes runs before any redo, so a real mismatch is still caught).
+pub fn refuses_shortcut(error: &RegistryError, digest: &Digest) -> bool {
+    let RegistryError::Status { status, errors, .. } = error else {
+        return false;
+    };
+    if !(400..600).contains(status)
+        || matches!(status, 401 | 403 | 404 | 408 | 413 | 429 | 502 | 503 | 504)
+    {
+        return false;
+    }
+    let digest = digest.to_string();
+    !errors.iter().any(|e| {
+        matches!(e.code.as_str(), "DIGEST_INVALID" | "BLOB_UPLOAD_INVALID")
+            && e.message.contains(&digest)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,27 +412,4 @@ mod tests {
         };
         assert!(!refuses_shortcut(&transport, &digest));
     }
-}
-
-/// Whether `error`, the answer to a shortcut (a closing `PUT` with a body, a `PATCH` with
-/// `Content-Range`), says the registry does not take the shortcut rather than the content:
-/// any 4xx or 5xx except an authorisation refusal (401, 403), a lost session (404), a body too
-/// large (413, handled by smaller chunks), throttling or a passing outage (408, 429, 502, 503,
-/// 504), and a digest or upload refusal that names the blob's digest (a `DIGEST_INVALID`
-/// that does not may come from a registry that ignored the body and hashed nothing; our own
-/// check of the bytes runs before any redo, so a real mismatch is still caught).
-pub fn refuses_shortcut(error: &RegistryError, digest: &Digest) -> bool {
-    let RegistryError::Status { status, errors, .. } = error else {
-        return false;
-    };
-    if !(400..600).contains(status)
-        || matches!(status, 401 | 403 | 404 | 408 | 413 | 429 | 502 | 503 | 504)
-    {
-        return false;
-    }
-    let digest = digest.to_string();
-    !errors.iter().any(|e| {
-        matches!(e.code.as_str(), "DIGEST_INVALID" | "BLOB_UPLOAD_INVALID")
-            && e.message.contains(&digest)
-    })
 }

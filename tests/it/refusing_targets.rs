@@ -11,6 +11,7 @@ use crate::common;
 
 use std::path::{Path, PathBuf};
 
+use common::observe::assert_promtool_clean;
 use common::*;
 use tempfile::TempDir;
 

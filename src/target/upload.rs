@@ -47,19 +47,13 @@ async fn choose_way(client: &RegistryClient, size: u64) -> Way<'_> {
     if flow == UploadFlow::SinglePatch || (flow == UploadFlow::PatchThenPut && size <= chunk) {
         return Way::Streamed;
     }
+    // Uploads do not wait for one another to learn whether a shortcut works: a probe would
+    // hold every other upload for a whole blob (or chunk) at the start of the run. Uploads in
+    // flight when the first refusal comes may each be refused once, and are redone.
     if size <= chunk {
-        let probe = learned.put_body_probe().await;
-        // Another upload may have found the shortcut refused while this one waited.
-        if learned.upload_flow() == UploadFlow::PutWithBody {
-            return Way::InOne(probe);
-        }
-        return Way::Streamed;
+        return Way::InOne(None);
     }
-    let probe = learned.range_probe().await;
-    if learned.upload_flow() == UploadFlow::SinglePatch {
-        return Way::Streamed;
-    }
-    Way::Chunks(probe, learned.chunk_size())
+    Way::Chunks(None, chunk)
 }
 
 /// Uploads `source` into `repository`, in `session` when the caller has one open already.

@@ -31,9 +31,7 @@ impl CopyStats {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TagResult {
     /// The target already held the upstream digest.
-    Unchanged {
-        digest: Digest,
-    },
+    Unchanged { digest: Digest },
     /// The target now holds the upstream digest (with `plan`: would hold). `previous` is what the
     /// target tag pointed at before (`None`: the tag is new).
     Synced {
@@ -42,11 +40,46 @@ pub enum TagResult {
     },
     Failed {
         error: String,
+        /// Why, where a user can act on it apart from other failures.
+        cause: FailureCause,
     },
     /// Left for a later run (pull-quota reserve reached, stop requested); first in line then.
-    Deferred {
-        reason: String,
-    },
+    Deferred { reason: String },
+}
+
+/// What kind of failure a tag met, so drift a user chose (an immutable tag upstream moved) is
+/// counted apart from breakage.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FailureCause {
+    /// Anything not listed below.
+    #[default]
+    Other,
+    /// Upstream moved a tag the target keeps immutable.
+    TagImmutable,
+    /// The target refused the repository path (too many components, a name it does not allow).
+    NameRefused,
+    /// The target refuses manifests pushed by digest, so an index cannot be stored.
+    ByDigestRefused,
+}
+
+impl FailureCause {
+    /// Every cause.
+    pub const ALL: [FailureCause; 4] = [
+        FailureCause::Other,
+        FailureCause::TagImmutable,
+        FailureCause::NameRefused,
+        FailureCause::ByDigestRefused,
+    ];
+
+    /// The `reason` label value, and the `reason` field of a failed tag's log event.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureCause::Other => "other",
+            FailureCause::TagImmutable => "tag_immutable",
+            FailureCause::NameRefused => "name_refused",
+            FailureCause::ByDigestRefused => "by_digest_refused",
+        }
+    }
 }
 
 /// One tag's line in the summary.

@@ -77,8 +77,8 @@ pub fn tag_finished(tag: &TagOutcome, planned: bool) {
                 );
             }
         }
-        TagResult::Failed { error } => tracing::warn!(
-            %source, %target, result = "failed", %error, duration_ms = ms, "tag failed"
+        TagResult::Failed { error, cause } => tracing::warn!(
+            %source, %target, result = "failed", reason = cause.as_str(), %error, duration_ms = ms, "tag failed"
         ),
         TagResult::Deferred { reason } => tracing::info!(
             %source, %target, result = "deferred", %reason, duration_ms = ms, "tag deferred"
@@ -112,7 +112,7 @@ fn tag_line(tag: &TagOutcome, planned: bool) -> Option<String> {
             s.mounted,
             s.present
         ),
-        TagResult::Failed { error } => format!("FAILED {source} -> {target}: {error}"),
+        TagResult::Failed { error, .. } => format!("FAILED {source} -> {target}: {error}"),
         TagResult::Deferred { reason } => format!("DEFERRED {source} -> {target}: {reason}"),
     })
 }

@@ -7,7 +7,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use crate::config::{Config, TagSeries};
 use crate::copy::{Engine, Mode};
 use crate::metrics::{BlobAction, Metrics, TagLag, TagRunResult};
-use crate::registry::RequestObserver;
+use crate::outcome::{FailureCause, TagResult};
+use crate::registry::{RequestObserver, UploadFlow};
 use crate::report::RunReport;
 use crate::shard::Shard;
 use crate::signals::RunControl;
@@ -176,6 +177,7 @@ pub async fn run_pass(
         if let Err(e) = saved {
             tracing::warn!(error = %e, "could not save the run state; the next run cannot see this run's lag");
         }
+        record_refusals(&engine, &report, metrics);
         let mut per_registry: HashMap<String, u64> = HashMap::new();
         for tag in &report.tags {
             metrics.add_blobs(BlobAction::Copied, tag.stats.copied);
@@ -196,6 +198,32 @@ pub async fn run_pass(
         metrics.record_run(report.duration.as_secs_f64(), &counts, success);
     }
     Ok(report)
+}
+
+/// The run summary's word on what the target refused: failed tags per reason, and the upload
+/// flow the target ended the run on (the Docker client's after a refused shortcut).
+fn record_refusals(engine: &Engine, report: &RunReport, metrics: &Metrics) {
+    let reasons = FailureCause::ALL.map(FailureCause::as_str);
+    let counts: Vec<(&str, usize)> = report
+        .tags
+        .iter()
+        .filter_map(|t| match &t.result {
+            TagResult::Failed { cause, .. } => Some((cause.as_str(), 1)),
+            _ => None,
+        })
+        .collect();
+    metrics.record_failures(&reasons, &counts);
+    if let Some(flow) = engine.target().upload_flow() {
+        let registry = engine.target().describe();
+        metrics.set_upload_flow(
+            &registry,
+            flow.as_str(),
+            &UploadFlow::ALL.map(UploadFlow::as_str),
+        );
+        if flow != UploadFlow::PutWithBody {
+            tracing::info!(%registry, flow = flow.as_str(), "the target's uploads ended the run on the Docker client's flow");
+        }
+    }
 }
 
 /// Now, in unix seconds.

@@ -200,7 +200,10 @@ mod tests {
             source: key.into(),
             target: crate::reference::TargetImage::tag("repo", key),
             result: if failed {
-                TagResult::Failed { error: "x".into() }
+                TagResult::Failed {
+                    error: "x".into(),
+                    cause: Default::default(),
+                }
             } else {
                 TagResult::Unchanged { digest }
             },

@@ -154,26 +154,37 @@ impl Validator<'_> {
         spec: &RawImageSpec,
         key: &str,
     ) -> Result<(ItemOptions, Vec<String>), ConfigError> {
-        let sparse = match &spec.platforms_mode {
-            None => false,
+        let (sparse, single) = match &spec.platforms_mode {
+            None => (false, false),
             Some(m) => match m.value.trim() {
-                "rewrite" => false,
-                "sparse" => true,
+                "rewrite" => (false, false),
+                "sparse" => (true, false),
+                "single" => (false, true),
                 other => {
                     return Err(self.site.spanned(
                         m,
                         format!("{key}.platforms_mode"),
-                        format!("\"{other}\" is not a platforms mode (use rewrite or sparse)"),
+                        format!(
+                            "\"{other}\" is not a platforms mode (use rewrite, sparse or single)"
+                        ),
                     ));
                 }
             },
         };
-        if sparse && spec.platforms.is_none() {
+        if (sparse || single) && spec.platforms.is_none() {
             let m = spec.platforms_mode.as_ref().expect("checked above");
             return Err(self.site.spanned(
                 m,
                 format!("{key}.platforms_mode"),
                 "applies only with platforms:",
+            ));
+        }
+        if single && spec.platforms.as_ref().is_some_and(|p| p.value.len() != 1) {
+            let m = spec.platforms_mode.as_ref().expect("checked above");
+            return Err(self.site.spanned(
+                m,
+                format!("{key}.platforms_mode"),
+                "single stores one platform's manifest under the tag: list exactly one platform in platforms:",
             ));
         }
         let backup_tag = match &spec.backup_tag {
@@ -209,6 +220,7 @@ impl Validator<'_> {
                 referrers: spec.referrers.unwrap_or(false),
                 backup_tag,
                 sparse,
+                single,
                 prune: spec.prune.unwrap_or(false),
             },
             immutable,

@@ -244,6 +244,9 @@ pub struct ItemOptions {
     pub backup_tag: Option<String>,
     /// With `platforms:`, keep the upstream index as is and copy only the chosen children.
     pub sparse: bool,
+    /// `platforms_mode: single`: the one chosen platform's own manifest goes under the tag
+    /// (no index), for targets that refuse manifests pushed by digest.
+    pub single: bool,
     /// Remove tags this entry no longer selects from the target repository (only tags
     /// mirrorsync itself created).
     pub prune: bool,

@@ -482,6 +482,18 @@ fn bad_tag_filters_are_located() {
         "{TARGET}images:\n  - source: nginx\n    platforms_mode: sparse\n"
     ));
     assert!(mode.contains("applies only with platforms"), "{mode}");
+    let single = error(&format!(
+        "{TARGET}images:\n  - source: nginx\n    platforms: [linux/amd64, linux/arm64]\n    platforms_mode: single\n"
+    ));
+    assert!(
+        single.contains("images[0].platforms_mode") && single.contains("exactly one platform"),
+        "{single}"
+    );
+    let c = load(&format!(
+        "{TARGET}images:\n  - source: nginx\n    platforms: [linux/arm64]\n    platforms_mode: single\n"
+    ))
+    .unwrap();
+    assert!(c.images[0].options.single && !c.images[0].options.sparse);
     let backup = error(&format!(
         "{TARGET}images:\n  - source: nginx\n    backup_tag: prev\n"
     ));

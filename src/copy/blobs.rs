@@ -19,6 +19,9 @@ use crate::verify;
 /// Times one blob is started again after the target refused a body as too large (each time
 /// with half the chunk size: 64 MiB comes down to the 5 MiB floor in four).
 const MAX_RESTARTS: u32 = 4;
+/// Times one blob is redone after the target refused an upload shortcut (a host falls back
+/// at most twice: to `patch-then-put`, then to `single-patch`).
+const MAX_REDOS: u32 = 2;
 
 impl Engine {
     /// Present already: skip. Held by another target repository: mount (or copy within the
@@ -88,6 +91,7 @@ impl Engine {
     ) -> Result<(), SyncError> {
         let mut last_error = None;
         let mut restarts = 0;
+        let mut redone = 0;
         let mut sources = (0..upstream.source_count()).filter(|s| upstream.usable(*s));
         let mut current = None;
         let mut retry_same = false;
@@ -154,7 +158,13 @@ impl Engine {
                 .write_blob(target_repo, &blob.digest, stream, None)
                 .await
             {
-                // The chunk size is smaller now: start this blob again from the same source.
+                // The chunk size is smaller now, or the upload flow the Docker client's: start
+                // this blob again from the same source (its body cannot be replayed).
+                Err(TargetError::ShortcutRefused { .. }) if redone < MAX_REDOS => {
+                    redone += 1;
+                    retry_same = true;
+                    continue;
+                }
                 Err(TargetError::BodyTooLarge { .. }) if restarts < MAX_RESTARTS => {
                     restarts += 1;
                     retry_same = true;

@@ -67,6 +67,24 @@ impl Engine {
             drop(upstream.take_prefetched(repository, &digest));
             return Ok(Inspection::Done(TagResult::Unchanged { digest }));
         }
+        if let (true, Some(current), Some(platforms)) =
+            (item.options.single, &current, &item.platforms)
+        {
+            // The target holds a platform's manifest, upstream an index: compare the child.
+            let counters = std::sync::Arc::new(super::Counters::default());
+            let route = super::manifests::Route {
+                upstream: &upstream,
+                source_repo: repository,
+                target_repo: &item.target_repository,
+                counters: &counters,
+                sparse: false,
+            };
+            if self.single_platform(route, &digest, platforms).await? == *current {
+                return Ok(Inspection::Done(TagResult::Unchanged {
+                    digest: current.clone(),
+                }));
+            }
+        }
         let filter = item.platforms.as_deref();
         if let Some(current) = &current
             && (filter.is_some() || self.converts_to_oci())

@@ -194,7 +194,7 @@ impl Engine {
 
     /// GET a manifest by digest: from a mirror when one has it (verified by digest, so a stale
     /// or hostile mirror cannot inject anything), else from the origin, within its pull quota.
-    async fn fetch_manifest(
+    pub(super) async fn fetch_manifest(
         &self,
         route: Route<'_>,
         digest: &Digest,
@@ -254,7 +254,8 @@ impl Engine {
             let body = self.body_of(route.target_repo, &copied).await?;
             self.target
                 .put_manifest(route.target_repo, &became.digest.to_string(), &body)
-                .await?;
+                .await
+                .map_err(super::refusals::explain_by_digest)?;
         }
         if became.digest != child.digest {
             replacements

@@ -23,8 +23,10 @@ mod pool;
 mod preflight;
 pub mod progress;
 mod queue;
+mod refusals;
 mod rewrite;
 mod select;
+mod single;
 mod upstream;
 
 use std::collections::HashMap;
@@ -36,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, SyncItem, TargetKind};
 use crate::manifest::ManifestError;
-use crate::outcome::{CopyStats, TagOutcome, TagResult};
+use crate::outcome::{CopyStats, FailureCause, TagOutcome, TagResult};
 use crate::reference::{Digest, TargetImage, TargetReference};
 use crate::registry::{
     CredentialStore, EndpointError, HostLimits, LimitSettings, RegistryClient, RegistryError,
@@ -89,6 +91,12 @@ pub enum SyncError {
     Shared(Arc<SyncError>),
     #[error("{0}")]
     Other(String),
+    /// The target refused something for a reason the user can act on, said in words.
+    #[error("{message}")]
+    Refused {
+        cause: FailureCause,
+        message: String,
+    },
 }
 
 impl SyncError {
@@ -264,22 +272,14 @@ impl Engine {
         // Each tag is inspected, then copied if it changed, without waiting for the other
         // tags' inspections (against a far upstream every HEAD is a round trip).
         let mut synced = self.sync_all(&items, &counters, priority, control).await;
-        let found: Vec<Option<Digest>> = synced.iter().map(|(d, _)| d.clone()).collect();
         // Signatures and attestations of what was found, after it.
-        let (referrers, fallbacks) = self.referrer_items(&items, &found).await;
         let first_referrer = items.len();
-        if !referrers.is_empty() {
-            self.progress
-                .tags_total
-                .fetch_add(referrers.len(), Ordering::Relaxed);
-            let more: Vec<Arc<Counters>> = referrers
-                .iter()
-                .map(|_| Arc::new(Counters::default()))
-                .collect();
-            synced.extend(self.sync_all(&referrers, &more, priority, control).await);
-            items.extend(referrers);
-            counters.extend(more);
-        }
+        let mut work = select::ReferrerWork {
+            items: &mut items,
+            counters: &mut counters,
+            synced: &mut synced,
+        };
+        let fallbacks = self.sync_referrers(&mut work, priority, control).await;
         forward.abort();
         let mut finished: Vec<Option<TagOutcome>> = synced
             .into_iter()
@@ -444,7 +444,10 @@ impl Engine {
                     (None, outcome)
                 }
                 Some(Err(error)) => {
-                    let result = TagResult::Failed { error };
+                    let result = TagResult::Failed {
+                        error,
+                        cause: Default::default(),
+                    };
                     let took = run_started.elapsed();
                     (
                         None,
@@ -475,9 +478,7 @@ impl Engine {
             if change.upstream.mirrors.is_empty() {
                 change.upstream.reachable().await?;
             }
-            let copied = self
-                .copy_manifest(route, &change.digest, item.platforms.as_deref(), 0)
-                .await?;
+            let copied = self.copy_item(route, item, &change.digest).await?;
             if self.mode == Mode::Sync {
                 let manifest = self.body_of(&item.target_repository, &copied).await?;
                 if let (Some(template), Some(current), Some(tag)) =
@@ -488,7 +489,8 @@ impl Engine {
                 }
                 self.target
                     .put_manifest(&item.target_repository, &change.target_ref, &manifest)
-                    .await?;
+                    .await
+                    .map_err(|e| refusals::explain_tag_put(item, change.current.as_ref(), e))?;
             }
             Ok::<_, SyncError>(copied.manifest.digest)
         }
@@ -498,7 +500,7 @@ impl Engine {
                 digest,
                 previous: change.current,
             },
-            Err(e) => failed_or_deferred(e),
+            Err(e) => failed_or_deferred(refusals::explain_path(item, e)),
         }
     }
 
@@ -569,6 +571,7 @@ fn failed_or_deferred(error: SyncError) -> TagResult {
     match error.deferred_reason() {
         Some(reason) => deferred(reason),
         None => TagResult::Failed {
+            cause: error.cause(),
             error: error.to_string(),
         },
     }

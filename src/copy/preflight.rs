@@ -29,7 +29,8 @@ impl Engine {
                             client.cancel_upload(&repository, &location).await;
                             Ok(())
                         }
-                        Err(e) => Err(e.to_string()),
+                        Err(e) => Err(super::refusals::path_refused(&repository, &e)
+                            .unwrap_or_else(|| e.to_string())),
                     };
                     probes.push(Probe {
                         what: format!(
@@ -109,7 +110,8 @@ impl Engine {
     }
 
     /// One target repository per top-level namespace (where registries such as Harbor grant
-    /// push rights), and the repository of mirrorsync's own state.
+    /// push rights) and path depth (some registries allow exactly two components), and the
+    /// repository of mirrorsync's own state.
     fn push_probe_repositories(&self) -> Vec<String> {
         let targets = self
             .config
@@ -126,7 +128,8 @@ impl Engine {
         let mut repositories = Vec::new();
         for repository in targets.chain([DOCUMENT_REPOSITORY]) {
             let namespace = repository.split('/').next().unwrap_or(repository);
-            if namespaces.insert(namespace.to_string()) {
+            let depth = repository.split('/').count();
+            if namespaces.insert((namespace.to_string(), depth)) {
                 repositories.push(repository.to_string());
             }
         }

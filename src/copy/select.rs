@@ -5,16 +5,27 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::upstream::UpstreamRef;
-use super::{Engine, SyncError, target_name};
+use super::{Counters, Engine, RunControl, SyncError, target_name};
 use crate::config::SyncItem;
 use crate::manifest::OCI_INDEX;
 use crate::outcome::{CopyStats, TagOutcome, TagResult};
 use crate::reference::{Digest, Reference, TargetImage, TargetReference};
 use crate::registry::{self, FetchedManifest, RegistryClient};
 use crate::target::{Target, TargetError};
+
+/// Levels of referrers followed: signatures of attestations of an image are three.
+const REFERRER_DEPTH: usize = 3;
+
+/// The run's tags so far, which [`Engine::sync_referrers`] extends.
+pub(super) struct ReferrerWork<'a> {
+    pub items: &'a mut Vec<SyncItem>,
+    pub counters: &'a mut Vec<Arc<Counters>>,
+    pub synced: &'a mut Vec<(Option<Digest>, TagOutcome)>,
+}
 
 impl Engine {
     /// The configured fixed tags plus the tags each `tags:` filter selects now. A selection
@@ -41,6 +52,7 @@ impl Engine {
                         },
                         result: TagResult::Failed {
                             error: e.to_string(),
+                            cause: Default::default(),
                         },
                         stats: CopyStats::default(),
                         duration: Duration::ZERO,
@@ -112,16 +124,18 @@ impl Engine {
     /// OCI referrers API where upstream has it (copied by digest), plus cosign's
     /// `sha256-<hex>.sig|.att|.sbom` tags; where upstream has no referrers API, its
     /// `sha256-<hex>` fallback tag instead. Also the fallback indexes to keep at the target.
-    pub(super) async fn referrer_items(
+    /// Only `items[from..]` are looked at; the others are known already.
+    async fn referrer_items(
         &self,
         items: &[SyncItem],
         found: &[Option<Digest>],
+        from: usize,
     ) -> (Vec<SyncItem>, Vec<Fallback>) {
         let mut extra = Vec::new();
         let mut fallbacks: Vec<Fallback> = Vec::new();
         let mut taken: HashMap<String, Option<usize>> =
             items.iter().map(|i| (target_name(i), None)).collect();
-        for (item, digest) in items.iter().zip(found) {
+        for (item, digest) in items.iter().zip(found).skip(from) {
             // Signatures name upstream's digest: useless where the mirror rewrites manifests.
             if !item.options.referrers || item.platforms.is_some() {
                 continue;
@@ -165,7 +179,7 @@ impl Engine {
                         target_tag: None,
                         platforms: None,
                         location: item.location.clone(),
-                        options: crate::config::ItemOptions::default(),
+                        options: referrer_options(),
                     };
                     let index = *taken.entry(target_name(&item)).or_insert_with(|| {
                         extra.push(item);
@@ -212,7 +226,7 @@ impl Engine {
                     target_tag: Some(tag),
                     platforms: None,
                     location: item.location.clone(),
-                    options: crate::config::ItemOptions::default(),
+                    options: referrer_options(),
                 };
                 if let Entry::Vacant(slot) = taken.entry(target_name(&referrer)) {
                     slot.insert(None);
@@ -221,6 +235,45 @@ impl Engine {
             }
         }
         (extra, fallbacks)
+    }
+
+    /// Syncs the referrers of what was found (appended to `items`, `counters` and `synced`),
+    /// then the referrers of those, up to [`REFERRER_DEPTH`] levels. Returns the fallback
+    /// indexes to keep, their entries counted from the first referrer item.
+    pub(super) async fn sync_referrers(
+        self: &Arc<Self>,
+        work: &mut ReferrerWork<'_>,
+        priority: &HashMap<String, i64>,
+        control: &RunControl,
+    ) -> Vec<Fallback> {
+        let first = work.items.len();
+        let mut from = 0;
+        let mut fallbacks = Vec::new();
+        for _ in 0..REFERRER_DEPTH {
+            let found: Vec<Option<Digest>> = work.synced.iter().map(|(d, _)| d.clone()).collect();
+            let (referrers, mut level) = self.referrer_items(work.items, &found, from).await;
+            let offset = work.items.len() - first;
+            for entry in level.iter_mut().flat_map(|f| f.entries.iter_mut()) {
+                entry.1 += offset;
+            }
+            fallbacks.extend(level);
+            if referrers.is_empty() {
+                break;
+            }
+            from = work.items.len();
+            self.progress
+                .tags_total
+                .fetch_add(referrers.len(), Ordering::Relaxed);
+            let more: Vec<Arc<Counters>> = referrers
+                .iter()
+                .map(|_| Arc::new(Counters::default()))
+                .collect();
+            let done = self.sync_all(&referrers, &more, priority, control).await;
+            work.synced.extend(done);
+            work.items.extend(referrers);
+            work.counters.extend(more);
+        }
+        fallbacks
     }
 
     /// Keeps the `sha256-<hex>` fallback index of each subject at a target without the
@@ -266,6 +319,7 @@ impl Engine {
                                 "referrers fallback tag of {}: {error}",
                                 fallback.subject
                             ),
+                            cause: Default::default(),
                         };
                     }
                 }
@@ -332,6 +386,15 @@ impl Engine {
             .await?;
         tracing::info!(repository = %repository, tag = %tag, referrers = entries.len(), "referrers fallback tag updated");
         Ok(())
+    }
+}
+
+/// Options of a referrer's own item: its referrers are looked for too (cosign signs
+/// attestations, so a signature's subject may itself be a referrer).
+fn referrer_options() -> crate::config::ItemOptions {
+    crate::config::ItemOptions {
+        referrers: true,
+        ..Default::default()
     }
 }
 

@@ -132,6 +132,8 @@ const PROCESS_START: &str = "mirrorsync_process_start_time_seconds";
 const RUN_LAST_SUCCESS: &str = "mirrorsync_run_last_success_timestamp_seconds";
 const RUN_DURATION: &str = "mirrorsync_run_duration_seconds";
 const RUN_TAGS: &str = "mirrorsync_run_tags";
+const RUN_TAGS_FAILED: &str = "mirrorsync_run_tags_failed";
+const UPLOAD_FLOW: &str = "mirrorsync_upload_flow";
 const RUNS: &str = "mirrorsync_runs_total";
 const TAG_IN_SYNC: &str = "mirrorsync_tag_in_sync";
 const TAG_LAST_SYNCED: &str = "mirrorsync_tag_last_synced_timestamp_seconds";
@@ -180,6 +182,8 @@ pub struct Metrics {
     lag_summary: aggregate::LagSummary,
     run_counts: per_run::PerRun,
     ratelimit_seen: GaugeVec,
+    run_tags_failed: IntGaugeVec,
+    upload_flow: IntGaugeVec,
     tags: Mutex<Tags>,
 }
 
@@ -339,6 +343,16 @@ impl Metrics {
                 "Unix time mirrorsync_ratelimit_remaining was last seen from the upstream registry.",
                 &["registry"],
             ),
+            run_tags_failed: int_gauge_vec(
+                RUN_TAGS_FAILED,
+                "Failed tags of the last run by reason: tag_immutable (upstream moved a tag the target keeps immutable), name_refused (the target refused the repository path), by_digest_refused (the target refuses manifests pushed by digest), other.",
+                &["reason"],
+            ),
+            upload_flow: int_gauge_vec(
+                UPLOAD_FLOW,
+                "1 for the blob upload flow the target registry ended the last run on: put-with-body (ours), patch-then-put (the closing PUT refused a body), single-patch (Content-Range refused: the Docker client's flow); 0 for the others.",
+                &["registry", "flow"],
+            ),
             tags: Mutex::new(Tags::default()),
             registry: r,
         };
@@ -399,6 +413,30 @@ impl Metrics {
         self.count_pass(pass);
         if let Some(ts) = success_timestamp {
             self.set_last_success(ts);
+        }
+    }
+
+    /// Sets `mirrorsync_run_tags_failed{reason}`: failed tags of the last run per reason
+    /// (reasons not listed are 0).
+    pub fn record_failures(&self, reasons: &[&str], counts: &[(&str, usize)]) {
+        for reason in reasons {
+            let n = counts
+                .iter()
+                .filter(|(r, _)| r == reason)
+                .map(|(_, n)| n)
+                .sum::<usize>();
+            self.run_tags_failed
+                .with_label_values(&[reason])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Sets `mirrorsync_upload_flow{registry,flow}`: 1 for `flow`, 0 for the other `flows`.
+    pub fn set_upload_flow(&self, registry: &str, flow: &str, flows: &[&str]) {
+        for each in flows {
+            self.upload_flow
+                .with_label_values(&[registry, each])
+                .set(i64::from(*each == flow));
         }
     }
 

@@ -11,7 +11,10 @@ use reqwest::{Method, StatusCode};
 use url::Url;
 
 use super::call::{Call, Expect, Replayable};
-use super::{MountOutcome, RegistryClient, RegistryError, RequestBody, content_length, pull, push};
+use super::{
+    MountOutcome, RegistryClient, RegistryError, RequestBody, UploadFlow, content_length, pull,
+    push,
+};
 use crate::reference::Digest;
 
 impl RegistryClient {
@@ -153,6 +156,29 @@ impl RegistryClient {
         body: reqwest::Body,
     ) -> Result<Url, RegistryError> {
         let range = (length > 0).then(|| (offset, offset + length - 1));
+        self.patch(repository, location, length, range, body).await
+    }
+
+    /// `PATCH <location>` without `Content-Range`, carrying the whole blob: the Docker client's
+    /// streamed upload (see [`super::UploadFlow::SinglePatch`]). Returns the next `Location`.
+    pub async fn upload_stream(
+        &self,
+        repository: &str,
+        location: &Url,
+        length: u64,
+        body: reqwest::Body,
+    ) -> Result<Url, RegistryError> {
+        self.patch(repository, location, length, None, body).await
+    }
+
+    async fn patch(
+        &self,
+        repository: &str,
+        location: &Url,
+        length: u64,
+        range: Option<(u64, u64)>,
+        body: reqwest::Body,
+    ) -> Result<Url, RegistryError> {
         let call = Call::new(
             "PATCH upload",
             Method::PATCH,
@@ -189,24 +215,50 @@ impl RegistryClient {
             .await
     }
 
-    /// Uploads a small blob held in memory: POST, then `PUT ?digest=` with the body.
+    /// Uploads a small blob held in memory: POST, then `PUT ?digest=` with the body; where the
+    /// registry refused that (or refused it before, this run), POST, one `PATCH` with the
+    /// body, empty `PUT`: the bytes are at hand, so the refused upload is redone at once.
     pub async fn upload_bytes(
         &self,
         repository: &str,
         digest: &Digest,
         bytes: Bytes,
     ) -> Result<(), RegistryError> {
+        let _probe = self.learned.put_body_probe().await;
+        if self.learned.upload_flow() == UploadFlow::PutWithBody {
+            let location = self.start_upload(repository).await?;
+            let body = reqwest::Body::from(bytes.clone());
+            let length = bytes.len() as u64;
+            match self
+                .finish_upload_with_body(repository, &location, digest, length, body)
+                .await
+            {
+                Ok(()) => {
+                    self.learned.put_body_worked();
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.cancel_upload(repository, &location).await;
+                    let why = e.to_string();
+                    if !refuses_shortcut(&e, digest)
+                        || !self
+                            .learned
+                            .fall_back(self.host(), UploadFlow::PatchThenPut, &why)
+                    {
+                        return Err(e);
+                    }
+                }
+            }
+        }
         let location = self.start_upload(repository).await?;
         let length = bytes.len() as u64;
-        let result = self
-            .finish_upload_with_body(
-                repository,
-                &location,
-                digest,
-                length,
-                reqwest::Body::from(bytes),
-            )
-            .await;
+        let result = async {
+            let next = self
+                .upload_stream(repository, &location, length, reqwest::Body::from(bytes))
+                .await?;
+            self.finish_upload(repository, &next, digest).await
+        }
+        .await;
         if result.is_err() {
             self.cancel_upload(repository, &location).await;
         }
@@ -278,5 +330,86 @@ impl RegistryClient {
             tracing::info!(registry = %self.label, sessions = open.len(), "cancelled abandoned upload sessions");
         }
         open.len()
+    }
+}
+
+/// Whether `error`, the answer to a shortcut (a closing `PUT` with a body, a `PATCH` with
+/// `Content-Range`), says the registry does not take the shortcut rather than the content:
+/// any 4xx or 5xx except an authorisation refusal (401, 403), a lost session (404), a body too
+/// large (413, handled by smaller chunks), throttling or a passing outage (408, 429, 502, 503,
+/// 504), and a digest or upload refusal that names the blob's digest (a `DIGEST_INVALID`
+/// that does not may come from a registry that ignored the body and hashed nothing; our own
+/// check of the bytes runs before any redo, so a real mismatch is still caught).
+pub fn refuses_shortcut(error: &RegistryError, digest: &Digest) -> bool {
+    let RegistryError::Status { status, errors, .. } = error else {
+        return false;
+    };
+    if !(400..600).contains(status)
+        || matches!(status, 401 | 403 | 404 | 408 | 413 | 429 | 502 | 503 | 504)
+    {
+        return false;
+    }
+    let digest = digest.to_string();
+    !errors.iter().any(|e| {
+        matches!(e.code.as_str(), "DIGEST_INVALID" | "BLOB_UPLOAD_INVALID")
+            && e.message.contains(&digest)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::ApiError;
+
+    fn status(status: u16, code: &str, message: &str) -> RegistryError {
+        RegistryError::Status {
+            method: "PUT".into(),
+            url: "u".into(),
+            status,
+            errors: vec![ApiError {
+                code: code.into(),
+                message: message.into(),
+            }],
+            body_excerpt: None,
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn which_answers_refuse_the_shortcut_rather_than_the_content() {
+        let digest = Digest::parse(&format!("sha256:{}", "a".repeat(64))).unwrap();
+        for refused in [500, 400, 405, 415, 416, 501] {
+            assert!(refuses_shortcut(
+                &status(refused, "UNKNOWN", "not supported"),
+                &digest
+            ));
+        }
+        for not in [401, 403, 404, 408, 413, 429, 502, 503, 504] {
+            assert!(!refuses_shortcut(&status(not, "X", ""), &digest), "{not}");
+        }
+        let named = format!("digest {digest} does not match");
+        assert!(!refuses_shortcut(
+            &status(400, "DIGEST_INVALID", &named),
+            &digest
+        ));
+        assert!(!refuses_shortcut(
+            &status(400, "BLOB_UPLOAD_INVALID", &named),
+            &digest
+        ));
+        // A registry that ignored the body hashes nothing: its digest refusal names no digest.
+        assert!(refuses_shortcut(
+            &status(
+                400,
+                "DIGEST_INVALID",
+                "provided digest did not match uploaded content"
+            ),
+            &digest
+        ));
+        let transport = RegistryError::Transport {
+            method: "PUT".into(),
+            url: "u".into(),
+            detail: "reset".into(),
+        };
+        assert!(!refuses_shortcut(&transport, &digest));
     }
 }

@@ -1,12 +1,13 @@
 //! What one run learns about a registry's behaviour, so each quirk costs one failed request per
 //! run instead of one per tag or blob: manifest `HEAD` that does not work, cross-repository
 //! mounts that are refused, the largest request body the registry (or a proxy in front of it)
-//! accepts. Also the upload sessions open at the moment, so the ones a run abandons can be
+//! accepts, and the upload flow it takes ([`UploadFlow`]: the Docker client's when a shortcut
+//! was refused). Also the upload sessions open at the moment, so the ones a run abandons can be
 //! cancelled.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 use url::Url;
 
@@ -27,6 +28,57 @@ pub struct Learned {
     head_probe: tokio::sync::Mutex<()>,
     mount_probe: tokio::sync::Mutex<()>,
     chunk_size: AtomicU64,
+    /// The [`UploadFlow`] in use, as a number (it only ever goes up).
+    upload_flow: AtomicU8,
+    /// A closing `PUT` with a body was accepted: the shortcut works here.
+    put_body_works: AtomicBool,
+    /// A `PATCH` with `Content-Range` was accepted: chunked uploads work here.
+    ranges_work: AtomicBool,
+    put_body_probe: tokio::sync::Mutex<()>,
+    range_probe: tokio::sync::Mutex<()>,
+}
+
+/// How blobs go up to a registry. The first is ours (one request fewer per small blob, bounded
+/// requests for big ones); the last is the Docker client's, which every registry that `docker
+/// push` works with accepts. A host moves down the list when a registry refuses a shortcut,
+/// never back within a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum UploadFlow {
+    /// Small blobs: POST, then `PUT ?digest=` carrying the bytes. Big ones: `PATCH` chunks with
+    /// `Content-Range`, then an empty `PUT`.
+    PutWithBody,
+    /// The closing `PUT` refused a body: small blobs go up as POST, one `PATCH` with the bytes,
+    /// empty `PUT`; big ones still in chunks.
+    PatchThenPut,
+    /// A `PATCH` with `Content-Range` was refused: every blob goes up as POST, one streamed
+    /// `PATCH` without it, empty `PUT` (the Docker client's flow).
+    SinglePatch,
+}
+
+impl UploadFlow {
+    /// Every flow, in the order a host moves through them.
+    pub const ALL: [UploadFlow; 3] = [
+        UploadFlow::PutWithBody,
+        UploadFlow::PatchThenPut,
+        UploadFlow::SinglePatch,
+    ];
+
+    /// The name in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UploadFlow::PutWithBody => "put-with-body",
+            UploadFlow::PatchThenPut => "patch-then-put",
+            UploadFlow::SinglePatch => "single-patch",
+        }
+    }
+
+    fn from_u8(n: u8) -> UploadFlow {
+        match n {
+            0 => UploadFlow::PutWithBody,
+            1 => UploadFlow::PatchThenPut,
+            _ => UploadFlow::SinglePatch,
+        }
+    }
 }
 
 impl Default for Learned {
@@ -40,6 +92,11 @@ impl Default for Learned {
             head_probe: tokio::sync::Mutex::new(()),
             mount_probe: tokio::sync::Mutex::new(()),
             chunk_size: AtomicU64::new(DEFAULT_CHUNK_SIZE),
+            upload_flow: AtomicU8::new(0),
+            put_body_works: AtomicBool::new(false),
+            ranges_work: AtomicBool::new(false),
+            put_body_probe: tokio::sync::Mutex::new(()),
+            range_probe: tokio::sync::Mutex::new(()),
         }
     }
 }
@@ -124,6 +181,72 @@ impl Learned {
                 "no OCI referrers API; using sha256-<hex> fallback tags for the rest of the run"
             );
         }
+    }
+
+    /// The upload flow in use now.
+    pub fn upload_flow(&self) -> UploadFlow {
+        UploadFlow::from_u8(self.upload_flow.load(Ordering::Relaxed))
+    }
+
+    /// A shortcut was refused: use `flow` (or a later one already chosen) for the rest of the
+    /// run. `false` when the shortcut had worked here before (then the refusal is something
+    /// else, and the caller reports it as the failure it is).
+    pub fn fall_back(&self, host: &str, flow: UploadFlow, why: &str) -> bool {
+        let worked = match flow {
+            UploadFlow::PutWithBody => return false,
+            UploadFlow::PatchThenPut => self.put_body_works.load(Ordering::Relaxed),
+            UploadFlow::SinglePatch => self.ranges_work.load(Ordering::Relaxed),
+        };
+        if worked {
+            return false;
+        }
+        let before = self.upload_flow.fetch_max(flow as u8, Ordering::Relaxed);
+        if before < flow as u8 {
+            tracing::warn!(
+                registry = host,
+                flow = flow.as_str(),
+                reason = why,
+                "the registry refused an upload shortcut; using the Docker client's upload flow for the rest of the run"
+            );
+        }
+        true
+    }
+
+    /// A closing `PUT` with a body was accepted.
+    pub fn put_body_worked(&self) {
+        self.put_body_works.store(true, Ordering::Relaxed);
+    }
+
+    /// A `PATCH` with `Content-Range` was accepted.
+    pub fn ranges_worked(&self) {
+        self.ranges_work.store(true, Ordering::Relaxed);
+    }
+
+    /// While nobody knows whether the closing `PUT` takes a body here, a guard that makes the
+    /// small uploads take turns, so one refusal teaches the rest before they try.
+    pub async fn put_body_probe(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        let known = || {
+            self.put_body_works.load(Ordering::Relaxed)
+                || self.upload_flow() >= UploadFlow::PatchThenPut
+        };
+        if known() {
+            return None;
+        }
+        let guard = self.put_body_probe.lock().await;
+        (!known()).then_some(guard)
+    }
+
+    /// The same for `Content-Range` on chunked uploads (held until the first chunk's answer).
+    pub async fn range_probe(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        let known = || {
+            self.ranges_work.load(Ordering::Relaxed)
+                || self.upload_flow() >= UploadFlow::SinglePatch
+        };
+        if known() {
+            return None;
+        }
+        let guard = self.range_probe.lock().await;
+        (!known()).then_some(guard)
     }
 
     /// Bytes per upload request now.
@@ -254,6 +377,25 @@ mod tests {
         learned.refuse_mounts("r");
         drop(first);
         assert!(!queued.await.unwrap());
+    }
+
+    #[test]
+    fn a_refused_shortcut_moves_the_flow_down_once_and_never_back() {
+        let learned = Learned::default();
+        assert_eq!(learned.upload_flow(), UploadFlow::PutWithBody);
+        assert!(learned.fall_back("r", UploadFlow::PatchThenPut, "500"));
+        assert_eq!(learned.upload_flow(), UploadFlow::PatchThenPut);
+        assert!(learned.fall_back("r", UploadFlow::SinglePatch, "416"));
+        assert!(learned.fall_back("r", UploadFlow::PatchThenPut, "500 again"));
+        assert_eq!(learned.upload_flow(), UploadFlow::SinglePatch, "never back");
+
+        // A shortcut that worked here: a later refusal is a failure, not a lesson.
+        let learned = Learned::default();
+        learned.put_body_worked();
+        assert!(!learned.fall_back("r", UploadFlow::PatchThenPut, "500"));
+        assert_eq!(learned.upload_flow(), UploadFlow::PutWithBody);
+        learned.ranges_worked();
+        assert!(!learned.fall_back("r", UploadFlow::SinglePatch, "416"));
     }
 
     #[test]

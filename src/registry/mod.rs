@@ -33,10 +33,11 @@ use url::Url;
 
 pub use auth::{Challenge, parse_challenge};
 pub(crate) use body::{BodyError, MAX_ERROR_BODY, read_limited};
+pub use blobs::refuses_shortcut;
 pub use credentials::{CredentialError, CredentialStore};
 pub use endpoint::{EndpointError, Usage, mirror_endpoint};
 pub use error::{ApiError, RegistryError};
-pub use learned::{DEFAULT_CHUNK_SIZE, Learned, MIN_CHUNK_SIZE};
+pub use learned::{DEFAULT_CHUNK_SIZE, Learned, MIN_CHUNK_SIZE, UploadFlow};
 pub use limits::{HostLimits, LimitSettings};
 pub use manifests::is_schema1;
 use origin::same_origin;

@@ -5,15 +5,22 @@
 use reqwest::Method;
 use reqwest::header::{self, HeaderMap, HeaderValue};
 
+use url::Url;
+
 use super::call::Call;
+use super::tags::next_link;
 use super::{BodyError, RegistryClient, RegistryError, pull, read_limited, redact};
 use crate::manifest::{MAX_MANIFEST_BYTES, OCI_INDEX};
 use crate::reference::Digest;
 
+/// Pages of one referrers list read at most (a registry that pages forever ends the walk).
+const MAX_PAGES: usize = 100;
+
 impl RegistryClient {
     /// The referrer descriptors of `digest`, kept whole (artifact type and annotations
     /// included), or `None` when this registry has no referrers API: a 404, another client
-    /// error (but 429), or a 200 that is not an OCI index. Only the first page is read.
+    /// error (but 429), or a 200 that is not an OCI index. Later pages (`Link: <...>;
+    /// rel="next"`, as for tag lists) are followed; a failure there is an error.
     pub async fn list_referrers(
         &self,
         repository: &str,
@@ -22,26 +29,9 @@ impl RegistryClient {
         if self.learned().no_referrers_api() {
             return Ok(None);
         }
-        let url = self.url(&format!("v2/{repository}/referrers/{digest}"))?;
-        let mut headers = HeaderMap::new();
-        headers.insert(header::ACCEPT, HeaderValue::from_static(OCI_INDEX));
-        let call = Call::new("GET referrers", Method::GET, url.clone(), pull(repository))
-            .headers(headers)
-            .missing_ok();
-        let read = |response: reqwest::Response| async {
-            read_limited(response, MAX_MANIFEST_BYTES)
-                .await
-                .map_err(|e| RegistryError::Transport {
-                    method: "GET".into(),
-                    url: redact(&url),
-                    detail: match e {
-                        BodyError::TooLarge(n) => format!("referrers index larger than {n} bytes"),
-                        BodyError::Read(e) => e,
-                    },
-                })
-        };
-        let body = match self.call_and_read(&call, read).await {
-            Ok(Some(body)) => body,
+        let first = self.url(&format!("v2/{repository}/referrers/{digest}"))?;
+        let (body, mut next) = match self.referrers_page(repository, &first).await {
+            Ok(Some(page)) => page,
             Ok(None) => {
                 self.learned()
                     .lacks_referrers_api(self.host(), "referrers endpoint answered 404");
@@ -54,16 +44,63 @@ impl RegistryClient {
             }
             Err(e) => return Err(e),
         };
-        match index_entries(&body) {
-            Some(entries) => Ok(Some(entries)),
-            None => {
-                self.learned().lacks_referrers_api(
-                    self.host(),
-                    "referrers endpoint answered something that is not an OCI index",
-                );
-                Ok(None)
+        let Some(mut entries) = index_entries(&body) else {
+            self.learned().lacks_referrers_api(
+                self.host(),
+                "referrers endpoint answered something that is not an OCI index",
+            );
+            return Ok(None);
+        };
+        let mut seen = vec![first];
+        while let Some(url) = next.take() {
+            if seen.contains(&url) || seen.len() >= MAX_PAGES {
+                return Err(RegistryError::protocol(
+                    redact(&url),
+                    format!("referrers pagination loops or exceeds {MAX_PAGES} pages"),
+                ));
             }
+            let (body, following) =
+                self.referrers_page(repository, &url)
+                    .await?
+                    .ok_or_else(|| {
+                        RegistryError::protocol(redact(&url), "referrers page answered 404")
+                    })?;
+            let more = index_entries(&body).ok_or_else(|| {
+                RegistryError::protocol(redact(&url), "referrers page is not an OCI index")
+            })?;
+            entries.extend(more);
+            seen.push(url);
+            next = following;
         }
+        Ok(Some(entries))
+    }
+
+    /// One page of a referrers list: its body and the next page's URL, `None` on 404.
+    async fn referrers_page(
+        &self,
+        repository: &str,
+        url: &Url,
+    ) -> Result<Option<(bytes::Bytes, Option<Url>)>, RegistryError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT, HeaderValue::from_static(OCI_INDEX));
+        let call = Call::new("GET referrers", Method::GET, url.clone(), pull(repository))
+            .headers(headers)
+            .missing_ok();
+        let read = |response: reqwest::Response| async {
+            let next = next_link(response.headers(), url);
+            let body = read_limited(response, MAX_MANIFEST_BYTES)
+                .await
+                .map_err(|e| RegistryError::Transport {
+                    method: "GET".into(),
+                    url: redact(url),
+                    detail: match e {
+                        BodyError::TooLarge(n) => format!("referrers index larger than {n} bytes"),
+                        BodyError::Read(e) => e,
+                    },
+                })?;
+            Ok((body, next))
+        };
+        self.call_and_read(&call, read).await
     }
 }
 

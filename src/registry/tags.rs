@@ -111,7 +111,7 @@ impl RegistryClient {
 }
 
 /// The next page from a `Link: <url>; rel="next"` header, resolved against the current URL.
-fn next_link(headers: &HeaderMap, current: &Url) -> Option<Url> {
+pub(super) fn next_link(headers: &HeaderMap, current: &Url) -> Option<Url> {
     for value in headers.get_all(header::LINK) {
         let text = value.to_str().ok()?;
         for part in text.split(',') {

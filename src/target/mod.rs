@@ -14,7 +14,7 @@ pub use document::DOCUMENT_REPOSITORY;
 pub use layout::OciLayout;
 
 use crate::reference::Digest;
-use crate::registry::{FetchedManifest, MountOutcome, RegistryClient, RegistryError};
+use crate::registry::{FetchedManifest, MountOutcome, RegistryClient, RegistryError, UploadFlow};
 use crate::verify::VerifiedStream;
 
 /// A failure at the target.
@@ -40,6 +40,13 @@ pub enum TargetError {
         bytes: u64,
         error: Box<RegistryError>,
     },
+    /// The registry refused an upload shortcut (a body on the closing `PUT`, `Content-Range` on
+    /// a `PATCH`); the host uses the Docker client's flow from now on, and the blob may be sent
+    /// again from the start.
+    #[error(
+        "target registry refused the upload as sent, so it is redone the way the Docker client uploads: {error}"
+    )]
+    ShortcutRefused { error: Box<RegistryError> },
 }
 
 /// The outcome of [`Target::mount`].
@@ -155,6 +162,14 @@ impl Target {
                 upload::upload_blob(c, repository, digest, source, session).await
             }
             Target::Layout(l) => l.write_blob(repository, digest, source).await,
+        }
+    }
+
+    /// The blob upload flow a registry target is on now (see [`UploadFlow`]).
+    pub fn upload_flow(&self) -> Option<UploadFlow> {
+        match self {
+            Target::Registry(c) => Some(c.learned().upload_flow()),
+            Target::Layout(_) => None,
         }
     }
 

@@ -106,6 +106,17 @@ pub enum Action {
     RewriteLocation(LocationStyle),
     /// Forward, then send the body this function makes of the registry's body.
     MapBody(fn(&[u8]) -> Vec<u8>),
+    /// When the request meets the condition, do the inner action; otherwise forward as is.
+    When(Condition, Box<Action>),
+}
+
+/// What [`Action::When`] looks at in a request.
+#[derive(Clone, Debug)]
+pub enum Condition {
+    /// The request carries a body (at least one byte).
+    HasBody,
+    /// The request carries this header (name case-insensitive).
+    HasHeader(String),
 }
 
 /// How [`Action::RewriteLocation`] rewrites `Location`.
@@ -182,6 +193,7 @@ impl Action {
             Action::StripQuery => "strip-query",
             Action::RewriteLocation(_) => "location",
             Action::MapBody(_) => "map-body",
+            Action::When(_, _) => "when",
         }
     }
 }
@@ -729,6 +741,19 @@ async fn handle(shared: &Arc<Shared>, conn: &mut BufReader<TcpStream>, req: Requ
         log.len() - 1
     };
     let head_only = req.method == "HEAD";
+    let action = match action {
+        Action::When(condition, then) => {
+            let holds = match &condition {
+                Condition::HasBody => !req.body.is_empty(),
+                Condition::HasHeader(name) => req
+                    .headers
+                    .iter()
+                    .any(|(k, _)| k.eq_ignore_ascii_case(name)),
+            };
+            if holds { *then } else { Action::Pass }
+        }
+        other => other,
+    };
     let action = match action {
         Action::UploadLimits { max_body, .. } if req.body.len() as u64 > max_body => {
             Action::respond(

@@ -3,7 +3,7 @@
 //! one mode ([`Quirk::install`]) and syncs through it; results are checked at the registry
 //! itself, never through the proxy.
 
-use super::proxy::{Action, LocationStyle, Proxy, Rule, RuleId};
+use super::proxy::{Action, Condition, LocationStyle, Proxy, Rule, RuleId};
 
 /// One registry behaviour that differs from distribution's.
 #[derive(Clone, Debug)]
@@ -55,6 +55,71 @@ pub enum Quirk {
         subject: String,
         referrers: Vec<Listed>,
     },
+    /// The closing `PUT ?digest=` of an upload refused when it carries a body (`500`, "not
+    /// supported"), while POST, `PATCH`, empty `PUT` (the Docker client's flow) works: registries
+    /// only ever tested with `docker push`. Reports: Pulp's registry before monolithic upload
+    /// support, <https://github.com/pulp/pulp_container/issues/1219> (fixed by
+    /// <https://github.com/pulp/pulp_container/pull/1274>, whose handler said "We do not support
+    /// monolithic upload"); JFrog Artifactory requiring `PATCH`,
+    /// <https://github.com/containerd/containerd/issues/3533>,
+    /// <https://github.com/moby/buildkit/issues/1130>.
+    PutBodyRefused,
+    /// An upload `PATCH` refused when it carries `Content-Range` (no chunked uploads), while one
+    /// streamed `PATCH` without it works. Reports: Google Artifact Registry,
+    /// <https://github.com/containers/skopeo/issues/1101>; registries without chunked upload
+    /// support, <https://github.com/regclient/regclient/issues/75>; the spec's 416 for a
+    /// `Content-Range` the registry cannot take,
+    /// <https://github.com/distribution/distribution/issues/3496>.
+    ContentRangeRefused,
+    /// A manifest `PUT` by digest refused (only tags are accepted as references), so an index's
+    /// children cannot be stored. Reports: Harbor before 2.0 blocking manifest lists,
+    /// <https://github.com/goharbor/harbor/issues/8855>; Pulp treating a digest reference as a
+    /// tag, <https://github.com/pulp/pulp_container/issues/852>; Artifactory storing children
+    /// under the tag, <https://github.com/estesp/manifest-tool/issues/98>.
+    ManifestByDigestRefused,
+    /// Repository names of exactly two path components: the upload `POST` for a deeper name
+    /// (`mirror/library/nginx`) answered `404 NAME_UNKNOWN`. Reports: Trow,
+    /// <https://github.com/Trow-Registry/trow/issues/86>; jozu.ml,
+    /// <https://github.com/kitops-ml/kitops/issues/393>; Docker Hub's `namespace/name`.
+    TwoComponentNames,
+    /// Tag immutability (ECR `IMMUTABLE` repositories, Harbor immutability rules, Docker Hub):
+    /// a manifest `PUT` to this existing `repo:tag` refused with ECR's `400 TAG_INVALID`
+    /// message. Reports: <https://github.com/moby/buildkit/issues/3776> (ECR's message),
+    /// <https://github.com/docker/buildx/issues/663>,
+    /// <https://github.com/goharbor/community/pull/108> (Harbor's rules).
+    ImmutableTag { repo: String, tag: String },
+    /// The referrers API answering in pages: each page an OCI index, all but the last with
+    /// `Link: <...?page=N>; rel="next"`, the same mechanism as tag lists. Spec: "Listing
+    /// Referrers" (a registry may paginate with a `Link` header),
+    /// <https://github.com/opencontainers/distribution-spec/blob/main/spec.md#listing-referrers>;
+    /// the pagination design, <https://github.com/oras-project/artifacts-spec/issues/4>,
+    /// <https://github.com/oras-project/artifacts-spec/pull/16>.
+    ReferrersPaged {
+        repo: String,
+        subject: String,
+        pages: Vec<Vec<Listed>>,
+    },
+}
+
+/// An OCI index listing `referrers` (a referrers API answer).
+fn referrers_index(referrers: &[Listed]) -> Vec<u8> {
+    let manifests: Vec<serde_json::Value> = referrers
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "mediaType": r.media_type,
+                "digest": r.digest,
+                "size": r.size,
+                "artifactType": r.artifact_type,
+            })
+        })
+        .collect();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": manifests,
+    });
+    serde_json::to_vec(&index).expect("index json")
 }
 
 /// One manifest listed by [`Quirk::Referrers`].
@@ -138,7 +203,83 @@ impl Quirk {
                     ),
                 )]
             }
+            Quirk::ReferrersPaged {
+                repo,
+                subject,
+                pages,
+            } => {
+                let path = format!("/v2/{repo}/referrers/{subject}");
+                // Later pages first: the first page's pattern matches any query.
+                let mut rules: Vec<Rule> = (1..pages.len())
+                    .rev()
+                    .map(|i| {
+                        let pattern = format!("GET {path}?page={}", i + 1);
+                        (i, pattern)
+                    })
+                    .map(|(i, pattern)| Rule::new(&pattern, page(&path, pages, i)))
+                    .collect();
+                rules.push(Rule::new(&format!("GET {path}"), page(&path, pages, 0)));
+                rules
+            }
+            Quirk::PutBodyRefused => vec![Rule::new(
+                "PUT /v2/*/blobs/uploads/*",
+                Action::When(
+                    Condition::HasBody,
+                    Box::new(Action::respond(
+                        500,
+                        &[("Content-Type", "application/json")],
+                        r#"{"errors":[{"code":"UNKNOWN","message":"not supported"}]}"#,
+                    )),
+                ),
+            )],
+            Quirk::ContentRangeRefused => vec![Rule::new(
+                "PATCH /v2/*/blobs/uploads/*",
+                Action::When(
+                    Condition::HasHeader("content-range".into()),
+                    Box::new(Action::respond(
+                        416,
+                        &[("Content-Type", "application/json")],
+                        r#"{"errors":[{"code":"BLOB_UPLOAD_INVALID","message":"chunked uploads are not supported"}]}"#,
+                    )),
+                ),
+            )],
+            Quirk::ManifestByDigestRefused => vec![Rule::new(
+                "PUT /v2/*/manifests/sha256:*",
+                Action::respond(
+                    400,
+                    &[("Content-Type", "application/json")],
+                    r#"{"errors":[{"code":"TAG_INVALID","message":"manifest tag did not match URI"}]}"#,
+                ),
+            )],
+            Quirk::TwoComponentNames => vec![Rule::new(
+                "* /v2/*/*/*/blobs/uploads/*",
+                Action::respond(
+                    404,
+                    &[("Content-Type", "application/json")],
+                    r#"{"errors":[{"code":"NAME_UNKNOWN","message":"repository name not known to registry"}]}"#,
+                ),
+            )],
+            Quirk::ImmutableTag { repo, tag } => vec![Rule::new(
+                &format!("PUT /v2/{repo}/manifests/{tag}"),
+                Action::respond(
+                    400,
+                    &[("Content-Type", "application/json")],
+                    format!(
+                        r#"{{"errors":[{{"code":"TAG_INVALID","message":"The image tag '{tag}' already exists in the '{repo}' repository and cannot be overwritten because the repository is immutable."}}]}}"#
+                    ),
+                ),
+            )],
         };
         rules.into_iter().map(|r| proxy.add(r)).collect()
     }
+}
+
+/// Page `i` of a paged referrers answer, with a `Link` to the next one unless it is the last.
+fn page(path: &str, pages: &[Vec<Listed>], i: usize) -> Action {
+    let link = format!("<{path}?page={}>; rel=\"next\"", i + 2);
+    let mut headers = vec![("Content-Type", "application/vnd.oci.image.index.v1+json")];
+    if i + 1 < pages.len() {
+        headers.push(("Link", link.as_str()));
+    }
+    Action::respond(200, &headers, referrers_index(&pages[i]))
 }

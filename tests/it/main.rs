@@ -21,6 +21,7 @@ mod observability;
 mod preflight;
 mod prune_safety;
 mod rate_limits;
+mod refusing_targets;
 mod schedule_forms;
 mod selection;
 mod series_modes;

@@ -66,7 +66,7 @@ const COVERAGE: &[(&str, &[&str])] = &[
     ("images.tags.prerelease", &["settings_coverage::prerelease_lets_pre_releases_into_semver_and_newest"]),
     ("images.tags.all", &["selection::filters_choose_tags_from_one_tag_list_per_repository"]),
     ("images.platforms", &["sync_formats::platform_filter_keeps_only_chosen_platforms_and_their_attestations"]),
-    ("images.platforms_mode", &["selection::sparse_platform_mode_keeps_the_upstream_index_where_the_registry_refuses_it"]),
+    ("images.platforms_mode", &["selection::sparse_platform_mode_keeps_the_upstream_index_where_the_registry_refuses_it", "refusing_targets::manifests_by_digest_refused_and_single_platform_mode"]),
     ("images.target", &["settings_coverage::registry_prefix_overrides_the_target_prefix"]),
     ("images.immutable", &["selection::immutable_tags_cost_no_upstream_request_once_mirrored"]),
     ("images.referrers", &["selection::signatures_and_referrer_fallback_tags_follow_their_image"]),

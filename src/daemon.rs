@@ -133,6 +133,11 @@ pub async fn run(initial: Config, options: DaemonOptions) -> i32 {
             },
             activity: Some(activity),
         };
+        // Secrets rotate without a reload (a mounted Secret updated, a token refreshed by a
+        // sidecar); the Docker config and its helpers are read by each pass anyway.
+        for problem in config.reread_password_files() {
+            tracing::warn!(problem = %problem, "could not read a password file again");
+        }
         tracing::info!(tags = config.images.len(), "pass started");
         let exit = match run_pass(&config, &pass, &metrics).await {
             Ok(report) => {

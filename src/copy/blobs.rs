@@ -88,6 +88,7 @@ impl Engine {
     ) -> Result<(), SyncError> {
         let mut last_error = None;
         let mut restarts = 0;
+        let mut redone = 0;
         let mut sources = (0..upstream.source_count()).filter(|s| upstream.usable(*s));
         let mut current = None;
         let mut retry_same = false;
@@ -159,6 +160,16 @@ impl Engine {
                     restarts += 1;
                     retry_same = true;
                     continue;
+                }
+                // A streamed body cannot be replayed: a refusal the registry asks us to retry
+                // (429 or 503 under load, after its `Retry-After`) redoes the blob from a new
+                // upstream read, within the run's retry budget.
+                Err(TargetError::Registry(e)) if self.retry.may_retry(redone, &e) => {
+                    let delay = self.retry.delay(redone, &e);
+                    tracing::warn!(digest = %blob.digest, repository = target_repo, attempt = redone + 1, delay_ms = delay.as_millis() as u64, error = %e, "upload refused; sending the blob again");
+                    tokio::time::sleep(delay).await;
+                    redone += 1;
+                    retry_same = true;
                 }
                 Ok(_) => {
                     tracing::debug!(digest = %blob.digest, bytes = blob.size, from = client.host(), repository = target_repo, "blob copied");

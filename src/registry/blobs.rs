@@ -189,8 +189,21 @@ impl RegistryClient {
             .await
     }
 
-    /// Uploads a small blob held in memory: POST, then `PUT ?digest=` with the body.
+    /// Uploads a small blob held in memory: POST, then `PUT ?digest=` with the body; the pair
+    /// again when the registry refuses it for a reason worth a retry (429 under load).
     pub async fn upload_bytes(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        bytes: Bytes,
+    ) -> Result<(), RegistryError> {
+        self.retrying("upload", || {
+            self.upload_bytes_once(repository, digest, bytes.clone())
+        })
+        .await
+    }
+
+    async fn upload_bytes_once(
         &self,
         repository: &str,
         digest: &Digest,

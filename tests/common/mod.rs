@@ -66,7 +66,7 @@ pub use image::{
     ImageSpec, Layer, MANIFEST_ACCEPT, OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST, Platform,
     PushedImage,
 };
-pub use proxy::{Action, LocationStyle, Proxy, Rule, RuleId, Seen, SeenExt, Times};
+pub use proxy::{Action, LocationStyle, Proxy, RateCap, Rule, RuleId, Seen, SeenExt, Times};
 pub use quirk::{Listed, Quirk};
 pub use registry::{Registry, RegistryOptions};
 pub use scenario::Scenario;

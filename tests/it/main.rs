@@ -28,3 +28,4 @@ mod sync_auth;
 mod sync_economy;
 mod sync_formats;
 mod target_limits;
+mod throttled;

@@ -1,5 +1,7 @@
 //! `mirrorsync sync` without `--once`: passes on the config's cron `schedule`, never two at
-//! once, serving `/metrics` and `/healthz` (liveness: see [`crate::liveness`]). SIGHUP reloads
+//! once, serving `/metrics` and `/healthz` (liveness: see [`crate::liveness`]). Each pass reads
+//! every `password_file` again, and builds its clients from the Docker config as it is then, so
+//! rotated secrets need no reload. SIGHUP reloads
 //! the configuration (keeping the old one when the new one is invalid; either way recorded in
 //! `mirrorsync_config_last_reload_*`, and the series of tags it no longer lists are dropped at
 //! once); SIGTERM or SIGINT stops between passes, or within one after a grace period for running

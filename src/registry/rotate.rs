@@ -53,6 +53,8 @@ pub struct AuthSlot {
     current: RwLock<(Arc<Authenticator>, Option<Credentials>)>,
     source: Option<CredentialSource>,
     last_read: Mutex<Option<Instant>>,
+    /// When the credentials were last replaced with ones read again.
+    replaced_at: Mutex<Option<Instant>>,
 }
 
 impl AuthSlot {
@@ -69,6 +71,7 @@ impl AuthSlot {
             )),
             source,
             last_read: Mutex::new(None),
+            replaced_at: Mutex::new(None),
         }
     }
 
@@ -124,8 +127,18 @@ impl AuthSlot {
             .await
         {
             Retry::GiveUp(_) if self.renewed().await => Retry::Again,
+            // Sent with the credentials another request has just found refused and replaced:
+            // once more with the new ones.
+            Retry::GiveUp(_) if tried < 2 && self.replaced_recently() => Retry::Again,
             other => other,
         }
+    }
+
+    fn replaced_recently(&self) -> bool {
+        self.replaced_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|t| t.elapsed() < REREAD_EVERY)
     }
 
     /// Reads the credentials again (unless that was done within [`REREAD_EVERY`]); `true` when
@@ -161,6 +174,7 @@ impl AuthSlot {
             next.set_challenge(challenge).await;
         }
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = (Arc::new(next), fresh);
+        *self.replaced_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         tracing::info!(registry = %self.host, "credentials were refused and have changed since they were read; using the new ones");
         true
     }

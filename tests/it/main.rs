@@ -20,6 +20,7 @@ mod observability;
 mod preflight;
 mod prune_safety;
 mod rate_limits;
+mod rotating_credentials;
 mod schedule_forms;
 mod selection;
 mod settings_coverage;

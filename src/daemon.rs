@@ -1,5 +1,7 @@
 //! `mirrorsync sync` without `--once`: passes on the config's cron `schedule`, never two at
-//! once, serving `/metrics` and `/healthz` (liveness: see [`crate::liveness`]). SIGHUP reloads
+//! once, serving `/metrics` and `/healthz` (liveness: see [`crate::liveness`]). Each pass reads
+//! every `password_file` again, and builds its clients from the Docker config as it is then, so
+//! rotated secrets need no reload. SIGHUP reloads
 //! the configuration (keeping the old one when the new one is invalid; either way recorded in
 //! `mirrorsync_config_last_reload_*`, and the series of tags it no longer lists are dropped at
 //! once); SIGTERM or SIGINT stops between passes, or within one after a grace period for running
@@ -133,6 +135,11 @@ pub async fn run(initial: Config, options: DaemonOptions) -> i32 {
             },
             activity: Some(activity),
         };
+        // Secrets rotate without a reload (a mounted Secret updated, a token refreshed by a
+        // sidecar); the Docker config and its helpers are read by each pass anyway.
+        for problem in config.reread_password_files() {
+            tracing::warn!(problem = %problem, "could not read a password file again");
+        }
         tracing::info!(tags = config.images.len(), "pass started");
         let exit = match run_pass(&config, &pass, &metrics).await {
             Ok(report) => {

@@ -40,6 +40,9 @@ impl RequestObserver for MetricsObserver {
     fn ratelimit_remaining(&self, registry: &str, remaining: u64) {
         self.0.set_ratelimit_remaining(registry, remaining as f64);
     }
+    fn request_window(&self, registry: &str, window: usize, pace: Option<f64>) {
+        self.0.set_request_window(registry, window, pace);
+    }
 }
 
 /// Runs one pass over the configured tags (this shard's share of them). Err only when the

@@ -39,6 +39,18 @@ pub struct Credentials {
     pub password: Secret,
 }
 
+/// Reads a `password_file`: its text without the trailing newline; an error says what is wrong
+/// with the file (never its content).
+pub fn read_password_file(path: &std::path::Path) -> Result<Secret, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let secret = text.trim_end_matches(['\n', '\r']);
+    if secret.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(Secret::new(secret))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use credentials::{Credentials, Secret};
+pub use credentials::{Credentials, Secret, read_password_file};
 pub use error::ConfigError;
 pub use values::{DEFAULT_CHUNK_SIZE, MIN_CHUNK_SIZE, parse_byte_size};
 
@@ -129,6 +129,9 @@ pub struct Endpoint {
     pub ca_file: Option<PathBuf>,
     /// From `auth:`, resolved at load time. `None`: try the docker config, then anonymous.
     pub credentials: Option<Credentials>,
+    /// `auth.password_file`: read again at the start of every pass of the daemon
+    /// ([`Config::reread_password_files`]) and when the registry refuses the password.
+    pub password_file: Option<PathBuf>,
 }
 
 /// Settings for one upstream registry host.
@@ -170,6 +173,7 @@ impl RegistrySettings {
                 insecure: false,
                 ca_file: None,
                 credentials: None,
+                password_file: None,
             },
             mirrors: Vec::new(),
             prefix: None,
@@ -281,6 +285,35 @@ impl Config {
     /// relative paths (`ca_file`, `password_file`, `target.path`) at its directory.
     pub fn from_str(text: &str, path_for_messages: &Path) -> Result<Config, ConfigError> {
         validate::from_str(text, path_for_messages, &|name| std::env::var(name).ok())
+    }
+
+    /// Reads every `auth.password_file` again (a mounted Kubernetes Secret that was updated, a
+    /// token a sidecar refreshed). A file that cannot be read now keeps the password read
+    /// before; the returned lines say which and why.
+    pub fn reread_password_files(&mut self) -> Vec<String> {
+        let target = match &mut self.target.kind {
+            TargetKind::Registry(endpoint) => Some(endpoint),
+            TargetKind::Path(_) => None,
+        };
+        let endpoints = target
+            .into_iter()
+            .chain(self.registries.values_mut().map(|r| &mut r.endpoint));
+        let mut problems = Vec::new();
+        for endpoint in endpoints {
+            let (Some(path), Some(credentials)) =
+                (&endpoint.password_file, &mut endpoint.credentials)
+            else {
+                continue;
+            };
+            match read_password_file(path) {
+                Ok(secret) => credentials.password = secret,
+                Err(e) => problems.push(format!(
+                    "{}: keeping the password read before: {e}",
+                    endpoint.host
+                )),
+            }
+        }
+        problems
     }
 
     /// Settings for an upstream host (normalised, so `index.docker.io` finds `docker.io`);

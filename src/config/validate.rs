@@ -17,7 +17,7 @@ use super::raw::{RawAuth, RawConfig, RawRegistry, RawTarget};
 use super::values::{check_ca_pem, check_mirror_url, parse_byte_size, resolve_path, trim_prefix};
 use super::{
     Config, ConfigError, Credentials, DEFAULT_CONCURRENCY, DEFAULT_REGISTRY_CONCURRENCY, Endpoint,
-    RegistrySettings, Secret, TagSeries, TargetKind, TargetSettings, api_host,
+    RegistrySettings, Secret, TagSeries, TargetKind, TargetSettings, api_host, read_password_file,
 };
 use crate::reference::{normalize_registry, validate_registry, validate_repository};
 
@@ -314,6 +314,10 @@ impl Validator<'_> {
             credentials: auth
                 .map(|a| self.credentials(a, &format!("{key}.auth")))
                 .transpose()?,
+            password_file: auth
+                .and_then(|a| a.value.password_file.as_ref())
+                .map(|f| self.path(f, &format!("{key}.auth.password_file")))
+                .transpose()?,
         })
     }
 
@@ -354,17 +358,10 @@ impl Validator<'_> {
             (None, Some(file)) => {
                 let k = format!("{key}.password_file");
                 let path = self.path(file, &k)?;
-                let text = std::fs::read_to_string(&path).map_err(|e| {
-                    self.site
-                        .spanned(file, &k, format!("cannot read {}: {e}", path.display()))
-                })?;
-                let secret = text.trim_end_matches(['\n', '\r']);
-                if secret.is_empty() {
-                    return Err(self
-                        .site
-                        .spanned(file, k, format!("{} is empty", path.display())));
-                }
-                secret.to_string()
+                read_password_file(&path)
+                    .map_err(|m| self.site.spanned(file, k, m))?
+                    .expose()
+                    .to_string()
             }
             _ => {
                 return Err(self.site.spanned(

@@ -170,6 +170,20 @@ impl Engine {
                     retry_same = true;
                     continue;
                 }
+                // A streamed body cannot be replayed: a refusal the registry asks us to retry
+                // (429 or 503 under load, after its `Retry-After`) redoes the blob from a new
+                // upstream read, within the run's retry budget; so does, once, a 401 after the
+                // session opened fine (credentials that rotated meanwhile: read again by then).
+                Err(TargetError::Registry(e))
+                    if self.retry.may_retry(redone, &e)
+                        || (redone == 0 && e.status() == Some(401)) =>
+                {
+                    let delay = self.retry.delay(redone, &e);
+                    tracing::warn!(digest = %blob.digest, repository = target_repo, attempt = redone + 1, delay_ms = delay.as_millis() as u64, error = %e, "upload refused; sending the blob again");
+                    tokio::time::sleep(delay).await;
+                    redone += 1;
+                    retry_same = true;
+                }
                 Ok(_) => {
                     tracing::debug!(digest = %blob.digest, bytes = blob.size, from = client.host(), repository = target_repo, "blob copied");
                     return Ok(());

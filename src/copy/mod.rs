@@ -185,6 +185,7 @@ impl Engine {
                     limits: config.target.limits,
                     retry: retry.clone(),
                     observer: observer.clone(),
+                    max_in_flight: inspections_at_once(config.concurrency),
                 };
                 // Its `auth:`, else the Docker config's credentials, as for any registry.
                 let docker = Some((&credentials, endpoint.host.as_str()));
@@ -553,6 +554,7 @@ impl Engine {
                 &self.credentials,
                 &self.retry,
                 self.observer.clone(),
+                inspections_at_once(self.config.concurrency),
             )
             .await?,
         );

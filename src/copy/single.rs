@@ -3,7 +3,6 @@
 //! digest. The tag's digest at the target is then the platform manifest's, which is what a
 //! client pulling that platform resolves to anyway.
 
-
 use super::manifests::{Copied, Route};
 use super::{Engine, SyncError, rewrite};
 use crate::config::{Platform, SyncItem};

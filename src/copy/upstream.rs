@@ -50,6 +50,7 @@ impl Upstream {
         docker: &CredentialStore,
         retry: &RetryPolicy,
         observer: Option<Arc<dyn RequestObserver>>,
+        max_in_flight: usize,
     ) -> Result<Upstream, SyncError> {
         let failed = |e: EndpointError| match e {
             EndpointError::Client(source) => SyncError::Upstream {
@@ -63,6 +64,7 @@ impl Upstream {
             limits: settings.limits(),
             retry: retry.clone(),
             observer,
+            max_in_flight,
         };
         let origin = RegistryClient::for_endpoint(
             &settings.endpoint,

@@ -142,6 +142,8 @@ const BLOBS: &str = "mirrorsync_blobs_total";
 const BYTES_COPIED: &str = "mirrorsync_bytes_copied_total";
 const HTTP_REQUESTS: &str = "mirrorsync_http_requests_total";
 const RATELIMIT_REMAINING: &str = "mirrorsync_ratelimit_remaining";
+const REQUEST_WINDOW: &str = "mirrorsync_request_window";
+const REQUEST_PACE: &str = "mirrorsync_request_pace_per_second";
 const SKIPPED_PASSES: &str = "mirrorsync_schedule_skipped_passes_total";
 const CONFIG_RELOAD_OK: &str = "mirrorsync_config_last_reload_successful";
 const CONFIG_RELOAD_TIME: &str = "mirrorsync_config_last_reload_success_timestamp_seconds";
@@ -176,6 +178,8 @@ pub struct Metrics {
     bytes_copied: IntCounterVec,
     http_requests: IntCounterVec,
     ratelimit_remaining: GaugeVec,
+    request_window: GaugeVec,
+    request_pace: GaugeVec,
     skipped_passes: IntCounter,
     config_reload_ok: IntGaugeVec,
     config_reload_time: GaugeVec,
@@ -299,6 +303,16 @@ impl Metrics {
             ratelimit_remaining: gauge_vec(
                 RATELIMIT_REMAINING,
                 "Last ratelimit-remaining value seen from the upstream registry.",
+                &["registry"],
+            ),
+            request_window: gauge_vec(
+                REQUEST_WINDOW,
+                "Requests the registry may have in flight now: shrinks when it answers 429 or 503, grows back as it answers the rest.",
+                &["registry"],
+            ),
+            request_pace: gauge_vec(
+                REQUEST_PACE,
+                "Requests per second started to the registry since it first answered 429 or 503 (absent until then).",
                 &["registry"],
             ),
             skipped_passes: register(
@@ -571,6 +585,16 @@ impl Metrics {
             .with_label_values(&[registry])
             .set(remaining);
         self.ratelimit_seen.with_label_values(&[registry]).set(seen);
+    }
+
+    /// Sets the requests `registry` may have in flight, and its pace once it has throttled.
+    pub fn set_request_window(&self, registry: &str, window: usize, pace: Option<f64>) {
+        self.request_window
+            .with_label_values(&[registry])
+            .set(window as f64);
+        if let Some(pace) = pace {
+            self.request_pace.with_label_values(&[registry]).set(pace);
+        }
     }
 
     /// Counts a due pass skipped because the previous one was still running.

@@ -147,6 +147,11 @@ impl Authenticator {
         *self.challenge.lock().await = Some(challenge);
     }
 
+    /// The challenge learned so far.
+    pub async fn challenge(&self) -> Option<Challenge> {
+        self.challenge.lock().await.clone()
+    }
+
     /// The `Authorization` value for a request needing `scopes`, fetching a token if needed.
     pub async fn authorization(
         &self,

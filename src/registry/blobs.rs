@@ -217,8 +217,21 @@ impl RegistryClient {
 
     /// Uploads a small blob held in memory: POST, then `PUT ?digest=` with the body; where the
     /// registry refused that (or refused it before, this run), POST, one `PATCH` with the
-    /// body, empty `PUT`: the bytes are at hand, so the refused upload is redone at once.
+    /// body, empty `PUT`: the bytes are at hand, so the refused upload is redone at once. The
+    /// whole again when the registry refuses it for a reason worth a retry (429 under load).
     pub async fn upload_bytes(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        bytes: Bytes,
+    ) -> Result<(), RegistryError> {
+        self.retrying("upload", || {
+            self.upload_bytes_once(repository, digest, bytes.clone())
+        })
+        .await
+    }
+
+    async fn upload_bytes_once(
         &self,
         repository: &str,
         digest: &Digest,

@@ -150,6 +150,13 @@ impl CredentialStore {
         })
     }
 
+    /// The same Docker config read again from its file (helpers looked for where they were).
+    pub fn reloaded(&self) -> Result<CredentialStore, CredentialError> {
+        let mut store = CredentialStore::load(self.config_path.as_deref())?;
+        store.helper_dir = self.helper_dir.clone();
+        Ok(store)
+    }
+
     /// Looks for `docker-credential-*` helpers in `dir` instead of on `PATH` (for tests and
     /// for installs that keep helpers in a fixed place).
     pub fn with_helper_dir(mut self, dir: impl Into<PathBuf>) -> CredentialStore {

@@ -5,7 +5,10 @@
 
 use std::sync::Arc;
 
-use super::{ClientOptions, CredentialError, CredentialStore, RegistryClient, RegistryError};
+use super::{
+    ClientOptions, CredentialError, CredentialSource, CredentialStore, RegistryClient,
+    RegistryError,
+};
 use super::{RequestObserver, RetryPolicy};
 use crate::config::{Endpoint, LimitSettings};
 
@@ -17,6 +20,8 @@ pub struct Usage {
     pub limits: LimitSettings,
     pub retry: RetryPolicy,
     pub observer: Option<Arc<dyn RequestObserver>>,
+    /// The most requests in flight to the host (its adaptive window's ceiling).
+    pub max_in_flight: usize,
 }
 
 impl Usage {
@@ -27,6 +32,7 @@ impl Usage {
             limits: LimitSettings::default(),
             retry: RetryPolicy::default(),
             observer: None,
+            max_in_flight: super::DEFAULT_MAX_IN_FLIGHT,
         }
     }
 }
@@ -53,16 +59,29 @@ impl RegistryClient {
         docker: Option<(&CredentialStore, &str)>,
         usage: Usage,
     ) -> Result<RegistryClient, EndpointError> {
-        let credentials = match (&endpoint.credentials, docker) {
-            (Some(own), _) => Some(own.clone()),
+        let (credentials, reread) = match (&endpoint.credentials, docker) {
+            (Some(own), _) => (
+                Some(own.clone()),
+                endpoint
+                    .password_file
+                    .clone()
+                    .map(|path| CredentialSource::PasswordFile {
+                        username: own.username.clone(),
+                        path,
+                    }),
+            ),
             (None, Some((store, registry))) => {
-                let store = store.clone();
-                let registry = registry.to_string();
-                tokio::task::spawn_blocking(move || store.get(&registry))
+                let source = CredentialSource::DockerConfig {
+                    store: store.clone(),
+                    registry: registry.to_string(),
+                };
+                let (store, registry) = (store.clone(), registry.to_string());
+                let found = tokio::task::spawn_blocking(move || store.get(&registry))
                     .await
-                    .map_err(|e| EndpointError::Lookup(e.to_string()))??
+                    .map_err(|e| EndpointError::Lookup(e.to_string()))??;
+                (found, Some(source))
             }
-            (None, None) => None,
+            (None, None) => (None, None),
         };
         let mut options = ClientOptions::new(
             &endpoint.host,
@@ -74,6 +93,8 @@ impl RegistryClient {
         options.limits = usage.limits;
         options.retry = usage.retry;
         options.observer = usage.observer;
+        options.max_in_flight = usage.max_in_flight;
+        options.reread = reread;
         Ok(RegistryClient::new(options)?)
     }
 }
@@ -92,6 +113,7 @@ pub fn mirror_endpoint(url: &str) -> Option<Endpoint> {
         insecure: u.scheme() == "http",
         ca_file: None,
         credentials: None,
+        password_file: None,
     })
 }
 
@@ -126,6 +148,7 @@ mod tests {
                 username: "me".into(),
                 password: Secret::new("pw"),
             }),
+            password_file: None,
         };
         // `auth:` credentials: the Docker config is not consulted at all.
         let client = RegistryClient::for_endpoint(

@@ -16,14 +16,17 @@ mod learned;
 mod limits;
 mod manifests;
 mod origin;
+mod quota;
 mod referrers;
 mod retry;
+mod rotate;
 mod tags;
+mod throttle;
 mod tls;
 mod transport;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -32,8 +35,8 @@ use reqwest::{Method, StatusCode};
 use url::Url;
 
 pub use auth::{Challenge, parse_challenge};
-pub(crate) use body::{BodyError, MAX_ERROR_BODY, read_limited};
 pub use blobs::refuses_shortcut;
+pub(crate) use body::{BodyError, MAX_ERROR_BODY, read_limited};
 pub use credentials::{CredentialError, CredentialStore};
 pub use endpoint::{EndpointError, Usage, mirror_endpoint};
 pub use error::{ApiError, RegistryError};
@@ -43,12 +46,13 @@ pub use manifests::is_schema1;
 use origin::same_origin;
 pub use referrers::{entry_digest, index_entries};
 pub use retry::{RetryPolicy, parse_retry_after};
+pub use rotate::CredentialSource;
 use transport::transport;
 pub(crate) use transport::{describe_reqwest_error, redact};
 
 use crate::config::Credentials;
 use crate::reference::Digest;
-use auth::{Authenticator, Retry};
+use auth::Retry;
 use error::parse_error_body;
 
 /// Told about every request a client makes (for metrics).
@@ -57,6 +61,8 @@ pub trait RequestObserver: Send + Sync {
     fn request(&self, registry: &str, method: &str, code: &str);
     /// A response carried Docker Hub's `ratelimit-remaining`.
     fn ratelimit_remaining(&self, registry: &str, remaining: u64);
+    /// The requests a host may have in flight now, and its pace once it has throttled us.
+    fn request_window(&self, _registry: &str, _window: usize, _rate: Option<f64>) {}
 }
 
 /// How to reach one registry.
@@ -74,6 +80,10 @@ pub struct ClientOptions {
     pub limits: LimitSettings,
     pub retry: RetryPolicy,
     pub observer: Option<Arc<dyn RequestObserver>>,
+    /// The most requests in flight to the host however well it answers.
+    pub max_in_flight: usize,
+    /// Where `credentials` came from, to read them again when the registry refuses them.
+    pub reread: Option<CredentialSource>,
 }
 
 impl ClientOptions {
@@ -93,9 +103,14 @@ impl ClientOptions {
             limits: LimitSettings::default(),
             retry: RetryPolicy::default(),
             observer: None,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            reread: None,
         }
     }
 }
+
+/// [`ClientOptions::max_in_flight`] unless set.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 128;
 
 /// What a manifest HEAD told us.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,9 +159,11 @@ pub struct RegistryClient {
     /// For layer downloads over TLS: HTTP/1.1, a connection per transfer (for plain HTTP, the
     /// same client as `http`).
     bulk: reqwest::Client,
-    auth: Authenticator,
+    auth: rotate::AuthSlot,
     pinged: tokio::sync::OnceCell<()>,
     limits: HostLimits,
+    /// The window and pace this host's answers allow.
+    throttle: throttle::Throttle,
     retry: RetryPolicy,
     observer: Option<Arc<dyn RequestObserver>>,
     /// Docker Hub's pull quota as last seen (`ratelimit-remaining`), decremented locally per
@@ -185,7 +202,7 @@ impl RegistryClient {
             build_http_client(&trust, &options.host, true)?
         };
         Ok(RegistryClient {
-            auth: Authenticator::new(&options.host, options.credentials),
+            auth: rotate::AuthSlot::new(&options.host, options.credentials, options.reread),
             host: options.host,
             label: options.label,
             base,
@@ -193,6 +210,7 @@ impl RegistryClient {
             bulk,
             pinged: tokio::sync::OnceCell::new(),
             limits: HostLimits::new(options.limits),
+            throttle: throttle::Throttle::new(options.max_in_flight, options.retry.max_retry_after),
             retry: options.retry,
             observer: options.observer,
             pulls_remaining: AtomicI64::new(-1),
@@ -210,30 +228,6 @@ impl RegistryClient {
     /// The registry host this client talks to.
     pub fn host(&self) -> &str {
         &self.host
-    }
-
-    /// Docker Hub pulls left as last reported (and counted down since); `None` when the
-    /// registry sends no `ratelimit-remaining` header (no limit).
-    pub fn pulls_remaining(&self) -> Option<u64> {
-        u64::try_from(self.pulls_remaining.load(Ordering::Relaxed)).ok()
-    }
-
-    /// Reserves one pull (a manifest GET, which Docker Hub counts) unless that would take the
-    /// remaining quota to `reserve` or below; `Err(left)` then. Always allowed while the
-    /// registry has reported no quota.
-    pub fn reserve_pull(&self, reserve: u64) -> Result<(), u64> {
-        self.pulls_remaining
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                if n < 0 {
-                    Some(n)
-                } else if (n as u64) <= reserve {
-                    None
-                } else {
-                    Some(n - 1)
-                }
-            })
-            .map(|_| ())
-            .map_err(|n| n.max(0) as u64)
     }
 
     /// Waits until `n` more blob bytes may flow to or from this host.
@@ -262,15 +256,19 @@ impl RegistryClient {
         }
     }
 
-    /// Sends one request within the host's request rate, counts it in the metrics, and notes
-    /// the pull quota its answer reports. No retry, no authentication: callers add those.
+    /// Sends one request within the host's request rate and its learned window and pace
+    /// ([`throttle`]), counts it in the metrics, and notes the pull quota its answer reports. No retry, no authentication: callers add those.
     pub(super) async fn exchange(
         &self,
         method: &str,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, reqwest::Error> {
+        let (http, request) = request.build_split();
+        let request = request?;
+        let ticket = self.throttle.admit(!throttle::streams(&request)).await;
         self.limits.request().await;
-        let sent = request.send().await;
+        let sent = http.execute(request).await;
+        self.throttle_answered(ticket, &sent);
         self.observe(method, &sent);
         if let Ok(response) = &sent {
             self.note_ratelimit(response.headers());
@@ -499,28 +497,6 @@ impl RegistryClient {
                 Err(_) => "error".to_string(),
             };
             observer.request(&self.label, method, &code);
-        }
-    }
-
-    /// Reads `ratelimit-remaining: 76;w=21600` (the integer before `;`).
-    fn note_ratelimit(&self, headers: &HeaderMap) {
-        let remaining = headers
-            .get("ratelimit-remaining")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if let Some(remaining) = remaining {
-            // Concurrent answers arrive out of order, and local reservations run ahead of
-            // them: within a window the count only goes down, so keep the lowest.
-            let remaining = remaining.min(i64::MAX as u64) as i64;
-            let _ = self
-                .pulls_remaining
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                    Some(if n < 0 { remaining } else { n.min(remaining) })
-                });
-            if let Some(observer) = &self.observer {
-                observer.ratelimit_remaining(&self.label, remaining as u64);
-            }
         }
     }
 }

@@ -67,7 +67,9 @@ pub use image::{
     ImageSpec, Layer, MANIFEST_ACCEPT, OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST, Platform,
     PushedImage,
 };
-pub use proxy::{Action, Condition, LocationStyle, Proxy, Rule, RuleId, Seen, SeenExt, Times};
+pub use proxy::{
+    Action, Condition, LocationStyle, Proxy, RateCap, Rule, RuleId, Seen, SeenExt, Times,
+};
 pub use quirk::{Listed, Quirk};
 pub use registry::{Registry, RegistryOptions};
 pub use scenario::Scenario;

@@ -417,6 +417,8 @@ struct Shared {
     own: String,
     /// Part sizes per upload session path ([`Action::UploadLimits`]).
     parts: Mutex<std::collections::HashMap<String, Vec<u64>>>,
+    /// A request-rate cap ([`Proxy::set_rate_cap`]), when enabled.
+    rate_cap: Mutex<Option<RateCap>>,
 }
 
 /// A running proxy; stops accepting when dropped.
@@ -467,6 +469,7 @@ impl Proxy {
             started: Instant::now(),
             own: format!("http://127.0.0.1:{port}"),
             parts: Mutex::new(std::collections::HashMap::new()),
+            rate_cap: Mutex::new(None),
         });
         let accept_shared = Arc::clone(&shared);
         let task = tokio::spawn(async move {
@@ -542,6 +545,13 @@ impl Proxy {
     /// Docker Hub pull quota: `Some(n)` pulls left (manifest GETs spend one each), `None` off.
     pub fn set_quota(&self, remaining: Option<u64>) {
         *self.shared.quota.lock().expect("quota") = remaining;
+    }
+
+    /// A cap on the request rate (a token bucket over every request), `None` off: a request
+    /// over it is answered 429 without reaching the registry, recorded with the action
+    /// `rate-cap`.
+    pub fn set_rate_cap(&self, cap: Option<RateCap>) {
+        *self.shared.rate_cap.lock().expect("rate cap") = cap;
     }
 
     /// Pulls left in the imitated quota.
@@ -725,6 +735,17 @@ async fn handle(shared: &Arc<Shared>, conn: &mut BufReader<TcpStream>, req: Requ
         }
         quota_headers.push(("ratelimit-limit".to_string(), "100;w=21600".to_string()));
         quota_headers.push(("ratelimit-remaining".to_string(), format!("{left};w=21600")));
+    }
+    if matches!(action, Action::Pass)
+        && let Some(refusal) = shared
+            .rate_cap
+            .lock()
+            .expect("rate cap")
+            .as_mut()
+            .and_then(RateCap::refuse)
+    {
+        label = "rate-cap";
+        action = refusal;
     }
     let index = {
         let mut log = shared.log.lock().expect("log");
@@ -1086,5 +1107,59 @@ fn min_part(shared: &Shared, req: &Request, path: &str, min: u64) -> Action {
             }
         }
         _ => Action::Pass,
+    }
+}
+
+/// A registry's cap on requests per second: a token bucket of `burst` requests refilled at
+/// `per_second`; a request that finds it empty is answered `429` (with `Retry-After` when set:
+/// the seconds until a token is back, rounded up, as GHCR and ECR hint how long to wait), and
+/// does not spend a token.
+#[derive(Clone, Debug)]
+pub struct RateCap {
+    per_second: f64,
+    burst: f64,
+    retry_after: bool,
+    tokens: f64,
+    last: Option<Instant>,
+}
+
+impl RateCap {
+    /// `per_second` requests a second, `burst` at once (the bucket starts full).
+    pub fn new(per_second: f64, burst: u32) -> RateCap {
+        RateCap {
+            per_second,
+            burst: burst.max(1) as f64,
+            retry_after: false,
+            tokens: burst.max(1) as f64,
+            last: None,
+        }
+    }
+
+    /// Refusals carry `Retry-After`.
+    pub fn with_retry_after(mut self) -> RateCap {
+        self.retry_after = true;
+        self
+    }
+
+    /// `None` when a token was taken (the request passes), else the 429 to answer.
+    fn refuse(&mut self) -> Option<Action> {
+        let now = Instant::now();
+        if let Some(last) = self.last {
+            let refill = now.duration_since(last).as_secs_f64() * self.per_second;
+            self.tokens = (self.tokens + refill).min(self.burst);
+        }
+        self.last = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return None;
+        }
+        let body = r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"rate exceeded"}]}"#;
+        let wait = ((1.0 - self.tokens) / self.per_second).ceil().max(1.0) as u64;
+        let wait = wait.to_string();
+        let mut headers = vec![("Content-Type", "application/json")];
+        if self.retry_after {
+            headers.push(("Retry-After", wait.as_str()));
+        }
+        Some(Action::respond(429, &headers, body))
     }
 }

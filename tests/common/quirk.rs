@@ -3,7 +3,7 @@
 //! one mode ([`Quirk::install`]) and syncs through it; results are checked at the registry
 //! itself, never through the proxy.
 
-use super::proxy::{Action, Condition, LocationStyle, Proxy, Rule, RuleId};
+use super::proxy::{Action, Condition, LocationStyle, Proxy, RateCap, Rule, RuleId};
 
 /// One registry behaviour that differs from distribution's.
 #[derive(Clone, Debug)]
@@ -98,6 +98,19 @@ pub enum Quirk {
         repo: String,
         subject: String,
         pages: Vec<Vec<Listed>>,
+    },
+    /// A cap on requests per second over every endpoint, answered `429 TOOMANYREQUESTS` above
+    /// it, with or without `Retry-After`: ECR's per-action TPS quotas ("toomanyrequests: Rate
+    /// exceeded" on push), GHCR's limiter on upload POSTs, Quay's and Docker Hub's
+    /// infrastructure limits (a bare "Too Many Requests (HAP429)"). Reports:
+    /// <https://github.com/awsdocs/amazon-ecr-user-guide/issues/11>,
+    /// <https://github.com/chainguard-images/images/issues/173>,
+    /// <https://github.com/goharbor/harbor/issues/19199>,
+    /// <https://github.com/docker/hub-feedback/issues/1907>.
+    RateLimited {
+        per_second: f64,
+        burst: u32,
+        retry_after: bool,
     },
 }
 
@@ -269,6 +282,19 @@ impl Quirk {
                     ),
                 ),
             )],
+            Quirk::RateLimited {
+                per_second,
+                burst,
+                retry_after,
+            } => {
+                let cap = RateCap::new(*per_second, *burst);
+                proxy.set_rate_cap(Some(if *retry_after {
+                    cap.with_retry_after()
+                } else {
+                    cap
+                }));
+                Vec::new()
+            }
         };
         rules.into_iter().map(|r| proxy.add(r)).collect()
     }

@@ -274,6 +274,24 @@ impl Registry {
         self.access_log().await.into_iter().skip(mark).collect()
     }
 
+    /// Gives the htpasswd user a new password (the file replaced whole, as a Secret update
+    /// does; distribution reads it again when its modification time changes); the harness's
+    /// own client uses the new one from now on.
+    pub fn rotate_htpasswd(&mut self, password: &str) {
+        let (user, _) = self.credentials.clone().expect("an htpasswd registry");
+        let hash = bcrypt::hash(password, 5).expect("bcrypt");
+        let path = self.dir.path().join("htpasswd");
+        let fresh = self.dir.path().join("htpasswd.new");
+        std::fs::write(&fresh, format!("{user}:{hash}\n")).expect("write htpasswd");
+        std::fs::rename(&fresh, &path).expect("replace htpasswd");
+        self.credentials = Some((user, password.to_string()));
+        self.client = Client::new(
+            &self.url(),
+            self.ca_pem.as_deref(),
+            self.credentials.clone(),
+        );
+    }
+
     /// Kills and reaps the registry now (e.g. to simulate an outage). Idempotent.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -14,6 +14,7 @@
 //! `concurrency`. A failing tag never stops the others. A stop request (signal,
 //! `--max-duration`) lets running tags finish within a grace period; the rest are deferred.
 
+mod backup;
 mod blobs;
 mod download;
 mod inspect;
@@ -503,28 +504,6 @@ impl Engine {
             },
             Err(e) => failed_or_deferred(refusals::explain_path(item, e)),
         }
-    }
-
-    /// `backup_tag`: before a tag moves, the digest it pointed at gets another tag.
-    async fn keep_backup(
-        &self,
-        repository: &str,
-        tag: &str,
-        current: &Digest,
-        template: &str,
-    ) -> Result<(), SyncError> {
-        let date = chrono::Utc::now().format("%Y%m%d").to_string();
-        let backup = crate::config::expand_backup_tag(template, tag, &date);
-        let Some(old) = self
-            .target
-            .get_manifest(repository, &current.to_string())
-            .await?
-        else {
-            return Ok(());
-        };
-        self.target.put_manifest(repository, &backup, &old).await?;
-        tracing::info!(repository, tag, backup = %backup, digest = %current, "kept the previous digest under a backup tag");
-        Ok(())
     }
 
     /// Whether manifests are converted to OCI on the way (an OCI layout target).

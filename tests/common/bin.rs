@@ -63,6 +63,19 @@ pub async fn mirrorsync(args: &[&str]) -> Output {
     mirrorsync_with_env(args, &[]).await
 }
 
+/// `mirrorsync sync --once --config <config> --metrics-file <metrics>`.
+pub async fn sync_once_with_metrics_file(config: &Path, metrics: &Path) -> Output {
+    mirrorsync(&[
+        "sync",
+        "--once",
+        "--config",
+        &config.display().to_string(),
+        "--metrics-file",
+        &metrics.display().to_string(),
+    ])
+    .await
+}
+
 /// Runs mirrorsync with `args` and extra environment variables.
 pub async fn mirrorsync_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     run_with(&bin_path(), args, env, RUN_TIMEOUT).await

@@ -59,7 +59,7 @@ pub mod verify;
 pub use access::{Access, AccessLogExt, HARNESS_USER_AGENT};
 pub use bin::{
     Output, bin_path, failed_line, json_lines, measure_program, mirrorsync, mirrorsync_with_env,
-    run_measured, run_measured_with_env, write_config,
+    run_measured, run_measured_with_env, sync_once_with_metrics_file, write_config,
 };
 pub use client::{Challenge, Client};
 pub use image::{

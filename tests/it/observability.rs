@@ -485,15 +485,7 @@ async fn textfile_and_metrics_endpoint_pass_promtool() {
     std::fs::create_dir(&textfile_dir).expect("mkdir");
     let textfile = textfile_dir.join("mirrorsync.prom");
 
-    let out = mirrorsync(&[
-        "sync",
-        "--once",
-        "--config",
-        &config.display().to_string(),
-        "--metrics-file",
-        &textfile.display().to_string(),
-    ])
-    .await;
+    let out = sync_once_with_metrics_file(&config, &textfile).await;
     out.assert_code(0);
     let text = std::fs::read_to_string(&textfile).expect("the textfile was written");
     // Written atomically: nothing else is left in the collector's directory.
@@ -555,15 +547,7 @@ async fn textfile_and_metrics_endpoint_pass_promtool() {
 /// Parsed `--metrics-file` of one `--once` run, with its exit code.
 async fn once_with_textfile(config: &Path, textfile: &Path) -> (Output, Exposition) {
     let _ = std::fs::remove_file(textfile);
-    let out = mirrorsync(&[
-        "sync",
-        "--once",
-        "--config",
-        &config.display().to_string(),
-        "--metrics-file",
-        &textfile.display().to_string(),
-    ])
-    .await;
+    let out = sync_once_with_metrics_file(&config, &textfile).await;
     let text = std::fs::read_to_string(textfile).unwrap_or_else(|e| {
         panic!(
             "no textfile ({e})\n--- stdout ---\n{}\n--- stderr ---\n{}",
@@ -1415,15 +1399,7 @@ async fn daemon_counts_passes_and_reloads_and_drops_removed_tags_at_the_reload()
         ),
     );
     let textfile = dir.path().join("m.prom");
-    let out = mirrorsync(&[
-        "sync",
-        "--once",
-        "--config",
-        &failing.display().to_string(),
-        "--metrics-file",
-        &textfile.display().to_string(),
-    ])
-    .await;
+    let out = sync_once_with_metrics_file(&failing, &textfile).await;
     out.assert_code(1);
     let e = Exposition::parse(&std::fs::read_to_string(&textfile).expect("textfile"));
     assert_eq!(e.value(runs, &[("result", "failed")]), 1.0, "{}", e.text);

@@ -123,15 +123,7 @@ async fn closing_put_with_a_body_refused_falls_back_to_the_docker_flow() {
     let images: Vec<String> = repos.iter().map(|r| w.image(&format!("{r}:v1"))).collect();
     let config = w.config("", &images);
     let metrics = w.dir.path().join("metrics.prom");
-    let out = mirrorsync(&[
-        "sync",
-        "--once",
-        "--config",
-        &config.display().to_string(),
-        "--metrics-file",
-        &metrics.display().to_string(),
-    ])
-    .await;
+    let out = sync_once_with_metrics_file(&config, &metrics).await;
     out.assert_code(0);
     for repo in &repos {
         assert_mirrored(&w, repo, "v1").await;
@@ -397,15 +389,7 @@ async fn nested_repository_path_refused_names_the_keys() {
     );
 
     let metrics = w.dir.path().join("metrics.prom");
-    let out = mirrorsync(&[
-        "sync",
-        "--once",
-        "--config",
-        &config.display().to_string(),
-        "--metrics-file",
-        &metrics.display().to_string(),
-    ])
-    .await;
+    let out = sync_once_with_metrics_file(&config, &metrics).await;
     out.assert_code(1);
     assert!(said(failed_line(&out, "lib/app0:v1")), "{}", out.stdout);
     let text = std::fs::read_to_string(&metrics).expect("metrics file");
@@ -445,15 +429,7 @@ async fn immutable_tag_moved_upstream_is_counted_apart() {
     .install(&w.down);
     let metrics = w.dir.path().join("metrics.prom");
     let config = w.config("", &[w.image("lib/app0:v1"), w.image("lib/gone:v1")]);
-    let out = mirrorsync(&[
-        "sync",
-        "--once",
-        "--config",
-        &config.display().to_string(),
-        "--metrics-file",
-        &metrics.display().to_string(),
-    ])
-    .await;
+    let out = sync_once_with_metrics_file(&config, &metrics).await;
     out.assert_code(1);
     let line = failed_line(&out, "lib/app0:v1");
     assert!(

@@ -38,15 +38,7 @@ async fn run(scenario: &Scenario, extra: &str) -> (Option<i32>, Exposition) {
     yaml.push_str(extra);
     std::fs::write(&scenario.config, yaml).expect("config");
     let textfile = scenario.dir.path().join("metrics.prom");
-    let out = mirrorsync(&[
-        "sync",
-        "--once",
-        "--config",
-        &scenario.config_arg(),
-        "--metrics-file",
-        &textfile.display().to_string(),
-    ])
-    .await;
+    let out = sync_once_with_metrics_file(&scenario.config, &textfile).await;
     let text = std::fs::read_to_string(&textfile).expect("textfile written");
     (out.code, Exposition::parse(&text))
 }

@@ -93,15 +93,7 @@ impl World {
     async fn sync(&self) -> String {
         let config = self.config();
         let metrics = self.dir.path().join("mirrorsync.prom");
-        let out = mirrorsync(&[
-            "sync",
-            "--once",
-            "--config",
-            &config.display().to_string(),
-            "--metrics-file",
-            &metrics.display().to_string(),
-        ])
-        .await;
+        let out = sync_once_with_metrics_file(&config, &metrics).await;
         out.assert_code(0);
         std::fs::read_to_string(&metrics).expect("metrics file")
     }

@@ -46,6 +46,14 @@ CONTRACT_METRICS = {
     "mirrorsync_run_bytes_copied",
     "mirrorsync_run_blobs",
     "mirrorsync_run_http_requests",
+    "mirrorsync_run_tags_failed",
+    "mirrorsync_upload_flow",
+    "mirrorsync_request_window",
+    "mirrorsync_request_pace_per_second",
+    "mirrorsync_lag_max_seconds",
+    "mirrorsync_repository_lag_max_seconds",
+    "mirrorsync_repository_tags_out_of_sync",
+    "mirrorsync_tag_lag_distribution_seconds",
 }
 # The Pushgateway's own per-group metric, and Prometheus's own per-target one.
 PUSHGATEWAY_METRICS = {"push_time_seconds", "up"}

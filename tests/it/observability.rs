@@ -547,7 +547,7 @@ async fn textfile_and_metrics_endpoint_pass_promtool() {
 /// Parsed `--metrics-file` of one `--once` run, with its exit code.
 async fn once_with_textfile(config: &Path, textfile: &Path) -> (Output, Exposition) {
     let _ = std::fs::remove_file(textfile);
-    let out = sync_once_with_metrics_file(&config, &textfile).await;
+    let out = sync_once_with_metrics_file(config, textfile).await;
     let text = std::fs::read_to_string(textfile).unwrap_or_else(|e| {
         panic!(
             "no textfile ({e})\n--- stdout ---\n{}\n--- stderr ---\n{}",

@@ -46,8 +46,8 @@ impl Engine {
                     Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => {
                         take_joined(joined, &mut ids, &mut out);
                     }
-                    permit = Arc::clone(&limit).acquire_owned() => break permit.ok(),
                     _ = control.stop.cancelled() => break None,
+                    permit = Arc::clone(&limit).acquire_owned() => break permit.ok(),
                 }
             };
             let Some(permit) = permit else {

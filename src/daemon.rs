@@ -89,7 +89,7 @@ pub async fn run(initial: Config, options: DaemonOptions) -> i32 {
     tracing::info!(schedule = %schedule.describe(), "waiting for the schedule");
 
     // The state of the last pass, for passes that cannot read it from the target.
-    let memory: crate::history::Memory = Arc::new(std::sync::Mutex::new(None));
+    let memory: crate::history::Memory = Arc::default();
     let mut run_now = options.run_now;
     loop {
         if !run_now {
@@ -231,13 +231,19 @@ struct Listed {
 
 impl Listed {
     fn new(config: &Config, shard: Option<Shard>) -> Listed {
-        let (images, selections) = match shard {
-            Some(s) => (
-                s.select(&config.images),
-                s.select_selections(&config.selections),
-            ),
-            None => (config.images.clone(), config.selections.clone()),
-        };
+        let (mut images, mut selections) = (Vec::new(), Vec::new());
+        for view in config.per_target() {
+            match shard {
+                Some(s) => {
+                    images.extend(s.select(&view.images));
+                    selections.extend(s.select_selections(&view.selections));
+                }
+                None => {
+                    images.extend(view.images);
+                    selections.extend(view.selections);
+                }
+            }
+        }
         Listed {
             tags: images
                 .iter()

@@ -15,8 +15,9 @@ use std::sync::{Arc, Mutex};
 
 use crate::state::{State, TagState};
 
-/// The state of the daemon's last pass, shared between passes.
-pub type Memory = Arc<Mutex<Option<State>>>;
+/// The state of the daemon's last pass per target (`""` for an unnamed one), shared between
+/// passes.
+pub type Memory = Arc<Mutex<BTreeMap<String, State>>>;
 
 /// The fallbacks of one pass.
 #[derive(Clone, Default)]
@@ -27,6 +28,8 @@ pub struct History {
     pub textfile: Option<PathBuf>,
     /// `--pushgateway`: this run's group there, as pushed by the previous run.
     pub pushgateway: Option<PushgatewayGroup>,
+    /// With several targets: whose history this is (series with this `target_name`).
+    pub target_name: Option<String>,
 }
 
 /// A Pushgateway and the grouping labels of this run's metrics.
@@ -43,21 +46,19 @@ const LAST_SUCCESS: &str = "mirrorsync_run_last_success_timestamp_seconds";
 impl History {
     /// The history from the first fallback that has one, and where it came from.
     pub async fn recover(&self) -> Option<(State, &'static str)> {
-        if let Some(memory) = &self.memory
-            && let Some(state) = memory.lock().ok().and_then(|m| m.clone())
-        {
+        if let Some(state) = self.remembered() {
             return Some((state, "the previous pass in this process"));
         }
         if let Some(path) = &self.textfile
             && let Ok(text) = tokio::fs::read_to_string(path).await
         {
-            let samples = parse_exposition(&text);
+            let samples = self.own(parse_exposition(&text));
             if !samples.is_empty() {
                 return Some((from_samples(&samples), "the previous metrics textfile"));
             }
         }
         if let Some(group) = &self.pushgateway {
-            match fetch_group(group).await {
+            match fetch_group(group).await.map(|s| self.own(s)) {
                 Ok(samples) if !samples.is_empty() => {
                     return Some((
                         from_samples(&samples),
@@ -73,22 +74,44 @@ impl History {
         None
     }
 
+    /// The history of one target of a run over several.
+    pub fn for_target(&self, name: Option<&str>) -> History {
+        History {
+            target_name: name.map(str::to_string),
+            ..self.clone()
+        }
+    }
+
+    fn key(&self) -> String {
+        self.target_name.clone().unwrap_or_default()
+    }
+
+    /// The samples of this history's target.
+    fn own(&self, mut samples: Vec<Sample>) -> Vec<Sample> {
+        samples.retain(|(_, labels, _)| {
+            labels.get("target_name").map(String::as_str) == self.target_name.as_deref()
+        });
+        samples
+    }
+
+    fn remembered(&self) -> Option<State> {
+        let memory = self.memory.as_ref()?;
+        memory.lock().ok()?.get(&self.key()).cloned()
+    }
+
     /// Keeps the state of a finished pass for the next one (daemon only).
     pub fn remember(&self, state: &State) {
         if let Some(memory) = &self.memory
             && let Ok(mut m) = memory.lock()
         {
-            *m = Some(state.clone());
+            m.insert(self.key(), state.clone());
         }
     }
 
     /// Folds the in-memory history into a state read from the target: the later confirmation
     /// wins (the target's copy is older when saving it failed during an outage).
     pub fn merge_into(&self, state: &mut State) {
-        let Some(memory) = &self.memory else {
-            return;
-        };
-        let Some(known) = memory.lock().ok().and_then(|m| m.clone()) else {
+        let Some(known) = self.remembered() else {
             return;
         };
         for (key, remembered) in known.tags {

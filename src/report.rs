@@ -58,19 +58,19 @@ pub fn tag_finished(tag: &TagOutcome, planned: bool) {
     let (source, target) = (&tag.source, &tag.target);
     match &tag.result {
         TagResult::Unchanged { digest } => tracing::debug!(
-            %source, %target, %digest, result = "unchanged", duration_ms = ms, "tag unchanged"
+            %source, %target, target_name = tag.target_name.as_deref(), %digest, result = "unchanged", duration_ms = ms, "tag unchanged"
         ),
         TagResult::Synced { digest, previous } => {
             let result = if previous.is_some() { "updated" } else { "new" };
             let current = previous.as_ref().map(|d| d.to_string());
             if planned {
                 tracing::info!(
-                    %source, %target, %digest, current, result, duration_ms = ms, "would sync"
+                    %source, %target, target_name = tag.target_name.as_deref(), target_name = tag.target_name.as_deref(), %digest, current, result, duration_ms = ms, "would sync"
                 );
             } else {
                 let s = &tag.stats;
                 tracing::info!(
-                    %source, %target, %digest, previous = current, result,
+                    %source, %target, target_name = tag.target_name.as_deref(), target_name = tag.target_name.as_deref(), %digest, previous = current, result,
                     blobs_copied = s.copied, bytes_copied = s.copied_bytes,
                     blobs_mounted = s.mounted, blobs_present = s.present,
                     duration_ms = ms, "tag synced"
@@ -78,17 +78,22 @@ pub fn tag_finished(tag: &TagOutcome, planned: bool) {
             }
         }
         TagResult::Failed { error, cause } => tracing::warn!(
-            %source, %target, result = "failed", reason = cause.as_str(), %error, duration_ms = ms, "tag failed"
+            %source, %target, target_name = tag.target_name.as_deref(), result = "failed", reason = cause.as_str(), %error, duration_ms = ms, "tag failed"
         ),
         TagResult::Deferred { reason } => tracing::info!(
-            %source, %target, result = "deferred", %reason, duration_ms = ms, "tag deferred"
+            %source, %target, target_name = tag.target_name.as_deref(), result = "deferred", %reason, duration_ms = ms, "tag deferred"
         ),
     }
 }
 
 /// A tag's line in the summary; `None` for an unchanged tag (counted in the totals only).
 fn tag_line(tag: &TagOutcome, planned: bool) -> Option<String> {
-    let (source, target) = (&tag.source, &tag.target);
+    let source = &tag.source;
+    // With several targets, the line says which (`[eu] library/nginx:1.25`).
+    let target = match &tag.target_name {
+        Some(name) => format!("[{name}] {}", tag.target),
+        None => tag.target.to_string(),
+    };
     let s = &tag.stats;
     Some(match &tag.result {
         TagResult::Unchanged { .. } => return None,
@@ -129,6 +134,55 @@ pub struct RunReport {
 }
 
 impl RunReport {
+    /// The reports of a run's targets as one: every tag of each, the longest duration.
+    pub fn combine(reports: Vec<RunReport>, planned: bool) -> RunReport {
+        let mut total = RunReport {
+            tags: Vec::new(),
+            duration: Duration::ZERO,
+            planned,
+            pruned: Vec::new(),
+        };
+        for report in reports {
+            total.tags.extend(report.tags);
+            total.pruned.extend(report.pruned);
+            total.duration = total.duration.max(report.duration);
+        }
+        total
+    }
+
+    /// A target whose pass could not start: each of its tags failed with `error`.
+    pub fn failed_to_start(
+        items: &[crate::config::SyncItem],
+        name: &str,
+        error: &str,
+    ) -> RunReport {
+        let tags = items
+            .iter()
+            .map(|item| {
+                let tag = TagOutcome {
+                    source: item.source.to_string(),
+                    target: crate::copy::target_image(item),
+                    result: TagResult::Failed {
+                        error: format!("target {name}: {error}"),
+                        cause: Default::default(),
+                    },
+                    stats: CopyStats::default(),
+                    duration: Duration::ZERO,
+                    key: crate::copy::item_key(item),
+                    target_name: Some(name.to_string()),
+                };
+                tag_finished(&tag, false);
+                tag
+            })
+            .collect();
+        RunReport {
+            tags,
+            duration: Duration::ZERO,
+            planned: false,
+            pruned: Vec::new(),
+        }
+    }
+
     pub fn failed(&self) -> usize {
         self.count(|r| matches!(r, TagResult::Failed { .. }))
     }

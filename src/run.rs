@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::{Config, TagSeries};
+use crate::copy::hub::Hub;
 use crate::copy::{Engine, Mode};
 use crate::metrics::{BlobAction, Metrics, TagLag, TagRunResult};
 use crate::outcome::{FailureCause, TagResult};
@@ -45,24 +46,99 @@ impl RequestObserver for MetricsObserver {
     }
 }
 
-/// Runs one pass over the configured tags (this shard's share of them). Err only when the
-/// pass could not start at all.
+/// Runs one pass over the configured tags (this shard's share of them), on every target at
+/// once: with several, the targets share one pull of each manifest and blob, and each is
+/// diffed, written, pruned and recorded on its own. Err only when no target could start.
 pub async fn run_pass(
     config: &Config,
     options: &PassOptions,
     metrics: &Arc<Metrics>,
 ) -> Result<RunReport, String> {
     let started = Instant::now();
-    let mut config = config.clone();
+    let mut views = config.per_target();
     if let Some(shard) = options.shard {
-        config.images = shard.select(&config.images);
-        config.selections = shard.select_selections(&config.selections);
-        tracing::info!(shard = %format!("{}/{}", shard.index, shard.count), tags = config.images.len(), "syncing this shard's share");
+        for view in &mut views {
+            view.images = shard.select(&view.images);
+            view.selections = shard.select_selections(&view.selections);
+        }
+        tracing::info!(shard = %format!("{}/{}", shard.index, shard.count), tags = views.iter().map(|v| v.images.len()).sum::<usize>(), "syncing this shard's share");
     }
+    let observer: Arc<dyn RequestObserver> = Arc::new(MetricsObserver(Arc::clone(metrics)));
+    if views.len() == 1 {
+        let view = views.pop().unwrap_or_else(|| config.clone());
+        let target = Shared {
+            hub: Arc::default(),
+            index: 0,
+            observer,
+            metrics: Arc::clone(metrics),
+            history: options.history.clone(),
+        };
+        return run_target(view, options, target).await;
+    }
+    let hub = Hub::new(views.len(), &config.spool_dir, config.spool_size);
+    let passes = views.into_iter().enumerate().map(|(index, view)| {
+        let name = view.target.name.clone().unwrap_or_default();
+        let target = Shared {
+            hub: Arc::clone(&hub),
+            index,
+            observer: Arc::clone(&observer),
+            metrics: metrics.for_target(&name),
+            history: options.history.for_target(Some(&name)),
+        };
+        let images = view.images.clone();
+        let hub = Arc::clone(&hub);
+        async move {
+            let outcome = run_target(view, options, target).await;
+            hub.finished(index);
+            match outcome {
+                Ok(report) => report,
+                Err(e) => {
+                    tracing::error!(target_name = %name, error = %e, "this target's pass could not start; its tags fail");
+                    RunReport::failed_to_start(&images, &name, &e)
+                }
+            }
+        }
+    });
+    let reports = futures_util::future::join_all(passes).await;
+    if hub.spool_overflows() > 0 {
+        tracing::warn!(
+            blobs = hub.spool_overflows(),
+            "blobs did not fit in spool_size and were pulled once per target"
+        );
+    }
+    metrics.count_pass_requests();
+    let mut total = RunReport::combine(reports, options.mode == Mode::Plan);
+    total.duration = started.elapsed();
+    Ok(total)
+}
+
+/// What one target's pass shares with the run, and its own metrics and history.
+struct Shared {
+    hub: Arc<Hub>,
+    index: usize,
+    observer: Arc<dyn RequestObserver>,
+    metrics: Arc<Metrics>,
+    history: crate::history::History,
+}
+
+/// One target's pass.
+async fn run_target(
+    config: Config,
+    options: &PassOptions,
+    shared: Shared,
+) -> Result<RunReport, String> {
+    let started = Instant::now();
+    let Shared {
+        hub,
+        index,
+        observer,
+        metrics,
+        history,
+    } = shared;
+    let metrics = &metrics;
     let prune_repos = crate::prune::repositories(&config);
     let tag_series = config.tag_series;
-    let observer: Arc<dyn RequestObserver> = Arc::new(MetricsObserver(Arc::clone(metrics)));
-    let mut engine = Engine::new(Arc::new(config), options.mode, Some(observer))
+    let mut engine = Engine::sharing(Arc::new(config), options.mode, Some(observer), hub, index)
         .await
         .map_err(|e| e.to_string())?;
     if let Some(activity) = &options.activity {
@@ -80,10 +156,10 @@ pub async fn run_pass(
     let mut state = match loaded {
         Ok(mut s) => {
             stored = Some(s.clone());
-            options.history.merge_into(&mut s);
+            history.merge_into(&mut s);
             s
         }
-        Err(e) => match options.history.recover().await {
+        Err(e) => match history.recover().await {
             Some((s, from)) => {
                 tracing::warn!(error = %e, from, "could not read the state of earlier runs; lag continues from the last values known");
                 s
@@ -167,7 +243,7 @@ pub async fn run_pass(
         let mut seen = engine.known_blobs();
         seen.retain(|(_, repository)| repository != DOCUMENT_REPOSITORY);
         state.remember_blobs(seen);
-        options.history.remember(&state);
+        history.remember(&state);
         let saved = if stored.as_ref().is_some_and(|s| state.same_as_stored(s)) {
             tracing::debug!("the run state is unchanged; not written");
             Ok(())

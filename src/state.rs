@@ -210,6 +210,7 @@ mod tests {
             stats: CopyStats::default(),
             duration: std::time::Duration::ZERO,
             key: key.into(),
+            target_name: None,
         }
     }
 
@@ -256,6 +257,7 @@ mod tests {
             stats: CopyStats::default(),
             duration: std::time::Duration::ZERO,
             key: "k".into(),
+            target_name: None,
         };
         let mut state = State::default();
         state.record(

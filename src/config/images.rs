@@ -48,6 +48,9 @@ impl Validator<'_> {
         let mut targets: HashMap<String, usize> = HashMap::new();
         for (i, entry) in entries.iter().enumerate() {
             let key = format!("images[{i}]");
+            if !goes_to(&entry.value, target.name.as_deref()) {
+                continue;
+            }
             let expanded = match &entry.value {
                 RawImage::Short(text) => {
                     let source = self.reference(text, entry.referenced, &key)?;
@@ -407,4 +410,16 @@ fn has_explicit_tag_or_digest(text: &str) -> bool {
             .rsplit('/')
             .next()
             .is_some_and(|last| last.contains(':'))
+}
+
+/// Whether an entry goes to the target named `name`: every entry goes to an unnamed target
+/// (`target:`), and an entry without `targets:` goes to every target.
+fn goes_to(entry: &RawImage, name: Option<&str>) -> bool {
+    match (entry, name) {
+        (RawImage::Full(spec), Some(name)) => spec
+            .targets
+            .as_ref()
+            .is_none_or(|list| list.value.iter().any(|t| t.value.trim() == name)),
+        _ => true,
+    }
 }

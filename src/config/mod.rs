@@ -41,6 +41,8 @@ pub const DOCKER_HUB_CONCURRENCY: usize = 4;
 /// streams from upstream straight into its upload, so a write lasts as long as its download:
 /// as many as an upstream host's default transfers, or those would wait for a write slot.
 pub const DEFAULT_TARGET_CONCURRENCY: usize = DEFAULT_REGISTRY_CONCURRENCY;
+/// Default `spool_size`: disk for blobs on their way to several targets.
+pub const DEFAULT_SPOOL_SIZE: u64 = 4 * 1024 * 1024 * 1024;
 /// Requests per second to Docker Hub unless configured: well under its abuse limits.
 pub const DOCKER_HUB_REQUESTS_PER_SECOND: f64 = 10.0;
 /// Request burst to Docker Hub unless configured.
@@ -58,7 +60,8 @@ pub struct Config {
     pub timezone: String,
     /// Tags copied at once (1..=256), default 64; up to twice as many are inspected at once.
     pub concurrency: usize,
-    /// Where images are written.
+    /// Where images are written: the first of `targets:` (the only one with `target:`). A pass
+    /// over several targets runs once per [`Config::per_target`] view.
     pub target: TargetSettings,
     /// Per-upstream settings, keyed by normalised host (`docker.io`).
     pub registries: BTreeMap<String, RegistrySettings>,
@@ -71,6 +74,22 @@ pub struct Config {
     pub selections: Vec<TagSelection>,
     /// Which tags get per-tag series (`tag_series`, default every tag).
     pub tag_series: TagSeries,
+    /// Every target with its own image list, in file order: one for `target:`, one per
+    /// element of `targets:`. `target`, `images` and `selections` above are the first's.
+    pub targets: Vec<TargetPlan>,
+    /// With several targets: where blobs are spooled for them (`spool_dir`, default the
+    /// system's temporary directory) and how many bytes at most (`spool_size`).
+    pub spool_dir: PathBuf,
+    pub spool_size: u64,
+}
+
+/// One target and what goes to it (entries whose `targets:` name it, or every entry).
+#[derive(Debug, Clone)]
+pub struct TargetPlan {
+    pub target: TargetSettings,
+    /// Its items, mapped with its `prefix`.
+    pub images: Vec<SyncItem>,
+    pub selections: Vec<TagSelection>,
 }
 
 /// `tag_series`: which tags have their own `mirrorsync_tag_*` series. The aggregate lag series
@@ -97,6 +116,9 @@ pub enum TargetKind {
 /// `target:`: the destination and the prefix put before every source repository path.
 #[derive(Debug, Clone)]
 pub struct TargetSettings {
+    /// `name:`: required in `targets:`, labels logs and metrics (`target_name`); `None` for a
+    /// single `target:` without one, whose series keep their identity.
+    pub name: Option<String>,
     pub kind: TargetKind,
     /// Without leading or trailing `/`; `""` keeps upstream paths unchanged.
     pub prefix: String,
@@ -291,13 +313,13 @@ impl Config {
     /// token a sidecar refreshed). A file that cannot be read now keeps the password read
     /// before; the returned lines say which and why.
     pub fn reread_password_files(&mut self) -> Vec<String> {
-        let target = match &mut self.target.kind {
-            TargetKind::Registry(endpoint) => Some(endpoint),
-            TargetKind::Path(_) => None,
-        };
-        let endpoints = target
-            .into_iter()
-            .chain(self.registries.values_mut().map(|r| &mut r.endpoint));
+        let targets = std::iter::once(&mut self.target)
+            .chain(self.targets.iter_mut().map(|p| &mut p.target))
+            .filter_map(|t| match &mut t.kind {
+                TargetKind::Registry(endpoint) => Some(endpoint),
+                TargetKind::Path(_) => None,
+            });
+        let endpoints = targets.chain(self.registries.values_mut().map(|r| &mut r.endpoint));
         let mut problems = Vec::new();
         for endpoint in endpoints {
             let (Some(path), Some(credentials)) =
@@ -313,7 +335,51 @@ impl Config {
                 )),
             }
         }
+        // The first target is listed twice (`target` and `targets[0]`).
+        problems.dedup();
         problems
+    }
+
+    /// One single-target config per target, each with its own images (a config with one
+    /// target gives itself).
+    pub fn per_target(&self) -> Vec<Config> {
+        if self.targets.len() <= 1 {
+            return vec![self.clone()];
+        }
+        self.targets
+            .iter()
+            .map(|plan| Config {
+                target: plan.target.clone(),
+                images: plan.images.clone(),
+                selections: plan.selections.clone(),
+                targets: vec![plan.clone()],
+                ..self.without_targets()
+            })
+            .collect()
+    }
+
+    /// Whether the targets carry names (`targets:`), so series get a `target_name` label.
+    pub fn named_targets(&self) -> bool {
+        self.targets.iter().any(|t| t.target.name.is_some())
+    }
+
+    /// This config without its image lists, to build per-target views from.
+    fn without_targets(&self) -> Config {
+        Config {
+            path: self.path.clone(),
+            schedule: self.schedule.clone(),
+            timezone: self.timezone.clone(),
+            concurrency: self.concurrency,
+            target: self.target.clone(),
+            registries: self.registries.clone(),
+            docker_config: self.docker_config.clone(),
+            images: Vec::new(),
+            selections: Vec::new(),
+            tag_series: self.tag_series,
+            targets: Vec::new(),
+            spool_dir: self.spool_dir.clone(),
+            spool_size: self.spool_size,
+        }
     }
 
     /// Settings for an upstream host (normalised, so `index.docker.io` finds `docker.io`);

@@ -18,16 +18,20 @@ pub(crate) struct RawConfig {
     pub timezone: Option<Spanned<String>>,
     pub concurrency: Option<Spanned<u64>>,
     pub target: Option<Spanned<RawTarget>>,
+    pub targets: Option<Spanned<Vec<Spanned<RawTarget>>>>,
     pub docker_config: Option<Spanned<String>>,
     pub registries: Option<RawRegistries>,
     pub images: Option<Spanned<Vec<Spanned<RawImage>>>>,
     pub tag_series: Option<Spanned<String>>,
+    pub spool_dir: Option<Spanned<String>>,
+    pub spool_size: Option<Spanned<String>>,
 }
 
 /// `target:`, where mirrored images are written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawTarget {
+    pub name: Option<Spanned<String>>,
     pub registry: Option<Spanned<String>>,
     pub path: Option<Spanned<String>>,
     pub prefix: Option<Spanned<String>>,
@@ -111,6 +115,7 @@ pub(crate) struct RawImageSpec {
     pub platforms: Option<Spanned<Vec<Spanned<String>>>>,
     pub platforms_mode: Option<Spanned<String>>,
     pub target: Option<Spanned<String>>,
+    pub targets: Option<Spanned<Vec<Spanned<String>>>>,
     pub immutable: Option<Spanned<Vec<Spanned<String>>>>,
     pub referrers: Option<bool>,
     pub backup_tag: Option<Spanned<String>>,

@@ -516,6 +516,79 @@ fn target_chunk_size() {
     );
     assert!(
         error("target:\n  path: /m\n  chunk_size: 8MiB\nimages: [nginx]\n")
-            .contains("target.chunk_size: applies only to target.registry")
+            .contains("target.chunk_size: applies only to a registry target")
     );
+}
+
+const TWO_TARGETS: &str = "targets:\n  - name: eu\n    registry: eu.example:5000\n    prefix: m\n  - name: carry\n    path: /tmp/carry\n";
+
+#[test]
+fn targets_each_get_their_own_items_mapped_with_their_prefix() {
+    let text = format!(
+        "{TWO_TARGETS}images:\n  - nginx:1.25\n  - source: redis\n    tags: [\"7\"]\n    targets: [carry]\n"
+    );
+    let config = load(&text).unwrap();
+    let views = config.per_target();
+    assert_eq!(views.len(), 2);
+    assert_eq!(views[0].target.name.as_deref(), Some("eu"));
+    let eu: Vec<String> = views[0]
+        .images
+        .iter()
+        .map(|i| i.target_repository.clone())
+        .collect();
+    assert_eq!(eu, ["m/library/nginx"]);
+    let carry: Vec<String> = views[1]
+        .images
+        .iter()
+        .map(|i| i.target_repository.clone())
+        .collect();
+    assert_eq!(carry, ["library/nginx", "library/redis"]);
+    assert!(config.named_targets());
+    // `target:` is one unnamed target.
+    let single = load(&format!("{TARGET}images:\n  - nginx:1.25\n")).unwrap();
+    assert_eq!(single.per_target().len(), 1);
+    assert!(!single.named_targets());
+}
+
+#[test]
+fn target_list_errors_name_the_key() {
+    let e = error(&format!(
+        "{TARGET}targets:\n  - name: a\n    path: /x\nimages: [nginx]\n"
+    ));
+    assert!(e.contains("targets: set either target"), "{e}");
+    let e = error("targets:\n  - registry: r.example\nimages: [nginx]\n");
+    assert!(
+        e.contains("targets[0].name: every element of targets needs a name"),
+        "{e}"
+    );
+    let e =
+        error("targets:\n  - name: a\n    path: /x\n  - name: a\n    path: /y\nimages: [nginx]\n");
+    assert!(
+        e.contains("targets[1].name:") && e.contains("already the name"),
+        "{e}"
+    );
+    let e = error("targets:\n  - name: \"a b\"\n    path: /x\nimages: [nginx]\n");
+    assert!(e.contains("targets[0].name:"), "{e}");
+    let e = error(&format!(
+        "{TWO_TARGETS}images:\n  - source: nginx\n    tags: [\"1\"]\n    targets: [us]\n"
+    ));
+    assert!(
+        e.starts_with("sync.yaml:10:")
+            && e.contains("images[0].targets[0]: \"us\" is not a target name (targets: eu, carry)"),
+        "{e}"
+    );
+    let e = error(&format!(
+        "{TARGET}images:\n  - source: nginx\n    tags: [\"1\"]\n    targets: [eu]\n"
+    ));
+    assert!(
+        e.contains("images[0].targets: names targets, but the config has a single"),
+        "{e}"
+    );
+    let e = error("targets:\n  - name: a\n    path: /x\n    chunk_size: 8MiB\nimages: [nginx]\n");
+    assert!(
+        e.contains("targets[0].chunk_size: applies only to a registry target"),
+        "{e}"
+    );
+    let e = error(&format!("{TWO_TARGETS}spool_size: 0\nimages: [nginx]\n"));
+    assert!(e.contains("spool_size: must be above 0"), "{e}");
 }

@@ -90,10 +90,7 @@ impl Validator<'_> {
             Some(c) => self.in_range(&c, "concurrency", 1, 256)?,
             None => DEFAULT_CONCURRENCY,
         };
-        let Some(raw_target) = raw.target else {
-            return Err(self.missing("target"));
-        };
-        let target = self.target(&raw_target)?;
+        let targets = self.targets(raw.target.as_ref(), raw.targets.as_ref())?;
         let docker_config = self.docker_config(raw.docker_config.as_ref())?;
         let registries = self.registries(raw.registries.unwrap_or_default().0)?;
         let Some(images) = raw.images else {
@@ -106,8 +103,27 @@ impl Validator<'_> {
                 "lists no image; add at least one reference such as busybox:1.36",
             ));
         }
-        let (images, selections) = self.images(&images.value, &target, &registries)?;
-        warn_unused_registries(&registries, &images, &selections);
+        self.check_image_targets(&images.value, &targets)?;
+        let mut plans = Vec::new();
+        for target in targets {
+            let (images, selections) = self.images(&images.value, &target, &registries)?;
+            plans.push(super::TargetPlan {
+                target,
+                images,
+                selections,
+            });
+        }
+        let first = plans[0].clone();
+        let (target, images, selections) = (first.target, first.images, first.selections);
+        let all_items: Vec<_> = plans
+            .iter()
+            .flat_map(|p| p.images.iter().cloned())
+            .collect();
+        let all_selections: Vec<_> = plans
+            .iter()
+            .flat_map(|p| p.selections.iter().cloned())
+            .collect();
+        warn_unused_registries(&registries, &all_items, &all_selections);
         let tag_series = match &raw.tag_series {
             None => TagSeries::All,
             Some(m) => match m.value.trim() {
@@ -133,7 +149,122 @@ impl Validator<'_> {
             images,
             selections,
             tag_series,
+            targets: plans,
+            spool_dir: match &raw.spool_dir {
+                Some(d) => self.path(d, "spool_dir")?,
+                None => std::env::temp_dir(),
+            },
+            spool_size: match &raw.spool_size {
+                Some(v) => {
+                    let n = parse_byte_size(&v.value)
+                        .map_err(|e| self.site.spanned(v, "spool_size", e))?;
+                    if n == 0 {
+                        return Err(self.site.spanned(v, "spool_size", "must be above 0"));
+                    }
+                    n
+                }
+                None => super::DEFAULT_SPOOL_SIZE,
+            },
         })
+    }
+
+    /// `target:` (one target, name optional) or `targets:` (a list, each named, names unique).
+    fn targets(
+        &self,
+        single: Option<&Spanned<RawTarget>>,
+        list: Option<&Spanned<Vec<Spanned<RawTarget>>>>,
+    ) -> Result<Vec<TargetSettings>, ConfigError> {
+        let list = match (single, list) {
+            (Some(_), Some(list)) => {
+                return Err(self.site.spanned(
+                    list,
+                    "targets",
+                    "set either target (one target) or targets (a list), not both",
+                ));
+            }
+            (None, None) => return Err(self.missing("target")),
+            (Some(one), None) => return Ok(vec![self.target(one, "target")?]),
+            (None, Some(list)) => list,
+        };
+        if list.value.is_empty() {
+            return Err(self.site.spanned(
+                list,
+                "targets",
+                "lists no target; add at least one with a name and a registry or path",
+            ));
+        }
+        let mut seen: HashMap<String, Location> = HashMap::new();
+        let mut out = Vec::new();
+        for (i, raw) in list.value.iter().enumerate() {
+            let key = format!("targets[{i}]");
+            let target = self.target(raw, &key)?;
+            let Some(name) = target.name.clone() else {
+                return Err(self.site.spanned(
+                    raw,
+                    format!("{key}.name"),
+                    "every element of targets needs a name (it labels logs and metrics)",
+                ));
+            };
+            if let Some(at) = seen.get(&name) {
+                return Err(self.site.spanned(
+                    raw,
+                    format!("{key}.name"),
+                    format!(
+                        "\"{name}\" is already the name of another target ({})",
+                        self.site.describe(*at, "targets")
+                    ),
+                ));
+            }
+            seen.insert(name, raw.referenced);
+            out.push(target);
+        }
+        Ok(out)
+    }
+
+    /// Every name in an entry's `targets:` is a configured target's.
+    fn check_image_targets(
+        &self,
+        entries: &[Spanned<super::raw::RawImage>],
+        targets: &[TargetSettings],
+    ) -> Result<(), ConfigError> {
+        let names: Vec<&str> = targets.iter().filter_map(|t| t.name.as_deref()).collect();
+        for (i, entry) in entries.iter().enumerate() {
+            let super::raw::RawImage::Full(spec) = &entry.value else {
+                continue;
+            };
+            let Some(list) = &spec.targets else {
+                continue;
+            };
+            let key = format!("images[{i}].targets");
+            if names.is_empty() {
+                return Err(self.site.spanned(
+                    list,
+                    key,
+                    "names targets, but the config has a single `target:`; list them under `targets:` with names",
+                ));
+            }
+            if list.value.is_empty() {
+                return Err(self.site.spanned(
+                    list,
+                    key,
+                    "lists no target; leave it out to send the entry to every target",
+                ));
+            }
+            for (j, t) in list.value.iter().enumerate() {
+                let name = t.value.trim();
+                if !names.contains(&name) {
+                    return Err(self.site.spanned(
+                        t,
+                        format!("{key}[{j}]"),
+                        format!(
+                            "\"{name}\" is not a target name (targets: {})",
+                            names.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn missing(&self, key: &str) -> ConfigError {
@@ -204,20 +335,24 @@ impl Validator<'_> {
         Ok(prefix.to_string())
     }
 
-    fn target(&self, raw: &Spanned<RawTarget>) -> Result<TargetSettings, ConfigError> {
+    fn target(&self, raw: &Spanned<RawTarget>, key: &str) -> Result<TargetSettings, ConfigError> {
         let t = &raw.value;
+        let name = match &t.name {
+            Some(n) => Some(self.target_name(n, &format!("{key}.name"))?),
+            None => None,
+        };
         let kind = match (&t.registry, &t.path) {
             (Some(_), Some(_)) => {
                 return Err(self.site.spanned(
                     raw,
-                    "target",
+                    key,
                     "set exactly one of registry or path, not both",
                 ));
             }
             (None, None) => {
                 return Err(self.site.spanned(
                     raw,
-                    "target",
+                    key,
                     "set exactly one of registry (a registry host) or path (an OCI layout directory)",
                 ));
             }
@@ -226,18 +361,20 @@ impl Validator<'_> {
                 if h.contains("://") {
                     return Err(self.site.spanned(
                         host,
-                        "target.registry",
+                        format!("{key}.registry"),
                         format!("\"{h}\" must be host[:port] without a scheme; use insecure: true for plain HTTP"),
                     ));
                 }
-                validate_registry(h)
-                    .map_err(|e| self.site.spanned(host, "target.registry", e.to_string()))?;
+                validate_registry(h).map_err(|e| {
+                    self.site
+                        .spanned(host, format!("{key}.registry"), e.to_string())
+                })?;
                 TargetKind::Registry(self.endpoint(
                     h.to_string(),
                     t.insecure,
                     t.ca_file.as_ref(),
                     t.auth.as_ref(),
-                    "target",
+                    key,
                 )?)
             }
             (None, Some(path)) => {
@@ -247,27 +384,24 @@ impl Validator<'_> {
                     ("auth", t.auth.is_some()),
                     ("chunk_size", t.chunk_size.is_some()),
                 ];
-                if let Some((key, _)) = registry_only.iter().find(|(_, set)| *set) {
+                if let Some((knob, _)) = registry_only.iter().find(|(_, set)| *set) {
                     return Err(self.site.spanned(
                         raw,
-                        format!("target.{key}"),
-                        "applies only to target.registry, not to target.path",
+                        format!("{key}.{knob}"),
+                        "applies only to a registry target, not to a path (OCI layout) target",
                     ));
                 }
-                TargetKind::Path(self.path(path, "target.path")?)
+                TargetKind::Path(self.path(path, &format!("{key}.path"))?)
             }
         };
         let prefix = match &t.prefix {
-            Some(p) => self.prefix(p, "target.prefix")?,
+            Some(p) => self.prefix(p, &format!("{key}.prefix"))?,
             None => String::new(),
         };
-        let (requests_per_second, burst, bytes_per_second) = self.rate_knobs(
-            &t.requests_per_second,
-            &t.burst,
-            &t.bytes_per_second,
-            "target",
-        )?;
+        let (requests_per_second, burst, bytes_per_second) =
+            self.rate_knobs(&t.requests_per_second, &t.burst, &t.bytes_per_second, key)?;
         Ok(TargetSettings {
+            name,
             kind,
             prefix,
             limits: super::LimitSettings {
@@ -276,13 +410,13 @@ impl Validator<'_> {
                 bytes_per_second,
             },
             concurrency: match &t.concurrency {
-                Some(c) => self.in_range(c, "target.concurrency", 1, 64)?,
+                Some(c) => self.in_range(c, &format!("{key}.concurrency"), 1, 64)?,
                 None => super::DEFAULT_TARGET_CONCURRENCY,
             },
             chunk_size: match &t.chunk_size {
                 Some(v) => {
-                    let key = "target.chunk_size";
-                    let n = parse_byte_size(&v.value).map_err(|e| self.site.spanned(v, key, e))?;
+                    let key = format!("{key}.chunk_size");
+                    let n = parse_byte_size(&v.value).map_err(|e| self.site.spanned(v, &key, e))?;
                     if !(super::MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&n) {
                         return Err(self.site.spanned(
                             v,
@@ -295,6 +429,26 @@ impl Validator<'_> {
                 None => super::DEFAULT_CHUNK_SIZE,
             },
         })
+    }
+
+    /// A target's `name`: a label value and a word in log lines.
+    fn target_name(&self, s: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
+        let name = s.value.trim();
+        let valid = !name.is_empty()
+            && name.len() <= 63
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !valid {
+            return Err(self.site.spanned(
+                s,
+                key,
+                format!(
+                    "\"{name}\" is not a target name: use 1 to 63 letters, digits, '-', '_' or '.'"
+                ),
+            ));
+        }
+        Ok(name.to_string())
     }
 
     fn endpoint(

@@ -9,6 +9,7 @@ use futures_util::stream::BoxStream;
 use tokio::sync::SemaphorePermit;
 
 use super::queue::OWN_CONNECTION;
+use super::spool::Spool;
 use super::upstream::UpstreamRef;
 use super::{Counters, Engine, Mode, SyncError, download};
 use crate::manifest::Descriptor;
@@ -30,6 +31,24 @@ impl Engine {
     /// The per-digest lock makes every other tag that needs this blob wait while it is in
     /// flight, then find it known and mount it: a blob crosses the upstream link once per run.
     pub(super) async fn ensure_blob(
+        &self,
+        upstream: &UpstreamRef,
+        source_repo: &str,
+        target_repo: &str,
+        blob: &Descriptor,
+        counters: &Arc<Counters>,
+    ) -> Result<(), SyncError> {
+        let ensured = self
+            .ensure_blob_here(upstream, source_repo, target_repo, blob, counters)
+            .await;
+        // Copied, found, or given up on: this target needs no spooled copy of it any more.
+        if let Some(spool) = self.hub.spool() {
+            spool.settle(&blob.digest, self.index);
+        }
+        ensured
+    }
+
+    async fn ensure_blob_here(
         &self,
         upstream: &UpstreamRef,
         source_repo: &str,
@@ -66,11 +85,21 @@ impl Engine {
         }
         if self.mode == Mode::Sync {
             self.stop_if_requested()?;
-            let _transfer = upstream.transfers.acquire(blob.size).await;
-            // Taken before the download starts, so no upstream body waits on an idle socket.
-            let _writing = self.target_write_slot().await?;
-            self.stream_from_upstream(upstream, source_repo, target_repo, blob)
-                .await?;
+            let spooled = match self.hub.spool() {
+                Some(spool) => {
+                    let _writing = self.target_write_slot().await?;
+                    self.copy_through_spool(spool, upstream, source_repo, target_repo, blob)
+                        .await?
+                }
+                None => false,
+            };
+            if !spooled {
+                let _transfer = upstream.transfers.acquire(blob.size).await;
+                // Taken before the download starts, so no upstream body waits on an idle socket.
+                let _writing = self.target_write_slot().await?;
+                self.stream_from_upstream(upstream, source_repo, target_repo, blob)
+                    .await?;
+            }
         }
         holders.push(target_repo.to_string());
         counters.copied.fetch_add(1, Ordering::Relaxed);
@@ -198,6 +227,75 @@ impl Engine {
         Err(SyncError::Other(
             last_error.unwrap_or_else(|| "no source for blob".into()),
         ))
+    }
+
+    /// With several targets: the blob from the run's spool, downloaded once for all of them
+    /// (by whichever target asks first) and read by each at its own pace. `false` when the
+    /// spool has no room for it: the caller streams it from upstream itself.
+    async fn copy_through_spool(
+        &self,
+        spool: &Arc<Spool>,
+        upstream: &UpstreamRef,
+        source_repo: &str,
+        target_repo: &str,
+        blob: &Descriptor,
+    ) -> Result<bool, SyncError> {
+        let mut tries = 0;
+        loop {
+            let download = {
+                let (upstream, repository, blob) =
+                    (Arc::clone(upstream), source_repo.to_string(), blob.clone());
+                move |writer| download::into_spool(upstream, repository, blob, writer)
+            };
+            let Some(stream) = spool
+                .open(&blob.digest, blob.size, download)
+                .await
+                .map_err(SyncError::Other)?
+            else {
+                return Ok(false);
+            };
+            let progress = Arc::clone(&self.progress);
+            let stream = stream.map_body(|body| {
+                let counted = body
+                    .inspect(move |piece| {
+                        if let Ok(bytes) = piece {
+                            progress
+                                .bytes
+                                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                        }
+                    })
+                    .boxed();
+                paced(Arc::clone(&self.target_bytes), counted)
+            });
+            let error = match self
+                .target
+                .write_blob(target_repo, &blob.digest, stream, None)
+                .await
+            {
+                Ok(_) => return Ok(true),
+                Err(e) => e,
+            };
+            // The spool can be read again: a refusal the target asks us to retry, a smaller
+            // chunk size, the Docker client's flow, or a download that started over.
+            let again = match &error {
+                TargetError::ShortcutRefused { .. } | TargetError::BodyTooLarge { .. } => true,
+                TargetError::Source(_) => true,
+                TargetError::Registry(e) => {
+                    self.retry.may_retry(tries, e) || (tries == 0 && e.status() == Some(401))
+                }
+                _ => false,
+            };
+            if !again || tries >= MAX_RESTARTS {
+                return Err(error.into());
+            }
+            let delay = match &error {
+                TargetError::Registry(e) => self.retry.delay(tries, e),
+                _ => std::time::Duration::from_millis(100),
+            };
+            tracing::warn!(digest = %blob.digest, repository = target_repo, attempt = tries + 1, error = %error, "blob from the spool not stored; sending it again");
+            tokio::time::sleep(delay).await;
+            tries += 1;
+        }
     }
 
     /// One of the `target.concurrency` blob writes to the target allowed at once.

@@ -111,3 +111,61 @@ pub fn resumable(
     })
     .boxed()
 }
+
+/// Downloads `blob` into the run's spool for every target: from a mirror first, then the
+/// origin, within the host's transfer slots, verified on the way. A source that fails or sends
+/// other bytes is dropped and the next starts the file over.
+pub async fn into_spool(
+    upstream: UpstreamRef,
+    repository: String,
+    blob: crate::manifest::Descriptor,
+    mut writer: super::spool::SpoolWriter,
+) -> Result<(), String> {
+    let _slot = upstream.transfers.acquire(blob.size).await;
+    let mut last_error = None;
+    for source in (0..upstream.source_count()).filter(|s| upstream.usable(*s)) {
+        let client = upstream.source(source);
+        let origin = upstream.is_origin(source);
+        let response = match client
+            .get_blob_from(&repository, &blob.digest, 0, blob.size > OWN_CONNECTION)
+            .await
+        {
+            Ok((response, _)) => response,
+            Err(e) if !origin => {
+                upstream.note_failure(source, &e);
+                last_error = Some(e.to_string());
+                continue;
+            }
+            Err(e) => return Err(upstream.error(e).to_string()),
+        };
+        let body = resumable(
+            std::sync::Arc::clone(&upstream),
+            source,
+            &repository,
+            &blob.digest,
+            blob.size,
+            response,
+        );
+        let mut stream = crate::verify::VerifiedStream::new(body, blob.digest.clone(), blob.size);
+        let written = async {
+            while let Some(piece) = stream.next_chunk().await? {
+                writer.write(&piece).await?;
+            }
+            stream.finish().await
+        }
+        .await;
+        match written {
+            Ok(_) => {
+                tracing::debug!(digest = %blob.digest, bytes = blob.size, from = client.host(), "blob downloaded into the spool");
+                return Ok(());
+            }
+            Err(e) if !origin => {
+                tracing::info!(mirror = client.host(), digest = %blob.digest, error = %e, "download from mirror failed; trying the next source");
+                last_error = Some(e);
+                writer.restart().await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| "no source for blob".into()))
+}

@@ -199,6 +199,26 @@ impl Engine {
         route: Route<'_>,
         digest: &Digest,
     ) -> Result<FetchedManifest, SyncError> {
+        match &self.hub.fan_out {
+            Some(fan_out) => {
+                let key = (
+                    format!("{}/{}", route.upstream.host, route.source_repo),
+                    digest.clone(),
+                );
+                fan_out
+                    .manifest(key, || self.fetch_manifest_once(route, digest))
+                    .await
+            }
+            None => self.fetch_manifest_once(route, digest).await,
+        }
+    }
+
+    /// [`Engine::fetch_manifest`] from upstream, for this engine alone.
+    async fn fetch_manifest_once(
+        &self,
+        route: Route<'_>,
+        digest: &Digest,
+    ) -> Result<FetchedManifest, SyncError> {
         let upstream = route.upstream;
         if let Some(fetched) = upstream.take_prefetched(route.source_repo, digest) {
             return Ok(fetched);

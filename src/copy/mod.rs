@@ -17,6 +17,7 @@
 mod backup;
 mod blobs;
 mod download;
+pub mod hub;
 mod inspect;
 mod ledger;
 mod manifests;
@@ -28,6 +29,7 @@ mod refusals;
 mod rewrite;
 mod select;
 mod single;
+mod spool;
 mod upstream;
 
 use std::collections::HashMap;
@@ -142,9 +144,6 @@ impl Counters {
     }
 }
 
-/// A repository's tag list, fetched on first use.
-type TagListCell = Arc<tokio::sync::OnceCell<Arc<Vec<String>>>>;
-
 /// Everything one run shares.
 pub struct Engine {
     config: Arc<Config>,
@@ -153,9 +152,11 @@ pub struct Engine {
     credentials: CredentialStore,
     observer: Option<Arc<dyn RequestObserver>>,
     retry: RetryPolicy,
-    upstreams: tokio::sync::Mutex<HashMap<String, UpstreamRef>>,
-    /// Tag lists, fetched once per repository per run.
-    tag_lists: std::sync::Mutex<HashMap<String, TagListCell>>,
+    /// What the engines of this run share (upstreams, tag lists; the spool with several
+    /// targets).
+    hub: Arc<hub::Hub>,
+    /// This engine's target among the run's.
+    index: usize,
     blobs: BlobLedger,
     manifests: ManifestLedger,
     /// Manifest bytes held at once, bounded.
@@ -175,6 +176,17 @@ impl Engine {
         config: Arc<Config>,
         mode: Mode,
         observer: Option<Arc<dyn RequestObserver>>,
+    ) -> Result<Self, SyncError> {
+        Engine::sharing(config, mode, observer, Arc::default(), 0).await
+    }
+
+    /// Prepares target `index`'s part of a run whose engines share `hub`.
+    pub async fn sharing(
+        config: Arc<Config>,
+        mode: Mode,
+        observer: Option<Arc<dyn RequestObserver>>,
+        hub: Arc<hub::Hub>,
+        index: usize,
     ) -> Result<Self, SyncError> {
         let retry = RetryPolicy::default();
         let credentials = CredentialStore::load(config.docker_config.as_deref())
@@ -213,8 +225,8 @@ impl Engine {
             credentials,
             observer,
             retry,
-            upstreams: tokio::sync::Mutex::new(HashMap::new()),
-            tag_lists: std::sync::Mutex::new(HashMap::new()),
+            hub,
+            index,
             blobs: BlobLedger::default(),
             manifests: ManifestLedger::default(),
             manifest_budget: ManifestBudget::default(),
@@ -311,6 +323,7 @@ impl Engine {
             stats,
             duration,
             key: item_key(item),
+            target_name: self.config.target.name.clone(),
         }
     }
 
@@ -521,7 +534,7 @@ impl Engine {
 
     /// The upstream for a registry host, built on first use with its settings and credentials.
     async fn upstream(&self, registry: &str) -> Result<UpstreamRef, SyncError> {
-        let mut upstreams = self.upstreams.lock().await;
+        let mut upstreams = self.hub.upstreams.lock().await;
         if let Some(existing) = upstreams.get(registry) {
             return Ok(Arc::clone(existing));
         }

@@ -61,6 +61,7 @@ impl Engine {
                             selection.source.name(),
                             selection.target_repository
                         ),
+                        target_name: self.config.target.name.clone(),
                     };
                     crate::report::tag_finished(&outcome, self.mode == super::Mode::Plan);
                     failures.push(outcome);
@@ -105,7 +106,7 @@ impl Engine {
         upstream.reachable().await?;
         let key = format!("{}/{repository}", upstream.host);
         let cell = {
-            let mut lists = self.tag_lists.lock().unwrap_or_else(|p| p.into_inner());
+            let mut lists = self.hub.tag_lists.lock().unwrap_or_else(|p| p.into_inner());
             Arc::clone(lists.entry(key).or_default())
         };
         cell.get_or_try_init(|| async {

@@ -14,6 +14,9 @@ use crate::registry::{
     RequestObserver, RetryPolicy, Usage, is_schema1, mirror_endpoint,
 };
 
+/// A tag's resolution, shared by the targets of a run.
+type ResolvedCell = Arc<tokio::sync::OnceCell<Result<Digest, Arc<SyncError>>>>;
+
 /// One upstream host.
 pub struct Upstream {
     /// The registry name from the reference (`docker.io`), used in messages and metrics.
@@ -31,6 +34,8 @@ pub struct Upstream {
     /// Manifests fetched by tag while resolving it (no usable HEAD, or no digest on it), kept
     /// by (repository, digest) so the copy does not GET them a second time.
     pub prefetched: Mutex<HashMap<(String, Digest), FetchedManifest>>,
+    /// What each tag resolved to this run: every target asks, upstream is asked once.
+    resolved: Mutex<HashMap<(String, String), ResolvedCell>>,
     /// The origin's `GET /v2/` probe, made once per run: `Err` is the short reason every tag of
     /// an unreachable host fails with.
     probed: tokio::sync::OnceCell<Result<(), String>>,
@@ -93,6 +98,7 @@ impl Upstream {
             transfers: TransferSlots::new(settings.concurrency),
             reserve: u64::from(settings.rate_limit_reserve.unwrap_or(0)),
             prefetched: Default::default(),
+            resolved: Default::default(),
             probed: tokio::sync::OnceCell::new(),
             changed_tags: Default::default(),
             bulk_opened: Default::default(),
@@ -209,6 +215,21 @@ impl Upstream {
     /// `GET /v2/` ping (see `RegistryClient::head_in_place_of_ping`); the host is known
     /// reachable, or not, before any other request.
     pub async fn resolve(&self, repository: &str, tag: &str) -> Result<Digest, SyncError> {
+        let cell = {
+            let mut resolved = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(
+                resolved
+                    .entry((repository.to_string(), tag.to_string()))
+                    .or_default(),
+            )
+        };
+        cell.get_or_init(|| async { self.resolve_once(repository, tag).await.map_err(Arc::new) })
+            .await
+            .clone()
+            .map_err(SyncError::Shared)
+    }
+
+    async fn resolve_once(&self, repository: &str, tag: &str) -> Result<Digest, SyncError> {
         let learned = self.origin.learned();
         let mut head_missing = false;
         let probe = learned.head_probe().await;

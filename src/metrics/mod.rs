@@ -190,6 +190,8 @@ pub struct Metrics {
     run_tags_failed: IntGaugeVec,
     upload_flow: IntGaugeVec,
     tags: Mutex<Tags>,
+    /// One per named target of a run over several (`target_name` label).
+    children: Mutex<Vec<(String, Arc<Metrics>)>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -227,7 +229,26 @@ fn process_start_time() -> f64 {
 impl Metrics {
     /// A fresh set of metrics, shared: the always-present series at 0, the others absent.
     pub fn new() -> Arc<Metrics> {
-        let r = Registry::new();
+        Arc::new(Metrics::on(Registry::new()))
+    }
+
+    /// The metrics of one named target of a run over several: its series carry
+    /// `target_name="<name>"` and are rendered with this set's (see [`PROCESS_WIDE`]).
+    pub fn for_target(&self, name: &str) -> Arc<Metrics> {
+        let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, child)) = children.iter().find(|(n, _)| n == name) {
+            return Arc::clone(child);
+        }
+        let labels =
+            std::collections::HashMap::from([("target_name".to_string(), name.to_string())]);
+        // A target name is checked at config load to be a valid label value.
+        let registry = Registry::new_custom(None, Some(labels)).unwrap_or_default();
+        let child = Arc::new(Metrics::on(registry));
+        children.push((name.to_string(), Arc::clone(&child)));
+        child
+    }
+
+    fn on(r: Registry) -> Metrics {
         let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
             register(
                 &r,
@@ -369,6 +390,7 @@ impl Metrics {
                 &["registry", "flow"],
             ),
             tags: Mutex::new(Tags::default()),
+            children: Mutex::default(),
             registry: r,
         };
         m.process_start.set(process_start_time());
@@ -381,7 +403,7 @@ impl Metrics {
         for action in BlobAction::ALL {
             m.blobs.with_label_values(&[action.as_str()]);
         }
-        Arc::new(m)
+        m
     }
 
     fn tags(&self) -> MutexGuard<'_, Tags> {
@@ -462,6 +484,13 @@ impl Metrics {
         self.run_counts
             .end_run(&self.blobs, &self.bytes_copied, &self.http_requests);
         self.runs.with_label_values(&[result.as_str()]).inc();
+    }
+
+    /// Ends a pass over several targets for the process-wide per-run gauges
+    /// (`mirrorsync_run_http_requests`); each target's metrics count their own pass.
+    pub fn count_pass_requests(&self) {
+        self.run_counts
+            .end_run(&self.blobs, &self.bytes_copied, &self.http_requests);
     }
 
     /// Seeds `mirrorsync_run_last_success_timestamp_seconds`, e.g. from state persisted by an
@@ -546,13 +575,58 @@ impl Metrics {
 
     /// Renders every metric in the text exposition format 0.0.4.
     pub fn render(&self) -> String {
-        let families = self.registry.gather();
+        let families = self.gather();
         // Encoding our own well-formed families into a String cannot fail.
         prometheus::TextEncoder::new()
             .encode_to_string(&families)
             .unwrap_or_default()
     }
 }
+
+impl Metrics {
+    /// This set's families, with its targets' merged in: with named targets, only the
+    /// [`PROCESS_WIDE`] families come from this set, everything else from the targets.
+    fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let mut families = self.registry.gather();
+        let children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+        if children.is_empty() {
+            return families;
+        }
+        families.retain(|f| PROCESS_WIDE.contains(&f.name()));
+        for (_, child) in children.iter() {
+            for mut family in child.registry.gather() {
+                if PROCESS_WIDE.contains(&family.name()) {
+                    continue;
+                }
+                match families.iter_mut().find(|f| f.name() == family.name()) {
+                    Some(existing) => {
+                        for m in family.take_metric() {
+                            existing.mut_metric().push(m);
+                        }
+                    }
+                    None => families.push(family),
+                }
+            }
+        }
+        families.sort_by(|a, b| a.name().cmp(b.name()));
+        families
+    }
+}
+
+/// Families about the process and the registries it talks to, not about one target: with
+/// several targets they have no `target_name` label.
+const PROCESS_WIDE: [&str; 10] = [
+    PROCESS_START,
+    SKIPPED_PASSES,
+    CONFIG_RELOAD_OK,
+    CONFIG_RELOAD_TIME,
+    HTTP_REQUESTS,
+    RUN_HTTP_REQUESTS,
+    RATELIMIT_REMAINING,
+    RATELIMIT_SEEN,
+    REQUEST_WINDOW,
+    REQUEST_PACE,
+];
 
 #[cfg(test)]
 mod tests {

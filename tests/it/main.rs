@@ -9,6 +9,7 @@ mod common;
 
 mod big_layer;
 mod config_errors;
+mod fan_out;
 mod faults;
 mod harness;
 mod hostile;

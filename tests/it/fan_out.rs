@@ -1,0 +1,265 @@
+//! One pull, several targets (`targets:`): every upstream blob and manifest crosses the link
+//! once per run however many targets need it, each target is diffed and written on its own, and
+//! a target that is down fails only its own tags. Counted at the upstream's access log, checked
+//! at each target directly.
+
+use crate::common;
+
+use common::*;
+
+/// An index of two platforms sharing a base layer, a Docker image on the same base, and a big
+/// layer: the tags to sync.
+async fn seed(upstream: &Registry) -> Vec<String> {
+    let base = layer(200, 90_000);
+    let amd = push_image(
+        upstream,
+        "library/web",
+        None,
+        ImageSpec::new(Format::Oci, vec![base.clone(), layer(201, 9_000)]),
+    )
+    .await;
+    let arm = push_image(
+        upstream,
+        "library/web",
+        None,
+        ImageSpec::new(Format::Oci, vec![base.clone(), layer(202, 9_000)]).platform("linux/arm64"),
+    )
+    .await;
+    push_index(
+        upstream,
+        "library/web",
+        "1.26",
+        Format::Oci,
+        &[(amd, None), (arm, None)],
+    )
+    .await;
+    push_image(
+        upstream,
+        "library/worker",
+        "2",
+        ImageSpec::new(Format::Docker, vec![base, layer(203, 3_000_000)]),
+    )
+    .await;
+    vec![
+        upstream.image_ref("library/web", "1.26"),
+        upstream.image_ref("library/worker", "2"),
+    ]
+}
+
+/// A config with one target per registry, named `a`, `b`, `c`...
+fn fan_out_config(
+    dir: &std::path::Path,
+    upstream: &Registry,
+    targets: &[&Registry],
+    extra: &str,
+    images: &[String],
+) -> std::path::PathBuf {
+    let mut yaml = String::from("targets:\n");
+    for (i, target) in targets.iter().enumerate() {
+        let name = (b'a' + i as u8) as char;
+        yaml.push_str(&format!(
+            "  - name: {name}\n    registry: \"{}\"\n    insecure: true\n    prefix: mirror\n",
+            target.host()
+        ));
+    }
+    yaml.push_str(extra);
+    yaml.push_str(&format!(
+        "registries:\n  \"{}\":\n    insecure: true\nimages:\n",
+        upstream.host()
+    ));
+    for image in images {
+        yaml.push_str(&format!("  - {image}\n"));
+    }
+    write_config(dir, &yaml)
+}
+
+/// Every blob GET in `log` is for a distinct digest; their number.
+fn distinct_blob_gets(log: &[Access]) -> usize {
+    let gets: Vec<String> = log
+        .iter()
+        .filter(|a| a.method == "GET" && a.kind() == Some("blobs"))
+        .filter_map(|a| a.reference())
+        .collect();
+    let mut unique = gets.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        gets.len(),
+        unique.len(),
+        "a blob was pulled twice:\n{}",
+        log.dump()
+    );
+    unique.len()
+}
+
+async fn assert_mirrored(upstream: &Registry, target: &Registry) {
+    for (repo, tag) in [("library/web", "1.26"), ("library/worker", "2")] {
+        assert_eq!(
+            head_manifest(target, &format!("mirror/{repo}"), tag).await,
+            head_manifest(upstream, repo, tag).await,
+            "{} mirror/{repo}:{tag}",
+            target.host()
+        );
+        assert_image_complete(target, &format!("mirror/{repo}"), tag).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_targets_pull_each_blob_and_manifest_once() {
+    let upstream = Registry::start().await;
+    let (a, b, c) = (
+        Registry::start().await,
+        Registry::start().await,
+        Registry::start().await,
+    );
+    let images = seed(&upstream).await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    let extra = format!("spool_dir: \"{}\"\n", spool.display());
+    let config = fan_out_config(dir.path(), &upstream, &[&a, &b, &c], &extra, &images);
+    let metrics = dir.path().join("metrics.prom");
+
+    let mark = upstream.log_mark().await;
+    let out = sync_once_with_metrics_file(&config, &metrics).await;
+    out.assert_code(0);
+    let log = upstream.access_log_since(mark).await;
+    // base, two platform layers, the big layer, three configs: each pulled once for three targets.
+    assert_eq!(distinct_blob_gets(&log), 7, "{}", log.dump());
+    // The index, its two children, the Docker image: each manifest fetched once.
+    assert_eq!(log.manifest_gets(None), 4, "{}", log.dump());
+    for target in [&a, &b, &c] {
+        assert_mirrored(&upstream, target).await;
+    }
+    // Lines say which target each tag went to.
+    for name in ["a", "b", "c"] {
+        assert!(
+            out.stdout
+                .contains(&format!("-> [{name}] mirror/library/worker:2")),
+            "{}",
+            out.stdout
+        );
+    }
+    // The spool is gone when the run ends.
+    assert_eq!(std::fs::read_dir(&spool).unwrap().count(), 0);
+    // Per-target series carry the target's name.
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    for name in ["a", "b", "c"] {
+        assert!(
+            text.contains(&format!(
+                "mirrorsync_run_tags{{result=\"synced\",target_name=\"{name}\"}} 2"
+            )),
+            "{text}"
+        );
+    }
+
+    // A second run: one HEAD per tag upstream (not one per tag and target), nothing pulled.
+    let mark = upstream.log_mark().await;
+    sync_once_with_metrics_file(&config, &metrics)
+        .await
+        .assert_code(0);
+    let log = upstream.access_log_since(mark).await;
+    assert_eq!(log.manifest_heads(None), 2, "{}", log.dump());
+    assert_eq!(log.manifest_gets(None), 0, "{}", log.dump());
+    assert_eq!(distinct_blob_gets(&log), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_target_that_is_down_fails_only_its_own_tags() {
+    let upstream = Registry::start().await;
+    let a = Registry::start().await;
+    let mut b = Registry::start().await;
+    let c = Registry::start().await;
+    let images = seed(&upstream).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = fan_out_config(dir.path(), &upstream, &[&a, &b, &c], "", &images);
+    b.kill();
+
+    let mark = upstream.log_mark().await;
+    let out = mirrorsync(&["sync", "--once", "--config", &config.display().to_string()]).await;
+    out.assert_code(1);
+    assert!(
+        out.stdout.contains("FAILED docker") || out.stdout.contains("FAILED 127.0.0.1"),
+        "{}",
+        out.stdout
+    );
+    let failed: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("FAILED"))
+        .collect();
+    assert_eq!(failed.len(), 2, "{}", out.stdout);
+    assert!(
+        failed.iter().all(|l| l.contains("-> [b] ")),
+        "{}",
+        out.stdout
+    );
+    assert_mirrored(&upstream, &a).await;
+    assert_mirrored(&upstream, &c).await;
+    // The two live targets still shared one pull.
+    let log = upstream.access_log_since(mark).await;
+    assert_eq!(distinct_blob_gets(&log), 7, "{}", log.dump());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_entry_goes_only_to_the_targets_it_names() {
+    let upstream = Registry::start().await;
+    let (a, b) = (Registry::start().await, Registry::start().await);
+    push_image(
+        &upstream,
+        "library/only",
+        "1",
+        ImageSpec::new(Format::Oci, vec![layer(210, 2_000)]),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "targets:\n  - name: a\n    registry: \"{}\"\n    insecure: true\n  - name: b\n    registry: \"{}\"\n    insecure: true\n    prefix: other\nregistries:\n  \"{}\":\n    insecure: true\nimages:\n  - source: {}\n    targets: [b]\n",
+        a.host(),
+        b.host(),
+        upstream.host(),
+        upstream.image_ref("library/only", "1"),
+    );
+    let config = write_config(dir.path(), &yaml);
+    mirrorsync(&["sync", "--once", "--config", &config.display().to_string()])
+        .await
+        .assert_code(0);
+    assert_eq!(head_manifest(&a, "library/only", "1").await, None);
+    assert_eq!(
+        head_manifest(&b, "other/library/only", "1").await,
+        head_manifest(&upstream, "library/only", "1").await,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blob_larger_than_spool_size_is_pulled_by_each_target() {
+    let upstream = Registry::start().await;
+    let (a, b) = (Registry::start().await, Registry::start().await);
+    let images = seed(&upstream).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Room for the small blobs, not for the 3 MB layer.
+    let config = fan_out_config(
+        dir.path(),
+        &upstream,
+        &[&a, &b],
+        "spool_size: 1MiB\n",
+        &images,
+    );
+    let mark = upstream.log_mark().await;
+    let out = mirrorsync(&["sync", "--once", "--config", &config.display().to_string()]).await;
+    out.assert_code(0);
+    let log = upstream.access_log_since(mark).await;
+    let gets: Vec<String> = log
+        .iter()
+        .filter(|a| a.method == "GET" && a.kind() == Some("blobs"))
+        .filter_map(|a| a.reference())
+        .collect();
+    let mut unique = gets.clone();
+    unique.sort();
+    unique.dedup();
+    // The big layer twice (once per target), every other blob once.
+    assert_eq!(gets.len(), unique.len() + 1, "{}", log.dump());
+    assert!(out.stderr.contains("spool_size"), "{}", out.stderr);
+    assert_mirrored(&upstream, &a).await;
+    assert_mirrored(&upstream, &b).await;
+}

@@ -612,7 +612,7 @@ fn key_paths(value: &Value, prefix: &str, out: &mut BTreeSet<String>) {
 async fn the_readme_example_has_the_keys_of_a_real_report() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
         .expect("README.md");
-    let marker = "The run report of a real run";
+    let marker = "report of a real run";
     let after = &readme[readme
         .find(marker)
         .expect("README has the run report example")..];

@@ -632,3 +632,70 @@ async fn the_readme_example_has_the_keys_of_a_real_report() {
     key_paths(&real, "", &mut got);
     assert_eq!(want, got, "README example keys vs a real report's");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_report_that_cannot_be_written_at_the_end_fails_the_run_naming_the_file() {
+    let upstream = Registry::start().await;
+    let proxy = Proxy::start(&upstream).await;
+    let target = Registry::start().await;
+    push_image(
+        &upstream,
+        "team/web",
+        "1",
+        ImageSpec::new(Format::Oci, vec![layer(1, 3_000)]),
+    )
+    .await;
+    // The manifest GET waits 3 s: the run is in progress while the report's directory goes.
+    proxy.add(Rule::new(
+        "GET /v2/team/web/manifests/*",
+        Action::Stall(Duration::from_secs(3)),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "target:\n  registry: \"{}\"\n  insecure: true\nregistries:\n  \"{}\":\n    insecure: true\nimages:\n  - {}\n",
+            target.host(),
+            proxy.host(),
+            proxy.image_ref("team/web", "1")
+        ),
+    );
+    let reports = dir.path().join("reports");
+    std::fs::create_dir(&reports).unwrap();
+    let path = reports.join("report.json");
+    let child = tokio::process::Command::new(bin_path())
+        .args(["sync", "--once", "--config", &config.display().to_string()])
+        .args(["--report", &path.display().to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn mirrorsync");
+    let started = Instant::now();
+    while !proxy
+        .seen()
+        .iter()
+        .any(|r| r.is("GET", "manifests", Some("team/web")))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no manifest GET"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::fs::remove_dir(&reports).unwrap();
+    let raw = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("exits")
+        .expect("wait");
+    let stderr = String::from_utf8_lossy(&raw.stderr);
+    // The tag itself was synced; the run fails for the report alone.
+    assert!(head_manifest(&target, "team/web", "1").await.is_some());
+    assert_eq!(raw.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("could not write the run report")
+            && stderr.contains(&path.display().to_string()),
+        "{stderr}"
+    );
+}

@@ -699,3 +699,25 @@ async fn a_report_that_cannot_be_written_at_the_end_fails_the_run_naming_the_fil
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oci_layout_target_is_reported_as_skopeo_reads_it() {
+    let upstream = Registry::start().await;
+    two_images(&upstream).await;
+    let layout = tempfile::tempdir().unwrap();
+    let s = Scenario::registry_to_layout(&upstream, layout.path(), &refs(&upstream));
+    let path = s.dir.path().join("report.json");
+    let out = run_with_report(&["sync", "--once", "--config", &s.config_arg()], &path).await;
+    out.assert_code(0);
+    let report = read_report(&path, &out);
+    assert_totals_add_up(&report);
+    for (repo, tag) in [("team/web", "1"), ("team/api", "2")] {
+        let e = entry(&report, &format!("{repo}:{tag}"));
+        let at = format!("oci:{}/{repo}:{tag}", layout.path().display());
+        assert_eq!(e["target"], at.as_str());
+        assert_eq!(e["result"], "new");
+        // The digest the layout holds (Docker manifests are converted to OCI there).
+        let held = sha256_digest(&skopeo_inspect_raw(&at, &[]).await);
+        assert_eq!(e["newDigest"], held.as_str(), "{repo}");
+    }
+}

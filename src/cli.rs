@@ -108,6 +108,10 @@ pub struct SyncArgs {
     /// and long passes that make progress keep it healthy: alert on the metrics for those.
     #[arg(long, value_parser = parse_duration, default_value = "30m")]
     pub liveness_timeout: Duration,
+    /// With --once: write the run report, one JSON document (schema in the README), to this
+    /// file, atomically, whatever the end of the run (cut short, failed to start).
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
 }
 
 impl SyncArgs {
@@ -120,6 +124,7 @@ impl SyncArgs {
                 self.pushgateway.is_some(),
             ),
             ("--metrics-file", self.metrics_file.is_some()),
+            ("--report", self.report.is_some()),
         ];
         let daemon_only = [
             ("--metrics-addr", self.metrics_addr.is_some()),
@@ -153,6 +158,10 @@ pub struct PlanArgs {
     pub config: ConfigArg,
     #[command(flatten)]
     pub shard: ShardArg,
+    /// Write what a sync would do as the run report, one JSON document (schema in the
+    /// README), to this file, atomically.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -9,6 +9,7 @@ use crate::copy::Mode;
 use crate::history::{History, PushgatewayGroup};
 use crate::report::EXIT_DEFERRED;
 use crate::run::PassOptions;
+use crate::run_report::{ReportCommand, ReportFile};
 use crate::shard::Shard;
 use crate::signals::RunControl;
 use crate::{cli, copy, daemon, metrics, run, signals};
@@ -27,11 +28,14 @@ pub async fn sync(config: Config, args: cli::SyncArgs, progress: bool) -> i32 {
         eprintln!("error: {e}");
         return 2;
     }
+    let Some(file) = open_report(args.report.as_deref(), ReportCommand::Sync) else {
+        return 2;
+    };
     let shard = match shard_of(args.shard.shard) {
         Ok(s) => s,
         Err(e) => {
             crate::report::fatal(&e);
-            return 2;
+            return file.write_error(&e, 2).await;
         }
     };
     if !args.once && args.deferred_exit_code.is_some() {
@@ -92,6 +96,7 @@ pub async fn sync(config: Config, args: cli::SyncArgs, progress: bool) -> i32 {
         },
         activity: None,
     };
+    let location = crate::run_report::target_location(&config.target.kind);
     let code = match run::run_pass(&config, &options, &metrics).await {
         Ok(report) => {
             print!("{}", report.render_end());
@@ -106,12 +111,12 @@ pub async fn sync(config: Config, args: cli::SyncArgs, progress: bool) -> i32 {
                 )
             };
             report.log_summary(code);
-            code
+            file.write_run(&report, code, &|_| location.clone()).await
         }
         Err(e) => {
             crate::report::fatal(&e);
             metrics.count_pass(metrics::PassResult::Failed);
-            1
+            file.write_error(&e, 1).await
         }
     };
     export_metrics(&metrics, &args, shard).await;
@@ -172,11 +177,14 @@ async fn export_metrics(
 
 /// `mirrorsync plan`: what a sync would do; writes nothing anywhere.
 pub async fn plan(config: Config, args: cli::PlanArgs, progress: bool) -> i32 {
+    let Some(file) = open_report(args.report.as_deref(), ReportCommand::Plan) else {
+        return 2;
+    };
     let shard = match shard_of(args.shard.shard) {
         Ok(s) => s,
         Err(e) => {
             crate::report::fatal(&e);
-            return 2;
+            return file.write_error(&e, 2).await;
         }
     };
     let options = PassOptions {
@@ -187,18 +195,27 @@ pub async fn plan(config: Config, args: cli::PlanArgs, progress: bool) -> i32 {
         history: History::default(),
         activity: None,
     };
+    let location = crate::run_report::target_location(&config.target.kind);
     match run::run_pass(&config, &options, &metrics::Metrics::new()).await {
         Ok(report) => {
             print!("{}", report.render_end());
             let code = report.exit_code();
             report.log_summary(code);
-            code
+            file.write_run(&report, code, &|_| location.clone()).await
         }
         Err(e) => {
             crate::report::fatal(&e);
-            1
+            file.write_error(&e, 1).await
         }
     }
+}
+
+/// The `--report` file, checked before the run; `None` (after saying why) when it cannot be
+/// written: a usage error.
+fn open_report(path: Option<&std::path::Path>, command: ReportCommand) -> Option<ReportFile> {
+    ReportFile::open(path, command)
+        .map_err(|e| crate::report::fatal(format!("{e}; the run did not start")))
+        .ok()
 }
 
 /// `mirrorsync check`: the configuration already loaded; with `connect`, prove what a sync

@@ -17,7 +17,7 @@
 //! [`daemon`] runs passes on the config's cron [`schedule`]; [`tags`] chooses tags from a
 //! repository's tag list. [`commands`] are what `main` calls; [`signals`] says how a run is
 //! stopped. [`outcome`] holds how each tag ended, the data [`report`], [`metrics`] and [`state`]
-//! read.
+//! read; [`run_report`] writes them as the JSON document of `--report`.
 
 pub mod atomic_file;
 pub mod cli;
@@ -35,6 +35,7 @@ pub mod reference;
 pub mod registry;
 pub mod report;
 pub mod run;
+pub mod run_report;
 pub mod schedule;
 pub mod shard;
 pub mod signals;

@@ -5,8 +5,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use mirrorsync::cli::{Cli, Command, LogFormat};
 use mirrorsync::config::Config;
+use mirrorsync::run_report::{ReportCommand, ReportFile};
 
 fn main() -> ExitCode {
+    let started = std::time::SystemTime::now();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
@@ -24,7 +26,9 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             mirrorsync::report::fatal(&e);
-            return ExitCode::from(2);
+            // A pipeline that asked for a run report gets one, with the error.
+            let code = report_file(&cli.command, started).write_error_blocking(&e.to_string(), 2);
+            return ExitCode::from(u8::try_from(code).unwrap_or(2));
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -48,6 +52,16 @@ fn main() -> ExitCode {
     // Transfers abandoned after a grace period must not hold the process open.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// The `--report` file of `sync` and `plan` (none for `check`).
+fn report_file(command: &Command, started: std::time::SystemTime) -> ReportFile {
+    let (path, kind) = match command {
+        Command::Sync(a) if a.once => (a.report.as_deref(), ReportCommand::Sync),
+        Command::Plan(a) => (a.report.as_deref(), ReportCommand::Plan),
+        _ => (None, ReportCommand::Sync),
+    };
+    ReportFile::started_at(path, kind, started)
 }
 
 /// A command line clap refuses (exit 2), or `--help`/`--version` (exit 0, on stdout). With

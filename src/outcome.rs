@@ -88,6 +88,8 @@ pub struct TagOutcome {
     pub source: String,
     /// Where it lands: repository and tag, or digest for a digest pin.
     pub target: TargetImage,
+    /// The `name` of the target it went to; `None` for a single unnamed `target:`.
+    pub target_name: Option<String>,
     pub result: TagResult,
     pub stats: CopyStats,
     pub duration: Duration,

@@ -199,6 +199,7 @@ mod tests {
         TagOutcome {
             source: key.into(),
             target: crate::reference::TargetImage::tag("repo", key),
+            target_name: None,
             result: if failed {
                 TagResult::Failed {
                     error: "x".into(),
@@ -250,6 +251,7 @@ mod tests {
         let synced = |target| TagOutcome {
             source: "up/app".into(),
             target,
+            target_name: None,
             result: TagResult::Synced {
                 digest: digest.clone(),
                 previous: None,

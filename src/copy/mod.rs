@@ -319,6 +319,7 @@ impl Engine {
         TagOutcome {
             source: item.source.to_string(),
             target: target_image(item),
+            target_name: None,
             result,
             stats,
             duration,

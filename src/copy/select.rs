@@ -50,6 +50,7 @@ impl Engine {
                             repository: selection.target_repository.clone(),
                             reference: TargetReference::Selection,
                         },
+                        target_name: None,
                         result: TagResult::Failed {
                             error: e.to_string(),
                             cause: Default::default(),

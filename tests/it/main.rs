@@ -24,6 +24,7 @@ mod prune_safety;
 mod rate_limits;
 mod refusing_targets;
 mod rotating_credentials;
+mod run_report;
 mod schedule_forms;
 mod selection;
 mod series_modes;

@@ -88,6 +88,8 @@ const COVERAGE: &[(&str, &[&str])] = &[
     ("sync --metrics-file", &["observability::textfile_and_metrics_endpoint_pass_promtool", "target_limits::flags_that_do_nothing_in_a_mode_are_usage_errors"]),
     ("sync --metrics-addr", &["observability::textfile_and_metrics_endpoint_pass_promtool", "target_limits::flags_that_do_nothing_in_a_mode_are_usage_errors"]),
     ("sync --run-now", &["observability::daemon_runs_passes_skips_overlaps_reloads_on_sighup_and_stops_on_sigterm", "target_limits::flags_that_do_nothing_in_a_mode_are_usage_errors"]),
+    ("sync --report", &["run_report::a_cold_sync_reports_each_tag_as_the_target_holds_it", "run_report::sigterm_mid_run_leaves_a_whole_report_with_the_rest_deferred", "run_report::a_report_path_that_cannot_be_written_stops_the_run_before_any_request"]),
+    ("plan --report", &["run_report::plan_reports_new_and_updated_tags_and_writes_nothing_to_the_target"]),
     ("check --connect", &["preflight::check_connect_proves_push_access_with_the_credentials_a_sync_uses", "preflight::check_connect_fails_an_upstream_repository_without_pull_access", "preflight::check_connect_fails_an_unwritable_layout_directory"]),
 ];
 

@@ -96,7 +96,7 @@ pub async fn sync(config: Config, args: cli::SyncArgs, progress: bool) -> i32 {
         },
         activity: None,
     };
-    let location = crate::run_report::target_location(&config.target.kind);
+    let location = crate::run_report::locations(&config);
     let code = match run::run_pass(&config, &options, &metrics).await {
         Ok(report) => {
             print!("{}", report.render_end());
@@ -111,7 +111,7 @@ pub async fn sync(config: Config, args: cli::SyncArgs, progress: bool) -> i32 {
                 )
             };
             report.log_summary(code);
-            file.write_run(&report, code, &|_| location.clone()).await
+            file.write_run(&report, code, &location).await
         }
         Err(e) => {
             crate::report::fatal(&e);
@@ -195,13 +195,13 @@ pub async fn plan(config: Config, args: cli::PlanArgs, progress: bool) -> i32 {
         history: History::default(),
         activity: None,
     };
-    let location = crate::run_report::target_location(&config.target.kind);
+    let location = crate::run_report::locations(&config);
     match run::run_pass(&config, &options, &metrics::Metrics::new()).await {
         Ok(report) => {
             print!("{}", report.render_end());
             let code = report.exit_code();
             report.log_summary(code);
-            file.write_run(&report, code, &|_| location.clone()).await
+            file.write_run(&report, code, &location).await
         }
         Err(e) => {
             crate::report::fatal(&e);

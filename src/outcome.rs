@@ -95,8 +95,6 @@ pub struct TagOutcome {
     pub duration: Duration,
     /// Stable identity across runs (`source -> target`).
     pub key: String,
-    /// The target's `name` in a run over several targets (`None` for a single `target:`).
-    pub target_name: Option<String>,
 }
 
 /// One tag pruned (or, in `plan`, to prune).

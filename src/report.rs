@@ -65,12 +65,12 @@ pub fn tag_finished(tag: &TagOutcome, planned: bool) {
             let current = previous.as_ref().map(|d| d.to_string());
             if planned {
                 tracing::info!(
-                    %source, %target, target_name = tag.target_name.as_deref(), target_name = tag.target_name.as_deref(), %digest, current, result, duration_ms = ms, "would sync"
+                    %source, %target, target_name = tag.target_name.as_deref(), %digest, current, result, duration_ms = ms, "would sync"
                 );
             } else {
                 let s = &tag.stats;
                 tracing::info!(
-                    %source, %target, target_name = tag.target_name.as_deref(), target_name = tag.target_name.as_deref(), %digest, previous = current, result,
+                    %source, %target, target_name = tag.target_name.as_deref(), %digest, previous = current, result,
                     blobs_copied = s.copied, bytes_copied = s.copied_bytes,
                     blobs_mounted = s.mounted, blobs_present = s.present,
                     duration_ms = ms, "tag synced"

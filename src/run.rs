@@ -103,7 +103,7 @@ pub async fn run_pass(
     if hub.spool_overflows() > 0 {
         tracing::warn!(
             blobs = hub.spool_overflows(),
-            "blobs did not fit in spool_size and were pulled once per target"
+            "blobs were not spooled (larger than the room left in spool_size, or spool_dir not writable) and were pulled once per target"
         );
     }
     metrics.count_pass_requests();

@@ -190,6 +190,22 @@ pub fn target_location(kind: &TargetKind) -> String {
     }
 }
 
+/// Where each target of `config` lives, by target name (`None`: a single unnamed target).
+pub fn locations(config: &crate::config::Config) -> impl Fn(Option<&str>) -> String + use<> {
+    let known: Vec<(Option<String>, String)> = config
+        .targets
+        .iter()
+        .map(|p| (p.target.name.clone(), target_location(&p.target.kind)))
+        .collect();
+    move |name| {
+        known
+            .iter()
+            .find(|(n, _)| n.as_deref() == name)
+            .map(|(_, l)| l.clone())
+            .unwrap_or_default()
+    }
+}
+
 /// The report file of one run (a no-op without `--report`).
 #[derive(Debug)]
 pub struct ReportFile {

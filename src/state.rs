@@ -211,7 +211,6 @@ mod tests {
             stats: CopyStats::default(),
             duration: std::time::Duration::ZERO,
             key: key.into(),
-            target_name: None,
         }
     }
 
@@ -259,7 +258,6 @@ mod tests {
             stats: CopyStats::default(),
             duration: std::time::Duration::ZERO,
             key: "k".into(),
-            target_name: None,
         };
         let mut state = State::default();
         state.record(

@@ -234,7 +234,7 @@ fn unknown_top_level_key() {
     assert_eq!(
         error(&format!("{TARGET}images: [nginx]\nimagez: [redis]\n")),
         "sync.yaml:4:1: imagez: unknown key (expected one of schedule, timezone, concurrency, \
-         target, docker_config, registries, images, tag_series)"
+         target, targets, docker_config, registries, images, tag_series, spool_dir, spool_size)"
     );
 }
 
@@ -242,7 +242,7 @@ fn unknown_top_level_key() {
 fn unknown_nested_key() {
     assert_eq!(
         error("target:\n  path: /m\n  regisry: r.example\nimages: [nginx]\n"),
-        "sync.yaml:3:3: target.regisry: unknown key (expected one of registry, path, prefix, \
+        "sync.yaml:3:3: target.regisry: unknown key (expected one of name, registry, path, prefix, \
          insecure, ca_file, auth, requests_per_second, burst, bytes_per_second, concurrency, \
          chunk_size)"
     );
@@ -250,7 +250,7 @@ fn unknown_nested_key() {
         error(&format!(
             "{TARGET}images:\n  - source: redis\n    tag: [a]\n"
         )),
-        "sync.yaml:5:5: images[0].tag: unknown key (expected one of source, tags, platforms, platforms_mode, target, immutable, referrers, backup_tag, prune)"
+        "sync.yaml:5:5: images[0].tag: unknown key (expected one of source, tags, platforms, platforms_mode, target, targets, immutable, referrers, backup_tag, prune)"
     );
     assert_eq!(
         error(&format!(

@@ -69,10 +69,13 @@ pub(super) struct FanOut {
     manifests: Mutex<SharedManifests>,
 }
 
+/// A manifest fetched once for every target.
+type ManifestCell = Arc<tokio::sync::OnceCell<FetchedManifest>>;
+
 #[derive(Default)]
 struct SharedManifests {
     /// (host/repository, digest) -> the manifest and the targets that took it.
-    entries: HashMap<(String, Digest), (Arc<tokio::sync::OnceCell<FetchedManifest>>, usize)>,
+    entries: HashMap<(String, Digest), (ManifestCell, usize)>,
     bytes: usize,
 }
 

@@ -319,12 +319,11 @@ impl Engine {
         TagOutcome {
             source: item.source.to_string(),
             target: target_image(item),
-            target_name: None,
+            target_name: self.config.target.name.clone(),
             result,
             stats,
             duration,
             key: item_key(item),
-            target_name: self.config.target.name.clone(),
         }
     }
 

@@ -50,7 +50,6 @@ impl Engine {
                             repository: selection.target_repository.clone(),
                             reference: TargetReference::Selection,
                         },
-                        target_name: None,
                         result: TagResult::Failed {
                             error: e.to_string(),
                             cause: Default::default(),

@@ -74,8 +74,11 @@ pub struct Spool {
     limit: u64,
     targets: usize,
     shelf: Mutex<Shelf>,
-    /// Blobs that did not fit and were streamed by each target on its own.
+    /// Blobs that did not fit (or found `spool_dir` unwritable) and were streamed by each
+    /// target on its own.
     pub(super) overflowed: AtomicUsize,
+    /// `spool_dir` could not be written (said once).
+    unusable: std::sync::atomic::AtomicBool,
 }
 
 /// Where a download writes a blob: the spool file, and the readers following it.
@@ -133,6 +136,7 @@ impl Spool {
             targets,
             shelf: Mutex::default(),
             overflowed: AtomicUsize::new(0),
+            unusable: Default::default(),
         }
     }
 
@@ -164,7 +168,11 @@ impl Spool {
                     Err(e) => {
                         entry.fill.send_replace(Fill::Failed(e.clone()));
                         self.remove(digest);
-                        return Err(e);
+                        if !self.unusable.swap(true, Ordering::Relaxed) {
+                            tracing::warn!(error = %e, "cannot write to spool_dir: each target pulls its blobs on its own this run");
+                        }
+                        self.overflowed.fetch_add(1, Ordering::Relaxed);
+                        return Ok(None);
                     }
                 };
                 let writer = SpoolWriter {

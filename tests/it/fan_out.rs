@@ -263,3 +263,71 @@ async fn a_blob_larger_than_spool_size_is_pulled_by_each_target() {
     assert_mirrored(&upstream, &a).await;
     assert_mirrored(&upstream, &b).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registry_and_a_layout_target_are_written_from_one_pull() {
+    let upstream = Registry::start().await;
+    let a = Registry::start().await;
+    let images = seed(&upstream).await;
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("carry");
+    let mut yaml = format!(
+        "targets:\n  - name: a\n    registry: \"{}\"\n    insecure: true\n    prefix: mirror\n  - name: carry\n    path: \"{}\"\n    prefix: mirror\nregistries:\n  \"{}\":\n    insecure: true\nimages:\n",
+        a.host(),
+        layout.display(),
+        upstream.host()
+    );
+    for image in &images {
+        yaml.push_str(&format!("  - {image}\n"));
+    }
+    let config = write_config(dir.path(), &yaml);
+    let mark = upstream.log_mark().await;
+    let out = mirrorsync(&["sync", "--once", "--config", &config.display().to_string()]).await;
+    out.assert_code(0);
+    let log = upstream.access_log_since(mark).await;
+    assert_eq!(distinct_blob_gets(&log), 7, "{}", log.dump());
+    assert_mirrored(&upstream, &a).await;
+    // skopeo reads the export: the worker image with its two layers.
+    let raw = skopeo_inspect_raw(
+        &format!("oci:{}:2", layout.join("mirror/library/worker").display()),
+        &[],
+    )
+    .await;
+    let manifest: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(
+        manifest["layers"].as_array().unwrap().len(),
+        2,
+        "{manifest}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unwritable_spool_dir_falls_back_to_a_pull_per_target() {
+    let upstream = Registry::start().await;
+    let (a, b) = (Registry::start().await, Registry::start().await);
+    let images = seed(&upstream).await;
+    let dir = tempfile::tempdir().unwrap();
+    // A regular file where the spool directory would go.
+    let blocker = dir.path().join("not-a-dir");
+    std::fs::write(&blocker, b"x").unwrap();
+    let extra = format!("spool_dir: \"{}\"\n", blocker.display());
+    let config = fan_out_config(dir.path(), &upstream, &[&a, &b], &extra, &images);
+    let mark = upstream.log_mark().await;
+    let out = mirrorsync(&["sync", "--once", "--config", &config.display().to_string()]).await;
+    out.assert_code(0);
+    assert!(
+        out.stderr.contains("cannot write to spool_dir"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("not-a-dir"), "{}", out.stderr);
+    let log = upstream.access_log_since(mark).await;
+    let gets = log
+        .iter()
+        .filter(|a| a.method == "GET" && a.kind() == Some("blobs"))
+        .count();
+    // Every blob pulled once per target.
+    assert_eq!(gets, 14, "{}", log.dump());
+    assert_mirrored(&upstream, &a).await;
+    assert_mirrored(&upstream, &b).await;
+}

@@ -511,3 +511,86 @@ async fn air_gap_settings_in_the_wrong_place_are_config_errors_that_name_the_key
         );
     }
 }
+
+/// An upstream with the OCI referrers API: a layout has no such API, so the referrers go into
+/// its `sha256-<hex>` fallback index; the far side loads them, by digest, with the image.
+#[tokio::test(flavor = "multi_thread")]
+async fn referrers_listed_upstream_travel_in_the_layouts_fallback_index() {
+    let upstream = Registry::start().await;
+    let up = Proxy::start(&upstream).await;
+    let far = Registry::start().await;
+    let image = push_image(
+        &upstream,
+        "carry/ref",
+        "1.0",
+        ImageSpec::new(Format::Docker, vec![layer(11, 2_000)]),
+    )
+    .await;
+    let sig = crate::interop::push_referrer(
+        &upstream,
+        "carry/ref",
+        &image,
+        "application/vnd.dev.cosign.artifact.sig.v1+json",
+        b"signature",
+    )
+    .await;
+    Quirk::Referrers {
+        subject: image.digest.clone(),
+        referrers: vec![sig.clone()],
+    }
+    .install(&up);
+    let work = tempfile::tempdir().expect("tempdir");
+    let near = work.path().join("near");
+    let images = format!(
+        "images:\n  - {{ source: \"{}/carry/ref:1.0\", referrers: true }}\n",
+        up.host()
+    );
+    let yaml = format!(
+        "target:\n  path: \"{}\"\n  digests: preserve\nregistries:\n  \"{}\":\n    insecure: true\n{images}",
+        near.display(),
+        up.host()
+    );
+    run(&write_config(work.path(), &yaml), "sync")
+        .await
+        .assert_code(0);
+    let fallback = format!("sha256-{}", image.digest.trim_start_matches("sha256:"));
+    let index = skopeo_inspect_raw(
+        &format!("oci:{}:{fallback}", near.join("carry/ref").display()),
+        &[],
+    )
+    .await;
+    let index: serde_json::Value = serde_json::from_slice(&index).expect("fallback index");
+    assert_eq!(
+        index["manifests"][0]["digest"],
+        sig.digest.as_str(),
+        "{index}"
+    );
+
+    let far_dir = tempfile::tempdir().expect("tempdir");
+    let yaml = format!(
+        "target:\n  registry: \"{}\"\n  insecure: true\nregistries:\n  \"{}\":\n    path: \"{}\"\n{images}",
+        far.host(),
+        up.host(),
+        near.display()
+    );
+    run(&write_config(far_dir.path(), &yaml), "sync")
+        .await
+        .assert_code(0);
+    assert_eq!(
+        head_manifest(&far, "carry/ref", "1.0").await,
+        Some(image.digest.clone())
+    );
+    let (_, _, digest) = get_manifest(&far, "carry/ref", &sig.digest)
+        .await
+        .expect("the signature at the far registry");
+    assert_eq!(digest, sig.digest);
+    let (bytes, _, _) = get_manifest(&far, "carry/ref", &fallback)
+        .await
+        .expect("the fallback index at the far registry");
+    let listed: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+    assert_eq!(
+        listed["manifests"][0]["digest"],
+        sig.digest.as_str(),
+        "{listed}"
+    );
+}

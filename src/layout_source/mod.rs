@@ -7,7 +7,8 @@
 //! of missing digests, before anything is pushed). The layout is then served read-only on a
 //! loopback port ([`server`]) speaking the part of the registry API the engine uses, and the
 //! host's registry client is pointed at it: tag selection, HEADs, metrics, lag, `plan` and the
-//! daemon work as for any upstream. Every file is checked against its digest before it is
+//! daemon work as for any upstream. The port asks for a password made for the run (Basic
+//! auth), so other local users cannot read the layout through it. Every file is checked against its digest before it is
 //! served; a truncated or altered file is answered with an error that names it, so only the
 //! tags that need it fail, and nothing of it reaches the target.
 //!
@@ -298,7 +299,12 @@ async fn start(registry: &str, root: &Path, config: &Config) -> Result<Served, S
         .await
         .map_err(|e| format!("opening the layout: {e}"))??;
     let layout = catalogue.root.display().to_string();
-    let (addr, task) = server::serve(Arc::new(catalogue))
+    let password = run_password()?;
+    let credentials = crate::config::Credentials {
+        username: "mirrorsync".into(),
+        password: crate::config::Secret::new(password),
+    };
+    let (addr, task) = server::serve(Arc::new(catalogue), &credentials)
         .await
         .map_err(|e| format!("serving layout {layout} on a loopback port: {e}"))?;
     tracing::info!(registry = %registry, layout = %layout, %addr, "serving the layout to this run");
@@ -307,9 +313,19 @@ async fn start(registry: &str, root: &Path, config: &Config) -> Result<Served, S
             host: addr.to_string(),
             insecure: true,
             ca_file: None,
-            credentials: None,
+            credentials: Some(credentials),
             password_file: None,
         },
         task,
     })
+}
+
+/// 32 random bytes, hex: the password of one run's layout server.
+fn run_password() -> Result<String, String> {
+    let mut bytes = [0u8; 32];
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut bytes)
+        .map_err(|_| "no random source for the layout server's password".to_string())?;
+    Ok(hex::encode(bytes))
 }

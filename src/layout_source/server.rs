@@ -3,6 +3,9 @@
 //! (with `Range: bytes=<from>-`), and `GET /v2/<name>/tags/list` (with `n` and `last`, and a
 //! `Link` to the next page). Anything else is 404; nothing is ever written.
 //!
+//! Every request must carry the run's Basic credentials (`401` with a `Basic` challenge
+//! otherwise).
+//!
 //! A file is hashed before it is served, once per run (blobs) or on every read (manifests, at
 //! most 4 MiB): a file whose content does not hash to its name is answered `400
 //! DIGEST_INVALID` with its path, and nothing of it is sent.
@@ -33,6 +36,8 @@ type Body = BoxBody<Bytes, std::io::Error>;
 /// The catalogue and what was verified of it this run.
 struct State {
     catalogue: Arc<Catalogue>,
+    /// The `Authorization` header every request must carry.
+    authorization: String,
     /// Blob files already hashed: `Ok` when the content matched the name.
     verified: Mutex<HashMap<PathBuf, Result<(), String>>>,
 }
@@ -41,11 +46,18 @@ struct State {
 /// connections with it).
 pub(super) async fn serve(
     catalogue: Arc<Catalogue>,
+    credentials: &crate::config::Credentials,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    use base64::Engine as _;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
+    let pair = format!("{}:{}", credentials.username, credentials.password.expose());
     let state = Arc::new(State {
         catalogue,
+        authorization: format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(pair)
+        ),
         verified: Mutex::default(),
     });
     let task = tokio::spawn(async move {
@@ -100,6 +112,21 @@ async fn answer(state: &State, request: Request<hyper::body::Incoming>) -> Respo
         Method::GET => false,
         _ => return error(StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED", "read-only"),
     };
+    let authorization = request.headers().get(hyper::header::AUTHORIZATION);
+    let given = authorization.map(|v| v.as_bytes()).unwrap_or_default();
+    if !same_bytes(given, state.authorization.as_bytes()) {
+        let mut response = error(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "credentials needed",
+        );
+        header(
+            response.headers_mut(),
+            hyper::header::WWW_AUTHENTICATE,
+            "Basic realm=\"mirrorsync layout\"",
+        );
+        return response;
+    }
     let unknown = || error(StatusCode::NOT_FOUND, "NAME_UNKNOWN", "not in the layout");
     let Some(route) = route(request.uri().path()) else {
         return unknown();
@@ -356,4 +383,89 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
     let mut response = json(Bytes::from(body.to_string()));
     *response.status_mut() = status;
     response
+}
+
+/// Compares in time independent of where the inputs differ.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo(tags: &[&str]) -> Repository {
+        let digest = Digest::sha256_hex(&"a".repeat(64));
+        Repository {
+            dirs: Vec::new(),
+            tags: tags
+                .iter()
+                .map(|t| {
+                    let tagged = super::super::Tagged {
+                        digest: digest.clone(),
+                        media_type: None,
+                    };
+                    (t.to_string(), tagged)
+                })
+                .collect(),
+        }
+    }
+
+    async fn body(response: Response<Body>) -> serde_json::Value {
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        serde_json::from_slice(&bytes).expect("json")
+    }
+
+    #[test]
+    fn routes_split_names_with_slashes_from_what_they_ask() {
+        assert!(matches!(route("/v2/"), Some(Route::Ping)));
+        assert!(matches!(
+            route("/v2/a/b/tags/list"),
+            Some(Route::Tags("a/b"))
+        ));
+        assert!(matches!(
+            route("/v2/a/manifests/b/manifests/1.0"),
+            Some(Route::Manifest("a/manifests/b", "1.0"))
+        ));
+        assert!(matches!(
+            route("/v2/lib/x/blobs/sha256:00"),
+            Some(Route::Blob("lib/x", "sha256:00"))
+        ));
+        assert!(route("/v3/x").is_none());
+        assert!(route("/v2/x/referrers/sha256:00").is_none());
+    }
+
+    #[tokio::test]
+    async fn tag_lists_page_with_n_and_last_and_link_to_the_next_page() {
+        let r = repo(&["1.0", "1.1", "2.0"]);
+        let first = tags("lib/x", &r, Some("n=2"));
+        let link = first
+            .headers()
+            .get(LINK)
+            .expect("link")
+            .to_str()
+            .expect("text");
+        assert_eq!(link, "</v2/lib/x/tags/list?n=2&last=1.1>; rel=\"next\"");
+        assert_eq!(body(first).await["tags"], serde_json::json!(["1.0", "1.1"]));
+        let last = tags("lib/x", &r, Some("n=2&last=1.1"));
+        assert!(last.headers().get(LINK).is_none());
+        assert_eq!(body(last).await["tags"], serde_json::json!(["2.0"]));
+        let all = tags("lib/x", &r, None);
+        assert_eq!(
+            body(all).await["tags"],
+            serde_json::json!(["1.0", "1.1", "2.0"])
+        );
+    }
+
+    #[test]
+    fn credentials_compare_whole() {
+        assert!(same_bytes(b"Basic abc", b"Basic abc"));
+        assert!(!same_bytes(b"Basic abd", b"Basic abc"));
+        assert!(!same_bytes(b"Basic ab", b"Basic abc"));
+    }
 }

@@ -26,6 +26,7 @@ pub mod config;
 pub mod copy;
 pub mod daemon;
 pub mod history;
+pub mod layout_source;
 pub mod liveness;
 pub mod manifest;
 pub mod metrics;

@@ -129,6 +129,27 @@ pub struct TargetSettings {
     /// Bytes per upload request (`target.chunk_size`): a blob up to this size goes up in one
     /// request, a larger one in chunks of this size.
     pub chunk_size: u64,
+    /// `digests:` and `since:` of a `target.path` layout.
+    pub layout: LayoutOptions,
+}
+
+/// How a layout target stores manifests: `target.digests`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LayoutDigests {
+    /// Docker manifests and lists converted to OCI (what `skopeo copy oci:` reads); their
+    /// digests differ from upstream's.
+    #[default]
+    Oci,
+    /// Upstream's exact bytes and media types: every digest equals upstream's.
+    Preserve,
+}
+
+/// Options of a layout target.
+#[derive(Debug, Clone, Default)]
+pub struct LayoutOptions {
+    pub digests: LayoutDigests,
+    /// `target.since`: an earlier export; only what it lacks is written (a delta).
+    pub since: Option<PathBuf>,
 }
 
 /// Request and bandwidth limits an operator configured for one host.
@@ -174,6 +195,8 @@ pub struct RegistrySettings {
     pub concurrency: usize,
     /// Stop pulling when the registry's `ratelimit-remaining` reaches this.
     pub rate_limit_reserve: Option<u32>,
+    /// `path:`: the host is served from this OCI layout directory instead of the network.
+    pub layout: Option<PathBuf>,
 }
 
 impl RegistrySettings {
@@ -208,6 +231,7 @@ impl RegistrySettings {
                 DEFAULT_REGISTRY_CONCURRENCY
             },
             rate_limit_reserve: None,
+            layout: None,
         }
     }
 }

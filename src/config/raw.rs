@@ -43,6 +43,8 @@ pub(crate) struct RawTarget {
     pub bytes_per_second: Option<Spanned<String>>,
     pub concurrency: Option<Spanned<u64>>,
     pub chunk_size: Option<Spanned<String>>,
+    pub digests: Option<Spanned<String>>,
+    pub since: Option<Spanned<String>>,
 }
 
 /// `auth:` of the target or of an upstream registry.
@@ -68,6 +70,7 @@ pub(crate) struct RawRegistry {
     pub bytes_per_second: Option<Spanned<String>>,
     pub concurrency: Option<Spanned<u64>>,
     pub rate_limit_reserve: Option<u32>,
+    pub path: Option<Spanned<String>>,
 }
 
 /// `registries:` in file order (a map would lose the order and duplicate-host detection).

@@ -244,7 +244,7 @@ fn unknown_nested_key() {
         error("target:\n  path: /m\n  regisry: r.example\nimages: [nginx]\n"),
         "sync.yaml:3:3: target.regisry: unknown key (expected one of name, registry, path, prefix, \
          insecure, ca_file, auth, requests_per_second, burst, bytes_per_second, concurrency, \
-         chunk_size)"
+         chunk_size, digests, since)"
     );
     assert_eq!(
         error(&format!(
@@ -258,7 +258,7 @@ fn unknown_nested_key() {
         )),
         "sync.yaml:5:5: registries.quay.io.burts: unknown key (expected one of mirrors, prefix, \
          auth, insecure, ca_file, requests_per_second, burst, bytes_per_second, concurrency, \
-         rate_limit_reserve)"
+         rate_limit_reserve, path)"
     );
 }
 

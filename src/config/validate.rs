@@ -21,6 +21,8 @@ use super::{
 };
 use crate::reference::{normalize_registry, validate_registry, validate_repository};
 
+mod airgap;
+
 /// Reads an environment variable; injectable so tests need not mutate the process env.
 pub(crate) type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
@@ -357,6 +359,7 @@ impl Validator<'_> {
                 ));
             }
             (Some(host), None) => {
+                self.registry_target_layout_keys(t)?;
                 let h = host.value.trim();
                 if h.contains("://") {
                     return Err(self.site.spanned(
@@ -394,6 +397,10 @@ impl Validator<'_> {
                 TargetKind::Path(self.path(path, &format!("{key}.path"))?)
             }
         };
+        let layout = match &kind {
+            TargetKind::Path(dir) => self.layout_options(t, dir)?,
+            TargetKind::Registry(_) => Default::default(),
+        };
         let prefix = match &t.prefix {
             Some(p) => self.prefix(p, &format!("{key}.prefix"))?,
             None => String::new(),
@@ -428,6 +435,7 @@ impl Validator<'_> {
                 }
                 None => super::DEFAULT_CHUNK_SIZE,
             },
+            layout,
         })
     }
 
@@ -572,7 +580,20 @@ impl Validator<'_> {
                 ));
             }
             seen.insert(host.clone(), (name.clone(), settings.referenced));
-            let value = self.registry(&host, &settings.value, &key)?;
+            let layout = self.layout_source(&settings, &key)?;
+            let mut value = self.registry(&host, &settings.value, &key)?;
+            value.layout = layout;
+            if value.layout.is_some() {
+                // A local directory: no Docker Hub politeness unless configured.
+                let r = &settings.value;
+                value.requests_per_second = value
+                    .requests_per_second
+                    .filter(|_| r.requests_per_second.is_some());
+                value.burst = value.burst.filter(|_| r.burst.is_some());
+                if r.concurrency.is_none() {
+                    value.concurrency = DEFAULT_REGISTRY_CONCURRENCY;
+                }
+            }
             out.insert(host, value);
         }
         Ok(out)
@@ -619,6 +640,7 @@ impl Validator<'_> {
                 None => DEFAULT_REGISTRY_CONCURRENCY,
             },
             rate_limit_reserve: r.rate_limit_reserve,
+            layout: None,
         })
     }
 

@@ -166,6 +166,8 @@ pub struct Engine {
     /// `target.bytes_per_second`, for every blob byte written to the target.
     target_bytes: Arc<HostLimits>,
     stop: CancellationToken,
+    /// Upstream hosts served from a layout directory (`registries.<host>.path`) this run.
+    layouts: crate::layout_source::Sources,
     /// Live counters for the terminal progress line.
     pub progress: Arc<progress::Progress>,
 }
@@ -211,7 +213,7 @@ impl Engine {
                 client.learned().set_chunk_size(config.target.chunk_size);
                 Target::Registry(Box::new(client))
             }
-            TargetKind::Path(path) => Target::Layout(OciLayout::new(path.clone())),
+            TargetKind::Path(path) => Target::Layout(OciLayout::for_target(path, &config.target)),
         };
         let target_writes = tokio::sync::Semaphore::new(config.target.concurrency.max(1));
         let target_bytes = Arc::new(HostLimits::new(LimitSettings {
@@ -233,6 +235,7 @@ impl Engine {
             target_writes,
             target_bytes,
             stop: CancellationToken::new(),
+            layouts: Default::default(),
             progress: Arc::default(),
         })
     }
@@ -519,9 +522,9 @@ impl Engine {
         }
     }
 
-    /// Whether manifests are converted to OCI on the way (an OCI layout target).
+    /// Whether manifests are converted to OCI on the way (a layout with `digests: oci`).
     fn converts_to_oci(&self) -> bool {
-        matches!(self.target, Target::Layout(_))
+        matches!(&self.target, Target::Layout(l) if l.converts_to_oci())
     }
 
     /// A stop was requested: new blob transfers do not start.
@@ -538,7 +541,8 @@ impl Engine {
         if let Some(existing) = upstreams.get(registry) {
             return Ok(Arc::clone(existing));
         }
-        let settings = self.config.registry(registry);
+        let settings =
+            (self.layouts.settings(registry, &self.config).await).map_err(SyncError::Other)?;
         let upstream = Arc::new(
             Upstream::build(
                 registry,

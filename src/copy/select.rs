@@ -288,8 +288,10 @@ impl Engine {
         first: usize,
         finished: &mut [Option<TagOutcome>],
     ) {
-        let Target::Registry(client) = &self.target else {
-            return;
+        // A layout has no referrers API: its fallback tag is how readers find referrers.
+        let client = match &self.target {
+            Target::Registry(client) => Some(client.as_ref()),
+            Target::Layout(_) => None,
         };
         let result = |finished: &[Option<TagOutcome>], i: usize| {
             finished[first + i].as_ref().map(|o| o.result.clone())
@@ -330,7 +332,7 @@ impl Engine {
 
     async fn keep_fallback(
         &self,
-        client: &RegistryClient,
+        client: Option<&RegistryClient>,
         fallback: &Fallback,
         done: &[&(serde_json::Value, usize)],
         synced: bool,
@@ -342,11 +344,12 @@ impl Engine {
         if present.is_some() && !synced {
             return Ok(());
         }
-        if client
-            .list_referrers(repository, subject)
-            .await
-            .map_err(TargetError::from)?
-            .is_some()
+        if let Some(client) = client
+            && client
+                .list_referrers(repository, subject)
+                .await
+                .map_err(TargetError::from)?
+                .is_some()
         {
             return Ok(());
         }

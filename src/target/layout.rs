@@ -5,6 +5,11 @@
 //! `org.opencontainers.image.ref.name` annotation is the tag, which is what
 //! `skopeo copy oci:<root>/<repository>:<tag> ...` reads. Blobs are written to a temporary file,
 //! verified, synced and renamed into place; `index.json` is replaced atomically, last.
+//!
+//! With `digests: preserve` manifests keep upstream's bytes and Docker media types, so every
+//! digest equals upstream's. With `since: EARLIER` the layout is a delta: what the earlier
+//! export holds counts as present (it is read, never written), so only the blobs it lacks are
+//! written, along with the whole `index.json` of each repository that changed.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -23,6 +28,10 @@ const REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// A directory of OCI image layouts, one per repository.
 pub struct OciLayout {
     root: PathBuf,
+    /// Docker manifests are converted to OCI (`digests: oci`).
+    to_oci: bool,
+    /// The earlier export this one is a delta against.
+    since: Option<PathBuf>,
     /// Serialises `index.json` updates per repository.
     index_locks: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
@@ -31,12 +40,60 @@ impl OciLayout {
     pub fn new(root: PathBuf) -> Self {
         OciLayout {
             root,
+            to_oci: true,
+            since: None,
             index_locks: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The layout at `root` with the target's `digests` and `since`.
+    pub fn for_target(root: &Path, target: &crate::config::TargetSettings) -> Self {
+        let options = &target.layout;
+        OciLayout {
+            to_oci: options.digests == crate::config::LayoutDigests::Oci,
+            since: options.since.clone(),
+            ..OciLayout::new(root.to_path_buf())
         }
     }
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Whether Docker manifests are converted to OCI on the way in (`digests: oci`).
+    pub fn converts_to_oci(&self) -> bool {
+        self.to_oci
+    }
+
+    /// The same repository in the earlier export, for a delta.
+    fn base_dir(&self, repository: &str) -> Result<Option<PathBuf>, TargetError> {
+        self.repo_dir(repository)?;
+        Ok(self.since.as_ref().map(|since| since.join(repository)))
+    }
+
+    /// Where a blob is: this layout, else the earlier export (a delta); `None` when absent.
+    async fn find_blob(
+        &self,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<Option<(PathBuf, u64)>, TargetError> {
+        let own = self.blob_path(repository, digest)?;
+        let mut candidates = vec![own];
+        if let Some(base) = self.base_dir(repository)? {
+            candidates.push(
+                base.join("blobs")
+                    .join(digest.algorithm())
+                    .join(digest.encoded()),
+            );
+        }
+        for path in candidates {
+            match tokio::fs::metadata(&path).await {
+                Ok(meta) => return Ok(Some((path, meta.len()))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(source) => return Err(TargetError::Io { path, source }),
+            }
+        }
+        Ok(None)
     }
 
     fn repo_dir(&self, repository: &str) -> Result<PathBuf, TargetError> {
@@ -62,7 +119,13 @@ impl OciLayout {
 
     /// Reads the `index.json` of a repository (an empty index when there is none yet).
     async fn read_index(&self, repository: &str) -> Result<serde_json::Value, TargetError> {
-        let path = self.repo_dir(repository)?.join("index.json");
+        let mut path = self.repo_dir(repository)?.join("index.json");
+        if let Some(base) = self.base_dir(repository)?
+            && tokio::fs::metadata(&path).await.is_err()
+        {
+            // A delta starts from the earlier export's index and writes it whole.
+            path = base.join("index.json");
+        }
         match tokio::fs::read(&path).await {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                 TargetError::Invalid(format!("{}: not a valid index.json: {e}", path.display()))
@@ -109,7 +172,9 @@ impl OciLayout {
         let Some(digest) = self.manifest_digest(repository, reference).await? else {
             return Ok(None);
         };
-        let path = self.blob_path(repository, &digest)?;
+        let Some((path, _)) = self.find_blob(repository, &digest).await? else {
+            return Ok(None);
+        };
         let bytes = tokio::fs::read(&path)
             .await
             .map_err(|source| TargetError::Io { path, source })?;
@@ -127,12 +192,10 @@ impl OciLayout {
         repository: &str,
         digest: &Digest,
     ) -> Result<Option<u64>, TargetError> {
-        let path = self.blob_path(repository, digest)?;
-        match tokio::fs::metadata(&path).await {
-            Ok(meta) => Ok(Some(meta.len())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(TargetError::Io { path, source }),
-        }
+        Ok(self
+            .find_blob(repository, digest)
+            .await?
+            .map(|(_, size)| size))
     }
 
     /// Hard-links a blob from another repository's layout (copies when linking is impossible).
@@ -142,7 +205,10 @@ impl OciLayout {
         repository: &str,
         digest: &Digest,
     ) -> Result<bool, TargetError> {
-        let src = self.blob_path(from, digest)?;
+        let src = match self.find_blob(from, digest).await? {
+            Some((path, _)) => path,
+            None => self.blob_path(from, digest)?,
+        };
         let dst = self.blob_path(repository, digest)?;
         self.prepare(repository).await?;
         let tmp = crate::atomic_file::temp_path(&dst);
@@ -195,7 +261,10 @@ impl OciLayout {
         size: u64,
     ) -> Result<VerifiedStream, TargetError> {
         use futures_util::StreamExt;
-        let path = self.blob_path(repository, digest)?;
+        let path = match self.find_blob(repository, digest).await? {
+            Some((path, _)) => path,
+            None => self.blob_path(repository, digest)?,
+        };
         let file = tokio::fs::File::open(&path)
             .await
             .map_err(|source| TargetError::Io { path, source })?;
@@ -214,7 +283,11 @@ impl OciLayout {
     ) -> Result<(), TargetError> {
         self.prepare(repository).await?;
         let dst = self.blob_path(repository, &manifest.digest)?;
-        if tokio::fs::metadata(&dst).await.is_err() {
+        if self
+            .find_blob(repository, &manifest.digest)
+            .await?
+            .is_none()
+        {
             write_atomically(&dst, &manifest.bytes).await?;
         }
         if Digest::parse(reference).is_ok() {

@@ -941,7 +941,7 @@ async fn plain_http_where_tls_expected_fails_fast_and_typos_are_warned() {
 
 /// A referrer manifest (an OCI 1.1 artifact) for `subject`, pushed by digest only: an empty
 /// config and one layer, `artifactType` set, `subject` naming the image.
-async fn push_referrer(
+pub(crate) async fn push_referrer(
     reg: &Registry,
     repo: &str,
     subject: &PushedImage,

@@ -7,6 +7,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod airgap;
 mod big_layer;
 mod config_errors;
 mod fan_out;

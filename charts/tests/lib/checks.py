@@ -706,10 +706,12 @@ def extract_crds(rendered, outdir, case):
     print(n)
 
 
-# What Grafana puts in place of the dashboard's variables, for promtool: every namespace, job and
-# instance; a one-day range; one-hour graph intervals.
+# What Grafana puts in place of the dashboard's variables, for promtool: every namespace, job,
+# instance and target (".*" also matches a series without target_name); a one-day range;
+# one-hour graph intervals.
 DASHBOARD_VARS = {"$__rate_interval": "5m", "$__interval": "1h", "$__range": "1d",
-                  '"$namespace"': '".*"', '"$job"': '".*"', '"$instance"': '".*"'}
+                  '"$namespace"': '".*"', '"$job"': '".*"', '"$instance"': '".*"',
+                  '"$target_name"': '".*"'}
 
 
 def expand_dashboard_vars(expr):

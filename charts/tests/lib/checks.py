@@ -555,6 +555,21 @@ def render_checks(case, rendered, value_files):
         check(f"{p} dashboard filters every query by namespace, job and instance",
               all('namespace=~"$namespace", job=~"$job", instance=~"$instance"' in t["expr"]
                   for pnl in board.get("panels", []) for t in pnl.get("targets", [])))
+        tv = [v for v in board.get("templating", {}).get("list", []) if v.get("name") == "target_name"]
+        check(f"{p} dashboard has a Target variable (target_name, multi, All = .* so unlabelled series show)",
+              len(tv) == 1 and tv[0].get("multi") is True and tv[0].get("includeAll") is True
+              and tv[0].get("allValue") == ".*")
+        per_target = {"mirrorsync_run_last_success_timestamp_seconds", "mirrorsync_run_duration_seconds",
+                      "mirrorsync_run_tags", "mirrorsync_tag_lag_seconds", "mirrorsync_bytes_copied_total",
+                      "mirrorsync_blobs_total", "mirrorsync_run_blobs", "mirrorsync_run_bytes_copied",
+                      "mirrorsync_lag_max_seconds", "mirrorsync_repository_tags_out_of_sync"}
+        bad = []
+        for pnl in board.get("panels", []):
+            for t in pnl.get("targets", []):
+                for m in re.finditer(r"(mirrorsync_[a-z_]+)\{([^}]*)\}", t["expr"]):
+                    if (m.group(1) in per_target) != ('target_name=~"$target_name"' in m.group(2)):
+                        bad.append(f"panel {pnl['id']}: {m.group(1)}")
+        check(f"{p} dashboard filters exactly the per-target series by $target_name", not bad, f"{bad}")
         ident = f"{NAMESPACE}/{expected_fullname(values)}"
         uid = dash_values["uid"] or "mirrorsync-" + hashlib.sha256(ident.encode()).hexdigest()[:12]
         check(f"{p} dashboard uid {uid}, title unique per release",

@@ -90,12 +90,20 @@ A registry host as part of an environment variable name: "docker.io" -> "DOCKER_
 {{/*
 Every credential and CA file the pod needs, as a list of
 {kind: password|ca|docker, name, scope, key, source: secret|configMap, path (relative to
-configDir), env (for mountAs env), username}, in a stable order: target, then registries by host.
+configDir), env (for mountAs env), username}, in a stable order: target (or each of targets, at
+auth/targets/<name>/password and ca/targets/<name>.pem), then registries by host.
 Rendered as YAML so templates can `fromYaml` it.
 */}}
 {{- define "mirrorsync.credentials" -}}
 {{- $items := list }}
-{{- $scopes := list (dict "scope" "target" "settings" .Values.config.target "path" "target" "env" "TARGET") }}
+{{- $scopes := list }}
+{{- if .Values.config.targets }}
+{{- range $i, $t := .Values.config.targets }}
+{{- $scopes = append $scopes (dict "scope" (printf "targets[%d]" $i) "settings" $t "path" (printf "targets/%s" $t.name) "env" (printf "TARGET_%s" (include "mirrorsync.hostEnv" $t.name))) }}
+{{- end }}
+{{- else }}
+{{- $scopes = append $scopes (dict "scope" "target" "settings" .Values.config.target "path" "target" "env" "TARGET") }}
+{{- end }}
 {{- range $host := keys .Values.config.registries | sortAlpha }}
 {{- $scopes = append $scopes (dict "scope" (printf "registries.%s" $host) "settings" (get $.Values.config.registries $host) "path" (printf "registries/%s" (include "mirrorsync.hostPath" $host)) "env" (printf "REGISTRY_%s" (include "mirrorsync.hostEnv" $host))) }}
 {{- end }}
@@ -138,9 +146,20 @@ caBundle) turned into the paths and variables the pod provides.
 {{- with .Values.config.tag_series }}
 {{- $_ := set $out "tag_series" . }}
 {{- end }}
-{{- $scopes := list (list "target" (omit .Values.config.target "auth" "caBundle")) }}
-{{- $target := index (first $scopes) 1 }}
-{{- $_ := required "config.target.registry is required: the private registry to mirror into (host[:port])" .Values.config.target.registry }}
+{{- $scopes := list }}
+{{- $targets := list }}
+{{- $target := dict }}
+{{- if .Values.config.targets }}
+{{- range $i, $t := .Values.config.targets }}
+{{- $plain := omit $t "auth" "caBundle" }}
+{{- $targets = append $targets $plain }}
+{{- $scopes = append $scopes (list (printf "targets[%d]" $i) $plain) }}
+{{- end }}
+{{- else }}
+{{- $target = omit (.Values.config.target | default dict) "auth" "caBundle" }}
+{{- $scopes = append $scopes (list "target" $target) }}
+{{- $_ := required "config.target.registry is required: the private registry to mirror into (host[:port]), or config.targets" $target.registry }}
+{{- end }}
 {{- $registries := dict }}
 {{- range $host := keys .Values.config.registries | sortAlpha }}
 {{- $r := omit (get $.Values.config.registries $host) "auth" "caBundle" }}
@@ -161,7 +180,18 @@ caBundle) turned into the paths and variables the pod provides.
 {{- $_ := set $settings "ca_file" (printf "%s/%s" $dir .path) }}
 {{- end }}
 {{- end }}
+{{- if $targets }}
+{{- $_ := set $out "targets" $targets }}
+{{- $spoolDir := .Values.config.spool_dir | default (ternary .Values.spool.mountPath "" (gt (len $targets) 1)) }}
+{{- with $spoolDir }}
+{{- $_ := set $out "spool_dir" . }}
+{{- end }}
+{{- with .Values.config.spool_size }}
+{{- $_ := set $out "spool_size" . }}
+{{- end }}
+{{- else }}
 {{- $_ := set $out "target" $target }}
+{{- end }}
 {{- with get $byScope "dockerConfig/docker" }}
 {{- $_ := set $out "docker_config" (printf "%s/%s" $dir .path) }}
 {{- end }}
@@ -364,6 +394,14 @@ groups of the current `shards` (groups another shard count left in the Pushgatew
 {{- end }}
 
 {{/*
+"true" when the pod gets the spool emptyDir: more than one of config.targets, and no
+config.spool_dir of the user's own.
+*/}}
+{{- define "mirrorsync.spoolVolume" -}}
+{{- if and (gt (len (.Values.config.targets | default list)) 1) (not .Values.config.spool_dir) }}true{{ end }}
+{{- end }}
+
+{{/*
 The pod spec shared by the CronJob's Job and the Deployment.
 */}}
 {{- define "mirrorsync.podSpec" -}}
@@ -442,6 +480,10 @@ containers:
         readOnly: true
       - name: tmp
         mountPath: /tmp
+      {{- if include "mirrorsync.spoolVolume" . }}
+      - name: spool
+        mountPath: {{ .Values.spool.mountPath }}
+      {{- end }}
       {{- with .Values.extraVolumeMounts }}
       {{- toYaml . | nindent 6 }}
       {{- end }}
@@ -478,6 +520,16 @@ volumes:
     {{- else }}
     emptyDir: {}
     {{- end }}
+  {{- if include "mirrorsync.spoolVolume" . }}
+  # The blob spool of a run over several targets (sync.yaml's spool_dir).
+  - name: spool
+    {{- with .Values.spool.sizeLimit }}
+    emptyDir:
+      sizeLimit: {{ . }}
+    {{- else }}
+    emptyDir: {}
+    {{- end }}
+  {{- end }}
   {{- with .Values.extraVolumes }}
   {{- toYaml . | nindent 2 }}
   {{- end }}

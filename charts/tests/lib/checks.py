@@ -59,7 +59,8 @@ CONTRACT_METRICS = {
 PUSHGATEWAY_METRICS = {"push_time_seconds", "up"}
 
 # Keys mirrorsync's sync.yaml accepts (src/config/raw.rs; unknown keys are errors there).
-SYNC_TOP = {"schedule", "timezone", "concurrency", "target", "docker_config", "registries", "images", "tag_series"}
+SYNC_TOP = {"schedule", "timezone", "concurrency", "target", "docker_config", "registries", "images", "tag_series",
+            "targets", "spool_dir", "spool_size"}
 SYNC_TARGET = {
     "registry", "path", "prefix", "insecure", "ca_file", "auth", "requests_per_second", "burst",
     "bytes_per_second", "concurrency",
@@ -71,7 +72,7 @@ SYNC_REGISTRY = {
 }
 SYNC_IMAGE = {
     "source", "tags", "platforms", "platforms_mode", "target", "immutable", "referrers", "backup_tag",
-    "prune",
+    "prune", "targets",
 }
 SYNC_TAG_FILTER = {"regex", "exclude", "semver", "newest", "prerelease", "all"}
 # Chart-only keys in values.config that the chart turns into sync.yaml keys.
@@ -238,6 +239,14 @@ def render_checks(case, rendered, value_files):
     check(f"{p} /tmp is a writable emptyDir",
           "/tmp" in mounts and isinstance(vols.get(mounts["/tmp"]["name"], {}).get("emptyDir"), dict)
           and not mounts["/tmp"].get("readOnly"))
+    many = len((values["config"].get("targets") or [])) > 1 and not values["config"].get("spool_dir")
+    spool_path = values["spool"]["mountPath"]
+    spool_vol = vols.get(mounts.get(spool_path, {}).get("name"), {})
+    check(f"{p} {'a writable spool emptyDir at ' + spool_path if many else 'no spool volume'}"
+          f"{' (sizeLimit ' + str(values['spool']['sizeLimit']) + ')' if many else ''}",
+          (isinstance(spool_vol.get("emptyDir"), dict) and not mounts[spool_path].get("readOnly")
+           and spool_vol["emptyDir"].get("sizeLimit") == (values["spool"]["sizeLimit"] or None))
+          if many else "spool" not in vols)
     size = values["tmp"]["sizeLimit"]
     check(f"{p} /tmp sizeLimit {size or 'none'}",
           "/tmp" in mounts and vols[mounts["/tmp"]["name"]].get("emptyDir", {}).get("sizeLimit") == (size or None))
@@ -266,7 +275,18 @@ def render_checks(case, rendered, value_files):
           checksum == hashlib.sha256(body.rstrip("\n").encode()).hexdigest(), checksum)
     check_sync_keys(p, sync)
     cfg = values["config"]
-    check(f"{p} sync.yaml target.registry from values", sync["target"]["registry"] == cfg["target"]["registry"])
+    targets = cfg.get("targets") or []
+    if targets:
+        plain = [{k: v for k, v in t.items() if k not in ("auth", "caBundle")} for t in targets]
+        got = [{k: v for k, v in t.items() if k not in ("auth", "ca_file")} for t in sync.get("targets", [])]
+        check(f"{p} sync.yaml targets from values, and no target", got == plain and "target" not in sync,
+              f"{got} != {plain}")
+        spool = None if len(targets) < 2 else cfg.get("spool_dir") or values["spool"]["mountPath"]
+        check(f"{p} sync.yaml spool_dir {spool}", sync.get("spool_dir") == spool, f"{sync.get('spool_dir')}")
+        check(f"{p} sync.yaml spool_size from values", sync.get("spool_size") == cfg.get("spool_size"))
+    else:
+        check(f"{p} sync.yaml target.registry from values", sync["target"]["registry"] == cfg["target"]["registry"])
+        check(f"{p} no targets/spool in sync.yaml with config.target", not {"targets", "spool_dir", "spool_size"} & set(sync))
     check(f"{p} sync.yaml images from values", sync["images"] == cfg["images"])
     check(f"{p} sync.yaml schedule/timezone/concurrency from values",
           sync["schedule"] == values["schedule"] and sync["timezone"] == values["timezone"]
@@ -280,7 +300,14 @@ def render_checks(case, rendered, value_files):
 
     # Credentials: only from Secrets, every referenced file mounted, every variable set.
     check(f"{p} no password in sync.yaml", "password:" not in text and not re.search(r"\bpassword\s*:", text))
-    scopes = [("target", cfg["target"], sync["target"])]
+    if targets:
+        scopes = [(f"targets[{i}] ({t['name']})", t, sync["targets"][i]) for i, t in enumerate(targets)]
+        paths = [sync["targets"][i].get(k, "") for i in range(len(targets)) for k in ("ca_file",)]
+        paths += [sync["targets"][i].get("auth", {}).get("password_file", "") for i in range(len(targets))]
+        paths = [x for x in paths if x]
+        check(f"{p} every target's files at paths of their own", len(paths) == len(set(paths)), f"{paths}")
+    else:
+        scopes = [("target", cfg["target"], sync["target"])]
     scopes += [(f"registries.{h}", r, sync["registries"][h]) for h, r in (cfg.get("registries") or {}).items()]
     for scope, v, s in scopes:
         auth = v.get("auth") or {}
@@ -528,6 +555,21 @@ def render_checks(case, rendered, value_files):
         check(f"{p} dashboard filters every query by namespace, job and instance",
               all('namespace=~"$namespace", job=~"$job", instance=~"$instance"' in t["expr"]
                   for pnl in board.get("panels", []) for t in pnl.get("targets", [])))
+        tv = [v for v in board.get("templating", {}).get("list", []) if v.get("name") == "target_name"]
+        check(f"{p} dashboard has a Target variable (target_name, multi, All = .* so unlabelled series show)",
+              len(tv) == 1 and tv[0].get("multi") is True and tv[0].get("includeAll") is True
+              and tv[0].get("allValue") == ".*")
+        per_target = {"mirrorsync_run_last_success_timestamp_seconds", "mirrorsync_run_duration_seconds",
+                      "mirrorsync_run_tags", "mirrorsync_tag_lag_seconds", "mirrorsync_bytes_copied_total",
+                      "mirrorsync_blobs_total", "mirrorsync_run_blobs", "mirrorsync_run_bytes_copied",
+                      "mirrorsync_lag_max_seconds", "mirrorsync_repository_tags_out_of_sync"}
+        bad = []
+        for pnl in board.get("panels", []):
+            for t in pnl.get("targets", []):
+                for m in re.finditer(r"(mirrorsync_[a-z_]+)\{([^}]*)\}", t["expr"]):
+                    if (m.group(1) in per_target) != ('target_name=~"$target_name"' in m.group(2)):
+                        bad.append(f"panel {pnl['id']}: {m.group(1)}")
+        check(f"{p} dashboard filters exactly the per-target series by $target_name", not bad, f"{bad}")
         ident = f"{NAMESPACE}/{expected_fullname(values)}"
         uid = dash_values["uid"] or "mirrorsync-" + hashlib.sha256(ident.encode()).hexdigest()[:12]
         check(f"{p} dashboard uid {uid}, title unique per release",
@@ -645,6 +687,11 @@ def check_sync_keys(p, sync):
     bad += [k for k in sync if k not in SYNC_TOP]
     bad += [f"target.{k}" for k in sync.get("target", {}) if k not in SYNC_TARGET]
     bad += [f"target.auth.{k}" for k in sync.get("target", {}).get("auth", {}) if k not in SYNC_AUTH]
+    for i, t in enumerate(sync.get("targets") or []):
+        bad += [f"targets[{i}].{k}" for k in t if k not in SYNC_TARGET | {"name"}]
+        bad += [f"targets[{i}].auth.{k}" for k in t.get("auth", {}) if k not in SYNC_AUTH]
+    if "target" in sync and "targets" in sync:
+        bad.append("target and targets")
     for host, reg in (sync.get("registries") or {}).items():
         bad += [f"registries.{host}.{k}" for k in reg if k not in SYNC_REGISTRY]
         bad += [f"registries.{host}.auth.{k}" for k in reg.get("auth", {}) if k not in SYNC_AUTH]
@@ -674,10 +721,12 @@ def extract_crds(rendered, outdir, case):
     print(n)
 
 
-# What Grafana puts in place of the dashboard's variables, for promtool: every namespace, job and
-# instance; a one-day range; one-hour graph intervals.
+# What Grafana puts in place of the dashboard's variables, for promtool: every namespace, job,
+# instance and target (".*" also matches a series without target_name); a one-day range;
+# one-hour graph intervals.
 DASHBOARD_VARS = {"$__rate_interval": "5m", "$__interval": "1h", "$__range": "1d",
-                  '"$namespace"': '".*"', '"$job"': '".*"', '"$instance"': '".*"'}
+                  '"$namespace"': '".*"', '"$job"': '".*"', '"$instance"': '".*"',
+                  '"$target_name"': '".*"'}
 
 
 def expand_dashboard_vars(expr):
@@ -789,6 +838,7 @@ def schema_checks(schema_path):
         schema = json.load(f)
     cfg = schema["properties"]["config"]["properties"]
     target = set(cfg["target"]["properties"])
+    named = set(schema["definitions"]["namedTarget"]["properties"])
     reg = set(cfg["registries"]["additionalProperties"]["properties"])
     auth = set(schema["definitions"]["auth"]["properties"])
     img = set(schema["definitions"]["image"]["oneOf"][1]["properties"])
@@ -799,6 +849,8 @@ def schema_checks(schema_path):
 
     check("[schema] config.target keys are sync.yaml target keys", to_sync(target) <= SYNC_TARGET,
           f"{to_sync(target) - SYNC_TARGET}")
+    check("[schema] config.targets[] keys are config.target's and name", named == target | {"name"},
+          f"{named ^ (target | {'name'})}")
     check("[schema] config.registries.<host> keys are sync.yaml registry keys", to_sync(reg) <= SYNC_REGISTRY,
           f"{to_sync(reg) - SYNC_REGISTRY}")
     check("[schema] every sync.yaml registry key can be set", SYNC_REGISTRY <= to_sync(reg) | {"auth"},

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::copy::progress::Progress;
-use crate::copy::{Mode, target_name};
+use crate::copy::{Mode, target_ref};
 use crate::history::History;
 use crate::liveness::Liveness;
 use crate::metrics::{self, Metrics, PassResult};
@@ -247,7 +247,7 @@ impl Listed {
         Listed {
             tags: images
                 .iter()
-                .map(|item| (item.source.to_string(), target_name(item)))
+                .map(|item| (item.source.to_string(), target_ref(item)))
                 .collect(),
             filtered_repositories: selections
                 .iter()

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use crate::reference::{Digest, TargetImage};
+use crate::config::SyncItem;
+use crate::reference::{Digest, TargetImage, TargetReference};
 
 /// Blob work done for one tag.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -103,4 +104,31 @@ pub struct Pruned {
     pub repository: String,
     pub tag: String,
     pub digest: String,
+}
+
+/// Where an item lands, whole.
+pub fn target_image(item: &SyncItem) -> TargetImage {
+    let reference = match (&item.target_tag, item.source.digest()) {
+        (Some(tag), _) => TargetReference::Tag(tag.clone()),
+        (None, Some(d)) => TargetReference::Digest(d.clone()),
+        (None, None) => TargetReference::Selection,
+    };
+    TargetImage {
+        repository: item.target_repository.clone(),
+        reference,
+    }
+}
+
+/// Where an item lands, as text: `repo:tag` or `repo@digest`.
+pub fn target_ref(item: &SyncItem) -> String {
+    match (&item.target_tag, item.source.digest()) {
+        (Some(tag), _) => format!("{}:{tag}", item.target_repository),
+        (None, Some(d)) => format!("{}@{d}", item.target_repository),
+        (None, None) => item.target_repository.clone(),
+    }
+}
+
+/// A stable identity of a configured tag across runs: `source -> target`.
+pub fn item_key(item: &SyncItem) -> String {
+    format!("{} -> {}", item.source, target_ref(item))
 }

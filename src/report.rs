@@ -161,14 +161,14 @@ impl RunReport {
             .map(|item| {
                 let tag = TagOutcome {
                     source: item.source.to_string(),
-                    target: crate::copy::target_image(item),
+                    target: crate::outcome::target_image(item),
                     result: TagResult::Failed {
                         error: format!("target {name}: {error}"),
                         cause: Default::default(),
                     },
                     stats: CopyStats::default(),
                     duration: Duration::ZERO,
-                    key: crate::copy::item_key(item),
+                    key: crate::outcome::item_key(item),
                     target_name: Some(name.to_string()),
                 };
                 tag_finished(&tag, false);

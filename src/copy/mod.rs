@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, SyncItem, TargetKind};
 use crate::manifest::ManifestError;
 use crate::outcome::{CopyStats, FailureCause, TagOutcome, TagResult};
-use crate::reference::{Digest, TargetImage, TargetReference};
+use crate::reference::Digest;
 use crate::registry::{
     CredentialStore, EndpointError, HostLimits, LimitSettings, RegistryClient, RegistryError,
     RequestObserver, RetryPolicy, Usage,
@@ -575,30 +575,4 @@ fn failed_or_deferred(error: SyncError) -> TagResult {
     }
 }
 
-/// `repository:tag` (or `repository@digest`) at the target, for messages.
-/// Where an item lands, whole.
-pub fn target_image(item: &SyncItem) -> TargetImage {
-    let reference = match (&item.target_tag, item.source.digest()) {
-        (Some(tag), _) => TargetReference::Tag(tag.clone()),
-        (None, Some(d)) => TargetReference::Digest(d.clone()),
-        (None, None) => TargetReference::Selection,
-    };
-    TargetImage {
-        repository: item.target_repository.clone(),
-        reference,
-    }
-}
-
-/// Where an item lands, as text: `repo:tag` or `repo@digest`.
-pub fn target_name(item: &SyncItem) -> String {
-    match (&item.target_tag, item.source.digest()) {
-        (Some(tag), _) => format!("{}:{tag}", item.target_repository),
-        (None, Some(d)) => format!("{}@{d}", item.target_repository),
-        (None, None) => item.target_repository.clone(),
-    }
-}
-
-/// A stable identity of a configured tag across runs: `source -> target`.
-pub fn item_key(item: &SyncItem) -> String {
-    format!("{} -> {}", item.source, target_name(item))
-}
+pub use crate::outcome::{item_key, target_image, target_ref};

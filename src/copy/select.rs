@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::upstream::UpstreamRef;
-use super::{Counters, Engine, RunControl, SyncError, target_name};
+use super::{Counters, Engine, RunControl, SyncError, target_ref};
 use crate::config::SyncItem;
 use crate::manifest::OCI_INDEX;
 use crate::outcome::{CopyStats, TagOutcome, TagResult};
@@ -33,7 +33,7 @@ impl Engine {
     pub(super) async fn expand_selections(&self) -> (Vec<SyncItem>, Vec<TagOutcome>) {
         let mut items = self.config.images.clone();
         let mut failures = Vec::new();
-        let mut taken: std::collections::HashSet<String> = items.iter().map(target_name).collect();
+        let mut taken: std::collections::HashSet<String> = items.iter().map(target_ref).collect();
         for selection in &self.config.selections {
             let listed = async {
                 let upstream = self.upstream(selection.source.registry()).await?;
@@ -89,7 +89,7 @@ impl Engine {
                     options,
                 };
                 // A tag listed exactly elsewhere, or chosen by two filters, is synced once.
-                if taken.insert(target_name(&item)) {
+                if taken.insert(target_ref(&item)) {
                     items.push(item);
                 }
             }
@@ -135,7 +135,7 @@ impl Engine {
         let mut extra = Vec::new();
         let mut fallbacks: Vec<Fallback> = Vec::new();
         let mut taken: HashMap<String, Option<usize>> =
-            items.iter().map(|i| (target_name(i), None)).collect();
+            items.iter().map(|i| (target_ref(i), None)).collect();
         for (item, digest) in items.iter().zip(found).skip(from) {
             // Signatures name upstream's digest: useless where the mirror rewrites manifests.
             if !item.options.referrers || item.platforms.is_some() {
@@ -182,7 +182,7 @@ impl Engine {
                         location: item.location.clone(),
                         options: referrer_options(),
                     };
-                    let index = *taken.entry(target_name(&item)).or_insert_with(|| {
+                    let index = *taken.entry(target_ref(&item)).or_insert_with(|| {
                         extra.push(item);
                         Some(extra.len() - 1)
                     });
@@ -229,7 +229,7 @@ impl Engine {
                     location: item.location.clone(),
                     options: referrer_options(),
                 };
-                if let Entry::Vacant(slot) = taken.entry(target_name(&referrer)) {
+                if let Entry::Vacant(slot) = taken.entry(target_ref(&referrer)) {
                     slot.insert(None);
                     extra.push(referrer);
                 }

@@ -26,6 +26,7 @@ mod per_run;
 mod per_tag;
 pub mod push;
 pub mod server;
+mod targets;
 pub mod textfile;
 
 use std::collections::BTreeMap;
@@ -230,22 +231,6 @@ impl Metrics {
     /// A fresh set of metrics, shared: the always-present series at 0, the others absent.
     pub fn new() -> Arc<Metrics> {
         Arc::new(Metrics::on(Registry::new()))
-    }
-
-    /// The metrics of one named target of a run over several: its series carry
-    /// `target_name="<name>"` and are rendered with this set's (see [`PROCESS_WIDE`]).
-    pub fn for_target(&self, name: &str) -> Arc<Metrics> {
-        let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, child)) = children.iter().find(|(n, _)| n == name) {
-            return Arc::clone(child);
-        }
-        let labels =
-            std::collections::HashMap::from([("target_name".to_string(), name.to_string())]);
-        // A target name is checked at config load to be a valid label value.
-        let registry = Registry::new_custom(None, Some(labels)).unwrap_or_default();
-        let child = Arc::new(Metrics::on(registry));
-        children.push((name.to_string(), Arc::clone(&child)));
-        child
     }
 
     fn on(r: Registry) -> Metrics {
@@ -582,51 +567,6 @@ impl Metrics {
             .unwrap_or_default()
     }
 }
-
-impl Metrics {
-    /// This set's families, with its targets' merged in: with named targets, only the
-    /// [`PROCESS_WIDE`] families come from this set, everything else from the targets.
-    fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
-        let mut families = self.registry.gather();
-        let children = self.children.lock().unwrap_or_else(|p| p.into_inner());
-        if children.is_empty() {
-            return families;
-        }
-        families.retain(|f| PROCESS_WIDE.contains(&f.name()));
-        for (_, child) in children.iter() {
-            for mut family in child.registry.gather() {
-                if PROCESS_WIDE.contains(&family.name()) {
-                    continue;
-                }
-                match families.iter_mut().find(|f| f.name() == family.name()) {
-                    Some(existing) => {
-                        for m in family.take_metric() {
-                            existing.mut_metric().push(m);
-                        }
-                    }
-                    None => families.push(family),
-                }
-            }
-        }
-        families.sort_by(|a, b| a.name().cmp(b.name()));
-        families
-    }
-}
-
-/// Families about the process and the registries it talks to, not about one target: with
-/// several targets they have no `target_name` label.
-const PROCESS_WIDE: [&str; 10] = [
-    PROCESS_START,
-    SKIPPED_PASSES,
-    CONFIG_RELOAD_OK,
-    CONFIG_RELOAD_TIME,
-    HTTP_REQUESTS,
-    RUN_HTTP_REQUESTS,
-    RATELIMIT_REMAINING,
-    RATELIMIT_SEEN,
-    REQUEST_WINDOW,
-    REQUEST_PACE,
-];
 
 #[cfg(test)]
 mod tests {

@@ -101,6 +101,8 @@ pub struct TagOutcome {
 /// One tag pruned (or, in `plan`, to prune).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pruned {
+    /// The target's `name` in a run over several targets.
+    pub target_name: Option<String>,
     pub repository: String,
     pub tag: String,
     pub digest: String,

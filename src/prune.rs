@@ -110,6 +110,7 @@ pub async fn prune(
                 tracing::info!(repository = %repository, tag = %tag, %digest, "pruned a tag no longer selected");
             }
             pruned.push(Pruned {
+                target_name: None,
                 repository: repository.clone(),
                 tag,
                 digest: digest.to_string(),

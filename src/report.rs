@@ -228,20 +228,59 @@ impl RunReport {
 
     fn render_with(&self, tags: bool) -> String {
         let mut out = String::new();
-        let mut total = CopyStats::default();
         for p in &self.pruned {
             let verb = if self.planned { "prune:" } else { "PRUNED" };
-            let _ = writeln!(out, "{verb} {}:{} {}", p.repository, p.tag, p.digest);
+            let target = p
+                .target_name
+                .as_ref()
+                .map(|n| format!("[{n}] "))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "{verb} {target}{}:{} {}",
+                p.repository, p.tag, p.digest
+            );
         }
         for tag in &self.tags {
-            total.add(&tag.stats);
             if let Some(line) = tag_line(tag, self.planned).filter(|_| tags) {
                 let _ = writeln!(out, "{line}");
             }
         }
-        let _ = writeln!(
+        // With several targets, a totals line per target first.
+        let mut names: Vec<&str> = Vec::new();
+        for name in self.tags.iter().filter_map(|t| t.target_name.as_deref()) {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        for name in names {
+            let own = RunReport {
+                tags: self
+                    .tags
+                    .iter()
+                    .filter(|t| t.target_name.as_deref() == Some(name))
+                    .cloned()
+                    .collect(),
+                duration: self.duration,
+                planned: self.planned,
+                pruned: Vec::new(),
+            };
+            let _ = write!(out, "[{name}] ");
+            own.totals_line(&mut out, false);
+        }
+        self.totals_line(&mut out, true);
+        out
+    }
+
+    /// `N tags: ... synced, ... unchanged, ...; blobs ...` (and the duration when `timed`).
+    fn totals_line(&self, out: &mut String, timed: bool) {
+        let mut total = CopyStats::default();
+        for tag in &self.tags {
+            total.add(&tag.stats);
+        }
+        let _ = write!(
             out,
-            "{}: {} {}, {} unchanged, {} failed, {} deferred; {} {} ({}), {} {}, {} present; {:.1}s",
+            "{}: {} {}, {} unchanged, {} failed, {} deferred; {} {} ({}), {} {}, {} present",
             plural(self.tags.len() as u64, "tag"),
             self.synced(),
             if self.planned { "to sync" } else { "synced" },
@@ -254,9 +293,11 @@ impl RunReport {
             total.mounted,
             if self.planned { "to mount" } else { "mounted" },
             total.present,
-            self.duration.as_secs_f64(),
         );
-        out
+        let _ = match timed {
+            true => writeln!(out, "; {:.1}s", self.duration.as_secs_f64()),
+            false => writeln!(out),
+        };
     }
 
     /// The run-summary event (JSON logs only; text logs have the totals line on stdout).

@@ -138,6 +138,7 @@ async fn run_target(
     let metrics = &metrics;
     let prune_repos = crate::prune::repositories(&config);
     let tag_series = config.tag_series;
+    let target_name = config.target.name.clone();
     let mut engine = Engine::sharing(Arc::new(config), options.mode, Some(observer), hub, index)
         .await
         .map_err(|e| e.to_string())?;
@@ -275,6 +276,9 @@ async fn run_target(
             (TagRunResult::Deferred, report.deferred()),
         ];
         metrics.record_run(report.duration.as_secs_f64(), &counts, success);
+    }
+    for pruned in &mut report.pruned {
+        pruned.target_name.clone_from(&target_name);
     }
     Ok(report)
 }

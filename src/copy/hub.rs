@@ -24,6 +24,9 @@ pub struct Hub {
     pub(super) upstreams: tokio::sync::Mutex<HashMap<String, UpstreamRef>>,
     /// Tag lists, fetched once per repository per run.
     pub(super) tag_lists: Mutex<HashMap<String, TagListCell>>,
+    /// Upstream hosts served from a layout directory (`registries.<host>.path`), each on a
+    /// loopback server that lives as long as the run.
+    pub(super) layouts: crate::layout_source::Sources,
     /// With several targets.
     pub(super) fan_out: Option<FanOut>,
 }

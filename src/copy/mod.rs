@@ -167,7 +167,7 @@ pub struct Engine {
     target_bytes: Arc<HostLimits>,
     stop: CancellationToken,
     /// Upstream hosts served from a layout directory (`registries.<host>.path`) this run.
-    layouts: crate::layout_source::Sources,
+
     /// Live counters for the terminal progress line.
     pub progress: Arc<progress::Progress>,
 }
@@ -235,7 +235,6 @@ impl Engine {
             target_writes,
             target_bytes,
             stop: CancellationToken::new(),
-            layouts: Default::default(),
             progress: Arc::default(),
         })
     }
@@ -542,18 +541,19 @@ impl Engine {
             return Ok(Arc::clone(existing));
         }
         let settings =
-            (self.layouts.settings(registry, &self.config).await).map_err(SyncError::Other)?;
-        let upstream = Arc::new(
-            Upstream::build(
-                registry,
-                &settings,
-                &self.credentials,
-                &self.retry,
-                self.observer.clone(),
-                inspections_at_once(self.config.concurrency),
-            )
-            .await?,
-        );
+            (self.hub.layouts.settings(registry, &self.config).await).map_err(SyncError::Other)?;
+        let mut built = Upstream::build(
+            registry,
+            &settings,
+            &self.credentials,
+            &self.retry,
+            self.observer.clone(),
+            inspections_at_once(self.config.concurrency),
+        )
+        .await?;
+        // Every target asks what a tag resolves to; upstream is asked once.
+        built.share_resolutions = self.hub.fan_out.is_some();
+        let upstream = Arc::new(built);
         upstreams.insert(registry.to_string(), Arc::clone(&upstream));
         Ok(upstream)
     }

@@ -34,8 +34,10 @@ pub struct Upstream {
     /// Manifests fetched by tag while resolving it (no usable HEAD, or no digest on it), kept
     /// by (repository, digest) so the copy does not GET them a second time.
     pub prefetched: Mutex<HashMap<(String, Digest), FetchedManifest>>,
-    /// What each tag resolved to this run: every target asks, upstream is asked once.
+    /// What each tag resolved to this run, when several targets ask (`share_resolutions`):
+    /// upstream is asked once.
     resolved: Mutex<HashMap<(String, String), ResolvedCell>>,
+    pub share_resolutions: bool,
     /// The origin's `GET /v2/` probe, made once per run: `Err` is the short reason every tag of
     /// an unreachable host fails with.
     probed: tokio::sync::OnceCell<Result<(), String>>,
@@ -99,6 +101,7 @@ impl Upstream {
             reserve: u64::from(settings.rate_limit_reserve.unwrap_or(0)),
             prefetched: Default::default(),
             resolved: Default::default(),
+            share_resolutions: false,
             probed: tokio::sync::OnceCell::new(),
             changed_tags: Default::default(),
             bulk_opened: Default::default(),
@@ -215,6 +218,9 @@ impl Upstream {
     /// `GET /v2/` ping (see `RegistryClient::head_in_place_of_ping`); the host is known
     /// reachable, or not, before any other request.
     pub async fn resolve(&self, repository: &str, tag: &str) -> Result<Digest, SyncError> {
+        if !self.share_resolutions {
+            return self.resolve_once(repository, tag).await;
+        }
         let cell = {
             let mut resolved = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
             Arc::clone(

@@ -120,6 +120,31 @@ async fn three_targets_pull_each_blob_and_manifest_once() {
     let config = fan_out_config(dir.path(), &upstream, &[&a, &b, &c], &extra, &images);
     let metrics = dir.path().join("metrics.prom");
 
+    // plan says, per target, what a sync would do, and writes nothing.
+    let plan = mirrorsync(&["plan", "--config", &config.display().to_string()]).await;
+    plan.assert_code(0);
+    for name in ["a", "b", "c"] {
+        assert!(
+            plan.stdout.contains(&format!(
+                "new: {} -> [{name}] mirror/library/worker:2",
+                images[1]
+            )),
+            "{}",
+            plan.stdout
+        );
+        assert!(
+            plan.stdout.contains(&format!("[{name}] 2 tags: 2 to sync")),
+            "{}",
+            plan.stdout
+        );
+    }
+    for target in [&a, &b, &c] {
+        assert_eq!(
+            head_manifest(target, "mirror/library/worker", "2").await,
+            None
+        );
+    }
+
     let mark = upstream.log_mark().await;
     let out = sync_once_with_metrics_file(&config, &metrics).await;
     out.assert_code(0);
@@ -140,6 +165,15 @@ async fn three_targets_pull_each_blob_and_manifest_once() {
             out.stdout
         );
     }
+    // A totals line per target, then the run's.
+    for name in ["a", "b", "c"] {
+        assert!(
+            out.stdout.contains(&format!("[{name}] 2 tags: 2 synced")),
+            "{}",
+            out.stdout
+        );
+    }
+    assert!(out.stdout.contains("\n6 tags: 6 synced"), "{}", out.stdout);
     // The spool is gone when the run ends.
     assert_eq!(std::fs::read_dir(&spool).unwrap().count(), 0);
     // Per-target series carry the target's name.

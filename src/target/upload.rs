@@ -57,11 +57,11 @@ struct Feed {
 }
 
 impl Feed {
-    /// Keeps bodies of up to `body` bytes when the host has not accepted one that large yet
-    /// and the budget has room.
-    fn new(source: VerifiedStream, client: &RegistryClient, body: u64) -> Self {
+    /// Keeps bodies of up to `body` bytes unless one that large is `known_to_pass` at the host,
+    /// when the budget has room.
+    fn new(source: VerifiedStream, body: u64, known_to_pass: bool) -> Self {
         let size = source.expected_size();
-        let kept = (body > 0 && !client.learned().accepts_body(body))
+        let kept = (body > 0 && !known_to_pass)
             .then(|| u32::try_from(body.div_ceil(1024)).ok())
             .flatten()
             .and_then(|kib| REPLAY.try_acquire_many(kib).ok())
@@ -91,8 +91,7 @@ impl Feed {
     }
 
     /// The body in flight was accepted: its bytes are no longer needed.
-    fn accepted(&mut self, client: &RegistryClient, body: u64) {
-        client.learned().body_accepted(body);
+    fn accepted(&mut self) {
         if let Some((kept, _)) = self.kept.as_mut() {
             kept.clear();
         }
@@ -173,7 +172,7 @@ pub async fn upload_blob(
         Way::Chunks(_, chunk) => chunk.min(size),
         Way::Streamed => 0,
     };
-    let mut feed = Feed::new(source, client, body);
+    let mut feed = Feed::new(source, body, client.learned().accepts_body(body));
     let (result, location) = match way {
         Way::InOne(probe) => {
             let (result, location) =
@@ -341,7 +340,8 @@ async fn upload_in_chunks(
             }
             Err(e) => return (Err(registry_failure(e, length)), location),
         }
-        feed.accepted(client, length);
+        client.learned().body_accepted(length);
+        feed.accepted();
         if offset == 0 {
             client.learned().ranges_worked();
             drop(probe.take());
@@ -380,7 +380,8 @@ async fn upload_in_one(
     let result = match send_whole(feed, tx, put).await {
         Ok(()) => {
             client.learned().put_body_worked();
-            feed.accepted(client, size);
+            client.learned().body_accepted(size);
+            feed.accepted();
             Ok(())
         }
         Err(Failure::Target(TargetError::Registry(e))) if refuses_shortcut(&e, digest) => {
@@ -496,4 +497,86 @@ async fn feed_chunk(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+    use sha2::{Digest as _, Sha256};
+
+    const DATA: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+
+    /// A feed over `DATA` arriving in pieces of `piece` bytes.
+    fn feed(piece: usize, body: u64, known_to_pass: bool) -> Feed {
+        let parts: Vec<Result<Bytes, String>> = DATA
+            .chunks(piece)
+            .map(|p| Ok(Bytes::from_static(p)))
+            .collect();
+        let digest = Digest::from_sha256_bytes(&Sha256::digest(DATA).into());
+        let source = VerifiedStream::new(
+            futures_util::stream::iter(parts).boxed(),
+            digest,
+            DATA.len() as u64,
+        );
+        Feed::new(source, body, known_to_pass)
+    }
+
+    /// One whole body of `length` bytes, as the registry would receive it.
+    async fn body(feed: &mut Feed, length: u64) -> Vec<u8> {
+        let (tx, mut rx) = mpsc::channel(64);
+        feed_chunk(feed, length, tx).await.unwrap();
+        let mut got = Vec::new();
+        while let Some(piece) = rx.recv().await {
+            got.extend_from_slice(&piece.unwrap());
+        }
+        got
+    }
+
+    /// A body the request stops reading after its first piece (an early 413).
+    async fn cut_short(feed: &mut Feed, length: u64) {
+        let (tx, mut rx) = mpsc::channel(1);
+        let answer = async move {
+            let first = rx.recv().await;
+            drop(rx);
+            first
+        };
+        let (fed, first) = tokio::join!(feed_chunk(feed, length, tx), answer);
+        fed.unwrap();
+        assert!(first.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_refused_body_is_sent_again_from_its_first_byte_in_smaller_chunks() {
+        let mut feed = feed(5, 20, false);
+        assert_eq!(body(&mut feed, 12).await, &DATA[..12]);
+        feed.accepted();
+        // Refused after its first piece, the 20-byte body starting at 12 is sent again.
+        cut_short(&mut feed, 20).await;
+        assert!(feed.take_back(), "the refused body was not kept");
+        let mut rest = Vec::new();
+        for length in [8, 8, 8] {
+            rest.extend(body(&mut feed, length).await);
+        }
+        assert_eq!(rest, &DATA[12..]);
+        assert!(feed.pending.is_empty());
+        feed.finish().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_refused_whole_body_is_kept_whole_even_when_cut_short() {
+        let mut feed = feed(7, DATA.len() as u64, false);
+        cut_short(&mut feed, DATA.len() as u64).await;
+        // What the request did not read is read now, kept, and checked against the digest.
+        feed.finish().await.unwrap();
+        assert!(feed.take_back());
+        assert_eq!(body(&mut feed, DATA.len() as u64).await, DATA);
+    }
+
+    #[tokio::test]
+    async fn nothing_is_kept_for_a_body_size_the_host_accepted_before() {
+        let mut feed = feed(5, 20, true);
+        cut_short(&mut feed, 20).await;
+        assert!(!feed.take_back());
+    }
 }

@@ -18,8 +18,8 @@ them as a long link would:
 Not modelled: TCP slow start and loss (a new connection gets its share at once) and the uplink
 (requests are tiny; they only pay the propagation delay).
 
-`--no-window` gives the second model (the profiles named `...-nowindow`): no window at all, and one
-first-in first-out queue at the bottleneck in place of the fair one. The proxy reads whatever the
+`--no-window --queue fifo` gives the second model (the profiles named `...-nowindow`): no window
+at all, and one first-in first-out queue at the bottleneck in place of the fair one. The proxy reads whatever the
 upstream sends at once and each chunk waits its turn behind every byte read before it, then RTT/2:
 a far link with a deep buffer at its bottleneck and senders that do not hold back, where an
 answer started after a big blob waits for that blob's queued bytes to cross first.

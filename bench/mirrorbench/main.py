@@ -50,6 +50,7 @@ def parse_args(argv):
     p.add_argument("--no-build", action="store_true", help="use target/release/mirrorsync as it is")
     p.add_argument("--ms-top", action="append", default=[], help="extra top-level line for mirrorsync's sync.yaml (e.g. 'concurrency: 32'; for experiments: the report's figures are for defaults)")
     p.add_argument("--ms-registry", action="append", default=[], help="extra line for the upstream's entry in mirrorsync's sync.yaml (e.g. 'concurrency: 16')")
+    p.add_argument("--wan-repeat", type=int, default=1, help="WAN profiles: run mirrorsync this many times per profile and scenario, each on a fresh target; the report gives the median run and the range (default 1)")
     p.add_argument("--wan-mirrorsync-only", action="store_true", help="WAN profiles: skip skopeo (quicker experiments)")
     p.add_argument("--skopeo-cap", type=float, help="WAN profiles: stop a skopeo run after this many seconds and report its time as a lower bound (default 240, 5 with --smoke; 0: no cap)")
     p.add_argument("--binary", help="benchmark this mirrorsync binary as it is (no build), e.g. a baseline kept aside")

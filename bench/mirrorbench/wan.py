@@ -50,6 +50,10 @@ class Profile:
     tags: int | None  # the first N tags of the corpus; None: all
     tls: bool
     scenarios: tuple[str, ...]
+    # "window": a TCP-like window per connection and a fair-queued bottleneck (wanproxy's
+    # default); "nowindow": every chunk delayed by RTT/2 each way, no window, one FIFO queue at
+    # the bottleneck (`wanproxy --no-window --queue fifo`).
+    model: str = "window"
 
     @property
     def rate(self) -> float:
@@ -58,7 +62,14 @@ class Profile:
     @property
     def title(self) -> str:
         n = "the whole corpus" if self.tags is None else f"{self.tags} tags"
-        return f"{self.rtt_ms:g} ms RTT, {self.mbit:g} Mbit/s, {n}" + (", TLS upstream" if self.tls else "")
+        return (
+            f"{self.rtt_ms:g} ms RTT, {self.mbit:g} Mbit/s, {n}"
+            + (", TLS upstream" if self.tls else "")
+            + (", no window, FIFO bottleneck" if self.model == "nowindow" else "")
+        )
+
+    def proxy_args(self) -> list[str]:
+        return ["--no-window", "--queue", "fifo"] if self.model == "nowindow" else []
 
     def link_limit(self, unique_bytes: int) -> float:
         return unique_bytes / self.rate + 4 * self.rtt_ms / 1000
@@ -70,6 +81,7 @@ FULL_PROFILES = [
     Profile("wan-80ms-200mbit-tls", 80, 200, 57, True, ("cold",)),
     Profile("wan-150ms-24mbit-tls", 150, 24, 57, True, ("cold",)),
     Profile("wan-80ms-200mbit-1008", 80, 200, None, False, ("cold", "noop")),
+    Profile("wan-80ms-200mbit-nowindow", 80, 200, 57, False, ("cold",), "nowindow"),
 ]
 SMOKE_PROFILES = [Profile("wan-smoke-tls", 20, 100, 9, True, ("cold", "noop"))]
 
@@ -86,6 +98,7 @@ class Proxy:
             [
                 sys.executable, "-B", "-m", "mirrorbench.wanproxy", "--upstream", upstream_host,
                 "--rtt-ms", str(profile.rtt_ms), "--downlink-mbit", str(profile.mbit),
+                *profile.proxy_args(),
             ],
             cwd=bench_dir,
             stdin=subprocess.DEVNULL,
@@ -194,8 +207,11 @@ def run_profiles(bench, profiles: list[Profile], log) -> None:
         bench.extra_procs = [proxy]
         try:
             order = ("mirrorsync",) if bench.args.wan_mirrorsync_only else ("mirrorsync", "skopeo")
-            for tool in order:
-                storage = bench.fresh_storage(f"{prof.name}-{tool}")
+            # mirrorsync's runs repeated --wan-repeat times (a fresh target each): on a shared
+            # machine one run's wall time is noise; the report gives the median and the range.
+            reps = max(1, bench.args.wan_repeat)
+            for tool, rep in [(t, k) for t in order for k in range(reps if t == "mirrorsync" else 1)]:
+                storage = bench.fresh_storage(f"{prof.name}-{tool}-{rep + 1}")
                 bench.target_on(storage)
                 cold_capped = False
                 for scenario in prof.scenarios:
@@ -207,7 +223,7 @@ def run_profiles(bench, profiles: list[Profile], log) -> None:
                         subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
                     proxy.ask("reset")
                     t0 = time.monotonic()
-                    run = bench.measure(tool, f"{prof.name}/{scenario}", 1, tags, cap=cap)
+                    run = bench.measure(tool, f"{prof.name}/{scenario}", rep + 1, tags, cap=cap)
                     if run.capped:
                         log(f"     stopped at the {cap:.0f} s cap")
                         cold_capped = cold_capped or scenario == "cold"
@@ -225,7 +241,7 @@ def run_profiles(bench, profiles: list[Profile], log) -> None:
                         bench.target_on(storage)
                         proxy.ask("reset")
                         t0 = time.monotonic()
-                        run = bench.measure(tool, f"{prof.name}/{scenario}", 1, tags, cap=cap)
+                        run = bench.measure(tool, f"{prof.name}/{scenario}", rep + 1, tags, cap=cap)
                     t1 = t0 + run.wall
                     stats = proxy.ask("stats")
                     first = min(stats["conn_times"], default=t1)
@@ -403,9 +419,17 @@ def render(bench, meta: dict, out_dir: str) -> str:
             "",
         ] + [f"Note: {n}." for n in info.get("notes", [])] + ([""] if info.get("notes") else [])
         for scenario in prof.scenarios:
-            runs = {r.tool: r for r in bench.runs if r.scenario == f"{prof.name}/{scenario}"}
-            if not runs:
+            every = [r for r in bench.runs if r.scenario == f"{prof.name}/{scenario}"]
+            if not every:
                 continue
+            # The run of median wall time stands for each tool (the last one if only one).
+            runs = {}
+            walls = {}
+            for tool in ("mirrorsync", "skopeo"):
+                mine = sorted((r for r in every if r.tool == tool), key=lambda r: r.wall)
+                if mine:
+                    runs[tool] = mine[(len(mine) - 1) // 2]
+                    walls[tool] = [r.wall for r in mine]
             lines += [
                 f"**{'cold: empty target' if scenario == 'cold' else 'no-op: the same sync again'}**",
                 "",
@@ -419,6 +443,12 @@ def render(bench, meta: dict, out_dir: str) -> str:
 
             lim = info["link_limit"]
             row("wall time", lambda r: f"> {r.wall:.0f} s (stopped at the cap)" if r.capped else f"{r.wall:.2f} s", f"{lim:.2f} s" if scenario == "cold" else "")
+            if any(len(w) > 1 for w in walls.values()):
+                row(
+                    "runs: wall time, median (min–max)",
+                    lambda r: f"{len(walls[r.tool])}: {walls[r.tool][(len(walls[r.tool]) - 1) // 2]:.2f} s "
+                    f"({walls[r.tool][0]:.2f}–{walls[r.tool][-1]:.2f}; " + ", ".join(f"{w / lim:.2f}x" for w in walls[r.tool]) + ")",
+                )
             if scenario == "cold":
                 row("wall time / link limit", lambda r: f"> {r.wall / lim:.0f}x" if r.capped else f"**{r.wall / lim:.2f}x**")
             row("bytes pulled (blob GET bodies)", lambda r: f"{r.up.get('blob_bytes', 0) / 1e6:,.1f} MB", f"{info['unique_bytes'] / 1e6:,.1f} MB" if scenario == "cold" else "")

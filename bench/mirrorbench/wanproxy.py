@@ -18,6 +18,12 @@ them as a long link would:
 Not modelled: TCP slow start and loss (a new connection gets its share at once) and the uplink
 (requests are tiny; they only pay the propagation delay).
 
+`--no-window --queue fifo` gives the second model (the profiles named `...-nowindow`): no window
+at all, and one first-in first-out queue at the bottleneck in place of the fair one. The proxy reads whatever the
+upstream sends at once and each chunk waits its turn behind every byte read before it, then RTT/2:
+a far link with a deep buffer at its bottleneck and senders that do not hold back, where an
+answer started after a big blob waits for that blob's queued bytes to cross first.
+
 Figures are kept in memory and served on a control port: one line `stats` answered with a JSON
 object (connections opened, TLS ClientHellos, delivered bytes per 100 ms slot keyed by
 CLOCK_MONOTONIC, which every process on the machine shares).
@@ -70,15 +76,22 @@ class Link:
     """The shared downlink: a virtual clock advanced by every quantum sent, round-robin over the
     connections that have bytes waiting."""
 
-    def __init__(self, rate: float, stats: Stats):
+    def __init__(self, rate: float, stats: Stats, fifo: bool = False):
         self.rate = rate  # bytes/s; 0 = unlimited
         self.stats = stats
+        # Fair: each pipe with bytes waiting once, served a quantum per turn. FIFO: one entry per
+        # chunk read, served whole and in the order read.
+        self.fifo = fifo
         self.active: collections.deque = collections.deque()
         self.wake = asyncio.Event()
         self.clock = 0.0
 
     def ready(self, pipe: "Pipe") -> None:
-        if not pipe.queued_at_link:
+        if self.fifo:
+            pipe.queued_at_link = True
+            self.active.append(pipe)
+            self.wake.set()
+        elif not pipe.queued_at_link:
             pipe.queued_at_link = True
             self.active.append(pipe)
             self.wake.set()
@@ -91,7 +104,7 @@ class Link:
                 await self.wake.wait()
                 continue
             pipe = self.active.popleft()
-            data = pipe.take(QUANTUM)
+            data = pipe.take(CHUNK if self.fifo else QUANTUM)
             now = loop.time()
             if self.rate:
                 # A late wake-up (timer granularity) is made up for by sending the next quanta
@@ -103,7 +116,9 @@ class Link:
             else:
                 sent = now
             pipe.transmitted(data, sent)
-            if pipe.backlog:
+            if self.fifo:
+                pipe.queued_at_link = bool(pipe.backlog)
+            elif pipe.backlog:
                 self.active.append(pipe)
             else:
                 pipe.queued_at_link = False
@@ -206,11 +221,11 @@ class Pipe:
 
 
 class Proxy:
-    def __init__(self, upstream: tuple[str, int], rtt: float, rate: float, window: int):
+    def __init__(self, upstream: tuple[str, int], rtt: float, rate: float, window: int, fifo: bool = False):
         self.upstream = upstream
         self.rtt, self.window = rtt, window
         self.stats = Stats()
-        self.link = Link(rate, self.stats)
+        self.link = Link(rate, self.stats, fifo)
 
     async def handle(self, creader, cwriter) -> None:
         self.stats.connections += 1
@@ -270,8 +285,13 @@ class Proxy:
 async def serve(args) -> None:
     host, _, port = args.upstream.rpartition(":")
     rate = args.downlink_mbit * 1e6 / 8 if args.downlink_mbit else 0.0
-    window = args.window_kib * 1024 if args.window_kib else max(64 * 1024, int(1.25 * rate * args.rtt_ms / 1000)) if rate else 4 << 20
-    proxy = Proxy((host, int(port)), args.rtt_ms / 1000.0, rate, window)
+    if args.no_window:
+        window = 1 << 40
+    elif args.window_kib:
+        window = args.window_kib * 1024
+    else:
+        window = max(64 * 1024, int(1.25 * rate * args.rtt_ms / 1000)) if rate else 4 << 20
+    proxy = Proxy((host, int(port)), args.rtt_ms / 1000.0, rate, window, fifo=args.queue == "fifo")
     asyncio.get_running_loop().create_task(proxy.link.run())
     server = await asyncio.start_server(proxy.handle, "127.0.0.1", args.port, limit=CHUNK, backlog=512)
     ctl = await asyncio.start_server(proxy.control, "127.0.0.1", args.control_port)
@@ -292,7 +312,11 @@ def main(argv=None) -> int:
     p.add_argument("--rtt-ms", type=float, default=80.0)
     p.add_argument("--downlink-mbit", type=float, default=200.0, help="shared downlink; 0 = unlimited")
     p.add_argument("--window-kib", type=int, default=0, help="bytes in flight per connection (default: 1.25 x bandwidth x RTT, at least 64 KiB)")
+    p.add_argument("--no-window", action="store_true", help="no window per connection: read from upstream whatever it sends")
+    p.add_argument("--queue", choices=("fair", "fifo"), default="fair", help="the bottleneck's queue: round-robin over connections (default) or first in, first out")
     args = p.parse_args(argv)
+    if args.no_window and args.window_kib:
+        p.error("--no-window and --window-kib exclude each other")
     try:
         asyncio.run(serve(args))
     except KeyboardInterrupt:

@@ -6,6 +6,13 @@
 //! slots (all of them below four), so the small ones (configs, small layers) and the manifests
 //! waiting on them always have slots of their own and are not stuck behind big ones for the
 //! whole transfer. Small blobs may use every slot, first come, first served.
+//!
+//! A slot kept for small blobs does not stay idle while blobs just over the line wait: when no
+//! small blob is waiting, a big one up to [`BORROW_MAX`] may take it, the smallest first (it
+//! hands the slot back soonest), and the next slot freed goes to a small blob again. Without
+//! this, many layers just over [`SMALL_BLOB`] (a busybox-sized image each) waited behind the
+//! quota for the bigger ones and started last, each after its own round trips, on a link that
+//! had nothing else left to carry.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -15,6 +22,11 @@ use tokio::sync::oneshot;
 /// Blobs up to this size are mostly a round trip on a long link (1 MiB crosses 100 Mbit/s in
 /// 84 ms), so they are not held back behind big ones.
 pub const SMALL_BLOB: u64 = 1024 * 1024;
+
+/// Big blobs up to this size may borrow a slot kept for small ones while no small blob waits:
+/// short enough that a small blob arriving meanwhile waits little for a slot to come back (4 MiB
+/// cross 100 Mbit/s in a third of a second), long enough for the layers of small images.
+pub const BORROW_MAX: u64 = 4 * SMALL_BLOB;
 
 /// Blobs over this size download on connections of their own (see
 /// [`crate::registry::RegistryClient::send`]): on one shared HTTP/2 connection they would
@@ -102,7 +114,7 @@ impl TransferSlots {
 
 impl State {
     /// Hands free slots to waiters: the biggest big blob while big ones are under their quota,
-    /// else the longest-waiting small one.
+    /// else the longest-waiting small one, else the smallest big one that may borrow a slot.
     fn dispatch(&mut self, shared: &Arc<Mutex<State>>) {
         while self.free > 0 {
             let next = if self.running_big < self.big_quota
@@ -110,6 +122,8 @@ impl State {
             {
                 arrival
             } else if let Some(arrival) = self.oldest_small() {
+                arrival
+            } else if let Some(&(_, arrival)) = self.smallest_borrower() {
                 arrival
             } else {
                 return;
@@ -141,6 +155,13 @@ impl State {
     fn biggest(&self) -> Option<&(u64, u64)> {
         let size = self.big_by_size.last()?.0;
         self.big_by_size.range((size, 0)..).next()
+    }
+
+    /// The smallest waiting big blob if it may borrow a slot kept for small ones.
+    fn smallest_borrower(&self) -> Option<&(u64, u64)> {
+        self.big_by_size
+            .first()
+            .filter(|(size, _)| *size <= BORROW_MAX)
     }
 
     fn oldest_small(&self) -> Option<u64> {
@@ -229,15 +250,18 @@ mod tests {
         );
     }
 
+    /// Too big to borrow a slot kept for small blobs.
+    const HUGE: u64 = BORROW_MAX + 1;
+
     #[tokio::test]
     async fn big_blobs_leave_a_quarter_of_the_slots_to_small_ones() {
         let slots = Arc::new(TransferSlots::new(8));
         let mut big = Vec::new();
         for _ in 0..6 {
-            big.push(granted(&slots, BIG, "big blobs get three quarters of the slots").await);
+            big.push(granted(&slots, HUGE, "big blobs get three quarters of the slots").await);
         }
         assert!(
-            kept_waiting(&slots, BIG).await,
+            kept_waiting(&slots, HUGE).await,
             "a seventh big blob took a slot kept for small ones"
         );
         let _small = granted(&slots, 10, "the slots kept for small blobs were taken").await;
@@ -248,7 +272,64 @@ mod tests {
         );
         // A big one finishing frees a slot for the next big one.
         big.pop();
-        granted(&slots, BIG, "a freed big slot was not handed on").await;
+        granted(&slots, HUGE, "a freed big slot was not handed on").await;
+    }
+
+    #[tokio::test]
+    async fn blobs_just_over_the_line_borrow_idle_small_slots_smallest_first() {
+        let slots = Arc::new(TransferSlots::new(4));
+        // Three big slots, held by huge blobs.
+        let mut huge = Vec::new();
+        for _ in 0..3 {
+            huge.push(granted(&slots, HUGE, "the big quota was not given").await);
+        }
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let held = granted(&slots, 1, "the slot kept for small blobs was not given").await;
+        let mut tasks = Vec::new();
+        for size in [HUGE, 3 * BIG, BIG, 2 * BIG] {
+            tasks.push(queue(&slots, size, &order).await);
+        }
+        // The small slot freed with no small blob waiting: the smallest that may borrow takes it,
+        // and each one after it on its release; the huge one waits for a big slot.
+        drop(held);
+        for task in tasks.drain(1..) {
+            tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .expect("a blob just over the line never got the idle slot")
+                .unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), vec![BIG, 2 * BIG, 3 * BIG]);
+        assert!(!tasks[0].is_finished(), "a huge blob borrowed a small slot");
+        huge.pop();
+        tokio::time::timeout(Duration::from_secs(5), tasks.pop().unwrap())
+            .await
+            .expect("the huge blob never got the freed big slot")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_borrowed_slot_goes_back_to_a_small_blob_first() {
+        let slots = Arc::new(TransferSlots::new(4));
+        let mut big = Vec::new();
+        for _ in 0..4 {
+            // Three within the quota, the fourth borrowing the small slot.
+            big.push(granted(&slots, BIG, "an idle slot was left unused").await);
+        }
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let waiting_big = queue(&slots, 5 * BIG, &order).await;
+        let waiting_small = queue(&slots, 10, &order).await;
+        // Over the quota: the freed slot goes to the small blob, though a bigger one waited longer.
+        big.pop();
+        tokio::time::timeout(Duration::from_secs(5), waiting_small)
+            .await
+            .expect("the small blob did not get the slot back")
+            .unwrap();
+        assert_eq!(*order.lock().unwrap(), vec![10]);
+        big.pop();
+        tokio::time::timeout(Duration::from_secs(5), waiting_big)
+            .await
+            .expect("the big blob never got its slot")
+            .unwrap();
     }
 
     #[tokio::test]

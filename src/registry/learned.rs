@@ -36,6 +36,8 @@ pub struct Learned {
     ranges_work: AtomicBool,
     put_body_probe: tokio::sync::Mutex<()>,
     range_probe: tokio::sync::Mutex<()>,
+    /// The largest upload request body accepted so far.
+    accepted_body: AtomicU64,
 }
 
 /// How blobs go up to a registry. The first is ours (one request fewer per small blob, bounded
@@ -92,6 +94,7 @@ impl Default for Learned {
             head_probe: tokio::sync::Mutex::new(()),
             mount_probe: tokio::sync::Mutex::new(()),
             chunk_size: AtomicU64::new(DEFAULT_CHUNK_SIZE),
+            accepted_body: AtomicU64::new(0),
             upload_flow: AtomicU8::new(0),
             put_body_works: AtomicBool::new(false),
             ranges_work: AtomicBool::new(false),
@@ -250,6 +253,16 @@ impl Learned {
     }
 
     /// Bytes per upload request now.
+    /// An upload request body of `bytes` was accepted.
+    pub fn body_accepted(&self, bytes: u64) {
+        self.accepted_body.fetch_max(bytes, Ordering::Relaxed);
+    }
+
+    /// Whether a body of `bytes` is known to pass: one at least as large was accepted.
+    pub fn accepts_body(&self, bytes: u64) -> bool {
+        bytes <= self.accepted_body.load(Ordering::Relaxed)
+    }
+
     pub fn chunk_size(&self) -> u64 {
         self.chunk_size.load(Ordering::Relaxed)
     }

@@ -196,7 +196,11 @@ impl Engine {
         let target = match &config.target.kind {
             TargetKind::Registry(endpoint) => {
                 let usage = Usage {
-                    label: "target".into(),
+                    // `target`, or `target:<name>` for one of several targets.
+                    label: match &config.target.name {
+                        Some(name) => format!("target:{name}"),
+                        None => "target".into(),
+                    },
                     limits: config.target.limits,
                     retry: retry.clone(),
                     observer: observer.clone(),

@@ -176,8 +176,15 @@ async fn three_targets_pull_each_blob_and_manifest_once() {
     assert!(out.stdout.contains("\n6 tags: 6 synced"), "{}", out.stdout);
     // The spool is gone when the run ends.
     assert_eq!(std::fs::read_dir(&spool).unwrap().count(), 0);
-    // Per-target series carry the target's name.
+    // Per-target series carry the target's name; a target's own requests are counted under
+    // its name, those upstream once for all.
     let text = std::fs::read_to_string(&metrics).unwrap();
+    for name in ["a", "b", "c"] {
+        assert!(
+            text.contains(&format!("method=\"PUT\",registry=\"target:{name}\"}}")),
+            "{text}"
+        );
+    }
     for name in ["a", "b", "c"] {
         assert!(
             text.contains(&format!(

@@ -372,3 +372,90 @@ async fn an_unwritable_spool_dir_falls_back_to_a_pull_per_target() {
     assert_mirrored(&upstream, &a).await;
     assert_mirrored(&upstream, &b).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_target_stopped_mid_run_holds_neither_other_back() {
+    let upstream = Registry::start().await;
+    let a = Registry::start().await;
+    let mut b = Registry::start().await;
+    let c = Registry::start().await;
+    let mut images = seed(&upstream).await;
+    let big = push_big_blob(&upstream, "library/big", 24 * 1024 * 1024, 7).await;
+    let config_blob = push_blob(
+        &upstream,
+        "library/big",
+        br#"{"architecture":"amd64","os":"linux"}"#,
+    )
+    .await;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_blob.digest, "size": config_blob.size},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": big.digest, "size": big.size}],
+    });
+    push_manifest(
+        &upstream,
+        "library/big",
+        "1",
+        "application/vnd.oci.image.manifest.v1+json",
+        &serde_json::to_vec(&manifest).unwrap(),
+    )
+    .await;
+    images.push(upstream.image_ref("library/big", "1"));
+    let dir = tempfile::tempdir().unwrap();
+    // b is slow (4 MiB/s): it reads the spool behind a and c, then is stopped mid-upload.
+    let yaml = format!(
+        "targets:\n  - name: a\n    registry: \"{}\"\n    insecure: true\n    prefix: mirror\n  - name: b\n    registry: \"{}\"\n    insecure: true\n    prefix: mirror\n    bytes_per_second: 4MiB\n  - name: c\n    registry: \"{}\"\n    insecure: true\n    prefix: mirror\nregistries:\n  \"{}\":\n    insecure: true\nimages:\n{}",
+        a.host(),
+        b.host(),
+        c.host(),
+        upstream.host(),
+        images
+            .iter()
+            .map(|i| format!("  - {i}\n"))
+            .collect::<String>()
+    );
+    let config = write_config(dir.path(), &yaml);
+    let config_arg = config.display().to_string();
+    let mark = upstream.log_mark().await;
+    let args = ["sync", "--once", "--config", &config_arg];
+    let sync = mirrorsync(&args);
+    let stop_b = async {
+        // Once b has opened its first upload, stop it while the big layer (6 s at 4 MiB/s)
+        // is on its way.
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let uploading = b.access_log_now().iter().any(|e| e.method == "POST");
+            if uploading || !b.is_running() {
+                tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+                b.kill();
+                break;
+            }
+        }
+    };
+    let (out, ()) = tokio::join!(sync, stop_b);
+    out.assert_code(1);
+    for target in [&a, &c] {
+        assert_mirrored(&upstream, target).await;
+        assert_image_complete(target, "mirror/library/big", "1").await;
+    }
+    // Lines come as tags finish: every tag of a and c before b's failures.
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let last_good = lines
+        .iter()
+        .rposition(|l| l.contains("-> [a] ") || l.contains("-> [c] "))
+        .unwrap();
+    let first_failed = lines.iter().position(|l| l.starts_with("FAILED")).unwrap();
+    assert!(last_good < first_failed, "{}", out.stdout);
+    assert!(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("FAILED"))
+            .all(|l| l.contains("-> [b] ")),
+        "{}",
+        out.stdout
+    );
+    // The big layer crossed the upstream link once.
+    let log = upstream.access_log_since(mark).await;
+    distinct_blob_gets(&log);
+}

@@ -76,6 +76,11 @@ pub async fn run_pass(
         return run_target(view, options, target).await;
     }
     let hub = Hub::new(views.len(), &config.spool_dir, config.spool_size);
+    // One live progress line per target would overwrite each other on a terminal.
+    let options = &PassOptions {
+        progress: false,
+        ..options.clone()
+    };
     let passes = views.into_iter().enumerate().map(|(index, view)| {
         let name = view.target.name.clone().unwrap_or_default();
         let target = Shared {

@@ -230,24 +230,26 @@ def run_smoke(bench, log) -> list[dict]:
     return fo.rows
 
 
-def run_fanout(bench, log, factory, smoke: bool, rounds: int, skopeo_wan: bool = True) -> list[dict]:
+def run_fanout(bench, log, factory, smoke: bool, rounds: int, skopeo_wan: bool = True, settings=("loopback", "wan")) -> list[dict]:
     """Seeds the corpus into bench.upstream (started here), runs the loopback scenario, then (not
     with smoke) the WAN corpus behind the proxy. Returns the rows."""
     fo = FanOut(bench, log)
     try:
-        sizes = corpus_mod.SMOKE if smoke else corpus_mod.FULL
-        bench.upstream.start(os.path.join(bench.workdir, "storage", "fan-upstream"))
-        corpus = corpus_mod.seed(Client(bench.upstream.host), factory, sizes, log=log)
-        fo.source = bench.upstream.host
-        fo.scenario("loopback", corpus.tags, rounds, skopeo=not smoke, cases=SMOKE_CASES if smoke else CASES)
-        if not smoke:
+        if "loopback" in settings:
+            sizes = corpus_mod.SMOKE if smoke else corpus_mod.FULL
+            bench.upstream.start(os.path.join(bench.workdir, "storage", "fan-upstream"))
+            corpus = corpus_mod.seed(Client(bench.upstream.host), factory, sizes, log=log)
+            fo.source = bench.upstream.host
+            fo.scenario("loopback", corpus.tags, rounds, skopeo=not smoke, cases=SMOKE_CASES if smoke else CASES)
+        if not smoke and "wan" in settings:
             bench.upstream.start(os.path.join(bench.workdir, "storage", "fan-upstream-wan"))
             wcorpus = corpus_mod.seed(Client(bench.upstream.host), factory, wan.WAN, log=log)
             tags = wcorpus.tags[: WAN_PROFILE.tags]
             fo.proxy = wan.Proxy(bench.workdir, bench.upstream.host, WAN_PROFILE)
             try:
                 fo.source = fo.proxy.host
-                fo.scenario("wan", tags, rounds, skopeo=skopeo_wan)
+                # WAN runs take seconds: at least 3 rounds whatever --rounds says.
+                fo.scenario("wan", tags, max(rounds, 3), skopeo=skopeo_wan)
             finally:
                 fo.proxy.stop()
                 fo.proxy = None

@@ -305,7 +305,9 @@ def problems(rows: list[dict]) -> list[str]:
             found.append(f"fan-out {x['setting']} {x['case']} round {x['round']}: mirrorsync exited {x['rc']}")
         if x["tool"] == "mirrorsync" and x["case"] == "one-down" and x["rc"] != 1:
             found.append(f"fan-out {x['setting']} one-down round {x['round']}: exit {x['rc']}, want 1 (the down target's tags fail)")
-        if x["tool"] == "mirrorsync" and x["up_bytes"] != x["unique"]:
+        # Bytes as the access log counts them: the standard corpus's come to 23 kB over its
+        # descriptors' sum with every blob fetched once; a repeated blob is the real failure.
+        if x["tool"] == "mirrorsync" and (x["repeats"] or abs(x["up_bytes"] / x["unique"] - 1) > 1e-4):
             found.append(f"fan-out {x['setting']} {x['case']} round {x['round']}: upstream blob bytes {x['up_bytes']:,} != unique {x['unique']:,}")
     return found
 
@@ -350,7 +352,7 @@ def render(rows: list[dict], meta: dict, fig: str | None) -> str:
         row("upstream bytes / unique blob bytes", lambda xs: f"**{_med([x['up_bytes'] / x['unique'] for x in xs]):.4f}x**")
         if s["three"][0]["down_bytes"] is not None:
             row("bytes through the proxy", lambda xs: _fmt([x["down_bytes"] / 1e6 for x in xs], "MB", 1))
-        row("registries' CPU (upstream + targets)", lambda xs: _fmt([sum(x["registry_cpu"].values()) for x in xs]))
+        row("registries' CPU (upstream + targets)", lambda xs: _fmt([sum(x["registry_cpu"].values()) for x in xs]) if xs[0]["registry_cpu"] else "-")
         row("exit code", lambda xs: ", ".join(str(x["rc"]) for x in xs))
         lines.append("")
         wl = 1.3 if setting == "loopback" else 1.1

@@ -18,6 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from . import corpus as corpus_mod
+from . import fanout
 from . import report
 from . import scale
 from . import wan
@@ -60,6 +61,8 @@ def parse_args(argv):
     p.add_argument("--wan-only", action="store_true", help="run only the WAN profiles; rewrite only their section of the report")
     p.add_argument("--wan-profile", action="append", help="run only this WAN profile (repeatable; see mirrorbench/wan.py)")
     p.add_argument("--scale", metavar="SIZES", help="run only the scale scenario for these list sizes (comma separated, e.g. 1000,10000) and rewrite only its section of the report; --smoke runs it at 200,1000")
+    p.add_argument("--fan-out", action="store_true", help="run only the fan-out scenario (one upstream, 3 targets; mirrorsync with targets: [a,b,c] and with one target, skopeo sync x3, one target down; loopback and WAN) and rewrite only its section of the report")
+    p.add_argument("--fan-setting", action="append", choices=("loopback", "wan"), help="with --fan-out: only this setting (repeatable; default both)")
     a = p.parse_args(argv)
     if a.rounds is None:
         a.rounds = 1 if a.smoke else 3
@@ -400,6 +403,29 @@ def run_scale_only(args, binary, provenance, workdir, command, started, t_start)
     return 1 if found else 0
 
 
+def run_fanout_only(args, bench, provenance, workdir, command, started, t_start) -> int:
+    """`bench/run --fan-out`: the fan-out scenario alone (mirrorbench/fanout.py); rewrites only its section."""
+    load_before = os.getloadavg()
+    factory = LayerFactory(args.cache_dir, log=log)
+    settings = args.fan_setting or ("loopback", "wan")
+    rows = fanout.run_fanout(bench, log, factory, smoke=args.smoke, rounds=args.rounds, settings=settings)
+    meta = {"command": command, "date": started.strftime("%Y-%m-%d %H:%M UTC"), "provenance": provenance,
+            "load": (load_before, os.getloadavg())}
+    out_dir = os.path.dirname(os.path.abspath(args.output))
+    fig_path = os.path.join(wan.figures_dir(out_dir), "fanout.svg")
+    fanout.figure(rows, fig_path)
+    fanout.write(args.output, fanout.render(rows, meta, os.path.relpath(fig_path, out_dir)))
+    with open(os.path.join(workdir, "fanout.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    log(f"== fan-out section written to {os.path.relpath(args.output)} ({time.monotonic() - t_start:.0f}s in all)")
+    found = fanout.problems(rows)
+    for p in found:
+        log("   - " + p)
+    if not (args.keep or args.workdir):
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 1 if found else 0
+
+
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     command = "bench/run" + ("" if not sys.argv[1:] else " " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
@@ -435,6 +461,8 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     if args.scale:
         return run_scale_only(args, binary, provenance, workdir, command, started, t_start)
+    if args.fan_out:
+        return run_fanout_only(args, bench, provenance, workdir, command, started, t_start)
     load_before = os.getloadavg()
     profiles = wan.SMOKE_PROFILES if args.smoke else wan.FULL_PROFILES
     if args.wan_profile:
@@ -444,6 +472,7 @@ def main(argv=None) -> int:
             log(f"error: unknown WAN profile(s) {unknown}; known: {sorted(known)}")
             return 2
         profiles = [known[n] for n in args.wan_profile]
+    fan_rows = []
     try:
         factory = LayerFactory(args.cache_dir, log=log)
         if not args.wan_only:
@@ -476,6 +505,9 @@ def main(argv=None) -> int:
             bench.wan_corpus = bench.corpus
             wan.run_profiles(bench, profiles, log)
             bench.corpus = loop_corpus
+        if args.smoke and bench.corpus is not None and bench.upstream.proc is not None:
+            # The fan-out scenario, tiny (mirrorbench/fanout.py): 3 targets, then one down.
+            fan_rows = fanout.run_smoke(bench, log)
     finally:
         bench.target.stop()
         bench.upstream.stop()
@@ -503,6 +535,11 @@ def main(argv=None) -> int:
     else:
         text, problems = report.render(bench, meta)
         report.write(args.output, text, wan_text)
+    if fan_rows:
+        problems = list(problems) + fanout.problems(fan_rows)
+        out_fig = os.path.join(wan.figures_dir(out_dir), "fanout.svg")
+        fanout.figure(fan_rows, out_fig)
+        fanout.write(args.output, fanout.render(fan_rows, dict(meta, provenance=provenance), os.path.relpath(out_fig, out_dir)))
     if args.smoke:
         # The scale scenario at small sizes, so it cannot rot (its figures mean little here).
         rows = scale.run_scale(binary, workdir, [200, 1000], log)

@@ -369,15 +369,17 @@ def write(path, text, wan_text=None):
     """Writes the report: `text`, then the WAN section (`wan_text`, or the previous file's when
     None: a run without WAN profiles keeps it), then the hand-written analysis block of the
     previous file (the scale section, written by `bench/run --scale` alone, is kept before it)."""
+    from .fanout import FANOUT_BEGIN, FANOUT_END
     from .scale import SCALE_BEGIN, SCALE_END
 
-    analysis = wan_block = scale_block = ""
+    analysis = wan_block = scale_block = fanout_block = ""
     if os.path.exists(path):
         with open(path) as f:
             old = f.read()
         analysis = _block(old, ANALYSIS_BEGIN, ANALYSIS_END)
         wan_block = _block(old, WAN_BEGIN, WAN_END)
         scale_block = _block(old, SCALE_BEGIN, SCALE_END)
+        fanout_block = _block(old, FANOUT_BEGIN, FANOUT_END)
     if wan_text is not None:
         wan_block = f"{WAN_BEGIN}\n{wan_text}\n{WAN_END}"
     with open(path, "w") as f:
@@ -386,6 +388,8 @@ def write(path, text, wan_text=None):
             f.write("\n" + wan_block + "\n")
         if scale_block:
             f.write("\n" + scale_block + "\n")
+        if fanout_block:
+            f.write("\n" + fanout_block + "\n")
         if analysis:
             f.write("\n" + analysis + "\n")
 

@@ -92,10 +92,14 @@ pub struct SpoolWriter {
 impl SpoolWriter {
     /// Appends verified-so-far bytes and wakes the readers.
     pub async fn write(&mut self, piece: &Bytes) -> Result<(), String> {
-        self.file
-            .write_all(piece)
-            .await
-            .map_err(|e| format!("spool file {}: {e}", self.entry.path.display()))?;
+        // `flush` waits until the bytes are in the file: readers are told the new length next,
+        // and tokio's `write_all` returns once its own buffer has them.
+        let written = async {
+            self.file.write_all(piece).await?;
+            self.file.flush().await
+        }
+        .await;
+        written.map_err(|e| format!("spool file {}: {e}", self.entry.path.display()))?;
         self.written += piece.len() as u64;
         let (attempt, written) = (self.attempt, self.written);
         self.entry

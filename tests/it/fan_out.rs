@@ -165,6 +165,12 @@ async fn three_targets_pull_each_blob_and_manifest_once() {
             out.stdout
         );
     }
+    // Every target read every spooled blob whole the first time (no early end of file).
+    assert!(
+        !out.stderr.contains("from the spool not stored"),
+        "{}",
+        out.stderr
+    );
     // A totals line per target, then the run's.
     for name in ["a", "b", "c"] {
         assert!(

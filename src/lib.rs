@@ -19,28 +19,32 @@
 //! stopped. [`outcome`] holds how each tag ended, the data [`report`], [`metrics`] and [`state`]
 //! read; [`run_report`] writes them as the JSON document of `--report`.
 
-pub mod atomic_file;
+mod atomic_file;
 pub mod cli;
 pub mod commands;
-pub mod config;
-pub mod copy;
-pub mod daemon;
-pub mod history;
-pub mod layout_source;
-pub mod liveness;
-pub mod manifest;
-pub mod metrics;
-pub mod outcome;
-pub mod prune;
-pub mod reference;
-pub mod registry;
-pub mod report;
-pub mod run;
-pub mod run_report;
-pub mod schedule;
-pub mod shard;
-pub mod signals;
-pub mod state;
-pub mod tags;
-pub mod target;
-pub mod verify;
+mod config;
+mod copy;
+mod daemon;
+mod history;
+mod layout_source;
+mod liveness;
+mod manifest;
+mod metrics;
+mod outcome;
+mod prune;
+mod reference;
+mod registry;
+mod report;
+mod run;
+mod run_report;
+mod schedule;
+mod shard;
+mod signals;
+mod state;
+mod tags;
+mod target;
+mod verify;
+
+pub use config::Config;
+pub use report::{fatal, use_json_logs};
+pub use run_report::{ReportCommand, ReportFile};

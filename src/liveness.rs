@@ -12,10 +12,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Default `--liveness-timeout`: longer than the worst a single request may take with its retries
-/// (2 min read timeout, 5 tries, waits of up to 1 min between them).
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
-
 /// A counter that grows while a pass makes progress.
 pub type Activity = Arc<dyn Fn() -> u64 + Send + Sync>;
 

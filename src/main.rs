@@ -3,9 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use mirrorsync::Config;
 use mirrorsync::cli::{Cli, Command, LogFormat};
-use mirrorsync::config::Config;
-use mirrorsync::run_report::{ReportCommand, ReportFile};
+use mirrorsync::{ReportCommand, ReportFile};
 
 fn main() -> ExitCode {
     let started = std::time::SystemTime::now();
@@ -14,7 +14,7 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(e),
     };
     init_tracing(cli.log_format, &cli.log_level);
-    mirrorsync::report::use_json_logs(cli.log_format == LogFormat::Json);
+    mirrorsync::use_json_logs(cli.log_format == LogFormat::Json);
     let _ = rustls::crypto::ring::default_provider().install_default();
 
     let config_path = match &cli.command {
@@ -25,7 +25,7 @@ fn main() -> ExitCode {
     let config = match Config::load(config_path) {
         Ok(c) => c,
         Err(e) => {
-            mirrorsync::report::fatal(&e);
+            mirrorsync::fatal(&e);
             // A pipeline that asked for a run report gets one, with the error.
             let code = report_file(&cli.command, started).write_error_blocking(&e.to_string(), 2);
             return ExitCode::from(u8::try_from(code).unwrap_or(2));
@@ -37,7 +37,7 @@ fn main() -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            mirrorsync::report::fatal(format!("cannot start the async runtime: {e}"));
+            mirrorsync::fatal(format!("cannot start the async runtime: {e}"));
             return ExitCode::from(1);
         }
     };

@@ -41,27 +41,6 @@ impl Terminate {
     }
 }
 
-/// Resolves when the process receives SIGTERM or SIGINT (the first one).
-///
-/// The handlers are installed when this future is first polled; use [`Terminate::install`]
-/// early in `main` when a signal must not be missed before that. If the handlers cannot be
-/// installed (which does not happen on Linux with a tokio runtime), this falls back to
-/// `tokio::signal::ctrl_c`.
-pub async fn terminate_signal() {
-    match Terminate::install() {
-        Ok(mut t) => {
-            let name = t.recv().await;
-            tracing::info!(signal = name, "termination signal received");
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot install SIGTERM handler; waiting for SIGINT only");
-            if tokio::signal::ctrl_c().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-    }
-}
-
 /// SIGHUP notifications (config reload): `while hangups.recv().await.is_some() { ... }`.
 /// Several SIGHUPs that arrive before the next `recv` are delivered as one.
 pub fn hangups() -> std::io::Result<Signal> {
@@ -145,14 +124,5 @@ mod tests {
             .await
             .expect("SIGTERM delivered");
         assert_eq!(name, "SIGTERM");
-        // terminate_signal resolves on SIGINT too (handlers are already installed above, so
-        // the signal cannot hit the default action).
-        let waiter = tokio::spawn(terminate_signal());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        kill("INT");
-        tokio::time::timeout(Duration::from_secs(10), waiter)
-            .await
-            .expect("terminate_signal resolved")
-            .unwrap();
     }
 }

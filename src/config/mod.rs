@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 pub use credentials::{Credentials, Secret, read_password_file};
 pub use error::ConfigError;
-pub use values::{DEFAULT_CHUNK_SIZE, MIN_CHUNK_SIZE, parse_byte_size};
+pub use values::{DEFAULT_CHUNK_SIZE, MIN_CHUNK_SIZE};
 
 use crate::reference::{DOCKER_HUB, DOCKER_HUB_API, Reference, normalize_registry};
 

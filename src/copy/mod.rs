@@ -52,7 +52,6 @@ use crate::target::{OciLayout, Target, TargetError};
 use inspect::{Change, Inspection};
 use ledger::{BlobLedger, ManifestBudget, ManifestLedger};
 use manifests::Route;
-pub use preflight::Probe;
 use upstream::{Upstream, UpstreamRef};
 
 /// Indexes may nest; deeper than this is refused rather than followed.

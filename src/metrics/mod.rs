@@ -36,7 +36,7 @@ use prometheus::core::Collector;
 use prometheus::{Gauge, GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 pub use aggregate::TagLag;
-pub use push::{MetricsError, push};
+pub use push::push;
 pub use server::{HealthCheck, serve};
 pub use textfile::write_textfile;
 
@@ -396,11 +396,6 @@ impl Metrics {
         self.tags.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Overrides `mirrorsync_process_start_time_seconds` (tests with golden output).
-    pub fn set_process_start(&self, ts: f64) {
-        self.process_start.set(ts);
-    }
-
     /// Records the end of a run: its duration, the number of tags per result (results not
     /// listed are 0; a result listed twice is summed), one more pass in `mirrorsync_runs_total`
     /// (failed when a tag failed, else deferred when a tag was deferred, else success), and,
@@ -553,11 +548,6 @@ impl Metrics {
         self.skipped_passes.inc();
     }
 
-    /// The current `mirrorsync_run_last_success_timestamp_seconds`, if any.
-    pub fn last_success(&self) -> Option<f64> {
-        self.tags().last_success
-    }
-
     /// Renders every metric in the text exposition format 0.0.4.
     pub fn render(&self) -> String {
         let families = self.gather();
@@ -646,7 +636,7 @@ mirrorsync_tag_last_synced_timestamp_seconds{source="docker.io/library/redis:7.2
 
     fn populated() -> Arc<Metrics> {
         let m = Metrics::new();
-        m.set_process_start(1_699_999_000.0);
+        m.process_start.set(1_699_999_000.0);
         m.record_config_load(true, 1_699_999_100.0);
         m.record_config_load(false, 1_699_999_200.0);
         // Inserted out of order on purpose: the output is sorted.
@@ -765,7 +755,7 @@ mirrorsync_tag_last_synced_timestamp_seconds{source="docker.io/library/redis:7.2
                 .contains("mirrorsync_run_last_success_timestamp_seconds 100\n")
         );
         m.record_run(2.0, &[(TagRunResult::Synced, 3)], Some(200.0));
-        assert_eq!(m.last_success(), Some(200.0));
+        assert_eq!(m.tags().last_success, Some(200.0));
         m.record_run(3.0, &[(TagRunResult::Deferred, 1)], None);
         let text = m.render();
         assert!(text.contains("mirrorsync_run_last_success_timestamp_seconds 200\n"));
@@ -916,8 +906,11 @@ mirrorsync_tag_last_synced_timestamp_seconds{source="docker.io/library/redis:7.2
         assert!(text.contains("mirrorsync_tag_lag_seconds{source=\"b\",target=\"mb\"} 5\n"));
         assert!(!text.contains("source=\"a\""), "{text}");
         assert!(!text.contains("source=\"c\""), "{text}");
-        assert_eq!(m.tag_lag("b", "mb"), Some(5.0));
-        assert_eq!(m.tag_lag("a", "ma"), None);
+        assert_eq!(
+            m.tags().lag.get(&("b".into(), "mb".into())).copied(),
+            Some(5.0)
+        );
+        assert_eq!(m.tags().lag.get(&("a".into(), "ma".into())), None);
         m.retain_tags(&|_, _| false);
         let text = m.render();
         assert!(
@@ -1159,7 +1152,7 @@ mirrorsync_tag_last_synced_timestamp_seconds{source="docker.io/library/redis:7.2
         .unwrap_err();
         let msg = err.to_string();
         assert!(
-            matches!(err, MetricsError::Status { status: 400, .. }),
+            matches!(err, push::MetricsError::Status { status: 400, .. }),
             "{msg}"
         );
         assert!(

@@ -68,12 +68,4 @@ impl Metrics {
     pub fn set_tag_series_out_of_sync_only(&self, yes: bool) {
         self.tags().out_of_sync_only = yes;
     }
-
-    /// The current `mirrorsync_tag_lag_seconds` of a tag, if set.
-    pub fn tag_lag(&self, source: &str, target: &str) -> Option<f64> {
-        self.tags()
-            .lag
-            .get(&(source.to_string(), target.to_string()))
-            .copied()
-    }
 }

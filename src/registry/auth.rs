@@ -235,56 +235,6 @@ impl Authenticator {
         deny(reason)
     }
 
-    /// Checks the credentials against the registry without touching any repository.
-    pub async fn verify(
-        &self,
-        client: &super::RegistryClient,
-        base: &url::Url,
-    ) -> Result<bool, RegistryError> {
-        let http = &client.http;
-        if self.credentials.is_none() {
-            return Ok(false);
-        }
-        let challenge = self.challenge.lock().await.clone();
-        match challenge {
-            None | Some(Challenge::Anonymous) => Ok(true),
-            Some(Challenge::Bearer { realm, service, .. }) => {
-                self.fetch_token(client, &realm, service.as_deref(), &[])
-                    .await?;
-                Ok(true)
-            }
-            Some(Challenge::Basic) => {
-                let url = base.join("v2/").map_err(|e| RegistryError::Protocol {
-                    url: base.to_string(),
-                    reason: e.to_string(),
-                })?;
-                let mut request = http.get(url);
-                if let Some(h) = self.basic_header() {
-                    request = request.header(reqwest::header::AUTHORIZATION, h);
-                }
-                let status = request
-                    .send()
-                    .await
-                    .map_err(|e| RegistryError::Auth {
-                        host: self.host.clone(),
-                        reason: super::describe_reqwest_error(&e),
-                    })?
-                    .status();
-                if status.is_success() {
-                    Ok(true)
-                } else {
-                    Err(RegistryError::Auth {
-                        host: self.host.clone(),
-                        reason: format!(
-                            "username or password rejected (GET /v2/ answered {})",
-                            status.as_u16()
-                        ),
-                    })
-                }
-            }
-        }
-    }
-
     fn basic_header(&self) -> Option<HeaderValue> {
         let creds = self.credentials.as_ref()?;
         let raw = format!("{}:{}", creds.username, creds.password.expose());

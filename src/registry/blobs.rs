@@ -372,7 +372,7 @@ pub fn refuses_shortcut(error: &RegistryError, digest: &Digest) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::ApiError;
+    use crate::registry::error::ApiError;
 
     fn status(status: u16, code: &str, message: &str) -> RegistryError {
         RegistryError::Status {

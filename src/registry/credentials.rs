@@ -157,8 +157,8 @@ impl CredentialStore {
         Ok(store)
     }
 
-    /// Looks for `docker-credential-*` helpers in `dir` instead of on `PATH` (for tests and
-    /// for installs that keep helpers in a fixed place).
+    /// Looks for `docker-credential-*` helpers in `dir` instead of on `PATH` (tests).
+    #[cfg(test)]
     pub fn with_helper_dir(mut self, dir: impl Into<PathBuf>) -> CredentialStore {
         self.helper_dir = Some(dir.into());
         self

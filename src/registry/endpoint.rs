@@ -26,6 +26,7 @@ pub struct Usage {
 
 impl Usage {
     /// No limits, default retries, no observer.
+    #[cfg(test)]
     pub fn new(label: impl Into<String>) -> Usage {
         Usage {
             label: label.into(),

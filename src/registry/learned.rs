@@ -35,7 +35,6 @@ pub struct Learned {
     /// A `PATCH` with `Content-Range` was accepted: chunked uploads work here.
     ranges_work: AtomicBool,
     put_body_probe: tokio::sync::Mutex<()>,
-    range_probe: tokio::sync::Mutex<()>,
     /// The largest upload request body accepted so far.
     accepted_body: AtomicU64,
 }
@@ -99,7 +98,6 @@ impl Default for Learned {
             put_body_works: AtomicBool::new(false),
             ranges_work: AtomicBool::new(false),
             put_body_probe: tokio::sync::Mutex::new(()),
-            range_probe: tokio::sync::Mutex::new(()),
         }
     }
 }
@@ -236,19 +234,6 @@ impl Learned {
             return None;
         }
         let guard = self.put_body_probe.lock().await;
-        (!known()).then_some(guard)
-    }
-
-    /// The same for `Content-Range` on chunked uploads (held until the first chunk's answer).
-    pub async fn range_probe(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        let known = || {
-            self.ranges_work.load(Ordering::Relaxed)
-                || self.upload_flow() >= UploadFlow::SinglePatch
-        };
-        if known() {
-            return None;
-        }
-        let guard = self.range_probe.lock().await;
         (!known()).then_some(guard)
     }
 

@@ -39,8 +39,8 @@ pub use blobs::refuses_shortcut;
 pub(crate) use body::{BodyError, MAX_ERROR_BODY, read_limited};
 pub use credentials::{CredentialError, CredentialStore};
 pub use endpoint::{EndpointError, Usage, mirror_endpoint};
-pub use error::{ApiError, RegistryError};
-pub use learned::{DEFAULT_CHUNK_SIZE, Learned, MIN_CHUNK_SIZE, UploadFlow};
+pub use error::RegistryError;
+pub use learned::{Learned, UploadFlow};
 pub use limits::{HostLimits, LimitSettings};
 pub use manifests::is_schema1;
 use origin::same_origin;
@@ -338,13 +338,6 @@ impl RegistryClient {
             *fatal = Some(e.clone());
         }
         result
-    }
-
-    /// Proves the configured credentials are accepted: Basic on `GET /v2/`, or a token for no
-    /// particular repository. `Ok(false)` when there are no credentials to check.
-    pub async fn verify_credentials(&self) -> Result<bool, RegistryError> {
-        self.ping().await?;
-        self.auth.verify(self, &self.base).await
     }
 
     async fn ping_once(&self) -> Result<(), RegistryError> {

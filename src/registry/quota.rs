@@ -9,12 +9,6 @@ use reqwest::header::HeaderMap;
 use super::RegistryClient;
 
 impl RegistryClient {
-    /// Docker Hub pulls left as last reported (and counted down since); `None` when the
-    /// registry sends no `ratelimit-remaining` header (no limit).
-    pub fn pulls_remaining(&self) -> Option<u64> {
-        u64::try_from(self.pulls_remaining.load(Ordering::Relaxed)).ok()
-    }
-
     /// Reserves one pull (a manifest GET, which Docker Hub counts) unless that would take the
     /// remaining quota to `reserve` or below; `Err(left)` then. Always allowed while the
     /// registry has reported no quota.

@@ -63,11 +63,6 @@ impl RetryPolicy {
             .mul_f64(fastrand::f64())
             .max(Duration::from_millis(10))
     }
-
-    /// Retries left in this run.
-    pub fn budget_left(&self) -> u32 {
-        self.budget.load(Ordering::Relaxed)
-    }
 }
 
 /// `Retry-After` as delay-seconds or an HTTP date.

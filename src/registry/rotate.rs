@@ -89,15 +89,6 @@ impl AuthSlot {
         self.current().set_challenge(challenge).await;
     }
 
-    /// See [`Authenticator::verify`].
-    pub async fn verify(
-        &self,
-        client: &RegistryClient,
-        base: &url::Url,
-    ) -> Result<bool, RegistryError> {
-        self.current().verify(client, base).await
-    }
-
     /// See [`Authenticator::authorization`]; a token server that refuses the credentials makes
     /// them be read again, once.
     pub async fn authorization(

@@ -40,8 +40,15 @@ const UNDER_ACCEPTED: f64 = 0.9;
 const MIN_RATE: f64 = 1.0;
 /// The time in which the rate grows back to what the host accepted before it refused.
 const RECOVERY: Duration = Duration::from_secs(2);
-/// Above that, the rate grows by this share of it per second (and by at least 0.5/s).
+/// Above that, the rate grows by this share of it per second (and by at least 0.5/s) at first,
+/// twice as fast every [`PROBE_DOUBLING`] without a refusal: what the host accepted when it
+/// refused may have been far under its cap (a refusal in the first moments of a run, when few
+/// answers had come back), and a rate that only crept up would stay there for the whole run.
 const PROBE: f64 = 0.05;
+/// How often the probing growth above the last known rate doubles.
+const PROBE_DOUBLING: Duration = Duration::from_secs(2);
+/// The probing growth doubles at most this many times.
+const PROBE_DOUBLINGS: f64 = 4.0;
 /// The span over which accepted requests are counted.
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -79,6 +86,10 @@ struct State {
     epoch: u64,
     /// When recent requests were answered without a refusal (the last second's).
     accepted: VecDeque<Instant>,
+    /// Since when the rate has been above what the host accepted at its last refusal.
+    probe_since: Option<Instant>,
+    /// When recent requests started (the last two seconds').
+    starts: VecDeque<Instant>,
 }
 
 /// What an answer says about the host's load.
@@ -97,6 +108,8 @@ pub struct Ticket<'a> {
     throttle: &'a Throttle,
     epoch: u64,
     holds_slot: bool,
+    /// When the pacer let it start.
+    start: Instant,
 }
 
 impl Drop for Ticket<'_> {
@@ -131,6 +144,8 @@ impl Throttle {
                 paused_until: None,
                 epoch: 0,
                 accepted: VecDeque::new(),
+                probe_since: None,
+                starts: VecDeque::new(),
             }),
             changed: Notify::new(),
             ceiling,
@@ -156,34 +171,44 @@ impl Throttle {
     /// request whose body streams for as long as a blob transfer takes none, or one big upload
     /// could hold the whole window), and the pacer lets one more request start.
     pub async fn admit(&self, hold: bool) -> Ticket<'_> {
-        let (start, epoch) = loop {
+        loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let paused = {
+            let wait_until = {
                 let mut s = self.lock();
                 let now = Instant::now();
-                match s.paused_until {
-                    Some(until) if until > now => Some(until),
+                match (s.paused_until, s.next_start(now)) {
+                    (Some(until), _) if until > now => Some(until),
+                    (_, Some(at)) => {
+                        s.paced_at = Some(now);
+                        Some(at)
+                    }
                     _ if hold && s.in_flight >= s.window as usize => None,
                     _ => {
                         s.in_flight += usize::from(hold);
-                        break (s.start_at(now), s.epoch);
+                        s.start(now);
+                        return Ticket {
+                            throttle: self,
+                            epoch: s.epoch,
+                            holds_slot: hold,
+                            start: now,
+                        };
                     }
                 }
             };
-            match paused {
-                Some(until) => tokio::time::sleep_until(until).await,
+            // Woken early when the rate or the window changes, so that a wait is never for a
+            // pace the host no longer asks for.
+            match wait_until {
+                Some(until) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(until) => {}
+                        () = &mut notified => {}
+                    }
+                }
                 None => notified.await,
             }
-        };
-        let ticket = Ticket {
-            throttle: self,
-            epoch,
-            holds_slot: hold,
-        };
-        tokio::time::sleep_until(start).await;
-        ticket
+        }
     }
 
     /// Learns from the answer to `ticket`'s request.
@@ -199,7 +224,14 @@ impl Throttle {
                     s.paused_until = Some(s.paused_until.map_or(until, |u| u.max(until)));
                 }
                 if ticket.epoch == s.epoch {
-                    s.shrink(now);
+                    s.shrink(now, ticket.start);
+                    tracing::debug!(
+                        window = s.window,
+                        rate = s.rate,
+                        accepted_last_second = s.accepted_at_cut,
+                        retry_after = ?retry_after,
+                        "host refused for load: window and rate cut"
+                    );
                 }
             }
         }
@@ -209,17 +241,27 @@ impl Throttle {
 }
 
 impl State {
-    /// When a request admitted `now` may start, reserving its place in the pacer.
-    fn start_at(&mut self, now: Instant) -> Instant {
-        let Some(rate) = self.rate else {
-            return now;
-        };
-        let at = self.next_start.max(now);
-        if at > now {
-            self.paced_at = Some(now);
+    /// When the pacer lets the next request start, if later than `now`.
+    fn next_start(&self, now: Instant) -> Option<Instant> {
+        (self.rate.is_some() && self.next_start > now).then_some(self.next_start)
+    }
+
+    /// A request starts `now`: the next one may start one interval of the rate later (or of
+    /// the time the last one was due, when this one was late by less than an interval: the
+    /// pace holds on average, and an idle host gives no burst). Nothing is reserved ahead, so
+    /// a cut in the rate applies to every request not yet started.
+    fn start(&mut self, now: Instant) {
+        self.starts.push_back(now);
+        if let Some(rate) = self.rate {
+            let interval = Duration::from_secs_f64(1.0 / rate);
+            let due = self.next_start;
+            let base = if now.duration_since(due) < interval {
+                due
+            } else {
+                now
+            };
+            self.next_start = base + interval;
         }
-        self.next_start = at + Duration::from_secs_f64(1.0 / rate);
-        at
     }
 
     fn accepted_last_second(&mut self, now: Instant) -> usize {
@@ -231,6 +273,21 @@ impl State {
             self.accepted.pop_front();
         }
         self.accepted.len()
+    }
+
+    /// Requests that started in the second before `before` (pruning those too old to matter).
+    fn started_in_second_before(&mut self, now: Instant, before: Instant) -> usize {
+        while self
+            .starts
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= 2 * SECOND)
+        {
+            self.starts.pop_front();
+        }
+        self.starts
+            .iter()
+            .filter(|t| **t < before && before.duration_since(**t) < SECOND)
+            .count()
     }
 
     fn grow(&mut self, now: Instant, ceiling: f64) {
@@ -261,17 +318,31 @@ impl State {
                 Some(known) if rate < known => {
                     ((known - self.cut_to) / RECOVERY.as_secs_f64()).max(PROBE * known)
                 }
-                Some(known) => (PROBE * known).max(0.5),
+                Some(known) => {
+                    let since = *self.probe_since.get_or_insert(now);
+                    let doublings = (now.duration_since(since).as_secs_f64()
+                        / PROBE_DOUBLING.as_secs_f64())
+                    .min(PROBE_DOUBLINGS);
+                    (PROBE * known).max(0.5) * doublings.exp2()
+                }
             };
             self.rate = Some(rate + per_second * elapsed.as_secs_f64());
         }
     }
 
-    fn shrink(&mut self, now: Instant) {
+    /// Cuts the window and the rate on a refusal, at `now`, of a request that started at
+    /// `refused_start`. What the host accepts per second is estimated from the answers accepted
+    /// in the last second, or from the requests that started in the second before the refused
+    /// one when more: a refusal is answered at once, while requests let through before it may
+    /// still be running (early in a run, few have been answered yet).
+    fn shrink(&mut self, now: Instant, refused_start: Instant) {
         self.epoch += 1;
         self.slow_start = false;
         self.window = (self.window * BETA).max(1.0);
-        let accepted = self.accepted_last_second(now) as f64;
+        self.probe_since = None;
+        let accepted = self
+            .accepted_last_second(now)
+            .max(self.started_in_second_before(now, refused_start)) as f64;
         let current = self.rate.unwrap_or(f64::INFINITY);
         let rate = (current * BETA)
             .min(accepted * UNDER_ACCEPTED)
@@ -279,10 +350,10 @@ impl State {
         self.rate = Some(rate);
         self.cut_to = rate;
         self.accepted_at_cut = (accepted > 0.0).then_some(accepted);
-        // The pacer starts from the new rate now, not from reservations made at the old one.
+        // No request starts sooner than one interval of the new rate from now.
         self.next_start = self
             .next_start
-            .min(now + Duration::from_secs_f64(1.0 / rate));
+            .max(now + Duration::from_secs_f64(1.0 / rate));
     }
 }
 
@@ -336,6 +407,8 @@ impl RegistryClient {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     fn throttle(ceiling: usize) -> Throttle {
@@ -365,7 +438,7 @@ mod tests {
         let mut s = t.lock();
         let now = Instant::now();
         for _ in 0..20 {
-            s.shrink(now);
+            s.shrink(now, now);
         }
         assert_eq!(s.window, 1.0);
         assert_eq!(s.rate, Some(MIN_RATE));
@@ -377,13 +450,78 @@ mod tests {
         let mut s = t.lock();
         let now = Instant::now();
         accept(&mut s, now, 30, 64.0);
-        s.shrink(now);
+        s.shrink(now, now);
         assert_eq!(s.rate, Some(27.0));
-        // The pacer hands out starts 1/27 s apart.
-        let first = s.start_at(now);
-        let second = s.start_at(now);
-        let gap = second.duration_since(first).as_secs_f64();
-        assert!((gap - 1.0 / 27.0).abs() < 1e-6, "{gap}");
+        // The pacer lets requests start 1/27 s apart.
+        let interval = Duration::from_secs_f64(1.0 / 27.0);
+        let first = s.next_start(now).unwrap();
+        assert_eq!(first, now + interval);
+        s.start(first);
+        assert_eq!(s.next_start(first), Some(first + interval));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cut_in_the_rate_applies_to_requests_already_waiting() {
+        let t = Arc::new(throttle(64));
+        {
+            let mut s = t.lock();
+            let now = Instant::now();
+            accept(&mut s, now, 25, 64.0);
+            s.shrink(now, now);
+        }
+        // Forty requests wait for the pacer at 22.5 per second.
+        let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let waiters: Vec<_> = (0..40)
+            .map(|_| {
+                let (t, started) = (t.clone(), started.clone());
+                tokio::spawn(async move {
+                    let _ticket = t.admit(false).await;
+                    started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = started.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            (10..=12).contains(&before),
+            "{before} started in 0.5 s at 22.5/s"
+        );
+        // The host refuses again: cut to 15.75 per second, for the waiting ones too.
+        {
+            let mut s = t.lock();
+            let now = Instant::now();
+            s.shrink(now, now);
+        }
+        t.changed.notify_waiters();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = started.load(std::sync::atomic::Ordering::SeqCst) - before;
+        assert!(
+            (14..=16).contains(&after),
+            "{after} started in the next 1 s at 15.75/s"
+        );
+        for w in waiters {
+            w.abort();
+        }
+    }
+
+    #[test]
+    fn a_refusal_early_in_the_run_counts_the_requests_let_through_before_it() {
+        let t = throttle(64);
+        let mut s = t.lock();
+        let start = Instant::now();
+        // 30 requests start in the first 0.1 s; 10 have been answered when the 31st, started
+        // after them, is refused at once.
+        for i in 0..30 {
+            s.start(start + Duration::from_millis(3 * i));
+        }
+        let refused_start = start + Duration::from_millis(100);
+        s.start(refused_start);
+        let refused_at = start + Duration::from_millis(101);
+        accept(&mut s, refused_at, 10, 64.0);
+        s.shrink(refused_at, refused_start);
+        // The host let 30 through in that second, not 10: paced at 27, not 9.
+        let rate = s.rate.unwrap();
+        assert!((rate - 27.0).abs() < 1e-6, "{rate}");
     }
 
     #[test]
@@ -404,7 +542,7 @@ mod tests {
             ..fresh_state(start)
         };
         accept(&mut s, start, 25, 64.0);
-        s.shrink(start);
+        s.shrink(start, start);
         assert_eq!(s.rate, Some(22.5));
         let mut now = start;
         for _ in 0..40 {
@@ -414,13 +552,23 @@ mod tests {
         }
         let rate = s.rate.unwrap();
         assert!((25.0..27.0).contains(&rate), "after 2 s: {rate}");
-        for _ in 0..200 {
+        for _ in 0..20 {
             now += Duration::from_millis(50);
             s.paced_at = Some(now);
             s.grow(now, 64.0);
         }
         let rate = s.rate.unwrap();
-        assert!(rate < 40.0, "after 12 s: {rate}, not slow");
+        assert!(rate < 30.0, "1 s above it: {rate}, probing gently");
+        for _ in 0..120 {
+            now += Duration::from_millis(50);
+            s.paced_at = Some(now);
+            s.grow(now, 64.0);
+        }
+        let rate = s.rate.unwrap();
+        assert!(
+            rate > 45.0,
+            "7 s above it without a refusal: {rate}, probing faster"
+        );
         // Not paced (the demand, not the rate, was the limit): no growth.
         let before = s.rate;
         s.paced_at = None;
@@ -444,6 +592,8 @@ mod tests {
             paused_until: None,
             epoch: 0,
             accepted: VecDeque::new(),
+            probe_since: None,
+            starts: VecDeque::new(),
         }
     }
 

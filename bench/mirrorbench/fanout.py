@@ -34,6 +34,11 @@ FANOUT_END = "<!-- fanout: end -->"
 WAN_PROFILE = wan.Profile("fanout-wan-80ms-200mbit", 80, 200, 57, False, ("cold",))
 
 
+def wan_link(rtt_ms: float, mbit: float) -> wan.Profile:
+    """The WAN setting behind another link (`bench/run --fan-out --fan-wan RTT_MS,MBIT`)."""
+    return wan.Profile(f"fanout-wan-{rtt_ms:g}ms-{mbit:g}mbit", rtt_ms, mbit, 57, False, ("cold",))
+
+
 class FanOut:
     def __init__(self, bench, log):
         self.bench = bench
@@ -41,6 +46,7 @@ class FanOut:
         self.targets = [Registry(f"fan-{n}", bench.workdir) for n in NAMES]
         self.seq = 0
         self.source = None  # the host the tools pull from (the proxy behind the WAN)
+        self.link = None  # "RTT, bandwidth" of the proxy in front of the upstream, if any
         self.proxy = None
         self.rows: list[dict] = []  # one per measured run
 
@@ -156,7 +162,7 @@ class FanOut:
             "wall": run.wall, "cpu": run.cpu, "maxrss": run.maxrss,
             "up_bytes": run.up.get("blob_bytes", 0), "unique": unique,
             "down_bytes": run.link.get("down_bytes"), "repeats": run.up.get("blob_get_repeats", 0),
-            "registry_cpu": run.registry_cpu, "other_share": run.other_share, **extra,
+            "registry_cpu": run.registry_cpu, "other_share": run.other_share, "link": self.link, **extra,
         }
         self.rows.append(row)
         fin = row.get("finish") or {}
@@ -230,7 +236,8 @@ def run_smoke(bench, log) -> list[dict]:
     return fo.rows
 
 
-def run_fanout(bench, log, factory, smoke: bool, rounds: int, skopeo_wan: bool = True, settings=("loopback", "wan")) -> list[dict]:
+def run_fanout(bench, log, factory, smoke: bool, rounds: int, skopeo_wan: bool = True, settings=("loopback", "wan"),
+               link: wan.Profile = WAN_PROFILE) -> list[dict]:
     """Seeds the corpus into bench.upstream (started here), runs the loopback scenario, then (not
     with smoke) the WAN corpus behind the proxy. Returns the rows."""
     fo = FanOut(bench, log)
@@ -244,8 +251,9 @@ def run_fanout(bench, log, factory, smoke: bool, rounds: int, skopeo_wan: bool =
         if not smoke and "wan" in settings:
             bench.upstream.start(os.path.join(bench.workdir, "storage", "fan-upstream-wan"))
             wcorpus = corpus_mod.seed(Client(bench.upstream.host), factory, wan.WAN, log=log)
-            tags = wcorpus.tags[: WAN_PROFILE.tags]
-            fo.proxy = wan.Proxy(bench.workdir, bench.upstream.host, WAN_PROFILE)
+            tags = wcorpus.tags[: link.tags]
+            fo.proxy = wan.Proxy(bench.workdir, bench.upstream.host, link)
+            fo.link = f"{link.rtt_ms:g} ms, {link.mbit:g} Mbit/s"
             try:
                 fo.source = fo.proxy.host
                 # WAN runs take seconds: at least 3 rounds whatever --rounds says.
@@ -331,7 +339,8 @@ def render(rows: list[dict], meta: dict, fig: str | None) -> str:
         "behind `wanproxy` at 80 ms RTT, 200 Mbit/s. Medians over the rounds (range in brackets).",
         "",
     ]
-    for setting, title in (("loopback", "Loopback"), ("wan", "Behind the WAN proxy (80 ms, 200 Mbit/s)")):
+    link = next((x["link"] for x in rows if x.get("link")), "80 ms, 200 Mbit/s")
+    for setting, title in (("loopback", "Loopback"), ("wan", f"Behind the WAN proxy ({link})")):
         s = summarize(rows, setting)
         if not s["three"]:
             continue

@@ -62,6 +62,7 @@ def parse_args(argv):
     p.add_argument("--wan-profile", action="append", help="run only this WAN profile (repeatable; see mirrorbench/wan.py)")
     p.add_argument("--scale", metavar="SIZES", help="run only the scale scenario for these list sizes (comma separated, e.g. 1000,10000) and rewrite only its section of the report; --smoke runs it at 200,1000")
     p.add_argument("--fan-out", action="store_true", help="run only the fan-out scenario (one upstream, 3 targets; mirrorsync with targets: [a,b,c] and with one target, skopeo sync x3, one target down; loopback and WAN) and rewrite only its section of the report")
+    p.add_argument("--fan-wan", metavar="RTT_MS,MBIT", help="with --fan-out: the WAN setting's link (default 80,200); with --wan-mirrorsync-only, no skopeo behind it")
     p.add_argument("--fan-setting", action="append", choices=("loopback", "wan"), help="with --fan-out: only this setting (repeatable; default both)")
     a = p.parse_args(argv)
     if a.rounds is None:
@@ -408,7 +409,12 @@ def run_fanout_only(args, bench, provenance, workdir, command, started, t_start)
     load_before = os.getloadavg()
     factory = LayerFactory(args.cache_dir, log=log)
     settings = args.fan_setting or ("loopback", "wan")
-    rows = fanout.run_fanout(bench, log, factory, smoke=args.smoke, rounds=args.rounds, settings=settings)
+    link = fanout.WAN_PROFILE
+    if args.fan_wan:
+        rtt, mbit = (float(x) for x in args.fan_wan.split(","))
+        link = fanout.wan_link(rtt, mbit)
+    rows = fanout.run_fanout(bench, log, factory, smoke=args.smoke, rounds=args.rounds, settings=settings,
+                             skopeo_wan=not args.wan_mirrorsync_only, link=link)
     meta = {"command": command, "date": started.strftime("%Y-%m-%d %H:%M UTC"), "provenance": provenance,
             "load": (load_before, os.getloadavg())}
     out_dir = os.path.dirname(os.path.abspath(args.output))

@@ -216,8 +216,6 @@ pub struct PushedImage {
     pub platform: Option<Platform>,
     /// Annotations it carries in an index entry (attestations).
     pub annotations: BTreeMap<String, String>,
-    /// Child manifests (for an index).
-    pub children: Vec<PushedImage>,
 }
 
 impl PushedImage {
@@ -228,9 +226,5 @@ impl PushedImage {
             digest: self.digest.clone(),
             size: self.manifest_bytes.len() as u64,
         }
-    }
-    /// Sum of blob sizes.
-    pub fn blob_bytes(&self) -> u64 {
-        self.blobs.iter().map(|b| b.size).sum()
     }
 }

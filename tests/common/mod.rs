@@ -37,7 +37,6 @@
 //!     assert_eq!(reg.access_log_since(mark).await.manifest_gets(Some("library/nginx")), 1);
 //! }
 //! ```
-#![allow(dead_code, unused_imports)]
 
 pub mod access;
 pub mod bin;
@@ -63,13 +62,10 @@ pub use bin::{
 };
 pub use client::{Challenge, Client};
 pub use image::{
-    DOCKER_CONFIG, DOCKER_LAYER, DOCKER_LIST, DOCKER_MANIFEST, Descriptor, Format, IN_TOTO,
-    ImageSpec, Layer, MANIFEST_ACCEPT, OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST, Platform,
-    PushedImage,
+    DOCKER_LIST, DOCKER_MANIFEST, Descriptor, Format, ImageSpec, MANIFEST_ACCEPT, OCI_INDEX,
+    OCI_MANIFEST, Platform, PushedImage,
 };
-pub use proxy::{
-    Action, Condition, LocationStyle, Proxy, RateCap, Rule, RuleId, Seen, SeenExt, Times,
-};
+pub use proxy::{Action, Proxy, Rule, Seen, SeenExt};
 pub use quirk::{Listed, Quirk};
 pub use registry::{Registry, RegistryOptions};
 pub use scenario::Scenario;

@@ -209,11 +209,6 @@ impl Registry {
         self.client.anonymous()
     }
 
-    /// CA PEM for TLS registries.
-    pub fn ca_pem(&self) -> Option<&str> {
-        self.ca_pem.as_deref()
-    }
-
     /// The registry's temp dir (config.yml, logs, htpasswd, server cert).
     pub fn dir(&self) -> &Path {
         self.dir.path()

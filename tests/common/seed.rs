@@ -196,7 +196,6 @@ impl Client {
             blobs,
             platform: Some(spec.platform.clone()),
             annotations: BTreeMap::new(),
-            children: Vec::new(),
         })
     }
 
@@ -211,7 +210,6 @@ impl Client {
     ) -> anyhow::Result<PushedImage> {
         let mut entries = Vec::new();
         let mut blobs: Vec<Descriptor> = Vec::new();
-        let mut kids = Vec::new();
         for (child, platform) in children {
             self.push_manifest(
                 repo,
@@ -233,7 +231,6 @@ impl Client {
                     blobs.push(b.clone());
                 }
             }
-            kids.push(child.clone());
         }
         let index =
             json!({"schemaVersion": 2, "mediaType": format.index_type(), "manifests": entries});
@@ -252,7 +249,6 @@ impl Client {
             blobs,
             platform: None,
             annotations: BTreeMap::new(),
-            children: kids,
         })
     }
 
@@ -314,7 +310,6 @@ impl Client {
             blobs: vec![config, layer],
             platform: Some(Platform::unknown()),
             annotations,
-            children: Vec::new(),
         })
     }
 }

@@ -110,16 +110,6 @@ impl TestCa {
         &self.ca_pem
     }
 
-    /// The server certificate, PEM.
-    pub fn server_cert_pem(&self) -> &str {
-        &self.server_cert_pem
-    }
-
-    /// The server's private key, PKCS#8 PEM.
-    pub fn server_key_pem(&self) -> &str {
-        &self.server_key_pem
-    }
-
     /// Writes the server certificate and key into `dir`; returns (cert path, key path).
     pub fn write_server_files(&self, dir: &Path) -> (PathBuf, PathBuf) {
         let cert = dir.join("server.crt");

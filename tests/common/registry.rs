@@ -52,6 +52,17 @@ impl Registry {
         Self::start_with_realm(opts, None).await
     }
 
+    /// A registry behind a fresh token server (no anonymous pulls) that knows one user.
+    pub async fn start_with_token_user(user: &str, password: &str) -> (TokenServer, Registry) {
+        let ts = TokenServer::start(vec![(user.into(), password.into())], false);
+        let reg = Registry::start_with(RegistryOptions {
+            token: Some(&ts),
+            ..Default::default()
+        })
+        .await;
+        (ts, reg)
+    }
+
     /// Like [`Registry::start_with`], announcing `token_realm` instead of the token server's
     /// own URL (a proxy in front of it, on another host name).
     pub async fn start_with_realm(

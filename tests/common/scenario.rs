@@ -310,6 +310,14 @@ impl Scenario {
         mirrorsync(&["sync", "--once", "--config", &self.config_arg()]).await
     }
 
+    /// `mirrorsync <flags> sync --once --config <this>` (`flags`: global ones, e.g. logging).
+    pub async fn sync_with_flags(&self, flags: &[&str]) -> Output {
+        let config = self.config_arg();
+        let mut args = flags.to_vec();
+        args.extend(["sync", "--once", "--config", &config]);
+        mirrorsync(&args).await
+    }
+
     /// `mirrorsync plan --config <this>`.
     pub async fn plan(&self) -> Output {
         mirrorsync(&["plan", "--config", &self.config_arg()]).await

@@ -337,15 +337,7 @@ async fn a_json_run_ends_with_one_summary_event_with_the_exit_code() {
         upstream.image_ref("team/app", "missing"),
     ];
     let scenario = Scenario::registry_to_registry(&upstream, &target, "", &refs);
-    let out = mirrorsync(&[
-        "--log-format",
-        "json",
-        "sync",
-        "--once",
-        "--config",
-        &scenario.config_arg(),
-    ])
-    .await;
+    let out = scenario.sync_with_flags(&["--log-format", "json"]).await;
     out.assert_code(1);
     let events = json_lines(&out.stderr);
     let summaries: Vec<&Value> = events
@@ -375,15 +367,7 @@ async fn a_json_run_ends_with_one_summary_event_with_the_exit_code() {
     assert_eq!(message(events.last().unwrap()), "run finished");
 
     // A second run: everything present is unchanged, and the summary says exit 1 again.
-    let out = mirrorsync(&[
-        "--log-format",
-        "json",
-        "sync",
-        "--once",
-        "--config",
-        &scenario.config_arg(),
-    ])
-    .await;
+    let out = scenario.sync_with_flags(&["--log-format", "json"]).await;
     let events = json_lines(&out.stderr);
     let s = events
         .iter()

@@ -1079,15 +1079,7 @@ async fn json_logs_are_one_event_per_line_with_one_event_per_synced_tag() {
         .collect();
     let scenario = Scenario::registry_to_registry(&upstream, &target, "", &refs);
 
-    let out = mirrorsync(&[
-        "--log-format",
-        "json",
-        "sync",
-        "--once",
-        "--config",
-        &scenario.config_arg(),
-    ])
-    .await;
+    let out = scenario.sync_with_flags(&["--log-format", "json"]).await;
     out.assert_code(0);
     let events = json_lines(&out.stderr);
     assert!(!events.is_empty(), "no log line at all");
@@ -1134,15 +1126,7 @@ async fn json_logs_are_one_event_per_line_with_one_event_per_synced_tag() {
     );
 
     // A no-op run logs JSON too (and no tag event above debug level is required).
-    let out = mirrorsync(&[
-        "--log-format",
-        "json",
-        "sync",
-        "--once",
-        "--config",
-        &scenario.config_arg(),
-    ])
-    .await;
+    let out = scenario.sync_with_flags(&["--log-format", "json"]).await;
     out.assert_code(0);
     json_lines(&out.stderr);
 }

@@ -26,7 +26,7 @@ _LINE = re.compile(
     r'^\S+ \S+ \S+ \[[^\]]*\] "(?P<method>[A-Z]+) (?P<uri>\S+)[^"]*" '
     r'(?P<status>\d{3}) (?P<size>\d+|-) "[^"]*" "(?P<ua>[^"]*)"'
 )
-_V2 = re.compile(r"^/v2/(?P<repo>.+?)/(?P<kind>manifests|blobs|tags)/(?P<ref>.*)$")
+_V2 = re.compile(r"^/v2/(?P<repo>.+?)/(?P<kind>manifests|blobs)/(?P<ref>.*)$")
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,8 @@ class Access:
 
 
 def parse_line(line: str) -> Access | None:
+    """One access-log line, as `Access::parse` in tests/common/access.rs reads it (both are
+    tested against tests/fixtures/registry-2.8-access.log); None for any other line."""
     m = _LINE.match(line)
     if not m:
         return None
@@ -59,6 +61,8 @@ def parse_line(line: str) -> Access | None:
         repo = path[len("/v2/") : path.index("/blobs/uploads/")]
         kind = "uploads"
         ref = path[path.index("/blobs/uploads/") + len("/blobs/uploads/") :]
+    elif path.startswith("/v2/") and path.endswith("/tags/list"):
+        repo, kind, ref = path[len("/v2/") : -len("/tags/list")], "tags", ""
     else:
         v = _V2.match(path)
         if v:

@@ -99,8 +99,6 @@ pub trait AccessLogExt {
     fn manifest_heads(&self, repo: Option<&str>) -> usize;
     /// GETs of blobs.
     fn blob_gets(&self, repo: Option<&str>) -> usize;
-    /// HEADs of blobs.
-    fn blob_heads(&self, repo: Option<&str>) -> usize;
     /// Writes (POST/PATCH/PUT/DELETE) to the repository.
     fn writes(&self, repo: Option<&str>) -> usize;
     /// Writes per repository.
@@ -108,8 +106,6 @@ pub trait AccessLogExt {
     /// Writes to any repository but mirrorsync's own state (`mirrorsync/state`): the writes a
     /// no-op run must not make.
     fn mirrored_writes(&self) -> usize;
-    /// Manifest PUTs (tags and digests pushed).
-    fn manifest_puts(&self, repo: Option<&str>) -> usize;
     /// Entries not made by the harness itself.
     fn not_harness(&self) -> Vec<Access>;
     /// One line per entry, for assertion messages.
@@ -132,11 +128,6 @@ impl AccessLogExt for [Access] {
             .filter(|a| a.matches("GET", "blobs", repo))
             .count()
     }
-    fn blob_heads(&self, repo: Option<&str>) -> usize {
-        self.iter()
-            .filter(|a| a.matches("HEAD", "blobs", repo))
-            .count()
-    }
     fn writes(&self, repo: Option<&str>) -> usize {
         self.iter()
             .filter(|a| a.is_write() && repo.is_none_or(|r| a.repo().as_deref() == Some(r)))
@@ -153,11 +144,6 @@ impl AccessLogExt for [Access] {
             *m.entry(a.repo().unwrap_or_default()).or_insert(0) += 1;
         }
         m
-    }
-    fn manifest_puts(&self, repo: Option<&str>) -> usize {
-        self.iter()
-            .filter(|a| a.matches("PUT", "manifests", repo))
-            .count()
     }
     fn not_harness(&self) -> Vec<Access> {
         self.iter().filter(|a| !a.is_harness()).cloned().collect()

@@ -195,6 +195,39 @@ pub fn write_config(dir: &Path, yaml: &str) -> PathBuf {
     p
 }
 
+/// `mirrorsync <args>` running with stdout and stderr piped; killed on drop.
+pub fn spawn_mirrorsync(args: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new(bin_path())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn mirrorsync")
+}
+
+/// Sends SIGTERM to a child that is still running.
+pub fn sigterm(child: &tokio::process::Child) {
+    let pid = child.id().expect("pid") as libc::pid_t;
+    // SAFETY: `pid` is our own running child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+}
+
+/// Waits up to `limit` for `child` to exit (panics with `what` otherwise); its output.
+pub async fn wait_output(child: tokio::process::Child, limit: Duration, what: &str) -> Output {
+    let raw = tokio::time::timeout(limit, child.wait_with_output())
+        .await
+        .expect(what)
+        .expect("wait");
+    Output {
+        code: raw.status.code(),
+        stdout: String::from_utf8_lossy(&raw.stdout).into_owned(),
+        stdout_raw: raw.stdout,
+        stderr: String::from_utf8_lossy(&raw.stderr).into_owned(),
+    }
+}
+
 /// Every non-empty line of `stderr` parsed as a JSON object (panics on the first that is not):
 /// what `--log-format json` promises.
 pub fn json_lines(stderr: &str) -> Vec<serde_json::Value> {

@@ -30,14 +30,6 @@ pub struct Request {
     pub path: String,
     /// Query string without `?` (empty if none).
     pub query: String,
-    /// Request headers, names lower case.
-    pub headers: Vec<(String, String)>,
-}
-
-impl Request {
-    pub fn has_authorization(&self) -> bool {
-        self.headers.iter().any(|(k, _)| k == "authorization")
-    }
 }
 
 /// What the server answers.
@@ -318,7 +310,6 @@ async fn serve(stream: tokio::net::TcpStream, handler: Handler, record: Arc<Mute
             method: method.clone(),
             path,
             query,
-            headers,
         };
         record.lock().expect("record").push(request.clone());
         let reply = handler(&request);

@@ -174,6 +174,16 @@ pub struct ImageSpec {
     pub labels: BTreeMap<String, String>,
 }
 
+/// An OCI image of one `size`-byte layer generated from `seed`.
+pub fn oci_image(seed: u64, size: usize) -> ImageSpec {
+    ImageSpec::new(Format::Oci, vec![super::util::layer(seed, size)])
+}
+
+/// A Docker (schema 2) image of one `size`-byte layer generated from `seed`.
+pub fn docker_image(seed: u64, size: usize) -> ImageSpec {
+    ImageSpec::new(Format::Docker, vec![super::util::layer(seed, size)])
+}
+
 impl ImageSpec {
     /// linux/amd64 image with these layer bytes.
     pub fn new(format: Format, layers: Vec<Vec<u8>>) -> ImageSpec {
@@ -216,8 +226,6 @@ pub struct PushedImage {
     pub platform: Option<Platform>,
     /// Annotations it carries in an index entry (attestations).
     pub annotations: BTreeMap<String, String>,
-    /// Child manifests (for an index).
-    pub children: Vec<PushedImage>,
 }
 
 impl PushedImage {
@@ -228,9 +236,5 @@ impl PushedImage {
             digest: self.digest.clone(),
             size: self.manifest_bytes.len() as u64,
         }
-    }
-    /// Sum of blob sizes.
-    pub fn blob_bytes(&self) -> u64 {
-        self.blobs.iter().map(|b| b.size).sum()
     }
 }

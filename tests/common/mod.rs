@@ -37,7 +37,6 @@
 //!     assert_eq!(reg.access_log_since(mark).await.manifest_gets(Some("library/nginx")), 1);
 //! }
 //! ```
-#![allow(dead_code, unused_imports)]
 
 pub mod access;
 pub mod bin;
@@ -59,22 +58,21 @@ pub mod verify;
 pub use access::{Access, AccessLogExt, HARNESS_USER_AGENT};
 pub use bin::{
     Output, bin_path, failed_line, json_lines, measure_program, mirrorsync, mirrorsync_with_env,
-    run_measured, run_measured_with_env, sync_once_with_metrics_file, write_config,
+    run_measured, run_measured_with_env, sigterm, spawn_mirrorsync, sync_once_with_metrics_file,
+    wait_output, write_config,
 };
 pub use client::{Challenge, Client};
 pub use image::{
-    DOCKER_CONFIG, DOCKER_LAYER, DOCKER_LIST, DOCKER_MANIFEST, Descriptor, Format, IN_TOTO,
-    ImageSpec, Layer, MANIFEST_ACCEPT, OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST, Platform,
-    PushedImage,
+    DOCKER_LIST, DOCKER_MANIFEST, Descriptor, Format, ImageSpec, MANIFEST_ACCEPT, OCI_INDEX,
+    OCI_MANIFEST, Platform, PushedImage, docker_image, oci_image,
 };
-pub use proxy::{
-    Action, Condition, LocationStyle, Proxy, RateCap, Rule, RuleId, Seen, SeenExt, Times,
-};
-pub use quirk::{Listed, Quirk};
+pub use proxy::{Action, Proxy, Rule, Seen, SeenExt};
+pub use quirk::{Listed, Quirk, tags_page};
 pub use registry::{Registry, RegistryOptions};
-pub use scenario::Scenario;
+pub use scenario::{ConfigYaml, Proxied, Scenario, World, slow_world};
 pub use seed::{
-    attestation_manifest, push_big_blob, push_blob, push_image, push_index, push_manifest,
+    MultiArch, attestation_manifest, push_big_blob, push_blob, push_image, push_index,
+    push_manifest, push_multi_arch,
 };
 pub use tls::TestCa;
 pub use token::{TokenRequest, TokenServer};

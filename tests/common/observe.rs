@@ -173,6 +173,48 @@ impl Pushgateway {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
     }
+
+    /// The `instance` group's samples as Prometheus text lines, from the Pushgateway's API.
+    pub async fn group_text(&self, instance: &str) -> String {
+        let body: serde_json::Value = http()
+            .get(self.url("/api/v1/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let mut out = String::new();
+        for g in body["data"].as_array().unwrap() {
+            if g["labels"]["instance"].as_str() != Some(instance) {
+                continue;
+            }
+            for (name, family) in g.as_object().unwrap() {
+                for m in family["metrics"].as_array().into_iter().flatten() {
+                    let labels: std::collections::BTreeMap<String, String> = m["labels"]
+                        .as_object()
+                        .map(|o| {
+                            o.iter()
+                                .filter(|(k, _)| *k != "job" && *k != "instance")
+                                .map(|(k, v)| {
+                                    (k.clone(), v.as_str().unwrap_or_default().to_string())
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let labels: Vec<String> =
+                        labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+                    let value = m["value"].as_str().unwrap_or("NaN");
+                    if labels.is_empty() {
+                        out.push_str(&format!("{name} {value}\n"));
+                    } else {
+                        out.push_str(&format!("{name}{{{}}} {value}\n", labels.join(",")));
+                    }
+                }
+            }
+        }
+        out
+    }
 }
 
 impl Drop for Pushgateway {

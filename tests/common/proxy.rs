@@ -40,12 +40,6 @@ pub enum Times {
     All,
     /// The first N matches.
     First(usize),
-    /// Matches N, 2N, 3N, ...
-    EveryNth(usize),
-    /// Only match number N.
-    Nth(usize),
-    /// Every match after the first N.
-    After(usize),
 }
 
 impl Times {
@@ -53,9 +47,6 @@ impl Times {
         match self {
             Times::All => true,
             Times::First(k) => n <= k,
-            Times::EveryNth(k) => k > 0 && n % k == 0,
-            Times::Nth(k) => n == k,
-            Times::After(k) => n > k,
         }
     }
 }
@@ -85,11 +76,6 @@ pub enum Action {
     Headers {
         set: Vec<(String, String)>,
         remove: Vec<String>,
-    },
-    /// Forward (status and headers from the registry), but send this body instead.
-    ReplaceBody {
-        body: Bytes,
-        headers: Vec<(String, String)>,
     },
     /// Forward with the body sent at no more than this many bytes per second.
     Throttle(u64),
@@ -186,7 +172,6 @@ impl Action {
             Action::StallBody { .. } => "stall-body",
             Action::FlipByte(_) => "flip",
             Action::Headers { .. } => "headers",
-            Action::ReplaceBody { .. } => "replace-body",
             Action::Throttle(_) => "throttle",
             Action::ForwardAs(_) => "forward-as",
             Action::UploadLimits { .. } => "upload-limits",
@@ -514,20 +499,6 @@ impl Proxy {
             applied: 0,
         });
         RuleId(id)
-    }
-
-    /// Removes one rule.
-    pub fn remove(&self, id: RuleId) {
-        self.shared
-            .rules
-            .lock()
-            .expect("rules")
-            .retain(|r| r.id != id.0);
-    }
-
-    /// Removes every rule: everything passes through from now on.
-    pub fn clear(&self) {
-        self.shared.rules.lock().expect("rules").clear();
     }
 
     /// How many times a rule's action was applied.
@@ -914,21 +885,6 @@ async fn handle(shared: &Arc<Shared>, conn: &mut BufReader<TcpStream>, req: Requ
             && conn.get_mut().write_all(&body).await.is_ok();
         let _ = conn.get_mut().flush().await;
         record(shared, index, status, body.len() as u64);
-        return if ok { Ended::KeepAlive } else { Ended::Close };
-    }
-    if let Action::ReplaceBody { body, headers: set } = &action {
-        set_headers(&mut headers, set);
-        let ok = write_head(conn, status, &headers, body.len() as u64)
-            .await
-            .is_ok()
-            && (head_only || conn.get_mut().write_all(body).await.is_ok());
-        let _ = conn.get_mut().flush().await;
-        record(
-            shared,
-            index,
-            status,
-            if head_only { 0 } else { body.len() as u64 },
-        );
         return if ok { Ended::KeepAlive } else { Ended::Close };
     }
 

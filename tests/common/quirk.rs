@@ -190,32 +190,14 @@ impl Quirk {
                 "* /v2/*/blobs/uploads/*",
                 Action::RewriteLocation(LocationStyle::Host(host.clone())),
             )],
-            Quirk::Referrers { subject, referrers } => {
-                let manifests: Vec<serde_json::Value> = referrers
-                    .iter()
-                    .map(|r| {
-                        serde_json::json!({
-                            "mediaType": r.media_type,
-                            "digest": r.digest,
-                            "size": r.size,
-                            "artifactType": r.artifact_type,
-                        })
-                    })
-                    .collect();
-                let index = serde_json::json!({
-                    "schemaVersion": 2,
-                    "mediaType": "application/vnd.oci.image.index.v1+json",
-                    "manifests": manifests,
-                });
-                vec![Rule::new(
-                    &format!("GET /v2/*/referrers/{subject}"),
-                    Action::respond(
-                        200,
-                        &[("Content-Type", "application/vnd.oci.image.index.v1+json")],
-                        serde_json::to_vec(&index).expect("index json"),
-                    ),
-                )]
-            }
+            Quirk::Referrers { subject, referrers } => vec![Rule::new(
+                &format!("GET /v2/*/referrers/{subject}"),
+                Action::respond(
+                    200,
+                    &[("Content-Type", "application/vnd.oci.image.index.v1+json")],
+                    referrers_index(referrers),
+                ),
+            )],
             Quirk::ReferrersPaged {
                 repo,
                 subject,
@@ -308,4 +290,16 @@ fn page(path: &str, pages: &[Vec<Listed>], i: usize) -> Action {
         headers.push(("Link", link.as_str()));
     }
     Action::respond(200, &headers, referrers_index(&pages[i]))
+}
+
+/// A tags list page as a registry that paginates would serve it, with a `Link` to `next` when
+/// given (distribution 2.8 never paginates unasked, so tests serve pages from the proxy).
+pub fn tags_page(repo: &str, tags: &[String], next: Option<&str>) -> Action {
+    let body = serde_json::json!({ "name": repo, "tags": tags }).to_string();
+    let link = next.map(|n| format!("<{n}>; rel=\"next\""));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(link) = &link {
+        headers.push(("Link", link.as_str()));
+    }
+    Action::respond(200, &headers, body)
 }

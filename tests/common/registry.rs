@@ -52,6 +52,17 @@ impl Registry {
         Self::start_with_realm(opts, None).await
     }
 
+    /// A registry behind a fresh token server (no anonymous pulls) that knows one user.
+    pub async fn start_with_token_user(user: &str, password: &str) -> (TokenServer, Registry) {
+        let ts = TokenServer::start(vec![(user.into(), password.into())], false);
+        let reg = Registry::start_with(RegistryOptions {
+            token: Some(&ts),
+            ..Default::default()
+        })
+        .await;
+        (ts, reg)
+    }
+
     /// Like [`Registry::start_with`], announcing `token_realm` instead of the token server's
     /// own URL (a proxy in front of it, on another host name).
     pub async fn start_with_realm(
@@ -207,11 +218,6 @@ impl Registry {
     /// A client with no credentials (same TLS trust).
     pub fn anonymous_client(&self) -> Client {
         self.client.anonymous()
-    }
-
-    /// CA PEM for TLS registries.
-    pub fn ca_pem(&self) -> Option<&str> {
-        self.ca_pem.as_deref()
     }
 
     /// The registry's temp dir (config.yml, logs, htpasswd, server cert).

@@ -196,7 +196,6 @@ impl Client {
             blobs,
             platform: Some(spec.platform.clone()),
             annotations: BTreeMap::new(),
-            children: Vec::new(),
         })
     }
 
@@ -211,7 +210,6 @@ impl Client {
     ) -> anyhow::Result<PushedImage> {
         let mut entries = Vec::new();
         let mut blobs: Vec<Descriptor> = Vec::new();
-        let mut kids = Vec::new();
         for (child, platform) in children {
             self.push_manifest(
                 repo,
@@ -233,7 +231,6 @@ impl Client {
                     blobs.push(b.clone());
                 }
             }
-            kids.push(child.clone());
         }
         let index =
             json!({"schemaVersion": 2, "mediaType": format.index_type(), "manifests": entries});
@@ -252,7 +249,6 @@ impl Client {
             blobs,
             platform: None,
             annotations: BTreeMap::new(),
-            children: kids,
         })
     }
 
@@ -314,7 +310,6 @@ impl Client {
             blobs: vec![config, layer],
             platform: Some(Platform::unknown()),
             annotations,
-            children: Vec::new(),
         })
     }
 }
@@ -411,4 +406,42 @@ pub async fn attestation_manifest(
         .attestation_manifest(repo, subject)
         .await
         .unwrap_or_else(|e| panic!("attestation_manifest {repo}: {e:#}"))
+}
+
+/// A two-platform image under one index, as [`push_multi_arch`] pushed it.
+pub struct MultiArch {
+    pub first: PushedImage,
+    pub second: PushedImage,
+    /// The attestation manifests, in the order asked for.
+    pub attestations: Vec<PushedImage>,
+    pub index: PushedImage,
+}
+
+/// Pushes `first` and `second` into `repo` by digest, a buildx-style attestation manifest for
+/// each child named in `attest` (0: first, 1: second), then the index (OCI) or manifest list
+/// (Docker) `repo:tag` over the two images and then the attestations.
+pub async fn push_multi_arch(
+    reg: &Registry,
+    repo: &str,
+    tag: &str,
+    format: Format,
+    (first, second): (ImageSpec, ImageSpec),
+    attest: &[usize],
+) -> MultiArch {
+    let first = push_image(reg, repo, None, first).await;
+    let second = push_image(reg, repo, None, second).await;
+    let mut attestations = Vec::new();
+    for &i in attest {
+        let subject = if i == 0 { &first } else { &second };
+        attestations.push(attestation_manifest(reg, repo, subject).await);
+    }
+    let mut children = vec![(first.clone(), None), (second.clone(), None)];
+    children.extend(attestations.iter().map(|a| (a.clone(), None)));
+    let index = push_index(reg, repo, tag, format, &children).await;
+    MultiArch {
+        first,
+        second,
+        attestations,
+        index,
+    }
 }

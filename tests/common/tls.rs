@@ -43,21 +43,12 @@ impl TestCa {
         sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let server_cert = sp.signed_by(&server_key, &issuer).expect("server cert");
 
-        let dir = tempfile::Builder::new()
-            .prefix("mirrorsync-ca-")
-            .tempdir()
-            .expect("tempdir");
-        let ca = TestCa {
-            dir,
-            ca_pem: ca_cert.pem(),
-            server_cert_pem: server_cert.pem(),
-            server_key_pem: server_key.serialize_pem(),
-            self_signed: false,
-        };
-        std::fs::write(ca.ca_pem_path(), &ca.ca_pem).expect("write ca.pem");
-        std::fs::create_dir_all(ca.cert_dir()).expect("mkdir certs.d");
-        std::fs::write(ca.cert_dir().join("ca.crt"), &ca.ca_pem).expect("write ca.crt");
-        ca
+        Self::written(
+            ca_cert.pem(),
+            server_cert.pem(),
+            server_key.serialize_pem(),
+            false,
+        )
     }
 
     /// A homelab certificate: one self-signed certificate for `127.0.0.1` and `localhost` that
@@ -73,16 +64,26 @@ impl TestCa {
             .push(DnType::CommonName, "127.0.0.1");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let cert = params.self_signed(&key).expect("self-signed cert");
+        Self::written(cert.pem(), cert.pem(), key.serialize_pem(), true)
+    }
+
+    /// The PEMs, with the CA written into a fresh temp dir (`ca.pem`, `certs.d/ca.crt`).
+    fn written(
+        ca_pem: String,
+        server_cert_pem: String,
+        server_key_pem: String,
+        self_signed: bool,
+    ) -> TestCa {
         let dir = tempfile::Builder::new()
             .prefix("mirrorsync-ca-")
             .tempdir()
             .expect("tempdir");
         let ca = TestCa {
             dir,
-            ca_pem: cert.pem(),
-            server_cert_pem: cert.pem(),
-            server_key_pem: key.serialize_pem(),
-            self_signed: true,
+            ca_pem,
+            server_cert_pem,
+            server_key_pem,
+            self_signed,
         };
         std::fs::write(ca.ca_pem_path(), &ca.ca_pem).expect("write ca.pem");
         std::fs::create_dir_all(ca.cert_dir()).expect("mkdir certs.d");
@@ -108,16 +109,6 @@ impl TestCa {
     /// The CA certificate, PEM.
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
-    }
-
-    /// The server certificate, PEM.
-    pub fn server_cert_pem(&self) -> &str {
-        &self.server_cert_pem
-    }
-
-    /// The server's private key, PKCS#8 PEM.
-    pub fn server_key_pem(&self) -> &str {
-        &self.server_key_pem
     }
 
     /// Writes the server certificate and key into `dir`; returns (cert path, key path).

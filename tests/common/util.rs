@@ -11,7 +11,6 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
 /// Incremental SHA-256 producing a `sha256:<hex>` digest.
 pub struct Sha256 {
     ctx: ring::digest::Context,
-    len: u64,
 }
 
 impl Default for Sha256 {
@@ -25,21 +24,11 @@ impl Sha256 {
     pub fn new() -> Self {
         Sha256 {
             ctx: ring::digest::Context::new(&ring::digest::SHA256),
-            len: 0,
         }
     }
     /// Feeds bytes.
     pub fn update(&mut self, bytes: &[u8]) {
-        self.len += bytes.len() as u64;
         self.ctx.update(bytes);
-    }
-    /// Bytes fed so far.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-    /// Whether nothing was fed.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
     /// `sha256:<hex>`.
     pub fn finish(self) -> String {

@@ -12,22 +12,38 @@ use super::registry::Registry;
 use super::util::{Sha256, sha256_digest};
 
 /// GETs a manifest with the full Accept list. `None` on 404; panics on other errors.
+/// `method` on `/v2/<repo>/manifests/<reference>` (full Accept list): the response, `None` on
+/// 404; panics on any other failure.
+async fn manifest_request(
+    reg: &Registry,
+    method: Method,
+    repo: &str,
+    reference: &str,
+) -> Option<reqwest::Response> {
+    let path = format!("/v2/{repo}/manifests/{reference}");
+    let resp = reg
+        .client()
+        .send(method.clone(), &path, &[("Accept", MANIFEST_ACCEPT)], None)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e:#}"));
+    if resp.status() == StatusCode::NOT_FOUND {
+        return None;
+    }
+    assert!(
+        resp.status().is_success(),
+        "{method} {path}: {}",
+        resp.status()
+    );
+    Some(resp)
+}
+
 /// Returns (exact bytes, Content-Type, digest recomputed from the bytes).
 pub async fn get_manifest(
     reg: &Registry,
     repo: &str,
     reference: &str,
 ) -> Option<(Vec<u8>, String, String)> {
-    let path = format!("/v2/{repo}/manifests/{reference}");
-    let resp = reg
-        .client()
-        .send(Method::GET, &path, &[("Accept", MANIFEST_ACCEPT)], None)
-        .await
-        .unwrap_or_else(|e| panic!("GET {path}: {e:#}"));
-    if resp.status() == StatusCode::NOT_FOUND {
-        return None;
-    }
-    assert!(resp.status().is_success(), "GET {path}: {}", resp.status());
+    let resp = manifest_request(reg, Method::GET, repo, reference).await?;
     let mt = resp
         .headers()
         .get("content-type")
@@ -41,16 +57,7 @@ pub async fn get_manifest(
 
 /// HEADs a manifest (full Accept list): `Some(Docker-Content-Digest)` or `None` on 404.
 pub async fn head_manifest(reg: &Registry, repo: &str, reference: &str) -> Option<String> {
-    let path = format!("/v2/{repo}/manifests/{reference}");
-    let resp = reg
-        .client()
-        .send(Method::HEAD, &path, &[("Accept", MANIFEST_ACCEPT)], None)
-        .await
-        .unwrap_or_else(|e| panic!("HEAD {path}: {e:#}"));
-    if resp.status() == StatusCode::NOT_FOUND {
-        return None;
-    }
-    assert!(resp.status().is_success(), "HEAD {path}: {}", resp.status());
+    let resp = manifest_request(reg, Method::HEAD, repo, reference).await?;
     let d = resp
         .headers()
         .get("docker-content-digest")

@@ -43,18 +43,12 @@ async fn seed_corpus(up: &Registry) -> Vec<Pinned> {
     )
     .await;
     out.push(pinned("carry/docker", "1.0", &docker));
-    let amd = push_image(
-        up,
-        "carry/list",
-        None,
-        ImageSpec::new(Format::Docker, vec![layer(3, 20_000)]),
-    )
-    .await;
+    let amd = push_image(up, "carry/list", None, docker_image(3, 20_000)).await;
     let arm = push_image(
         up,
         "carry/list",
         None,
-        ImageSpec::new(Format::Docker, vec![layer(4, 20_000)]).platform("linux/arm64/v8"),
+        docker_image(4, 20_000).platform("linux/arm64/v8"),
     )
     .await;
     for tag in ["1.0", "1.1", "2.0"] {
@@ -70,13 +64,7 @@ async fn seed_corpus(up: &Registry) -> Vec<Pinned> {
             out.push(pinned("carry/list", tag, &list));
         }
     }
-    let img = push_image(
-        up,
-        "carry/oci",
-        None,
-        ImageSpec::new(Format::Oci, vec![layer(5, 30_000)]),
-    )
-    .await;
+    let img = push_image(up, "carry/oci", None, oci_image(5, 30_000)).await;
     let att = attestation_manifest(up, "carry/oci", &img).await;
     let index = push_index(
         up,
@@ -87,19 +75,13 @@ async fn seed_corpus(up: &Registry) -> Vec<Pinned> {
     )
     .await;
     out.push(pinned("carry/oci", "1.0", &index));
-    let signed = push_image(
-        up,
-        "carry/signed",
-        "1.0",
-        ImageSpec::new(Format::Oci, vec![layer(6, 3_000)]),
-    )
-    .await;
+    let signed = push_image(up, "carry/signed", "1.0", oci_image(6, 3_000)).await;
     out.push(pinned("carry/signed", "1.0", &signed));
     let sig = push_image(
         up,
         "carry/signed",
         None,
-        ImageSpec::new(Format::Oci, vec![layer(7, 300)]).label("sig", "1"),
+        oci_image(7, 300).label("sig", "1"),
     )
     .await;
     let sig_tag = format!("sha256-{}.sig", signed.digest.trim_start_matches("sha256:"));
@@ -391,7 +373,7 @@ async fn sigkill_during_a_load_from_a_layout_leaves_no_tag_pointing_at_missing_c
         &up,
         "carry/big",
         "1.0",
-        ImageSpec::new(Format::Docker, vec![layer(9, 1000)]).big_layer(6 << 20, 3),
+        docker_image(9, 1000).big_layer(6 << 20, 3),
     )
     .await;
     corpus.push(pinned("carry/big", "1.0", &big));
@@ -519,13 +501,7 @@ async fn referrers_listed_upstream_travel_in_the_layouts_fallback_index() {
     let upstream = Registry::start().await;
     let up = Proxy::start(&upstream).await;
     let far = Registry::start().await;
-    let image = push_image(
-        &upstream,
-        "carry/ref",
-        "1.0",
-        ImageSpec::new(Format::Docker, vec![layer(11, 2_000)]),
-    )
-    .await;
+    let image = push_image(&upstream, "carry/ref", "1.0", docker_image(11, 2_000)).await;
     let sig = crate::interop::push_referrer(
         &upstream,
         "carry/ref",

@@ -35,7 +35,7 @@ async fn sync_big_layer(
         upstream,
         repo,
         "v1",
-        ImageSpec::new(Format::Oci, vec![layer(seed, 1000)]).big_layer(size, seed + 1),
+        oci_image(seed, 1000).big_layer(size, seed + 1),
     )
     .await;
     eprintln!(
@@ -51,16 +51,10 @@ async fn sync_big_layer(
         .clone();
 
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        &format!(
-            "target:\n  registry: \"{t}\"\n  insecure: true\n\
-             registries:\n  \"{u}\": {{ insecure: true }}\n\
-             images:\n  - {u}/{repo}:v1\n",
-            t = target.host(),
-            u = upstream.host(),
-        ),
-    );
+    let config = ConfigYaml::to_registry(&target.host())
+        .upstream(&upstream.host())
+        .images(&[upstream.image_ref(repo, "v1")])
+        .write(dir.path());
     let u_mark = upstream.log_mark().await;
     let started = Instant::now();
     let (out, rss_kib) = run_measured_with_env(

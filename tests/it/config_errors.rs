@@ -27,13 +27,7 @@ struct Expected<'a> {
 /// naming `sync.yaml:LINE:COLUMN: KEY` and the reason, and the registry saw no request at all.
 async fn assert_config_error(yaml: &str, want: Expected<'_>) {
     let reg = Registry::start().await;
-    push_image(
-        &reg,
-        "team/app",
-        "1.0",
-        ImageSpec::new(Format::Oci, vec![layer(1, 2048)]),
-    )
-    .await;
+    push_image(&reg, "team/app", "1.0", oci_image(1, 2048)).await;
     let dir = tempfile::tempdir().unwrap();
     let yaml = yaml.replace("{HOST}", &reg.host());
     let config = write_config(dir.path(), &yaml);

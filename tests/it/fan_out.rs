@@ -11,26 +11,17 @@ use common::*;
 /// layer: the tags to sync.
 async fn seed(upstream: &Registry) -> Vec<String> {
     let base = layer(200, 90_000);
-    let amd = push_image(
-        upstream,
-        "library/web",
-        None,
-        ImageSpec::new(Format::Oci, vec![base.clone(), layer(201, 9_000)]),
-    )
-    .await;
-    let arm = push_image(
-        upstream,
-        "library/web",
-        None,
-        ImageSpec::new(Format::Oci, vec![base.clone(), layer(202, 9_000)]).platform("linux/arm64"),
-    )
-    .await;
-    push_index(
+    push_multi_arch(
         upstream,
         "library/web",
         "1.26",
         Format::Oci,
-        &[(amd, None), (arm, None)],
+        (
+            ImageSpec::new(Format::Oci, vec![base.clone(), layer(201, 9_000)]),
+            ImageSpec::new(Format::Oci, vec![base.clone(), layer(202, 9_000)])
+                .platform("linux/arm64"),
+        ),
+        &[],
     )
     .await;
     push_image(
@@ -252,13 +243,7 @@ async fn a_target_that_is_down_fails_only_its_own_tags() {
 async fn an_entry_goes_only_to_the_targets_it_names() {
     let upstream = Registry::start().await;
     let (a, b) = (Registry::start().await, Registry::start().await);
-    push_image(
-        &upstream,
-        "library/only",
-        "1",
-        ImageSpec::new(Format::Oci, vec![layer(210, 2_000)]),
-    )
-    .await;
+    push_image(&upstream, "library/only", "1", oci_image(210, 2_000)).await;
     let dir = tempfile::tempdir().unwrap();
     let yaml = format!(
         "targets:\n  - name: a\n    registry: \"{}\"\n    insecure: true\n  - name: b\n    registry: \"{}\"\n    insecure: true\n    prefix: other\nregistries:\n  \"{}\":\n    insecure: true\nimages:\n  - source: {}\n    targets: [b]\n",

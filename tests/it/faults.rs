@@ -10,62 +10,19 @@
 
 use crate::common;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
-use tempfile::TempDir;
 
 const MIB: usize = 1 << 20;
 
-/// Upstream registry, the proxy in front of it, and the target.
-struct World {
-    upstream: Registry,
-    proxy: Proxy,
-    target: Registry,
-    dir: TempDir,
-}
-
-impl World {
-    async fn new() -> World {
-        let upstream = Registry::start().await;
-        let target = Registry::start().await;
-        Self::with(upstream, target).await
-    }
-
-    async fn with(upstream: Registry, target: Registry) -> World {
-        let proxy = Proxy::start(&upstream).await;
-        World {
-            upstream,
-            proxy,
-            target,
-            dir: tempfile::tempdir().expect("tempdir"),
-        }
-    }
-
-    /// A config syncing `images` (`repo:tag` through the proxy) into the target, same paths.
-    /// `upstream_extra` / `target_extra` are YAML lines for `registries.<proxy>` / `target`,
-    /// each indented by four / two spaces.
-    fn config(&self, images: &[&str], upstream_extra: &str, target_extra: &str) -> PathBuf {
-        let mut yaml = format!(
-            "target:\n  registry: \"{}\"\n  insecure: true\n{target_extra}\
-             registries:\n  \"{}\":\n    insecure: true\n{upstream_extra}images:\n",
-            self.target.host(),
-            self.proxy.host()
-        );
-        for image in images {
-            yaml.push_str(&format!("  - {}/{image}\n", self.proxy.host()));
-        }
-        write_config(self.dir.path(), &yaml)
-    }
-
-    /// `sync --once` of `images` with no extra settings; returns the output and wall time.
-    async fn sync(&self, images: &[&str]) -> (Output, Duration) {
-        let config = self.config(images, "", "");
-        let started = Instant::now();
-        let out = mirrorsync(&["sync", "--once", "--config", &config.display().to_string()]).await;
-        (out, started.elapsed())
-    }
+/// `sync --once` of `images` (`repo:tag` through the proxy) with no extra settings; returns the
+/// output and wall time.
+async fn sync_timed(world: &World, images: &[&str]) -> (Output, Duration) {
+    let config = world.write(&world.config(images));
+    let started = Instant::now();
+    let out = world.sync(&config).await;
+    (out, started.elapsed())
 }
 
 /// The summary line of `repo:tag` (the line naming its source), or a panic with the output.
@@ -147,20 +104,20 @@ async fn assert_blob_intact(target: &Registry, repo: &str, blob: &Descriptor) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn connection_dropped_mid_blob_resumes_with_a_range_request() {
-    let world = World::new().await;
+    let world = World::start(Proxied::Upstream).await;
     let size = 8 * MIB;
     let (_, big) = seed_image(&world.upstream, "app", "v1", 10, size).await;
-    let rule = world.proxy.add(
+    let rule = world.up().add(
         Rule::new(
             &format!("GET /v2/app/blobs/{}", big.digest),
             Action::DropAfter(3 * MIB as u64),
         )
         .first(1),
     );
-    let (out, took) = world.sync(&["app:v1"]).await;
+    let (out, took) = sync_timed(&world, &["app:v1"]).await;
     out.assert_code(0);
-    assert_eq!(world.proxy.applied(rule), 1);
-    let gets = world.proxy.seen().blob_gets_of(&big.digest);
+    assert_eq!(world.up().applied(rule), 1);
+    let gets = world.up().seen().blob_gets_of(&big.digest);
     let sent: u64 = gets.iter().map(|g| g.body_bytes).sum();
     eprintln!(
         "drop mid-blob: {} GETs of the {} MiB layer, {} bytes sent in all ({:.2}x), ranges {:?}, {took:.1?}",
@@ -172,7 +129,7 @@ async fn connection_dropped_mid_blob_resumes_with_a_range_request() {
             .map(|g| g.range().unwrap_or("-").to_string())
             .collect::<Vec<_>>()
     );
-    assert!(gets.len() >= 2, "{}", world.proxy.seen().dump());
+    assert!(gets.len() >= 2, "{}", world.up().seen().dump());
     assert!(
         gets[0].range().is_none(),
         "the first GET asks for the whole blob"
@@ -180,7 +137,7 @@ async fn connection_dropped_mid_blob_resumes_with_a_range_request() {
     let resumed = gets[1..].iter().find_map(|g| g.range()).unwrap_or_else(|| {
         panic!(
             "no Range request after the drop:\n{}",
-            world.proxy.seen().dump()
+            world.up().seen().dump()
         )
     });
     let from: u64 = resumed
@@ -207,21 +164,21 @@ async fn connection_dropped_mid_blob_resumes_with_a_range_request() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn truncated_bodies_complete_by_resuming() {
-    let world = World::new().await;
+    let world = World::start(Proxied::Upstream).await;
     let size = 6 * MIB;
     let (_, big) = seed_image(&world.upstream, "app", "v1", 20, size).await;
     // Twice in a row the body stops short of its Content-Length (FIN, no error).
-    let rule = world.proxy.add(
+    let rule = world.up().add(
         Rule::new(
             &format!("GET /v2/app/blobs/{}", big.digest),
             Action::Truncate(MIB as u64),
         )
         .first(2),
     );
-    let (out, _) = world.sync(&["app:v1"]).await;
+    let (out, _) = sync_timed(&world, &["app:v1"]).await;
     out.assert_code(0);
-    assert_eq!(world.proxy.applied(rule), 2);
-    let gets = world.proxy.seen().blob_gets_of(&big.digest);
+    assert_eq!(world.up().applied(rule), 2);
+    let gets = world.up().seen().blob_gets_of(&big.digest);
     let sent: u64 = gets.iter().map(|g| g.body_bytes).sum();
     eprintln!(
         "truncated body x2: {} GETs, ranges {:?}, {:.2}x the blob crossed",
@@ -243,30 +200,30 @@ async fn truncated_bodies_complete_by_resuming() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn server_error_bursts_are_retried_until_the_sync_completes() {
-    let world = World::new().await;
+    let world = World::start(Proxied::Upstream).await;
     seed_image(&world.upstream, "app", "v1", 30, 300_000).await;
     seed_image(&world.upstream, "lib", "v2", 40, 200_000).await;
     let heads = world
-        .proxy
+        .up()
         .add(Rule::new("HEAD /v2/*/manifests/*", Action::status(503)).first(2));
     let gets = world
-        .proxy
+        .up()
         .add(Rule::new("GET /v2/*/manifests/*", Action::status(500)).first(2));
     let blobs = world
-        .proxy
+        .up()
         .add(Rule::new("GET /v2/*/blobs/*", Action::status(503)).first(3));
-    let (out, took) = world.sync(&["app:v1", "lib:v2"]).await;
+    let (out, took) = sync_timed(&world, &["app:v1", "lib:v2"]).await;
     out.assert_code(0);
     let (h, g, b) = (
-        world.proxy.applied(heads),
-        world.proxy.applied(gets),
-        world.proxy.applied(blobs),
+        world.up().applied(heads),
+        world.up().applied(gets),
+        world.up().applied(blobs),
     );
     eprintln!(
         "500/503 bursts: {h} HEAD + {g} manifest GET + {b} blob GET failures retried, {took:.1?}"
     );
     assert_eq!((h, g, b), (2, 2, 3));
-    let seen = world.proxy.seen();
+    let seen = world.up().seen();
     // Each failure cost exactly one extra request: 2 HEADs, 2 manifest GETs and 6 blob GETs
     // (two layers and a config per image), plus one retry per injected failure.
     assert_eq!(
@@ -288,16 +245,16 @@ async fn server_error_bursts_are_retried_until_the_sync_completes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_registry_that_keeps_failing_fails_only_that_tag_after_bounded_attempts() {
-    let world = World::new().await;
+    let world = World::start(Proxied::Upstream).await;
     seed_image(&world.upstream, "app", "v1", 50, 100_000).await;
     seed_image(&world.upstream, "broken", "v1", 60, 100_000).await;
     world
-        .proxy
+        .up()
         .add(Rule::new("GET /v2/broken/manifests/*", Action::status(503)));
-    let (out, took) = world.sync(&["broken:v1", "app:v1"]).await;
+    let (out, took) = sync_timed(&world, &["broken:v1", "app:v1"]).await;
     out.assert_code(1);
     assert_failed_with(&out, "broken:v1", &["503"]);
-    let seen = world.proxy.seen();
+    let seen = world.up().seen();
     let attempts = seen.count("GET", "manifests", Some("broken"));
     eprintln!(
         "persistent 503: {attempts} attempts at the broken manifest, then the tag failed ({took:.1?})"
@@ -313,24 +270,24 @@ async fn a_registry_that_keeps_failing_fails_only_that_tag_after_bounded_attempt
 
 #[tokio::test(flavor = "multi_thread")]
 async fn too_many_requests_with_retry_after_and_a_non_json_body_is_waited_out() {
-    let world = World::new().await;
+    let world = World::start(Proxied::Upstream).await;
     let (_, big) = seed_image(&world.upstream, "app", "v1", 70, 100_000).await;
     world
-        .proxy
+        .up()
         .add(Rule::new("GET /v2/app/manifests/*", Action::too_many("1")).first(1));
     // Retry-After as an HTTP date four seconds ahead: the blob is asked for about a second
     // later (after the manifest's wait), so 2-3 s remain once truncated to the second.
     let date = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(4));
-    world.proxy.add(
+    world.up().add(
         Rule::new(
             &format!("GET /v2/app/blobs/{}", big.digest),
             Action::too_many(&date),
         )
         .first(1),
     );
-    let (out, took) = world.sync(&["app:v1"]).await;
+    let (out, took) = sync_timed(&world, &["app:v1"]).await;
     out.assert_code(0);
-    let seen = world.proxy.seen();
+    let seen = world.up().seen();
     let manifest_gets: Vec<&Seen> = seen
         .iter()
         .filter(|s| s.is("GET", "manifests", Some("app")))
@@ -360,16 +317,16 @@ async fn too_many_requests_with_retry_after_and_a_non_json_body_is_waited_out() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn short_stalls_before_and_within_a_response_complete() {
-    let world = World::new().await;
+    let world = World::start(Proxied::Upstream).await;
     let (_, big) = seed_image(&world.upstream, "app", "v1", 80, 2 * MIB).await;
-    world.proxy.add(
+    world.up().add(
         Rule::new(
             "GET /v2/app/manifests/*",
             Action::Stall(Duration::from_secs(2)),
         )
         .first(1),
     );
-    world.proxy.add(
+    world.up().add(
         Rule::new(
             &format!("GET /v2/app/blobs/{}", big.digest),
             Action::StallBody {
@@ -379,11 +336,11 @@ async fn short_stalls_before_and_within_a_response_complete() {
         )
         .first(1),
     );
-    let (out, took) = world.sync(&["app:v1"]).await;
+    let (out, took) = sync_timed(&world, &["app:v1"]).await;
     out.assert_code(0);
     eprintln!("stalls of 2 s (before the manifest, mid-blob): completed in {took:.1?}");
     assert!(took >= Duration::from_secs(4), "{took:?}");
-    let seen = world.proxy.seen();
+    let seen = world.up().seen();
     assert_eq!(
         seen.blob_gets_of(&big.digest).len(),
         1,
@@ -396,19 +353,19 @@ async fn short_stalls_before_and_within_a_response_complete() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn flipped_bytes_fail_the_tag_and_are_never_pushed() {
-    let world = World::new().await;
+    let world = World::start(Proxied::Upstream).await;
     seed_image(&world.upstream, "good", "v1", 90, 500_000).await;
     let (_, big) = seed_image(&world.upstream, "bad", "v1", 100, 3 * MIB).await;
-    let rule = world.proxy.add(Rule::new(
+    let rule = world.up().add(Rule::new(
         &format!("GET /v2/bad/blobs/{}", big.digest),
         Action::FlipByte(1_234_567),
     ));
-    let (out, _) = world.sync(&["bad:v1", "good:v1"]).await;
+    let (out, _) = sync_timed(&world, &["bad:v1", "good:v1"]).await;
     out.assert_code(1);
     assert_failed_with(&out, "bad:v1", &[&big.digest, "hashes to"]);
     eprintln!(
         "flipped byte: {} GET(s) of the corrupted blob; {}",
-        world.proxy.applied(rule),
+        world.up().applied(rule),
         line_of(&out, "bad:v1")
     );
     assert_eq!(
@@ -447,21 +404,15 @@ fn serve_fake_manifest(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_from_the_registry_fails_each_tag_clearly_and_nothing_else_breaks() {
-    let world = World::new().await;
+    let world = World::start(Proxied::Upstream).await;
     seed_image(&world.upstream, "good", "v1", 110, 100_000).await;
     let (liar, _) = seed_image(&world.upstream, "liar", "v1", 120, 50_000).await;
     let (_, loop_layer) = seed_image(&world.upstream, "loop", "v1", 130, 60_000).await;
-    let real = push_image(
-        &world.upstream,
-        "algo",
-        None,
-        ImageSpec::new(Format::Oci, vec![layer(140, 1000)]),
-    )
-    .await;
+    let real = push_image(&world.upstream, "algo", None, oci_image(140, 1000)).await;
 
     // Not JSON at all.
     serve_fake_manifest(
-        &world.proxy,
+        world.up(),
         "badjson",
         "v1",
         OCI_MANIFEST,
@@ -470,7 +421,7 @@ async fn bad_input_from_the_registry_fails_each_tag_clearly_and_nothing_else_bre
     // A media type nobody knows.
     let unknown = "application/vnd.example.thing.v1+json";
     serve_fake_manifest(
-        &world.proxy,
+        world.up(),
         "unknown",
         "v1",
         unknown,
@@ -480,7 +431,7 @@ async fn bad_input_from_the_registry_fails_each_tag_clearly_and_nothing_else_bre
     let mut huge = serde_json::from_slice::<serde_json::Value>(&real.manifest_bytes).unwrap();
     huge["annotations"] = serde_json::json!({"padding": "x".repeat(4 * MIB + 1000)});
     serve_fake_manifest(
-        &world.proxy,
+        world.up(),
         "huge",
         "v1",
         OCI_MANIFEST,
@@ -490,7 +441,7 @@ async fn bad_input_from_the_registry_fails_each_tag_clearly_and_nothing_else_bre
     let mut md5 = serde_json::from_slice::<serde_json::Value>(&real.manifest_bytes).unwrap();
     md5["layers"][0]["digest"] = serde_json::json!("md5:0123456789abcdef0123456789abcdef");
     serve_fake_manifest(
-        &world.proxy,
+        world.up(),
         "algo",
         "v1",
         OCI_MANIFEST,
@@ -498,13 +449,13 @@ async fn bad_input_from_the_registry_fails_each_tag_clearly_and_nothing_else_bre
     );
     // A Docker-Content-Digest that lies about the manifest's bytes.
     let lie = format!("sha256:{}", "0".repeat(64));
-    world.proxy.add(Rule::new(
+    world.up().add(Rule::new(
         "GET /v2/liar/manifests/*",
         Action::set_header("Docker-Content-Digest", &lie),
     ));
     // Every blob GET of `loop` redirects to one URL that redirects to itself.
-    let looped = format!("{}/v2/loop/blobs/{}", world.proxy.url(), loop_layer.digest);
-    let redirects = world.proxy.add(Rule::new(
+    let looped = format!("{}/v2/loop/blobs/{}", world.up().url(), loop_layer.digest);
+    let redirects = world.up().add(Rule::new(
         "GET /v2/loop/blobs/*",
         Action::redirect(302, &looped),
     ));
@@ -518,14 +469,14 @@ async fn bad_input_from_the_registry_fails_each_tag_clearly_and_nothing_else_bre
         "loop:v1",
         "good:v1",
     ];
-    let (out, took) = world.sync(&images).await;
+    let (out, took) = sync_timed(&world, &images).await;
     out.assert_code(1);
     for tag in &images[..6] {
         eprintln!("{}", line_of(&out, tag));
     }
     eprintln!(
         "bad input: {} redirects served to the loop; run {took:.1?}",
-        world.proxy.applied(redirects)
+        world.up().applied(redirects)
     );
     assert_failed_with(&out, "badjson:v1", &["not valid JSON"]);
     assert_failed_with(
@@ -557,18 +508,18 @@ async fn a_redirect_loop_is_bad_input_not_a_transient_failure() {
     // issue lists only connect errors, resets, timeouts, 5xx and short bodies as transient.
     // One GET follows at most 10 redirects (11 requests); retrying repeats the whole loop. The
     // image's three blobs are fetched at once, so up to 3 x 11 requests without a retry.
-    let world = World::new().await;
+    let world = World::start(Proxied::Upstream).await;
     let (img, _) = seed_image(&world.upstream, "loop", "v1", 135, 1_000).await;
     let config = img.blobs[0].digest.clone();
-    let looped = format!("{}/v2/loop/blobs/{config}", world.proxy.url());
-    let redirects = world.proxy.add(Rule::new(
+    let looped = format!("{}/v2/loop/blobs/{config}", world.up().url());
+    let redirects = world.up().add(Rule::new(
         "GET /v2/loop/blobs/*",
         Action::redirect(302, &looped),
     ));
-    let (out, took) = world.sync(&["loop:v1"]).await;
+    let (out, took) = sync_timed(&world, &["loop:v1"]).await;
     out.assert_code(1);
     assert_failed_with(&out, "loop:v1", &["redirect"]);
-    let served = world.proxy.applied(redirects);
+    let served = world.up().applied(redirects);
     eprintln!("redirect loop: {served} redirects served before the tag failed ({took:.1?})");
     assert!(
         served <= 3 * 11,
@@ -577,12 +528,51 @@ async fn a_redirect_loop_is_bad_input_not_a_transient_failure() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "covered by selection.rs (tag filters read paginated lists); kept for issue 20"]
-async fn tag_list_link_loop() {
-    // `mirrorsync` has no command or config key that lists an upstream repository's tags (every
-    // tag is named in the config), so a looping `Link: rel="next"` header cannot be reached
-    // from the binary. The client's loop guard is covered by `RegistryClient::list_tags`.
-    eprintln!("skipped: the CLI does not list upstream tags");
+async fn a_tag_list_whose_link_leads_back_to_an_earlier_page_fails_alone() {
+    // A tag filter makes mirrorsync read the upstream's tag list; page 2's `Link: rel="next"`
+    // leads back to page 1. The read must stop (each page asked once), the image fail with a
+    // message that says so, no panic, and the other image still sync.
+    let world = World::start(Proxied::Upstream).await;
+    seed_image(&world.upstream, "good", "v1", 200, 1_000).await;
+    let list = "/v2/lib/loop/tags/list";
+    let page2 = format!("{list}?last=b&n=2");
+    let names = |t: &[&str]| t.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+    world.up().add(Rule::new(
+        &format!("GET {page2}"),
+        tags_page("lib/loop", &names(&["c"]), Some(list)),
+    ));
+    world.up().add(Rule::new(
+        &format!("GET {list}"),
+        tags_page("lib/loop", &names(&["a", "b"]), Some(&page2)),
+    ));
+    let config = world.write(&world.config_items(&[
+        format!(
+            "{{ source: \"{}\", tags: [{{ all: true }}] }}",
+            world.image("lib/loop")
+        ),
+        world.image("good:v1"),
+    ]));
+    let out = world.sync(&config).await;
+    out.assert_code(1);
+    assert!(
+        out.stdout.contains("pagination loops"),
+        "the failure should name the loop:\n{}",
+        out.stdout
+    );
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    let pages: Vec<String> = world
+        .up()
+        .seen()
+        .iter()
+        .filter(|s| s.path == list)
+        .map(|s| s.query.clone())
+        .collect();
+    assert_eq!(
+        pages,
+        ["", "last=b&n=2"],
+        "each page read once, then the read stops"
+    );
+    assert_synced(&world, "good", "v1").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -593,7 +583,7 @@ async fn a_redirect_to_another_host_does_not_carry_the_authorization_header() {
         ..Default::default()
     })
     .await;
-    let world = World::with(upstream, Registry::start().await).await;
+    let world = World::with(upstream, Registry::start().await, Proxied::Upstream).await;
     let (_, big) = seed_image(&world.upstream, "app", "v1", 150, 400_000).await;
     // The other host: serves the right bytes and records what it was sent.
     let storage = Proxy::standalone().await;
@@ -605,26 +595,24 @@ async fn a_redirect_to_another_host_does_not_carry_the_authorization_header() {
             layer(150, 400_000),
         ),
     ));
-    let redirect = world.proxy.add(Rule::new(
+    let redirect = world.up().add(Rule::new(
         &format!("GET /v2/app/blobs/{}", big.digest),
         Action::redirect(
             307,
             &format!("http://localhost:{}/storage/blob?sig=abc", storage.port()),
         ),
     ));
-    let config = world.config(
-        &["app:v1"],
-        &format!("    auth: {{ username: {user}, password_env: UPSTREAM_PASSWORD }}\n"),
-        "",
-    );
+    let config = world.write(&world.config(&["app:v1"]).upstream_lines(&format!(
+        "    auth: {{ username: {user}, password_env: UPSTREAM_PASSWORD }}\n"
+    )));
     let out = mirrorsync_with_env(
         &["sync", "--once", "--config", &config.display().to_string()],
         &[("UPSTREAM_PASSWORD", pass)],
     )
     .await;
     out.assert_code(0);
-    assert_eq!(world.proxy.applied(redirect), 1);
-    let asked = world.proxy.seen().blob_gets_of(&big.digest);
+    assert_eq!(world.up().applied(redirect), 1);
+    let asked = world.up().seen().blob_gets_of(&big.digest);
     assert!(
         asked.iter().all(|s| s.has_authorization()),
         "the registry itself was asked with credentials: {}",
@@ -659,12 +647,12 @@ async fn secrets_never_appear_in_logs_errors_or_metrics() {
         ..Default::default()
     })
     .await;
-    let world = World::with(upstream, target).await;
+    let world = World::with(upstream, target, Proxied::Upstream).await;
     let (_, big) = seed_image(&world.upstream, "app", "v1", 160, 2 * MIB).await;
     let (_, flipped) = seed_image(&world.upstream, "bad", "v1", 170, 300_000).await;
     seed_image(&world.upstream, "liar", "v1", 180, 10_000).await;
     seed_image(&world.upstream, "slow", "v1", 190, 10_000).await;
-    let p = &world.proxy;
+    let p = world.up();
     p.add(Rule::new("HEAD /v2/*/manifests/*", Action::status(503)).first(2));
     p.add(
         Rule::new(
@@ -685,10 +673,15 @@ async fn secrets_never_appear_in_logs_errors_or_metrics() {
             &format!("sha256:{}", "1".repeat(64)),
         ),
     ));
-    let config = world.config(
-        &["app:v1", "bad:v1", "liar:v1", "slow:v1"],
-        &format!("    auth: {{ username: {up_user}, password_env: UP_PASS }}\n"),
-        &format!("  auth: {{ username: {t_user}, password_env: TARGET_PASS }}\n"),
+    let config = world.write(
+        &world
+            .config(&["app:v1", "bad:v1", "liar:v1", "slow:v1"])
+            .target_lines(&format!(
+                "  auth: {{ username: {t_user}, password_env: TARGET_PASS }}\n"
+            ))
+            .upstream_lines(&format!(
+                "    auth: {{ username: {up_user}, password_env: UP_PASS }}\n"
+            )),
     );
     let metrics = world.dir.path().join("mirrorsync.prom");
     let out = mirrorsync_with_env(
@@ -709,7 +702,7 @@ async fn secrets_never_appear_in_logs_errors_or_metrics() {
     assert_failed_with(&out, "bad:v1", &["hashes to"]);
     assert_failed_with(&out, "liar:v1", &["Docker-Content-Digest"]);
     assert!(
-        world.proxy.seen().iter().any(|s| s.has_authorization()),
+        world.up().seen().iter().any(|s| s.has_authorization()),
         "credentials were used"
     );
     let metrics_text = std::fs::read_to_string(&metrics).expect("metrics file");

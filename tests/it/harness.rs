@@ -20,62 +20,37 @@ async fn plain_registry_images_indexes_and_access_log() {
         ImageSpec::new(Format::Oci, vec![layer(1, 1000), layer(2, 5000)]),
     )
     .await;
-    let docker = push_image(
-        &reg,
-        "lib/docker",
-        "v1",
-        ImageSpec::new(Format::Docker, vec![layer(3, 2000)]),
-    )
-    .await;
+    let docker = push_image(&reg, "lib/docker", "v1", docker_image(3, 2000)).await;
 
     // OCI index: two platforms + an attestation for the amd64 child.
-    let amd = push_image(
-        &reg,
-        "lib/multi",
-        None,
-        ImageSpec::new(Format::Oci, vec![layer(10, 3000)]),
-    )
-    .await;
-    let arm = push_image(
-        &reg,
-        "lib/multi",
-        None,
-        ImageSpec::new(Format::Oci, vec![layer(11, 3000)]).platform("linux/arm64/v8"),
-    )
-    .await;
-    let att = attestation_manifest(&reg, "lib/multi", &amd).await;
-    let index = push_index(
+    let multi = push_multi_arch(
         &reg,
         "lib/multi",
         "v1",
         Format::Oci,
-        &[(amd.clone(), None), (arm, None), (att, None)],
+        (
+            oci_image(10, 3000),
+            oci_image(11, 3000).platform("linux/arm64/v8"),
+        ),
+        &[0],
     )
     .await;
+    let (amd, index) = (multi.first, multi.index);
 
     // Docker manifest list (children pushed by digest first, by push_index).
-    let d_amd = push_image(
-        &reg,
-        "lib/list",
-        None,
-        ImageSpec::new(Format::Docker, vec![layer(20, 100)]),
-    )
-    .await;
-    let d_arm = push_image(
-        &reg,
-        "lib/list",
-        None,
-        ImageSpec::new(Format::Docker, vec![layer(21, 100)]).platform("linux/arm/v7"),
-    )
-    .await;
-    let list = push_index(
+    let list = push_multi_arch(
         &reg,
         "lib/list",
         "v1",
         Format::Docker,
-        &[(d_amd, None), (d_arm, None)],
+        (
+            docker_image(20, 100),
+            docker_image(21, 100).platform("linux/arm/v7"),
+        ),
+        &[],
     )
-    .await;
+    .await
+    .index;
 
     // get_manifest: exact bytes, media type, digest.
     for (repo, img) in [
@@ -225,13 +200,7 @@ async fn tls_and_htpasswd() {
     assert!(reg.url().starts_with("https://127.0.0.1:"));
     assert!(ca.ca_pem_path().exists());
 
-    let img = push_image(
-        &reg,
-        "sec/img",
-        "v1",
-        ImageSpec::new(Format::Oci, vec![layer(5, 500)]),
-    )
-    .await;
+    let img = push_image(&reg, "sec/img", "v1", oci_image(5, 500)).await;
     assert_image_complete(&reg, "sec/img", "v1").await;
 
     // Anonymous: 401 with a Basic challenge.
@@ -278,13 +247,7 @@ async fn token_auth_push_pull_and_denials() {
     .await;
 
     // Authenticated push through 401 -> token -> retry.
-    let img = push_image(
-        &reg,
-        "tok/img",
-        "v1",
-        ImageSpec::new(Format::Docker, vec![layer(8, 800)]),
-    )
-    .await;
+    let img = push_image(&reg, "tok/img", "v1", docker_image(8, 800)).await;
     assert_image_complete(&reg, "tok/img", "v1").await;
     let reqs = ts.requests();
     assert!(!reqs.is_empty());
@@ -357,13 +320,7 @@ async fn token_auth_without_anonymous_pull() {
         ..Default::default()
     })
     .await;
-    push_image(
-        &reg,
-        "priv/img",
-        "v1",
-        ImageSpec::new(Format::Oci, vec![layer(9, 90)]),
-    )
-    .await;
+    push_image(&reg, "priv/img", "v1", oci_image(9, 90)).await;
     let r = reg
         .anonymous_client()
         .get("/v2/priv/img/manifests/v1")
@@ -443,6 +400,38 @@ fn parsers() {
     assert_eq!(parts, layer(7, 1000));
 }
 
+/// The golden access log (real docker-registry 2.8 lines) parses as its expected file says; the
+/// benchmark's parser is tested against the same pair (`bench/mirrorbench/test_registry.py`).
+#[test]
+fn both_access_log_parsers_read_the_golden_fixture() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let log = std::fs::read_to_string(fixtures.join("registry-2.8-access.log")).expect("log");
+    let expected: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(fixtures.join("registry-2.8-access.json")).expect("json"),
+    )
+    .expect("expected parse");
+    let got: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| match Access::parse(line) {
+            None => serde_json::Value::Null,
+            Some(a) => serde_json::json!({
+                "method": a.method,
+                "path": a.path,
+                "query": a.query,
+                "status": a.status,
+                "user_agent": a.user_agent,
+                "repo": a.repo(),
+                "kind": a.kind(),
+                "ref": a.reference(),
+            }),
+        })
+        .collect();
+    assert_eq!(got.len(), expected.len(), "one expected entry per line");
+    for ((line, got), want) in log.lines().zip(&got).zip(&expected) {
+        assert_eq!(got, want, "{line}");
+    }
+}
+
 /// A token for `repository:p/img:pull` from `ts` (user u/pw).
 async fn token(ts: &TokenServer, c: &Client) -> String {
     let url = format!(
@@ -472,13 +461,7 @@ async fn registry_really_verifies_tokens() {
         ..Default::default()
     })
     .await;
-    push_image(
-        &reg,
-        "p/img",
-        "v1",
-        ImageSpec::new(Format::Oci, vec![layer(1, 10)]),
-    )
-    .await;
+    push_image(&reg, "p/img", "v1", oci_image(1, 10)).await;
     let http = reg.client().http().clone();
     let url = format!("{}/v2/p/img/manifests/v1", reg.url());
     let get = |t: String| {

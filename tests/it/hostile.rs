@@ -24,7 +24,7 @@ async fn small_image(reg: &Registry, repo: &str, tag: &str, seed: u64) -> Pushed
         reg,
         repo,
         tag,
-        ImageSpec::new(Format::Oci, vec![layer(seed, 3_000)]).label("seed", &seed.to_string()),
+        oci_image(seed, 3_000).label("seed", &seed.to_string()),
     )
     .await
 }
@@ -95,13 +95,13 @@ async fn a_redirect_target_that_challenges_gets_no_credentials() {
     let dir = tempfile::tempdir().unwrap();
     let config = config(
         dir.path(),
-        &format!(
-            "target:\n  registry: \"{t}\"\n  insecure: true\n\
-             registries:\n  \"{u}\":\n    insecure: true\n    auth: {{ username: {UPSTREAM_USER}, password_env: UP_PASSWORD }}\n\
-             images:\n  - {u}/team/app:1.0\n",
-            t = target.host(),
-            u = up.host(),
-        ),
+        &ConfigYaml::to_registry(&target.host())
+            .upstream(&up.host())
+            .upstream_lines(&format!(
+                "    auth: {{ username: {UPSTREAM_USER}, password_env: UP_PASSWORD }}\n"
+            ))
+            .images(&[format!("{}/team/app:1.0", up.host())])
+            .yaml(),
     );
     let out = mirrorsync_with_env(
         &["sync", "--once", "--config", &config],
@@ -162,13 +162,13 @@ async fn a_target_location_on_another_host_gets_no_credentials() {
     let dir = tempfile::tempdir().unwrap();
     let config = config(
         dir.path(),
-        &format!(
-            "target:\n  registry: \"{t}\"\n  insecure: true\n  auth: {{ username: {TARGET_USER}, password_env: TARGET_PASSWORD }}\n\
-             registries:\n  \"{u}\": {{ insecure: true }}\n\
-             images:\n  - {u}/team/app:1.0\n",
-            t = down.host(),
-            u = upstream.host(),
-        ),
+        &ConfigYaml::to_registry(&down.host())
+            .target_lines(&format!(
+                "  auth: {{ username: {TARGET_USER}, password_env: TARGET_PASSWORD }}\n"
+            ))
+            .upstream(&upstream.host())
+            .images(&[upstream.image_ref("team/app", "1.0")])
+            .yaml(),
     );
     let out = mirrorsync_with_env(
         &["sync", "--once", "--config", &config],
@@ -422,13 +422,10 @@ async fn a_huge_index_is_mirrored_within_the_chart_memory_limit() {
     let dir = tempfile::tempdir().unwrap();
     let config = config(
         dir.path(),
-        &format!(
-            "target:\n  registry: \"{t}\"\n  insecure: true\n\
-             registries:\n  \"{u}\": {{ insecure: true }}\n\
-             images:\n  - {u}/vendor/huge:v1\n",
-            t = target.host(),
-            u = upstream.host(),
-        ),
+        &ConfigYaml::to_registry(&target.host())
+            .upstream(&upstream.host())
+            .images(&[format!("{}/vendor/huge:v1", upstream.host())])
+            .yaml(),
     );
     let (out, rss_kib) = run_measured(&["sync", "--once", "--config", &config]).await;
     eprintln!(

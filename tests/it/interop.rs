@@ -13,53 +13,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
-use tempfile::TempDir;
 
 const MIB: u64 = 1 << 20;
 
-/// Upstream registry with a proxy in front (`up`), target registry with a proxy in front
-/// (`down`). mirrorsync talks to the proxies only.
-struct World {
-    upstream: Registry,
-    up: Proxy,
-    target: Registry,
-    down: Proxy,
-    dir: TempDir,
-}
-
-impl World {
-    async fn new() -> World {
-        let upstream = Registry::start().await;
-        let target = Registry::start().await;
-        let up = Proxy::start(&upstream).await;
-        let down = Proxy::start(&target).await;
-        World {
-            upstream,
-            up,
-            target,
-            down,
-            dir: tempfile::tempdir().expect("tempdir"),
-        }
-    }
-
-    /// A config mirroring `repo:tag` entries through `up` into `down`, same paths.
-    /// `target_extra` is YAML for `target:` (two-space indented lines).
-    fn config(&self, images: &[&str], target_extra: &str) -> PathBuf {
-        let mut yaml = format!(
-            "target:\n  registry: \"{}\"\n  insecure: true\n{target_extra}\
-             registries:\n  \"{}\":\n    insecure: true\nimages:\n",
-            self.down.host(),
-            self.up.host()
-        );
-        for image in images {
-            yaml.push_str(&format!("  - {}/{image}\n", self.up.host()));
-        }
-        write_config(self.dir.path(), &yaml)
-    }
-
-    async fn sync(&self, config: &Path) -> Output {
-        mirrorsync(&["sync", "--once", "--config", &config.display().to_string()]).await
-    }
+/// A config mirroring `repo:tag` entries through `up` into `down`, same paths, with YAML lines
+/// for `target:` (indented two spaces).
+fn config_file(world: &World, images: &[&str], target_lines: &str) -> PathBuf {
+    world.write(&world.config(images).target_lines(target_lines))
 }
 
 /// `repo:tag` is at the target with upstream's digest, every blob present with the right
@@ -169,14 +129,14 @@ async fn seed_corpus(reg: &Registry, repo: &str) -> Vec<&'static str> {
         reg,
         repo,
         None,
-        ImageSpec::new(Format::Docker, vec![layer(3, 3000)]).platform("linux/amd64"),
+        docker_image(3, 3000).platform("linux/amd64"),
     )
     .await;
     let arm = push_image(
         reg,
         repo,
         None,
-        ImageSpec::new(Format::Docker, vec![layer(4, 3000)]).platform("linux/arm64"),
+        docker_image(4, 3000).platform("linux/arm64"),
     )
     .await;
     push_index(
@@ -200,16 +160,16 @@ async fn seed_corpus(reg: &Registry, repo: &str) -> Vec<&'static str> {
 #[tokio::test(flavor = "multi_thread")]
 async fn manifest_head_that_does_not_work_falls_back_to_one_get_per_tag() {
     for quirk in [Quirk::HeadNotFound, Quirk::HeadNotAllowed] {
-        let world = World::new().await;
+        let world = World::start(Proxied::Both).await;
         let tags = seed_corpus(&world.upstream, "lib/app").await;
-        quirk.install(&world.up);
+        quirk.install(world.up());
         let mut images: Vec<String> = tags.iter().map(|t| format!("lib/app:{t}")).collect();
         images.push("lib/app:missing".into());
         let images: Vec<&str> = images.iter().map(String::as_str).collect();
-        let config = world.config(&images, "");
+        let config = config_file(&world, &images, "");
 
         let out = world.sync(&config).await;
-        let seen = world.up.seen();
+        let seen = world.up().seen();
         eprintln!("{quirk:?} cold:\n{}", seen.dump());
         assert_eq!(summary(&out), (3, 0, 1), "{quirk:?}\n{}", out.stdout);
         let missing = failed_line(&out, "lib/app:missing");
@@ -230,9 +190,9 @@ async fn manifest_head_that_does_not_work_falls_back_to_one_get_per_tag() {
         assert_eq!(digest_gets(&seen, "lib/app"), 2, "{quirk:?}");
         assert!(out.stderr.contains("manifest HEAD does not work here"));
 
-        world.up.reset_log();
+        world.up().reset_log();
         let out = world.sync(&config).await;
-        let seen = world.up.seen();
+        let seen = world.up().seen();
         assert_eq!(summary(&out), (0, 3, 1), "{quirk:?} no-op\n{}", out.stdout);
         assert!(seen.count("HEAD", "manifests", Some("lib/app")) <= 3);
         assert_eq!(tag_gets(&seen, "lib/app"), 4, "{quirk:?} no-op");
@@ -247,18 +207,12 @@ async fn manifest_head_that_does_not_work_falls_back_to_one_get_per_tag() {
 #[tokio::test(flavor = "multi_thread")]
 async fn check_connect_tells_a_registry_without_head_from_a_missing_tag() {
     for quirk in [Quirk::HeadNotFound, Quirk::HeadNotAllowed] {
-        let world = World::new().await;
+        let world = World::start(Proxied::Both).await;
         for (repo, seed) in [("lib/here", 91u64), ("lib/other", 92)] {
-            push_image(
-                &world.upstream,
-                repo,
-                "v1",
-                ImageSpec::new(Format::Oci, vec![layer(seed, 1000)]),
-            )
-            .await;
+            push_image(&world.upstream, repo, "v1", oci_image(seed, 1000)).await;
         }
-        quirk.install(&world.up);
-        let config = world.config(&["lib/here:v1", "lib/other:gone"], "");
+        quirk.install(world.up());
+        let config = config_file(&world, &["lib/here:v1", "lib/other:gone"], "");
         let out = mirrorsync(&[
             "check",
             "--connect",
@@ -285,7 +239,7 @@ async fn check_connect_tells_a_registry_without_head_from_a_missing_tag() {
             "{quirk:?}\n{}",
             out.stdout
         );
-        let seen = world.up.seen();
+        let seen = world.up().seen();
         assert_eq!(
             seen.count("GET", "manifests", None),
             0,
@@ -299,33 +253,26 @@ async fn check_connect_tells_a_registry_without_head_from_a_missing_tag() {
 /// reserve of 1, two tags are resolved and the third is deferred instead of hitting a 429.
 #[tokio::test(flavor = "multi_thread")]
 async fn gets_that_replace_head_count_against_the_pull_quota() {
-    let world = World::new().await;
+    let world = World::start(Proxied::Both).await;
     for (tag, seed) in [("t1", 11u64), ("t2", 12), ("t3", 13)] {
-        push_image(
-            &world.upstream,
-            "lib/q",
-            tag,
-            ImageSpec::new(Format::Oci, vec![layer(seed, 1000)]),
-        )
-        .await;
+        push_image(&world.upstream, "lib/q", tag, oci_image(seed, 1000)).await;
     }
-    Quirk::HeadNotFound.install(&world.up);
-    world.up.set_quota(Some(3));
-    let yaml = format!(
-        "concurrency: 1\ntarget:\n  registry: \"{}\"\n  insecure: true\nregistries:\n  \"{}\":\n    insecure: true\n    rate_limit_reserve: 1\nimages:\n  - {up}/lib/q:t1\n  - {up}/lib/q:t2\n  - {up}/lib/q:t3\n",
-        world.down.host(),
-        world.up.host(),
-        up = world.up.host()
+    Quirk::HeadNotFound.install(world.up());
+    world.up().set_quota(Some(3));
+    let config = world.write(
+        &world
+            .config(&["lib/q:t1", "lib/q:t2", "lib/q:t3"])
+            .top("concurrency: 1\n")
+            .upstream_lines("    rate_limit_reserve: 1\n"),
     );
-    let config = write_config(world.dir.path(), &yaml);
     let out = world.sync(&config).await;
-    let seen = world.up.seen();
+    let seen = world.up().seen();
     assert!(
         seen.iter().all(|s| s.status != 429),
         "no GET went over the quota:\n{}",
         seen.dump()
     );
-    assert_eq!(world.up.quota(), Some(1), "the reserve is kept");
+    assert_eq!(world.up().quota(), Some(1), "the reserve is kept");
     assert!(
         out.stdout.contains("DEFERRED ") && out.stdout.contains("pull quota"),
         "{}",
@@ -339,15 +286,15 @@ async fn gets_that_replace_head_count_against_the_pull_quota() {
 /// the changed tag is fetched, once.
 #[tokio::test(flavor = "multi_thread")]
 async fn no_content_digest_costs_one_get_per_changed_manifest() {
-    let world = World::new().await;
+    let world = World::start(Proxied::Both).await;
     let tags = seed_corpus(&world.upstream, "lib/nd").await;
-    Quirk::NoContentDigest.install(&world.up);
+    Quirk::NoContentDigest.install(world.up());
     let images: Vec<String> = tags.iter().map(|t| format!("lib/nd:{t}")).collect();
     let images: Vec<&str> = images.iter().map(String::as_str).collect();
-    let config = world.config(&images, "");
+    let config = config_file(&world, &images, "");
 
     let out = world.sync(&config).await;
-    let seen = world.up.seen();
+    let seen = world.up().seen();
     assert_eq!(summary(&out), (3, 0, 0), "{}", out.stdout);
     for tag in &tags {
         assert_mirrored(&world.upstream, &world.target, "lib/nd", tag).await;
@@ -361,25 +308,19 @@ async fn no_content_digest_costs_one_get_per_changed_manifest() {
     );
 
     // No-op: the digest is only known from a GET; nothing else is fetched.
-    world.up.reset_log();
+    world.up().reset_log();
     let out = world.sync(&config).await;
-    let seen = world.up.seen();
+    let seen = world.up().seen();
     assert_eq!(summary(&out), (0, 3, 0), "{}", out.stdout);
     assert_eq!(tag_gets(&seen, "lib/nd"), 3);
     assert_eq!(digest_gets(&seen, "lib/nd"), 0);
     assert_eq!(seen.count("GET", "blobs", None), 0);
 
     // One tag moves upstream: it costs one GET, not two.
-    push_image(
-        &world.upstream,
-        "lib/nd",
-        "a",
-        ImageSpec::new(Format::Oci, vec![layer(77, 5000)]),
-    )
-    .await;
-    world.up.reset_log();
+    push_image(&world.upstream, "lib/nd", "a", oci_image(77, 5000)).await;
+    world.up().reset_log();
     let out = world.sync(&config).await;
-    let seen = world.up.seen();
+    let seen = world.up().seen();
     assert_eq!(summary(&out), (1, 2, 0), "{}", out.stdout);
     assert_mirrored(&world.upstream, &world.target, "lib/nd", "a").await;
     assert_eq!(tag_gets(&seen, "lib/nd"), 3);
@@ -404,19 +345,13 @@ fn schema1_manifest() -> Vec<u8> {
 /// made, in this run or the next; a schema 1 manifest met on a GET is named too.
 #[tokio::test(flavor = "multi_thread")]
 async fn schema1_is_named_and_not_pulled() {
-    let world = World::new().await;
-    push_image(
-        &world.upstream,
-        "lib/old",
-        "good",
-        ImageSpec::new(Format::Oci, vec![layer(5, 500)]),
-    )
-    .await;
+    let world = World::start(Proxied::Both).await;
+    push_image(&world.upstream, "lib/old", "good", oci_image(5, 500)).await;
     let body = schema1_manifest();
     let digest = sha256_digest(&body);
     let prettyjws = "application/vnd.docker.distribution.manifest.v1+prettyjws";
     let len = body.len().to_string();
-    world.up.add(Rule::new(
+    world.up().add(Rule::new(
         "HEAD /v2/lib/old/manifests/v1",
         Action::respond(
             200,
@@ -428,24 +363,24 @@ async fn schema1_is_named_and_not_pulled() {
             "",
         ),
     ));
-    world.up.add(Rule::new(
+    world.up().add(Rule::new(
         "GET /v2/lib/old/manifests/v1",
         Action::respond(200, &[("Content-Type", prettyjws)], body.clone()),
     ));
     // Another tag whose HEAD says nothing useful: the GET finds schema 1.
-    world.up.add(Rule::new(
+    world.up().add(Rule::new(
         "HEAD /v2/lib/old/manifests/v2",
         Action::respond(200, &[("Content-Type", "application/json")], ""),
     ));
-    world.up.add(Rule::new(
+    world.up().add(Rule::new(
         "GET /v2/lib/old/manifests/v2",
         Action::respond(200, &[("Content-Type", prettyjws)], body.clone()),
     ));
-    let config = world.config(&["lib/old:v1", "lib/old:v2", "lib/old:good"], "");
+    let config = config_file(&world, &["lib/old:v1", "lib/old:v2", "lib/old:good"], "");
     for run in ["cold", "again"] {
-        world.up.reset_log();
+        world.up().reset_log();
         let out = world.sync(&config).await;
-        let seen = world.up.seen();
+        let seen = world.up().seen();
         for tag in ["lib/old:v1", "lib/old:v2"] {
             let line = failed_line(&out, tag);
             assert!(
@@ -467,13 +402,7 @@ async fn schema1_is_named_and_not_pulled() {
 
 /// An image with one `size`-byte generated layer and a small one.
 async fn big_image(reg: &Registry, repo: &str, tag: &str, size: u64, seed: u64) -> PushedImage {
-    push_image(
-        reg,
-        repo,
-        tag,
-        ImageSpec::new(Format::Oci, vec![layer(seed, 700)]).big_layer(size, seed),
-    )
-    .await
+    push_image(reg, repo, tag, oci_image(seed, 700).big_layer(size, seed)).await
 }
 
 /// Item 4 (ECR answers PATCH with 201) and `target.chunk_size`: a 20 MiB layer in 6 MiB chunks
@@ -481,14 +410,14 @@ async fn big_image(reg: &Registry, repo: &str, tag: &str, size: u64, seed: u64) 
 /// default chunk size the same layer is one PUT with the body.
 #[tokio::test(flavor = "multi_thread")]
 async fn patch_answered_201_and_chunk_size_setting() {
-    let world = World::new().await;
+    let world = World::start(Proxied::Both).await;
     big_image(&world.upstream, "lib/big", "v1", 20 * MIB, 21).await;
-    Quirk::PatchCreated.install(&world.down);
-    let config = world.config(&["lib/big:v1"], "  chunk_size: 6MiB\n");
+    Quirk::PatchCreated.install(world.down());
+    let config = config_file(&world, &["lib/big:v1"], "  chunk_size: 6MiB\n");
     let out = world.sync(&config).await;
     out.assert_code(0);
     assert_mirrored(&world.upstream, &world.target, "lib/big", "v1").await;
-    let seen = world.down.seen();
+    let seen = world.down().seen();
     let patches: Vec<u64> = seen
         .iter()
         .filter(|s| s.method == "PATCH")
@@ -507,17 +436,17 @@ async fn patch_answered_201_and_chunk_size_setting() {
     );
     assert!(uploads_left(&world.target).is_empty());
 
-    world.down.reset_log();
+    world.down().reset_log();
     let out = world.sync(&config).await;
     assert_eq!(summary(&out), (0, 1, 0));
-    assert!(upload_requests(&world.down.seen()).is_empty());
+    assert!(upload_requests(&world.down().seen()).is_empty());
 
     // Default chunk size: the 20 MiB layer goes up as the body of one PUT.
-    let other = World::new().await;
+    let other = World::start(Proxied::Both).await;
     big_image(&other.upstream, "lib/big", "v1", 20 * MIB, 21).await;
-    let out = other.sync(&other.config(&["lib/big:v1"], "")).await;
+    let out = other.sync(&config_file(&other, &["lib/big:v1"], "")).await;
     out.assert_code(0);
-    let seen = other.down.seen();
+    let seen = other.down().seen();
     assert_eq!(seen.iter().filter(|s| s.method == "PATCH").count(), 0);
     assert!(
         seen.iter()
@@ -526,7 +455,7 @@ async fn patch_answered_201_and_chunk_size_setting() {
     );
 
     // Validation: below ECR's 5 MiB floor is a config error naming the key.
-    let bad = world.config(&["lib/big:v1"], "  chunk_size: 1MiB\n");
+    let bad = config_file(&world, &["lib/big:v1"], "  chunk_size: 1MiB\n");
     let out = world.sync(&bad).await;
     out.assert_code(2);
     assert!(out.stderr.contains("target.chunk_size"), "{}", out.stderr);
@@ -537,15 +466,15 @@ async fn patch_answered_201_and_chunk_size_setting() {
 /// blob restarts; no session is left behind.
 #[tokio::test(flavor = "multi_thread")]
 async fn body_limit_413_halves_chunks_down_to_five_mib() {
-    let world = World::new().await;
+    let world = World::start(Proxied::Both).await;
     big_image(&world.upstream, "lib/huge", "small", 20 * MIB, 31).await;
     big_image(&world.upstream, "lib/huge", "large", 70 * MIB, 32).await;
     Quirk::BodyLimit {
         max_body: 10 * MIB,
         min_part: 5 * MIB,
     }
-    .install(&world.down);
-    let config = world.config(&["lib/huge:small", "lib/huge:large"], "");
+    .install(world.down());
+    let config = config_file(&world, &["lib/huge:small", "lib/huge:large"], "");
     let started = Instant::now();
     let out = world.sync(&config).await;
     out.assert_code(0);
@@ -553,7 +482,7 @@ async fn body_limit_413_halves_chunks_down_to_five_mib() {
     for tag in ["small", "large"] {
         assert_mirrored(&world.upstream, &world.target, "lib/huge", tag).await;
     }
-    let seen = world.down.seen();
+    let seen = world.down().seen();
     let refused = seen.iter().filter(|s| s.status == 413).count();
     let bodies: Vec<(String, u64, u16)> = seen
         .iter()
@@ -585,14 +514,14 @@ async fn body_limit_413_halves_chunks_down_to_five_mib() {
         "no part below 5 MiB but the last:\n{}",
         seen.dump()
     );
-    let upstream_gets = world.up.seen().count("GET", "blobs", None);
+    let upstream_gets = world.up().seen().count("GET", "blobs", None);
     eprintln!("upstream blob GETs (restarts included): {upstream_gets}");
     assert!(uploads_left(&world.target).is_empty());
 
-    world.down.reset_log();
+    world.down().reset_log();
     let out = world.sync(&config).await;
     assert_eq!(summary(&out), (0, 2, 0));
-    assert!(upload_requests(&world.down.seen()).is_empty());
+    assert!(upload_requests(&world.down().seen()).is_empty());
 }
 
 /// Issue 19 item 6: behind a 10 MiB body limit (nginx's 413) with a 5 MiB minimum part, a
@@ -601,19 +530,19 @@ async fn body_limit_413_halves_chunks_down_to_five_mib() {
 /// pulled once, and the image lands whole with no session left behind.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_413_goes_on_in_smaller_chunks_without_pulling_the_blob_again() {
-    let world = World::new().await;
+    let world = World::start(Proxied::Both).await;
     let image = big_image(&world.upstream, "lib/huge", "v1", 12 * MIB, 33).await;
     Quirk::BodyLimit {
         max_body: 10 * MIB,
         min_part: 5 * MIB,
     }
-    .install(&world.down);
-    let config = world.config(&["lib/huge:v1"], "");
+    .install(world.down());
+    let config = config_file(&world, &["lib/huge:v1"], "");
     let pulls_before = blob_pulls(&world.upstream).await;
     let out = world.sync(&config).await;
     out.assert_code(0);
     assert_mirrored(&world.upstream, &world.target, "lib/huge", "v1").await;
-    let seen = world.down.seen();
+    let seen = world.down().seen();
     let refused: Vec<(String, u64)> = seen
         .iter()
         .filter(|s| s.status == 413)
@@ -666,7 +595,7 @@ async fn blob_pulls(reg: &Registry) -> usize {
 /// used for the blob, and no second mount is tried this run.
 #[tokio::test(flavor = "multi_thread")]
 async fn refused_mount_session_is_used_and_not_asked_again() {
-    let world = World::new().await;
+    let world = World::start(Proxied::Both).await;
     let layers = vec![layer(41, 3000), layer(42, 4000), layer(43, 5000)];
     push_image(
         &world.upstream,
@@ -682,19 +611,17 @@ async fn refused_mount_session_is_used_and_not_asked_again() {
         ImageSpec::new(Format::Oci, layers).label("team", "b"),
     )
     .await;
-    Quirk::MountRefused.install(&world.down);
-    let yaml = format!(
-        "concurrency: 1\ntarget:\n  registry: \"{}\"\n  insecure: true\nregistries:\n  \"{}\":\n    insecure: true\nimages:\n  - {up}/team-a/app:v1\n  - {up}/team-b/app:v1\n",
-        world.down.host(),
-        world.up.host(),
-        up = world.up.host()
+    Quirk::MountRefused.install(world.down());
+    let config = world.write(
+        &world
+            .config(&["team-a/app:v1", "team-b/app:v1"])
+            .top("concurrency: 1\n"),
     );
-    let config = write_config(world.dir.path(), &yaml);
     let out = world.sync(&config).await;
     out.assert_code(0);
     assert_mirrored(&world.upstream, &world.target, "team-a/app", "v1").await;
     assert_mirrored(&world.upstream, &world.target, "team-b/app", "v1").await;
-    let seen = world.down.seen();
+    let seen = world.down().seen();
     let mounts = seen
         .iter()
         .filter(|s| s.method == "POST" && s.query.contains("mount="))
@@ -712,10 +639,10 @@ async fn refused_mount_session_is_used_and_not_asked_again() {
     assert_eq!(deletes, 0, "the refused mount's session is not thrown away");
     assert!(uploads_left(&world.target).is_empty());
 
-    world.down.reset_log();
+    world.down().reset_log();
     let out = world.sync(&config).await;
     assert_eq!(summary(&out), (0, 2, 0));
-    assert!(upload_requests(&world.down.seen()).is_empty());
+    assert!(upload_requests(&world.down().seen()).is_empty());
 }
 
 /// Item 7: upload `Location` relative, on another host:port, and carrying a query (`_state`,
@@ -723,18 +650,18 @@ async fn refused_mount_session_is_used_and_not_asked_again() {
 #[tokio::test(flavor = "multi_thread")]
 async fn upload_location_relative_other_host_and_with_query() {
     for style in ["relative", "other-host"] {
-        let world = World::new().await;
+        let world = World::start(Proxied::Both).await;
         big_image(&world.upstream, "lib/loc", "v1", 12 * MIB, 51).await;
         let side = Proxy::start(&world.target).await;
         match style {
-            "relative" => Quirk::LocationRelative.install(&world.down),
-            _ => Quirk::LocationOtherHost(side.host()).install(&world.down),
+            "relative" => Quirk::LocationRelative.install(world.down()),
+            _ => Quirk::LocationOtherHost(side.host()).install(world.down()),
         };
-        let config = world.config(&["lib/loc:v1"], "  chunk_size: 5MiB\n");
+        let config = config_file(&world, &["lib/loc:v1"], "  chunk_size: 5MiB\n");
         let out = world.sync(&config).await;
         out.assert_code(0);
         assert_mirrored(&world.upstream, &world.target, "lib/loc", "v1").await;
-        let down = world.down.seen();
+        let down = world.down().seen();
         let elsewhere = side.seen();
         let location = down
             .iter()
@@ -774,13 +701,13 @@ async fn upload_location_relative_other_host_and_with_query() {
 #[tokio::test(flavor = "multi_thread")]
 async fn abandoned_upload_sessions_are_cancelled() {
     // Cut off: the upstream blob trickles; the run stops after 2 s with a 1 s grace.
-    let world = World::new().await;
+    let world = World::start(Proxied::Both).await;
     big_image(&world.upstream, "lib/slow", "v1", 30 * MIB, 61).await;
-    world.up.add(Rule::new(
+    world.up().add(Rule::new(
         "GET /v2/lib/slow/blobs/*",
         Action::Throttle(2 * MIB),
     ));
-    let config = world.config(&["lib/slow:v1"], "  chunk_size: 5MiB\n");
+    let config = config_file(&world, &["lib/slow:v1"], "  chunk_size: 5MiB\n");
     let out = mirrorsync(&[
         "sync",
         "--once",
@@ -793,7 +720,7 @@ async fn abandoned_upload_sessions_are_cancelled() {
     ])
     .await;
     out.assert_code(3);
-    let seen = world.down.seen();
+    let seen = world.down().seen();
     assert!(
         seen.iter().any(|s| s.method == "PATCH"),
         "the upload had started:\n{}",
@@ -803,16 +730,16 @@ async fn abandoned_upload_sessions_are_cancelled() {
     assert_eq!(uploads_left(&world.target), Vec::<PathBuf>::new());
 
     // Failed: the target refuses the final PUT.
-    let world = World::new().await;
+    let world = World::start(Proxied::Both).await;
     big_image(&world.upstream, "lib/fail", "v1", 6 * MIB, 62).await;
-    world.down.add(Rule::new(
+    world.down().add(Rule::new(
         "PUT /v2/lib/fail/blobs/uploads/*",
         Action::status(400),
     ));
-    let config = world.config(&["lib/fail:v1"], "  chunk_size: 5MiB\n");
+    let config = config_file(&world, &["lib/fail:v1"], "  chunk_size: 5MiB\n");
     let out = world.sync(&config).await;
     out.assert_code(1);
-    eprintln!("{}", world.down.seen().dump());
+    eprintln!("{}", world.down().seen().dump());
     assert_eq!(uploads_left(&world.target), Vec::<PathBuf>::new());
 }
 
@@ -857,13 +784,13 @@ async fn token_server_elsewhere_flaky_and_oauth_shaped() {
     token_proxy.add(Rule::new("GET /token*", Action::MapBody(access_token_only)));
     token_server.clear_requests();
     let mark = token_proxy.mark();
-    let yaml = format!(
-        "target:\n  registry: \"{}\"\n  insecure: true\nregistries:\n  \"{}\":\n    insecure: true\nimages:\n  - {up}/lib/tok:a\n  - {up}/lib/tok:multi\n",
-        target.host(),
-        upstream.host(),
-        up = upstream.host()
-    );
-    let config = write_config(dir.path(), &yaml);
+    let config = ConfigYaml::to_registry(&target.host())
+        .upstream(&upstream.host())
+        .images(&[
+            upstream.image_ref("lib/tok", "a"),
+            upstream.image_ref("lib/tok", "multi"),
+        ])
+        .write(dir.path());
     let metrics = dir.path().join("metrics.prom");
     let out = mirrorsync_with_env(
         &[
@@ -918,13 +845,7 @@ async fn token_server_elsewhere_flaky_and_oauth_shaped() {
 async fn self_signed_ca_true_certificate_in_ca_file() {
     let cert = TestCa::self_signed();
     let upstream = Registry::start().await;
-    push_image(
-        &upstream,
-        "lib/home",
-        "v1",
-        ImageSpec::new(Format::Oci, vec![layer(71, 2000)]),
-    )
-    .await;
+    push_image(&upstream, "lib/home", "v1", oci_image(71, 2000)).await;
     let target = Registry::start_with(RegistryOptions {
         tls: Some(&cert),
         ..Default::default()
@@ -932,14 +853,10 @@ async fn self_signed_ca_true_certificate_in_ca_file() {
     .await;
     let dir = tempfile::tempdir().expect("tempdir");
     let config_with = |ca: &Path| {
-        let yaml = format!(
-            "target:\n  registry: \"{}\"\n  ca_file: \"{}\"\nregistries:\n  \"{}\":\n    insecure: true\nimages:\n  - {}/lib/home:v1\n",
-            target.host(),
-            ca.display(),
-            upstream.host(),
-            upstream.host()
-        );
-        write_config(dir.path(), &yaml)
+        ConfigYaml::to_tls_registry(&target.host(), ca)
+            .upstream(&upstream.host())
+            .images(&[upstream.image_ref("lib/home", "v1")])
+            .write(dir.path())
     };
     let other = TestCa::self_signed();
     let out = mirrorsync(&[
@@ -970,22 +887,13 @@ async fn self_signed_ca_true_certificate_in_ca_file() {
 #[tokio::test(flavor = "multi_thread")]
 async fn plain_http_where_tls_expected_fails_fast_and_typos_are_warned() {
     let upstream = Registry::start().await;
-    push_image(
-        &upstream,
-        "lib/plain",
-        "v1",
-        ImageSpec::new(Format::Oci, vec![layer(81, 1000)]),
-    )
-    .await;
+    push_image(&upstream, "lib/plain", "v1", oci_image(81, 1000)).await;
     let target = Registry::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let yaml = format!(
-        "target:\n  registry: \"{}\"\n  insecure: true\nregistries:\n  \"localhost:{}\":\n    insecure: true\nimages:\n  - {}/lib/plain:v1\n",
-        target.host(),
-        upstream.port(),
-        upstream.host()
-    );
-    let config = write_config(dir.path(), &yaml);
+    let config = ConfigYaml::to_registry(&target.host())
+        .upstream(&format!("localhost:{}", upstream.port()))
+        .images(&[upstream.image_ref("lib/plain", "v1")])
+        .write(dir.path());
     let started = Instant::now();
     let out = mirrorsync(&["sync", "--once", "--config", &config.display().to_string()]).await;
     let took = started.elapsed();
@@ -1039,19 +947,17 @@ pub(crate) async fn push_referrer(
     }
 }
 
+/// `images` with `referrers: true`, through `up` straight into the target (no `down`).
 fn referrers_config(w: &World, images: &[&str]) -> PathBuf {
-    let mut yaml = format!(
-        "target:\n  registry: \"{}\"\n  insecure: true\nregistries:\n  \"{}\":\n    insecure: true\nimages:\n",
-        w.target.host(),
-        w.up.host()
-    );
-    for image in images {
-        yaml.push_str(&format!(
-            "  - {{ source: \"{}/{image}\", referrers: true }}\n",
-            w.up.host()
-        ));
-    }
-    write_config(w.dir.path(), &yaml)
+    let items: Vec<String> = images
+        .iter()
+        .map(|image| format!("{{ source: \"{}\", referrers: true }}", w.image(image)))
+        .collect();
+    w.write(
+        &ConfigYaml::to_registry(&w.target.host())
+            .upstream(&w.up().host())
+            .images(&items),
+    )
 }
 
 /// An upstream with the OCI referrers API: the referrers it lists are planned, copied by digest
@@ -1060,14 +966,8 @@ fn referrers_config(w: &World, images: &[&str]) -> PathBuf {
 /// manifest.
 #[tokio::test(flavor = "multi_thread")]
 async fn referrers_api_upstream_into_a_target_without_it() {
-    let w = World::new().await;
-    let image = push_image(
-        &w.upstream,
-        "app/signed",
-        "1.0",
-        ImageSpec::new(Format::Oci, vec![layer(71, 3_000)]),
-    )
-    .await;
+    let w = World::start(Proxied::Both).await;
+    let image = push_image(&w.upstream, "app/signed", "1.0", oci_image(71, 3_000)).await;
     let sig = push_referrer(
         &w.upstream,
         "app/signed",
@@ -1112,7 +1012,7 @@ async fn referrers_api_upstream_into_a_target_without_it() {
         subject: image.digest.clone(),
         referrers: vec![sig.clone(), sbom.clone()],
     }
-    .install(&w.up);
+    .install(w.up());
     let config = referrers_config(&w, &["app/signed:1.0"]);
 
     let plan = mirrorsync(&["plan", "--config", &config.display().to_string()]).await;
@@ -1183,11 +1083,11 @@ async fn referrers_api_upstream_into_a_target_without_it() {
         "artifactType kept"
     );
 
-    let mark = w.up.mark();
+    let mark = w.up().mark();
     let again = w.sync(&config).await;
     again.assert_code(0);
     assert_eq!(summary(&again), (0, 3, 0), "{}", again.stdout);
-    let seen = w.up.since(mark);
+    let seen = w.up().since(mark);
     assert_eq!(
         tag_gets(&seen, "app/signed") + digest_gets(&seen, "app/signed"),
         0,
@@ -1206,14 +1106,14 @@ async fn referrers_api_upstream_into_a_target_without_it() {
 /// its `sha256-<hex>` fallback tags are used as before.
 #[tokio::test(flavor = "multi_thread")]
 async fn referrers_api_missing_upstream_is_asked_once_per_run() {
-    let w = World::new().await;
+    let w = World::start(Proxied::Both).await;
     let mut fallbacks = Vec::new();
     for (i, tag) in ["1.0", "2.0"].into_iter().enumerate() {
         let image = push_image(
             &w.upstream,
             "app/plain",
             tag,
-            ImageSpec::new(Format::Oci, vec![layer(80 + i as u64, 2_000)]),
+            oci_image(80 + i as u64, 2_000),
         )
         .await;
         let sig = push_referrer(
@@ -1243,11 +1143,12 @@ async fn referrers_api_missing_upstream_is_asked_once_per_run() {
     let config = referrers_config(&w, &["app/plain:1.0", "app/plain:2.0"]);
     let cold = w.sync(&config).await;
     cold.assert_code(0);
-    let asked =
-        w.up.seen()
-            .iter()
-            .filter(|s| s.path.contains("/referrers/"))
-            .count();
+    let asked = w
+        .up()
+        .seen()
+        .iter()
+        .filter(|s| s.path.contains("/referrers/"))
+        .count();
     assert_eq!(asked, 1, "the missing referrers API is asked once per run");
     for (fallback, sig) in &fallbacks {
         assert_eq!(

@@ -40,7 +40,7 @@ async fn seed_corpus(up: &Registry) -> Vec<Tagged> {
         up,
         "kill/big",
         "v1",
-        ImageSpec::new(Format::Oci, vec![layer(1, 4000)]).big_layer(300 * MIB, 2),
+        oci_image(1, 4000).big_layer(300 * MIB, 2),
     )
     .await;
     out.push(Tagged {
@@ -62,7 +62,7 @@ async fn seed_corpus(up: &Registry) -> Vec<Tagged> {
         up,
         "kill/multi",
         None,
-        ImageSpec::new(Format::Oci, vec![layer(12, 3 * MIB as usize)]).platform("linux/arm64"),
+        oci_image(12, 3 * MIB as usize).platform("linux/arm64"),
     )
     .await;
     let att = attestation_manifest(up, "kill/multi", &amd).await;
@@ -104,15 +104,15 @@ async fn seed_corpus(up: &Registry) -> Vec<Tagged> {
 }
 
 fn config(dir: &Path, proxy: &Proxy, target: &Registry, corpus: &[Tagged], extra: &str) -> PathBuf {
-    let mut yaml = format!(
-        "{extra}target:\n  registry: \"{}\"\n  insecure: true\nregistries:\n  \"{}\":\n    insecure: true\nimages:\n",
-        target.host(),
-        proxy.host()
-    );
-    for t in corpus {
-        yaml.push_str(&format!("  - {}\n", proxy.image_ref(&t.repo, &t.tag)));
-    }
-    write_config(dir, &yaml)
+    let images: Vec<String> = corpus
+        .iter()
+        .map(|t| proxy.image_ref(&t.repo, &t.tag))
+        .collect();
+    ConfigYaml::to_registry(&target.host())
+        .top(extra)
+        .upstream(&proxy.host())
+        .images(&images)
+        .write(dir)
 }
 
 enum Ended {
@@ -301,50 +301,6 @@ fn assert_only_missing(pulled: &[String], absent: &BTreeSet<String>, seen: &[See
     );
 }
 
-/// An upstream with a big tag first and small ones after, throttled to 20 MiB/s, serial tags;
-/// every tag takes seconds.
-async fn slow_world(big: u64) -> (Registry, Proxy, Registry, tempfile::TempDir, PathBuf) {
-    let upstream = Registry::start().await;
-    let proxy = Proxy::start(&upstream).await;
-    let target = Registry::start().await;
-    push_image(
-        &upstream,
-        "slow/big",
-        "v1",
-        ImageSpec::new(Format::Oci, vec![layer(50, 1000)]).big_layer(big, 51),
-    )
-    .await;
-    let mut images = vec![proxy.image_ref("slow/big", "v1")];
-    for i in 0..4u64 {
-        let repo = format!("slow/small{i}");
-        push_image(
-            &upstream,
-            &repo,
-            "v1",
-            ImageSpec::new(Format::Oci, vec![layer(60 + i, 20_000)]),
-        )
-        .await;
-        images.push(proxy.image_ref(&repo, "v1"));
-    }
-    // Each small tag takes over 3 s too (its manifest GET stalls): whichever tag the engine
-    // starts first, it is still in flight one second in, and the others have not started.
-    proxy.add(Rule::new(
-        "GET /v2/slow/small*/manifests/*",
-        Action::Stall(Duration::from_secs(3)),
-    ));
-    let dir = tempfile::tempdir().unwrap();
-    let mut yaml = format!(
-        "concurrency: 1\ntarget:\n  registry: \"{}\"\n  insecure: true\nregistries:\n  \"{}\":\n    insecure: true\n    bytes_per_second: 20MiB\nimages:\n",
-        target.host(),
-        proxy.host()
-    );
-    for i in &images {
-        yaml.push_str(&format!("  - {i}\n"));
-    }
-    let cfg = write_config(dir.path(), &yaml);
-    (upstream, proxy, target, dir, cfg)
-}
-
 const SLOW_TAGS: [&str; 5] = [
     "slow/big",
     "slow/small0",
@@ -381,7 +337,8 @@ async fn assert_stopped_early(out: &Output, target: &Registry, synced: usize) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn max_duration_lets_the_running_tag_finish_and_defers_the_rest() {
-    let (_up, _proxy, target, _dir, cfg) = slow_world(40 * MIB).await;
+    let slow = slow_world(40 * MIB).await;
+    let (target, cfg) = (&slow.world.target, &slow.config);
     let started = Instant::now();
     let out = mirrorsync(&[
         "sync",
@@ -398,12 +355,13 @@ async fn max_duration_lets_the_running_tag_finish_and_defers_the_rest() {
         started.elapsed(),
         out.stdout
     );
-    assert_stopped_early(&out, &target, 1).await;
+    assert_stopped_early(&out, target, 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn max_duration_abandons_a_transfer_after_the_grace_period_without_a_partial_tag() {
-    let (_up, _proxy, target, _dir, cfg) = slow_world(100 * MIB).await;
+    let slow = slow_world(100 * MIB).await;
+    let (target, cfg) = (&slow.world.target, &slow.config);
     let started = Instant::now();
     let out = mirrorsync(&[
         "sync",
@@ -422,42 +380,25 @@ async fn max_duration_abandons_a_transfer_after_the_grace_period_without_a_parti
         out.code, out.stdout
     );
     assert!(took < Duration::from_secs(6), "stopped after {took:?}");
-    assert_stopped_early(&out, &target, 0).await;
+    assert_stopped_early(&out, target, 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_stops_new_tags_and_exits_3() {
-    let (_up, _proxy, target, _dir, cfg) = slow_world(40 * MIB).await;
+    let slow = slow_world(40 * MIB).await;
+    let (target, cfg) = (&slow.world.target, &slow.config);
     let started = Instant::now();
-    let child = tokio::process::Command::new(bin_path())
-        .args(["sync", "--once", "--config", &cfg.display().to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn mirrorsync");
-    let pid = child.id().expect("pid") as libc::pid_t;
+    let child = spawn_mirrorsync(&["sync", "--once", "--config", &cfg.display().to_string()]);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    // SAFETY: `pid` is our own running child.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let raw = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("exits after SIGTERM")
-        .expect("wait");
-    let out = Output {
-        code: raw.status.code(),
-        stdout: String::from_utf8_lossy(&raw.stdout).into_owned(),
-        stdout_raw: raw.stdout,
-        stderr: String::from_utf8_lossy(&raw.stderr).into_owned(),
-    };
+    sigterm(&child);
+    let out = wait_output(child, Duration::from_secs(60), "exits after SIGTERM").await;
     eprintln!(
         "SIGTERM after 1 s: exit {:?} after {:.1?}\n{}",
         out.code,
         started.elapsed(),
         out.stdout
     );
-    assert_stopped_early(&out, &target, 1).await;
+    assert_stopped_early(&out, target, 1).await;
 }
 
 /// The run state a registry target holds (`mirrorsync/state:latest`), as JSON.
@@ -485,44 +426,37 @@ async fn saved_state(target: &Registry) -> serde_json::Value {
 async fn a_second_sigterm_exits_at_once_with_the_finished_tags_saved() {
     // 200 MiB at 20 MiB/s: the big tag needs about 10 s, far more than the test allows after
     // the second signal. Two tags at once: a small one finishes first while the big one runs.
-    let (_up, _proxy, target, _dir, cfg) = slow_world(200 * MIB).await;
-    let yaml = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(&cfg, yaml.replace("concurrency: 1\n", "concurrency: 2\n")).unwrap();
-    let child = tokio::process::Command::new(bin_path())
-        .args(["sync", "--once", "--config", &cfg.display().to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn mirrorsync");
-    let pid = child.id().expect("pid") as libc::pid_t;
+    let slow = slow_world(200 * MIB).await;
+    let (target, cfg) = (&slow.world.target, &slow.config);
+    let yaml = std::fs::read_to_string(cfg).unwrap();
+    std::fs::write(cfg, yaml.replace("concurrency: 1\n", "concurrency: 2\n")).unwrap();
+    let child = spawn_mirrorsync(&["sync", "--once", "--config", &cfg.display().to_string()]);
     let started = Instant::now();
-    while head_manifest(&target, "slow/small0", "v1").await.is_none() {
+    while head_manifest(target, "slow/small0", "v1").await.is_none() {
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "slow/small0 never reached the target"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // SAFETY: `pid` is our own running child.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    sigterm(&child);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let second = Instant::now();
-    // SAFETY: as above; the first signal did not end the process (30 s grace period).
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let raw = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("exits after the second SIGTERM")
-        .expect("wait");
+    // The first signal did not end the process (30 s grace period).
+    sigterm(&child);
+    let out = wait_output(
+        child,
+        Duration::from_secs(60),
+        "exits after the second SIGTERM",
+    )
+    .await;
     let took = second.elapsed();
-    let stdout = String::from_utf8_lossy(&raw.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&raw.stderr).into_owned();
+    let (stdout, stderr) = (&out.stdout, &out.stderr);
     eprintln!(
         "second SIGTERM: exit {:?} after {took:.1?}\n{stdout}",
-        raw.status.code()
+        out.code
     );
-    assert_eq!(raw.status.code(), Some(3), "{stdout}\n{stderr}");
+    assert_eq!(out.code, Some(3), "{stdout}\n{stderr}");
     assert!(
         took < Duration::from_secs(4),
         "exited {took:?} after the second signal"
@@ -538,10 +472,10 @@ async fn a_second_sigterm_exits_at_once_with_the_finished_tags_saved() {
         .find(|l| l.contains("/slow/big:v1 -> "))
         .unwrap_or_else(|| panic!("no line for slow/big:\n{stdout}"));
     assert!(big.starts_with("DEFERRED "), "{big}");
-    assert_eq!(head_manifest(&target, "slow/big", "v1").await, None);
+    assert_eq!(head_manifest(target, "slow/big", "v1").await, None);
     // The tag finished before the signals is complete at the target and recorded as in sync.
-    assert_image_complete(&target, "slow/small0", "v1").await;
-    let state = saved_state(&target).await;
+    assert_image_complete(target, "slow/small0", "v1").await;
+    let state = saved_state(target).await;
     let tags = state["tags"].as_object().expect("tags in the state");
     let entry = |repo: &str| {
         tags.iter()

@@ -7,15 +7,13 @@
 
 use crate::common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::observe::Pushgateway;
 use common::util::free_port;
 use common::*;
-
-const PUSHGATEWAY_BIN: &str = "/usr/bin/prometheus-pushgateway";
 
 /// (in_sync, last_synced, lag) of `target` from Prometheus text, by a plain line scan.
 fn series(text: &str, target: &str) -> (Option<f64>, Option<f64>, Option<f64>) {
@@ -49,13 +47,14 @@ fn now() -> f64 {
 }
 
 fn config(dir: &Path, upstream: &str, target: &str) -> std::path::PathBuf {
-    write_config(
-        dir,
-        &format!(
-            "target:\n  registry: \"{target}\"\n  insecure: true\nregistries:\n  \"{upstream}\":\n    insecure: true\n\
-             images:\n  - {upstream}/team/app:1\n"
-        ),
-    )
+    config_yaml(upstream, target).write(dir)
+}
+
+/// `team/app:1` from `upstream` into `target`.
+fn config_yaml(upstream: &str, target: &str) -> ConfigYaml {
+    ConfigYaml::to_registry(target)
+        .upstream(upstream)
+        .images(&[format!("{upstream}/team/app:1")])
 }
 
 /// Runs `sync --once` with `extra` args; returns the textfile (when one is written).
@@ -120,149 +119,36 @@ async fn assert_lag_grows(
     assert!(lags[1] > lags[0] + 1.0, "lag grows: {lags:?}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn lag_grows_with_the_upstream_down_in_stateless_runs() {
+/// Stateless runs with a textfile; the upstream (or the target) goes down after the first.
+async fn lag_grows_in_textfile_runs(upstream_goes_down: bool, seed: u64) {
     let mut upstream = Registry::start().await;
-    let target = Registry::start().await;
-    push_image(
-        &upstream,
-        "team/app",
-        "1",
-        ImageSpec::new(Format::Oci, vec![layer(70, 2_000)]),
-    )
-    .await;
+    let mut target = Registry::start().await;
+    push_image(&upstream, "team/app", "1", oci_image(seed, 2_000)).await;
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path(), &upstream.host(), &target.host());
     let textfile = dir.path().join("m.prom");
     let file = textfile.display().to_string();
-    let upstream_ref = &mut upstream;
+    let down = if upstream_goes_down {
+        &mut upstream
+    } else {
+        &mut target
+    };
     assert_lag_grows(
         async || std::fs::read_to_string(&textfile).unwrap(),
         async || once(&config, &["--metrics-file", &file]).await,
-        move || upstream_ref.kill(),
+        move || down.kill(),
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lag_grows_with_the_upstream_down_in_stateless_runs() {
+    lag_grows_in_textfile_runs(true, 70).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn lag_grows_with_the_target_down_from_the_previous_textfile() {
-    let upstream = Registry::start().await;
-    let mut target = Registry::start().await;
-    push_image(
-        &upstream,
-        "team/app",
-        "1",
-        ImageSpec::new(Format::Oci, vec![layer(71, 2_000)]),
-    )
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path(), &upstream.host(), &target.host());
-    let textfile = dir.path().join("m.prom");
-    let file = textfile.display().to_string();
-    let target_ref = &mut target;
-    assert_lag_grows(
-        async || std::fs::read_to_string(&textfile).unwrap(),
-        async || once(&config, &["--metrics-file", &file]).await,
-        move || target_ref.kill(),
-    )
-    .await;
-}
-
-/// A real Pushgateway on a free port; killed on drop.
-struct Pushgateway {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Pushgateway {
-    async fn start() -> Pushgateway {
-        common::client::init_crypto();
-        for _ in 0..5 {
-            let dir = tempfile::tempdir().unwrap();
-            let port = free_port();
-            let child = Command::new(PUSHGATEWAY_BIN)
-                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-                .arg(format!(
-                    "--persistence.file={}",
-                    dir.path().join("pg.data").display()
-                ))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn the Pushgateway");
-            let mut pg = Pushgateway {
-                child,
-                port,
-                _dir: dir,
-            };
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = pg.child.try_wait() {
-                    break;
-                }
-                if let Ok(r) = reqwest::get(pg.url("/-/ready")).await
-                    && r.status() == 200
-                {
-                    return pg;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        panic!("the Pushgateway did not start");
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    /// The `instance` group's samples as Prometheus text lines, from the Pushgateway's API.
-    async fn group_text(&self, instance: &str) -> String {
-        let body: serde_json::Value = reqwest::get(self.url("/api/v1/metrics"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let mut out = String::new();
-        for g in body["data"].as_array().unwrap() {
-            if g["labels"]["instance"].as_str() != Some(instance) {
-                continue;
-            }
-            for (name, family) in g.as_object().unwrap() {
-                for m in family["metrics"].as_array().into_iter().flatten() {
-                    let labels: BTreeMap<String, String> = m["labels"]
-                        .as_object()
-                        .map(|o| {
-                            o.iter()
-                                .filter(|(k, _)| *k != "job" && *k != "instance")
-                                .map(|(k, v)| {
-                                    (k.clone(), v.as_str().unwrap_or_default().to_string())
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    let labels: Vec<String> =
-                        labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-                    let value = m["value"].as_str().unwrap_or("NaN");
-                    if labels.is_empty() {
-                        out.push_str(&format!("{name} {value}\n"));
-                    } else {
-                        out.push_str(&format!("{name}{{{}}} {value}\n", labels.join(",")));
-                    }
-                }
-            }
-        }
-        out
-    }
-}
-
-impl Drop for Pushgateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    lag_grows_in_textfile_runs(false, 71).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -270,13 +156,7 @@ async fn lag_grows_with_the_target_down_from_the_previous_pushgateway_group() {
     let pg = Pushgateway::start().await;
     let upstream = Registry::start().await;
     let mut target = Registry::start().await;
-    push_image(
-        &upstream,
-        "team/app",
-        "1",
-        ImageSpec::new(Format::Oci, vec![layer(72, 2_000)]),
-    )
-    .await;
+    push_image(&upstream, "team/app", "1", oci_image(72, 2_000)).await;
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path(), &upstream.host(), &target.host());
     let url = pg.url("");
@@ -294,17 +174,11 @@ async fn the_daemon_keeps_lag_growing_with_the_target_down() {
     common::client::init_crypto();
     let upstream = Registry::start().await;
     let mut target = Registry::start().await;
-    push_image(
-        &upstream,
-        "team/app",
-        "1",
-        ImageSpec::new(Format::Oci, vec![layer(73, 2_000)]),
-    )
-    .await;
+    push_image(&upstream, "team/app", "1", oci_image(73, 2_000)).await;
     let dir = tempfile::tempdir().unwrap();
-    let yaml =
-        std::fs::read_to_string(config(dir.path(), &upstream.host(), &target.host())).unwrap();
-    let config = write_config(dir.path(), &format!("schedule: \"*/2 * * * * *\"\n{yaml}"));
+    let config = config_yaml(&upstream.host(), &target.host())
+        .top("schedule: \"*/2 * * * * *\"\n")
+        .write(dir.path());
     let port = free_port();
     let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
     let mut daemon = tokio::process::Command::new(bin_path())

@@ -27,11 +27,12 @@ fn config(yaml: &str) -> (tempfile::TempDir, String) {
     (dir, path.display().to_string())
 }
 
+/// A config up to `images:` (the caller appends the list items).
 fn registries_yaml(target: &Registry, upstream_host: &str, extra: &str) -> String {
-    format!(
-        "target:\n  registry: \"{}\"\n  insecure: true\nregistries:\n  \"{upstream_host}\":\n    insecure: true\n{extra}images:\n",
-        target.host()
-    )
+    ConfigYaml::to_registry(&target.host())
+        .upstream(upstream_host)
+        .upstream_lines(extra)
+        .yaml()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -42,20 +43,8 @@ async fn slow_and_fast() -> (Registry, Proxy, Registry, tempfile::TempDir, Strin
     let upstream = Registry::start().await;
     let proxy = Proxy::start(&upstream).await;
     let target = Registry::start().await;
-    push_image(
-        &upstream,
-        "team/slow",
-        "1",
-        ImageSpec::new(Format::Oci, vec![layer(1, 10_000)]),
-    )
-    .await;
-    push_image(
-        &upstream,
-        "team/fast",
-        "1",
-        ImageSpec::new(Format::Oci, vec![layer(2, 10_000)]),
-    )
-    .await;
+    push_image(&upstream, "team/slow", "1", oci_image(1, 10_000)).await;
+    push_image(&upstream, "team/fast", "1", oci_image(2, 10_000)).await;
     // The slow tag's manifest GET waits 4 s; the fast tag has nothing in its way.
     proxy.add(Rule::new(
         "GET /v2/team/slow/manifests/*",
@@ -187,20 +176,8 @@ async fn with_text_logs_a_fast_tag_gets_its_line_on_stdout_while_a_slow_tag_stil
 async fn plan_says_would_sync_with_current_and_new_digests_and_counts_unchanged_tags() {
     let upstream = Registry::start().await;
     let target = Registry::start().await;
-    let old = push_image(
-        &upstream,
-        "team/app",
-        "moving",
-        ImageSpec::new(Format::Oci, vec![layer(10, 5_000)]),
-    )
-    .await;
-    push_image(
-        &upstream,
-        "team/app",
-        "steady",
-        ImageSpec::new(Format::Oci, vec![layer(11, 5_000)]),
-    )
-    .await;
+    let old = push_image(&upstream, "team/app", "moving", oci_image(10, 5_000)).await;
+    push_image(&upstream, "team/app", "steady", oci_image(11, 5_000)).await;
     let refs = vec![
         upstream.image_ref("team/app", "moving"),
         upstream.image_ref("team/app", "steady"),
@@ -208,20 +185,8 @@ async fn plan_says_would_sync_with_current_and_new_digests_and_counts_unchanged_
     let first = Scenario::registry_to_registry(&upstream, &target, "", &refs);
     first.sync().await.assert_code(0);
     // Upstream moves one tag and adds another.
-    let new = push_image(
-        &upstream,
-        "team/app",
-        "moving",
-        ImageSpec::new(Format::Oci, vec![layer(12, 5_000)]),
-    )
-    .await;
-    let added = push_image(
-        &upstream,
-        "team/app",
-        "added",
-        ImageSpec::new(Format::Oci, vec![layer(13, 5_000)]),
-    )
-    .await;
+    let new = push_image(&upstream, "team/app", "moving", oci_image(12, 5_000)).await;
+    let added = push_image(&upstream, "team/app", "added", oci_image(13, 5_000)).await;
     let mut refs = refs;
     refs.push(upstream.image_ref("team/app", "added"));
     let scenario = Scenario::registry_to_registry(&upstream, &target, "", &refs);
@@ -372,15 +337,7 @@ async fn a_json_run_ends_with_one_summary_event_with_the_exit_code() {
         upstream.image_ref("team/app", "missing"),
     ];
     let scenario = Scenario::registry_to_registry(&upstream, &target, "", &refs);
-    let out = mirrorsync(&[
-        "--log-format",
-        "json",
-        "sync",
-        "--once",
-        "--config",
-        &scenario.config_arg(),
-    ])
-    .await;
+    let out = scenario.sync_with_flags(&["--log-format", "json"]).await;
     out.assert_code(1);
     let events = json_lines(&out.stderr);
     let summaries: Vec<&Value> = events
@@ -410,15 +367,7 @@ async fn a_json_run_ends_with_one_summary_event_with_the_exit_code() {
     assert_eq!(message(events.last().unwrap()), "run finished");
 
     // A second run: everything present is unchanged, and the summary says exit 1 again.
-    let out = mirrorsync(&[
-        "--log-format",
-        "json",
-        "sync",
-        "--once",
-        "--config",
-        &scenario.config_arg(),
-    ])
-    .await;
+    let out = scenario.sync_with_flags(&["--log-format", "json"]).await;
     let events = json_lines(&out.stderr);
     let s = events
         .iter()
@@ -433,13 +382,7 @@ async fn a_json_run_ends_with_one_summary_event_with_the_exit_code() {
 async fn the_daemon_logs_each_pass_start_end_and_the_next_pass_time() {
     let upstream = Registry::start().await;
     let target = Registry::start().await;
-    push_image(
-        &upstream,
-        "team/app",
-        "1",
-        ImageSpec::new(Format::Oci, vec![layer(30, 1_000)]),
-    )
-    .await;
+    push_image(&upstream, "team/app", "1", oci_image(30, 1_000)).await;
     let mut yaml = format!(
         "schedule: \"*/2 * * * * *\"\n{}",
         registries_yaml(&target, &upstream.host(), "")
@@ -511,13 +454,7 @@ async fn the_daemon_logs_each_pass_start_end_and_the_next_pass_time() {
 async fn text_logs_print_a_changed_tag_once_and_a_failed_one_once() {
     let upstream = Registry::start().await;
     let target = Registry::start().await;
-    push_image(
-        &upstream,
-        "team/app",
-        "1",
-        ImageSpec::new(Format::Oci, vec![layer(40, 1_000)]),
-    )
-    .await;
+    push_image(&upstream, "team/app", "1", oci_image(40, 1_000)).await;
     let refs = vec![
         upstream.image_ref("team/app", "1"),
         upstream.image_ref("team/app", "missing"),
@@ -616,26 +553,13 @@ async fn a_tag_abandoned_after_the_grace_period_says_how_many_blobs_were_copied(
     let mut yaml = registries_yaml(&target, &proxy.host(), extra);
     yaml.push_str(&format!("  - {}\n", proxy.image_ref("slow/big", "v1")));
     let (_dir, cfg) = config(&yaml);
-    let child = tokio::process::Command::new(bin_path())
-        .args(["sync", "--once", "--config", &cfg, "--grace-period", "1s"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn mirrorsync");
-    let pid = child.id().expect("pid") as libc::pid_t;
+    let child = spawn_mirrorsync(&["sync", "--once", "--config", &cfg, "--grace-period", "1s"]);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    // SAFETY: `pid` is our own running child.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let raw = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .expect("exits after SIGTERM")
-        .expect("wait");
-    let stdout = String::from_utf8_lossy(&raw.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&raw.stderr).into_owned();
+    sigterm(&child);
+    let out = wait_output(child, Duration::from_secs(30), "exits after SIGTERM").await;
+    let (stdout, stderr) = (&out.stdout, &out.stderr);
     eprintln!("SIGTERM 1.5 s into a 100 MiB layer at 20 MiB/s:\n{stdout}");
-    assert_eq!(raw.status.code(), Some(3), "{stdout}\n{stderr}");
+    assert_eq!(out.code, Some(3), "{stdout}\n{stderr}");
     let line = stdout
         .lines()
         .find(|l| l.contains("/slow/big:v1 -> "))
@@ -718,7 +642,7 @@ async fn the_readme_summary_examples_have_the_shape_of_real_output() {
         &upstream,
         "library/alpine",
         "3.20",
-        ImageSpec::new(Format::Oci, vec![layer(65, 3_600_000)]),
+        oci_image(65, 3_600_000),
     )
     .await;
     let refs = vec![
@@ -825,13 +749,7 @@ fn no_source_refers_to_a_document_outside_the_repository() {
 async fn a_pinned_digest_already_mirrored_needs_no_probe_of_a_dead_host() {
     let upstream = Registry::start().await;
     let target = Registry::start().await;
-    let image = push_image(
-        &upstream,
-        "team/pinned",
-        "1",
-        ImageSpec::new(Format::Oci, vec![layer(70, 1_000)]),
-    )
-    .await;
+    let image = push_image(&upstream, "team/pinned", "1", oci_image(70, 1_000)).await;
     let pinned = format!("{}/team/pinned@{}", upstream.host(), image.digest);
     let scenario = Scenario::registry_to_registry(&upstream, &target, "", &[pinned]);
     scenario.sync().await.assert_code(0);

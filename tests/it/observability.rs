@@ -48,13 +48,7 @@ async fn seed_three(upstream: &Registry) -> Vec<PushedImage> {
         ImageSpec::new(Format::Oci, vec![base, layer(302, 9_000)]),
     )
     .await;
-    let c = push_image(
-        upstream,
-        "ops/tool",
-        "1",
-        ImageSpec::new(Format::Docker, vec![layer(303, 7_000)]),
-    )
-    .await;
+    let c = push_image(upstream, "ops/tool", "1", docker_image(303, 7_000)).await;
     vec![a, b, c]
 }
 
@@ -69,19 +63,13 @@ fn config_yaml(
     upstream_extra: &str,
     images: &[String],
 ) -> String {
-    let mut yaml = String::new();
-    if let Some(s) = schedule {
-        yaml.push_str(&format!("schedule: \"{s}\"\n"));
-    }
-    yaml.push_str(&format!(
-        "target:\n  registry: \"{}\"\n  insecure: true\nregistries:\n  \"{}\":\n    insecure: true\n{upstream_extra}images:\n",
-        target.host(),
-        upstream.host()
-    ));
-    for image in images {
-        yaml.push_str(&format!("  - {image}\n"));
-    }
-    yaml
+    let schedule = schedule.map_or(String::new(), |s| format!("schedule: \"{s}\"\n"));
+    ConfigYaml::to_registry(&target.host())
+        .top(&schedule)
+        .upstream(&upstream.host())
+        .upstream_lines(upstream_extra)
+        .images(images)
+        .yaml()
 }
 
 fn write_file(path: &Path, text: &str) {
@@ -593,20 +581,8 @@ async fn delete_blob(reg: &Registry, repo: &str, digest: &str) {
 async fn lag_grows_across_failing_stateless_runs_and_resets_after_a_good_one() {
     let upstream = Registry::start().await;
     let target = Registry::start().await;
-    push_image(
-        &upstream,
-        "team/app",
-        "stable",
-        ImageSpec::new(Format::Oci, vec![layer(400, 20_000)]),
-    )
-    .await;
-    let old_edge = push_image(
-        &upstream,
-        "team/app",
-        "edge",
-        ImageSpec::new(Format::Oci, vec![layer(401, 20_000)]),
-    )
-    .await;
+    push_image(&upstream, "team/app", "stable", oci_image(400, 20_000)).await;
+    let old_edge = push_image(&upstream, "team/app", "edge", oci_image(401, 20_000)).await;
     let (stable_src, edge_src) = (
         upstream.image_ref("team/app", "stable"),
         upstream.image_ref("team/app", "edge"),
@@ -730,13 +706,7 @@ async fn lag_grows_across_failing_stateless_runs_and_resets_after_a_good_one() {
 #[tokio::test(flavor = "multi_thread")]
 async fn lag_survives_stateless_runs_into_an_oci_layout() {
     let upstream = Registry::start().await;
-    push_image(
-        &upstream,
-        "team/lib",
-        "1",
-        ImageSpec::new(Format::Oci, vec![layer(410, 10_000)]),
-    )
-    .await;
+    push_image(&upstream, "team/lib", "1", oci_image(410, 10_000)).await;
     let source = upstream.image_ref("team/lib", "1");
     let layout = tempfile::tempdir().expect("tempdir");
     let scenario =
@@ -825,7 +795,7 @@ async fn daemon_runs_passes_skips_overlaps_reloads_on_sighup_and_stops_on_sigter
             &upstream,
             "team/svc",
             format!("t{i}").as_str(),
-            ImageSpec::new(Format::Oci, vec![layer(500 + i, 4_000)]),
+            oci_image(500 + i, 4_000),
         )
         .await;
     }
@@ -1044,13 +1014,7 @@ async fn daemon_runs_passes_skips_overlaps_reloads_on_sighup_and_stops_on_sigter
 async fn daemon_stopped_between_passes_exits_0_even_after_a_failed_pass() {
     let upstream = Registry::start().await;
     let target = Registry::start().await;
-    push_image(
-        &upstream,
-        "team/ok",
-        "1",
-        ImageSpec::new(Format::Oci, vec![layer(600, 3_000)]),
-    )
-    .await;
+    push_image(&upstream, "team/ok", "1", oci_image(600, 3_000)).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("sync.yaml");
     write_file(
@@ -1115,15 +1079,7 @@ async fn json_logs_are_one_event_per_line_with_one_event_per_synced_tag() {
         .collect();
     let scenario = Scenario::registry_to_registry(&upstream, &target, "", &refs);
 
-    let out = mirrorsync(&[
-        "--log-format",
-        "json",
-        "sync",
-        "--once",
-        "--config",
-        &scenario.config_arg(),
-    ])
-    .await;
+    let out = scenario.sync_with_flags(&["--log-format", "json"]).await;
     out.assert_code(0);
     let events = json_lines(&out.stderr);
     assert!(!events.is_empty(), "no log line at all");
@@ -1170,15 +1126,7 @@ async fn json_logs_are_one_event_per_line_with_one_event_per_synced_tag() {
     );
 
     // A no-op run logs JSON too (and no tag event above debug level is required).
-    let out = mirrorsync(&[
-        "--log-format",
-        "json",
-        "sync",
-        "--once",
-        "--config",
-        &scenario.config_arg(),
-    ])
-    .await;
+    let out = scenario.sync_with_flags(&["--log-format", "json"]).await;
     out.assert_code(0);
     json_lines(&out.stderr);
 }
@@ -1249,7 +1197,7 @@ async fn daemon_counts_passes_and_reloads_and_drops_removed_tags_at_the_reload()
             &upstream,
             "team/svc",
             format!("t{i}").as_str(),
-            ImageSpec::new(Format::Oci, vec![layer(800 + i, 3_000)]),
+            oci_image(800 + i, 3_000),
         )
         .await;
     }
@@ -1419,7 +1367,7 @@ async fn healthz_stays_200_through_a_long_first_pass_that_keeps_moving_bytes() {
         &upstream,
         "team/big",
         "1",
-        ImageSpec::new(Format::Oci, vec![layer(900, 1_000)]).big_layer(6 << 20, 901),
+        oci_image(900, 1_000).big_layer(6 << 20, 901),
     )
     .await;
     let dir = tempfile::tempdir().expect("tempdir");

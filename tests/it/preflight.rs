@@ -46,13 +46,7 @@ async fn check_connect_proves_push_access_with_the_credentials_a_sync_uses() {
     })
     .await;
     let upstream = Registry::start().await;
-    let img = push_image(
-        &upstream,
-        "team/app",
-        "1.0",
-        ImageSpec::new(Format::Oci, vec![layer(31, 2048)]),
-    )
-    .await;
+    let img = push_image(&upstream, "team/app", "1.0", oci_image(31, 2048)).await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(
         dir.path(),
@@ -136,21 +130,9 @@ async fn check_connect_fails_an_upstream_repository_without_pull_access() {
         token: None,
     })
     .await;
-    push_image(
-        &upstream,
-        "team/app",
-        "1.0",
-        ImageSpec::new(Format::Oci, vec![layer(32, 2048)]),
-    )
-    .await;
+    push_image(&upstream, "team/app", "1.0", oci_image(32, 2048)).await;
     let open = Registry::start().await;
-    push_image(
-        &open,
-        "team/other",
-        "2.0",
-        ImageSpec::new(Format::Oci, vec![layer(33, 2048)]),
-    )
-    .await;
+    push_image(&open, "team/other", "2.0", oci_image(33, 2048)).await;
     let target = Registry::start().await;
     let dir = tempfile::tempdir().unwrap();
     let yaml = |auth: &str| {
@@ -225,13 +207,7 @@ async fn check_connect_fails_an_upstream_repository_without_pull_access() {
 #[tokio::test(flavor = "multi_thread")]
 async fn check_connect_fails_an_unwritable_layout_directory() {
     let upstream = Registry::start().await;
-    push_image(
-        &upstream,
-        "team/app",
-        "1.0",
-        ImageSpec::new(Format::Oci, vec![layer(34, 2048)]),
-    )
-    .await;
+    push_image(&upstream, "team/app", "1.0", oci_image(34, 2048)).await;
     let dir = tempfile::tempdir().unwrap();
     let yaml = |path: &Path| {
         format!(

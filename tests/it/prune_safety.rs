@@ -11,7 +11,7 @@ use common::*;
 use reqwest::Method;
 
 fn image(seed: u64, name: &str) -> ImageSpec {
-    ImageSpec::new(Format::Oci, vec![layer(seed, 3_000)]).label("name", name)
+    oci_image(seed, 3_000).label("name", name)
 }
 
 /// The run state mirrorsync keeps in the target (`mirrorsync/state:latest`), as JSON.
@@ -204,16 +204,13 @@ async fn an_unreadable_tag_list_prunes_nothing() {
         push_image(&upstream, repo, *tag, image(10 + i as u64, tag)).await;
     }
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        &format!(
-            "target:\n  registry: \"{}\"\n  insecure: true\nregistries:\n  \"{}\":\n    insecure: true\n\
-             images:\n  - {{ source: \"{}/{repo}\", tags: [{{ all: true }}], prune: true }}\n",
-            target.host(),
-            proxy.host(),
+    let config = ConfigYaml::to_registry(&target.host())
+        .upstream(&proxy.host())
+        .images(&[format!(
+            "{{ source: \"{}/{repo}\", tags: [{{ all: true }}], prune: true }}",
             proxy.host()
-        ),
-    );
+        )])
+        .write(dir.path());
     let config = config.display().to_string();
     mirrorsync(&["sync", "--once", "--config", &config])
         .await

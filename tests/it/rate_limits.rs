@@ -13,48 +13,16 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tempfile::TempDir;
 
 const MIB: usize = 1 << 20;
 
 /// The test that loads the CPU on purpose runs alone; the others share.
 static LOAD: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
-/// Upstream registry, the proxy in front of it, and the target.
-struct World {
-    upstream: Registry,
-    proxy: Proxy,
-    target: Registry,
-    dir: TempDir,
-}
-
-impl World {
-    async fn new() -> World {
-        let upstream = Registry::start().await;
-        let target = Registry::start().await;
-        let proxy = Proxy::start(&upstream).await;
-        World {
-            upstream,
-            proxy,
-            target,
-            dir: tempfile::tempdir().expect("tempdir"),
-        }
-    }
-
-    /// A config syncing `images` (`repo:tag` through the proxy), with YAML lines for
-    /// `registries.<proxy>` (indented four spaces) and the top level.
-    fn config(&self, images: &[String], upstream_extra: &str, top_extra: &str) -> PathBuf {
-        let mut yaml = format!(
-            "{top_extra}target:\n  registry: \"{}\"\n  insecure: true\n\
-             registries:\n  \"{}\":\n    insecure: true\n{upstream_extra}images:\n",
-            self.target.host(),
-            self.proxy.host()
-        );
-        for image in images {
-            yaml.push_str(&format!("  - {}/{image}\n", self.proxy.host()));
-        }
-        write_config(self.dir.path(), &yaml)
-    }
+/// A config syncing `images` (`repo:tag` through the proxy), with YAML lines for
+/// `registries.<proxy>` (indented four spaces) and the top level.
+fn config_file(world: &World, images: &[String], upstream_lines: &str, top: &str) -> PathBuf {
+    world.write(&world.config(images).upstream_lines(upstream_lines).top(top))
 }
 
 async fn sync(config: &std::path::Path, extra: &[&str]) -> (Output, Duration) {
@@ -73,19 +41,13 @@ async fn sync(config: &std::path::Path, extra: &[&str]) -> (Output, Duration) {
 
 /// A small single-platform image, distinct per `seed`.
 async fn small_image(reg: &Registry, repo: &str, tag: &str, seed: u64) -> PushedImage {
-    push_image(
-        reg,
-        repo,
-        tag,
-        ImageSpec::new(Format::Oci, vec![layer(seed, 5_000 + seed as usize)]),
-    )
-    .await
+    push_image(reg, repo, tag, oci_image(seed, 5_000 + seed as usize)).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn requests_per_second_with_burst_holds_over_a_whole_run() {
     let _shared = LOAD.read().await;
-    let world = World::new().await;
+    let world = World::start(Proxied::Upstream).await;
     let mut images = Vec::new();
     for r in 0..4u64 {
         let repo = format!("rps/app{r}");
@@ -103,10 +65,15 @@ async fn requests_per_second_with_burst_holds_over_a_whole_run() {
         images.extend((0..5).map(|t| format!("{repo}:t{t}")));
     }
     assert_eq!(images.len(), 20);
-    let config = world.config(&images, "    requests_per_second: 5\n    burst: 1\n", "");
+    let config = config_file(
+        &world,
+        &images,
+        "    requests_per_second: 5\n    burst: 1\n",
+        "",
+    );
     let (out, took) = sync(&config, &[]).await;
     out.assert_code(0);
-    let seen = world.proxy.seen();
+    let seen = world.up().seen();
     let max = seen.max_in_window(Duration::from_secs(1));
     let span = seen.last().unwrap().at - seen.first().unwrap().at;
     let rate = (seen.len() - 1) as f64 / span.as_secs_f64();
@@ -135,16 +102,11 @@ async fn requests_per_second_with_burst_holds_over_a_whole_run() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bytes_per_second_slows_a_big_blob_down() {
     let _shared = LOAD.read().await;
-    let world = World::new().await;
+    let world = World::start(Proxied::Upstream).await;
     let size = 20 * MIB;
-    let img = push_image(
-        &world.upstream,
-        "bps/app",
-        "v1",
-        ImageSpec::new(Format::Oci, vec![layer(300, size)]),
-    )
-    .await;
-    let config = world.config(
+    let img = push_image(&world.upstream, "bps/app", "v1", oci_image(300, size)).await;
+    let config = config_file(
+        &world,
         &["bps/app:v1".to_string()],
         "    bytes_per_second: 5MiB\n",
         "",
@@ -180,7 +142,7 @@ fn pulls(seen: &[Seen]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn pull_quota_is_spent_on_changed_tags_only_down_to_the_reserve_and_deferred_tags_go_first() {
     let _shared = LOAD.read().await;
-    let world = World::new().await;
+    let world = World::start(Proxied::Upstream).await;
     let repo = "hub/app";
     let mut digests = std::collections::HashMap::new();
     for (i, tag) in [
@@ -201,26 +163,27 @@ async fn pull_quota_is_spent_on_changed_tags_only_down_to_the_reserve_and_deferr
     let serial = "concurrency: 1\n";
 
     // Run 1, no quota: u0..u2 reach the target.
-    let first = world.config(&refs(&["u0", "u1", "u2"]), limits, serial);
+    let first = config_file(&world, &refs(&["u0", "u1", "u2"]), limits, serial);
     sync(&first, &[]).await.0.assert_code(0);
 
     // Run 2: five pulls left, reserve 2: three of the six changed tags, the rest deferred.
-    world.proxy.set_quota(Some(5));
-    let mark = world.proxy.mark();
+    world.up().set_quota(Some(5));
+    let mark = world.up().mark();
     let metrics = world.dir.path().join("metrics.prom");
-    let second = world.config(
+    let second = config_file(
+        &world,
         &refs(&["u0", "u1", "u2", "c0", "c1", "c2", "c3", "c4", "c5"]),
         limits,
         serial,
     );
     let (out, _) = sync(&second, &["--metrics-file", &metrics.display().to_string()]).await;
     out.assert_code(3);
-    let seen = world.proxy.since(mark);
+    let seen = world.up().since(mark);
     let spent = pulls(&seen);
     eprintln!(
         "quota 5, reserve 2: pulls spent on {spent:?}; {} HEADs; {} left\n{}",
         seen.count("HEAD", "manifests", None),
-        world.proxy.quota().unwrap(),
+        world.up().quota().unwrap(),
         out.stdout
     );
     assert_eq!(seen.count("HEAD", "manifests", None), 9, "{}", seen.dump());
@@ -234,7 +197,7 @@ async fn pull_quota_is_spent_on_changed_tags_only_down_to_the_reserve_and_deferr
         "pulls only for changed tags, each once, down to the reserve:\n{}",
         seen.dump()
     );
-    assert_eq!(world.proxy.quota(), Some(2), "the reserve is left");
+    assert_eq!(world.up().quota(), Some(2), "the reserve is left");
     for t in deferred.iter().copied() {
         let line = out
             .stdout
@@ -257,13 +220,14 @@ async fn pull_quota_is_spent_on_changed_tags_only_down_to_the_reserve_and_deferr
         .find(|l| l.starts_with("mirrorsync_ratelimit_remaining{"))
         .unwrap_or_else(|| panic!("no mirrorsync_ratelimit_remaining in:\n{text}"));
     eprintln!("metrics: {gauge}");
-    assert!(gauge.contains(&world.proxy.host()), "{gauge}");
+    assert!(gauge.contains(&world.up().host()), "{gauge}");
     assert!(gauge.trim_end().ends_with(" 2"), "{gauge}");
 
     // Run 3, quota restored, two new tags listed first: the deferred tags are pulled first.
-    world.proxy.set_quota(Some(100));
-    let mark = world.proxy.mark();
-    let third = world.config(
+    world.up().set_quota(Some(100));
+    let mark = world.up().mark();
+    let third = config_file(
+        &world,
         &refs(&[
             "n0", "n1", "u0", "u1", "u2", "c0", "c1", "c2", "c3", "c4", "c5",
         ]),
@@ -272,7 +236,7 @@ async fn pull_quota_is_spent_on_changed_tags_only_down_to_the_reserve_and_deferr
     );
     let (out, _) = sync(&third, &[]).await;
     out.assert_code(0);
-    let spent = pulls(&world.proxy.since(mark));
+    let spent = pulls(&world.up().since(mark));
     eprintln!("quota restored: pulls in order {spent:?}");
     let expected: Vec<String> = deferred
         .iter()
@@ -289,17 +253,17 @@ async fn pull_quota_is_spent_on_changed_tags_only_down_to_the_reserve_and_deferr
 async fn pull_quota_reserve_holds_when_tags_are_copied_concurrently() {
     let _shared = LOAD.read().await;
     // The default concurrency (64): six changed tags start their copies at once.
-    let world = World::new().await;
+    let world = World::start(Proxied::Upstream).await;
     let repo = "hub/par";
     let mut images = Vec::new();
     for i in 0..6u64 {
         small_image(&world.upstream, repo, &format!("c{i}"), 500 + i).await;
         images.push(format!("{repo}:c{i}"));
     }
-    world.proxy.set_quota(Some(5));
-    let config = world.config(&images, "    rate_limit_reserve: 2\n", "");
+    world.up().set_quota(Some(5));
+    let config = config_file(&world, &images, "    rate_limit_reserve: 2\n", "");
     let (out, _) = sync(&config, &[]).await;
-    let seen = world.proxy.seen();
+    let seen = world.up().seen();
     let asked = pulls(&seen).len();
     let spent = seen
         .iter()
@@ -307,7 +271,7 @@ async fn pull_quota_reserve_holds_when_tags_are_copied_concurrently() {
         .count();
     eprintln!(
         "concurrent copies, quota 5, reserve 2: {spent} pulls spent ({asked} manifest GETs asked), {:?} left, exit {:?}\n{}",
-        world.proxy.quota(),
+        world.up().quota(),
         out.code,
         out.stdout
     );
@@ -318,13 +282,13 @@ async fn pull_quota_reserve_holds_when_tags_are_copied_concurrently() {
         seen.dump()
     );
     out.assert_code(3);
-    assert_eq!(world.proxy.quota(), Some(2));
+    assert_eq!(world.up().quota(), Some(2));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn content_comes_from_a_mirror_where_present_and_from_the_origin_otherwise() {
     let _shared = LOAD.read().await;
-    let world = World::new().await;
+    let world = World::start(Proxied::Upstream).await;
     let mirror = Registry::start().await;
     let repo = "lib/app";
     // v1: a whole image the mirror also holds (manifest and blobs, by digest).
@@ -342,8 +306,8 @@ async fn content_comes_from_a_mirror_where_present_and_from_the_origin_otherwise
     .await;
     push_blob(&mirror, repo, &layer_b).await;
     // v3: an index; the mirror holds its amd64 child whole, not the arm64 child nor the index.
-    let amd = ImageSpec::new(Format::Oci, vec![layer(603, 120_000)]);
-    let arm = ImageSpec::new(Format::Oci, vec![layer(604, 130_000)]).platform("linux/arm64");
+    let amd = oci_image(603, 120_000);
+    let arm = oci_image(604, 130_000).platform("linux/arm64");
     let amd_img = push_image(&world.upstream, repo, None, amd.clone()).await;
     let arm_img = push_image(&world.upstream, repo, None, arm).await;
     let index = push_index(
@@ -357,7 +321,8 @@ async fn content_comes_from_a_mirror_where_present_and_from_the_origin_otherwise
     push_image(&mirror, repo, None, amd).await;
 
     let mirror_mark = mirror.log_mark().await;
-    let config = world.config(
+    let config = config_file(
+        &world,
         &[
             format!("{repo}:v1"),
             format!("{repo}:v2"),
@@ -368,7 +333,7 @@ async fn content_comes_from_a_mirror_where_present_and_from_the_origin_otherwise
     );
     let (out, took) = sync(&config, &[]).await;
     out.assert_code(0);
-    let origin = world.proxy.seen();
+    let origin = world.up().seen();
     let at_mirror = mirror.access_log_since(mirror_mark).await.not_harness();
 
     let mut origin_blobs: Vec<String> = origin
@@ -429,7 +394,7 @@ async fn content_comes_from_a_mirror_where_present_and_from_the_origin_otherwise
 #[tokio::test(flavor = "multi_thread")]
 async fn a_mirror_that_is_down_does_not_stop_the_sync() {
     let _shared = LOAD.read().await;
-    let world = World::new().await;
+    let world = World::start(Proxied::Upstream).await;
     let repo = "lib/down";
     push_image(
         &world.upstream,
@@ -439,14 +404,15 @@ async fn a_mirror_that_is_down_does_not_stop_the_sync() {
     )
     .await;
     let closed = common::util::free_port();
-    let config = world.config(
+    let config = config_file(
+        &world,
         &[format!("{repo}:v1")],
         &format!("    mirrors: [\"http://127.0.0.1:{closed}\"]\n"),
         "",
     );
     let (out, took) = sync(&config, &[]).await;
     out.assert_code(0);
-    let origin = world.proxy.seen();
+    let origin = world.up().seen();
     eprintln!(
         "mirror down: synced from the origin in {took:.1?} ({} blob GETs, {} manifest GETs)",
         origin.count("GET", "blobs", None),
@@ -462,21 +428,27 @@ async fn a_mirror_that_is_down_does_not_stop_the_sync() {
     assert_image_complete(&world.target, repo, "v1").await;
 }
 
+/// Tags `t0`..`t<n-1>` of `repo`, each its own small image (seeds from `seed`): the
+/// `repo:tag` list and the digests, in tag order.
+async fn small_tags(reg: &Registry, repo: &str, n: u64, seed: u64) -> (Vec<String>, Vec<String>) {
+    let (mut images, mut digests) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let img = small_image(reg, repo, &format!("t{i}"), seed + i).await;
+        images.push(format!("{repo}:t{i}"));
+        digests.push(img.digest);
+    }
+    (images, digests)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn with_concurrency_1_changed_tags_are_copied_in_priority_order_even_under_load() {
     let _alone = LOAD.write().await;
     // The order of phase 2 is what makes deferred tags "first in line next run" (and which tags a
     // scarce pull quota is spent on). With `concurrency: 1` it must not depend on which task the
     // scheduler happens to poll first: checked three times with the CPU busy.
-    let world = World::new().await;
+    let world = World::start(Proxied::Upstream).await;
     let repo = "order/app";
-    let mut images = Vec::new();
-    let mut digests = Vec::new();
-    for i in 0..10u64 {
-        let img = small_image(&world.upstream, repo, &format!("t{i}"), 800 + i).await;
-        images.push(format!("{repo}:t{i}"));
-        digests.push(img.digest);
-    }
+    let (images, digests) = small_tags(&world.upstream, repo, 10, 800).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let spinners: Vec<_> = (0..2)
         .map(|_| {
@@ -494,19 +466,16 @@ async fn with_concurrency_1_changed_tags_are_copied_in_priority_order_even_under
     for round in 0..3 {
         let target = Registry::start().await;
         let dir = tempfile::tempdir().unwrap();
-        let mut yaml = format!(
-            "concurrency: 1\ntarget:\n  registry: \"{}\"\n  insecure: true\nregistries:\n  \"{}\":\n    insecure: true\nimages:\n",
-            target.host(),
-            world.proxy.host()
-        );
-        for i in &images {
-            yaml.push_str(&format!("  - {}/{i}\n", world.proxy.host()));
-        }
-        let cfg = write_config(dir.path(), &yaml);
-        let mark = world.proxy.mark();
+        let items: Vec<String> = images.iter().map(|i| world.image(i)).collect();
+        let cfg = ConfigYaml::to_registry(&target.host())
+            .top("concurrency: 1\n")
+            .upstream(&world.up().host())
+            .images(&items)
+            .write(dir.path());
+        let mark = world.up().mark();
         let (out, _) = sync(&cfg, &[]).await;
         out.assert_code(0);
-        let got = pulls(&world.proxy.since(mark));
+        let got = pulls(&world.up().since(mark));
         let positions: Vec<usize> = got
             .iter()
             .map(|d| digests.iter().position(|x| x == d).unwrap())
@@ -538,20 +507,25 @@ fn metric(text: &str, prefix: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread")]
 async fn deferred_exit_code_lets_a_routine_quota_deferral_succeed() {
     let _shared = LOAD.read().await;
-    let world = World::new().await;
+    let world = World::start(Proxied::Upstream).await;
     let repo = "hub/quota";
     let mut images = Vec::new();
     for i in 0..6u64 {
         small_image(&world.upstream, repo, &format!("d{i}"), 600 + i).await;
         images.push(format!("{repo}:d{i}"));
     }
-    let config = world.config(&images, "    rate_limit_reserve: 2\n", "concurrency: 1\n");
+    let config = config_file(
+        &world,
+        &images,
+        "    rate_limit_reserve: 2\n",
+        "concurrency: 1\n",
+    );
     let metrics = world.dir.path().join("metrics.prom");
     let metrics_arg = metrics.display().to_string();
 
     // Five pulls left, reserve 2: three tags copied, three deferred. A CronJob run with
     // --deferred-exit-code 0 succeeds, and still says what was deferred.
-    world.proxy.set_quota(Some(5));
+    world.up().set_quota(Some(5));
     let (out, _) = sync(
         &config,
         &["--deferred-exit-code", "0", "--metrics-file", &metrics_arg],
@@ -581,7 +555,7 @@ async fn deferred_exit_code_lets_a_routine_quota_deferral_succeed() {
     );
 
     // Any code can be chosen; without the flag it is 3.
-    world.proxy.set_quota(Some(2));
+    world.up().set_quota(Some(2));
     sync(&config, &["--deferred-exit-code", "7"])
         .await
         .0
@@ -593,7 +567,7 @@ async fn deferred_exit_code_lets_a_routine_quota_deferral_succeed() {
     // refuses outright fails without one.)
     let mut with_missing = images.clone();
     with_missing.push(format!("{repo}:refused"));
-    world.proxy.add(Rule::new(
+    world.up().add(Rule::new(
         &format!("HEAD /v2/{repo}/manifests/refused"),
         Action::Respond {
             status: 403,
@@ -601,20 +575,26 @@ async fn deferred_exit_code_lets_a_routine_quota_deferral_succeed() {
             body: bytes::Bytes::new(),
         },
     ));
-    let broken = world.config(
+    let broken = config_file(
+        &world,
         &with_missing,
         "    rate_limit_reserve: 2\n",
         "concurrency: 1\n",
     );
-    world.proxy.set_quota(Some(3));
+    world.up().set_quota(Some(3));
     let (out, _) = sync(&broken, &["--deferred-exit-code", "0"]).await;
     out.assert_code(1);
     assert!(out.stdout.contains("DEFERRED "), "{}", out.stdout);
     // (`world.config` rewrites the one config file.)
-    let config = world.config(&images, "    rate_limit_reserve: 2\n", "concurrency: 1\n");
+    let config = config_file(
+        &world,
+        &images,
+        "    rate_limit_reserve: 2\n",
+        "concurrency: 1\n",
+    );
 
     // Quota back: everything in sync, exit 0 with or without the flag.
-    world.proxy.set_quota(Some(100));
+    world.up().set_quota(Some(100));
     sync(&config, &["--deferred-exit-code", "7"])
         .await
         .0
@@ -646,23 +626,17 @@ async fn a_changed_tag_is_copied_while_later_tags_are_still_being_inspected() {
     // No barrier between inspecting and copying. With `concurrency: 1` (so two inspections at
     // once) and the last tag's HEAD held back 2 s by the proxy, the first tag's copy (its
     // manifest GET) must not wait for that HEAD; and copies still start in file order.
-    let world = World::new().await;
+    let world = World::start(Proxied::Upstream).await;
     let repo = "pipe/app";
-    let mut images = Vec::new();
-    let mut digests = Vec::new();
-    for i in 0..8u64 {
-        let img = small_image(&world.upstream, repo, &format!("t{i}"), 950 + i).await;
-        images.push(format!("{repo}:t{i}"));
-        digests.push(img.digest);
-    }
-    world.proxy.add(Rule::new(
+    let (images, digests) = small_tags(&world.upstream, repo, 8, 950).await;
+    world.up().add(Rule::new(
         &format!("HEAD /v2/{repo}/manifests/t7"),
         Action::Stall(Duration::from_secs(2)),
     ));
-    let config = world.config(&images, "", "concurrency: 1\n");
+    let config = config_file(&world, &images, "", "concurrency: 1\n");
     let (out, _) = sync(&config, &[]).await;
     out.assert_code(0);
-    let seen = world.proxy.seen();
+    let seen = world.up().seen();
     let held = seen
         .iter()
         .find(|s| s.is("HEAD", "manifests", None) && s.reference().as_deref() == Some("t7"))

@@ -13,52 +13,13 @@ use std::path::{Path, PathBuf};
 
 use common::observe::assert_promtool_clean;
 use common::*;
-use tempfile::TempDir;
 
 const MIB: u64 = 1 << 20;
 
-struct World {
-    upstream: Registry,
-    target: Registry,
-    down: Proxy,
-    dir: TempDir,
-}
-
-impl World {
-    async fn new() -> World {
-        let upstream = Registry::start().await;
-        let target = Registry::start().await;
-        let down = Proxy::start(&target).await;
-        World {
-            upstream,
-            target,
-            down,
-            dir: tempfile::tempdir().expect("tempdir"),
-        }
-    }
-
-    /// A config from the upstream into the proxied target: `head` is YAML before `images:`
-    /// under `target:` (two-space indented), `images` are YAML list items.
-    fn config(&self, target_extra: &str, images: &[String]) -> PathBuf {
-        let mut yaml = format!(
-            "target:\n  registry: \"{}\"\n  insecure: true\n{target_extra}\
-             registries:\n  \"{}\":\n    insecure: true\nimages:\n",
-            self.down.host(),
-            self.upstream.host()
-        );
-        for image in images {
-            yaml.push_str(&format!("  - {image}\n"));
-        }
-        write_config(self.dir.path(), &yaml)
-    }
-
-    fn image(&self, repo_tag: &str) -> String {
-        format!("{}/{repo_tag}", self.upstream.host())
-    }
-
-    async fn sync(&self, config: &Path) -> Output {
-        mirrorsync(&["sync", "--once", "--config", &config.display().to_string()]).await
-    }
+/// A config from the upstream into the proxied target: `target_lines` under `target:` (indented
+/// two spaces), `images` as YAML list items.
+fn config_file(w: &World, target_lines: &str, images: &[String]) -> PathBuf {
+    w.write(&w.config_items(images).target_lines(target_lines))
 }
 
 /// `repo:tag` is at the target with upstream's digest, its blobs whole; skopeo copies it out of
@@ -117,18 +78,18 @@ fn content_length(s: &Seen) -> u64 {
 /// after the first refusal is refused.
 #[tokio::test(flavor = "multi_thread")]
 async fn closing_put_with_a_body_refused_falls_back_to_the_docker_flow() {
-    let w = World::new().await;
+    let w = World::start(Proxied::Target).await;
     let repos = small_images(&w.upstream, 3).await;
-    Quirk::PutBodyRefused.install(&w.down);
+    Quirk::PutBodyRefused.install(w.down());
     let images: Vec<String> = repos.iter().map(|r| w.image(&format!("{r}:v1"))).collect();
-    let config = w.config("", &images);
+    let config = config_file(&w, "", &images);
     let metrics = w.dir.path().join("metrics.prom");
     let out = sync_once_with_metrics_file(&config, &metrics).await;
     out.assert_code(0);
     for repo in &repos {
         assert_mirrored(&w, repo, "v1").await;
     }
-    let seen = w.down.seen();
+    let seen = w.down().seen();
     let refused: Vec<&Seen> = seen.iter().filter(|s| s.status == 500).collect();
     assert!(!refused.is_empty());
     assert!(
@@ -188,20 +149,20 @@ async fn closing_put_with_a_body_refused_falls_back_to_the_docker_flow() {
 /// (a streamed body cannot be replayed) and the tag lands.
 #[tokio::test(flavor = "multi_thread")]
 async fn patch_with_content_range_refused_falls_back_to_one_streamed_patch() {
-    let w = World::new().await;
+    let w = World::start(Proxied::Target).await;
     let image = push_image(
         &w.upstream,
         "lib/big",
         "v1",
-        ImageSpec::new(Format::Oci, vec![layer(600, 700)]).big_layer(12 * MIB, 61),
+        oci_image(600, 700).big_layer(12 * MIB, 61),
     )
     .await;
-    Quirk::ContentRangeRefused.install(&w.down);
-    let config = w.config("  chunk_size: 5MiB\n", &[w.image("lib/big:v1")]);
+    Quirk::ContentRangeRefused.install(w.down());
+    let config = config_file(&w, "  chunk_size: 5MiB\n", &[w.image("lib/big:v1")]);
     let out = w.sync(&config).await;
     out.assert_code(0);
     assert_mirrored(&w, "lib/big", "v1").await;
-    let seen = w.down.seen();
+    let seen = w.down().seen();
     let refused = seen.iter().filter(|s| s.status == 416).count();
     assert_eq!(refused, 1, "{}", seen.dump());
     let big = image
@@ -267,19 +228,13 @@ fn uploads_are_closed(target: &Registry) -> bool {
 /// (its digest, which a pull of that platform resolves to), and the next run finds it in sync.
 #[tokio::test(flavor = "multi_thread")]
 async fn manifests_by_digest_refused_and_single_platform_mode() {
-    let w = World::new().await;
-    let amd = push_image(
-        &w.upstream,
-        "lib/multi",
-        None,
-        ImageSpec::new(Format::Oci, vec![layer(700, 5_000)]),
-    )
-    .await;
+    let w = World::start(Proxied::Target).await;
+    let amd = push_image(&w.upstream, "lib/multi", None, oci_image(700, 5_000)).await;
     let arm = push_image(
         &w.upstream,
         "lib/multi",
         None,
-        ImageSpec::new(Format::Oci, vec![layer(701, 6_000)]).platform("linux/arm64"),
+        oci_image(701, 6_000).platform("linux/arm64"),
     )
     .await;
     let arm_platform = arm.platform.clone();
@@ -295,9 +250,9 @@ async fn manifests_by_digest_refused_and_single_platform_mode() {
     )
     .await;
     small_images(&w.upstream, 1).await;
-    Quirk::ManifestByDigestRefused.install(&w.down);
+    Quirk::ManifestByDigestRefused.install(w.down());
 
-    let config = w.config("", &[w.image("lib/multi:v1"), w.image("lib/app0:v1")]);
+    let config = config_file(&w, "", &[w.image("lib/multi:v1"), w.image("lib/app0:v1")]);
     let out = w.sync(&config).await;
     out.assert_code(1);
     let line = failed_line(&out, "lib/multi:v1");
@@ -313,7 +268,7 @@ async fn manifests_by_digest_refused_and_single_platform_mode() {
         "{{ source: \"{}\", platforms: [linux/arm64], platforms_mode: single }}",
         w.image("lib/multi:v1")
     );
-    let config = w.config("", &[single]);
+    let config = config_file(&w, "", &[single]);
     let out = w.sync(&config).await;
     out.assert_code(0);
     assert_eq!(
@@ -333,12 +288,12 @@ async fn manifests_by_digest_refused_and_single_platform_mode() {
     );
     skopeo_copies_out(&w, "lib/multi", "v1").await;
 
-    let mark = w.down.mark();
+    let mark = w.down().mark();
     let again = w.sync(&config).await;
     again.assert_code(0);
     assert!(again.stdout.contains("1 unchanged"), "{}", again.stdout);
     assert!(
-        image_uploads(&w.down.since(mark)).is_empty(),
+        image_uploads(&w.down().since(mark)).is_empty(),
         "nothing uploaded when in sync"
     );
 
@@ -347,7 +302,7 @@ async fn manifests_by_digest_refused_and_single_platform_mode() {
         "{{ source: \"{}\", platforms: [linux/arm64, linux/amd64], platforms_mode: single }}",
         w.image("lib/multi:v1")
     );
-    let out = w.sync(&w.config("", &[two])).await;
+    let out = w.sync(&config_file(&w, "", &[two])).await;
     out.assert_code(2);
     assert!(out.stderr.contains("platforms_mode"), "{}", out.stderr);
 }
@@ -358,10 +313,10 @@ async fn manifests_by_digest_refused_and_single_platform_mode() {
 /// under their two-component upstream path without the prefix.
 #[tokio::test(flavor = "multi_thread")]
 async fn nested_repository_path_refused_names_the_keys() {
-    let w = World::new().await;
+    let w = World::start(Proxied::Target).await;
     small_images(&w.upstream, 1).await;
-    Quirk::TwoComponentNames.install(&w.down);
-    let config = w.config("  prefix: mirror\n", &[w.image("lib/app0:v1")]);
+    Quirk::TwoComponentNames.install(w.down());
+    let config = config_file(&w, "  prefix: mirror\n", &[w.image("lib/app0:v1")]);
 
     let check = mirrorsync(&[
         "check",
@@ -394,7 +349,7 @@ async fn nested_repository_path_refused_names_the_keys() {
         "{text}"
     );
 
-    let config = w.config("", &[w.image("lib/app0:v1")]);
+    let config = config_file(&w, "", &[w.image("lib/app0:v1")]);
     w.sync(&config).await.assert_code(0);
     assert_mirrored(&w, "lib/app0", "v1").await;
 }
@@ -404,27 +359,21 @@ async fn nested_repository_path_refused_names_the_keys() {
 /// from a tag that failed for another reason.
 #[tokio::test(flavor = "multi_thread")]
 async fn immutable_tag_moved_upstream_is_counted_apart() {
-    let w = World::new().await;
+    let w = World::start(Proxied::Target).await;
     small_images(&w.upstream, 1).await;
-    let config = w.config("", &[w.image("lib/app0:v1")]);
+    let config = config_file(&w, "", &[w.image("lib/app0:v1")]);
     w.sync(&config).await.assert_code(0);
     let old = head_manifest(&w.target, "lib/app0", "v1")
         .await
         .expect("mirrored");
-    push_image(
-        &w.upstream,
-        "lib/app0",
-        "v1",
-        ImageSpec::new(Format::Oci, vec![layer(800, 3_000)]),
-    )
-    .await;
+    push_image(&w.upstream, "lib/app0", "v1", oci_image(800, 3_000)).await;
     Quirk::ImmutableTag {
         repo: "lib/app0".into(),
         tag: "v1".into(),
     }
-    .install(&w.down);
+    .install(w.down());
     let metrics = w.dir.path().join("metrics.prom");
-    let config = w.config("", &[w.image("lib/app0:v1"), w.image("lib/gone:v1")]);
+    let config = config_file(&w, "", &[w.image("lib/app0:v1"), w.image("lib/gone:v1")]);
     let out = sync_once_with_metrics_file(&config, &metrics).await;
     out.assert_code(1);
     let line = failed_line(&out, "lib/app0:v1");
@@ -487,15 +436,9 @@ async fn push_referrer(
 /// (distribution has no referrers API) list them.
 #[tokio::test(flavor = "multi_thread")]
 async fn referrers_past_the_first_page_and_referrers_of_referrers() {
-    let w = World::new().await;
+    let w = World::start(Proxied::Target).await;
     let up = Proxy::start(&w.upstream).await;
-    let image = push_image(
-        &w.upstream,
-        "app/signed",
-        "1.0",
-        ImageSpec::new(Format::Oci, vec![layer(900, 3_000)]),
-    )
-    .await;
+    let image = push_image(&w.upstream, "app/signed", "1.0", oci_image(900, 3_000)).await;
     let subject = (
         image.media_type.as_str(),
         image.digest.as_str(),
@@ -542,13 +485,14 @@ async fn referrers_past_the_first_page_and_referrers_of_referrers() {
         }
         .install(&up);
     }
-    let yaml = format!(
-        "target:\n  registry: \"{}\"\n  insecure: true\nregistries:\n  \"{}\":\n    insecure: true\nimages:\n  - {{ source: \"{}/app/signed:1.0\", referrers: true }}\n",
-        w.target.host(),
-        up.host(),
-        up.host()
+    let config = w.write(
+        &ConfigYaml::to_registry(&w.target.host())
+            .upstream(&up.host())
+            .images(&[format!(
+                "{{ source: \"{}/app/signed:1.0\", referrers: true }}",
+                up.host()
+            )]),
     );
-    let config = write_config(w.dir.path(), &yaml);
     let out = w.sync(&config).await;
     out.assert_code(0);
     for listed in [&sig, &att, &att_sig] {

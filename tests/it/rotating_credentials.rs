@@ -18,56 +18,49 @@ const USER: &str = "robot";
 const FIRST: &str = "first-secret-3141";
 const SECOND: &str = "second-secret-2718";
 
-struct World {
-    upstream: Registry,
-    target: Registry,
-    dir: tempfile::TempDir,
-    password_file: PathBuf,
+/// A plain upstream and an htpasswd target that takes `USER`/`FIRST`, with the password in a
+/// file (the mounted Secret).
+async fn rotating_world() -> World {
+    let target = Registry::start_with(RegistryOptions {
+        htpasswd: Some((USER.into(), FIRST.into())),
+        ..Default::default()
+    })
+    .await;
+    let world = World::with(Registry::start().await, target, Proxied::Neither).await;
+    std::fs::write(password_file(&world), format!("{FIRST}\n")).expect("password file");
+    world
 }
 
-impl World {
-    async fn new() -> World {
-        let upstream = Registry::start().await;
-        let target = Registry::start_with(RegistryOptions {
-            htpasswd: Some((USER.into(), FIRST.into())),
-            ..Default::default()
-        })
-        .await;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let password_file = dir.path().join("target-password");
-        std::fs::write(&password_file, format!("{FIRST}\n")).expect("password file");
-        World {
-            upstream,
-            target,
-            dir,
-            password_file,
-        }
-    }
+fn password_file(world: &World) -> PathBuf {
+    world.dir.path().join("target-password")
+}
 
-    /// `team/app:1` from the upstream into `target` (the registry, or a proxy in front of it)
-    /// with the password from the file, on `schedule` when given.
-    fn config(&self, target: &str, schedule: Option<&str>) -> PathBuf {
-        let schedule = schedule.map_or(String::new(), |s| format!("schedule: \"{s}\"\n"));
-        let yaml = format!(
-            "{schedule}target:\n  registry: \"{target}\"\n  insecure: true\n  auth: {{ username: {USER}, password_file: \"{}\" }}\n\
-             registries:\n  \"{up}\":\n    insecure: true\nimages:\n  - {up}/team/app:1\n",
-            self.password_file.display(),
-            up = self.upstream.host(),
-        );
-        write_config(self.dir.path(), &yaml)
-    }
+/// `team/app:1` from the upstream into `target` (the registry, or a proxy in front of it)
+/// with the password from the file, on `schedule` when given.
+fn config(world: &World, target: &str, schedule: Option<&str>) -> PathBuf {
+    let schedule = schedule.map_or(String::new(), |s| format!("schedule: \"{s}\"\n"));
+    world.write(
+        &ConfigYaml::to_registry(target)
+            .top(&schedule)
+            .target_lines(&format!(
+                "  auth: {{ username: {USER}, password_file: \"{}\" }}\n",
+                password_file(world).display()
+            ))
+            .upstream(&world.upstream.host())
+            .images(&[world.image("team/app:1")]),
+    )
+}
 
-    /// The registry takes only the new password now, and the mounted file says so.
-    async fn rotate(&mut self) {
-        self.target.rotate_htpasswd(SECOND);
-        assert_eq!(
-            status_with(&self.target, FIRST).await,
-            401,
-            "the registry still takes the old password: the test would prove nothing"
-        );
-        assert_eq!(status_with(&self.target, SECOND).await, 200);
-        std::fs::write(&self.password_file, format!("{SECOND}\n")).expect("password file");
-    }
+/// The registry takes only the new password now, and the mounted file says so.
+async fn rotate(world: &mut World) {
+    world.target.rotate_htpasswd(SECOND);
+    assert_eq!(
+        status_with(&world.target, FIRST).await,
+        401,
+        "the registry still takes the old password: the test would prove nothing"
+    );
+    assert_eq!(status_with(&world.target, SECOND).await, 200);
+    std::fs::write(password_file(world), format!("{SECOND}\n")).expect("password file");
 }
 
 /// `GET /v2/` at `reg` with Basic `USER:password`.
@@ -82,13 +75,7 @@ async fn status_with(reg: &Registry, password: &str) -> u16 {
 }
 
 async fn image(reg: &Registry, seed: u64) -> PushedImage {
-    push_image(
-        reg,
-        "team/app",
-        "1",
-        ImageSpec::new(Format::Oci, vec![layer(seed, 4_000 + seed as usize)]),
-    )
-    .await
+    push_image(reg, "team/app", "1", oci_image(seed, 4_000 + seed as usize)).await
 }
 
 fn no_secret_in(text: &str) {
@@ -103,9 +90,9 @@ async fn landed(target: &Registry, digest: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_daemon_reads_a_rotated_password_file_at_its_next_pass() {
-    let mut world = World::new().await;
+    let mut world = rotating_world().await;
     let v1 = image(&world.upstream, 1).await;
-    let config = world.config(&world.target.host(), Some("*/1 * * * * *"));
+    let config = config(&world, &world.target.host(), Some("*/1 * * * * *"));
     let daemon = Daemon::start(&config, &["--run-now"]).await;
     let target = &world.target;
     poll(
@@ -115,7 +102,7 @@ async fn the_daemon_reads_a_rotated_password_file_at_its_next_pass() {
     )
     .await;
 
-    world.rotate().await;
+    rotate(&mut world).await;
     // The tag moves upstream: only a pass that uses the new password can land it.
     let v2 = image(&world.upstream, 2).await;
     let target = &world.target;
@@ -136,7 +123,7 @@ async fn the_daemon_reads_a_rotated_password_file_at_its_next_pass() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_password_rotated_during_a_pass_is_read_again_without_failing_the_tag() {
-    let mut world = World::new().await;
+    let mut world = rotating_world().await;
     let v1 = image(&world.upstream, 7).await;
     let proxy = Proxy::start(&world.target).await;
     // The two uploads (layer and config) wait at the proxy, long enough for the rotation to
@@ -148,7 +135,7 @@ async fn a_password_rotated_during_a_pass_is_read_again_without_failing_the_tag(
         )
         .first(2),
     );
-    let config = world.config(&proxy.host(), None);
+    let config = config(&world, &proxy.host(), None);
     let sync = tokio::spawn(async move {
         mirrorsync(&["sync", "--once", "--config", &config.display().to_string()]).await
     });
@@ -171,7 +158,7 @@ async fn a_password_rotated_during_a_pass_is_read_again_without_failing_the_tag(
         },
     )
     .await;
-    world.rotate().await;
+    rotate(&mut world).await;
     let out = sync.await.expect("sync task");
     out.assert_code(0);
     assert!(landed(&world.target, &v1.digest).await);

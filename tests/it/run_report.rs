@@ -10,8 +10,7 @@
 use crate::common;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -108,13 +107,7 @@ async fn two_images(upstream: &Registry) -> (PushedImage, PushedImage) {
         ImageSpec::new(Format::Oci, vec![layer(1, 30_000), layer(2, 5_000)]),
     )
     .await;
-    let api = push_image(
-        upstream,
-        "team/api",
-        "2",
-        ImageSpec::new(Format::Docker, vec![layer(3, 20_000)]),
-    )
-    .await;
+    let api = push_image(upstream, "team/api", "2", docker_image(3, 20_000)).await;
     (web, api)
 }
 
@@ -208,13 +201,7 @@ async fn failed_tags_carry_their_reason_and_no_secret() {
     .await;
     let target = Registry::start().await;
     let (web, _) = two_images(&upstream).await;
-    push_image(
-        &upstream,
-        "team/cdn",
-        "1",
-        ImageSpec::new(Format::Oci, vec![layer(9, 4_000)]),
-    )
-    .await;
+    push_image(&upstream, "team/cdn", "1", oci_image(9, 4_000)).await;
     let up = Proxy::start(&upstream).await;
     // `team/cdn`'s blobs are redirected to a signed URL that the "CDN" refuses.
     let cdn = Proxy::standalone().await;
@@ -293,48 +280,6 @@ async fn failed_tags_carry_their_reason_and_no_secret() {
     }
 }
 
-/// An upstream with a big tag first and four small ones, 20 MiB/s, one tag at a time: every
-/// tag takes seconds, so a stop one tag in leaves the others never started.
-async fn slow_world() -> (Registry, Proxy, Registry, tempfile::TempDir, PathBuf, usize) {
-    let upstream = Registry::start().await;
-    let proxy = Proxy::start(&upstream).await;
-    let target = Registry::start().await;
-    let big = push_image(
-        &upstream,
-        "slow/big",
-        "v1",
-        ImageSpec::new(Format::Oci, vec![layer(50, 1000)]).big_layer(40 * MIB, 51),
-    )
-    .await;
-    let mut images = vec![proxy.image_ref("slow/big", "v1")];
-    for i in 0..4u64 {
-        let repo = format!("slow/small{i}");
-        push_image(
-            &upstream,
-            &repo,
-            "v1",
-            ImageSpec::new(Format::Oci, vec![layer(60 + i, 20_000)]),
-        )
-        .await;
-        images.push(proxy.image_ref(&repo, "v1"));
-    }
-    proxy.add(Rule::new(
-        "GET /v2/slow/small*/manifests/*",
-        Action::Stall(Duration::from_secs(3)),
-    ));
-    let dir = tempfile::tempdir().unwrap();
-    let mut yaml = format!(
-        "concurrency: 1\ntarget:\n  registry: \"{}\"\n  insecure: true\nregistries:\n  \"{}\":\n    insecure: true\n    bytes_per_second: 20MiB\nimages:\n",
-        target.host(),
-        proxy.host()
-    );
-    for i in &images {
-        yaml.push_str(&format!("  - {i}\n"));
-    }
-    let cfg = write_config(dir.path(), &yaml);
-    (upstream, proxy, target, dir, cfg, big.blobs.len())
-}
-
 /// A run cut short: exit 3; the big tag (running at the stop, finished in the grace period) is
 /// reported new and is at the target; the four others are deferred with a reason and absent.
 async fn assert_cut_short(report: &Value, out: &Output, target: &Registry) {
@@ -363,18 +308,23 @@ async fn assert_cut_short(report: &Value, out: &Output, target: &Registry) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_mid_run_leaves_a_whole_report_with_the_rest_deferred() {
-    let (_up, proxy, target, dir, cfg, big_blobs) = slow_world().await;
+    let slow = slow_world(40 * MIB).await;
+    let (proxy, target, dir, cfg) = (
+        slow.world.up(),
+        &slow.world.target,
+        &slow.world.dir,
+        &slow.config,
+    );
+    let big_blobs = slow.big.blobs.len();
     let path = dir.path().join("report.json");
-    let child = tokio::process::Command::new(bin_path())
-        .args(["sync", "--once", "--config", &cfg.display().to_string()])
-        .args(["--report", &path.display().to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn mirrorsync");
-    let pid = child.id().expect("pid") as libc::pid_t;
+    let child = spawn_mirrorsync(&[
+        "sync",
+        "--once",
+        "--config",
+        &cfg.display().to_string(),
+        "--report",
+        &path.display().to_string(),
+    ]);
     // Every blob of the big tag is being pulled (none is left to start, which a stop would
     // defer): the run is under way, one tag in.
     let started = Instant::now();
@@ -394,25 +344,16 @@ async fn sigterm_mid_run_leaves_a_whole_report_with_the_rest_deferred() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // SAFETY: `pid` is our own running child.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let raw = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("exits after SIGTERM")
-        .expect("wait");
-    let out = Output {
-        code: raw.status.code(),
-        stdout: String::from_utf8_lossy(&raw.stdout).into_owned(),
-        stdout_raw: raw.stdout,
-        stderr: String::from_utf8_lossy(&raw.stderr).into_owned(),
-    };
+    sigterm(&child);
+    let out = wait_output(child, Duration::from_secs(60), "exits after SIGTERM").await;
     let report = read_report(&path, &out);
-    assert_cut_short(&report, &out, &target).await;
+    assert_cut_short(&report, &out, target).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn max_duration_leaves_a_whole_report_with_the_rest_deferred() {
-    let (_up, _proxy, target, dir, cfg, _) = slow_world().await;
+    let slow = slow_world(40 * MIB).await;
+    let (target, dir, cfg) = (&slow.world.target, &slow.world.dir, &slow.config);
     let path = dir.path().join("report.json");
     let out = run_with_report(
         &[
@@ -427,7 +368,7 @@ async fn max_duration_leaves_a_whole_report_with_the_rest_deferred() {
     )
     .await;
     let report = read_report(&path, &out);
-    assert_cut_short(&report, &out, &target).await;
+    assert_cut_short(&report, &out, target).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -638,40 +579,28 @@ async fn a_report_that_cannot_be_written_at_the_end_fails_the_run_naming_the_fil
     let upstream = Registry::start().await;
     let proxy = Proxy::start(&upstream).await;
     let target = Registry::start().await;
-    push_image(
-        &upstream,
-        "team/web",
-        "1",
-        ImageSpec::new(Format::Oci, vec![layer(1, 3_000)]),
-    )
-    .await;
+    push_image(&upstream, "team/web", "1", oci_image(1, 3_000)).await;
     // The manifest GET waits 3 s: the run is in progress while the report's directory goes.
     proxy.add(Rule::new(
         "GET /v2/team/web/manifests/*",
         Action::Stall(Duration::from_secs(3)),
     ));
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        &format!(
-            "target:\n  registry: \"{}\"\n  insecure: true\nregistries:\n  \"{}\":\n    insecure: true\nimages:\n  - {}\n",
-            target.host(),
-            proxy.host(),
-            proxy.image_ref("team/web", "1")
-        ),
-    );
+    let config = ConfigYaml::to_registry(&target.host())
+        .upstream(&proxy.host())
+        .images(&[proxy.image_ref("team/web", "1")])
+        .write(dir.path());
     let reports = dir.path().join("reports");
     std::fs::create_dir(&reports).unwrap();
     let path = reports.join("report.json");
-    let child = tokio::process::Command::new(bin_path())
-        .args(["sync", "--once", "--config", &config.display().to_string()])
-        .args(["--report", &path.display().to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn mirrorsync");
+    let child = spawn_mirrorsync(&[
+        "sync",
+        "--once",
+        "--config",
+        &config.display().to_string(),
+        "--report",
+        &path.display().to_string(),
+    ]);
     let started = Instant::now();
     while !proxy
         .seen()
@@ -685,14 +614,11 @@ async fn a_report_that_cannot_be_written_at_the_end_fails_the_run_naming_the_fil
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     std::fs::remove_dir(&reports).unwrap();
-    let raw = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("exits")
-        .expect("wait");
-    let stderr = String::from_utf8_lossy(&raw.stderr);
+    let out = wait_output(child, Duration::from_secs(60), "exits").await;
+    let stderr = &out.stderr;
     // The tag itself was synced; the run fails for the report alone.
     assert!(head_manifest(&target, "team/web", "1").await.is_some());
-    assert_eq!(raw.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.code, Some(1), "{stderr}");
     assert!(
         stderr.contains("could not write the run report")
             && stderr.contains(&path.display().to_string()),

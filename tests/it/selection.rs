@@ -14,7 +14,7 @@ async fn seed_tags(upstream: &Registry, repo: &str, tags: &[&str]) {
             upstream,
             repo,
             *tag,
-            ImageSpec::new(Format::Oci, vec![layer(1, 2_000)])
+            oci_image(1, 2_000)
                 .label("tag", tag)
                 .label("n", &i.to_string()),
         )
@@ -122,28 +122,19 @@ async fn immutable_tags_cost_no_upstream_request_once_mirrored() {
 async fn sparse_platform_mode_keeps_the_upstream_index_where_the_registry_refuses_it() {
     let upstream = Registry::start().await;
     let target = Registry::start().await;
-    let amd = push_image(
-        &upstream,
-        "library/app",
-        None,
-        ImageSpec::new(Format::Oci, vec![layer(5, 4_000)]),
-    )
-    .await;
-    let arm = push_image(
-        &upstream,
-        "library/app",
-        None,
-        ImageSpec::new(Format::Oci, vec![layer(6, 4_000)]).platform("linux/arm64"),
-    )
-    .await;
-    push_index(
+    let arm = push_multi_arch(
         &upstream,
         "library/app",
         "1",
         Format::Oci,
-        &[(amd, None), (arm.clone(), None)],
+        (
+            oci_image(5, 4_000),
+            oci_image(6, 4_000).platform("linux/arm64"),
+        ),
+        &[],
     )
-    .await;
+    .await
+    .second;
     let scenario = Scenario::registry_to_registry(
         &upstream,
         &target,
@@ -172,49 +163,24 @@ async fn sparse_platform_mode_keeps_the_upstream_index_where_the_registry_refuse
     );
 }
 
+/// A small image (one 300-byte layer from `seed`) under the cosign-style `tag`, as cosign pushes
+/// a signature (`sha256-<hex>.sig`) or an attestation (`.att`).
+async fn cosign_tag(upstream: &Registry, repo: &str, tag: &str, seed: u64) -> PushedImage {
+    let kind = tag.rsplit('.').next().unwrap_or_default();
+    let img = push_image(upstream, repo, None, oci_image(seed, 300).label(kind, "1")).await;
+    push_manifest(upstream, repo, tag, &img.media_type, &img.manifest_bytes).await;
+    img
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn signatures_and_referrer_fallback_tags_follow_their_image() {
     let upstream = Registry::start().await;
     let target = Registry::start().await;
-    let image = push_image(
-        &upstream,
-        "library/signed",
-        "1.0",
-        ImageSpec::new(Format::Oci, vec![layer(7, 3_000)]),
-    )
-    .await;
+    let image = push_image(&upstream, "library/signed", "1.0", oci_image(7, 3_000)).await;
     let hex = image.digest.trim_start_matches("sha256:");
     // cosign-style signature and attestation tags, and an OCI referrers fallback index.
-    let sig = push_image(
-        &upstream,
-        "library/signed",
-        None,
-        ImageSpec::new(Format::Oci, vec![layer(8, 300)]).label("sig", "1"),
-    )
-    .await;
-    push_manifest(
-        &upstream,
-        "library/signed",
-        &format!("sha256-{hex}.sig"),
-        &sig.media_type,
-        &sig.manifest_bytes,
-    )
-    .await;
-    let att = push_image(
-        &upstream,
-        "library/signed",
-        None,
-        ImageSpec::new(Format::Oci, vec![layer(9, 300)]).label("att", "1"),
-    )
-    .await;
-    push_manifest(
-        &upstream,
-        "library/signed",
-        &format!("sha256-{hex}.att"),
-        &att.media_type,
-        &att.manifest_bytes,
-    )
-    .await;
+    let sig = cosign_tag(&upstream, "library/signed", &format!("sha256-{hex}.sig"), 8).await;
+    cosign_tag(&upstream, "library/signed", &format!("sha256-{hex}.att"), 9).await;
     push_index(
         &upstream,
         "library/signed",
@@ -263,13 +229,7 @@ async fn signatures_and_referrer_fallback_tags_follow_their_image() {
 async fn backup_tag_keeps_the_previous_digest_when_a_tag_moves() {
     let upstream = Registry::start().await;
     let target = Registry::start().await;
-    let first = push_image(
-        &upstream,
-        "library/svc",
-        "stable",
-        ImageSpec::new(Format::Oci, vec![layer(11, 2_000)]),
-    )
-    .await;
+    let first = push_image(&upstream, "library/svc", "stable", oci_image(11, 2_000)).await;
     let scenario = Scenario::registry_to_registry(
         &upstream,
         &target,
@@ -281,13 +241,7 @@ async fn backup_tag_keeps_the_previous_digest_when_a_tag_moves() {
         )],
     );
     scenario.sync().await.assert_code(0);
-    let second = push_image(
-        &upstream,
-        "library/svc",
-        "stable",
-        ImageSpec::new(Format::Oci, vec![layer(12, 2_000)]),
-    )
-    .await;
+    let second = push_image(&upstream, "library/svc", "stable", oci_image(12, 2_000)).await;
     scenario.sync().await.assert_code(0);
     assert_eq!(
         head_manifest(&target, "library/svc", "stable").await,
@@ -305,13 +259,7 @@ async fn prune_removes_only_tags_mirrorsync_created_and_no_longer_selects() {
     let target = Registry::start().await;
     seed_tags(&upstream, "library/app", &["1.0.0", "1.1.0", "1.2.0"]).await;
     // A tag somebody else pushed to the target repository: never pruned.
-    let foreign = push_image(
-        &target,
-        "library/app",
-        "hand-made",
-        ImageSpec::new(Format::Oci, vec![layer(20, 500)]),
-    )
-    .await;
+    let foreign = push_image(&target, "library/app", "hand-made", oci_image(20, 500)).await;
     let config_for = |newest: usize| {
         Scenario::registry_to_registry(
             &upstream,
@@ -361,30 +309,13 @@ async fn prune_removes_only_tags_mirrorsync_created_and_no_longer_selects() {
     );
 }
 
-/// A tags list page as a registry that paginates would serve it.
-fn tags_page(repo: &str, tags: &[String], next: Option<&str>) -> Action {
-    let body = serde_json::json!({ "name": repo, "tags": tags }).to_string();
-    let link = next.map(|n| format!("<{n}>; rel=\"next\""));
-    let mut headers = vec![("Content-Type", "application/json")];
-    if let Some(link) = &link {
-        headers.push(("Link", link.as_str()));
-    }
-    Action::respond(200, &headers, body)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn tag_lists_are_followed_across_link_pages_and_a_looping_link_fails_alone() {
     let upstream = Registry::start().await;
     let target = Registry::start().await;
     let proxy = Proxy::start(&upstream).await;
     // 320 tags on one digest (distribution 2.8 never paginates, so the proxy does).
-    let image = push_image(
-        &upstream,
-        "library/many",
-        "t0000",
-        ImageSpec::new(Format::Oci, vec![layer(30, 1_000)]),
-    )
-    .await;
+    let image = push_image(&upstream, "library/many", "t0000", oci_image(30, 1_000)).await;
     let all: Vec<String> = (0..320).map(|i| format!("t{i:04}")).collect();
     for tag in &all[1..] {
         push_manifest(

@@ -10,20 +10,8 @@ use common::*;
 async fn world() -> (Registry, Registry, Vec<String>) {
     let upstream = Registry::start().await;
     let target = Registry::start().await;
-    push_image(
-        &upstream,
-        "team/app",
-        "1.0",
-        ImageSpec::new(Format::Oci, vec![layer(700, 9_000)]),
-    )
-    .await;
-    push_image(
-        &upstream,
-        "ops/tool",
-        "1",
-        ImageSpec::new(Format::Docker, vec![layer(701, 7_000)]),
-    )
-    .await;
+    push_image(&upstream, "team/app", "1.0", oci_image(700, 9_000)).await;
+    push_image(&upstream, "ops/tool", "1", docker_image(701, 7_000)).await;
     let images = vec![
         upstream.image_ref("team/app", "1.0"),
         upstream.image_ref("ops/tool", "1"),
@@ -103,13 +91,7 @@ async fn out_of_sync_mode_exports_per_tag_series_only_for_the_failing_tag() {
     );
 
     // The missing tag appears upstream: the next run drops its series too.
-    push_image(
-        &upstream,
-        "team/app",
-        "gone",
-        ImageSpec::new(Format::Oci, vec![layer(702, 5_000)]),
-    )
-    .await;
+    push_image(&upstream, "team/app", "gone", oci_image(702, 5_000)).await;
     let (code, e) = run(&scenario, "").await;
     assert_eq!(code, Some(0), "{}", e.text);
     assert!(

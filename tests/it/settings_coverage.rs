@@ -285,13 +285,7 @@ fn yaml_images(refs: &[String]) -> String {
 
 /// A tiny image per `repo:tag`, distinct by `seed`.
 async fn seed(reg: &Registry, repo: &str, tag: &str, seed: u64) -> PushedImage {
-    push_image(
-        reg,
-        repo,
-        tag,
-        ImageSpec::new(Format::Oci, vec![layer(seed, 1_000 + seed as usize)]),
-    )
-    .await
+    push_image(reg, repo, tag, oci_image(seed, 1_000 + seed as usize)).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -53,13 +53,7 @@ fn config(dir: &Path, upstream: &str, target: &str) -> String {
 }
 
 async fn push_version(upstream: &Registry, n: u64) {
-    push_image(
-        upstream,
-        "team/app",
-        "1",
-        ImageSpec::new(Format::Oci, vec![layer(900 + n, 1_500)]),
-    )
-    .await;
+    push_image(upstream, "team/app", "1", oci_image(900 + n, 1_500)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -7,7 +7,7 @@
 use crate::common;
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use common::util::percent_decode;
@@ -169,16 +169,13 @@ async fn tls_htpasswd_target_story(from: PasswordFrom) {
             )
         }
     };
-    let config = write_config(
-        dir.path(),
-        &format!(
-            "target:\n  registry: \"{t}\"\n  ca_file: {ca_file}\n  auth:\n    username: robot\n    {password_line}\n\
-             registries:\n  \"{u}\":\n    insecure: true\n\
-             images:\n  - {u}/team/app:1.0\n",
-            t = target.host(),
-            u = upstream.host(),
-        ),
-    );
+    let config = ConfigYaml::with_target(&format!(
+        "  registry: \"{}\"\n  ca_file: {ca_file}\n  auth:\n    username: robot\n    {password_line}\n",
+        target.host()
+    ))
+    .upstream(&upstream.host())
+    .images(&[upstream.image_ref("team/app", "1.0")])
+    .write(dir.path());
     // Run from another directory, so relative paths can only work if resolved from the file.
     let out = run(&["sync", "--once"], &config, &env).await;
     out.assert_code(0);
@@ -229,28 +226,12 @@ async fn tls_htpasswd_target_password_from_file() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn wrong_target_password_fails_the_tag_without_revealing_it() {
-    let ca = TestCa::new();
-    let target = Registry::start_with(RegistryOptions {
-        tls: Some(&ca),
-        htpasswd: Some(("robot".into(), "Right-Pa55word-0b8c".into())),
-        token: None,
-    })
-    .await;
+    let (ca, target) = tls_robot_target("Right-Pa55word-0b8c").await;
     let upstream = Registry::start().await;
     seed(&upstream, "team/app", "1.0", 31).await;
     let dir = tempfile::tempdir().unwrap();
     let wrong = "Wr0ng-Pa55word-d41d8cd9";
-    let config = write_config(
-        dir.path(),
-        &format!(
-            "target:\n  registry: \"{t}\"\n  ca_file: {ca}\n  auth: {{ username: robot, password_env: {PASSWORD_VAR} }}\n\
-             registries:\n  \"{u}\": {{ insecure: true }}\n\
-             images:\n  - {u}/team/app:1.0\n",
-            t = target.host(),
-            ca = ca.ca_pem_path().display(),
-            u = upstream.host(),
-        ),
-    );
+    let config = robot_over_tls(dir.path(), &target, &ca, &upstream);
     let env = env_with(dir.path(), &[(PASSWORD_VAR, wrong)]);
     for level in ["info", "debug"] {
         let out = run(&["--log-level", level, "sync", "--once"], &config, &env).await;
@@ -277,26 +258,17 @@ async fn wrong_target_password_fails_the_tag_without_revealing_it() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_target_without_ca_file_fails_with_a_certificate_error() {
-    let ca = TestCa::new();
-    let target = Registry::start_with(RegistryOptions {
-        tls: Some(&ca),
-        htpasswd: Some(("robot".into(), "Some-Pa55word-1a2b".into())),
-        token: None,
-    })
-    .await;
+    let (_ca, target) = tls_robot_target("Some-Pa55word-1a2b").await;
     let upstream = Registry::start().await;
     seed(&upstream, "team/app", "1.0", 41).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        &format!(
-            "target:\n  registry: \"{t}\"\n  auth: {{ username: robot, password_env: {PASSWORD_VAR} }}\n\
-             registries:\n  \"{u}\": {{ insecure: true }}\n\
-             images:\n  - {u}/team/app:1.0\n",
-            t = target.host(),
-            u = upstream.host(),
-        ),
-    );
+    let config = ConfigYaml::with_target(&format!(
+        "  registry: \"{}\"\n  auth: {{ username: robot, password_env: {PASSWORD_VAR} }}\n",
+        target.host()
+    ))
+    .upstream(&upstream.host())
+    .images(&[upstream.image_ref("team/app", "1.0")])
+    .write(dir.path());
     let env = env_with(dir.path(), &[(PASSWORD_VAR, "Some-Pa55word-1a2b")]);
     let mark = target.log_mark().await;
     let out = run(&["sync", "--once"], &config, &env).await;
@@ -419,16 +391,10 @@ async fn untrusted_certificate_is_not_retried() {
     let upstream = Registry::start().await;
     seed(&upstream, "team/app", "1.0", 43).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        &format!(
-            "target:\n  registry: \"{t}\"\n\
-             registries:\n  \"{u}\": {{ insecure: true }}\n\
-             images:\n  - {u}/team/app:1.0\n",
-            t = target.host(),
-            u = upstream.host(),
-        ),
-    );
+    let config = ConfigYaml::with_target(&format!("  registry: \"{}\"\n", target.host()))
+        .upstream(&upstream.host())
+        .images(&[upstream.image_ref("team/app", "1.0")])
+        .write(dir.path());
     let handshakes = || target.registry_log().matches("TLS handshake error").count();
     let before = handshakes();
     let started = std::time::Instant::now();
@@ -452,12 +418,7 @@ async fn untrusted_certificate_is_not_retried() {
 async fn token_auth_upstream_with_credentials_from_config() {
     let user = "puller";
     let password = "Pull-Pa55word-3c4d5e";
-    let ts = TokenServer::start(vec![(user.into(), password.into())], false);
-    let upstream = Registry::start_with(RegistryOptions {
-        token: Some(&ts),
-        ..Default::default()
-    })
-    .await;
+    let (ts, upstream) = Registry::start_with_token_user(user, password).await;
     let img = seed(&upstream, "team/app", "1.0", 51).await;
     // Anonymous pulls are refused.
     let r = upstream
@@ -474,16 +435,13 @@ async fn token_auth_upstream_with_credentials_from_config() {
         let target = Registry::start().await;
         let config_dir = dir.path().join(sub);
         std::fs::create_dir_all(&config_dir).unwrap();
-        let config = write_config(
-            &config_dir,
-            &format!(
-                "target:\n  registry: \"{t}\"\n  insecure: true\n\
-                 registries:\n  \"{u}\":\n    insecure: true\n    auth:\n      username: {user}\n      password_env: {PASSWORD_VAR}\n\
-                 images:\n  - {u}/team/app:1.0\n",
-                t = target.host(),
-                u = upstream.host(),
-            ),
-        );
+        let config = ConfigYaml::to_registry(&target.host())
+            .upstream(&upstream.host())
+            .upstream_lines(&format!(
+                "    auth:\n      username: {user}\n      password_env: {PASSWORD_VAR}\n"
+            ))
+            .images(&[upstream.image_ref("team/app", "1.0")])
+            .write(&config_dir);
         ts.clear_requests();
         let u_mark = upstream.log_mark().await;
         let out = run(&["--log-level", level, "sync", "--once"], &config, &env).await;
@@ -526,12 +484,7 @@ async fn token_auth_upstream_with_credentials_from_config() {
 async fn token_auth_target_push_and_cross_repository_mount() {
     let user = "pusher";
     let password = "Push-Pa55word-6f7a8b";
-    let ts = TokenServer::start(vec![(user.into(), password.into())], false);
-    let target = Registry::start_with(RegistryOptions {
-        token: Some(&ts),
-        ..Default::default()
-    })
-    .await;
+    let (ts, target) = Registry::start_with_token_user(user, password).await;
     let upstream = Registry::start().await;
     // Two images in two repositories sharing their first layer.
     let shared = layer(61, 400_000);
@@ -553,16 +506,16 @@ async fn token_auth_target_push_and_cross_repository_mount() {
     let jwt_header = token_header_segment(&target, &ts, user, password).await;
 
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        &format!(
-            "target:\n  registry: \"{t}\"\n  insecure: true\n  auth: {{ username: {user}, password_env: {PASSWORD_VAR} }}\n\
-             registries:\n  \"{u}\": {{ insecure: true }}\n\
-             images:\n  - {u}/apps/one:1\n  - {u}/apps/two:1\n",
-            t = target.host(),
-            u = upstream.host(),
-        ),
-    );
+    let config = ConfigYaml::to_registry(&target.host())
+        .target_lines(&format!(
+            "  auth: {{ username: {user}, password_env: {PASSWORD_VAR} }}\n"
+        ))
+        .upstream(&upstream.host())
+        .images(&[
+            upstream.image_ref("apps/one", "1"),
+            upstream.image_ref("apps/two", "1"),
+        ])
+        .write(dir.path());
     let env = env_with(dir.path(), &[(PASSWORD_VAR, password)]);
     ts.clear_requests();
     let (t_mark, u_mark) = (target.log_mark().await, upstream.log_mark().await);
@@ -676,12 +629,7 @@ async fn token_auth_target_push_and_cross_repository_mount() {
 async fn docker_config_credentials_for_a_token_auth_upstream() {
     let user = "cfg-user";
     let password = "Cfg-Pa55word-ab12cd";
-    let ts = TokenServer::start(vec![(user.into(), password.into())], false);
-    let upstream = Registry::start_with(RegistryOptions {
-        token: Some(&ts),
-        ..Default::default()
-    })
-    .await;
+    let (ts, upstream) = Registry::start_with_token_user(user, password).await;
     let img = seed(&upstream, "team/app", "1.0", 71).await;
     let jwt_header = token_header_segment(&upstream, &ts, user, password).await;
     let auth_b64 = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
@@ -700,13 +648,12 @@ async fn docker_config_credentials_for_a_token_auth_upstream() {
     )
     .unwrap();
     let yaml = |target: &Registry, docker_config_line: &str| {
-        format!(
-            "target:\n  registry: \"{t}\"\n  insecure: true\n{docker_config_line}\
-             registries:\n  \"{u}\":\n    insecure: true\n\
-             images:\n  - {u}/team/app:1.0\n",
-            t = target.host(),
-            u = upstream.host(),
-        )
+        // `docker_config:` is a top-level key, written where the target block ends.
+        ConfigYaml::to_registry(&target.host())
+            .target_lines(docker_config_line)
+            .upstream(&upstream.host())
+            .images(&[upstream.image_ref("team/app", "1.0")])
+            .yaml()
     };
     let empty_env = [("DOCKER_CONFIG", empty.to_str().unwrap())];
 
@@ -768,27 +715,11 @@ async fn docker_config_credentials_for_a_token_auth_upstream() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn check_connect_rejects_wrong_target_credentials() {
-    let ca = TestCa::new();
-    let target = Registry::start_with(RegistryOptions {
-        tls: Some(&ca),
-        htpasswd: Some(("robot".into(), "Right-Pa55word-0b8c".into())),
-        token: None,
-    })
-    .await;
+    let (ca, target) = tls_robot_target("Right-Pa55word-0b8c").await;
     let upstream = Registry::start().await;
     let dir = tempfile::tempdir().unwrap();
     let wrong = "Wr0ng-Pa55word-d41d8cd9";
-    let config = write_config(
-        dir.path(),
-        &format!(
-            "target:\n  registry: \"{t}\"\n  ca_file: {ca}\n  auth: {{ username: robot, password_env: {PASSWORD_VAR} }}\n\
-             registries:\n  \"{u}\": {{ insecure: true }}\n\
-             images:\n  - {u}/team/app:1.0\n",
-            t = target.host(),
-            ca = ca.ca_pem_path().display(),
-            u = upstream.host(),
-        ),
-    );
+    let config = robot_over_tls(dir.path(), &target, &ca, &upstream);
     let env = env_with(dir.path(), &[(PASSWORD_VAR, wrong)]);
     // Given credentials the target rejects, when I check connectivity, then the check fails
     // and says why (as `sync` does), without showing the password.
@@ -989,4 +920,29 @@ async fn a_tls_upstream_gets_small_requests_over_one_http2_connection_and_layers
         !own.is_empty() && shared.is_disjoint(&own),
         "{shared:?} {own:?}"
     );
+}
+
+/// `team/app:1.0` into a TLS `target` (trusting `ca`) as user `robot` with the password from
+/// `PASSWORD_VAR`.
+fn robot_over_tls(dir: &Path, target: &Registry, ca: &TestCa, upstream: &Registry) -> PathBuf {
+    ConfigYaml::with_target(&format!(
+        "  registry: \"{}\"\n  ca_file: {}\n  auth: {{ username: robot, password_env: {PASSWORD_VAR} }}\n",
+        target.host(),
+        ca.ca_pem_path().display()
+    ))
+    .upstream(&upstream.host())
+    .images(&[upstream.image_ref("team/app", "1.0")])
+    .write(dir)
+}
+
+/// A TLS registry (its own CA) that takes user `robot` with `password`.
+async fn tls_robot_target(password: &str) -> (TestCa, Registry) {
+    let ca = TestCa::new();
+    let target = Registry::start_with(RegistryOptions {
+        tls: Some(&ca),
+        htpasswd: Some(("robot".into(), password.into())),
+        token: None,
+    })
+    .await;
+    (ca, target)
 }

@@ -9,27 +9,17 @@ use common::*;
 /// tags on one digest), the tags to sync.
 async fn seed_corpus(upstream: &Registry) -> Vec<String> {
     let base = layer(100, 80_000);
-    let amd = push_image(
-        upstream,
-        "library/web",
-        None,
-        ImageSpec::new(Format::Oci, vec![base.clone(), layer(101, 9_000)]),
-    )
-    .await;
-    let arm = push_image(
-        upstream,
-        "library/web",
-        None,
-        ImageSpec::new(Format::Oci, vec![base.clone(), layer(102, 9_000)]).platform("linux/arm64"),
-    )
-    .await;
-    let att = attestation_manifest(upstream, "library/web", &amd).await;
-    push_index(
+    push_multi_arch(
         upstream,
         "library/web",
         "1.26",
         Format::Oci,
-        &[(amd, None), (arm, None), (att, None)],
+        (
+            ImageSpec::new(Format::Oci, vec![base.clone(), layer(101, 9_000)]),
+            ImageSpec::new(Format::Oci, vec![base.clone(), layer(102, 9_000)])
+                .platform("linux/arm64"),
+        ),
+        &[0],
     )
     .await;
     push_image(
@@ -39,13 +29,7 @@ async fn seed_corpus(upstream: &Registry) -> Vec<String> {
         ImageSpec::new(Format::Docker, vec![base.clone(), layer(103, 4_000)]),
     )
     .await;
-    let cache = push_image(
-        upstream,
-        "library/cache",
-        "7.2",
-        ImageSpec::new(Format::Oci, vec![layer(104, 6_000)]),
-    )
-    .await;
+    let cache = push_image(upstream, "library/cache", "7.2", oci_image(104, 6_000)).await;
     push_manifest(
         upstream,
         "library/cache",
@@ -183,13 +167,7 @@ async fn moved_tag_pulls_only_its_changed_layers() {
         ImageSpec::new(Format::Oci, vec![base.clone(), layer(201, 10_000)]),
     )
     .await;
-    push_image(
-        &upstream,
-        "library/other",
-        "1",
-        ImageSpec::new(Format::Oci, vec![layer(202, 10_000)]),
-    )
-    .await;
+    push_image(&upstream, "library/other", "1", oci_image(202, 10_000)).await;
     let scenario = Scenario::registry_to_registry(
         &upstream,
         &target,
@@ -281,13 +259,7 @@ async fn plan_reports_changes_and_writes_nothing() {
     );
 
     scenario.sync().await.assert_code(0);
-    push_image(
-        &upstream,
-        "library/worker",
-        "2",
-        ImageSpec::new(Format::Docker, vec![layer(300, 5_000)]),
-    )
-    .await;
+    push_image(&upstream, "library/worker", "2", docker_image(300, 5_000)).await;
     let out = scenario.plan().await;
     out.assert_code(0);
     assert!(
@@ -307,13 +279,7 @@ async fn plan_reports_changes_and_writes_nothing() {
 async fn a_missing_upstream_tag_fails_alone() {
     let upstream = Registry::start().await;
     let target = Registry::start().await;
-    push_image(
-        &upstream,
-        "library/good",
-        "1",
-        ImageSpec::new(Format::Oci, vec![layer(400, 3_000)]),
-    )
-    .await;
+    push_image(&upstream, "library/good", "1", oci_image(400, 3_000)).await;
     let missing = upstream.image_ref("library/good", "does-not-exist");
     let scenario = Scenario::registry_to_registry(
         &upstream,
@@ -380,13 +346,7 @@ async fn the_first_head_stands_in_for_the_ping_of_a_host_without_credentials() {
         ..Default::default()
     })
     .await;
-    let img = push_image(
-        &secured,
-        "lib/tok",
-        "a",
-        ImageSpec::new(Format::Oci, vec![layer(120, 20_000)]),
-    )
-    .await;
+    let img = push_image(&secured, "lib/tok", "a", oci_image(120, 20_000)).await;
     let anonymous =
         Scenario::registry_to_registry(&secured, &target, "", &[secured.image_ref("lib/tok", "a")]);
     token_server.clear_requests();

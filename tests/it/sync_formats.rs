@@ -47,7 +47,7 @@ async fn single_arch_oci_and_docker_schema2_images_are_mirrored_exactly() {
         &upstream,
         "team/dockerimage",
         "2.1",
-        ImageSpec::new(Format::Docker, vec![layer(3, 20_000)]),
+        docker_image(3, 20_000),
     )
     .await;
 
@@ -107,57 +107,30 @@ async fn multi_arch_index_with_attestations_and_docker_manifest_list() {
     let upstream = Registry::start().await;
     let target = Registry::start().await;
     let base = layer(10, 40_000);
-    let amd = push_image(
-        &upstream,
-        "library/multi",
-        None,
-        ImageSpec::new(Format::Oci, vec![base.clone(), layer(11, 3_000)]),
-    )
-    .await;
-    let arm = push_image(
-        &upstream,
-        "library/multi",
-        None,
-        ImageSpec::new(Format::Oci, vec![base.clone(), layer(12, 3_000)])
-            .platform("linux/arm64/v8"),
-    )
-    .await;
-    let amd_att = attestation_manifest(&upstream, "library/multi", &amd).await;
-    let arm_att = attestation_manifest(&upstream, "library/multi", &arm).await;
-    let index = push_index(
+    let index = push_multi_arch(
         &upstream,
         "library/multi",
         "3",
         Format::Oci,
-        &[
-            (amd.clone(), None),
-            (arm.clone(), None),
-            (amd_att, None),
-            (arm_att, None),
-        ],
+        (
+            ImageSpec::new(Format::Oci, vec![base.clone(), layer(11, 3_000)]),
+            ImageSpec::new(Format::Oci, vec![base.clone(), layer(12, 3_000)])
+                .platform("linux/arm64/v8"),
+        ),
+        &[0, 1],
     )
-    .await;
-
-    let d_amd = push_image(
-        &upstream,
-        "library/list",
-        None,
-        ImageSpec::new(Format::Docker, vec![layer(20, 9_000)]),
-    )
-    .await;
-    let d_arm = push_image(
-        &upstream,
-        "library/list",
-        None,
-        ImageSpec::new(Format::Docker, vec![layer(21, 9_000)]).platform("linux/arm/v7"),
-    )
-    .await;
-    push_index(
+    .await
+    .index;
+    push_multi_arch(
         &upstream,
         "library/list",
         "stable",
         Format::Docker,
-        &[(d_amd, None), (d_arm, None)],
+        (
+            docker_image(20, 9_000),
+            docker_image(21, 9_000).platform("linux/arm/v7"),
+        ),
+        &[],
     )
     .await;
 
@@ -198,35 +171,24 @@ async fn multi_arch_index_with_attestations_and_docker_manifest_list() {
 async fn platform_filter_keeps_only_chosen_platforms_and_their_attestations() {
     let upstream = Registry::start().await;
     let target = Registry::start().await;
-    let amd = push_image(
-        &upstream,
-        "library/app",
-        None,
-        ImageSpec::new(Format::Oci, vec![layer(30, 50_000)]),
-    )
-    .await;
-    let arm = push_image(
-        &upstream,
-        "library/app",
-        None,
-        ImageSpec::new(Format::Oci, vec![layer(31, 60_000)]).platform("linux/arm64/v8"),
-    )
-    .await;
-    let arm_att = attestation_manifest(&upstream, "library/app", &arm).await;
-    let amd_att = attestation_manifest(&upstream, "library/app", &amd).await;
-    let index = push_index(
+    let MultiArch {
+        first: amd,
+        second: arm,
+        attestations,
+        index,
+    } = push_multi_arch(
         &upstream,
         "library/app",
         "1",
         Format::Oci,
-        &[
-            (amd.clone(), None),
-            (arm.clone(), None),
-            (amd_att, None),
-            (arm_att.clone(), None),
-        ],
+        (
+            oci_image(30, 50_000),
+            oci_image(31, 60_000).platform("linux/arm64/v8"),
+        ),
+        &[0, 1],
     )
     .await;
+    let arm_att = &attestations[1];
     let entry = format!(
         "{{ source: \"{}\", tags: [\"1\"], platforms: [linux/arm64] }}",
         upstream.image_ref("library/app", "").trim_end_matches(':')
@@ -275,35 +237,20 @@ async fn platform_filter_keeps_only_chosen_platforms_and_their_attestations() {
 #[tokio::test(flavor = "multi_thread")]
 async fn oci_layout_target_needs_no_registry_and_reads_back_with_skopeo() {
     let upstream = Registry::start().await;
-    let amd = push_image(
-        &upstream,
-        "library/tool",
-        None,
-        ImageSpec::new(Format::Oci, vec![layer(40, 10_000)]),
-    )
-    .await;
-    let arm = push_image(
-        &upstream,
-        "library/tool",
-        None,
-        ImageSpec::new(Format::Oci, vec![layer(41, 10_000)]).platform("linux/arm64"),
-    )
-    .await;
-    let index = push_index(
+    let index = push_multi_arch(
         &upstream,
         "library/tool",
         "2",
         Format::Oci,
-        &[(amd, None), (arm, None)],
+        (
+            oci_image(40, 10_000),
+            oci_image(41, 10_000).platform("linux/arm64"),
+        ),
+        &[],
     )
-    .await;
-    let single = push_image(
-        &upstream,
-        "team/single",
-        "v1",
-        ImageSpec::new(Format::Docker, vec![layer(42, 7_000)]),
-    )
-    .await;
+    .await
+    .index;
+    let single = push_image(&upstream, "team/single", "v1", docker_image(42, 7_000)).await;
 
     let layout = tempfile::tempdir().unwrap();
     let scenario = Scenario::registry_to_layout(

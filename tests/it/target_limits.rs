@@ -188,16 +188,11 @@ async fn target_concurrency_bounds_uploads_in_flight() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let config = |target_extra: &str, repo: &str| {
-        write_config(
-            dir.path(),
-            &format!(
-                "target:\n  registry: \"{t}\"\n  insecure: true\n{target_extra}\
-                 registries:\n  \"{p}\": {{ insecure: true }}\n\
-                 images:\n  - {p}/{repo}:1\n",
-                t = target.host(),
-                p = proxy.host(),
-            ),
-        )
+        ConfigYaml::to_registry(&target.host())
+            .target_lines(target_extra)
+            .upstream(&proxy.host())
+            .images(&[proxy.image_ref(repo, "1")])
+            .write(dir.path())
     };
 
     // Control: with the default (32), several uploads are open at once, so the count sees
@@ -239,13 +234,7 @@ async fn target_concurrency_bounds_uploads_in_flight() {
 /// wrongly started would run until killed).
 async fn refused(args: &[&str], env: &[(&str, &str)], flag: &str) {
     let upstream = Registry::start().await;
-    push_image(
-        &upstream,
-        "team/app",
-        "1.0",
-        ImageSpec::new(Format::Oci, vec![layer(9, 1024)]),
-    )
-    .await;
+    push_image(&upstream, "team/app", "1.0", oci_image(9, 1024)).await;
     let dir = tempfile::tempdir().unwrap();
     let mirror = dir.path().join("mirror");
     let config = write_config(

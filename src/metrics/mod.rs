@@ -157,7 +157,7 @@ const RATELIMIT_SEEN: &str = "mirrorsync_ratelimit_remaining_timestamp_seconds";
 /// What the registry's series cannot answer cheaply: which tags have series (to drop them), and
 /// the values read back by callers.
 #[derive(Debug, Default)]
-struct Tags {
+struct Recorded {
     lag: BTreeMap<(String, String), f64>,
     last_success: Option<f64>,
     /// `tag_series: out_of_sync`: per-tag series only for tags not in sync.
@@ -190,7 +190,7 @@ pub struct Metrics {
     ratelimit_seen: GaugeVec,
     run_tags_failed: IntGaugeVec,
     upload_flow: IntGaugeVec,
-    tags: Mutex<Tags>,
+    recorded: Mutex<Recorded>,
     /// One per named target of a run over several (`target_name` label).
     children: Mutex<Vec<(String, Arc<Metrics>)>>,
 }
@@ -374,7 +374,7 @@ impl Metrics {
                 "1 for the blob upload flow the target registry ended the last run on: put-with-body (ours), patch-then-put (the closing PUT refused a body), single-patch (Content-Range refused: the Docker client's flow); 0 for the others.",
                 &["registry", "flow"],
             ),
-            tags: Mutex::new(Tags::default()),
+            recorded: Mutex::new(Recorded::default()),
             children: Mutex::default(),
             registry: r,
         };
@@ -391,9 +391,9 @@ impl Metrics {
         m
     }
 
-    fn tags(&self) -> MutexGuard<'_, Tags> {
+    fn recorded(&self) -> MutexGuard<'_, Recorded> {
         // A panic elsewhere while holding the lock leaves consistent plain data: keep going.
-        self.tags.lock().unwrap_or_else(|p| p.into_inner())
+        self.recorded.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Records the end of a run: its duration, the number of tags per result (results not
@@ -476,8 +476,8 @@ impl Metrics {
     /// Seeds `mirrorsync_run_last_success_timestamp_seconds`, e.g. from state persisted by an
     /// earlier run.
     pub fn set_last_success(&self, ts: f64) {
-        let mut tags = self.tags();
-        tags.last_success = Some(ts);
+        let mut recorded = self.recorded();
+        recorded.last_success = Some(ts);
         self.run_last_success.with_label_values::<&str>(&[]).set(ts);
     }
 
@@ -561,8 +561,6 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
-    use std::time::Duration;
 
     const GOLDEN: &str = r#"# HELP mirrorsync_blobs_total Blobs handled, by action: copied from upstream, mounted from another repository of the target, or already present.
 # TYPE mirrorsync_blobs_total counter
@@ -755,7 +753,7 @@ mirrorsync_tag_last_synced_timestamp_seconds{source="docker.io/library/redis:7.2
                 .contains("mirrorsync_run_last_success_timestamp_seconds 100\n")
         );
         m.record_run(2.0, &[(TagRunResult::Synced, 3)], Some(200.0));
-        assert_eq!(m.tags().last_success, Some(200.0));
+        assert_eq!(m.recorded().last_success, Some(200.0));
         m.record_run(3.0, &[(TagRunResult::Deferred, 1)], None);
         let text = m.render();
         assert!(text.contains("mirrorsync_run_last_success_timestamp_seconds 200\n"));
@@ -907,10 +905,10 @@ mirrorsync_tag_last_synced_timestamp_seconds{source="docker.io/library/redis:7.2
         assert!(!text.contains("source=\"a\""), "{text}");
         assert!(!text.contains("source=\"c\""), "{text}");
         assert_eq!(
-            m.tags().lag.get(&("b".into(), "mb".into())).copied(),
+            m.recorded().lag.get(&("b".into(), "mb".into())).copied(),
             Some(5.0)
         );
-        assert_eq!(m.tags().lag.get(&("a".into(), "ma".into())), None);
+        assert_eq!(m.recorded().lag.get(&("a".into(), "ma".into())), None);
         m.retain_tags(&|_, _| false);
         let text = m.render();
         assert!(
@@ -941,227 +939,5 @@ mirrorsync_tag_last_synced_timestamp_seconds{source="docker.io/library/redis:7.2
         assert!(text.contains(
             "mirrorsync_http_requests_total{code=\"200\",method=\"GET\",registry=\"r\"} 8000\n"
         ));
-    }
-
-    async fn http_get(addr: std::net::SocketAddr, raw: &[u8]) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(raw).await.unwrap();
-        let mut out = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-            .await
-            .unwrap()
-            .unwrap();
-        String::from_utf8_lossy(&out).into_owned()
-    }
-
-    /// Kills the child process when dropped, so a failing assertion does not leave it running.
-    struct KillOnDrop(std::process::Child);
-
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-
-    fn promtool_check(text: &str) {
-        use std::io::Write as _;
-        let mut child = std::process::Command::new("/usr/bin/promtool")
-            .args(["check", "metrics"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("run promtool");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            out.status.success(),
-            "promtool check metrics failed:\n{said}\n{text}"
-        );
-        assert!(said.trim().is_empty(), "promtool complained:\n{said}");
-    }
-
-    #[tokio::test]
-    async fn promtool_and_real_pushgateway() {
-        let promtool = Path::new("/usr/bin/promtool");
-        let gateway = Path::new("/usr/bin/prometheus-pushgateway");
-        assert!(
-            promtool.exists() && gateway.exists(),
-            "/usr/bin/promtool or /usr/bin/prometheus-pushgateway is absent \
-             (apt-get install prometheus prometheus-pushgateway; scripts/test does)"
-        );
-        let _ = rustls::crypto::ring::default_provider().install_default();
-
-        let m = populated();
-        let text = m.render();
-        promtool_check(&text);
-        promtool_check(&Metrics::new().render());
-
-        // What /metrics serves and what a textfile holds pass too.
-        let (addr, task) = serve(
-            "127.0.0.1:0".parse().unwrap(),
-            m.clone(),
-            Arc::new(|| Ok(())),
-        )
-        .await
-        .unwrap();
-        let served = http_get(addr, b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n").await;
-        task.abort();
-        promtool_check(served.split_once("\r\n\r\n").unwrap().1);
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("mirrorsync.prom");
-        write_textfile(&file, &text).unwrap();
-        promtool_check(&std::fs::read_to_string(&file).unwrap());
-
-        // A real Pushgateway on a free loopback port.
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let _gw = KillOnDrop(
-            std::process::Command::new(gateway)
-                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("start prometheus-pushgateway"),
-        );
-        let base = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let ready = http.get(format!("{base}/-/ready")).send().await;
-            if matches!(&ready, Ok(r) if r.status().is_success()) {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "pushgateway not ready"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-
-        // Credentials in the URL are sent as basic auth (this gateway ignores them).
-        let with_creds = format!("http://robot:pw@127.0.0.1:{port}/");
-        push(
-            &http,
-            &with_creds,
-            &[("instance", "ns/pod-1")],
-            text.clone(),
-        )
-        .await
-        .unwrap();
-
-        let v: serde_json::Value = http
-            .get(format!("{base}/api/v1/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(v["status"], "success", "{v}");
-        let groups = v["data"].as_array().unwrap();
-        let group = groups
-            .iter()
-            .find(|g| g["labels"]["instance"] == "ns/pod-1")
-            .unwrap_or_else(|| panic!("group not found: {v}"));
-        assert_eq!(group["labels"]["job"], "mirrorsync", "{group}");
-        assert_eq!(group["last_push_successful"], true, "{group}");
-        let expect = [
-            (RUN_LAST_SUCCESS, "gauge"),
-            (RUN_DURATION, "gauge"),
-            (RUN_TAGS, "gauge"),
-            (TAG_IN_SYNC, "gauge"),
-            (TAG_LAST_SYNCED, "gauge"),
-            (TAG_LAG, "gauge"),
-            (BLOBS, "counter"),
-            (BYTES_COPIED, "counter"),
-            (HTTP_REQUESTS, "counter"),
-            (RATELIMIT_REMAINING, "gauge"),
-            (SKIPPED_PASSES, "counter"),
-            (PROCESS_START, "gauge"),
-            (RUNS, "counter"),
-            (CONFIG_RELOAD_OK, "gauge"),
-            (CONFIG_RELOAD_TIME, "gauge"),
-        ];
-        for (name, kind) in expect {
-            let fam = &group[name];
-            assert!(fam.is_object(), "{name} missing from {group}");
-            assert_eq!(
-                fam["type"].as_str().unwrap_or("").to_ascii_lowercase(),
-                kind,
-                "{name}: {fam}"
-            );
-            let help = fam["help"].as_str().unwrap_or("");
-            assert!(
-                !help.is_empty() && text.contains(&format!("# HELP {name} {help}\n")),
-                "{name} help: {fam}"
-            );
-        }
-        let lag = group[TAG_LAG]["metrics"].as_array().unwrap();
-        let odd = lag
-            .iter()
-            .find(|s| s["labels"]["target"] == "t")
-            .unwrap_or_else(|| panic!("{lag:?}"));
-        assert_eq!(odd["labels"]["source"], "odd\\name \"quoted\"\nline");
-        assert_eq!(odd["value"], "1.5");
-        let tags = &group[RUN_TAGS]["metrics"];
-        assert_eq!(tags.as_array().unwrap().len(), 4, "{tags}");
-
-        // An empty grouping value uses the base64 form.
-        push(&http, &base, &[("instance", "")], Metrics::new().render())
-            .await
-            .unwrap();
-        let v: serde_json::Value = http
-            .get(format!("{base}/api/v1/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let empty = v["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|g| g["labels"]["instance"] == "")
-            .unwrap_or_else(|| panic!("group with empty instance not found: {v}"));
-        assert_eq!(empty[SKIPPED_PASSES]["type"], "COUNTER", "{empty}");
-
-        // A body the gateway rejects: the error names the URL and status with the body.
-        let err = push(
-            &http,
-            &with_creds,
-            &[("instance", "bad")],
-            "not a metric line {\n".to_string(),
-        )
-        .await
-        .unwrap_err();
-        let msg = err.to_string();
-        assert!(
-            matches!(err, push::MetricsError::Status { status: 400, .. }),
-            "{msg}"
-        );
-        assert!(
-            msg.contains(&format!(
-                "http://127.0.0.1:{port}/metrics/job/mirrorsync/instance/bad"
-            )),
-            "{msg}"
-        );
-        assert!(!msg.contains("pw"), "{msg}");
-        println!("pushgateway round trip checked on port {port}; rejected push said: {msg}");
     }
 }

@@ -147,14 +147,14 @@ impl Engine {
             if let Some(length) = response.content_length()
                 && length != blob.size
             {
-                let e = format!(
-                    "{} sent Content-Length {length} for blob {}, whose descriptor says {}",
-                    client.host(),
-                    blob.digest,
-                    blob.size
-                );
+                let e = SyncError::BlobLength {
+                    host: client.host().to_string(),
+                    digest: blob.digest.clone(),
+                    sent: length,
+                    expected: blob.size,
+                };
                 if upstream.is_origin(source) {
-                    return Err(SyncError::Other(e));
+                    return Err(e);
                 }
                 last_error = Some(e);
                 continue;
@@ -219,14 +219,12 @@ impl Engine {
                 }
                 Err(e) if !upstream.is_origin(source) => {
                     tracing::info!(mirror = client.host(), digest = %blob.digest, error = %e, "copy from mirror failed; trying the next source");
-                    last_error = Some(e.to_string());
+                    last_error = Some(SyncError::Mirror(e.to_string()));
                 }
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(SyncError::Other(
-            last_error.unwrap_or_else(|| "no source for blob".into()),
-        ))
+        Err(last_error.unwrap_or(SyncError::NoBlobSource))
     }
 
     /// With several targets: the blob from the run's spool, downloaded once for all of them
@@ -250,7 +248,7 @@ impl Engine {
             let Some(stream) = spool
                 .open(&blob.digest, blob.size, download)
                 .await
-                .map_err(SyncError::Other)?
+                .map_err(SyncError::Spool)?
             else {
                 return Ok(false);
             };
@@ -300,10 +298,7 @@ impl Engine {
 
     /// One of the `target.concurrency` blob writes to the target allowed at once.
     async fn target_write_slot(&self) -> Result<SemaphorePermit<'_>, SyncError> {
-        self.target_writes
-            .acquire()
-            .await
-            .map_err(|e| SyncError::Other(e.to_string()))
+        self.target_writes.acquire().await.map_err(SyncError::from)
     }
 
     /// A blob another target repository holds: mount it, or, when the registry refuses mounts,

@@ -85,9 +85,10 @@ impl Engine {
             .await?
         {
             Some(found) if found.digest == *digest => Ok(Arc::new(found)),
-            _ => Err(SyncError::Other(format!(
-                "manifest {digest} was copied by another tag of this run, which did not push it to {repository}"
-            ))),
+            _ => Err(SyncError::SharedManifestMissing {
+                digest: digest.clone(),
+                repository: repository.to_string(),
+            }),
         }
     }
 
@@ -99,9 +100,9 @@ impl Engine {
         depth: usize,
     ) -> Result<FetchedManifest, SyncError> {
         if depth > MAX_INDEX_DEPTH {
-            return Err(SyncError::Other(format!(
-                "manifest {digest}: indexes nested deeper than {MAX_INDEX_DEPTH} levels"
-            )));
+            return Err(SyncError::IndexTooDeep {
+                digest: digest.clone(),
+            });
         }
         let fetched = self.fetch_manifest(route, digest).await?;
         // Held until its children and blobs are copied: bounded for the run as a whole.
@@ -153,8 +154,10 @@ impl Engine {
                     .await;
                 results.into_iter().collect::<Result<Vec<()>, _>>()?;
                 if self.converts_to_oci() && rewrite::needs_oci_conversion(&fetched.media_type) {
-                    return rewrite::convert_image(&fetched)
-                        .map_err(|e| SyncError::Other(format!("manifest {digest}: {e}")));
+                    return rewrite::convert_image(&fetched).map_err(|reason| SyncError::Rewrite {
+                        digest: digest.clone(),
+                        reason,
+                    });
                 }
                 Ok(fetched)
             }
@@ -182,9 +185,12 @@ impl Engine {
                     replacements: &replacements,
                     to_oci: self.converts_to_oci(),
                 };
-                match rewrite::rewrite_index(&fetched, &manifests, &how)
-                    .map_err(|e| SyncError::Other(format!("manifest {digest}: {e}")))?
-                {
+                match rewrite::rewrite_index(&fetched, &manifests, &how).map_err(|reason| {
+                    SyncError::Rewrite {
+                        digest: digest.clone(),
+                        reason,
+                    }
+                })? {
                     Some(rewritten) => Ok(rewritten),
                     None => Ok(fetched),
                 }
@@ -243,7 +249,9 @@ impl Engine {
                 }
             }
         }
-        Err(SyncError::Other(format!("no source for manifest {digest}")))
+        Err(SyncError::NoManifestSource {
+            digest: digest.clone(),
+        })
     }
 
     /// Makes one child manifest of an index present at the target, by digest. Records what it

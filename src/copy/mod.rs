@@ -17,6 +17,7 @@
 mod backup;
 mod blobs;
 mod download;
+mod error;
 pub mod hub;
 mod inspect;
 mod ledger;
@@ -40,19 +41,20 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, SyncItem, TargetKind};
-use crate::manifest::ManifestError;
-use crate::outcome::{CopyStats, FailureCause, TagOutcome, TagResult};
+use crate::outcome::{CopyStats, TagOutcome, TagResult};
 use crate::reference::Digest;
 use crate::registry::{
-    CredentialStore, EndpointError, HostLimits, LimitSettings, RegistryClient, RegistryError,
-    RequestObserver, RetryPolicy, Usage,
+    CredentialStore, EndpointError, HostLimits, LimitSettings, RegistryClient, RequestObserver,
+    RetryPolicy, Usage,
 };
 use crate::signals::RunControl;
-use crate::target::{OciLayout, Target, TargetError};
+use crate::target::{OciLayout, Target};
 use inspect::{Change, Inspection};
 use ledger::{BlobLedger, ManifestBudget, ManifestLedger};
 use manifests::Route;
 use upstream::{Upstream, UpstreamRef};
+
+pub use error::SyncError;
 
 /// Indexes may nest; deeper than this is refused rather than followed.
 const MAX_INDEX_DEPTH: usize = 4;
@@ -64,51 +66,6 @@ const BLOBS_PER_MANIFEST: usize = 8;
 /// and a no-op run is round trips only.
 fn inspections_at_once(concurrency: usize) -> usize {
     concurrency.saturating_mul(2)
-}
-
-/// Why one tag could not be synced.
-#[derive(Debug, thiserror::Error)]
-pub enum SyncError {
-    #[error("upstream {host}: {source}")]
-    Upstream {
-        host: String,
-        #[source]
-        source: Box<RegistryError>,
-    },
-    #[error("{0}")]
-    Target(#[from] TargetError),
-    #[error("manifest {digest}: {source}")]
-    Manifest {
-        digest: Digest,
-        #[source]
-        source: ManifestError,
-    },
-    #[error("not found upstream: {0}")]
-    NotFound(String),
-    /// Not a failure: the tag is left for a later run (quota reserve reached, stop requested).
-    #[error("deferred: {0}")]
-    Deferred(String),
-    /// The same error, met by another tag that shared this work.
-    #[error("{0}")]
-    Shared(Arc<SyncError>),
-    #[error("{0}")]
-    Other(String),
-    /// The target refused something for a reason the user can act on, said in words.
-    #[error("{message}")]
-    Refused {
-        cause: FailureCause,
-        message: String,
-    },
-}
-
-impl SyncError {
-    fn deferred_reason(&self) -> Option<&str> {
-        match self {
-            SyncError::Deferred(reason) => Some(reason),
-            SyncError::Shared(inner) => inner.deferred_reason(),
-            _ => None,
-        }
-    }
 }
 
 /// Whether the engine copies or only reports what it would copy.
@@ -190,8 +147,7 @@ impl Engine {
         index: usize,
     ) -> Result<Self, SyncError> {
         let retry = RetryPolicy::default();
-        let credentials = CredentialStore::load(config.docker_config.as_deref())
-            .map_err(|e| SyncError::Other(e.to_string()))?;
+        let credentials = CredentialStore::load(config.docker_config.as_deref())?;
         let target = match &config.target.kind {
             TargetKind::Registry(endpoint) => {
                 let usage = Usage {
@@ -211,7 +167,7 @@ impl Engine {
                     .await
                     .map_err(|e| match e {
                         EndpointError::Client(e) => SyncError::Target(e.into()),
-                        other => SyncError::Other(other.to_string()),
+                        other => SyncError::Endpoint(other),
                     })?;
                 client.learned().set_chunk_size(config.target.chunk_size);
                 Target::Registry(Box::new(client))
@@ -544,7 +500,7 @@ impl Engine {
             return Ok(Arc::clone(existing));
         }
         let settings =
-            (self.hub.layouts.settings(registry, &self.config).await).map_err(SyncError::Other)?;
+            (self.hub.layouts.settings(registry, &self.config).await).map_err(SyncError::Layout)?;
         let mut built = Upstream::build(
             registry,
             &settings,

@@ -356,9 +356,10 @@ impl Engine {
         let mut entries = match present {
             Some(_) => match self.target.get_manifest(repository, &tag).await? {
                 Some(existing) => registry::index_entries(&existing.bytes).ok_or_else(|| {
-                    SyncError::Other(format!(
-                        "{repository}:{tag} exists and is not an OCI index; left as it is"
-                    ))
+                    SyncError::NotAnIndex {
+                        repository: repository.to_string(),
+                        tag: tag.to_string(),
+                    }
                 })?,
                 None => Vec::new(),
             },

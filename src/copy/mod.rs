@@ -38,6 +38,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, SyncItem, TargetKind};
@@ -66,6 +67,25 @@ const BLOBS_PER_MANIFEST: usize = 8;
 /// and a no-op run is round trips only.
 fn inspections_at_once(concurrency: usize) -> usize {
     concurrency.saturating_mul(2)
+}
+
+/// Items in the order their copies start: the longest-pending first (`priority`: since when a
+/// tag is pending, lower first), then list order.
+fn copy_order(items: &[SyncItem], priority: &HashMap<String, i64>) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by_key(|i| {
+        let since = priority.get(&item_key(&items[*i])).copied();
+        (since.unwrap_or(i64::MAX), *i)
+    });
+    order
+}
+
+/// The slots one tag holds or waits for: its inspection slot, its turn in priority order, and
+/// the run's copy slots.
+struct CopySlots {
+    inspecting: OwnedSemaphorePermit,
+    turn: pool::Turn,
+    copies: Arc<Semaphore>,
 }
 
 /// Whether the engine copies or only reports what it would copy.
@@ -335,12 +355,8 @@ impl Engine {
         control: &RunControl,
     ) -> Vec<(Option<Digest>, TagOutcome)> {
         let run_started = Instant::now();
-        let mut order: Vec<usize> = (0..items.len()).collect();
-        order.sort_by_key(|i| {
-            let since = priority.get(&item_key(&items[*i])).copied();
-            (since.unwrap_or(i64::MAX), *i)
-        });
-        let copies = Arc::new(tokio::sync::Semaphore::new(self.config.concurrency.max(1)));
+        let order = copy_order(items, priority);
+        let copies = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         let turns = Arc::new(pool::Turns::default());
         let width = inspections_at_once(self.config.concurrency);
         let done = self
@@ -351,57 +367,14 @@ impl Engine {
                 width,
                 |engine, item, k, inspecting| {
                     let counters = Arc::clone(&counters[order[k]]);
-                    let (copies, stop) = (Arc::clone(&copies), control.stop.clone());
                     // Passed once this tag has its copy slot or needs none (or is dropped).
                     let turn = pool::Turn::new(Arc::clone(&turns), k);
-                    async move {
-                        let started = Instant::now();
-                        let inspection = engine.inspect(&item).await;
-                        let result = match inspection {
-                            Inspection::Done(result) => {
-                                drop(inspecting);
-                                drop(turn);
-                                let found = match &result {
-                                    TagResult::Unchanged { digest } => Some(digest.clone()),
-                                    _ => None,
-                                };
-                                (found, result)
-                            }
-                            Inspection::Changed(change) => {
-                                if engine.mode == Mode::Sync {
-                                    change.upstream.tag_changed();
-                                }
-                                let slot = tokio::select! {
-                                    slot = async {
-                                        turn.wait().await;
-                                        copies.acquire_owned().await.ok()
-                                    } => slot,
-                                    _ = stop.cancelled() => None,
-                                };
-                                // The inspection slot is kept until the copy slot is taken:
-                                // inspection runs ahead of the copies by a bounded number of tags,
-                                // so the tags (and memory) waiting for a copy stay bounded too.
-                                drop(inspecting);
-                                drop(turn);
-                                let found = Some(change.digest.clone());
-                                match slot {
-                                    Some(_slot) => {
-                                        counters.started.store(true, Ordering::Relaxed);
-                                        (found, engine.copy_tag(&item, change, &counters).await)
-                                    }
-                                    None => (found, deferred("stopped before the copy started")),
-                                }
-                            }
-                        };
-                        engine.progress.tags_done.fetch_add(1, Ordering::Relaxed);
-                        let (found, result) = result;
-                        // Announced the moment it finishes, with its own duration.
-                        let took = started.elapsed();
-                        (
-                            found,
-                            engine.announce(&item, result, counters.snapshot(), took),
-                        )
-                    }
+                    let slots = CopySlots {
+                        inspecting,
+                        turn,
+                        copies: Arc::clone(&copies),
+                    };
+                    engine.inspect_and_copy(item, counters, slots, control.stop.clone())
                 },
             )
             .await;
@@ -409,12 +382,12 @@ impl Engine {
             (0..items.len()).map(|_| None).collect();
         for (k, result) in done.into_iter().enumerate() {
             let i = order[k];
+            let took = run_started.elapsed();
             out[i] = Some(match result {
                 Some(Ok(found)) => found,
                 // Not started, or abandoned at the end of the grace period: announced now.
                 None => {
                     let reason = self.unfinished_reason(&counters[i], control);
-                    let took = run_started.elapsed();
                     let outcome =
                         self.announce(&items[i], deferred(&reason), counters[i].snapshot(), took);
                     (None, outcome)
@@ -424,7 +397,6 @@ impl Engine {
                         error,
                         cause: Default::default(),
                     };
-                    let took = run_started.elapsed();
                     (
                         None,
                         self.announce(&items[i], result, counters[i].snapshot(), took),
@@ -433,6 +405,65 @@ impl Engine {
             });
         }
         out.into_iter().flatten().collect()
+    }
+
+    /// One tag's whole turn: inspected, then, changed, copied once its copy slot comes (in
+    /// priority order); announced the moment it finishes, with its own duration.
+    async fn inspect_and_copy(
+        self: Arc<Self>,
+        item: SyncItem,
+        counters: Arc<Counters>,
+        slots: CopySlots,
+        stop: CancellationToken,
+    ) -> (Option<Digest>, TagOutcome) {
+        let CopySlots {
+            inspecting,
+            turn,
+            copies,
+        } = slots;
+        let started = Instant::now();
+        let (found, result) = match self.inspect(&item).await {
+            Inspection::Done(result) => {
+                drop(inspecting);
+                drop(turn);
+                let found = match &result {
+                    TagResult::Unchanged { digest } => Some(digest.clone()),
+                    _ => None,
+                };
+                (found, result)
+            }
+            Inspection::Changed(change) => {
+                if self.mode == Mode::Sync {
+                    change.upstream.tag_changed();
+                }
+                let slot = tokio::select! {
+                    slot = async {
+                        turn.wait().await;
+                        copies.acquire_owned().await.ok()
+                    } => slot,
+                    _ = stop.cancelled() => None,
+                };
+                // The inspection slot is kept until the copy slot is taken: inspection runs
+                // ahead of the copies by a bounded number of tags, so the tags (and memory)
+                // waiting for a copy stay bounded too.
+                drop(inspecting);
+                drop(turn);
+                let found = Some(change.digest.clone());
+                match slot {
+                    Some(_slot) => {
+                        counters.started.store(true, Ordering::Relaxed);
+                        (found, self.copy_tag(&item, change, &counters).await)
+                    }
+                    None => (found, deferred("stopped before the copy started")),
+                }
+            }
+        };
+        self.progress.tags_done.fetch_add(1, Ordering::Relaxed);
+        let took = started.elapsed();
+        (
+            found,
+            self.announce(&item, result, counters.snapshot(), took),
+        )
     }
 
     /// Copies one changed tag: content first, the tag last.

@@ -61,14 +61,6 @@ impl ConfigError {
             ConfigError::Invalid { key, .. } => key,
         }
     }
-
-    /// `(line, column)` of an [`ConfigError::Invalid`] error, when known.
-    pub fn line_column(&self) -> Option<(u64, u64)> {
-        match self {
-            ConfigError::Invalid { line, column, .. } if *line > 0 => Some((*line, *column)),
-            _ => None,
-        }
-    }
 }
 
 /// Builds [`ConfigError::Invalid`] for one file; shared by parsing and validation.

@@ -35,6 +35,13 @@ struct EntryParts {
     selection: Option<(Vec<TagFilter>, Expanded, Vec<String>)>,
 }
 
+/// The items so far, with where each target `repo:tag` (or `repo@digest`) is written from.
+#[derive(Default)]
+struct Placed {
+    items: Vec<SyncItem>,
+    targets: HashMap<String, usize>,
+}
+
 impl Validator<'_> {
     pub(super) fn images(
         &self,
@@ -42,10 +49,8 @@ impl Validator<'_> {
         target: &TargetSettings,
         registries: &BTreeMap<String, RegistrySettings>,
     ) -> Result<(Vec<SyncItem>, Vec<TagSelection>), ConfigError> {
-        let mut items = Vec::new();
+        let mut placed = Placed::default();
         let mut selections = Vec::new();
-        // Target "repo:tag" (or "repo@digest") -> the item already mapped there.
-        let mut targets: HashMap<String, usize> = HashMap::new();
         for (i, entry) in entries.iter().enumerate() {
             let key = format!("images[{i}]");
             if !goes_to(&entry.value, target.name.as_deref()) {
@@ -81,48 +86,60 @@ impl Validator<'_> {
                 }
             };
             for e in expanded {
-                let target_repository = self.target_repository(&e, target, registries)?;
-                let Expanded {
-                    source,
-                    at,
-                    key: item_key,
-                    platforms,
-                    options,
-                    ..
-                } = e;
-                let item = SyncItem {
-                    target_tag: source.tag().map(str::to_string),
-                    target_repository,
-                    platforms,
-                    location: self.site.describe(at, &item_key),
-                    source,
-                    options,
-                };
-                let target_key = match (&item.target_tag, item.source.digest()) {
-                    (Some(tag), _) => format!("{}:{tag}", item.target_repository),
-                    (None, Some(d)) => format!("{}@{d}", item.target_repository),
-                    (None, None) => item.target_repository.clone(),
-                };
-                if let Some(&j) = targets.get(&target_key) {
-                    let first: &SyncItem = &items[j];
-                    let message = if first.source == item.source {
-                        format!(
-                            "duplicate entry: {} is already listed at {}",
-                            item.source, first.location
-                        )
-                    } else {
-                        format!(
-                            "{} and {} ({}) both map to target {target_key}; set `target:` on one of them",
-                            item.source, first.source, first.location
-                        )
-                    };
-                    return Err(self.site.at(at, item_key, message));
-                }
-                targets.insert(target_key, items.len());
-                items.push(item);
+                self.place(e, target, registries, &mut placed)?;
             }
         }
-        Ok((items, selections))
+        Ok((placed.items, selections))
+    }
+
+    /// Makes `e` an item, unless another item already writes its target `repo:tag`.
+    fn place(
+        &self,
+        e: Expanded,
+        target: &TargetSettings,
+        registries: &BTreeMap<String, RegistrySettings>,
+        placed: &mut Placed,
+    ) -> Result<(), ConfigError> {
+        let target_repository = self.target_repository(&e, target, registries)?;
+        let Expanded {
+            source,
+            at,
+            key: item_key,
+            platforms,
+            options,
+            ..
+        } = e;
+        let item = SyncItem {
+            target_tag: source.tag().map(str::to_string),
+            target_repository,
+            platforms,
+            location: self.site.describe(at, &item_key),
+            source,
+            options,
+        };
+        let target_key = match (&item.target_tag, item.source.digest()) {
+            (Some(tag), _) => format!("{}:{tag}", item.target_repository),
+            (None, Some(d)) => format!("{}@{d}", item.target_repository),
+            (None, None) => item.target_repository.clone(),
+        };
+        if let Some(&j) = placed.targets.get(&target_key) {
+            let first: &SyncItem = &placed.items[j];
+            let message = if first.source == item.source {
+                format!(
+                    "duplicate entry: {} is already listed at {}",
+                    item.source, first.location
+                )
+            } else {
+                format!(
+                    "{} and {} ({}) both map to target {target_key}; set `target:` on one of them",
+                    item.source, first.source, first.location
+                )
+            };
+            return Err(self.site.at(at, item_key, message));
+        }
+        placed.targets.insert(target_key, placed.items.len());
+        placed.items.push(item);
+        Ok(())
     }
 
     /// `<prefix>/<source repository>`, or the entry's own `target:`.
@@ -274,50 +291,23 @@ impl Validator<'_> {
     /// Expands a mapping entry: one [`Expanded`] per tag, or one for the source's own tag.
     fn full_entry(&self, spec: &RawImageSpec, key: &str) -> Result<EntryParts, ConfigError> {
         let (options, immutable) = self.entry_options(spec, key)?;
-        let is_immutable = |tag: &str| immutable.iter().any(|p| glob_match(p, tag));
         let source_key = format!("{key}.source");
         let source = self.reference(&spec.source.value, spec.source.referenced, &source_key)?;
-        let platforms = match &spec.platforms {
-            Some(list) if list.value.is_empty() => {
-                return Err(self.site.spanned(
-                    list,
-                    format!("{key}.platforms"),
-                    "must list at least one platform, or be left out to copy all",
-                ));
-            }
-            Some(list) => Some(
-                list.value
-                    .iter()
-                    .enumerate()
-                    .map(|(j, p)| {
-                        parse_platform(p.value.trim())
-                            .map_err(|e| self.site.spanned(p, format!("{key}.platforms[{j}]"), e))
-                    })
-                    .collect::<Result<Vec<_>, _>>()?,
-            ),
-            None => None,
-        };
-        let target = match &spec.target {
-            Some(t) => {
-                let repo = t.value.trim();
-                validate_repository(repo)
-                    .map_err(|e| self.site.spanned(t, format!("{key}.target"), e.to_string()))?;
-                Some(repo.to_string())
-            }
-            None => None,
+        let mut entry = Expanded {
+            source,
+            at: spec.source.referenced,
+            key: key.to_string(),
+            platforms: self.entry_platforms(spec, key)?,
+            target: self.entry_target(spec, key)?,
+            options,
         };
         let Some(tags) = &spec.tags else {
-            let mut options = options;
-            options.immutable = source.tag().is_some_and(is_immutable);
+            entry.options.immutable = entry
+                .source
+                .tag()
+                .is_some_and(|tag| is_immutable(&immutable, tag));
             return Ok(EntryParts {
-                fixed: vec![Expanded {
-                    source,
-                    at: spec.source.referenced,
-                    key: key.to_string(),
-                    platforms,
-                    target,
-                    options,
-                }],
+                fixed: vec![entry],
                 selection: None,
             });
         };
@@ -338,11 +328,59 @@ impl Validator<'_> {
                 "must list at least one tag, or be left out for latest",
             ));
         }
-        let mut out = Vec::new();
+        self.entry_tags(entry, &tags.value, immutable)
+    }
+
+    /// An entry's `platforms:`, parsed; `None` to copy all.
+    fn entry_platforms(
+        &self,
+        spec: &RawImageSpec,
+        key: &str,
+    ) -> Result<Option<Vec<Platform>>, ConfigError> {
+        match &spec.platforms {
+            Some(list) if list.value.is_empty() => Err(self.site.spanned(
+                list,
+                format!("{key}.platforms"),
+                "must list at least one platform, or be left out to copy all",
+            )),
+            Some(list) => list
+                .value
+                .iter()
+                .enumerate()
+                .map(|(j, p)| {
+                    parse_platform(p.value.trim())
+                        .map_err(|e| self.site.spanned(p, format!("{key}.platforms[{j}]"), e))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// An entry's own `target:` repository, checked.
+    fn entry_target(&self, spec: &RawImageSpec, key: &str) -> Result<Option<String>, ConfigError> {
+        let Some(t) = &spec.target else {
+            return Ok(None);
+        };
+        let repo = t.value.trim();
+        validate_repository(repo)
+            .map_err(|e| self.site.spanned(t, format!("{key}.target"), e.to_string()))?;
+        Ok(Some(repo.to_string()))
+    }
+
+    /// An entry's `tags:`: one [`Expanded`] per exact tag, and the filters with the entry's
+    /// settings at the first filter.
+    fn entry_tags(
+        &self,
+        entry: Expanded,
+        tags: &[Spanned<RawTag>],
+        immutable: Vec<String>,
+    ) -> Result<EntryParts, ConfigError> {
+        let mut fixed = Vec::new();
         let mut filters = Vec::new();
         let mut first_filter: Option<(Location, String)> = None;
-        for (j, tag) in tags.value.iter().enumerate() {
-            let tag_key = format!("{key}.tags[{j}]");
+        for (j, tag) in tags.iter().enumerate() {
+            let tag_key = format!("{}.tags[{j}]", entry.key);
             let t = match &tag.value {
                 RawTag::Exact(t) => t.trim(),
                 RawTag::Filter(f) => {
@@ -351,38 +389,24 @@ impl Validator<'_> {
                     continue;
                 }
             };
-            let tagged = source
+            let tagged = entry
+                .source
                 .with_tag(t)
                 .map_err(|e| self.site.spanned(tag, &tag_key, e.to_string()))?;
-            let mut options = options.clone();
-            options.immutable = is_immutable(t);
-            out.push(Expanded {
+            let mut options = entry.options.clone();
+            options.immutable = is_immutable(&immutable, t);
+            fixed.push(Expanded {
                 source: tagged,
                 at: tag.referenced,
                 key: tag_key,
-                platforms: platforms.clone(),
-                target: target.clone(),
+                platforms: entry.platforms.clone(),
+                target: entry.target.clone(),
                 options,
             });
         }
-        let selection = first_filter.map(|(at, key)| {
-            (
-                filters,
-                Expanded {
-                    source: source.clone(),
-                    at,
-                    key,
-                    platforms: platforms.clone(),
-                    target: target.clone(),
-                    options: options.clone(),
-                },
-                immutable.clone(),
-            )
-        });
-        Ok(EntryParts {
-            fixed: out,
-            selection,
-        })
+        let selection =
+            first_filter.map(|(at, key)| (filters, Expanded { at, key, ..entry }, immutable));
+        Ok(EntryParts { fixed, selection })
     }
 
     fn reference(&self, text: &str, at: Location, key: &str) -> Result<Reference, ConfigError> {
@@ -400,6 +424,11 @@ impl Validator<'_> {
 /// A backup tag name from its template: `{tag}` and `{date}` (YYYYMMDD, UTC) replaced.
 pub fn expand_backup_tag(template: &str, tag: &str, date: &str) -> String {
     template.replace("{tag}", tag).replace("{date}", date)
+}
+
+/// Whether `tag` matches one of the entry's `immutable:` patterns.
+fn is_immutable(patterns: &[String], tag: &str) -> bool {
+    patterns.iter().any(|p| glob_match(p, tag))
 }
 
 /// Whether a reference names a tag or digest itself (`parse` fills `latest` otherwise).

@@ -13,11 +13,11 @@ use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
 
 use super::error::ErrorSite;
-use super::raw::{RawAuth, RawConfig, RawRegistry, RawTarget};
+use super::raw::{RawAuth, RawConfig, RawImage, RawRegistry};
 use super::values::{check_ca_pem, check_mirror_url, parse_byte_size, resolve_path, trim_prefix};
 use super::{
     Config, ConfigError, Credentials, DEFAULT_CONCURRENCY, DEFAULT_REGISTRY_CONCURRENCY, Endpoint,
-    RegistrySettings, Secret, TagSeries, TargetKind, TargetSettings, api_host, read_password_file,
+    RegistrySettings, Secret, TagSeries, TargetSettings, api_host, read_password_file,
 };
 use crate::reference::{normalize_registry, validate_registry, validate_repository};
 
@@ -65,23 +65,7 @@ pub(super) struct Validator<'a> {
 
 impl Validator<'_> {
     fn config(&self, raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
-        let timezone = match &raw.timezone {
-            Some(tz) if tz.value.trim().is_empty() => {
-                return Err(self.site.spanned(tz, "timezone", "must not be empty"));
-            }
-            Some(tz) => {
-                let name = tz.value.trim();
-                if name.parse::<chrono_tz::Tz>().is_err() {
-                    return Err(self.site.spanned(
-                        tz,
-                        "timezone",
-                        format!("unknown time zone \"{name}\" (use an IANA name such as UTC or Europe/Berlin)"),
-                    ));
-                }
-                name.to_string()
-            }
-            None => "UTC".to_string(),
-        };
+        let timezone = self.timezone(raw.timezone.as_ref())?;
         let schedule = match raw.schedule {
             Some(s) => Some(
                 crate::schedule::Schedule::parse(&s.value, &timezone)
@@ -96,51 +80,10 @@ impl Validator<'_> {
         let targets = self.targets(raw.target.as_ref(), raw.targets.as_ref())?;
         let docker_config = self.docker_config(raw.docker_config.as_ref())?;
         let registries = self.registries(raw.registries.unwrap_or_default().0)?;
-        let Some(images) = raw.images else {
-            return Err(self.missing("images"));
-        };
-        if images.value.is_empty() {
-            return Err(self.site.spanned(
-                &images,
-                "images",
-                "lists no image; add at least one reference such as busybox:1.36",
-            ));
-        }
-        self.check_image_targets(&images.value, &targets)?;
-        let mut plans = Vec::new();
-        for target in targets {
-            let (images, selections) = self.images(&images.value, &target, &registries)?;
-            plans.push(super::TargetPlan {
-                target,
-                images,
-                selections,
-            });
-        }
+        let plans = self.plans(raw.images, targets, &registries)?;
         let first = plans[0].clone();
         let (target, images, selections) = (first.target, first.images, first.selections);
-        let all_items: Vec<_> = plans
-            .iter()
-            .flat_map(|p| p.images.iter().cloned())
-            .collect();
-        let all_selections: Vec<_> = plans
-            .iter()
-            .flat_map(|p| p.selections.iter().cloned())
-            .collect();
-        warn_unused_registries(&registries, &all_items, &all_selections);
-        let tag_series = match &raw.tag_series {
-            None => TagSeries::All,
-            Some(m) => match m.value.trim() {
-                "all" => TagSeries::All,
-                "out_of_sync" => TagSeries::OutOfSync,
-                other => {
-                    return Err(self.site.spanned(
-                        m,
-                        "tag_series",
-                        format!("\"{other}\" is not a series mode (use all or out_of_sync)"),
-                    ));
-                }
-            },
-        };
+        let tag_series = self.tag_series(raw.tag_series.as_ref())?;
         Ok(Config {
             path: path.to_path_buf(),
             schedule,
@@ -157,18 +100,96 @@ impl Validator<'_> {
                 Some(d) => self.path(d, "spool_dir")?,
                 None => std::env::temp_dir(),
             },
-            spool_size: match &raw.spool_size {
-                Some(v) => {
-                    let n = parse_byte_size(&v.value)
-                        .map_err(|e| self.site.spanned(v, "spool_size", e))?;
-                    if n == 0 {
-                        return Err(self.site.spanned(v, "spool_size", "must be above 0"));
-                    }
-                    n
-                }
-                None => super::DEFAULT_SPOOL_SIZE,
-            },
+            spool_size: self.spool_size(raw.spool_size.as_ref())?,
         })
+    }
+
+    /// `timezone:`, an IANA name; UTC when left out.
+    fn timezone(&self, raw: Option<&Spanned<String>>) -> Result<String, ConfigError> {
+        match raw {
+            Some(tz) if tz.value.trim().is_empty() => {
+                Err(self.site.spanned(tz, "timezone", "must not be empty"))
+            }
+            Some(tz) => {
+                let name = tz.value.trim();
+                if name.parse::<chrono_tz::Tz>().is_err() {
+                    return Err(self.site.spanned(
+                        tz,
+                        "timezone",
+                        format!("unknown time zone \"{name}\" (use an IANA name such as UTC or Europe/Berlin)"),
+                    ));
+                }
+                Ok(name.to_string())
+            }
+            None => Ok("UTC".to_string()),
+        }
+    }
+
+    /// `images:` expanded for each target: one plan per target, in the order of `targets:`.
+    fn plans(
+        &self,
+        images: Option<Spanned<Vec<Spanned<RawImage>>>>,
+        targets: Vec<TargetSettings>,
+        registries: &BTreeMap<String, RegistrySettings>,
+    ) -> Result<Vec<super::TargetPlan>, ConfigError> {
+        let Some(images) = images else {
+            return Err(self.missing("images"));
+        };
+        if images.value.is_empty() {
+            return Err(self.site.spanned(
+                &images,
+                "images",
+                "lists no image; add at least one reference such as busybox:1.36",
+            ));
+        }
+        self.check_image_targets(&images.value, &targets)?;
+        let mut plans = Vec::new();
+        for target in targets {
+            let (images, selections) = self.images(&images.value, &target, registries)?;
+            plans.push(super::TargetPlan {
+                target,
+                images,
+                selections,
+            });
+        }
+        let all_items: Vec<_> = plans
+            .iter()
+            .flat_map(|p| p.images.iter().cloned())
+            .collect();
+        let all_selections: Vec<_> = plans
+            .iter()
+            .flat_map(|p| p.selections.iter().cloned())
+            .collect();
+        warn_unused_registries(registries, &all_items, &all_selections);
+        Ok(plans)
+    }
+
+    /// `tag_series:`, `all` when left out.
+    fn tag_series(&self, raw: Option<&Spanned<String>>) -> Result<TagSeries, ConfigError> {
+        let Some(m) = raw else {
+            return Ok(TagSeries::All);
+        };
+        match m.value.trim() {
+            "all" => Ok(TagSeries::All),
+            "out_of_sync" => Ok(TagSeries::OutOfSync),
+            other => Err(self.site.spanned(
+                m,
+                "tag_series",
+                format!("\"{other}\" is not a series mode (use all or out_of_sync)"),
+            )),
+        }
+    }
+
+    /// `spool_size:`, a byte size above 0.
+    fn spool_size(&self, raw: Option<&Spanned<String>>) -> Result<u64, ConfigError> {
+        let Some(v) = raw else {
+            return Ok(super::DEFAULT_SPOOL_SIZE);
+        };
+        let n = parse_byte_size(&v.value).map_err(|e| self.site.spanned(v, "spool_size", e))?;
+        if n == 0 {
+            return Err(self.site.spanned(v, "spool_size", "must be above 0"));
+        }
+        Ok(n)
     }
 
     fn missing(&self, key: &str) -> ConfigError {
@@ -237,108 +258,6 @@ impl Validator<'_> {
             validate_repository(prefix).map_err(|e| self.site.spanned(s, key, e.to_string()))?;
         }
         Ok(prefix.to_string())
-    }
-
-    fn target(&self, raw: &Spanned<RawTarget>, key: &str) -> Result<TargetSettings, ConfigError> {
-        let t = &raw.value;
-        let name = match &t.name {
-            Some(n) => Some(self.target_name(n, &format!("{key}.name"))?),
-            None => None,
-        };
-        let kind = match (&t.registry, &t.path) {
-            (Some(_), Some(_)) => {
-                return Err(self.site.spanned(
-                    raw,
-                    key,
-                    "set exactly one of registry or path, not both",
-                ));
-            }
-            (None, None) => {
-                return Err(self.site.spanned(
-                    raw,
-                    key,
-                    "set exactly one of registry (a registry host) or path (an OCI layout directory)",
-                ));
-            }
-            (Some(host), None) => {
-                self.registry_target_layout_keys(t)?;
-                let h = host.value.trim();
-                if h.contains("://") {
-                    return Err(self.site.spanned(
-                        host,
-                        format!("{key}.registry"),
-                        format!("\"{h}\" must be host[:port] without a scheme; use insecure: true for plain HTTP"),
-                    ));
-                }
-                validate_registry(h).map_err(|e| {
-                    self.site
-                        .spanned(host, format!("{key}.registry"), e.to_string())
-                })?;
-                TargetKind::Registry(self.endpoint(
-                    h.to_string(),
-                    t.insecure,
-                    t.ca_file.as_ref(),
-                    t.auth.as_ref(),
-                    key,
-                )?)
-            }
-            (None, Some(path)) => {
-                let registry_only = [
-                    ("insecure", t.insecure.is_some()),
-                    ("ca_file", t.ca_file.is_some()),
-                    ("auth", t.auth.is_some()),
-                    ("chunk_size", t.chunk_size.is_some()),
-                ];
-                if let Some((knob, _)) = registry_only.iter().find(|(_, set)| *set) {
-                    return Err(self.site.spanned(
-                        raw,
-                        format!("{key}.{knob}"),
-                        "applies only to a registry target, not to a path (OCI layout) target",
-                    ));
-                }
-                TargetKind::Path(self.path(path, &format!("{key}.path"))?)
-            }
-        };
-        let layout = match &kind {
-            TargetKind::Path(dir) => self.layout_options(t, dir)?,
-            TargetKind::Registry(_) => Default::default(),
-        };
-        let prefix = match &t.prefix {
-            Some(p) => self.prefix(p, &format!("{key}.prefix"))?,
-            None => String::new(),
-        };
-        let (requests_per_second, burst, bytes_per_second) =
-            self.rate_knobs(&t.requests_per_second, &t.burst, &t.bytes_per_second, key)?;
-        Ok(TargetSettings {
-            name,
-            kind,
-            prefix,
-            limits: super::LimitSettings {
-                requests_per_second,
-                burst,
-                bytes_per_second,
-            },
-            concurrency: match &t.concurrency {
-                Some(c) => self.in_range(c, &format!("{key}.concurrency"), 1, 64)?,
-                None => super::DEFAULT_TARGET_CONCURRENCY,
-            },
-            chunk_size: match &t.chunk_size {
-                Some(v) => {
-                    let key = format!("{key}.chunk_size");
-                    let n = parse_byte_size(&v.value).map_err(|e| self.site.spanned(v, &key, e))?;
-                    if !(super::MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&n) {
-                        return Err(self.site.spanned(
-                            v,
-                            key,
-                            "must be between 5MiB (the smallest part ECR accepts) and 1GiB",
-                        ));
-                    }
-                    n
-                }
-                None => super::DEFAULT_CHUNK_SIZE,
-            },
-            layout,
-        })
     }
 
     fn endpoint(
@@ -567,9 +486,6 @@ impl Validator<'_> {
         Ok((requests_per_second, burst, bytes_per_second))
     }
 }
-
-/// The largest `target.chunk_size`: one request body, held by proxies and load balancers.
-const MAX_CHUNK_SIZE: u64 = 1024 * 1024 * 1024;
 
 /// A `registries:` entry no image uses is most often a typo (`localhost:5000` for
 /// `127.0.0.1:5000`): its settings (`insecure`, `auth`, `ca_file`) silently do not apply.

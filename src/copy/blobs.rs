@@ -8,6 +8,7 @@ use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use tokio::sync::SemaphorePermit;
 
+use super::progress::TransferGuard;
 use super::queue::OWN_CONNECTION;
 use super::spool::Spool;
 use super::upstream::UpstreamRef;
@@ -23,6 +24,13 @@ const MAX_RESTARTS: u32 = 4;
 /// Times one blob is redone after the target refused an upload shortcut (a host falls back
 /// at most twice: to `patch-then-put`, then to `single-patch`).
 const MAX_REDOS: u32 = 2;
+
+/// One source's answer to a blob `GET`.
+enum Answer {
+    Body(reqwest::Response),
+    /// A mirror failed: try the next source, with this error to report if none is left.
+    Skip(Option<SyncError>),
+}
 
 impl Engine {
     /// Present already: skip. Held by another target repository: mount (or copy within the
@@ -132,56 +140,19 @@ impl Engine {
                 break;
             };
             let client = upstream.source(source);
-            let response = match client
-                .get_blob_from(source_repo, &blob.digest, 0, blob.size > OWN_CONNECTION)
-                .await
+            let response = match self
+                .open_source(upstream, source, source_repo, blob)
+                .await?
             {
-                Ok((response, _)) => response,
-                Err(e) if !upstream.is_origin(source) => {
-                    upstream.note_failure(source, &e);
-                    tracing::info!(mirror = client.host(), digest = %blob.digest, error = %e, "mirror failed; trying the next source");
+                Answer::Body(response) => response,
+                Answer::Skip(error) => {
+                    last_error = error.or(last_error);
                     continue;
                 }
-                Err(e) => return Err(upstream.error(e)),
             };
-            if let Some(length) = response.content_length()
-                && length != blob.size
-            {
-                let e = format!(
-                    "{} sent Content-Length {length} for blob {}, whose descriptor says {}",
-                    client.host(),
-                    blob.digest,
-                    blob.size
-                );
-                if upstream.is_origin(source) {
-                    return Err(SyncError::Other(e));
-                }
-                last_error = Some(e);
-                continue;
-            }
-            let body = download::resumable(
-                Arc::clone(upstream),
-                source,
-                source_repo,
-                &blob.digest,
-                blob.size,
-                response,
-            );
-            let label = blob.digest.encoded().chars().take(12).collect::<String>();
-            let transfer = self.progress.transfer(label, blob.size);
-            let (received, progress) = (Arc::clone(&transfer.received), Arc::clone(&self.progress));
-            let body = body
-                .inspect(move |piece| {
-                    if let Ok(bytes) = piece {
-                        received.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                        progress
-                            .bytes
-                            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                    }
-                })
-                .boxed();
-            let stream = verify::VerifiedStream::new(body, blob.digest.clone(), blob.size)
-                .map_body(|body| paced(Arc::clone(&self.target_bytes), body));
+            // Shown on the progress line while the blob is written.
+            let (_transfer, stream) =
+                self.verified_body(upstream, source, source_repo, blob, response);
             match self
                 .target
                 .write_blob(target_repo, &blob.digest, stream, None)
@@ -219,14 +190,88 @@ impl Engine {
                 }
                 Err(e) if !upstream.is_origin(source) => {
                     tracing::info!(mirror = client.host(), digest = %blob.digest, error = %e, "copy from mirror failed; trying the next source");
-                    last_error = Some(e.to_string());
+                    last_error = Some(SyncError::Mirror(e.to_string()));
                 }
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(SyncError::Other(
-            last_error.unwrap_or_else(|| "no source for blob".into()),
-        ))
+        Err(last_error.unwrap_or(SyncError::NoBlobSource))
+    }
+
+    /// Asks source `source` for the blob. A mirror that fails is skipped (and its failure
+    /// noted); the origin's failure is the blob's.
+    async fn open_source(
+        &self,
+        upstream: &UpstreamRef,
+        source: usize,
+        source_repo: &str,
+        blob: &Descriptor,
+    ) -> Result<Answer, SyncError> {
+        let client = upstream.source(source);
+        let response = match client
+            .get_blob_from(source_repo, &blob.digest, 0, blob.size > OWN_CONNECTION)
+            .await
+        {
+            Ok((response, _)) => response,
+            Err(e) if !upstream.is_origin(source) => {
+                upstream.note_failure(source, &e);
+                tracing::info!(mirror = client.host(), digest = %blob.digest, error = %e, "mirror failed; trying the next source");
+                return Ok(Answer::Skip(None));
+            }
+            Err(e) => return Err(upstream.error(e)),
+        };
+        if let Some(length) = response.content_length()
+            && length != blob.size
+        {
+            let e = SyncError::BlobLength {
+                host: client.host().to_string(),
+                digest: blob.digest.clone(),
+                sent: length,
+                expected: blob.size,
+            };
+            if upstream.is_origin(source) {
+                return Err(e);
+            }
+            return Ok(Answer::Skip(Some(e)));
+        }
+        Ok(Answer::Body(response))
+    }
+
+    /// The body of `response`, resumed from the same source if it breaks, counted for the
+    /// progress line (a transfer shown there while its guard lives), verified against the
+    /// digest and paced to `target.bytes_per_second`.
+    fn verified_body(
+        &self,
+        upstream: &UpstreamRef,
+        source: usize,
+        source_repo: &str,
+        blob: &Descriptor,
+        response: reqwest::Response,
+    ) -> (TransferGuard, verify::VerifiedStream) {
+        let body = download::resumable(
+            Arc::clone(upstream),
+            source,
+            source_repo,
+            &blob.digest,
+            blob.size,
+            response,
+        );
+        let label = blob.digest.encoded().chars().take(12).collect::<String>();
+        let transfer = self.progress.transfer(label, blob.size);
+        let (received, progress) = (Arc::clone(&transfer.received), Arc::clone(&self.progress));
+        let body = body
+            .inspect(move |piece| {
+                if let Ok(bytes) = piece {
+                    received.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    progress
+                        .bytes
+                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                }
+            })
+            .boxed();
+        let stream = verify::VerifiedStream::new(body, blob.digest.clone(), blob.size)
+            .map_body(|body| paced(Arc::clone(&self.target_bytes), body));
+        (transfer, stream)
     }
 
     /// With several targets: the blob from the run's spool, downloaded once for all of them
@@ -250,7 +295,7 @@ impl Engine {
             let Some(stream) = spool
                 .open(&blob.digest, blob.size, download)
                 .await
-                .map_err(SyncError::Other)?
+                .map_err(SyncError::Spool)?
             else {
                 return Ok(false);
             };
@@ -300,10 +345,7 @@ impl Engine {
 
     /// One of the `target.concurrency` blob writes to the target allowed at once.
     async fn target_write_slot(&self) -> Result<SemaphorePermit<'_>, SyncError> {
-        self.target_writes
-            .acquire()
-            .await
-            .map_err(|e| SyncError::Other(e.to_string()))
+        self.target_writes.acquire().await.map_err(SyncError::from)
     }
 
     /// A blob another target repository holds: mount it, or, when the registry refuses mounts,

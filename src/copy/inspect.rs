@@ -49,9 +49,7 @@ impl Engine {
             (Some(digest), _) => digest.clone(),
             (None, Some(tag)) => upstream.resolve(repository, tag).await?,
             (None, None) => {
-                return Err(SyncError::Other(
-                    "reference has neither tag nor digest".into(),
-                ));
+                return Err(SyncError::NoReference);
             }
         };
         let target_ref = item

@@ -122,12 +122,7 @@ impl ManifestBudget {
                 held.checked_add(bytes)
                     .filter(|total| *total <= MAX_HELD_MANIFEST_BYTES)
             })
-            .map_err(|held| {
-                super::SyncError::Other(format!(
-                    "this manifest ({bytes} bytes) would take the manifest bytes the run holds at once past {} MiB (now {held} bytes): a limit of mirrorsync against oversized indexes",
-                    MAX_HELD_MANIFEST_BYTES >> 20
-                ))
-            })?;
+            .map_err(|held| super::SyncError::ManifestBudget { bytes, held })?;
         Ok(Held {
             budget: self,
             bytes,

@@ -31,6 +31,13 @@ pub(super) struct Route<'a> {
     pub sparse: bool,
 }
 
+/// An index fetched from upstream, with its child manifests.
+struct Index<'a> {
+    digest: &'a Digest,
+    fetched: FetchedManifest,
+    manifests: &'a [Descriptor],
+}
+
 impl Engine {
     /// Copies a manifest and everything it references into the target repository, once per run
     /// per (repository, digest, platform filter), and returns what it became (upstream's bytes,
@@ -85,9 +92,10 @@ impl Engine {
             .await?
         {
             Some(found) if found.digest == *digest => Ok(Arc::new(found)),
-            _ => Err(SyncError::Other(format!(
-                "manifest {digest} was copied by another tag of this run, which did not push it to {repository}"
-            ))),
+            _ => Err(SyncError::SharedManifestMissing {
+                digest: digest.clone(),
+                repository: repository.to_string(),
+            }),
         }
     }
 
@@ -99,9 +107,9 @@ impl Engine {
         depth: usize,
     ) -> Result<FetchedManifest, SyncError> {
         if depth > MAX_INDEX_DEPTH {
-            return Err(SyncError::Other(format!(
-                "manifest {digest}: indexes nested deeper than {MAX_INDEX_DEPTH} levels"
-            )));
+            return Err(SyncError::IndexTooDeep {
+                digest: digest.clone(),
+            });
         }
         let fetched = self.fetch_manifest(route, digest).await?;
         // Held until its children and blobs are copied: bounded for the run as a whole.
@@ -114,81 +122,115 @@ impl Engine {
         })?;
         match parsed {
             Parsed::Image { blobs } => {
-                route
-                    .counters
-                    .blobs_total
-                    .fetch_add(blobs.len() as u64, Ordering::Relaxed);
-                // After a failure no new blob starts, but the ones in flight finish: a transfer
-                // dropped mid-request would leave its upload session in a state the registry no
-                // longer matches, so it could not be cancelled.
-                let failed = std::sync::atomic::AtomicBool::new(false);
-                let failed = &failed;
-                // Biggest first: over a long link the big blobs set the run's length.
-                let mut by_size: Vec<&Descriptor> = blobs.iter().collect();
-                by_size.sort_by_key(|blob| std::cmp::Reverse(blob.size));
-                let transfers: Vec<_> = by_size
-                    .into_iter()
-                    .map(|blob| async move {
-                        if failed.load(std::sync::atomic::Ordering::Relaxed) {
-                            return Ok(());
-                        }
-                        let result = self
-                            .ensure_blob(
-                                route.upstream,
-                                route.source_repo,
-                                route.target_repo,
-                                blob,
-                                route.counters,
-                            )
-                            .await;
-                        if result.is_err() {
-                            failed.store(true, std::sync::atomic::Ordering::Relaxed);
-                        }
-                        result
-                    })
-                    .collect();
-                let results: Vec<Result<(), SyncError>> = futures_util::stream::iter(transfers)
-                    .buffer_unordered(BLOBS_PER_MANIFEST)
-                    .collect()
-                    .await;
-                results.into_iter().collect::<Result<Vec<()>, _>>()?;
+                self.copy_blobs(route, &blobs).await?;
                 if self.converts_to_oci() && rewrite::needs_oci_conversion(&fetched.media_type) {
-                    return rewrite::convert_image(&fetched)
-                        .map_err(|e| SyncError::Other(format!("manifest {digest}: {e}")));
+                    return rewrite::convert_image(&fetched).map_err(|reason| SyncError::Rewrite {
+                        digest: digest.clone(),
+                        reason,
+                    });
                 }
                 Ok(fetched)
             }
             Parsed::Index { manifests } => {
-                let keep = rewrite::select(&manifests, filter);
-                let chosen: Vec<&Descriptor> = manifests
-                    .iter()
-                    .zip(&keep)
-                    .filter(|(_, k)| **k)
-                    .map(|(child, _)| child)
-                    .collect();
-                let replacements = std::sync::Mutex::new(HashMap::new());
-                futures_util::stream::iter(chosen.into_iter().map(Ok))
-                    .try_for_each_concurrent(BLOBS_PER_MANIFEST, |child| {
-                        self.ensure_child(route, child, depth, &replacements)
-                    })
-                    .await?;
-                let replacements = replacements.into_inner().unwrap_or_else(|p| p.into_inner());
-                if route.sparse && !self.converts_to_oci() {
-                    return Ok(fetched);
-                }
-                let how = rewrite::IndexRewrite {
-                    keep: &keep,
-                    platforms: filter,
-                    replacements: &replacements,
-                    to_oci: self.converts_to_oci(),
+                let index = Index {
+                    digest,
+                    fetched,
+                    manifests: &manifests,
                 };
-                match rewrite::rewrite_index(&fetched, &manifests, &how)
-                    .map_err(|e| SyncError::Other(format!("manifest {digest}: {e}")))?
-                {
-                    Some(rewritten) => Ok(rewritten),
-                    None => Ok(fetched),
-                }
+                self.copy_index(route, index, filter, depth).await
             }
+        }
+    }
+
+    /// Makes an image's blobs present at the target, biggest first, a few at once.
+    async fn copy_blobs(&self, route: Route<'_>, blobs: &[Descriptor]) -> Result<(), SyncError> {
+        route
+            .counters
+            .blobs_total
+            .fetch_add(blobs.len() as u64, Ordering::Relaxed);
+        // After a failure no new blob starts, but the ones in flight finish: a transfer
+        // dropped mid-request would leave its upload session in a state the registry no
+        // longer matches, so it could not be cancelled.
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        let failed = &failed;
+        // Biggest first: over a long link the big blobs set the run's length.
+        let mut by_size: Vec<&Descriptor> = blobs.iter().collect();
+        by_size.sort_by_key(|blob| std::cmp::Reverse(blob.size));
+        let transfers: Vec<_> = by_size
+            .into_iter()
+            .map(|blob| async move {
+                if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Ok(());
+                }
+                let result = self
+                    .ensure_blob(
+                        route.upstream,
+                        route.source_repo,
+                        route.target_repo,
+                        blob,
+                        route.counters,
+                    )
+                    .await;
+                if result.is_err() {
+                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                result
+            })
+            .collect();
+        let results: Vec<Result<(), SyncError>> = futures_util::stream::iter(transfers)
+            .buffer_unordered(BLOBS_PER_MANIFEST)
+            .collect()
+            .await;
+        results.into_iter().collect::<Result<Vec<()>, _>>()?;
+        Ok(())
+    }
+
+    /// Makes the chosen children of an index present at the target, then returns the index as
+    /// it is to be pushed: upstream's bytes, or rewritten (filtered, children replaced,
+    /// converted to OCI).
+    async fn copy_index(
+        &self,
+        route: Route<'_>,
+        index: Index<'_>,
+        filter: Option<&[Platform]>,
+        depth: usize,
+    ) -> Result<FetchedManifest, SyncError> {
+        let Index {
+            digest,
+            fetched,
+            manifests,
+        } = index;
+        let keep = rewrite::select(manifests, filter);
+        let chosen: Vec<&Descriptor> = manifests
+            .iter()
+            .zip(&keep)
+            .filter(|(_, k)| **k)
+            .map(|(child, _)| child)
+            .collect();
+        let replacements = std::sync::Mutex::new(HashMap::new());
+        futures_util::stream::iter(chosen.into_iter().map(Ok))
+            .try_for_each_concurrent(BLOBS_PER_MANIFEST, |child| {
+                self.ensure_child(route, child, depth, &replacements)
+            })
+            .await?;
+        let replacements = replacements.into_inner().unwrap_or_else(|p| p.into_inner());
+        if route.sparse && !self.converts_to_oci() {
+            return Ok(fetched);
+        }
+        let how = rewrite::IndexRewrite {
+            keep: &keep,
+            platforms: filter,
+            replacements: &replacements,
+            to_oci: self.converts_to_oci(),
+        };
+        match rewrite::rewrite_index(&fetched, manifests, &how).map_err(|reason| {
+            SyncError::Rewrite {
+                digest: digest.clone(),
+                reason,
+            }
+        })? {
+            Some(rewritten) => Ok(rewritten),
+            None => Ok(fetched),
         }
     }
 
@@ -243,7 +285,9 @@ impl Engine {
                 }
             }
         }
-        Err(SyncError::Other(format!("no source for manifest {digest}")))
+        Err(SyncError::NoManifestSource {
+            digest: digest.clone(),
+        })
     }
 
     /// Makes one child manifest of an index present at the target, by digest. Records what it

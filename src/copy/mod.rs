@@ -17,6 +17,7 @@
 mod backup;
 mod blobs;
 mod download;
+mod error;
 pub mod hub;
 mod inspect;
 mod ledger;
@@ -37,22 +38,24 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, SyncItem, TargetKind};
-use crate::manifest::ManifestError;
-use crate::outcome::{CopyStats, FailureCause, TagOutcome, TagResult};
+use crate::outcome::{CopyStats, TagOutcome, TagResult};
 use crate::reference::Digest;
 use crate::registry::{
-    CredentialStore, EndpointError, HostLimits, LimitSettings, RegistryClient, RegistryError,
-    RequestObserver, RetryPolicy, Usage,
+    CredentialStore, EndpointError, HostLimits, LimitSettings, RegistryClient, RequestObserver,
+    RetryPolicy, Usage,
 };
 use crate::signals::RunControl;
-use crate::target::{OciLayout, Target, TargetError};
+use crate::target::{OciLayout, Target};
 use inspect::{Change, Inspection};
 use ledger::{BlobLedger, ManifestBudget, ManifestLedger};
 use manifests::Route;
 use upstream::{Upstream, UpstreamRef};
+
+pub use error::SyncError;
 
 /// Indexes may nest; deeper than this is refused rather than followed.
 const MAX_INDEX_DEPTH: usize = 4;
@@ -66,49 +69,23 @@ fn inspections_at_once(concurrency: usize) -> usize {
     concurrency.saturating_mul(2)
 }
 
-/// Why one tag could not be synced.
-#[derive(Debug, thiserror::Error)]
-pub enum SyncError {
-    #[error("upstream {host}: {source}")]
-    Upstream {
-        host: String,
-        #[source]
-        source: Box<RegistryError>,
-    },
-    #[error("{0}")]
-    Target(#[from] TargetError),
-    #[error("manifest {digest}: {source}")]
-    Manifest {
-        digest: Digest,
-        #[source]
-        source: ManifestError,
-    },
-    #[error("not found upstream: {0}")]
-    NotFound(String),
-    /// Not a failure: the tag is left for a later run (quota reserve reached, stop requested).
-    #[error("deferred: {0}")]
-    Deferred(String),
-    /// The same error, met by another tag that shared this work.
-    #[error("{0}")]
-    Shared(Arc<SyncError>),
-    #[error("{0}")]
-    Other(String),
-    /// The target refused something for a reason the user can act on, said in words.
-    #[error("{message}")]
-    Refused {
-        cause: FailureCause,
-        message: String,
-    },
+/// Items in the order their copies start: the longest-pending first (`priority`: since when a
+/// tag is pending, lower first), then list order.
+fn copy_order(items: &[SyncItem], priority: &HashMap<String, i64>) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by_key(|i| {
+        let since = priority.get(&item_key(&items[*i])).copied();
+        (since.unwrap_or(i64::MAX), *i)
+    });
+    order
 }
 
-impl SyncError {
-    fn deferred_reason(&self) -> Option<&str> {
-        match self {
-            SyncError::Deferred(reason) => Some(reason),
-            SyncError::Shared(inner) => inner.deferred_reason(),
-            _ => None,
-        }
-    }
+/// The slots one tag holds or waits for: its inspection slot, its turn in priority order, and
+/// the run's copy slots.
+struct CopySlots {
+    inspecting: OwnedSemaphorePermit,
+    turn: pool::Turn,
+    copies: Arc<Semaphore>,
 }
 
 /// Whether the engine copies or only reports what it would copy.
@@ -190,8 +167,7 @@ impl Engine {
         index: usize,
     ) -> Result<Self, SyncError> {
         let retry = RetryPolicy::default();
-        let credentials = CredentialStore::load(config.docker_config.as_deref())
-            .map_err(|e| SyncError::Other(e.to_string()))?;
+        let credentials = CredentialStore::load(config.docker_config.as_deref())?;
         let target = match &config.target.kind {
             TargetKind::Registry(endpoint) => {
                 let usage = Usage {
@@ -211,7 +187,7 @@ impl Engine {
                     .await
                     .map_err(|e| match e {
                         EndpointError::Client(e) => SyncError::Target(e.into()),
-                        other => SyncError::Other(other.to_string()),
+                        other => SyncError::Endpoint(other),
                     })?;
                 client.learned().set_chunk_size(config.target.chunk_size);
                 Target::Registry(Box::new(client))
@@ -379,12 +355,8 @@ impl Engine {
         control: &RunControl,
     ) -> Vec<(Option<Digest>, TagOutcome)> {
         let run_started = Instant::now();
-        let mut order: Vec<usize> = (0..items.len()).collect();
-        order.sort_by_key(|i| {
-            let since = priority.get(&item_key(&items[*i])).copied();
-            (since.unwrap_or(i64::MAX), *i)
-        });
-        let copies = Arc::new(tokio::sync::Semaphore::new(self.config.concurrency.max(1)));
+        let order = copy_order(items, priority);
+        let copies = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         let turns = Arc::new(pool::Turns::default());
         let width = inspections_at_once(self.config.concurrency);
         let done = self
@@ -395,57 +367,14 @@ impl Engine {
                 width,
                 |engine, item, k, inspecting| {
                     let counters = Arc::clone(&counters[order[k]]);
-                    let (copies, stop) = (Arc::clone(&copies), control.stop.clone());
                     // Passed once this tag has its copy slot or needs none (or is dropped).
                     let turn = pool::Turn::new(Arc::clone(&turns), k);
-                    async move {
-                        let started = Instant::now();
-                        let inspection = engine.inspect(&item).await;
-                        let result = match inspection {
-                            Inspection::Done(result) => {
-                                drop(inspecting);
-                                drop(turn);
-                                let found = match &result {
-                                    TagResult::Unchanged { digest } => Some(digest.clone()),
-                                    _ => None,
-                                };
-                                (found, result)
-                            }
-                            Inspection::Changed(change) => {
-                                if engine.mode == Mode::Sync {
-                                    change.upstream.tag_changed();
-                                }
-                                let slot = tokio::select! {
-                                    slot = async {
-                                        turn.wait().await;
-                                        copies.acquire_owned().await.ok()
-                                    } => slot,
-                                    _ = stop.cancelled() => None,
-                                };
-                                // The inspection slot is kept until the copy slot is taken:
-                                // inspection runs ahead of the copies by a bounded number of tags,
-                                // so the tags (and memory) waiting for a copy stay bounded too.
-                                drop(inspecting);
-                                drop(turn);
-                                let found = Some(change.digest.clone());
-                                match slot {
-                                    Some(_slot) => {
-                                        counters.started.store(true, Ordering::Relaxed);
-                                        (found, engine.copy_tag(&item, change, &counters).await)
-                                    }
-                                    None => (found, deferred("stopped before the copy started")),
-                                }
-                            }
-                        };
-                        engine.progress.tags_done.fetch_add(1, Ordering::Relaxed);
-                        let (found, result) = result;
-                        // Announced the moment it finishes, with its own duration.
-                        let took = started.elapsed();
-                        (
-                            found,
-                            engine.announce(&item, result, counters.snapshot(), took),
-                        )
-                    }
+                    let slots = CopySlots {
+                        inspecting,
+                        turn,
+                        copies: Arc::clone(&copies),
+                    };
+                    engine.inspect_and_copy(item, counters, slots, control.stop.clone())
                 },
             )
             .await;
@@ -453,12 +382,12 @@ impl Engine {
             (0..items.len()).map(|_| None).collect();
         for (k, result) in done.into_iter().enumerate() {
             let i = order[k];
+            let took = run_started.elapsed();
             out[i] = Some(match result {
                 Some(Ok(found)) => found,
                 // Not started, or abandoned at the end of the grace period: announced now.
                 None => {
                     let reason = self.unfinished_reason(&counters[i], control);
-                    let took = run_started.elapsed();
                     let outcome =
                         self.announce(&items[i], deferred(&reason), counters[i].snapshot(), took);
                     (None, outcome)
@@ -468,7 +397,6 @@ impl Engine {
                         error,
                         cause: Default::default(),
                     };
-                    let took = run_started.elapsed();
                     (
                         None,
                         self.announce(&items[i], result, counters[i].snapshot(), took),
@@ -477,6 +405,65 @@ impl Engine {
             });
         }
         out.into_iter().flatten().collect()
+    }
+
+    /// One tag's whole turn: inspected, then, changed, copied once its copy slot comes (in
+    /// priority order); announced the moment it finishes, with its own duration.
+    async fn inspect_and_copy(
+        self: Arc<Self>,
+        item: SyncItem,
+        counters: Arc<Counters>,
+        slots: CopySlots,
+        stop: CancellationToken,
+    ) -> (Option<Digest>, TagOutcome) {
+        let CopySlots {
+            inspecting,
+            turn,
+            copies,
+        } = slots;
+        let started = Instant::now();
+        let (found, result) = match self.inspect(&item).await {
+            Inspection::Done(result) => {
+                drop(inspecting);
+                drop(turn);
+                let found = match &result {
+                    TagResult::Unchanged { digest } => Some(digest.clone()),
+                    _ => None,
+                };
+                (found, result)
+            }
+            Inspection::Changed(change) => {
+                if self.mode == Mode::Sync {
+                    change.upstream.tag_changed();
+                }
+                let slot = tokio::select! {
+                    slot = async {
+                        turn.wait().await;
+                        copies.acquire_owned().await.ok()
+                    } => slot,
+                    _ = stop.cancelled() => None,
+                };
+                // The inspection slot is kept until the copy slot is taken: inspection runs
+                // ahead of the copies by a bounded number of tags, so the tags (and memory)
+                // waiting for a copy stay bounded too.
+                drop(inspecting);
+                drop(turn);
+                let found = Some(change.digest.clone());
+                match slot {
+                    Some(_slot) => {
+                        counters.started.store(true, Ordering::Relaxed);
+                        (found, self.copy_tag(&item, change, &counters).await)
+                    }
+                    None => (found, deferred("stopped before the copy started")),
+                }
+            }
+        };
+        self.progress.tags_done.fetch_add(1, Ordering::Relaxed);
+        let took = started.elapsed();
+        (
+            found,
+            self.announce(&item, result, counters.snapshot(), took),
+        )
     }
 
     /// Copies one changed tag: content first, the tag last.
@@ -544,7 +531,7 @@ impl Engine {
             return Ok(Arc::clone(existing));
         }
         let settings =
-            (self.hub.layouts.settings(registry, &self.config).await).map_err(SyncError::Other)?;
+            (self.hub.layouts.settings(registry, &self.config).await).map_err(SyncError::Layout)?;
         let mut built = Upstream::build(
             registry,
             &settings,

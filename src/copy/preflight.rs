@@ -7,6 +7,7 @@ use std::path::Path;
 
 use super::Engine;
 use super::upstream::UpstreamRef;
+use crate::reference::Reference;
 use crate::target::{DOCUMENT_REPOSITORY, Target};
 
 /// One thing a sync needs, and whether it is there (`Err` says why not).
@@ -20,32 +21,7 @@ impl Engine {
     /// quota spent) of one configured tag or digest, or, for an entry that chooses its tags
     /// from the tag list, with that list.
     pub async fn preflight(&self) -> Vec<Probe> {
-        let mut probes = Vec::new();
-        match &self.target {
-            Target::Registry(client) => {
-                for repository in self.push_probe_repositories() {
-                    let result = match client.start_upload(&repository).await {
-                        Ok(location) => {
-                            client.cancel_upload(&repository, &location).await;
-                            Ok(())
-                        }
-                        Err(e) => Err(super::refusals::path_refused(&repository, &e)
-                            .unwrap_or_else(|| e.to_string())),
-                    };
-                    probes.push(Probe {
-                        what: format!(
-                            "push to target {}/{repository} (open and cancel an upload)",
-                            client.host()
-                        ),
-                        result,
-                    });
-                }
-            }
-            Target::Layout(layout) => probes.push(Probe {
-                what: format!("write to OCI layout {}", layout.root().display()),
-                result: writable(layout.root()),
-            }),
-        }
+        let mut probes = self.target_probes().await;
         let mut seen = BTreeSet::new();
         for item in &self.config.images {
             let source = &item.source;
@@ -62,23 +38,7 @@ impl Engine {
                 source.registry(),
                 source.repository()
             );
-            let result = async {
-                let upstream = self
-                    .upstream(source.registry())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let repository = source.repository();
-                match upstream.origin.head_manifest(repository, &reference).await {
-                    Ok(Some(_)) => Ok(()),
-                    Ok(None) => tag_listed(&upstream, repository, source.tag(), "404").await,
-                    Err(e) if matches!(e.status(), Some(405 | 501)) => {
-                        let status = e.status().unwrap_or_default().to_string();
-                        tag_listed(&upstream, repository, source.tag(), &status).await
-                    }
-                    Err(e) => Err(e.to_string()),
-                }
-            }
-            .await;
+            let result = self.pull_probe(source, &reference).await;
             probes.push(Probe { what, result });
         }
         for selection in &self.config.selections {
@@ -91,22 +51,77 @@ impl Engine {
                 source.registry(),
                 source.repository()
             );
-            let result = async {
-                let upstream = self
-                    .upstream(source.registry())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                upstream
-                    .origin
-                    .list_tags(source.repository())
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }
-            .await;
+            let result = self.list_probe(source).await;
             probes.push(Probe { what, result });
         }
         probes
+    }
+
+    /// Push access to the target: an upload opened and cancelled in each repository of
+    /// [`Engine::push_probe_repositories`]; for a layout, a probe file written and removed.
+    async fn target_probes(&self) -> Vec<Probe> {
+        let client = match &self.target {
+            Target::Registry(client) => client,
+            Target::Layout(layout) => {
+                return vec![Probe {
+                    what: format!("write to OCI layout {}", layout.root().display()),
+                    result: writable(layout.root()),
+                }];
+            }
+        };
+        let mut probes = Vec::new();
+        for repository in self.push_probe_repositories() {
+            let result =
+                match client.start_upload(&repository).await {
+                    Ok(location) => {
+                        client.cancel_upload(&repository, &location).await;
+                        Ok(())
+                    }
+                    Err(e) => Err(super::refusals::path_refused(&repository, &e)
+                        .unwrap_or_else(|| e.to_string())),
+                };
+            probes.push(Probe {
+                what: format!(
+                    "push to target {}/{repository} (open and cancel an upload)",
+                    client.host()
+                ),
+                result,
+            });
+        }
+        probes
+    }
+
+    /// Pull access to `source`'s repository: a HEAD of `reference`, or, where the manifest is
+    /// not found or HEAD not served, the tag in the tag list.
+    async fn pull_probe(&self, source: &Reference, reference: &str) -> Result<(), String> {
+        let upstream = self
+            .upstream(source.registry())
+            .await
+            .map_err(|e| e.to_string())?;
+        let repository = source.repository();
+        match upstream.origin.head_manifest(repository, reference).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => tag_listed(&upstream, repository, source.tag(), "404").await,
+            Err(e) if matches!(e.status(), Some(405 | 501)) => {
+                let status = e.status().unwrap_or_default().to_string();
+                tag_listed(&upstream, repository, source.tag(), &status).await
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Pull access to `source`'s repository, for an entry that chooses its tags: its tag list.
+    async fn list_probe(&self, source: &Reference) -> Result<(), String> {
+        let upstream = self
+            .upstream(source.registry())
+            .await
+            .map_err(|e| e.to_string())?;
+        upstream
+            .origin
+            .list_tags(source.repository())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     /// One target repository per top-level namespace (where registries such as Harbor grant

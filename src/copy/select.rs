@@ -132,10 +132,11 @@ impl Engine {
         found: &[Option<Digest>],
         from: usize,
     ) -> (Vec<SyncItem>, Vec<Fallback>) {
-        let mut extra = Vec::new();
-        let mut fallbacks: Vec<Fallback> = Vec::new();
-        let mut taken: HashMap<String, Option<usize>> =
-            items.iter().map(|i| (target_ref(i), None)).collect();
+        let mut referrers = Referrers {
+            extra: Vec::new(),
+            fallbacks: Vec::new(),
+            taken: items.iter().map(|i| (target_ref(i), None)).collect(),
+        };
         for (item, digest) in items.iter().zip(found).skip(from) {
             // Signatures name upstream's digest: useless where the mirror rewrites manifests.
             if !item.options.referrers || item.platforms.is_some() {
@@ -155,47 +156,8 @@ impl Engine {
                     None
                 }
             };
-            let mut candidates = Vec::new();
             if let Some(entries) = &listed {
-                let mut fallback = Fallback {
-                    repository: item.target_repository.clone(),
-                    subject: digest.clone(),
-                    entries: Vec::new(),
-                };
-                for entry in entries {
-                    let Some(referrer) = crate::registry::entry_digest(entry) else {
-                        continue;
-                    };
-                    let Ok(source) = Reference::new(
-                        item.source.registry(),
-                        repository,
-                        None,
-                        Some(referrer.clone()),
-                    ) else {
-                        continue;
-                    };
-                    let item = SyncItem {
-                        source,
-                        target_repository: item.target_repository.clone(),
-                        target_tag: None,
-                        platforms: None,
-                        location: item.location.clone(),
-                        options: referrer_options(),
-                    };
-                    let index = *taken.entry(target_ref(&item)).or_insert_with(|| {
-                        extra.push(item);
-                        Some(extra.len() - 1)
-                    });
-                    if let Some(index) = index {
-                        fallback.entries.push((entry.clone(), index));
-                    }
-                }
-                let known = fallbacks
-                    .iter()
-                    .any(|f| f.repository == fallback.repository && f.subject == fallback.subject);
-                if !fallback.entries.is_empty() && !known {
-                    fallbacks.push(fallback);
-                }
+                referrers.add_listed(item, &digest, entries);
             }
             let tags = match self.tag_list(&upstream, repository).await {
                 Ok(tags) => tags,
@@ -204,38 +166,9 @@ impl Engine {
                     continue;
                 }
             };
-            let base = format!("{}-{}", digest.algorithm(), digest.encoded());
-            // With the referrers API, the fallback tag is ours to keep, not upstream's to copy.
-            let suffixes: &[&str] = if listed.is_some() {
-                &[".sig", ".att", ".sbom"]
-            } else {
-                &["", ".sig", ".att", ".sbom"]
-            };
-            for suffix in suffixes {
-                let tag = format!("{base}{suffix}");
-                if tags.contains(&tag) {
-                    candidates.push(tag);
-                }
-            }
-            for tag in candidates {
-                let Ok(source) = item.source.with_tag(&tag) else {
-                    continue;
-                };
-                let referrer = SyncItem {
-                    source,
-                    target_repository: item.target_repository.clone(),
-                    target_tag: Some(tag),
-                    platforms: None,
-                    location: item.location.clone(),
-                    options: referrer_options(),
-                };
-                if let Entry::Vacant(slot) = taken.entry(target_ref(&referrer)) {
-                    slot.insert(None);
-                    extra.push(referrer);
-                }
-            }
+            referrers.add_tagged(item, signature_tags(&tags, &digest, listed.is_some()));
         }
-        (extra, fallbacks)
+        (referrers.extra, referrers.fallbacks)
     }
 
     /// Syncs the referrers of what was found (appended to `items`, `counters` and `synced`),
@@ -356,9 +289,10 @@ impl Engine {
         let mut entries = match present {
             Some(_) => match self.target.get_manifest(repository, &tag).await? {
                 Some(existing) => registry::index_entries(&existing.bytes).ok_or_else(|| {
-                    SyncError::Other(format!(
-                        "{repository}:{tag} exists and is not an OCI index; left as it is"
-                    ))
+                    SyncError::NotAnIndex {
+                        repository: repository.to_string(),
+                        tag: tag.to_string(),
+                    }
                 })?,
                 None => Vec::new(),
             },
@@ -400,6 +334,101 @@ fn referrer_options() -> crate::config::ItemOptions {
         referrers: true,
         ..Default::default()
     }
+}
+
+/// The referrer items found so far, each target reference once.
+struct Referrers {
+    extra: Vec<SyncItem>,
+    fallbacks: Vec<Fallback>,
+    /// Every target reference taken, with its index in `extra` when it is a referrer copied
+    /// by digest.
+    taken: HashMap<String, Option<usize>>,
+}
+
+impl Referrers {
+    /// The referrers upstream's referrers API listed for `digest`: each copied by digest, and
+    /// kept in a fallback index of `item`'s repository.
+    fn add_listed(&mut self, item: &SyncItem, digest: &Digest, entries: &[serde_json::Value]) {
+        let repository = item.source.repository();
+        let mut fallback = Fallback {
+            repository: item.target_repository.clone(),
+            subject: digest.clone(),
+            entries: Vec::new(),
+        };
+        for entry in entries {
+            let Some(referrer) = crate::registry::entry_digest(entry) else {
+                continue;
+            };
+            let Ok(source) = Reference::new(
+                item.source.registry(),
+                repository,
+                None,
+                Some(referrer.clone()),
+            ) else {
+                continue;
+            };
+            let item = SyncItem {
+                source,
+                target_repository: item.target_repository.clone(),
+                target_tag: None,
+                platforms: None,
+                location: item.location.clone(),
+                options: referrer_options(),
+            };
+            let index = *self.taken.entry(target_ref(&item)).or_insert_with(|| {
+                self.extra.push(item);
+                Some(self.extra.len() - 1)
+            });
+            if let Some(index) = index {
+                fallback.entries.push((entry.clone(), index));
+            }
+        }
+        let known = self
+            .fallbacks
+            .iter()
+            .any(|f| f.repository == fallback.repository && f.subject == fallback.subject);
+        if !fallback.entries.is_empty() && !known {
+            self.fallbacks.push(fallback);
+        }
+    }
+
+    /// The signature tags found for `item`, copied by tag.
+    fn add_tagged(&mut self, item: &SyncItem, tags: Vec<String>) {
+        for tag in tags {
+            let Ok(source) = item.source.with_tag(&tag) else {
+                continue;
+            };
+            let referrer = SyncItem {
+                source,
+                target_repository: item.target_repository.clone(),
+                target_tag: Some(tag),
+                platforms: None,
+                location: item.location.clone(),
+                options: referrer_options(),
+            };
+            if let Entry::Vacant(slot) = self.taken.entry(target_ref(&referrer)) {
+                slot.insert(None);
+                self.extra.push(referrer);
+            }
+        }
+    }
+}
+
+/// Cosign's `sha256-<hex>.sig|.att|.sbom` tags of `digest` among upstream's `tags`, and,
+/// without a referrers API (`with_api` false), the `sha256-<hex>` fallback tag.
+fn signature_tags(tags: &[String], digest: &Digest, with_api: bool) -> Vec<String> {
+    let base = format!("{}-{}", digest.algorithm(), digest.encoded());
+    // With the referrers API, the fallback tag is ours to keep, not upstream's to copy.
+    let suffixes: &[&str] = if with_api {
+        &[".sig", ".att", ".sbom"]
+    } else {
+        &["", ".sig", ".att", ".sbom"]
+    };
+    suffixes
+        .iter()
+        .map(|suffix| format!("{base}{suffix}"))
+        .filter(|tag| tags.contains(tag))
+        .collect()
 }
 
 /// The referrers of one mirrored digest, for its fallback tag at the target.

@@ -45,13 +45,15 @@ impl Engine {
         let wanted = rewrite::filter_key(platforms);
         match chosen.as_slice() {
             [one] => Ok((*one).clone()),
-            [] => Err(SyncError::Other(format!(
-                "index {digest} has no manifest for {wanted} (platforms_mode: single)"
-            ))),
-            more => Err(SyncError::Other(format!(
-                "{wanted} matches {} manifests of index {digest}; name the variant too (platforms_mode: single stores one)",
-                more.len()
-            ))),
+            [] => Err(SyncError::NoPlatform {
+                index: digest.clone(),
+                wanted,
+            }),
+            more => Err(SyncError::AmbiguousPlatform {
+                index: digest.clone(),
+                wanted,
+                matches: more.len(),
+            }),
         }
     }
 

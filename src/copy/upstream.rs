@@ -64,7 +64,7 @@ impl Upstream {
                 host: registry.to_string(),
                 source: Box::new(source),
             },
-            other => SyncError::Other(other.to_string()),
+            other => SyncError::Endpoint(other),
         };
         let usage = Usage {
             label: registry.to_string(),
@@ -135,7 +135,7 @@ impl Upstream {
                 })
             })
             .await;
-        probed.clone().map_err(SyncError::Other)
+        probed.clone().map_err(SyncError::Unreachable)
     }
 
     /// A tag of this host was found changed: its blobs will be downloaded after two or more
@@ -301,10 +301,9 @@ impl Upstream {
     }
 
     fn schema1(&self, repository: &str, tag: &str) -> SyncError {
-        SyncError::Other(format!(
-            "{}/{repository}:{tag} is a Docker schema 1 manifest, which cannot be mirrored with digests preserved (push it again with a current Docker or use another tag)",
-            self.host
-        ))
+        SyncError::Schema1 {
+            image: format!("{}/{repository}:{tag}", self.host),
+        }
     }
 
     pub fn error(&self, source: RegistryError) -> SyncError {

@@ -22,6 +22,7 @@
 //! never carry secrets: callers pass image references and registry host names only.
 
 pub mod aggregate;
+mod families;
 mod per_run;
 mod per_tag;
 pub mod push;
@@ -32,8 +33,14 @@ pub mod textfile;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use prometheus::core::Collector;
-use prometheus::{Gauge, GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{Gauge, GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Registry};
+
+use families::{
+    BLOBS, BYTES_COPIED, CONFIG_RELOAD_OK, CONFIG_RELOAD_TIME, HTTP_REQUESTS, PROCESS_START,
+    RATELIMIT_REMAINING, RATELIMIT_SEEN, REQUEST_PACE, REQUEST_WINDOW, RUN_BLOBS, RUN_BYTES_COPIED,
+    RUN_DURATION, RUN_HTTP_REQUESTS, RUN_LAST_SUCCESS, RUN_TAGS, RUN_TAGS_FAILED, RUNS,
+    SKIPPED_PASSES, TAG_IN_SYNC, TAG_LAG, TAG_LAST_SYNCED, UPLOAD_FLOW,
+};
 
 pub use aggregate::TagLag;
 pub use push::push;
@@ -130,34 +137,10 @@ impl PassResult {
     }
 }
 
-const PROCESS_START: &str = "mirrorsync_process_start_time_seconds";
-const RUN_LAST_SUCCESS: &str = "mirrorsync_run_last_success_timestamp_seconds";
-const RUN_DURATION: &str = "mirrorsync_run_duration_seconds";
-const RUN_TAGS: &str = "mirrorsync_run_tags";
-const RUN_TAGS_FAILED: &str = "mirrorsync_run_tags_failed";
-const UPLOAD_FLOW: &str = "mirrorsync_upload_flow";
-const RUNS: &str = "mirrorsync_runs_total";
-const TAG_IN_SYNC: &str = "mirrorsync_tag_in_sync";
-const TAG_LAST_SYNCED: &str = "mirrorsync_tag_last_synced_timestamp_seconds";
-const TAG_LAG: &str = "mirrorsync_tag_lag_seconds";
-const BLOBS: &str = "mirrorsync_blobs_total";
-const BYTES_COPIED: &str = "mirrorsync_bytes_copied_total";
-const HTTP_REQUESTS: &str = "mirrorsync_http_requests_total";
-const RATELIMIT_REMAINING: &str = "mirrorsync_ratelimit_remaining";
-const REQUEST_WINDOW: &str = "mirrorsync_request_window";
-const REQUEST_PACE: &str = "mirrorsync_request_pace_per_second";
-const SKIPPED_PASSES: &str = "mirrorsync_schedule_skipped_passes_total";
-const CONFIG_RELOAD_OK: &str = "mirrorsync_config_last_reload_successful";
-const CONFIG_RELOAD_TIME: &str = "mirrorsync_config_last_reload_success_timestamp_seconds";
-const RUN_BLOBS: &str = "mirrorsync_run_blobs";
-const RUN_BYTES_COPIED: &str = "mirrorsync_run_bytes_copied";
-const RUN_HTTP_REQUESTS: &str = "mirrorsync_run_http_requests";
-const RATELIMIT_SEEN: &str = "mirrorsync_ratelimit_remaining_timestamp_seconds";
-
 /// What the registry's series cannot answer cheaply: which tags have series (to drop them), and
 /// the values read back by callers.
 #[derive(Debug, Default)]
-struct Tags {
+struct Recorded {
     lag: BTreeMap<(String, String), f64>,
     last_success: Option<f64>,
     /// `tag_series: out_of_sync`: per-tag series only for tags not in sync.
@@ -190,7 +173,7 @@ pub struct Metrics {
     ratelimit_seen: GaugeVec,
     run_tags_failed: IntGaugeVec,
     upload_flow: IntGaugeVec,
-    tags: Mutex<Tags>,
+    recorded: Mutex<Recorded>,
     /// One per named target of a run over several (`target_name` label).
     children: Mutex<Vec<(String, Arc<Metrics>)>>,
 }
@@ -199,19 +182,6 @@ impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Metrics").finish_non_exhaustive()
     }
-}
-
-/// Registers `collector` and returns it. The names and label sets below are constants, distinct
-/// and valid, so registering cannot fail.
-fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
-    registry
-        .register(Box::new(collector.clone()))
-        .expect("metric names and labels are distinct constants");
-    collector
-}
-
-fn opts(name: &str, help: &str) -> Opts {
-    Opts::new(name, help)
 }
 
 /// The current Unix time in seconds.
@@ -234,147 +204,35 @@ impl Metrics {
     }
 
     fn on(r: Registry) -> Metrics {
-        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
-            register(
-                &r,
-                GaugeVec::new(opts(name, help), labels).expect("valid metric"),
-            )
-        };
-        let int_gauge_vec = |name: &str, help: &str, labels: &[&str]| {
-            register(
-                &r,
-                IntGaugeVec::new(opts(name, help), labels).expect("valid metric"),
-            )
-        };
-        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            register(
-                &r,
-                IntCounterVec::new(opts(name, help), labels).expect("valid metric"),
-            )
-        };
         let m = Metrics {
-            process_start: register(
-                &r,
-                Gauge::with_opts(opts(
-                    PROCESS_START,
-                    "Unix time the process started: the baseline of \"no success since\" alerts before the first successful run.",
-                ))
-                .expect("valid metric"),
-            ),
-            run_last_success: gauge_vec(
-                RUN_LAST_SUCCESS,
-                "Unix time at the end of the last run in which every tag was in sync.",
-                &[],
-            ),
-            run_duration: gauge_vec(RUN_DURATION, "Duration of the last run in seconds.", &[]),
-            run_tags: int_gauge_vec(
-                RUN_TAGS,
-                "Tags per result of the last run: unchanged, synced, failed, deferred.",
-                &["result"],
-            ),
-            runs: counter_vec(
-                RUNS,
-                "Passes, by result: success (every tag in sync), failed (a tag failed, or the pass could not start), deferred (work left for a later pass).",
-                &["result"],
-            ),
-            tag_in_sync: int_gauge_vec(
-                TAG_IN_SYNC,
-                "1 when the target held the upstream digest at the last check, 0 otherwise.",
-                &["source", "target"],
-            ),
-            tag_last_synced: gauge_vec(
-                TAG_LAST_SYNCED,
-                "Unix time the target was last seen to match upstream.",
-                &["source", "target"],
-            ),
-            tag_lag: gauge_vec(
-                TAG_LAG,
-                "0 when the last pass confirmed the tag in sync; otherwise seconds since it was last confirmed in sync, whichever side (upstream or target) kept the pass from confirming it.",
-                &["source", "target"],
-            ),
-            blobs: counter_vec(
-                BLOBS,
-                "Blobs handled, by action: copied from upstream, mounted from another repository of the target, or already present.",
-                &["action"],
-            ),
-            bytes_copied: counter_vec(
-                BYTES_COPIED,
-                "Blob bytes pulled from each upstream registry.",
-                &["registry"],
-            ),
-            http_requests: counter_vec(
-                HTTP_REQUESTS,
-                "HTTP requests made, by registry, method and status code (\"error\" when no response was received).",
-                &["registry", "method", "code"],
-            ),
-            ratelimit_remaining: gauge_vec(
-                RATELIMIT_REMAINING,
-                "Last ratelimit-remaining value seen from the upstream registry.",
-                &["registry"],
-            ),
-            request_window: gauge_vec(
-                REQUEST_WINDOW,
-                "Requests the registry may have in flight now: shrinks when it answers 429 or 503, grows back as it answers the rest.",
-                &["registry"],
-            ),
-            request_pace: gauge_vec(
-                REQUEST_PACE,
-                "Requests per second started to the registry since it first answered 429 or 503 (absent until then).",
-                &["registry"],
-            ),
-            skipped_passes: register(
-                &r,
-                IntCounter::with_opts(opts(
-                    SKIPPED_PASSES,
-                    "Scheduled passes skipped because the previous pass was still running.",
-                ))
-                .expect("valid metric"),
-            ),
-            config_reload_ok: int_gauge_vec(
-                CONFIG_RELOAD_OK,
-                "1 when the last load of the configuration (at start or on SIGHUP) succeeded, 0 when it failed and the previous one is kept.",
-                &[],
-            ),
-            config_reload_time: gauge_vec(
-                CONFIG_RELOAD_TIME,
-                "Unix time of the last successful load of the configuration (at start or on SIGHUP).",
-                &[],
-            ),
+            process_start: PROCESS_START.gauge(&r),
+            run_last_success: RUN_LAST_SUCCESS.gauge_vec(&r),
+            run_duration: RUN_DURATION.gauge_vec(&r),
+            run_tags: RUN_TAGS.int_gauge_vec(&r),
+            run_tags_failed: RUN_TAGS_FAILED.int_gauge_vec(&r),
+            upload_flow: UPLOAD_FLOW.int_gauge_vec(&r),
+            runs: RUNS.counter_vec(&r),
+            tag_in_sync: TAG_IN_SYNC.int_gauge_vec(&r),
+            tag_last_synced: TAG_LAST_SYNCED.gauge_vec(&r),
+            tag_lag: TAG_LAG.gauge_vec(&r),
+            blobs: BLOBS.counter_vec(&r),
+            bytes_copied: BYTES_COPIED.counter_vec(&r),
+            http_requests: HTTP_REQUESTS.counter_vec(&r),
+            ratelimit_remaining: RATELIMIT_REMAINING.gauge_vec(&r),
+            request_window: REQUEST_WINDOW.gauge_vec(&r),
+            request_pace: REQUEST_PACE.gauge_vec(&r),
+            skipped_passes: SKIPPED_PASSES.counter(&r),
+            config_reload_ok: CONFIG_RELOAD_OK.int_gauge_vec(&r),
+            config_reload_time: CONFIG_RELOAD_TIME.gauge_vec(&r),
+            ratelimit_seen: RATELIMIT_SEEN.gauge_vec(&r),
             lag_summary: aggregate::LagSummary::register(&r),
             run_counts: per_run::PerRun {
-                blobs: int_gauge_vec(
-                    RUN_BLOBS,
-                    "Blobs handled by the last run, by action (mirrorsync_blobs_total of that run alone).",
-                    &["action"],
-                ),
-                bytes_copied: int_gauge_vec(
-                    RUN_BYTES_COPIED,
-                    "Blob bytes the last run pulled from each upstream registry (mirrorsync_bytes_copied_total of that run alone).",
-                    &["registry"],
-                ),
-                http_requests: int_gauge_vec(
-                    RUN_HTTP_REQUESTS,
-                    "HTTP requests the last run made, by registry, method and status code (mirrorsync_http_requests_total of that run alone).",
-                    &["registry", "method", "code"],
-                ),
+                blobs: RUN_BLOBS.int_gauge_vec(&r),
+                bytes_copied: RUN_BYTES_COPIED.int_gauge_vec(&r),
+                http_requests: RUN_HTTP_REQUESTS.int_gauge_vec(&r),
                 seen: Mutex::default(),
             },
-            ratelimit_seen: gauge_vec(
-                RATELIMIT_SEEN,
-                "Unix time mirrorsync_ratelimit_remaining was last seen from the upstream registry.",
-                &["registry"],
-            ),
-            run_tags_failed: int_gauge_vec(
-                RUN_TAGS_FAILED,
-                "Failed tags of the last run by reason: tag_immutable (upstream moved a tag the target keeps immutable), name_refused (the target refused the repository path), by_digest_refused (the target refuses manifests pushed by digest), other.",
-                &["reason"],
-            ),
-            upload_flow: int_gauge_vec(
-                UPLOAD_FLOW,
-                "1 for the blob upload flow the target registry ended the last run on: put-with-body (ours), patch-then-put (the closing PUT refused a body), single-patch (Content-Range refused: the Docker client's flow); 0 for the others.",
-                &["registry", "flow"],
-            ),
-            tags: Mutex::new(Tags::default()),
+            recorded: Mutex::new(Recorded::default()),
             children: Mutex::default(),
             registry: r,
         };
@@ -391,9 +249,9 @@ impl Metrics {
         m
     }
 
-    fn tags(&self) -> MutexGuard<'_, Tags> {
+    fn recorded(&self) -> MutexGuard<'_, Recorded> {
         // A panic elsewhere while holding the lock leaves consistent plain data: keep going.
-        self.tags.lock().unwrap_or_else(|p| p.into_inner())
+        self.recorded.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Records the end of a run: its duration, the number of tags per result (results not
@@ -476,8 +334,8 @@ impl Metrics {
     /// Seeds `mirrorsync_run_last_success_timestamp_seconds`, e.g. from state persisted by an
     /// earlier run.
     pub fn set_last_success(&self, ts: f64) {
-        let mut tags = self.tags();
-        tags.last_success = Some(ts);
+        let mut recorded = self.recorded();
+        recorded.last_success = Some(ts);
         self.run_last_success.with_label_values::<&str>(&[]).set(ts);
     }
 
@@ -561,8 +419,6 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
-    use std::time::Duration;
 
     const GOLDEN: &str = r#"# HELP mirrorsync_blobs_total Blobs handled, by action: copied from upstream, mounted from another repository of the target, or already present.
 # TYPE mirrorsync_blobs_total counter
@@ -698,13 +554,20 @@ mirrorsync_tag_last_synced_timestamp_seconds{source="docker.io/library/redis:7.2
     #[test]
     fn empty_metrics_render_the_always_present_families() {
         let text = Metrics::new().render();
-        assert!(!text.contains(RUN_LAST_SUCCESS), "{text}");
-        assert!(!text.contains(RUN_DURATION), "{text}");
-        assert!(!text.contains(TAG_LAG), "{text}");
-        assert!(!text.contains(CONFIG_RELOAD_OK), "daemon only: {text}");
-        assert!(!text.contains(CONFIG_RELOAD_TIME), "daemon only: {text}");
+        assert!(!text.contains(RUN_LAST_SUCCESS.name), "{text}");
+        assert!(!text.contains(RUN_DURATION.name), "{text}");
+        assert!(!text.contains(TAG_LAG.name), "{text}");
+        assert!(!text.contains(CONFIG_RELOAD_OK.name), "daemon only: {text}");
         assert!(
-            text.contains(&format!("{PROCESS_START} {}\n", process_start_time())),
+            !text.contains(CONFIG_RELOAD_TIME.name),
+            "daemon only: {text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "{} {}\n",
+                PROCESS_START.name,
+                process_start_time()
+            )),
             "{text}"
         );
         for r in ["success", "failed", "deferred"] {
@@ -747,7 +610,10 @@ mirrorsync_tag_last_synced_timestamp_seconds{source="docker.io/library/redis:7.2
         assert!(text.contains("mirrorsync_run_tags{result=\"failed\"} 2\n"));
         assert!(text.contains("mirrorsync_run_tags{result=\"deferred\"} 0\n"));
         assert!(text.contains("mirrorsync_run_duration_seconds 1\n"));
-        assert!(!text.contains(RUN_LAST_SUCCESS), "absent until a success");
+        assert!(
+            !text.contains(RUN_LAST_SUCCESS.name),
+            "absent until a success"
+        );
 
         m.set_last_success(100.0);
         assert!(
@@ -755,7 +621,7 @@ mirrorsync_tag_last_synced_timestamp_seconds{source="docker.io/library/redis:7.2
                 .contains("mirrorsync_run_last_success_timestamp_seconds 100\n")
         );
         m.record_run(2.0, &[(TagRunResult::Synced, 3)], Some(200.0));
-        assert_eq!(m.tags().last_success, Some(200.0));
+        assert_eq!(m.recorded().last_success, Some(200.0));
         m.record_run(3.0, &[(TagRunResult::Deferred, 1)], None);
         let text = m.render();
         assert!(text.contains("mirrorsync_run_last_success_timestamp_seconds 200\n"));
@@ -792,7 +658,7 @@ mirrorsync_tag_last_synced_timestamp_seconds{source="docker.io/library/redis:7.2
     fn per_run_gauges_hold_each_pass_alone_and_reset_to_zero() {
         let m = Metrics::new();
         assert!(
-            !m.render().contains(RUN_BYTES_COPIED),
+            !m.render().contains(RUN_BYTES_COPIED.name),
             "absent before a pass ended"
         );
         m.add_bytes_copied("docker.io", 100);
@@ -907,14 +773,14 @@ mirrorsync_tag_last_synced_timestamp_seconds{source="docker.io/library/redis:7.2
         assert!(!text.contains("source=\"a\""), "{text}");
         assert!(!text.contains("source=\"c\""), "{text}");
         assert_eq!(
-            m.tags().lag.get(&("b".into(), "mb".into())).copied(),
+            m.recorded().lag.get(&("b".into(), "mb".into())).copied(),
             Some(5.0)
         );
-        assert_eq!(m.tags().lag.get(&("a".into(), "ma".into())), None);
+        assert_eq!(m.recorded().lag.get(&("a".into(), "ma".into())), None);
         m.retain_tags(&|_, _| false);
         let text = m.render();
         assert!(
-            !text.contains(TAG_IN_SYNC) && !text.contains(TAG_LAG),
+            !text.contains(TAG_IN_SYNC.name) && !text.contains(TAG_LAG.name),
             "{text}"
         );
     }
@@ -941,227 +807,5 @@ mirrorsync_tag_last_synced_timestamp_seconds{source="docker.io/library/redis:7.2
         assert!(text.contains(
             "mirrorsync_http_requests_total{code=\"200\",method=\"GET\",registry=\"r\"} 8000\n"
         ));
-    }
-
-    async fn http_get(addr: std::net::SocketAddr, raw: &[u8]) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(raw).await.unwrap();
-        let mut out = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-            .await
-            .unwrap()
-            .unwrap();
-        String::from_utf8_lossy(&out).into_owned()
-    }
-
-    /// Kills the child process when dropped, so a failing assertion does not leave it running.
-    struct KillOnDrop(std::process::Child);
-
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-
-    fn promtool_check(text: &str) {
-        use std::io::Write as _;
-        let mut child = std::process::Command::new("/usr/bin/promtool")
-            .args(["check", "metrics"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("run promtool");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            out.status.success(),
-            "promtool check metrics failed:\n{said}\n{text}"
-        );
-        assert!(said.trim().is_empty(), "promtool complained:\n{said}");
-    }
-
-    #[tokio::test]
-    async fn promtool_and_real_pushgateway() {
-        let promtool = Path::new("/usr/bin/promtool");
-        let gateway = Path::new("/usr/bin/prometheus-pushgateway");
-        assert!(
-            promtool.exists() && gateway.exists(),
-            "/usr/bin/promtool or /usr/bin/prometheus-pushgateway is absent \
-             (apt-get install prometheus prometheus-pushgateway; scripts/test does)"
-        );
-        let _ = rustls::crypto::ring::default_provider().install_default();
-
-        let m = populated();
-        let text = m.render();
-        promtool_check(&text);
-        promtool_check(&Metrics::new().render());
-
-        // What /metrics serves and what a textfile holds pass too.
-        let (addr, task) = serve(
-            "127.0.0.1:0".parse().unwrap(),
-            m.clone(),
-            Arc::new(|| Ok(())),
-        )
-        .await
-        .unwrap();
-        let served = http_get(addr, b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n").await;
-        task.abort();
-        promtool_check(served.split_once("\r\n\r\n").unwrap().1);
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("mirrorsync.prom");
-        write_textfile(&file, &text).unwrap();
-        promtool_check(&std::fs::read_to_string(&file).unwrap());
-
-        // A real Pushgateway on a free loopback port.
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let _gw = KillOnDrop(
-            std::process::Command::new(gateway)
-                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("start prometheus-pushgateway"),
-        );
-        let base = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let ready = http.get(format!("{base}/-/ready")).send().await;
-            if matches!(&ready, Ok(r) if r.status().is_success()) {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "pushgateway not ready"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-
-        // Credentials in the URL are sent as basic auth (this gateway ignores them).
-        let with_creds = format!("http://robot:pw@127.0.0.1:{port}/");
-        push(
-            &http,
-            &with_creds,
-            &[("instance", "ns/pod-1")],
-            text.clone(),
-        )
-        .await
-        .unwrap();
-
-        let v: serde_json::Value = http
-            .get(format!("{base}/api/v1/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(v["status"], "success", "{v}");
-        let groups = v["data"].as_array().unwrap();
-        let group = groups
-            .iter()
-            .find(|g| g["labels"]["instance"] == "ns/pod-1")
-            .unwrap_or_else(|| panic!("group not found: {v}"));
-        assert_eq!(group["labels"]["job"], "mirrorsync", "{group}");
-        assert_eq!(group["last_push_successful"], true, "{group}");
-        let expect = [
-            (RUN_LAST_SUCCESS, "gauge"),
-            (RUN_DURATION, "gauge"),
-            (RUN_TAGS, "gauge"),
-            (TAG_IN_SYNC, "gauge"),
-            (TAG_LAST_SYNCED, "gauge"),
-            (TAG_LAG, "gauge"),
-            (BLOBS, "counter"),
-            (BYTES_COPIED, "counter"),
-            (HTTP_REQUESTS, "counter"),
-            (RATELIMIT_REMAINING, "gauge"),
-            (SKIPPED_PASSES, "counter"),
-            (PROCESS_START, "gauge"),
-            (RUNS, "counter"),
-            (CONFIG_RELOAD_OK, "gauge"),
-            (CONFIG_RELOAD_TIME, "gauge"),
-        ];
-        for (name, kind) in expect {
-            let fam = &group[name];
-            assert!(fam.is_object(), "{name} missing from {group}");
-            assert_eq!(
-                fam["type"].as_str().unwrap_or("").to_ascii_lowercase(),
-                kind,
-                "{name}: {fam}"
-            );
-            let help = fam["help"].as_str().unwrap_or("");
-            assert!(
-                !help.is_empty() && text.contains(&format!("# HELP {name} {help}\n")),
-                "{name} help: {fam}"
-            );
-        }
-        let lag = group[TAG_LAG]["metrics"].as_array().unwrap();
-        let odd = lag
-            .iter()
-            .find(|s| s["labels"]["target"] == "t")
-            .unwrap_or_else(|| panic!("{lag:?}"));
-        assert_eq!(odd["labels"]["source"], "odd\\name \"quoted\"\nline");
-        assert_eq!(odd["value"], "1.5");
-        let tags = &group[RUN_TAGS]["metrics"];
-        assert_eq!(tags.as_array().unwrap().len(), 4, "{tags}");
-
-        // An empty grouping value uses the base64 form.
-        push(&http, &base, &[("instance", "")], Metrics::new().render())
-            .await
-            .unwrap();
-        let v: serde_json::Value = http
-            .get(format!("{base}/api/v1/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let empty = v["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|g| g["labels"]["instance"] == "")
-            .unwrap_or_else(|| panic!("group with empty instance not found: {v}"));
-        assert_eq!(empty[SKIPPED_PASSES]["type"], "COUNTER", "{empty}");
-
-        // A body the gateway rejects: the error names the URL and status with the body.
-        let err = push(
-            &http,
-            &with_creds,
-            &[("instance", "bad")],
-            "not a metric line {\n".to_string(),
-        )
-        .await
-        .unwrap_err();
-        let msg = err.to_string();
-        assert!(
-            matches!(err, push::MetricsError::Status { status: 400, .. }),
-            "{msg}"
-        );
-        assert!(
-            msg.contains(&format!(
-                "http://127.0.0.1:{port}/metrics/job/mirrorsync/instance/bad"
-            )),
-            "{msg}"
-        );
-        assert!(!msg.contains("pw"), "{msg}");
-        println!("pushgateway round trip checked on port {port}; rejected push said: {msg}");
     }
 }

@@ -16,11 +16,11 @@ impl Metrics {
         last_synced_timestamp: Option<f64>,
         lag_seconds: f64,
     ) {
-        let mut tags = self.tags();
+        let mut recorded = self.recorded();
         let labels = [source, target];
-        if tags.out_of_sync_only && in_sync {
+        if recorded.out_of_sync_only && in_sync {
             // Only the aggregates speak for a tag in sync.
-            if tags
+            if recorded
                 .lag
                 .remove(&(source.to_string(), target.to_string()))
                 .is_some()
@@ -40,15 +40,16 @@ impl Metrics {
             }
         }
         self.tag_lag.with_label_values(&labels).set(lag_seconds);
-        tags.lag
+        recorded
+            .lag
             .insert((source.to_string(), target.to_string()), lag_seconds);
     }
 
     /// Keeps only the tags for which `keep(source, target)` is true: the series of the others
     /// disappear (after a config reload, or a pass over a changed list).
     pub fn retain_tags(&self, keep: &dyn Fn(&str, &str) -> bool) {
-        let mut tags = self.tags();
-        tags.lag.retain(|(source, target), _| {
+        let mut recorded = self.recorded();
+        recorded.lag.retain(|(source, target), _| {
             if keep(source, target) {
                 return true;
             }
@@ -66,6 +67,6 @@ impl Metrics {
     /// `tag_series: out_of_sync` (true): from now on, [`Metrics::set_tag`] keeps per-tag series
     /// only for tags not in sync, and drops those of a tag found in sync; false: every tag.
     pub fn set_tag_series_out_of_sync_only(&self, yes: bool) {
-        self.tags().out_of_sync_only = yes;
+        self.recorded().out_of_sync_only = yes;
     }
 }

@@ -56,14 +56,14 @@ impl Metrics {
 /// Families about the process and the registries it talks to, not about one target: with
 /// several targets they have no `target_name` label.
 const PROCESS_WIDE: [&str; 10] = [
-    PROCESS_START,
-    SKIPPED_PASSES,
-    CONFIG_RELOAD_OK,
-    CONFIG_RELOAD_TIME,
-    HTTP_REQUESTS,
-    RUN_HTTP_REQUESTS,
-    RATELIMIT_REMAINING,
-    RATELIMIT_SEEN,
-    REQUEST_WINDOW,
-    REQUEST_PACE,
+    PROCESS_START.name,
+    SKIPPED_PASSES.name,
+    CONFIG_RELOAD_OK.name,
+    CONFIG_RELOAD_TIME.name,
+    HTTP_REQUESTS.name,
+    RUN_HTTP_REQUESTS.name,
+    RATELIMIT_REMAINING.name,
+    RATELIMIT_SEEN.name,
+    REQUEST_WINDOW.name,
+    REQUEST_PACE.name,
 ];

@@ -6,7 +6,15 @@ use serde_saphyr::{Location, Spanned};
 
 use super::Validator;
 use crate::config::raw::{RawImage, RawTarget};
-use crate::config::{ConfigError, TargetSettings};
+use crate::config::values::parse_byte_size;
+use crate::config::{
+    ConfigError, DEFAULT_CHUNK_SIZE, DEFAULT_TARGET_CONCURRENCY, LimitSettings, MIN_CHUNK_SIZE,
+    TargetKind, TargetSettings,
+};
+use crate::reference::validate_registry;
+
+/// The largest `target.chunk_size`: one request body, held by proxies and load balancers.
+const MAX_CHUNK_SIZE: u64 = 1024 * 1024 * 1024;
 
 impl Validator<'_> {
     /// `target:` (one target, name optional) or `targets:` (a list, each named, names unique).
@@ -106,6 +114,118 @@ impl Validator<'_> {
             }
         }
         Ok(())
+    }
+
+    /// One target: where it writes (a registry or a layout directory) and its settings.
+    pub(super) fn target(
+        &self,
+        raw: &Spanned<RawTarget>,
+        key: &str,
+    ) -> Result<TargetSettings, ConfigError> {
+        let t = &raw.value;
+        let name = match &t.name {
+            Some(n) => Some(self.target_name(n, &format!("{key}.name"))?),
+            None => None,
+        };
+        let kind = self.target_kind(raw, key)?;
+        let layout = match &kind {
+            TargetKind::Path(dir) => self.layout_options(t, dir)?,
+            TargetKind::Registry(_) => Default::default(),
+        };
+        let prefix = match &t.prefix {
+            Some(p) => self.prefix(p, &format!("{key}.prefix"))?,
+            None => String::new(),
+        };
+        let (requests_per_second, burst, bytes_per_second) =
+            self.rate_knobs(&t.requests_per_second, &t.burst, &t.bytes_per_second, key)?;
+        Ok(TargetSettings {
+            name,
+            kind,
+            prefix,
+            limits: LimitSettings {
+                requests_per_second,
+                burst,
+                bytes_per_second,
+            },
+            concurrency: match &t.concurrency {
+                Some(c) => self.in_range(c, &format!("{key}.concurrency"), 1, 64)?,
+                None => DEFAULT_TARGET_CONCURRENCY,
+            },
+            chunk_size: self.chunk_size(t.chunk_size.as_ref(), key)?,
+            layout,
+        })
+    }
+
+    /// A target's `registry:` (with its endpoint settings) or `path:`, exactly one of them.
+    fn target_kind(&self, raw: &Spanned<RawTarget>, key: &str) -> Result<TargetKind, ConfigError> {
+        let t = &raw.value;
+        match (&t.registry, &t.path) {
+            (Some(_), Some(_)) => {
+                Err(self
+                    .site
+                    .spanned(raw, key, "set exactly one of registry or path, not both"))
+            }
+            (None, None) => Err(self.site.spanned(
+                raw,
+                key,
+                "set exactly one of registry (a registry host) or path (an OCI layout directory)",
+            )),
+            (Some(host), None) => {
+                self.registry_target_layout_keys(t)?;
+                let h = host.value.trim();
+                if h.contains("://") {
+                    return Err(self.site.spanned(
+                        host,
+                        format!("{key}.registry"),
+                        format!("\"{h}\" must be host[:port] without a scheme; use insecure: true for plain HTTP"),
+                    ));
+                }
+                validate_registry(h).map_err(|e| {
+                    self.site
+                        .spanned(host, format!("{key}.registry"), e.to_string())
+                })?;
+                Ok(TargetKind::Registry(self.endpoint(
+                    h.to_string(),
+                    t.insecure,
+                    t.ca_file.as_ref(),
+                    t.auth.as_ref(),
+                    key,
+                )?))
+            }
+            (None, Some(path)) => {
+                let registry_only = [
+                    ("insecure", t.insecure.is_some()),
+                    ("ca_file", t.ca_file.is_some()),
+                    ("auth", t.auth.is_some()),
+                    ("chunk_size", t.chunk_size.is_some()),
+                ];
+                if let Some((knob, _)) = registry_only.iter().find(|(_, set)| *set) {
+                    return Err(self.site.spanned(
+                        raw,
+                        format!("{key}.{knob}"),
+                        "applies only to a registry target, not to a path (OCI layout) target",
+                    ));
+                }
+                Ok(TargetKind::Path(self.path(path, &format!("{key}.path"))?))
+            }
+        }
+    }
+
+    /// A target's `chunk_size:`, within [`MIN_CHUNK_SIZE`, `MAX_CHUNK_SIZE`].
+    fn chunk_size(&self, raw: Option<&Spanned<String>>, key: &str) -> Result<u64, ConfigError> {
+        let Some(v) = raw else {
+            return Ok(DEFAULT_CHUNK_SIZE);
+        };
+        let key = format!("{key}.chunk_size");
+        let n = parse_byte_size(&v.value).map_err(|e| self.site.spanned(v, &key, e))?;
+        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&n) {
+            return Err(self.site.spanned(
+                v,
+                key,
+                "must be between 5MiB (the smallest part ECR accepts) and 1GiB",
+            ));
+        }
+        Ok(n)
     }
 
     /// A target's `name`: a label value and a word in log lines.

@@ -7,12 +7,11 @@ use std::sync::Arc;
 use crate::config::{Config, TargetKind};
 use crate::copy::Mode;
 use crate::history::{History, PushgatewayGroup};
-use crate::report::EXIT_DEFERRED;
 use crate::run::PassOptions;
 use crate::run_report::{ReportCommand, ReportFile};
 use crate::shard::Shard;
 use crate::signals::RunControl;
-use crate::{cli, copy, daemon, metrics, run, signals};
+use crate::{cli, copy, daemon, exit, metrics, run, signals};
 
 /// The shard from `--shard`, else from an Indexed Job's environment.
 fn shard_of(flag: Option<Shard>) -> Result<Option<Shard>, String> {
@@ -26,23 +25,23 @@ fn shard_of(flag: Option<Shard>) -> Result<Option<Shard>, String> {
 pub async fn sync(config: Config, args: cli::SyncArgs, progress: bool) -> i32 {
     if let Err(e) = args.check_mode() {
         eprintln!("error: {e}");
-        return 2;
+        return exit::USAGE;
     }
     let Some(file) = open_report(args.report.as_deref(), ReportCommand::Sync) else {
-        return 2;
+        return exit::USAGE;
     };
     let shard = match shard_of(args.shard.shard) {
         Ok(s) => s,
         Err(e) => {
             crate::report::fatal(&e);
-            return file.write_error(&e, 2).await;
+            return file.write_error(&e, exit::USAGE).await;
         }
     };
     if !args.once && args.deferred_exit_code.is_some() {
         eprintln!(
             "error: --deferred-exit-code applies to `sync --once` only (the daemon's passes have no exit code)"
         );
-        return 2;
+        return exit::USAGE;
     }
     if !args.once {
         let options = daemon::DaemonOptions {
@@ -102,7 +101,7 @@ pub async fn sync(config: Config, args: cli::SyncArgs, progress: bool) -> i32 {
             print!("{}", report.render_end());
             // A second signal: whatever the tags did, the run was cut short.
             let code = if options.control.stopped_now() {
-                3
+                exit::WORK_LEFT
             } else {
                 deferred_exit(
                     report.exit_code(),
@@ -116,17 +115,17 @@ pub async fn sync(config: Config, args: cli::SyncArgs, progress: bool) -> i32 {
         Err(e) => {
             crate::report::fatal(&e);
             metrics.count_pass(metrics::PassResult::Failed);
-            file.write_error(&e, 1).await
+            file.write_error(&e, exit::FAILED).await
         }
     };
     export_metrics(&metrics, &args, shard).await;
     code
 }
 
-/// The exit code of a `--once` run: 3 (work left, nothing failed) becomes `--deferred-exit-code`.
+/// The exit code of a `--once` run: [`exit::WORK_LEFT`] (work left, nothing failed) becomes `--deferred-exit-code`.
 fn deferred_exit(code: i32, deferred: usize, deferred_exit_code: Option<u8>) -> i32 {
     match deferred_exit_code {
-        Some(n) if code == EXIT_DEFERRED => {
+        Some(n) if code == exit::WORK_LEFT => {
             tracing::info!(
                 deferred,
                 exit_code = n,
@@ -178,13 +177,13 @@ async fn export_metrics(
 /// `mirrorsync plan`: what a sync would do; writes nothing anywhere.
 pub async fn plan(config: Config, args: cli::PlanArgs, progress: bool) -> i32 {
     let Some(file) = open_report(args.report.as_deref(), ReportCommand::Plan) else {
-        return 2;
+        return exit::USAGE;
     };
     let shard = match shard_of(args.shard.shard) {
         Ok(s) => s,
         Err(e) => {
             crate::report::fatal(&e);
-            return file.write_error(&e, 2).await;
+            return file.write_error(&e, exit::USAGE).await;
         }
     };
     let options = PassOptions {
@@ -205,7 +204,7 @@ pub async fn plan(config: Config, args: cli::PlanArgs, progress: bool) -> i32 {
         }
         Err(e) => {
             crate::report::fatal(&e);
-            file.write_error(&e, 1).await
+            file.write_error(&e, exit::FAILED).await
         }
     }
 }
@@ -247,7 +246,7 @@ pub async fn check(config: Config, connect: bool) -> i32 {
         println!("schedule: {}; next pass at {next}", schedule.describe());
     }
     if !connect {
-        return 0;
+        return exit::SUCCESS;
     }
     let mut failed = 0;
     for view in views {
@@ -277,5 +276,9 @@ pub async fn check(config: Config, connect: bool) -> i32 {
             }
         }
     }
-    if failed > 0 { 1 } else { 0 }
+    if failed > 0 {
+        exit::FAILED
+    } else {
+        exit::SUCCESS
+    }
 }

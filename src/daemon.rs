@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::copy::progress::Progress;
 use crate::copy::{Mode, target_ref};
+use crate::exit;
 use crate::history::History;
 use crate::liveness::Liveness;
 use crate::metrics::{self, Metrics, PassResult};
@@ -56,7 +57,7 @@ pub async fn run(initial: Config, options: DaemonOptions) -> i32 {
         Ok(s) => s,
         Err(e) => {
             crate::report::fatal(&e);
-            return 2;
+            return exit::USAGE;
         }
     };
     let mut config = initial;
@@ -67,7 +68,7 @@ pub async fn run(initial: Config, options: DaemonOptions) -> i32 {
     let hangup = Arc::new(Notify::new());
     if let Err(e) = watch_signals(shutdown.clone(), now.clone(), Arc::clone(&hangup)) {
         crate::report::fatal(format!("cannot install signal handlers: {e}"));
-        return 1;
+        return exit::FAILED;
     }
 
     let first_due = match schedule.sleep_until_next(Utc::now()) {
@@ -82,7 +83,7 @@ pub async fn run(initial: Config, options: DaemonOptions) -> i32 {
             Ok((bound, _)) => tracing::info!(address = %bound, "serving /metrics and /healthz"),
             Err(e) => {
                 crate::report::fatal(format!("cannot serve metrics on {addr}: {e}"));
-                return 2;
+                return exit::USAGE;
             }
         }
     }
@@ -96,14 +97,14 @@ pub async fn run(initial: Config, options: DaemonOptions) -> i32 {
             let now = Utc::now();
             let Some((wait, next)) = schedule.sleep_until_next(now) else {
                 crate::report::fatal("the schedule never fires again");
-                return 2;
+                return exit::USAGE;
             };
             liveness.waiting_until(due_in(wait));
             tracing::info!(next_pass = %next.to_rfc3339(), wait_s = wait.as_secs(), "next pass scheduled");
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 // Idle between passes: nothing is stopped, so a clean exit.
-                _ = shutdown.cancelled() => return 0,
+                _ = shutdown.cancelled() => return exit::SUCCESS,
                 _ = hangup.notified() => {
                     reload(&options, &mut config, &mut schedule, &metrics);
                     continue;
@@ -141,21 +142,21 @@ pub async fn run(initial: Config, options: DaemonOptions) -> i32 {
             tracing::warn!(problem = %problem, "could not read a password file again");
         }
         tracing::info!(tags = config.images.len(), "pass started");
-        let exit = match run_pass(&config, &pass, &metrics).await {
+        let code = match run_pass(&config, &pass, &metrics).await {
             Ok(report) => {
                 print!("{}", report.render_end());
-                let exit = if now.is_cancelled() {
-                    3
+                let code = if now.is_cancelled() {
+                    exit::WORK_LEFT
                 } else {
                     report.exit_code()
                 };
-                report.log_summary(exit);
-                exit
+                report.log_summary(code);
+                code
             }
             Err(e) => {
                 tracing::error!(error = %e, "pass could not start");
                 metrics.count_pass(PassResult::Failed);
-                1
+                exit::FAILED
             }
         };
         // Until the loop computes the next occurrence: due now.
@@ -181,10 +182,10 @@ pub async fn run(initial: Config, options: DaemonOptions) -> i32 {
             );
         }
         if now.is_cancelled() {
-            return 3;
+            return exit::WORK_LEFT;
         }
         if shutdown.is_cancelled() {
-            return exit;
+            return code;
         }
     }
 }

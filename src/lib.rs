@@ -25,6 +25,7 @@ pub mod commands;
 mod config;
 mod copy;
 mod daemon;
+pub mod exit;
 mod history;
 mod layout_source;
 mod liveness;

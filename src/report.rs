@@ -11,10 +11,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::exit;
 use crate::outcome::{CopyStats, Pruned, TagOutcome, TagResult};
-
-/// The exit code of a run that left work for a later run and failed nothing.
-pub const EXIT_DEFERRED: i32 = 3;
 
 /// Whether logs are JSON (set once by `main`).
 static JSON_LOGS: AtomicBool = AtomicBool::new(false);
@@ -203,15 +201,15 @@ impl RunReport {
         self.tags.iter().filter(|t| f(&t.result)).count()
     }
 
-    /// 0 when every tag is in sync, 1 when some failed, [`EXIT_DEFERRED`] when none failed but
-    /// some were left for a later run.
+    /// [`exit::SUCCESS`] when every tag is in sync, [`exit::FAILED`] when some failed,
+    /// [`exit::WORK_LEFT`] when none failed but some were left for a later run.
     pub fn exit_code(&self) -> i32 {
         if self.failed() > 0 {
-            1
+            exit::FAILED
         } else if self.deferred() > 0 {
-            EXIT_DEFERRED
+            exit::WORK_LEFT
         } else {
-            0
+            exit::SUCCESS
         }
     }
 

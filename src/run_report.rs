@@ -19,15 +19,13 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::config::TargetKind;
+use crate::exit;
 use crate::outcome::{CopyStats, TagOutcome, TagResult};
 use crate::report::RunReport;
 
 /// The `schemaVersion` of the document. A field added keeps it; a field renamed, removed or
 /// given another meaning raises it.
 pub const SCHEMA_VERSION: u32 = 1;
-
-/// The exit code of a run whose report could not be written at the end.
-const EXIT_REPORT_UNWRITTEN: i32 = 1;
 
 /// Which command wrote the report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -239,7 +237,7 @@ impl ReportFile {
     }
 
     /// Writes the report of a pass that ran, and returns the exit code of the process:
-    /// `exit_code`, or 1 when the report could not be written. `location` says where the
+    /// `exit_code`, or [`exit::FAILED`] when the report could not be written. `location` says where the
     /// target with a given `name` lives (see [`target_location`]).
     pub async fn write_run(
         &self,
@@ -329,7 +327,7 @@ impl ReportFile {
 }
 
 /// The exit code once the write is done: a report that could not be written is an error
-/// naming the file, and the run exits 1 (unless it already exits 1 or 2).
+/// naming the file, and the run fails (unless it is already a failure or a usage error).
 fn finish(path: &Path, written: std::io::Result<()>, exit_code: i32) -> i32 {
     match written {
         Ok(()) => exit_code,
@@ -338,10 +336,10 @@ fn finish(path: &Path, written: std::io::Result<()>, exit_code: i32) -> i32 {
                 "could not write the run report {}: {e}",
                 path.display()
             ));
-            if exit_code == 2 {
+            if exit_code == exit::USAGE {
                 exit_code
             } else {
-                EXIT_REPORT_UNWRITTEN
+                exit::FAILED
             }
         }
     }

@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use crate::config::{Config, TargetKind};
 use crate::copy::Mode;
-use crate::history::{History, PushgatewayGroup};
-use crate::run::PassOptions;
+use crate::run::RunOptions;
 use crate::run_report::{ReportCommand, ReportFile};
 use crate::shard::Shard;
 use crate::signals::RunControl;
+use crate::state_fallback::{PushgatewayGroup, StateFallback};
 use crate::{cli, copy, daemon, exit, metrics, run, signals};
 
 /// The shard from `--shard`, else from an Indexed Job's environment.
@@ -21,7 +21,7 @@ fn shard_of(flag: Option<Shard>) -> Result<Option<Shard>, String> {
     }
 }
 
-/// `mirrorsync sync`: one pass with `--once`, else the scheduled daemon.
+/// `mirrorsync sync`: one run with `--once`, else the scheduled daemon.
 pub async fn sync(config: Config, args: cli::SyncArgs, progress: bool) -> i32 {
     if let Err(e) = args.check_mode() {
         eprintln!("error: {e}");
@@ -54,31 +54,25 @@ pub async fn sync(config: Config, args: cli::SyncArgs, progress: bool) -> i32 {
         };
         return daemon::run(config, options).await;
     }
-    let control = RunControl {
-        grace: args.grace_period,
-        ..RunControl::default()
-    };
-    let stop = control.stop.clone();
-    if let Err(e) = signals::watch_stop(control.stop.clone(), control.now.clone()) {
-        tracing::warn!(error = %e, "cannot watch for SIGTERM");
-    }
-    if let Some(limit) = args.max_duration {
-        tokio::spawn(async move {
-            tokio::time::sleep(limit).await;
-            tracing::warn!(
-                max_duration_s = limit.as_secs(),
-                "--max-duration reached: no new work starts"
-            );
-            stop.cancel();
-        });
-    }
+    sync_once(config, args, shard, file, progress).await
+}
+
+/// `mirrorsync sync --once`: one run, its summary, report file and metrics.
+async fn sync_once(
+    config: Config,
+    args: cli::SyncArgs,
+    shard: Option<Shard>,
+    file: ReportFile,
+    progress: bool,
+) -> i32 {
+    let control = once_control(&args);
     let metrics = metrics::Metrics::new();
-    let options = PassOptions {
+    let options = RunOptions {
         progress,
         mode: Mode::Sync,
         shard,
         control,
-        history: History {
+        fallback: StateFallback {
             memory: None,
             textfile: args.metrics_file.clone(),
             pushgateway: args.pushgateway.as_ref().map(|url| PushgatewayGroup {
@@ -96,7 +90,7 @@ pub async fn sync(config: Config, args: cli::SyncArgs, progress: bool) -> i32 {
         activity: None,
     };
     let location = crate::run_report::locations(&config);
-    let code = match run::run_pass(&config, &options, &metrics).await {
+    let code = match run::run(&config, &options, &metrics).await {
         Ok(report) => {
             print!("{}", report.render_end());
             // A second signal: whatever the tags did, the run was cut short.
@@ -115,11 +109,34 @@ pub async fn sync(config: Config, args: cli::SyncArgs, progress: bool) -> i32 {
         Err(e) => {
             crate::report::fatal(&e);
             metrics.count_pass(metrics::PassResult::Failed);
-            file.write_error(&e, exit::FAILED).await
+            file.write_error(&e.to_string(), exit::FAILED).await
         }
     };
     export_metrics(&metrics, &args, shard).await;
     code
+}
+
+/// How a `--once` run stops: SIGTERM/SIGINT (a second one at once), and `--max-duration`.
+fn once_control(args: &cli::SyncArgs) -> RunControl {
+    let control = RunControl {
+        grace: args.grace_period,
+        ..RunControl::default()
+    };
+    if let Err(e) = signals::watch_stop(control.stop.clone(), control.now.clone()) {
+        tracing::warn!(error = %e, "cannot watch for SIGTERM");
+    }
+    if let Some(limit) = args.max_duration {
+        let stop = control.stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(limit).await;
+            tracing::warn!(
+                max_duration_s = limit.as_secs(),
+                "--max-duration reached: no new work starts"
+            );
+            stop.cancel();
+        });
+    }
+    control
 }
 
 /// The exit code of a `--once` run: [`exit::WORK_LEFT`] (work left, nothing failed) becomes `--deferred-exit-code`.
@@ -186,16 +203,16 @@ pub async fn plan(config: Config, args: cli::PlanArgs, progress: bool) -> i32 {
             return file.write_error(&e, exit::USAGE).await;
         }
     };
-    let options = PassOptions {
+    let options = RunOptions {
         progress,
         mode: Mode::Plan,
         shard,
         control: RunControl::default(),
-        history: History::default(),
+        fallback: StateFallback::default(),
         activity: None,
     };
     let location = crate::run_report::locations(&config);
-    match run::run_pass(&config, &options, &metrics::Metrics::new()).await {
+    match run::run(&config, &options, &metrics::Metrics::new()).await {
         Ok(report) => {
             print!("{}", report.render_end());
             let code = report.exit_code();
@@ -204,7 +221,7 @@ pub async fn plan(config: Config, args: cli::PlanArgs, progress: bool) -> i32 {
         }
         Err(e) => {
             crate::report::fatal(&e);
-            file.write_error(&e, exit::FAILED).await
+            file.write_error(&e.to_string(), exit::FAILED).await
         }
     }
 }

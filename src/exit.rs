@@ -1,4 +1,4 @@
-//! The process exit codes, named once. `mirrorsync --help` documents them (see [`crate::cli`]);
+//! The process exit codes, named once. `mirrorsync --help` documents them (the `Cli` docs);
 //! the `--report` document and the run-summary event carry the same numbers.
 
 /// Every tag is in sync (`check`: everything a sync needs answered).

@@ -1,11 +1,11 @@
-//! `mirrorsync sync` without `--once`: passes on the config's cron `schedule`, never two at
-//! once, serving `/metrics` and `/healthz` (liveness: see [`crate::liveness`]). Each pass reads
+//! `mirrorsync sync` without `--once`: runs on the config's cron `schedule`, never two at
+//! once, serving `/metrics` and `/healthz` (liveness: see [`crate::liveness`]). Each run reads
 //! every `password_file` again, and builds its clients from the Docker config as it is then, so
 //! rotated secrets need no reload. SIGHUP reloads
 //! the configuration (keeping the old one when the new one is invalid; either way recorded in
 //! `mirrorsync_config_last_reload_*`, and the series of tags it no longer lists are dropped at
-//! once); SIGTERM or SIGINT stops between passes, or within one after a grace period for running
-//! transfers; a second one stops a pass at once (see [`crate::signals`]).
+//! once); SIGTERM or SIGINT stops between runs, or within one after a grace period for running
+//! transfers; a second one stops a run at once (see [`crate::signals`]).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -18,11 +18,12 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::copy::Mode;
 use crate::copy::progress::Progress;
-use crate::copy::{Mode, target_ref};
 use crate::exit;
 use crate::liveness::Liveness;
 use crate::metrics::{self, Metrics, PassResult};
+use crate::outcome::TagId;
 use crate::run::{RunError, RunOptions, unix_now};
 use crate::schedule::Schedule;
 use crate::shard::Shard;
@@ -36,7 +37,7 @@ pub struct DaemonOptions {
     pub run_now: bool,
     pub shard: Option<Shard>,
     pub grace: Duration,
-    /// `/healthz` fails when a due pass has not started, or a running pass made no progress,
+    /// `/healthz` fails when a due run has not started, or a run in progress made no progress,
     /// for this long.
     pub liveness_timeout: Duration,
 }
@@ -176,7 +177,7 @@ impl Daemon {
     /// One run over the configuration as it is now; its exit code (the run-summary event's).
     async fn run_once(&mut self) -> i32 {
         let activity = Arc::new(Progress::default());
-        self.liveness.pass_started({
+        self.liveness.run_started({
             let activity = Arc::clone(&activity);
             Arc::new(move || {
                 let tags = activity.tags_done.load(Ordering::Relaxed) as u64;
@@ -301,10 +302,7 @@ impl Listed {
             }
         }
         Listed {
-            tags: images
-                .iter()
-                .map(|item| (item.source.to_string(), target_ref(item)))
-                .collect(),
+            tags: images.iter().map(|item| TagId::of(item).labels()).collect(),
             filtered_repositories: selections
                 .iter()
                 .map(|s| s.target_repository.clone())

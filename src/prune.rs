@@ -44,7 +44,7 @@ pub async fn prune(
     for repository in repos {
         let entries: Vec<&TagOutcome> = outcomes
             .iter()
-            .filter(|o| &o.target.repository == repository)
+            .filter(|o| &o.id.target.repository == repository)
             .collect();
         let Some(candidates) = candidates(repository, &entries, state) else {
             continue;
@@ -79,12 +79,15 @@ pub async fn prune(
 fn candidates(repository: &str, entries: &[&TagOutcome], state: &State) -> Option<Vec<String>> {
     if entries
         .iter()
-        .any(|o| o.target.reference == TargetReference::Selection)
+        .any(|o| o.id.target.reference == TargetReference::Selection)
     {
         tracing::warn!(repository = %repository, "not pruned: a tag filter's tag list could not be read, so which tags it keeps is unknown");
         return None;
     }
-    let kept_tags: HashSet<&str> = entries.iter().filter_map(|o| o.target.tag_name()).collect();
+    let kept_tags: HashSet<&str> = entries
+        .iter()
+        .filter_map(|o| o.id.target.tag_name())
+        .collect();
     let candidates: Vec<String> = state
         .created
         .get(repository)
@@ -154,7 +157,7 @@ async fn needed_manifests(
 ) -> Result<HashSet<Digest>, TargetError> {
     let mut roots = Vec::new();
     for entry in entries {
-        if let TargetReference::Digest(pin) = &entry.target.reference {
+        if let TargetReference::Digest(pin) = &entry.id.target.reference {
             roots.push(pin.clone());
         }
         match &entry.result {
@@ -163,7 +166,7 @@ async fn needed_manifests(
             }
             // Not confirmed this run: whatever the target holds for it now is still needed.
             TagResult::Failed { .. } | TagResult::Deferred { .. } => {
-                if let TargetReference::Tag(tag) = &entry.target.reference
+                if let TargetReference::Tag(tag) = &entry.id.target.reference
                     && let Some(d) = target.manifest_digest(repository, tag).await?
                 {
                     roots.push(d);

@@ -327,9 +327,10 @@ fn record_tags(
 ) {
     metrics.set_tag_series_out_of_sync_only(tag_series == TagSeries::OutOfSync);
     for (tag, status) in report.tags.iter().zip(statuses) {
+        let (source, target) = tag.id.labels();
         metrics.set_tag(
-            &tag.source,
-            &tag.target.to_string(),
+            &source,
+            &target,
             status.in_sync,
             status.last_synced,
             status.lag_seconds,
@@ -341,16 +342,12 @@ fn record_tags(
             .iter()
             .zip(statuses)
             .map(|(tag, status)| TagLag {
-                repository: &tag.target.repository,
+                repository: &tag.id.target.repository,
                 in_sync: status.in_sync,
                 lag_seconds: status.lag_seconds,
             }),
     );
-    let configured: HashSet<(String, String)> = report
-        .tags
-        .iter()
-        .map(|t| (t.source.clone(), t.target.to_string()))
-        .collect();
+    let configured: HashSet<(String, String)> = report.tags.iter().map(|t| t.id.labels()).collect();
     metrics.retain_tags(&|s, t| configured.contains(&(s.to_string(), t.to_string())));
 }
 
@@ -362,7 +359,7 @@ fn record_run(engine: &Engine, report: &RunReport, metrics: &Metrics, success: O
         metrics.add_blobs(BlobAction::Copied, tag.stats.copied);
         metrics.add_blobs(BlobAction::Mounted, tag.stats.mounted);
         metrics.add_blobs(BlobAction::Present, tag.stats.present);
-        let registry = tag.source.split('/').next().unwrap_or_default().to_string();
+        let registry = tag.id.source.registry().to_string();
         *per_registry.entry(registry).or_default() += tag.stats.copied_bytes;
     }
     for (registry, bytes) in per_registry {

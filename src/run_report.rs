@@ -7,7 +7,7 @@
 //! atomically ([`crate::atomic_file`]): a reader sees the previous report or this one, never a
 //! part. It is written whatever the end: every tag done, some failed, the run cut short by a
 //! signal or `--max-duration` (tags never started are `deferred` with their reason), or the
-//! pass unable to start (then with the error and no tags). Its `exitCode` is the process's. If
+//! run unable to start (then with the error and no tags). Its `exitCode` is the process's. If
 //! the write still fails at the end, the error names the file and the run exits 1 (a 2 stays 2).
 //!
 //! This module only reads [`RunReport`] and [`TagOutcome`]; the text summary is
@@ -50,7 +50,7 @@ pub struct RunDocument {
     pub duration_ms: u64,
     /// The process's exit code.
     pub exit_code: i32,
-    /// Why the pass could not start (then `tags` is empty); `null` when it ran.
+    /// Why the run could not start (then `tags` is empty); `null` when it ran.
     pub error: Option<String>,
     pub totals: Totals,
     pub tags: Vec<TagEntry>,
@@ -140,8 +140,8 @@ impl TagEntry {
         };
         let s = &tag.stats;
         TagEntry {
-            source: tag.source.clone(),
-            target: format!("{location}{}", tag.target),
+            source: tag.id.source.to_string(),
+            target: format!("{location}{}", tag.id.target),
             target_name: tag.target_name.clone(),
             old_digest: old,
             new_digest: new,
@@ -236,7 +236,7 @@ impl ReportFile {
         }
     }
 
-    /// Writes the report of a pass that ran, and returns the exit code of the process:
+    /// Writes the report of a run that started, and returns the exit code of the process:
     /// `exit_code`, or [`exit::FAILED`] when the report could not be written. `location` says where the
     /// target with a given `name` lives (see [`target_location`]).
     pub async fn write_run(
@@ -254,7 +254,7 @@ impl ReportFile {
         self.write(exit_code, None, totals, tags).await
     }
 
-    /// Writes the report of a pass that could not start: the error, no tags.
+    /// Writes the report of a run that could not start: the error, no tags.
     pub async fn write_error(&self, error: &str, exit_code: i32) -> i32 {
         self.write(
             exit_code,
@@ -387,14 +387,18 @@ fn millis(d: std::time::Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outcome::FailureCause;
-    use crate::reference::{Digest, TargetImage};
+    use crate::outcome::{FailureCause, Source, TagId};
+    use crate::reference::{Digest, Reference, TargetImage};
     use std::time::Duration;
 
     fn tag(name: &str, result: TagResult, copied: u64) -> TagOutcome {
         TagOutcome {
-            source: format!("docker.io/library/{name}:1"),
-            target: TargetImage::tag(&format!("mirror/library/{name}"), "1"),
+            id: TagId {
+                source: Source::Image(
+                    Reference::parse(&format!("docker.io/library/{name}:1")).unwrap(),
+                ),
+                target: TargetImage::tag(&format!("mirror/library/{name}"), "1"),
+            },
             target_name: None,
             result,
             stats: CopyStats {
@@ -404,7 +408,6 @@ mod tests {
                 present: 2,
             },
             duration: Duration::from_millis(1500),
-            key: name.into(),
         }
     }
 
@@ -534,7 +537,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_pass_that_cannot_start_has_the_error_and_no_tags() {
+    async fn a_run_that_cannot_start_has_the_error_and_no_tags() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.json");
         let file = ReportFile::open(Some(&path), ReportCommand::Plan).unwrap();

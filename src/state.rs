@@ -48,7 +48,7 @@ pub struct TagState {
 pub struct State {
     #[serde(default)]
     pub version: u32,
-    /// Keyed by `source -> target` (see [`crate::outcome::item_key`]).
+    /// Keyed by a tag's [`crate::outcome::TagId`] as text (`source -> target`).
     #[serde(default)]
     pub tags: BTreeMap<String, TagState>,
     /// Blob digest -> a target repository that held it.
@@ -82,14 +82,14 @@ impl State {
             // Only tags: a digest pin is no tag to prune, and must never become a repository
             // named `repo@sha256`.
             if let TagResult::Synced { .. } = outcome.result
-                && let Some(tag) = outcome.target.tag_name()
+                && let Some(tag) = outcome.id.target.tag_name()
             {
                 self.created
-                    .entry(outcome.target.repository.clone())
+                    .entry(outcome.id.target.repository.clone())
                     .or_default()
                     .insert(tag.to_string());
             }
-            let entry = self.tags.entry(outcome.key.clone()).or_default();
+            let entry = self.tags.entry(outcome.id.to_string()).or_default();
             match outcome.result {
                 TagResult::Unchanged { .. } | TagResult::Synced { .. } => {
                     entry.last_synced = Some(now);
@@ -111,9 +111,9 @@ impl State {
             });
         }
         // Tags no longer configured are forgotten.
-        let keys: std::collections::HashSet<&str> =
-            outcomes.iter().map(|o| o.key.as_str()).collect();
-        self.tags.retain(|k, _| keys.contains(k.as_str()));
+        let keys: std::collections::HashSet<String> =
+            outcomes.iter().map(|o| o.id.to_string()).collect();
+        self.tags.retain(|k, _| keys.contains(k));
         statuses
     }
 
@@ -202,13 +202,25 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outcome::CopyStats;
+    use crate::outcome::{CopyStats, Source, TagId};
+    use crate::reference::{Reference, TargetImage};
 
-    fn outcome(key: &str, failed: bool) -> TagOutcome {
+    /// The tag `up/app:<tag>` mirrored to `repo:<tag>`.
+    fn id(tag: &str) -> TagId {
+        TagId {
+            source: Source::Image(Reference::parse(&format!("up/app:{tag}")).unwrap()),
+            target: TargetImage::tag("repo", tag),
+        }
+    }
+
+    fn key(tag: &str) -> String {
+        id(tag).to_string()
+    }
+
+    fn outcome(tag: &str, failed: bool) -> TagOutcome {
         let digest = Digest::from_sha256_bytes(&[7; 32]);
         TagOutcome {
-            source: key.into(),
-            target: crate::reference::TargetImage::tag("repo", key),
+            id: id(tag),
             target_name: None,
             result: if failed {
                 TagResult::Failed {
@@ -220,7 +232,6 @@ mod tests {
             },
             stats: CopyStats::default(),
             duration: std::time::Duration::ZERO,
-            key: key.into(),
         }
     }
 
@@ -258,8 +269,10 @@ mod tests {
     fn digest_pins_are_never_recorded_as_created_tags() {
         let digest = Digest::from_sha256_bytes(&[9; 32]);
         let synced = |target| TagOutcome {
-            source: "up/app".into(),
-            target,
+            id: TagId {
+                source: Source::Image(Reference::parse("up/app").unwrap()),
+                target,
+            },
             target_name: None,
             result: TagResult::Synced {
                 digest: digest.clone(),
@@ -267,16 +280,15 @@ mod tests {
             },
             stats: CopyStats::default(),
             duration: std::time::Duration::ZERO,
-            key: "k".into(),
         };
         let mut state = State::default();
         state.record(
             &[
-                synced(crate::reference::TargetImage {
+                synced(TargetImage {
                     repository: "team/app".into(),
                     reference: crate::reference::TargetReference::Digest(digest.clone()),
                 }),
-                synced(crate::reference::TargetImage::tag("team/app", "1.0")),
+                synced(TargetImage::tag("team/app", "1.0")),
             ],
             1.0,
         );
@@ -347,9 +359,9 @@ mod tests {
         let text = serde_json::to_vec(&state).unwrap();
         let back: State = serde_json::from_slice(&text).unwrap();
         assert_eq!(back, state);
-        assert_eq!(back.priorities().get("a"), Some(&10));
+        assert_eq!(back.priorities().get(&key("a")), Some(&10));
         assert_eq!(back.blob_locations().len(), 1);
         state.record(&[outcome("b", false)], 20.0);
-        assert!(!state.tags.contains_key("a"));
+        assert!(!state.tags.contains_key(&key("a")));
     }
 }

@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, SyncItem, TargetKind};
 use crate::manifest::ManifestError;
-use crate::outcome::{CopyStats, FailureCause, TagOutcome, TagResult};
+use crate::outcome::{CopyStats, FailureCause, TagId, TagOutcome, TagResult};
 use crate::reference::Digest;
 use crate::registry::{
     CredentialStore, EndpointError, HostLimits, LimitSettings, RegistryClient, RegistryError,
@@ -322,13 +322,11 @@ impl Engine {
         duration: Duration,
     ) -> TagOutcome {
         TagOutcome {
-            source: item.source.to_string(),
-            target: target_image(item),
+            id: TagId::of(item),
             target_name: self.config.target.name.clone(),
             result,
             stats,
             duration,
-            key: item_key(item),
         }
     }
 
@@ -578,4 +576,4 @@ fn failed_or_deferred(error: SyncError) -> TagResult {
     }
 }
 
-pub use crate::outcome::{item_key, target_image, target_ref};
+pub use crate::outcome::{item_key, target_ref};

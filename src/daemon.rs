@@ -17,7 +17,7 @@ use chrono::Utc;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::copy::Mode;
 use crate::copy::progress::Progress;
 use crate::exit;
@@ -42,14 +42,21 @@ pub struct DaemonOptions {
     pub liveness_timeout: Duration,
 }
 
+/// Why the daemon cannot take a configuration (at start, or on SIGHUP).
+#[derive(Debug, thiserror::Error)]
+enum ConfigRefused {
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+    #[error("{}: `sync` without --once needs a `schedule` (cron) in the configuration", .0.display())]
+    NoSchedule(PathBuf),
+}
+
 /// The schedule parsed when the configuration was loaded; the daemon cannot run without one.
-fn schedule_of(config: &Config) -> Result<Schedule, String> {
-    config.schedule.clone().ok_or_else(|| {
-        format!(
-            "{}: `sync` without --once needs a `schedule` (cron) in the configuration",
-            config.path.display()
-        )
-    })
+fn schedule_of(config: &Config) -> Result<Schedule, ConfigRefused> {
+    config
+        .schedule
+        .clone()
+        .ok_or_else(|| ConfigRefused::NoSchedule(config.path.clone()))
 }
 
 /// Runs until a stop signal; returns the exit code.
@@ -251,7 +258,7 @@ impl Daemon {
     /// SIGHUP: the configuration read again; an invalid one keeps the previous.
     fn reload(&mut self) {
         match Config::load(&self.options.config_path)
-            .map_err(|e| e.to_string())
+            .map_err(ConfigRefused::from)
             .and_then(|c| schedule_of(&c).map(|s| (c, s)))
         {
             Ok((new_config, new_schedule)) => {

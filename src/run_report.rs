@@ -27,6 +27,28 @@ use crate::report::RunReport;
 /// given another meaning raises it.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// Why the `--report` path cannot be written: a usage error, found before the run starts.
+#[derive(Debug, thiserror::Error)]
+#[error("--report {}: {problem}", path.display())]
+pub struct ReportPathError {
+    path: PathBuf,
+    problem: PathProblem,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum PathProblem {
+    #[error("not a file name")]
+    NotAFileName,
+    #[error("is a directory")]
+    Directory,
+    #[error("cannot create a file in {dir}: {source}")]
+    CannotCreate {
+        dir: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Which command wrote the report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -216,9 +238,15 @@ impl ReportFile {
     /// Starts the clock of the run, and checks that `path` can be written (a file can be
     /// created in its directory, and it is not a directory), so a bad path stops the run
     /// before it does anything.
-    pub fn open(path: Option<&Path>, command: ReportCommand) -> Result<ReportFile, String> {
+    pub fn open(
+        path: Option<&Path>,
+        command: ReportCommand,
+    ) -> Result<ReportFile, ReportPathError> {
         if let Some(path) = path {
-            probe(path).map_err(|e| format!("--report {}: {e}", path.display()))?;
+            probe(path).map_err(|problem| ReportPathError {
+                path: path.to_path_buf(),
+                problem,
+            })?;
         }
         Ok(ReportFile {
             path: path.map(Path::to_path_buf),
@@ -353,12 +381,12 @@ fn encode(doc: &RunDocument) -> std::io::Result<Vec<u8>> {
 
 /// Whether a report could be written at `path`: not a directory, and a new file can be
 /// created (and removed) next to it.
-fn probe(path: &Path) -> Result<(), String> {
+fn probe(path: &Path) -> Result<(), PathProblem> {
     if path.file_name().is_none() {
-        return Err("not a file name".into());
+        return Err(PathProblem::NotAFileName);
     }
     if path.is_dir() {
-        return Err("is a directory".into());
+        return Err(PathProblem::Directory);
     }
     let tmp = crate::atomic_file::temp_path(path);
     let dir = tmp.parent().filter(|p| !p.as_os_str().is_empty());
@@ -367,7 +395,7 @@ fn probe(path: &Path) -> Result<(), String> {
         .write(true)
         .create_new(true)
         .open(&tmp)
-        .map_err(|e| format!("cannot create a file in {dir}: {e}"))?;
+        .map_err(|source| PathProblem::CannotCreate { dir, source })?;
     let _ = std::fs::remove_file(&tmp);
     Ok(())
 }
@@ -556,10 +584,14 @@ mod tests {
     #[test]
     fn paths_that_cannot_be_written_are_refused_before_the_run() {
         let dir = tempfile::tempdir().unwrap();
-        let err = ReportFile::open(Some(dir.path()), ReportCommand::Sync).unwrap_err();
+        let err = ReportFile::open(Some(dir.path()), ReportCommand::Sync)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("is a directory"), "{err}");
         let missing = dir.path().join("absent").join("r.json");
-        let err = ReportFile::open(Some(&missing), ReportCommand::Sync).unwrap_err();
+        let err = ReportFile::open(Some(&missing), ReportCommand::Sync)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("absent"), "{err}");
         // The probe leaves nothing behind.
         let ok = dir.path().join("r.json");

@@ -156,9 +156,24 @@ fn from_samples(samples: &[Sample]) -> State {
     state
 }
 
+/// Why the previous run's group could not be read from the Pushgateway. Never holds the
+/// URL's user information.
+#[derive(Debug, thiserror::Error)]
+enum PushgatewayReadError {
+    #[error("the Pushgateway URL is not a valid URL: {0}")]
+    Url(#[from] url::ParseError),
+    #[error("GET {url}: {error}")]
+    Request { url: String, error: reqwest::Error },
+    #[error("GET {url}: HTTP {status}")]
+    Status {
+        url: String,
+        status: reqwest::StatusCode,
+    },
+}
+
 /// `GET /api/v1/metrics` of the Pushgateway, the samples of the group with exactly these
 /// grouping labels.
-async fn fetch_group(group: &PushgatewayGroup) -> Result<Vec<Sample>, String> {
+async fn fetch_group(group: &PushgatewayGroup) -> Result<Vec<Sample>, PushgatewayReadError> {
     let (url, credentials) = without_credentials(&group.url)?;
     let url = format!("{}/api/v1/metrics", url.as_str().trim_end_matches('/'));
     let mut request = reqwest::Client::new()
@@ -170,14 +185,24 @@ async fn fetch_group(group: &PushgatewayGroup) -> Result<Vec<Sample>, String> {
     let response = request
         .send()
         .await
-        .map_err(|e| format!("GET {url}: {}", e.without_url()))?;
+        .map_err(|e| PushgatewayReadError::Request {
+            url: url.clone(),
+            error: e.without_url(),
+        })?;
     if !response.status().is_success() {
-        return Err(format!("GET {url}: HTTP {}", response.status()));
+        return Err(PushgatewayReadError::Status {
+            url,
+            status: response.status(),
+        });
     }
-    let body: serde_json::Value = response
-        .json()
-        .await
-        .map_err(|e| format!("GET {url}: {e}"))?;
+    let body: serde_json::Value =
+        response
+            .json()
+            .await
+            .map_err(|error| PushgatewayReadError::Request {
+                url: url.clone(),
+                error,
+            })?;
     let want: BTreeMap<&str, &str> = group
         .labels
         .iter()
@@ -221,9 +246,8 @@ type BasicAuth = (String, Option<String>);
 
 /// The Pushgateway URL with its `user:password@` taken out (for the request's Basic
 /// authentication), so neither appears in a message.
-fn without_credentials(raw: &str) -> Result<(url::Url, Option<BasicAuth>), String> {
-    let mut url = url::Url::parse(raw.trim())
-        .map_err(|e| format!("the Pushgateway URL is not a valid URL: {e}"))?;
+fn without_credentials(raw: &str) -> Result<(url::Url, Option<BasicAuth>), url::ParseError> {
+    let mut url = url::Url::parse(raw.trim())?;
     if url.username().is_empty() && url.password().is_none() {
         return Ok((url, None));
     }
@@ -321,7 +345,7 @@ mod tests {
             url: "http://me:s3cr%40t@127.0.0.1:1/".into(),
             labels: Vec::new(),
         };
-        let error = fetch_group(&group).await.unwrap_err();
+        let error = fetch_group(&group).await.unwrap_err().to_string();
         assert!(error.contains("127.0.0.1:1"), "{error}");
         assert!(!error.contains("s3cr") && !error.contains("me:"), "{error}");
         assert_eq!(

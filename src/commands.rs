@@ -6,13 +6,12 @@ use std::sync::Arc;
 
 use crate::config::{Config, TargetKind};
 use crate::copy::Mode;
-use crate::history::{History, PushgatewayGroup};
-use crate::report::EXIT_DEFERRED;
-use crate::run::PassOptions;
+use crate::run::RunOptions;
 use crate::run_report::{ReportCommand, ReportFile};
 use crate::shard::Shard;
 use crate::signals::RunControl;
-use crate::{cli, copy, daemon, metrics, run, signals};
+use crate::state_fallback::{PushgatewayGroup, StateFallback};
+use crate::{cli, copy, daemon, exit, metrics, run, signals};
 
 /// The shard from `--shard`, else from an Indexed Job's environment.
 fn shard_of(flag: Option<Shard>) -> Result<Option<Shard>, String> {
@@ -22,27 +21,27 @@ fn shard_of(flag: Option<Shard>) -> Result<Option<Shard>, String> {
     }
 }
 
-/// `mirrorsync sync`: one pass with `--once`, else the scheduled daemon.
+/// `mirrorsync sync`: one run with `--once`, else the scheduled daemon.
 pub async fn sync(config: Config, args: cli::SyncArgs, progress: bool) -> i32 {
     if let Err(e) = args.check_mode() {
         eprintln!("error: {e}");
-        return 2;
+        return exit::USAGE;
     }
     let Some(file) = open_report(args.report.as_deref(), ReportCommand::Sync) else {
-        return 2;
+        return exit::USAGE;
     };
     let shard = match shard_of(args.shard.shard) {
         Ok(s) => s,
         Err(e) => {
             crate::report::fatal(&e);
-            return file.write_error(&e, 2).await;
+            return file.write_error(&e, exit::USAGE).await;
         }
     };
     if !args.once && args.deferred_exit_code.is_some() {
         eprintln!(
             "error: --deferred-exit-code applies to `sync --once` only (the daemon's passes have no exit code)"
         );
-        return 2;
+        return exit::USAGE;
     }
     if !args.once {
         let options = daemon::DaemonOptions {
@@ -55,31 +54,25 @@ pub async fn sync(config: Config, args: cli::SyncArgs, progress: bool) -> i32 {
         };
         return daemon::run(config, options).await;
     }
-    let control = RunControl {
-        grace: args.grace_period,
-        ..RunControl::default()
-    };
-    let stop = control.stop.clone();
-    if let Err(e) = signals::watch_stop(control.stop.clone(), control.now.clone()) {
-        tracing::warn!(error = %e, "cannot watch for SIGTERM");
-    }
-    if let Some(limit) = args.max_duration {
-        tokio::spawn(async move {
-            tokio::time::sleep(limit).await;
-            tracing::warn!(
-                max_duration_s = limit.as_secs(),
-                "--max-duration reached: no new work starts"
-            );
-            stop.cancel();
-        });
-    }
+    sync_once(config, args, shard, file, progress).await
+}
+
+/// `mirrorsync sync --once`: one run, its summary, report file and metrics.
+async fn sync_once(
+    config: Config,
+    args: cli::SyncArgs,
+    shard: Option<Shard>,
+    file: ReportFile,
+    progress: bool,
+) -> i32 {
+    let control = once_control(&args);
     let metrics = metrics::Metrics::new();
-    let options = PassOptions {
+    let options = RunOptions {
         progress,
         mode: Mode::Sync,
         shard,
         control,
-        history: History {
+        fallback: StateFallback {
             memory: None,
             textfile: args.metrics_file.clone(),
             pushgateway: args.pushgateway.as_ref().map(|url| PushgatewayGroup {
@@ -97,12 +90,12 @@ pub async fn sync(config: Config, args: cli::SyncArgs, progress: bool) -> i32 {
         activity: None,
     };
     let location = crate::run_report::locations(&config);
-    let code = match run::run_pass(&config, &options, &metrics).await {
+    let code = match run::run(&config, &options, &metrics).await {
         Ok(report) => {
             print!("{}", report.render_end());
             // A second signal: whatever the tags did, the run was cut short.
             let code = if options.control.stopped_now() {
-                3
+                exit::WORK_LEFT
             } else {
                 deferred_exit(
                     report.exit_code(),
@@ -116,17 +109,40 @@ pub async fn sync(config: Config, args: cli::SyncArgs, progress: bool) -> i32 {
         Err(e) => {
             crate::report::fatal(&e);
             metrics.count_pass(metrics::PassResult::Failed);
-            file.write_error(&e, 1).await
+            file.write_error(&e.to_string(), exit::FAILED).await
         }
     };
     export_metrics(&metrics, &args, shard).await;
     code
 }
 
-/// The exit code of a `--once` run: 3 (work left, nothing failed) becomes `--deferred-exit-code`.
+/// How a `--once` run stops: SIGTERM/SIGINT (a second one at once), and `--max-duration`.
+fn once_control(args: &cli::SyncArgs) -> RunControl {
+    let control = RunControl {
+        grace: args.grace_period,
+        ..RunControl::default()
+    };
+    if let Err(e) = signals::watch_stop(control.stop.clone(), control.now.clone()) {
+        tracing::warn!(error = %e, "cannot watch for SIGTERM");
+    }
+    if let Some(limit) = args.max_duration {
+        let stop = control.stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(limit).await;
+            tracing::warn!(
+                max_duration_s = limit.as_secs(),
+                "--max-duration reached: no new work starts"
+            );
+            stop.cancel();
+        });
+    }
+    control
+}
+
+/// The exit code of a `--once` run: [`exit::WORK_LEFT`] (work left, nothing failed) becomes `--deferred-exit-code`.
 fn deferred_exit(code: i32, deferred: usize, deferred_exit_code: Option<u8>) -> i32 {
     match deferred_exit_code {
-        Some(n) if code == EXIT_DEFERRED => {
+        Some(n) if code == exit::WORK_LEFT => {
             tracing::info!(
                 deferred,
                 exit_code = n,
@@ -178,25 +194,25 @@ async fn export_metrics(
 /// `mirrorsync plan`: what a sync would do; writes nothing anywhere.
 pub async fn plan(config: Config, args: cli::PlanArgs, progress: bool) -> i32 {
     let Some(file) = open_report(args.report.as_deref(), ReportCommand::Plan) else {
-        return 2;
+        return exit::USAGE;
     };
     let shard = match shard_of(args.shard.shard) {
         Ok(s) => s,
         Err(e) => {
             crate::report::fatal(&e);
-            return file.write_error(&e, 2).await;
+            return file.write_error(&e, exit::USAGE).await;
         }
     };
-    let options = PassOptions {
+    let options = RunOptions {
         progress,
         mode: Mode::Plan,
         shard,
         control: RunControl::default(),
-        history: History::default(),
+        fallback: StateFallback::default(),
         activity: None,
     };
     let location = crate::run_report::locations(&config);
-    match run::run_pass(&config, &options, &metrics::Metrics::new()).await {
+    match run::run(&config, &options, &metrics::Metrics::new()).await {
         Ok(report) => {
             print!("{}", report.render_end());
             let code = report.exit_code();
@@ -205,7 +221,7 @@ pub async fn plan(config: Config, args: cli::PlanArgs, progress: bool) -> i32 {
         }
         Err(e) => {
             crate::report::fatal(&e);
-            file.write_error(&e, 1).await
+            file.write_error(&e.to_string(), exit::FAILED).await
         }
     }
 }
@@ -247,7 +263,7 @@ pub async fn check(config: Config, connect: bool) -> i32 {
         println!("schedule: {}; next pass at {next}", schedule.describe());
     }
     if !connect {
-        return 0;
+        return exit::SUCCESS;
     }
     let mut failed = 0;
     for view in views {
@@ -277,5 +293,9 @@ pub async fn check(config: Config, connect: bool) -> i32 {
             }
         }
     }
-    if failed > 0 { 1 } else { 0 }
+    if failed > 0 {
+        exit::FAILED
+    } else {
+        exit::SUCCESS
+    }
 }

@@ -1,11 +1,11 @@
-//! `mirrorsync sync` without `--once`: passes on the config's cron `schedule`, never two at
-//! once, serving `/metrics` and `/healthz` (liveness: see [`crate::liveness`]). Each pass reads
+//! `mirrorsync sync` without `--once`: runs on the config's cron `schedule`, never two at
+//! once, serving `/metrics` and `/healthz` (liveness: see [`crate::liveness`]). Each run reads
 //! every `password_file` again, and builds its clients from the Docker config as it is then, so
 //! rotated secrets need no reload. SIGHUP reloads
 //! the configuration (keeping the old one when the new one is invalid; either way recorded in
 //! `mirrorsync_config_last_reload_*`, and the series of tags it no longer lists are dropped at
-//! once); SIGTERM or SIGINT stops between passes, or within one after a grace period for running
-//! transfers; a second one stops a pass at once (see [`crate::signals`]).
+//! once); SIGTERM or SIGINT stops between runs, or within one after a grace period for running
+//! transfers; a second one stops a run at once (see [`crate::signals`]).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -17,16 +17,18 @@ use chrono::Utc;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
+use crate::copy::Mode;
 use crate::copy::progress::Progress;
-use crate::copy::{Mode, target_ref};
-use crate::history::History;
+use crate::exit;
 use crate::liveness::Liveness;
 use crate::metrics::{self, Metrics, PassResult};
-use crate::run::{PassOptions, run_pass, unix_now};
+use crate::outcome::TagId;
+use crate::run::{RunError, RunOptions, unix_now};
 use crate::schedule::Schedule;
 use crate::shard::Shard;
 use crate::signals::{self, RunControl};
+use crate::state_fallback::{Memory, StateFallback};
 
 /// What the daemon needs beyond the configuration.
 pub struct DaemonOptions {
@@ -35,31 +37,37 @@ pub struct DaemonOptions {
     pub run_now: bool,
     pub shard: Option<Shard>,
     pub grace: Duration,
-    /// `/healthz` fails when a due pass has not started, or a running pass made no progress,
+    /// `/healthz` fails when a due run has not started, or a run in progress made no progress,
     /// for this long.
     pub liveness_timeout: Duration,
 }
 
+/// Why the daemon cannot take a configuration (at start, or on SIGHUP).
+#[derive(Debug, thiserror::Error)]
+enum ConfigRefused {
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+    #[error("{}: `sync` without --once needs a `schedule` (cron) in the configuration", .0.display())]
+    NoSchedule(PathBuf),
+}
+
 /// The schedule parsed when the configuration was loaded; the daemon cannot run without one.
-fn schedule_of(config: &Config) -> Result<Schedule, String> {
-    config.schedule.clone().ok_or_else(|| {
-        format!(
-            "{}: `sync` without --once needs a `schedule` (cron) in the configuration",
-            config.path.display()
-        )
-    })
+fn schedule_of(config: &Config) -> Result<Schedule, ConfigRefused> {
+    config
+        .schedule
+        .clone()
+        .ok_or_else(|| ConfigRefused::NoSchedule(config.path.clone()))
 }
 
 /// Runs until a stop signal; returns the exit code.
 pub async fn run(initial: Config, options: DaemonOptions) -> i32 {
-    let mut schedule = match schedule_of(&initial) {
+    let schedule = match schedule_of(&initial) {
         Ok(s) => s,
         Err(e) => {
             crate::report::fatal(&e);
-            return 2;
+            return exit::USAGE;
         }
     };
-    let mut config = initial;
     let metrics = Metrics::new();
     metrics.record_config_load(true, unix_now());
     let shutdown = CancellationToken::new();
@@ -67,9 +75,8 @@ pub async fn run(initial: Config, options: DaemonOptions) -> i32 {
     let hangup = Arc::new(Notify::new());
     if let Err(e) = watch_signals(shutdown.clone(), now.clone(), Arc::clone(&hangup)) {
         crate::report::fatal(format!("cannot install signal handlers: {e}"));
-        return 1;
+        return exit::FAILED;
     }
-
     let first_due = match schedule.sleep_until_next(Utc::now()) {
         Some((wait, _)) if !options.run_now => due_in(wait),
         _ => Instant::now(),
@@ -82,89 +89,155 @@ pub async fn run(initial: Config, options: DaemonOptions) -> i32 {
             Ok((bound, _)) => tracing::info!(address = %bound, "serving /metrics and /healthz"),
             Err(e) => {
                 crate::report::fatal(format!("cannot serve metrics on {addr}: {e}"));
-                return 2;
+                return exit::USAGE;
             }
         }
     }
     tracing::info!(schedule = %schedule.describe(), "waiting for the schedule");
+    let run_now = options.run_now;
+    let mut daemon = Daemon {
+        options,
+        config: initial,
+        schedule,
+        metrics,
+        shutdown,
+        now,
+        hangup,
+        liveness,
+        memory: Memory::default(),
+    };
+    daemon.run_on_schedule(run_now).await
+}
 
-    // The state of the last pass, for passes that cannot read it from the target.
-    let memory: crate::history::Memory = Arc::default();
-    let mut run_now = options.run_now;
-    loop {
-        if !run_now {
-            let now = Utc::now();
-            let Some((wait, next)) = schedule.sleep_until_next(now) else {
-                crate::report::fatal("the schedule never fires again");
-                return 2;
-            };
-            liveness.waiting_until(due_in(wait));
-            tracing::info!(next_pass = %next.to_rfc3339(), wait_s = wait.as_secs(), "next pass scheduled");
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                // Idle between passes: nothing is stopped, so a clean exit.
-                _ = shutdown.cancelled() => return 0,
-                _ = hangup.notified() => {
-                    reload(&options, &mut config, &mut schedule, &metrics);
-                    continue;
+/// The daemon once started: its configuration (replaced on SIGHUP), signals and liveness.
+struct Daemon {
+    options: DaemonOptions,
+    config: Config,
+    schedule: Schedule,
+    metrics: Arc<Metrics>,
+    /// The first SIGTERM/SIGINT: stop between runs, or within one after the grace period.
+    shutdown: CancellationToken,
+    /// The second one: stop a run at once.
+    now: CancellationToken,
+    hangup: Arc<Notify>,
+    liveness: Arc<Liveness>,
+    /// The state of the last run, for runs that cannot read it from the target.
+    memory: Memory,
+}
+
+/// How a wait for the schedule ended.
+enum Wait {
+    /// A run is due.
+    Due,
+    /// SIGHUP: the configuration was reloaded (or kept); the next occurrence is computed again.
+    Reloaded,
+    /// Stopped, or the schedule never fires again: exit with this code.
+    Exit(i32),
+}
+
+impl Daemon {
+    /// Runs on each occurrence of the schedule (the first at once with `run_now`), never two
+    /// runs at once; returns the exit code once stopped.
+    async fn run_on_schedule(&mut self, mut run_now: bool) -> i32 {
+        loop {
+            if !run_now {
+                match self.wait_until_due().await {
+                    Wait::Due => {}
+                    Wait::Reloaded => continue,
+                    Wait::Exit(code) => return code,
                 }
             }
+            run_now = false;
+            let run_start = Utc::now();
+            let code = self.run_once().await;
+            // Until the loop computes the next occurrence: due now.
+            self.liveness.waiting_until(Instant::now());
+            self.skip_missed(run_start);
+            if self.now.is_cancelled() {
+                return exit::WORK_LEFT;
+            }
+            if self.shutdown.is_cancelled() {
+                return code;
+            }
         }
-        run_now = false;
-        let pass_start = Utc::now();
+    }
+
+    /// Sleeps until the next occurrence, a stop signal or a SIGHUP.
+    async fn wait_until_due(&mut self) -> Wait {
+        let Some((wait, next)) = self.schedule.sleep_until_next(Utc::now()) else {
+            crate::report::fatal("the schedule never fires again");
+            return Wait::Exit(exit::USAGE);
+        };
+        self.liveness.waiting_until(due_in(wait));
+        tracing::info!(next_pass = %next.to_rfc3339(), wait_s = wait.as_secs(), "next pass scheduled");
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => Wait::Due,
+            // Idle between runs: nothing is stopped, so a clean exit.
+            _ = self.shutdown.cancelled() => Wait::Exit(exit::SUCCESS),
+            _ = self.hangup.notified() => {
+                self.reload();
+                Wait::Reloaded
+            }
+        }
+    }
+
+    /// One run over the configuration as it is now; its exit code (the run-summary event's).
+    async fn run_once(&mut self) -> i32 {
         let activity = Arc::new(Progress::default());
-        liveness.pass_started({
+        self.liveness.run_started({
             let activity = Arc::clone(&activity);
             Arc::new(move || {
                 let tags = activity.tags_done.load(Ordering::Relaxed) as u64;
                 tags.wrapping_add(activity.bytes.load(Ordering::Relaxed))
             })
         });
-        let pass = PassOptions {
+        let options = RunOptions {
             progress: false,
             mode: Mode::Sync,
-            shard: options.shard,
+            shard: self.options.shard,
             control: RunControl {
-                stop: shutdown.child_token(),
-                now: now.clone(),
-                grace: options.grace,
+                stop: self.shutdown.child_token(),
+                now: self.now.clone(),
+                grace: self.options.grace,
             },
-            history: History {
-                memory: Some(Arc::clone(&memory)),
-                ..History::default()
+            fallback: StateFallback {
+                memory: Some(Arc::clone(&self.memory)),
+                ..StateFallback::default()
             },
             activity: Some(activity),
         };
         // Secrets rotate without a reload (a mounted Secret updated, a token refreshed by a
-        // sidecar); the Docker config and its helpers are read by each pass anyway.
-        for problem in config.reread_password_files() {
+        // sidecar); the Docker config and its helpers are read by each run anyway.
+        for problem in self.config.reread_password_files() {
             tracing::warn!(problem = %problem, "could not read a password file again");
         }
-        tracing::info!(tags = config.images.len(), "pass started");
-        let exit = match run_pass(&config, &pass, &metrics).await {
+        tracing::info!(tags = self.config.images.len(), "pass started");
+        match crate::run::run(&self.config, &options, &self.metrics).await {
             Ok(report) => {
                 print!("{}", report.render_end());
-                let exit = if now.is_cancelled() {
-                    3
+                let code = if self.now.is_cancelled() {
+                    exit::WORK_LEFT
                 } else {
                     report.exit_code()
                 };
-                report.log_summary(exit);
-                exit
+                report.log_summary(code);
+                code
             }
-            Err(e) => {
+            Err(RunError::Start(e)) => {
                 tracing::error!(error = %e, "pass could not start");
-                metrics.count_pass(PassResult::Failed);
-                1
+                self.metrics.count_pass(PassResult::Failed);
+                exit::FAILED
             }
-        };
-        // Until the loop computes the next occurrence: due now.
-        liveness.waiting_until(Instant::now());
-        // Occurrences that fell due while the pass ran were skipped, never run concurrently.
-        let mut due = pass_start;
+        }
+    }
+
+    /// Occurrences that fell due while a run went on were skipped, never run concurrently:
+    /// counted and logged.
+    fn skip_missed(&self, run_start: chrono::DateTime<Utc>) {
+        let mut due = run_start;
         let end = Utc::now();
         let mut skipped = 0;
-        while let Some(next) = schedule.next_after(due) {
+        while let Some(next) = self.schedule.next_after(due) {
             if next > end || skipped >= 10_000 {
                 break;
             }
@@ -172,7 +245,7 @@ pub async fn run(initial: Config, options: DaemonOptions) -> i32 {
             due = next;
         }
         for _ in 0..skipped {
-            metrics.inc_skipped_passes();
+            self.metrics.inc_skipped_passes();
         }
         if skipped > 0 {
             tracing::warn!(
@@ -180,11 +253,27 @@ pub async fn run(initial: Config, options: DaemonOptions) -> i32 {
                 "scheduled passes fell due while a pass was running and were skipped"
             );
         }
-        if now.is_cancelled() {
-            return 3;
-        }
-        if shutdown.is_cancelled() {
-            return exit;
+    }
+
+    /// SIGHUP: the configuration read again; an invalid one keeps the previous.
+    fn reload(&mut self) {
+        match Config::load(&self.options.config_path)
+            .map_err(ConfigRefused::from)
+            .and_then(|c| schedule_of(&c).map(|s| (c, s)))
+        {
+            Ok((new_config, new_schedule)) => {
+                tracing::info!(tags = new_config.images.len(), schedule = %new_schedule.describe(), "configuration reloaded");
+                self.metrics.record_config_load(true, unix_now());
+                let listed = Listed::new(&new_config, self.options.shard);
+                self.metrics
+                    .retain_tags(&|source, target| listed.contains(source, target));
+                self.config = new_config;
+                self.schedule = new_schedule;
+            }
+            Err(e) => {
+                self.metrics.record_config_load(false, unix_now());
+                tracing::error!(error = %e, "new configuration is invalid; keeping the previous one")
+            }
         }
     }
 }
@@ -195,31 +284,6 @@ fn due_in(wait: Duration) -> Instant {
     now.checked_add(wait)
         .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400)))
         .unwrap_or(now)
-}
-
-fn reload(
-    options: &DaemonOptions,
-    config: &mut Config,
-    schedule: &mut Schedule,
-    metrics: &Metrics,
-) {
-    match Config::load(&options.config_path)
-        .map_err(|e| e.to_string())
-        .and_then(|c| schedule_of(&c).map(|s| (c, s)))
-    {
-        Ok((new_config, new_schedule)) => {
-            tracing::info!(tags = new_config.images.len(), schedule = %new_schedule.describe(), "configuration reloaded");
-            metrics.record_config_load(true, unix_now());
-            let listed = Listed::new(&new_config, options.shard);
-            metrics.retain_tags(&|source, target| listed.contains(source, target));
-            *config = new_config;
-            *schedule = new_schedule;
-        }
-        Err(e) => {
-            metrics.record_config_load(false, unix_now());
-            tracing::error!(error = %e, "new configuration is invalid; keeping the previous one")
-        }
-    }
 }
 
 /// The tags a configuration lists (this shard's share), as the `source` and `target` labels of
@@ -245,10 +309,7 @@ impl Listed {
             }
         }
         Listed {
-            tags: images
-                .iter()
-                .map(|item| (item.source.to_string(), target_ref(item)))
-                .collect(),
+            tags: images.iter().map(|item| TagId::of(item).labels()).collect(),
             filtered_repositories: selections
                 .iter()
                 .map(|s| s.target_repository.clone())

@@ -1,24 +1,24 @@
 //! Whether the daemon's scheduler is alive: what `/healthz` answers, for a liveness probe.
 //!
 //! Liveness says "restart me", so it fails only when the scheduler is stuck, never because
-//! passes fail (the metrics and alerts say that) or because a pass is long (a first sync of a big
+//! runs fail (the metrics and alerts say that) or because a run is long (a first sync of a big
 //! list may take hours):
-//! - between passes: the next pass fell due more than the timeout ago and has not started;
-//! - during a pass: no tag finished and no byte moved for the timeout.
+//! - between runs: the next run fell due more than the timeout ago and has not started;
+//! - during a run: no tag finished and no byte moved for the timeout.
 //!
-//! Progress is read from an activity counter the pass keeps (tags done plus bytes received),
+//! Progress is read from an activity counter the run keeps (tags done plus bytes received),
 //! sampled whenever the check runs: a change since the previous check is progress.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// A counter that grows while a pass makes progress.
+/// A counter that grows while a run makes progress.
 pub type Activity = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 enum Phase {
-    /// Waiting for the next pass, due at this instant.
+    /// Waiting for the next run, due at this instant.
     Waiting { due: Instant },
-    /// A pass is running.
+    /// A run is in progress.
     Running {
         activity: Activity,
         last_value: u64,
@@ -33,7 +33,7 @@ pub struct Liveness {
 }
 
 impl Liveness {
-    /// Waiting for a first pass due at `due`.
+    /// Waiting for a first run due at `due`.
     pub fn new(timeout: Duration, due: Instant) -> Arc<Liveness> {
         Arc::new(Liveness {
             timeout,
@@ -45,17 +45,17 @@ impl Liveness {
         self.phase.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Between passes: the next one is due at `due`.
+    /// Between runs: the next one is due at `due`.
     pub fn waiting_until(&self, due: Instant) {
         *self.phase() = Phase::Waiting { due };
     }
 
-    /// A pass starts now; `activity` grows while it makes progress.
-    pub fn pass_started(&self, activity: Activity) {
-        self.pass_started_at(activity, Instant::now());
+    /// A run starts now; `activity` grows while it makes progress.
+    pub fn run_started(&self, activity: Activity) {
+        self.run_started_at(activity, Instant::now());
     }
 
-    fn pass_started_at(&self, activity: Activity, now: Instant) {
+    fn run_started_at(&self, activity: Activity, now: Instant) {
         let last_value = activity();
         *self.phase() = Phase::Running {
             activity,
@@ -119,10 +119,10 @@ mod tests {
     const T: Duration = Duration::from_secs(60);
 
     #[test]
-    fn waiting_fails_only_when_a_due_pass_is_long_overdue() {
+    fn waiting_fails_only_when_a_due_run_is_long_overdue() {
         let t0 = Instant::now();
         let l = Liveness::new(T, t0 + Duration::from_secs(3600));
-        // A pass due in an hour, or due less than the timeout ago: alive.
+        // A run due in an hour, or due less than the timeout ago: alive.
         assert!(l.check_at(t0).is_ok());
         assert!(l.check_at(t0 + Duration::from_secs(3600 + 59)).is_ok());
         let e = l.check_at(t0 + Duration::from_secs(3600 + 61)).unwrap_err();
@@ -132,13 +132,13 @@ mod tests {
     }
 
     #[test]
-    fn a_running_pass_is_alive_while_it_moves_and_dead_when_it_stalls() {
+    fn a_run_in_progress_is_alive_while_it_moves_and_dead_when_it_stalls() {
         let t0 = Instant::now();
         let counter = Arc::new(AtomicU64::new(0));
         let l = Liveness::new(T, t0);
         let c = Arc::clone(&counter);
-        l.pass_started_at(Arc::new(move || c.load(Ordering::Relaxed)), t0);
-        // A long pass that keeps moving bytes stays alive far past the timeout.
+        l.run_started_at(Arc::new(move || c.load(Ordering::Relaxed)), t0);
+        // A long run that keeps moving bytes stays alive far past the timeout.
         for minute in 1..=180u64 {
             counter.fetch_add(1000, Ordering::Relaxed);
             let now = t0 + Duration::from_secs(minute * 50);
@@ -149,7 +149,7 @@ mod tests {
         assert!(l.check_at(last + Duration::from_secs(59)).is_ok());
         let e = l.check_at(last + Duration::from_secs(61)).unwrap_err();
         assert!(e.contains("no progress") && e.contains("61s"), "{e}");
-        // Progress again revives it; the pass ends and waiting starts over.
+        // Progress again revives it; the run ends and waiting starts over.
         counter.fetch_add(1, Ordering::Relaxed);
         assert!(l.check_at(last + Duration::from_secs(62)).is_ok());
         l.waiting_until(last + Duration::from_secs(100));

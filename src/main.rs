@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use mirrorsync::Config;
 use mirrorsync::cli::{Cli, Command, LogFormat};
+use mirrorsync::exit;
 use mirrorsync::{ReportCommand, ReportFile};
 
 fn main() -> ExitCode {
@@ -27,8 +28,9 @@ fn main() -> ExitCode {
         Err(e) => {
             mirrorsync::fatal(&e);
             // A pipeline that asked for a run report gets one, with the error.
-            let code = report_file(&cli.command, started).write_error_blocking(&e.to_string(), 2);
-            return ExitCode::from(u8::try_from(code).unwrap_or(2));
+            let code = report_file(&cli.command, started)
+                .write_error_blocking(&e.to_string(), exit::USAGE);
+            return exit::to_process(code);
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -38,7 +40,7 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             mirrorsync::fatal(format!("cannot start the async runtime: {e}"));
-            return ExitCode::from(1);
+            return exit::to_process(exit::FAILED);
         }
     };
     let progress = cli.log_format == LogFormat::Text;
@@ -51,7 +53,7 @@ fn main() -> ExitCode {
     });
     // Transfers abandoned after a grace period must not hold the process open.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-    ExitCode::from(u8::try_from(code).unwrap_or(1))
+    exit::to_process(code)
 }
 
 /// The `--report` file of `sync` and `plan` (none for `check`).
@@ -78,7 +80,7 @@ fn usage_error(error: clap::Error) -> ExitCode {
     init_tracing(LogFormat::Json, "info");
     let message = error.render().to_string();
     tracing::error!(error = %message.trim_end(), "invalid command line");
-    ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2))
+    exit::to_process(error.exit_code())
 }
 
 fn init_tracing(format: LogFormat, filter: &str) {

@@ -1,10 +1,11 @@
 //! How each tag of a run ended, and what `prune` removed: the data the engine produces and
 //! the report, the metrics and the state read. Plain data, no rendering.
 
+use std::fmt;
 use std::time::Duration;
 
 use crate::config::SyncItem;
-use crate::reference::{Digest, TargetImage, TargetReference};
+use crate::reference::{Digest, Reference, TargetImage, TargetReference};
 
 /// Blob work done for one tag.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -86,16 +87,83 @@ impl FailureCause {
 /// One tag's line in the summary.
 #[derive(Debug, Clone)]
 pub struct TagOutcome {
-    pub source: String,
-    /// Where it lands: repository and tag, or digest for a digest pin.
-    pub target: TargetImage,
+    /// Which tag: where it comes from and where it lands.
+    pub id: TagId,
     /// The `name` of the target it went to; `None` for a single unnamed `target:`.
     pub target_name: Option<String>,
     pub result: TagResult,
     pub stats: CopyStats,
     pub duration: Duration,
-    /// Stable identity across runs (`source -> target`).
-    pub key: String,
+}
+
+/// A configured tag's identity, the same from one run to the next. Its text
+/// (`source -> target`) keys the state document; its two parts, as text, are the `source` and
+/// `target` labels of the tag's series.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TagId {
+    pub source: Source,
+    /// Where it lands: repository and tag, or digest for a digest pin.
+    pub target: TargetImage,
+}
+
+impl TagId {
+    /// The identity of a configured (or filter-chosen) tag.
+    pub fn of(item: &SyncItem) -> TagId {
+        TagId {
+            source: Source::Image(item.source.clone()),
+            target: target_image(item),
+        }
+    }
+
+    /// The `source` and `target` labels of the tag's series.
+    pub fn labels(&self) -> (String, String) {
+        (self.source.to_string(), self.target.to_string())
+    }
+
+    /// Every tag the filters of `source` would choose for `target_repository`, when its tag
+    /// list could not be read.
+    pub fn tag_filters(source: &Reference, target_repository: &str) -> TagId {
+        TagId {
+            source: Source::TagFilters(source.clone()),
+            target: TargetImage {
+                repository: target_repository.to_string(),
+                reference: TargetReference::Selection,
+            },
+        }
+    }
+}
+
+impl fmt::Display for TagId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} -> {}", self.source, self.target)
+    }
+}
+
+/// Where a tag comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// An image upstream.
+    Image(Reference),
+    /// A repository whose tag list could not be read: stands for every tag its filters choose.
+    TagFilters(Reference),
+}
+
+impl Source {
+    /// The upstream registry (`docker.io`, `quay.io`, ...).
+    pub fn registry(&self) -> &str {
+        match self {
+            Source::Image(r) | Source::TagFilters(r) => r.registry(),
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Image(r) => write!(f, "{r}"),
+            Source::TagFilters(r) => write!(f, "{} (tag filters)", r.name()),
+        }
+    }
 }
 
 /// One tag pruned (or, in `plan`, to prune).
@@ -123,14 +191,11 @@ pub fn target_image(item: &SyncItem) -> TargetImage {
 
 /// Where an item lands, as text: `repo:tag` or `repo@digest`.
 pub fn target_ref(item: &SyncItem) -> String {
-    match (&item.target_tag, item.source.digest()) {
-        (Some(tag), _) => format!("{}:{tag}", item.target_repository),
-        (None, Some(d)) => format!("{}@{d}", item.target_repository),
-        (None, None) => item.target_repository.clone(),
-    }
+    target_image(item).to_string()
 }
 
-/// A stable identity of a configured tag across runs: `source -> target`.
+/// A stable identity of a configured tag across runs, as text: `source -> target` (see
+/// [`TagId`]).
 pub fn item_key(item: &SyncItem) -> String {
-    format!("{} -> {}", item.source, target_ref(item))
+    TagId::of(item).to_string()
 }

@@ -13,7 +13,7 @@ use crate::manifest::Parsed;
 use crate::outcome::{Pruned, TagOutcome, TagResult};
 use crate::reference::{Digest, TargetReference};
 use crate::state::State;
-use crate::target::Target;
+use crate::target::{Target, TargetError};
 
 /// Target repositories whose entries ask for pruning.
 pub fn repositories(config: &Config) -> HashSet<String> {
@@ -44,29 +44,11 @@ pub async fn prune(
     for repository in repos {
         let entries: Vec<&TagOutcome> = outcomes
             .iter()
-            .filter(|o| &o.target.repository == repository)
+            .filter(|o| &o.id.target.repository == repository)
             .collect();
-        if entries
-            .iter()
-            .any(|o| o.target.reference == TargetReference::Selection)
-        {
-            tracing::warn!(repository = %repository, "not pruned: a tag filter's tag list could not be read, so which tags it keeps is unknown");
+        let Some(candidates) = candidates(repository, &entries, state) else {
             continue;
-        }
-        let kept_tags: HashSet<&str> = entries.iter().filter_map(|o| o.target.tag_name()).collect();
-        let candidates: Vec<String> = state
-            .created
-            .get(repository)
-            .map(|tags| {
-                tags.iter()
-                    .filter(|t| !kept_tags.contains(t.as_str()))
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
-        if candidates.is_empty() {
-            continue;
-        }
+        };
         // Only a registry deletes manifests; a layout drops the tag alone.
         let needed = if matches!(target, Target::Registry(_)) {
             match needed_manifests(target, repository, &entries).await {
@@ -79,45 +61,91 @@ pub async fn prune(
         } else {
             HashSet::new()
         };
+        let repo = Repository {
+            target,
+            name: repository,
+            needed: &needed,
+            dry_run,
+        };
         for tag in candidates {
-            let digest = match target.manifest_digest(repository, &tag).await {
-                Ok(Some(d)) => d,
-                Ok(None) => {
-                    forget(state, repository, &tag, dry_run);
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!(repository = %repository, tag = %tag, error = %e, "cannot check a tag to prune");
-                    continue;
-                }
-            };
-            if needed.contains(&digest) {
-                tracing::warn!(repository = %repository, tag = %tag, %digest, "not pruned: a configured entry still needs its manifest (same digest, or listed by an index it needs)");
-                continue;
-            }
-            if !dry_run {
-                match target.remove_tag(repository, &tag, &digest).await {
-                    Ok(_) => forget(state, repository, &tag, false),
-                    Err(e) => {
-                        tracing::warn!(repository = %repository, tag = %tag, error = %e, "prune failed");
-                        continue;
-                    }
-                }
-            }
-            if dry_run {
-                tracing::info!(repository = %repository, tag = %tag, %digest, "would prune a tag no longer selected");
-            } else {
-                tracing::info!(repository = %repository, tag = %tag, %digest, "pruned a tag no longer selected");
-            }
-            pruned.push(Pruned {
-                target_name: None,
-                repository: repository.clone(),
-                tag,
-                digest: digest.to_string(),
-            });
+            pruned.extend(repo.prune_tag(tag, state).await);
         }
     }
     pruned
+}
+
+/// The tags mirrorsync created in `repository` that no entry selects any more; `None` when
+/// there are none, or when which tags are kept is unknown.
+fn candidates(repository: &str, entries: &[&TagOutcome], state: &State) -> Option<Vec<String>> {
+    if entries
+        .iter()
+        .any(|o| o.id.target.reference == TargetReference::Selection)
+    {
+        tracing::warn!(repository = %repository, "not pruned: a tag filter's tag list could not be read, so which tags it keeps is unknown");
+        return None;
+    }
+    let kept_tags: HashSet<&str> = entries
+        .iter()
+        .filter_map(|o| o.id.target.tag_name())
+        .collect();
+    let candidates: Vec<String> = state
+        .created
+        .get(repository)
+        .map(|tags| {
+            tags.iter()
+                .filter(|t| !kept_tags.contains(t.as_str()))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    (!candidates.is_empty()).then_some(candidates)
+}
+
+/// One target repository being pruned.
+struct Repository<'a> {
+    target: &'a Target,
+    name: &'a str,
+    /// Manifests a configured entry still needs: never deleted.
+    needed: &'a HashSet<Digest>,
+    dry_run: bool,
+}
+
+impl Repository<'_> {
+    /// Removes one candidate tag (unless its manifest is needed); what was pruned, if any.
+    async fn prune_tag(&self, tag: String, state: &mut State) -> Option<Pruned> {
+        let (target, repository, dry_run) = (self.target, self.name, self.dry_run);
+        let digest = match target.manifest_digest(repository, &tag).await {
+            Ok(Some(d)) => d,
+            Ok(None) => {
+                forget(state, repository, &tag, dry_run);
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(repository = %repository, tag = %tag, error = %e, "cannot check a tag to prune");
+                return None;
+            }
+        };
+        if self.needed.contains(&digest) {
+            tracing::warn!(repository = %repository, tag = %tag, %digest, "not pruned: a configured entry still needs its manifest (same digest, or listed by an index it needs)");
+            return None;
+        }
+        if dry_run {
+            tracing::info!(repository = %repository, tag = %tag, %digest, "would prune a tag no longer selected");
+        } else {
+            if let Err(e) = target.remove_tag(repository, &tag, &digest).await {
+                tracing::warn!(repository = %repository, tag = %tag, error = %e, "prune failed");
+                return None;
+            }
+            forget(state, repository, &tag, false);
+            tracing::info!(repository = %repository, tag = %tag, %digest, "pruned a tag no longer selected");
+        }
+        Some(Pruned {
+            target_name: None,
+            repository: repository.to_string(),
+            tag,
+            digest: digest.to_string(),
+        })
+    }
 }
 
 /// Every manifest in `repository` that the configured entries resolve to at the target, and
@@ -126,10 +154,10 @@ async fn needed_manifests(
     target: &Target,
     repository: &str,
     entries: &[&TagOutcome],
-) -> Result<HashSet<Digest>, String> {
+) -> Result<HashSet<Digest>, TargetError> {
     let mut roots = Vec::new();
     for entry in entries {
-        if let TargetReference::Digest(pin) = &entry.target.reference {
+        if let TargetReference::Digest(pin) = &entry.id.target.reference {
             roots.push(pin.clone());
         }
         match &entry.result {
@@ -138,11 +166,8 @@ async fn needed_manifests(
             }
             // Not confirmed this run: whatever the target holds for it now is still needed.
             TagResult::Failed { .. } | TagResult::Deferred { .. } => {
-                if let TargetReference::Tag(tag) = &entry.target.reference
-                    && let Some(d) = target
-                        .manifest_digest(repository, tag)
-                        .await
-                        .map_err(|e| e.to_string())?
+                if let TargetReference::Tag(tag) = &entry.id.target.reference
+                    && let Some(d) = target.manifest_digest(repository, tag).await?
                 {
                     roots.push(d);
                 }
@@ -154,11 +179,7 @@ async fn needed_manifests(
         if !needed.insert(digest.clone()) {
             continue;
         }
-        let Some(manifest) = target
-            .get_manifest(repository, &digest.to_string())
-            .await
-            .map_err(|e| e.to_string())?
-        else {
+        let Some(manifest) = target.get_manifest(repository, &digest.to_string()).await? else {
             continue;
         };
         if let Ok(Parsed::Index { manifests }) =

@@ -11,10 +11,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::exit;
 use crate::outcome::{CopyStats, Pruned, TagOutcome, TagResult};
-
-/// The exit code of a run that left work for a later run and failed nothing.
-pub const EXIT_DEFERRED: i32 = 3;
 
 /// Whether logs are JSON (set once by `main`).
 static JSON_LOGS: AtomicBool = AtomicBool::new(false);
@@ -55,7 +53,7 @@ pub fn tag_finished(tag: &TagOutcome, planned: bool) {
         return;
     }
     let ms = tag.duration.as_millis() as u64;
-    let (source, target) = (&tag.source, &tag.target);
+    let (source, target) = (&tag.id.source, &tag.id.target);
     match &tag.result {
         TagResult::Unchanged { digest } => tracing::debug!(
             %source, %target, target_name = tag.target_name.as_deref(), %digest, result = "unchanged", duration_ms = ms, "tag unchanged"
@@ -88,11 +86,11 @@ pub fn tag_finished(tag: &TagOutcome, planned: bool) {
 
 /// A tag's line in the summary; `None` for an unchanged tag (counted in the totals only).
 fn tag_line(tag: &TagOutcome, planned: bool) -> Option<String> {
-    let source = &tag.source;
+    let source = &tag.id.source;
     // With several targets, the line says which (`[eu] library/nginx:1.25`).
     let target = match &tag.target_name {
-        Some(name) => format!("[{name}] {}", tag.target),
-        None => tag.target.to_string(),
+        Some(name) => format!("[{name}] {}", tag.id.target),
+        None => tag.id.target.to_string(),
     };
     let s = &tag.stats;
     Some(match &tag.result {
@@ -150,7 +148,7 @@ impl RunReport {
         total
     }
 
-    /// A target whose pass could not start: each of its tags failed with `error`.
+    /// A target whose run could not start: each of its tags failed with `error`.
     pub fn failed_to_start(
         items: &[crate::config::SyncItem],
         name: &str,
@@ -160,15 +158,13 @@ impl RunReport {
             .iter()
             .map(|item| {
                 let tag = TagOutcome {
-                    source: item.source.to_string(),
-                    target: crate::outcome::target_image(item),
+                    id: crate::outcome::TagId::of(item),
                     result: TagResult::Failed {
                         error: format!("target {name}: {error}"),
                         cause: Default::default(),
                     },
                     stats: CopyStats::default(),
                     duration: Duration::ZERO,
-                    key: crate::outcome::item_key(item),
                     target_name: Some(name.to_string()),
                 };
                 tag_finished(&tag, false);
@@ -203,15 +199,15 @@ impl RunReport {
         self.tags.iter().filter(|t| f(&t.result)).count()
     }
 
-    /// 0 when every tag is in sync, 1 when some failed, [`EXIT_DEFERRED`] when none failed but
-    /// some were left for a later run.
+    /// [`exit::SUCCESS`] when every tag is in sync, [`exit::FAILED`] when some failed,
+    /// [`exit::WORK_LEFT`] when none failed but some were left for a later run.
     pub fn exit_code(&self) -> i32 {
         if self.failed() > 0 {
-            1
+            exit::FAILED
         } else if self.deferred() > 0 {
-            EXIT_DEFERRED
+            exit::WORK_LEFT
         } else {
-            0
+            exit::SUCCESS
         }
     }
 
@@ -301,7 +297,7 @@ impl RunReport {
     }
 
     /// The run-summary event (JSON logs only; text logs have the totals line on stdout).
-    /// `exit_code` is the process's (or, in the daemon, the pass's).
+    /// `exit_code` is the process's (or, in the daemon, the run's).
     pub fn log_summary(&self, exit_code: i32) {
         if !json_logs() {
             return;

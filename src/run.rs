@@ -1,34 +1,68 @@
-//! One pass: the engine, framed by the state of earlier runs and the metrics of this one.
+//! One run: the engine, framed by the state of earlier runs and the metrics of this one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::{Config, TagSeries};
 use crate::copy::hub::Hub;
-use crate::copy::{Engine, Mode};
+use crate::copy::{Engine, Mode, SyncError};
 use crate::metrics::{BlobAction, Metrics, TagLag, TagRunResult};
 use crate::outcome::{FailureCause, TagResult};
+use crate::prune::prune;
 use crate::registry::{RequestObserver, UploadFlow};
 use crate::report::RunReport;
 use crate::shard::Shard;
 use crate::signals::RunControl;
-use crate::state::{self, State};
-use crate::target::DOCUMENT_REPOSITORY;
+use crate::state::{self, State, StateError, TagStatus};
+use crate::state_fallback::StateFallback;
+use crate::target::{DOCUMENT_REPOSITORY, DocumentError, Target};
 
-/// How a pass runs.
+/// How a run goes.
 #[derive(Clone)]
-pub struct PassOptions {
+pub struct RunOptions {
     pub mode: Mode,
     pub shard: Option<Shard>,
     pub control: RunControl,
     /// Draw live progress on stderr when it is a terminal.
     pub progress: bool,
-    /// Where the tags' history comes from when the state cannot be read.
-    pub history: crate::history::History,
+    /// Where the tags' history comes from when the state document cannot be read.
+    pub fallback: StateFallback,
     /// Counters the engine updates as tags finish and bytes move (the daemon's liveness);
     /// `None`: its own.
     pub activity: Option<Arc<crate::copy::progress::Progress>>,
+}
+
+/// Why a run could not start: no tag was tried.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The target's clients could not be built (Docker config, credentials, CA file).
+    #[error(transparent)]
+    Start(#[from] SyncError),
+}
+
+/// Why the state of earlier runs could not be read or saved. Either way the run goes on:
+/// lag continues from [`StateFallback`], and the next run reads the state again.
+#[derive(Debug, thiserror::Error)]
+pub enum StateDocumentError {
+    /// The target did not give or take the document (down, refusing, unreachable), or holds
+    /// one that is damaged ([`DocumentError::is_corrupt`]).
+    #[error(transparent)]
+    Target(#[from] DocumentError),
+    /// The document is not a state this version can read, or could not be encoded.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+impl StateDocumentError {
+    /// Whether the target holds something unreadable, rather than not answering.
+    fn is_corrupt(&self) -> bool {
+        match self {
+            StateDocumentError::Target(e) => e.is_corrupt(),
+            StateDocumentError::State(StateError::Corrupt(_)) => true,
+            StateDocumentError::State(StateError::Encode(_)) => false,
+        }
+    }
 }
 
 /// Feeds every registry request into the metrics.
@@ -46,65 +80,30 @@ impl RequestObserver for MetricsObserver {
     }
 }
 
-/// Runs one pass over the configured tags (this shard's share of them), on every target at
+/// Runs once over the configured tags (this shard's share of them), on every target at
 /// once: with several, the targets share one pull of each manifest and blob, and each is
 /// diffed, written, pruned and recorded on its own. Err only when no target could start.
-pub async fn run_pass(
+pub async fn run(
     config: &Config,
-    options: &PassOptions,
+    options: &RunOptions,
     metrics: &Arc<Metrics>,
-) -> Result<RunReport, String> {
+) -> Result<RunReport, RunError> {
     let started = Instant::now();
-    let mut views = config.per_target();
-    if let Some(shard) = options.shard {
-        for view in &mut views {
-            view.images = shard.select(&view.images);
-            view.selections = shard.select_selections(&view.selections);
-        }
-        tracing::info!(shard = %format!("{}/{}", shard.index, shard.count), tags = views.iter().map(|v| v.images.len()).sum::<usize>(), "syncing this shard's share");
-    }
+    let mut views = shard_views(config, options.shard);
     let observer: Arc<dyn RequestObserver> = Arc::new(MetricsObserver(Arc::clone(metrics)));
     if views.len() == 1 {
         let view = views.pop().unwrap_or_else(|| config.clone());
-        let target = Shared {
+        let share = TargetShare {
             hub: Arc::default(),
             index: 0,
             observer,
             metrics: Arc::clone(metrics),
-            history: options.history.clone(),
+            fallback: options.fallback.clone(),
         };
-        return run_target(view, options, target).await;
+        return run_on_target(view, options, share).await;
     }
     let hub = Hub::new(views.len(), &config.spool_dir, config.spool_size);
-    // One live progress line per target would overwrite each other on a terminal.
-    let options = &PassOptions {
-        progress: false,
-        ..options.clone()
-    };
-    let passes = views.into_iter().enumerate().map(|(index, view)| {
-        let name = view.target.name.clone().unwrap_or_default();
-        let target = Shared {
-            hub: Arc::clone(&hub),
-            index,
-            observer: Arc::clone(&observer),
-            metrics: metrics.for_target(&name),
-            history: options.history.for_target(Some(&name)),
-        };
-        let images = view.images.clone();
-        let hub = Arc::clone(&hub);
-        async move {
-            let outcome = run_target(view, options, target).await;
-            hub.finished(index);
-            match outcome {
-                Ok(report) => report,
-                Err(e) => {
-                    tracing::error!(target_name = %name, error = %e, "this target's pass could not start; its tags fail");
-                    RunReport::failed_to_start(&images, &name, &e)
-                }
-            }
-        }
-    });
-    let reports = futures_util::future::join_all(passes).await;
+    let reports = run_on_every_target(views, options, &hub, &observer, metrics).await;
     if hub.spool_overflows() > 0 {
         tracing::warn!(
             blobs = hub.spool_overflows(),
@@ -117,131 +116,110 @@ pub async fn run_pass(
     Ok(total)
 }
 
-/// What one target's pass shares with the run, and its own metrics and history.
-struct Shared {
+/// The configuration per target, each cut to this shard's share of the tags.
+fn shard_views(config: &Config, shard: Option<Shard>) -> Vec<Config> {
+    let mut views = config.per_target();
+    if let Some(shard) = shard {
+        for view in &mut views {
+            view.images = shard.select(&view.images);
+            view.selections = shard.select_selections(&view.selections);
+        }
+        tracing::info!(shard = %format!("{}/{}", shard.index, shard.count), tags = views.iter().map(|v| v.images.len()).sum::<usize>(), "syncing this shard's share");
+    }
+    views
+}
+
+/// Every target's share of the run at once, each with its own metrics and history; a target
+/// that cannot start fails its own tags.
+async fn run_on_every_target(
+    views: Vec<Config>,
+    options: &RunOptions,
+    hub: &Arc<Hub>,
+    observer: &Arc<dyn RequestObserver>,
+    metrics: &Arc<Metrics>,
+) -> Vec<RunReport> {
+    // One live progress line per target would overwrite each other on a terminal.
+    let options = &RunOptions {
+        progress: false,
+        ..options.clone()
+    };
+    let runs = views.into_iter().enumerate().map(|(index, view)| {
+        let name = view.target.name.clone().unwrap_or_default();
+        let share = TargetShare {
+            hub: Arc::clone(hub),
+            index,
+            observer: Arc::clone(observer),
+            metrics: metrics.for_target(&name),
+            fallback: options.fallback.for_target(Some(&name)),
+        };
+        let images = view.images.clone();
+        let hub = Arc::clone(hub);
+        async move {
+            let outcome = run_on_target(view, options, share).await;
+            hub.finished(index);
+            match outcome {
+                Ok(report) => report,
+                Err(e) => {
+                    tracing::error!(target_name = %name, error = %e, "this target's pass could not start; its tags fail");
+                    RunReport::failed_to_start(&images, &name, &e.to_string())
+                }
+            }
+        }
+    });
+    futures_util::future::join_all(runs).await
+}
+
+/// What one target's share of the run shares with the others, and its own metrics and
+/// history.
+struct TargetShare {
     hub: Arc<Hub>,
     index: usize,
     observer: Arc<dyn RequestObserver>,
     metrics: Arc<Metrics>,
-    history: crate::history::History,
+    fallback: StateFallback,
 }
 
-/// One target's pass.
-async fn run_target(
+/// One target's share of the run: state read, tags synced, pruned, recorded, state saved.
+async fn run_on_target(
     config: Config,
-    options: &PassOptions,
-    shared: Shared,
-) -> Result<RunReport, String> {
+    options: &RunOptions,
+    share: TargetShare,
+) -> Result<RunReport, RunError> {
     let started = Instant::now();
-    let Shared {
+    let prune_repos = crate::prune::repositories(&config);
+    let tag_series = config.tag_series;
+    let target_name = config.target.name.clone();
+    let TargetShare {
         hub,
         index,
         observer,
         metrics,
-        history,
-    } = shared;
-    let metrics = &metrics;
-    let prune_repos = crate::prune::repositories(&config);
-    let tag_series = config.tag_series;
-    let target_name = config.target.name.clone();
-    let mut engine = Engine::sharing(Arc::new(config), options.mode, Some(observer), hub, index)
-        .await
-        .map_err(|e| e.to_string())?;
+        fallback,
+    } = share;
+    let mut engine =
+        Engine::sharing(Arc::new(config), options.mode, Some(observer), hub, index).await?;
     if let Some(activity) = &options.activity {
         engine.progress = Arc::clone(activity);
     }
     let engine = Arc::new(engine);
     let state_tag = state::state_tag(options.shard.map(|s| (s.index, s.count)));
-    let loaded = engine
-        .target()
-        .load_document(&state_tag, state::MAX_STATE_BYTES)
-        .await
-        .and_then(|doc| doc.map_or(Ok(State::default()), |d| State::from_json(&d)));
-    // What the target holds now, to skip writing a document that would say the same.
-    let mut stored = None;
-    let mut state = match loaded {
-        Ok(mut s) => {
-            stored = Some(s.clone());
-            history.merge_into(&mut s);
-            s
-        }
-        Err(e) => match history.recover().await {
-            Some((s, from)) => {
-                tracing::warn!(error = %e, from, "could not read the state of earlier runs; lag continues from the last values known");
-                s
-            }
-            None => {
-                tracing::warn!(error = %e, "could not read the state of earlier runs, and no earlier metrics are at hand; lag starts over");
-                State::default()
-            }
-        },
-    };
+    let (mut state, stored) = load_state(engine.target(), &state_tag, &fallback).await;
     engine.remember_blobs(state.blob_locations());
     if let Some(ts) = state.last_success {
         metrics.set_last_success(ts);
     }
-
-    let renderer =
-        crate::copy::progress::Renderer::start(Arc::clone(&engine.progress), options.progress);
-    let tags = engine.run(&options.control, &state.priorities()).await;
-    drop(renderer);
-    let mut report = RunReport {
-        tags,
-        duration: started.elapsed(),
-        planned: options.mode == Mode::Plan,
-        pruned: Vec::new(),
-    };
-
+    let mut report = sync_tags(&engine, options, &state, started).await;
+    let target = engine.target();
     if options.mode == Mode::Plan && !prune_repos.is_empty() {
-        report.pruned = crate::prune::prune(
-            engine.target(),
-            &prune_repos,
-            &report.tags,
-            &mut state,
-            true,
-        )
-        .await;
+        report.pruned = prune(target, &prune_repos, &report.tags, &mut state, true).await;
     }
     if options.mode == Mode::Sync {
         let now = unix_now();
         let statuses = state.record(&report.tags, now);
         if !prune_repos.is_empty() && !options.control.stop.is_cancelled() {
-            report.pruned = crate::prune::prune(
-                engine.target(),
-                &prune_repos,
-                &report.tags,
-                &mut state,
-                false,
-            )
-            .await;
+            report.pruned = prune(target, &prune_repos, &report.tags, &mut state, false).await;
         }
-        metrics.set_tag_series_out_of_sync_only(tag_series == TagSeries::OutOfSync);
-        for (tag, status) in report.tags.iter().zip(&statuses) {
-            metrics.set_tag(
-                &tag.source,
-                &tag.target.to_string(),
-                status.in_sync,
-                status.last_synced,
-                status.lag_seconds,
-            );
-        }
-        metrics.set_lag_summary(
-            report
-                .tags
-                .iter()
-                .zip(&statuses)
-                .map(|(tag, status)| TagLag {
-                    repository: &tag.target.repository,
-                    in_sync: status.in_sync,
-                    lag_seconds: status.lag_seconds,
-                }),
-        );
-        let configured: std::collections::HashSet<(String, String)> = report
-            .tags
-            .iter()
-            .map(|t| (t.source.clone(), t.target.to_string()))
-            .collect();
-        metrics.retain_tags(&|s, t| configured.contains(&(s.to_string(), t.to_string())));
+        record_tags(&metrics, tag_series, &report, &statuses);
         let success = (report.failed() == 0 && report.deferred() == 0).then_some(now);
         if success.is_some() {
             state.last_success = success;
@@ -249,43 +227,151 @@ async fn run_target(
         let mut seen = engine.known_blobs();
         seen.retain(|(_, repository)| repository != DOCUMENT_REPOSITORY);
         state.remember_blobs(seen);
-        history.remember(&state);
-        let saved = if stored.as_ref().is_some_and(|s| state.same_as_stored(s)) {
-            tracing::debug!("the run state is unchanged; not written");
-            Ok(())
-        } else {
-            match state.to_json() {
-                Ok(body) => engine.target().save_document(&state_tag, body).await,
-                Err(e) => Err(e),
-            }
-        };
-        if let Err(e) = saved {
-            tracing::warn!(error = %e, "could not save the run state; the next run cannot see this run's lag");
-        }
-        record_refusals(&engine, &report, metrics);
-        let mut per_registry: HashMap<String, u64> = HashMap::new();
-        for tag in &report.tags {
-            metrics.add_blobs(BlobAction::Copied, tag.stats.copied);
-            metrics.add_blobs(BlobAction::Mounted, tag.stats.mounted);
-            metrics.add_blobs(BlobAction::Present, tag.stats.present);
-            let registry = tag.source.split('/').next().unwrap_or_default().to_string();
-            *per_registry.entry(registry).or_default() += tag.stats.copied_bytes;
-        }
-        for (registry, bytes) in per_registry {
-            metrics.add_bytes_copied(&registry, bytes);
-        }
-        let counts = [
-            (TagRunResult::Unchanged, report.unchanged()),
-            (TagRunResult::Synced, report.synced()),
-            (TagRunResult::Failed, report.failed()),
-            (TagRunResult::Deferred, report.deferred()),
-        ];
-        metrics.record_run(report.duration.as_secs_f64(), &counts, success);
+        fallback.remember(&state);
+        save_state(target, &state_tag, &state, stored.as_ref()).await;
+        record_run(&engine, &report, &metrics, success);
     }
     for pruned in &mut report.pruned {
         pruned.target_name.clone_from(&target_name);
     }
     Ok(report)
+}
+
+/// The state of earlier runs, and what the target holds now (to skip writing a document that
+/// would say the same; `None` when it could not be read).
+async fn load_state(
+    target: &Target,
+    state_tag: &str,
+    fallback: &StateFallback,
+) -> (State, Option<State>) {
+    let error = match read_state(target, state_tag).await {
+        Ok(mut state) => {
+            let stored = state.clone();
+            fallback.merge_into(&mut state);
+            return (state, Some(stored));
+        }
+        Err(e) => e,
+    };
+    if error.is_corrupt() {
+        tracing::debug!("the target holds a state document this version cannot read");
+    }
+    let state = match fallback.recover().await {
+        Some((state, from)) => {
+            tracing::warn!(%error, from, "could not read the state of earlier runs; lag continues from the last values known");
+            state
+        }
+        None => {
+            tracing::warn!(%error, "could not read the state of earlier runs, and no earlier metrics are at hand; lag starts over");
+            State::default()
+        }
+    };
+    (state, None)
+}
+
+/// The state document the target holds for `state_tag` (none yet: an empty state).
+async fn read_state(target: &Target, state_tag: &str) -> Result<State, StateDocumentError> {
+    match target
+        .load_document(state_tag, state::MAX_STATE_BYTES)
+        .await?
+    {
+        Some(bytes) => Ok(State::from_json(&bytes)?),
+        None => Ok(State::default()),
+    }
+}
+
+/// Writes the state for the next run, unless the target already holds the same; a failure
+/// is logged (the sync itself happened).
+async fn save_state(target: &Target, state_tag: &str, state: &State, stored: Option<&State>) {
+    if stored.is_some_and(|s| state.same_as_stored(s)) {
+        tracing::debug!("the run state is unchanged; not written");
+        return;
+    }
+    let saved: Result<(), StateDocumentError> = match state.to_json() {
+        Ok(body) => target
+            .save_document(state_tag, body)
+            .await
+            .map_err(Into::into),
+        Err(e) => Err(e.into()),
+    };
+    if let Err(e) = saved {
+        tracing::warn!(error = %e, "could not save the run state; the next run cannot see this run's lag");
+    }
+}
+
+/// The engine over every tag, with the live progress line while it runs.
+async fn sync_tags(
+    engine: &Arc<Engine>,
+    options: &RunOptions,
+    state: &State,
+    started: Instant,
+) -> RunReport {
+    let renderer =
+        crate::copy::progress::Renderer::start(Arc::clone(&engine.progress), options.progress);
+    let tags = engine.run(&options.control, &state.priorities()).await;
+    drop(renderer);
+    RunReport {
+        tags,
+        duration: started.elapsed(),
+        planned: options.mode == Mode::Plan,
+        pruned: Vec::new(),
+    }
+}
+
+/// Each tag's series (in sync, last synced, lag), the lag summary, and the series of tags
+/// no longer configured dropped.
+fn record_tags(
+    metrics: &Metrics,
+    tag_series: TagSeries,
+    report: &RunReport,
+    statuses: &[TagStatus],
+) {
+    metrics.set_tag_series_out_of_sync_only(tag_series == TagSeries::OutOfSync);
+    for (tag, status) in report.tags.iter().zip(statuses) {
+        let (source, target) = tag.id.labels();
+        metrics.set_tag(
+            &source,
+            &target,
+            status.in_sync,
+            status.last_synced,
+            status.lag_seconds,
+        );
+    }
+    metrics.set_lag_summary(
+        report
+            .tags
+            .iter()
+            .zip(statuses)
+            .map(|(tag, status)| TagLag {
+                repository: &tag.id.target.repository,
+                in_sync: status.in_sync,
+                lag_seconds: status.lag_seconds,
+            }),
+    );
+    let configured: HashSet<(String, String)> = report.tags.iter().map(|t| t.id.labels()).collect();
+    metrics.retain_tags(&|s, t| configured.contains(&(s.to_string(), t.to_string())));
+}
+
+/// The run's own series: refusals, blobs and bytes moved, tag counts, duration, success.
+fn record_run(engine: &Engine, report: &RunReport, metrics: &Metrics, success: Option<f64>) {
+    record_refusals(engine, report, metrics);
+    let mut per_registry: HashMap<String, u64> = HashMap::new();
+    for tag in &report.tags {
+        metrics.add_blobs(BlobAction::Copied, tag.stats.copied);
+        metrics.add_blobs(BlobAction::Mounted, tag.stats.mounted);
+        metrics.add_blobs(BlobAction::Present, tag.stats.present);
+        let registry = tag.id.source.registry().to_string();
+        *per_registry.entry(registry).or_default() += tag.stats.copied_bytes;
+    }
+    for (registry, bytes) in per_registry {
+        metrics.add_bytes_copied(&registry, bytes);
+    }
+    let counts = [
+        (TagRunResult::Unchanged, report.unchanged()),
+        (TagRunResult::Synced, report.synced()),
+        (TagRunResult::Failed, report.failed()),
+        (TagRunResult::Deferred, report.deferred()),
+    ];
+    metrics.record_run(report.duration.as_secs_f64(), &counts, success);
 }
 
 /// The run summary's word on what the target refused: failed tags per reason, and the upload

@@ -7,7 +7,7 @@
 //! atomically ([`crate::atomic_file`]): a reader sees the previous report or this one, never a
 //! part. It is written whatever the end: every tag done, some failed, the run cut short by a
 //! signal or `--max-duration` (tags never started are `deferred` with their reason), or the
-//! pass unable to start (then with the error and no tags). Its `exitCode` is the process's. If
+//! run unable to start (then with the error and no tags). Its `exitCode` is the process's. If
 //! the write still fails at the end, the error names the file and the run exits 1 (a 2 stays 2).
 //!
 //! This module only reads [`RunReport`] and [`TagOutcome`]; the text summary is
@@ -19,6 +19,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::config::TargetKind;
+use crate::exit;
 use crate::outcome::{CopyStats, TagOutcome, TagResult};
 use crate::report::RunReport;
 
@@ -26,8 +27,27 @@ use crate::report::RunReport;
 /// given another meaning raises it.
 pub const SCHEMA_VERSION: u32 = 1;
 
-/// The exit code of a run whose report could not be written at the end.
-const EXIT_REPORT_UNWRITTEN: i32 = 1;
+/// Why the `--report` path cannot be written: a usage error, found before the run starts.
+#[derive(Debug, thiserror::Error)]
+#[error("--report {}: {problem}", path.display())]
+pub struct ReportPathError {
+    path: PathBuf,
+    problem: PathProblem,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum PathProblem {
+    #[error("not a file name")]
+    NotAFileName,
+    #[error("is a directory")]
+    Directory,
+    #[error("cannot create a file in {dir}: {source}")]
+    CannotCreate {
+        dir: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 /// Which command wrote the report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -52,7 +72,7 @@ pub struct RunDocument {
     pub duration_ms: u64,
     /// The process's exit code.
     pub exit_code: i32,
-    /// Why the pass could not start (then `tags` is empty); `null` when it ran.
+    /// Why the run could not start (then `tags` is empty); `null` when it ran.
     pub error: Option<String>,
     pub totals: Totals,
     pub tags: Vec<TagEntry>,
@@ -142,8 +162,8 @@ impl TagEntry {
         };
         let s = &tag.stats;
         TagEntry {
-            source: tag.source.clone(),
-            target: format!("{location}{}", tag.target),
+            source: tag.id.source.to_string(),
+            target: format!("{location}{}", tag.id.target),
             target_name: tag.target_name.clone(),
             old_digest: old,
             new_digest: new,
@@ -218,9 +238,15 @@ impl ReportFile {
     /// Starts the clock of the run, and checks that `path` can be written (a file can be
     /// created in its directory, and it is not a directory), so a bad path stops the run
     /// before it does anything.
-    pub fn open(path: Option<&Path>, command: ReportCommand) -> Result<ReportFile, String> {
+    pub fn open(
+        path: Option<&Path>,
+        command: ReportCommand,
+    ) -> Result<ReportFile, ReportPathError> {
         if let Some(path) = path {
-            probe(path).map_err(|e| format!("--report {}: {e}", path.display()))?;
+            probe(path).map_err(|problem| ReportPathError {
+                path: path.to_path_buf(),
+                problem,
+            })?;
         }
         Ok(ReportFile {
             path: path.map(Path::to_path_buf),
@@ -238,8 +264,8 @@ impl ReportFile {
         }
     }
 
-    /// Writes the report of a pass that ran, and returns the exit code of the process:
-    /// `exit_code`, or 1 when the report could not be written. `location` says where the
+    /// Writes the report of a run that started, and returns the exit code of the process:
+    /// `exit_code`, or [`exit::FAILED`] when the report could not be written. `location` says where the
     /// target with a given `name` lives (see [`target_location`]).
     pub async fn write_run(
         &self,
@@ -256,7 +282,7 @@ impl ReportFile {
         self.write(exit_code, None, totals, tags).await
     }
 
-    /// Writes the report of a pass that could not start: the error, no tags.
+    /// Writes the report of a run that could not start: the error, no tags.
     pub async fn write_error(&self, error: &str, exit_code: i32) -> i32 {
         self.write(
             exit_code,
@@ -329,7 +355,7 @@ impl ReportFile {
 }
 
 /// The exit code once the write is done: a report that could not be written is an error
-/// naming the file, and the run exits 1 (unless it already exits 1 or 2).
+/// naming the file, and the run fails (unless it is already a failure or a usage error).
 fn finish(path: &Path, written: std::io::Result<()>, exit_code: i32) -> i32 {
     match written {
         Ok(()) => exit_code,
@@ -338,10 +364,10 @@ fn finish(path: &Path, written: std::io::Result<()>, exit_code: i32) -> i32 {
                 "could not write the run report {}: {e}",
                 path.display()
             ));
-            if exit_code == 2 {
+            if exit_code == exit::USAGE {
                 exit_code
             } else {
-                EXIT_REPORT_UNWRITTEN
+                exit::FAILED
             }
         }
     }
@@ -355,12 +381,12 @@ fn encode(doc: &RunDocument) -> std::io::Result<Vec<u8>> {
 
 /// Whether a report could be written at `path`: not a directory, and a new file can be
 /// created (and removed) next to it.
-fn probe(path: &Path) -> Result<(), String> {
+fn probe(path: &Path) -> Result<(), PathProblem> {
     if path.file_name().is_none() {
-        return Err("not a file name".into());
+        return Err(PathProblem::NotAFileName);
     }
     if path.is_dir() {
-        return Err("is a directory".into());
+        return Err(PathProblem::Directory);
     }
     let tmp = crate::atomic_file::temp_path(path);
     let dir = tmp.parent().filter(|p| !p.as_os_str().is_empty());
@@ -369,7 +395,7 @@ fn probe(path: &Path) -> Result<(), String> {
         .write(true)
         .create_new(true)
         .open(&tmp)
-        .map_err(|e| format!("cannot create a file in {dir}: {e}"))?;
+        .map_err(|source| PathProblem::CannotCreate { dir, source })?;
     let _ = std::fs::remove_file(&tmp);
     Ok(())
 }
@@ -389,14 +415,18 @@ fn millis(d: std::time::Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outcome::FailureCause;
-    use crate::reference::{Digest, TargetImage};
+    use crate::outcome::{FailureCause, Source, TagId};
+    use crate::reference::{Digest, Reference, TargetImage};
     use std::time::Duration;
 
     fn tag(name: &str, result: TagResult, copied: u64) -> TagOutcome {
         TagOutcome {
-            source: format!("docker.io/library/{name}:1"),
-            target: TargetImage::tag(&format!("mirror/library/{name}"), "1"),
+            id: TagId {
+                source: Source::Image(
+                    Reference::parse(&format!("docker.io/library/{name}:1")).unwrap(),
+                ),
+                target: TargetImage::tag(&format!("mirror/library/{name}"), "1"),
+            },
             target_name: None,
             result,
             stats: CopyStats {
@@ -406,7 +436,6 @@ mod tests {
                 present: 2,
             },
             duration: Duration::from_millis(1500),
-            key: name.into(),
         }
     }
 
@@ -536,7 +565,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_pass_that_cannot_start_has_the_error_and_no_tags() {
+    async fn a_run_that_cannot_start_has_the_error_and_no_tags() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.json");
         let file = ReportFile::open(Some(&path), ReportCommand::Plan).unwrap();
@@ -555,10 +584,14 @@ mod tests {
     #[test]
     fn paths_that_cannot_be_written_are_refused_before_the_run() {
         let dir = tempfile::tempdir().unwrap();
-        let err = ReportFile::open(Some(dir.path()), ReportCommand::Sync).unwrap_err();
+        let err = ReportFile::open(Some(dir.path()), ReportCommand::Sync)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("is a directory"), "{err}");
         let missing = dir.path().join("absent").join("r.json");
-        let err = ReportFile::open(Some(&missing), ReportCommand::Sync).unwrap_err();
+        let err = ReportFile::open(Some(&missing), ReportCommand::Sync)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("absent"), "{err}");
         // The probe leaves nothing behind.
         let ok = dir.path().join("r.json");

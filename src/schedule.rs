@@ -1,4 +1,4 @@
-//! When the long-running `mirrorsync sync` starts a pass.
+//! When the long-running `mirrorsync sync` starts a run.
 //!
 //! [`Schedule`] is the config's `schedule` (standard cron, 5 fields, or 6 with seconds first)
 //! evaluated in its `timezone` (an IANA name such as `UTC` or `Europe/Berlin`), with the
@@ -302,7 +302,7 @@ mod tests {
         assert_eq!(s.timezone(), chrono_tz::Europe::Berlin);
 
         // A time inside the spring-forward gap runs once, when the gap ends; a time in the
-        // repeated autumn hour runs once, on its first pass.
+        // repeated autumn hour runs once, on its first occurrence.
         let s = Schedule::parse("30 2 * * *", "Europe/Berlin").unwrap();
         assert_eq!(
             s.next_after(utc(2024, 3, 30, 12, 0, 0)),

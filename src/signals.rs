@@ -1,9 +1,9 @@
 //! How a run is told to stop or reload, for `sync --once` and the daemon alike.
 //!
-//! The first SIGTERM or SIGINT during a pass stops it gently: no new tag starts, running tags
+//! The first SIGTERM or SIGINT during a run stops it gently: no new tag starts, running tags
 //! get the grace period (`--grace-period`). A second one means "now": running tags are
 //! abandoned at once, the tags that finished are recorded in the run state, and the process
-//! exits with 3. Between the daemon's passes the first signal ends it (nothing is stopped).
+//! exits with 3. Between the daemon's runs the first signal ends it (nothing is stopped).
 //! SIGHUP asks the daemon to reload its configuration.
 
 use std::time::Duration;

@@ -6,7 +6,8 @@
 //! seen at the target. The target stores the document (`Target::{load,save}_document`): for a
 //! registry an OCI artifact in the target itself (one tag per shard), for an OCI layout a file
 //! in the layout directory. It is the only thing a run writes when nothing changed. This module
-//! is the data only; it reads and writes nothing.
+//! is the data only; it reads and writes nothing (the run does); when the document cannot be
+//! read, the state fallback (`state_fallback`) stands in.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -14,6 +15,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::outcome::{TagOutcome, TagResult};
 use crate::reference::Digest;
+
+/// A state document that cannot be read back, or written out.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The stored document is no state this version can read (damaged, or not ours).
+    #[error("state document: {0}")]
+    Corrupt(#[source] serde_json::Error),
+    #[error("{0}")]
+    Encode(#[source] serde_json::Error),
+}
 
 /// Blob locations kept at most (oldest dropped first), so the document stays small.
 const MAX_BLOBS: usize = 200_000;
@@ -37,7 +48,7 @@ pub struct TagState {
 pub struct State {
     #[serde(default)]
     pub version: u32,
-    /// Keyed by `source -> target` (see `copy::item_key`).
+    /// Keyed by a tag's [`crate::outcome::TagId`] as text (`source -> target`).
     #[serde(default)]
     pub tags: BTreeMap<String, TagState>,
     /// Blob digest -> a target repository that held it.
@@ -50,9 +61,9 @@ pub struct State {
     pub created: BTreeMap<String, std::collections::BTreeSet<String>>,
 }
 
-/// How stale the stored confirmation times may get before a pass that changed nothing else
+/// How stale the stored confirmation times may get before a run that changed nothing else
 /// writes the document anyway. A stateless run after a restart sees lag at most this much too
-/// high; a daemon passing every few seconds writes a few times an hour instead of every pass.
+/// high; a daemon running every few seconds writes a few times an hour instead of every run.
 pub const REFRESH_SECONDS: f64 = 15.0 * 60.0;
 
 /// What one tag looks like for metrics after a run.
@@ -71,14 +82,14 @@ impl State {
             // Only tags: a digest pin is no tag to prune, and must never become a repository
             // named `repo@sha256`.
             if let TagResult::Synced { .. } = outcome.result
-                && let Some(tag) = outcome.target.tag_name()
+                && let Some(tag) = outcome.id.target.tag_name()
             {
                 self.created
-                    .entry(outcome.target.repository.clone())
+                    .entry(outcome.id.target.repository.clone())
                     .or_default()
                     .insert(tag.to_string());
             }
-            let entry = self.tags.entry(outcome.key.clone()).or_default();
+            let entry = self.tags.entry(outcome.id.to_string()).or_default();
             match outcome.result {
                 TagResult::Unchanged { .. } | TagResult::Synced { .. } => {
                     entry.last_synced = Some(now);
@@ -89,7 +100,7 @@ impl State {
                 }
             }
             // Lag: how long since the target was last confirmed in sync, whichever side kept
-            // this pass from confirming it (for a tag never in sync: since it was first tried).
+            // this run from confirming it (for a tag never in sync: since it was first tried).
             let baseline = entry
                 .pending_since
                 .map(|since| entry.last_synced.unwrap_or(since));
@@ -100,9 +111,9 @@ impl State {
             });
         }
         // Tags no longer configured are forgotten.
-        let keys: std::collections::HashSet<&str> =
-            outcomes.iter().map(|o| o.key.as_str()).collect();
-        self.tags.retain(|k, _| keys.contains(k.as_str()));
+        let keys: std::collections::HashSet<String> =
+            outcomes.iter().map(|o| o.id.to_string()).collect();
+        self.tags.retain(|k, _| keys.contains(k));
         statuses
     }
 
@@ -176,29 +187,40 @@ pub fn state_tag(shard: Option<(usize, usize)>) -> String {
 impl State {
     /// Parses a stored state document, dropping `created` entries under names that are no
     /// repository (earlier versions recorded a digest pin as a repository `repo@sha256`).
-    pub fn from_json(bytes: &[u8]) -> Result<State, String> {
-        let mut state: State =
-            serde_json::from_slice(bytes).map_err(|e| format!("state document: {e}"))?;
+    pub fn from_json(bytes: &[u8]) -> Result<State, StateError> {
+        let mut state: State = serde_json::from_slice(bytes).map_err(StateError::Corrupt)?;
         state.drop_invalid_repositories();
         Ok(state)
     }
 
     /// The document to store.
-    pub fn to_json(&self) -> Result<Vec<u8>, String> {
-        serde_json::to_vec(self).map_err(|e| e.to_string())
+    pub fn to_json(&self) -> Result<Vec<u8>, StateError> {
+        serde_json::to_vec(self).map_err(StateError::Encode)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outcome::CopyStats;
+    use crate::outcome::{CopyStats, Source, TagId};
+    use crate::reference::{Reference, TargetImage};
 
-    fn outcome(key: &str, failed: bool) -> TagOutcome {
+    /// The tag `up/app:<tag>` mirrored to `repo:<tag>`.
+    fn id(tag: &str) -> TagId {
+        TagId {
+            source: Source::Image(Reference::parse(&format!("up/app:{tag}")).unwrap()),
+            target: TargetImage::tag("repo", tag),
+        }
+    }
+
+    fn key(tag: &str) -> String {
+        id(tag).to_string()
+    }
+
+    fn outcome(tag: &str, failed: bool) -> TagOutcome {
         let digest = Digest::from_sha256_bytes(&[7; 32]);
         TagOutcome {
-            source: key.into(),
-            target: crate::reference::TargetImage::tag("repo", key),
+            id: id(tag),
             target_name: None,
             result: if failed {
                 TagResult::Failed {
@@ -210,7 +232,6 @@ mod tests {
             },
             stats: CopyStats::default(),
             duration: std::time::Duration::ZERO,
-            key: key.into(),
         }
     }
 
@@ -221,7 +242,7 @@ mod tests {
             state.record(&[outcome("a", false)], 100.0)[0].lag_seconds,
             0.0
         );
-        // Lag counts from the last confirmation (100), not from the first failed pass.
+        // Lag counts from the last confirmation (100), not from the first failed run.
         let first = state.record(&[outcome("a", true)], 200.0);
         assert_eq!(first[0].lag_seconds, 100.0);
         assert!(!first[0].in_sync);
@@ -248,8 +269,10 @@ mod tests {
     fn digest_pins_are_never_recorded_as_created_tags() {
         let digest = Digest::from_sha256_bytes(&[9; 32]);
         let synced = |target| TagOutcome {
-            source: "up/app".into(),
-            target,
+            id: TagId {
+                source: Source::Image(Reference::parse("up/app").unwrap()),
+                target,
+            },
             target_name: None,
             result: TagResult::Synced {
                 digest: digest.clone(),
@@ -257,16 +280,15 @@ mod tests {
             },
             stats: CopyStats::default(),
             duration: std::time::Duration::ZERO,
-            key: "k".into(),
         };
         let mut state = State::default();
         state.record(
             &[
-                synced(crate::reference::TargetImage {
+                synced(TargetImage {
                     repository: "team/app".into(),
                     reference: crate::reference::TargetReference::Digest(digest.clone()),
                 }),
-                synced(crate::reference::TargetImage::tag("team/app", "1.0")),
+                synced(TargetImage::tag("team/app", "1.0")),
             ],
             1.0,
         );
@@ -286,7 +308,7 @@ mod tests {
     }
 
     #[test]
-    fn a_pass_that_only_moves_timestamps_a_little_is_not_written() {
+    fn a_run_that_only_moves_timestamps_a_little_is_not_written() {
         let mut stored = State::default();
         stored.record(&[outcome("a", false), outcome("b", false)], 1000.0);
         stored.last_success = Some(1000.0);
@@ -337,9 +359,9 @@ mod tests {
         let text = serde_json::to_vec(&state).unwrap();
         let back: State = serde_json::from_slice(&text).unwrap();
         assert_eq!(back, state);
-        assert_eq!(back.priorities().get("a"), Some(&10));
+        assert_eq!(back.priorities().get(&key("a")), Some(&10));
         assert_eq!(back.blob_locations().len(), 1);
         state.record(&[outcome("b", false)], 20.0);
-        assert!(!state.tags.contains_key("a"));
+        assert!(!state.tags.contains_key(&key("a")));
     }
 }

@@ -42,7 +42,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, SyncItem, TargetKind};
-use crate::outcome::{CopyStats, TagOutcome, TagResult};
+use crate::outcome::{CopyStats, TagId, TagOutcome, TagResult};
 use crate::reference::Digest;
 use crate::registry::{
     CredentialStore, EndpointError, HostLimits, LimitSettings, RegistryClient, RequestObserver,
@@ -298,13 +298,11 @@ impl Engine {
         duration: Duration,
     ) -> TagOutcome {
         TagOutcome {
-            source: item.source.to_string(),
-            target: target_image(item),
+            id: TagId::of(item),
             target_name: self.config.target.name.clone(),
             result,
             stats,
             duration,
-            key: item_key(item),
         }
     }
 
@@ -565,4 +563,4 @@ fn failed_or_deferred(error: SyncError) -> TagResult {
     }
 }
 
-pub use crate::outcome::{item_key, target_image, target_ref};
+pub use crate::outcome::{item_key, target_ref};

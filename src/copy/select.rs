@@ -12,8 +12,8 @@ use super::upstream::UpstreamRef;
 use super::{Counters, Engine, RunControl, SyncError, target_ref};
 use crate::config::SyncItem;
 use crate::manifest::OCI_INDEX;
-use crate::outcome::{CopyStats, TagOutcome, TagResult};
-use crate::reference::{Digest, Reference, TargetImage, TargetReference};
+use crate::outcome::{CopyStats, TagId, TagOutcome, TagResult};
+use crate::reference::{Digest, Reference};
 use crate::registry::{self, FetchedManifest, RegistryClient};
 use crate::target::{Target, TargetError};
 
@@ -45,22 +45,13 @@ impl Engine {
                 Ok(tags) => tags,
                 Err(e) => {
                     let outcome = TagOutcome {
-                        source: format!("{} (tag filters)", selection.source.name()),
-                        target: TargetImage {
-                            repository: selection.target_repository.clone(),
-                            reference: TargetReference::Selection,
-                        },
+                        id: TagId::tag_filters(&selection.source, &selection.target_repository),
                         result: TagResult::Failed {
                             error: e.to_string(),
                             cause: Default::default(),
                         },
                         stats: CopyStats::default(),
                         duration: Duration::ZERO,
-                        key: format!(
-                            "{} (tag filters) -> {}",
-                            selection.source.name(),
-                            selection.target_repository
-                        ),
                         target_name: self.config.target.name.clone(),
                     };
                     crate::report::tag_finished(&outcome, self.mode == super::Mode::Plan);

@@ -10,7 +10,7 @@ mod upload;
 
 use std::path::PathBuf;
 
-pub use document::DOCUMENT_REPOSITORY;
+pub use document::{DOCUMENT_REPOSITORY, DocumentError};
 pub use layout::OciLayout;
 
 use crate::reference::Digest;

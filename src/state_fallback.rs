@@ -1,10 +1,10 @@
-//! Where a pass finds the tags' history (when each was last confirmed in sync, when the last
-//! fully successful run ended) when the state document cannot be read, typically because the
-//! target registry that holds it is down.
+//! Where a run finds the tags' history (when each was last confirmed in sync, when the last
+//! fully successful run ended) when the state document ([`crate::state`]) cannot be read,
+//! typically because the target registry that holds it is down.
 //!
 //! Without it every tag would look new and its lag would start over at 0 exactly when the
 //! mirror is going stale. Each way of exporting metrics has its own memory of the last values:
-//! the daemon keeps the state of its last pass in memory; a `--once` run reads its previous
+//! the daemon keeps the state of its last run in memory; a `--once` run reads its previous
 //! `--metrics-file`, or its own group on the Pushgateway (the previous run's push). When none
 //! of these is there (the first run ever, or the Pushgateway down as well), the history is
 //! unknown and lag starts from this run, which is logged.
@@ -15,14 +15,14 @@ use std::sync::{Arc, Mutex};
 
 use crate::state::{State, TagState};
 
-/// The state of the daemon's last pass per target (`""` for an unnamed one), shared between
-/// passes.
+/// The state of the daemon's last run per target (`""` for an unnamed one), shared between
+/// runs.
 pub type Memory = Arc<Mutex<BTreeMap<String, State>>>;
 
-/// The fallbacks of one pass.
+/// The fallbacks of one run.
 #[derive(Clone, Default)]
-pub struct History {
-    /// The daemon: the state after its last pass.
+pub struct StateFallback {
+    /// The daemon: the state after its last run.
     pub memory: Option<Memory>,
     /// `--metrics-file`: the previous run's textfile.
     pub textfile: Option<PathBuf>,
@@ -43,7 +43,7 @@ pub struct PushgatewayGroup {
 const LAST_SYNCED: &str = "mirrorsync_tag_last_synced_timestamp_seconds";
 const LAST_SUCCESS: &str = "mirrorsync_run_last_success_timestamp_seconds";
 
-impl History {
+impl StateFallback {
     /// The history from the first fallback that has one, and where it came from.
     pub async fn recover(&self) -> Option<(State, &'static str)> {
         if let Some(state) = self.remembered() {
@@ -75,8 +75,8 @@ impl History {
     }
 
     /// The history of one target of a run over several.
-    pub fn for_target(&self, name: Option<&str>) -> History {
-        History {
+    pub fn for_target(&self, name: Option<&str>) -> StateFallback {
+        StateFallback {
             target_name: name.map(str::to_string),
             ..self.clone()
         }
@@ -99,7 +99,7 @@ impl History {
         memory.lock().ok()?.get(&self.key()).cloned()
     }
 
-    /// Keeps the state of a finished pass for the next one (daemon only).
+    /// Keeps the state of a finished run for the next one (daemon only).
     pub fn remember(&self, state: &State) {
         if let Some(memory) = &self.memory
             && let Ok(mut m) = memory.lock()
@@ -156,9 +156,24 @@ fn from_samples(samples: &[Sample]) -> State {
     state
 }
 
+/// Why the previous run's group could not be read from the Pushgateway. Never holds the
+/// URL's user information.
+#[derive(Debug, thiserror::Error)]
+enum PushgatewayReadError {
+    #[error("the Pushgateway URL is not a valid URL: {0}")]
+    Url(#[from] url::ParseError),
+    #[error("GET {url}: {error}")]
+    Request { url: String, error: reqwest::Error },
+    #[error("GET {url}: HTTP {status}")]
+    Status {
+        url: String,
+        status: reqwest::StatusCode,
+    },
+}
+
 /// `GET /api/v1/metrics` of the Pushgateway, the samples of the group with exactly these
 /// grouping labels.
-async fn fetch_group(group: &PushgatewayGroup) -> Result<Vec<Sample>, String> {
+async fn fetch_group(group: &PushgatewayGroup) -> Result<Vec<Sample>, PushgatewayReadError> {
     let (url, credentials) = without_credentials(&group.url)?;
     let url = format!("{}/api/v1/metrics", url.as_str().trim_end_matches('/'));
     let mut request = reqwest::Client::new()
@@ -170,14 +185,24 @@ async fn fetch_group(group: &PushgatewayGroup) -> Result<Vec<Sample>, String> {
     let response = request
         .send()
         .await
-        .map_err(|e| format!("GET {url}: {}", e.without_url()))?;
+        .map_err(|e| PushgatewayReadError::Request {
+            url: url.clone(),
+            error: e.without_url(),
+        })?;
     if !response.status().is_success() {
-        return Err(format!("GET {url}: HTTP {}", response.status()));
+        return Err(PushgatewayReadError::Status {
+            url,
+            status: response.status(),
+        });
     }
-    let body: serde_json::Value = response
-        .json()
-        .await
-        .map_err(|e| format!("GET {url}: {e}"))?;
+    let body: serde_json::Value =
+        response
+            .json()
+            .await
+            .map_err(|error| PushgatewayReadError::Request {
+                url: url.clone(),
+                error,
+            })?;
     let want: BTreeMap<&str, &str> = group
         .labels
         .iter()
@@ -221,9 +246,8 @@ type BasicAuth = (String, Option<String>);
 
 /// The Pushgateway URL with its `user:password@` taken out (for the request's Basic
 /// authentication), so neither appears in a message.
-fn without_credentials(raw: &str) -> Result<(url::Url, Option<BasicAuth>), String> {
-    let mut url = url::Url::parse(raw.trim())
-        .map_err(|e| format!("the Pushgateway URL is not a valid URL: {e}"))?;
+fn without_credentials(raw: &str) -> Result<(url::Url, Option<BasicAuth>), url::ParseError> {
+    let mut url = url::Url::parse(raw.trim())?;
     if url.username().is_empty() && url.password().is_none() {
         return Ok((url, None));
     }
@@ -321,7 +345,7 @@ mod tests {
             url: "http://me:s3cr%40t@127.0.0.1:1/".into(),
             labels: Vec::new(),
         };
-        let error = fetch_group(&group).await.unwrap_err();
+        let error = fetch_group(&group).await.unwrap_err().to_string();
         assert!(error.contains("127.0.0.1:1"), "{error}");
         assert!(!error.contains("s3cr") && !error.contains("me:"), "{error}");
         assert_eq!(

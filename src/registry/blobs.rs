@@ -344,6 +344,28 @@ impl RegistryClient {
         }
         open.len()
     }
+
+    /// Resolves an upload answer's `Location` header (absolute or relative) against the request
+    /// URL. On another host it is used without our credentials (see [`RegistryClient::send`]).
+    fn location(&self, request: &Url, response: &reqwest::Response) -> Result<Url, RegistryError> {
+        let value = response
+            .headers()
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                RegistryError::protocol(request, "upload response has no Location header")
+            })?;
+        let url = request.join(value).map_err(|e| {
+            RegistryError::protocol(request, format!("bad Location {value:?}: {e}"))
+        })?;
+        if !super::origin::is_web_url(&url) {
+            return Err(RegistryError::protocol(
+                request,
+                format!("bad Location {value:?}"),
+            ));
+        }
+        Ok(url)
+    }
 }
 
 /// Whether `error`, the answer to a shortcut (a closing `PUT` with a body, a `PATCH` with

@@ -6,11 +6,15 @@
 //! reads from the answer, so the retry, the status check and the error text live here once.
 
 use bytes::Bytes;
-use reqwest::header::HeaderMap;
+use reqwest::header::{self, HeaderMap};
 use reqwest::{Method, StatusCode};
 use url::Url;
 
-use super::{RegistryClient, RegistryError, RequestBody, status_error};
+use super::error::parse_error_body;
+use super::{
+    MAX_ERROR_BODY, RegistryClient, RegistryError, RequestBody, parse_retry_after, read_limited,
+    redact,
+};
 
 /// Which statuses an endpoint accepts.
 #[derive(Clone, Copy)]
@@ -155,5 +159,35 @@ impl RegistryClient {
             }
         })
         .await
+    }
+}
+
+/// Turns an unexpected response into an error carrying the registry's code and message.
+pub(super) async fn status_error(
+    method: &str,
+    url: &Url,
+    response: reqwest::Response,
+) -> RegistryError {
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after);
+    let body = if method == "HEAD" {
+        Bytes::new()
+    } else {
+        read_limited(response, MAX_ERROR_BODY)
+            .await
+            .unwrap_or_default()
+    };
+    let (errors, body_excerpt) = parse_error_body(&body);
+    RegistryError::Status {
+        method: method.to_string(),
+        url: redact(url),
+        status,
+        errors,
+        body_excerpt,
+        retry_after,
     }
 }

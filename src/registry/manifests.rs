@@ -61,8 +61,10 @@ impl RegistryClient {
         let url = self
             .url(&format!("v2/{repository}/manifests/{reference}"))
             .ok()?;
-        let request = self.http.head(url.clone()).headers(manifest_accept());
-        let response = self.exchange("HEAD", request).await.ok()?;
+        let response = self
+            .send_unauthenticated(Method::HEAD, &url, manifest_accept(), false)
+            .await
+            .ok()?;
         let status = response.status();
         tracing::debug!(method = %reqwest::Method::HEAD, url = %redact(&url), status = status.as_u16(), "registry request");
         if !self.learn_challenge(&response).await {

@@ -1,6 +1,6 @@
 //! One endpoint call: build the request, send it (through [`RegistryClient::send`]), retry it
 //! when it is idempotent and the failure is worth another try, and sort the answer into the
-//! statuses the endpoint expects and everything else (an error carrying the registry's message).
+//! statuses the endpoint accepts and everything else (an error carrying the registry's message).
 //!
 //! Every endpoint in `blobs.rs`, `manifests.rs` and `tags.rs` is one [`Call`] plus what it
 //! reads from the answer, so the retry, the status check and the error text live here once.
@@ -16,21 +16,21 @@ use super::{
     redact,
 };
 
-/// Which statuses an endpoint accepts.
+/// Which statuses an endpoint accepts as its answer (anything else is an error).
 #[derive(Clone, Copy)]
-pub(super) enum Expect {
+pub(super) enum Statuses {
     /// Exactly this status.
     Only(StatusCode),
     /// Any 2xx: where the spec says 202 or 201, some registries answer another success (ECR
     /// answers a `PATCH` with 201), and the body or headers say what happened.
-    Success,
+    AnySuccess,
 }
 
-impl Expect {
-    fn accepts(self, status: StatusCode) -> bool {
+impl Statuses {
+    fn contain(self, status: StatusCode) -> bool {
         match self {
-            Expect::Only(s) => status == s,
-            Expect::Success => status.is_success(),
+            Statuses::Only(s) => status == s,
+            Statuses::AnySuccess => status.is_success(),
         }
     }
 }
@@ -43,7 +43,7 @@ pub(super) struct Call {
     pub url: Url,
     pub scopes: Vec<String>,
     pub headers: HeaderMap,
-    pub expect: Expect,
+    pub accepted: Statuses,
     /// `404` is an answer ("absent"), not an error.
     pub missing_ok: bool,
     /// Sent on a connection of its own (see [`RegistryClient::send`]).
@@ -58,7 +58,7 @@ impl Call {
             url,
             scopes,
             headers: HeaderMap::new(),
-            expect: Expect::Only(StatusCode::OK),
+            accepted: Statuses::Only(StatusCode::OK),
             missing_ok: false,
             bulk: false,
         }
@@ -75,8 +75,9 @@ impl Call {
         self
     }
 
-    pub fn expect(mut self, expect: Expect) -> Call {
-        self.expect = expect;
+    /// The statuses this endpoint answers with (200 unless set).
+    pub fn accepting(mut self, statuses: Statuses) -> Call {
+        self.accepted = statuses;
         self
     }
 
@@ -104,7 +105,7 @@ impl From<Replayable> for RequestBody {
 
 impl RegistryClient {
     /// Sends `call` with a body that can be repeated, retrying retryable failures with backoff.
-    /// `Ok(None)` is a 404 when the call allows it; `Ok(Some(response))` an expected status.
+    /// `Ok(None)` is a 404 when the call allows it; `Ok(Some(response))` an accepted status.
     pub(super) async fn call(
         &self,
         call: &Call,
@@ -132,7 +133,7 @@ impl RegistryClient {
             )
             .await?;
         let status = response.status();
-        if call.expect.accepts(status) {
+        if call.accepted.contain(status) {
             Ok(Some(response))
         } else if call.missing_ok && status == StatusCode::NOT_FOUND {
             Ok(None)

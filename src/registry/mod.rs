@@ -202,7 +202,7 @@ impl RegistryClient {
     }
 
     /// Waits until `n` more blob bytes may flow to or from this host.
-    pub async fn throttle_bytes(&self, n: usize) {
+    pub async fn limit_bytes(&self, n: usize) {
         self.limits.bytes(n).await;
     }
 

@@ -156,6 +156,7 @@ async fn run_target(
         .target()
         .load_document(&state_tag, state::MAX_STATE_BYTES)
         .await
+        .map_err(|e| e.to_string())
         .and_then(|doc| doc.map_or(Ok(State::default()), |d| State::from_json(&d)));
     // What the target holds now, to skip writing a document that would say the same.
     let mut stored = None;
@@ -255,7 +256,11 @@ async fn run_target(
             Ok(())
         } else {
             match state.to_json() {
-                Ok(body) => engine.target().save_document(&state_tag, body).await,
+                Ok(body) => engine
+                    .target()
+                    .save_document(&state_tag, body)
+                    .await
+                    .map_err(|e| e.to_string()),
                 Err(e) => Err(e),
             }
         };

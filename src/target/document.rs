@@ -7,16 +7,45 @@
 
 use bytes::Bytes;
 
-use super::Target;
+use super::{Target, TargetError};
 use crate::manifest::{OCI_MANIFEST, digest_of};
 use crate::reference::Digest;
-use crate::registry::FetchedManifest;
+use crate::registry::{BodyError, FetchedManifest, RegistryError};
 
 /// The target repository that holds the documents.
 pub const DOCUMENT_REPOSITORY: &str = "mirrorsync/state";
 const MEDIA_TYPE: &str = "application/vnd.mirrorsync.state.v1+json";
 const CONFIG_MEDIA_TYPE: &str = "application/vnd.mirrorsync.state.config.v1+json";
 const LAYOUT_FILE: &str = ".mirrorsync-state";
+
+/// Why a document could not be read or written: the target failed, or what it holds is not a
+/// document mirrorsync wrote.
+#[derive(Debug, thiserror::Error)]
+pub enum DocumentError {
+    /// The target failed (unreachable, refused, a file that cannot be read or written).
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    /// The target registry failed on one of the document's blobs.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The document's blob was cut short.
+    #[error(transparent)]
+    Body(BodyError),
+    /// The stored document is not one mirrorsync wrote (too large, no layer, a blob that does
+    /// not match its digest): the target answered, its content is wrong.
+    #[error("{0}")]
+    Corrupt(String),
+    /// The document's manifest could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] serde_json::Error),
+}
+
+fn io(path: &std::path::Path, source: std::io::Error) -> DocumentError {
+    DocumentError::Target(TargetError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
 
 impl Target {
     /// The document stored under `tag`; `None` when there is none. Refused above `max_bytes`
@@ -25,40 +54,40 @@ impl Target {
         &self,
         tag: &str,
         max_bytes: usize,
-    ) -> Result<Option<Vec<u8>>, String> {
+    ) -> Result<Option<Vec<u8>>, DocumentError> {
         match self {
             Target::Layout(layout) => {
                 let path = layout.root().join(format!("{LAYOUT_FILE}-{tag}.json"));
                 match tokio::fs::read(&path).await {
-                    Ok(b) if b.len() > max_bytes => {
-                        Err(format!("{}: larger than {max_bytes} bytes", path.display()))
-                    }
+                    Ok(b) if b.len() > max_bytes => Err(DocumentError::Corrupt(format!(
+                        "{}: larger than {max_bytes} bytes",
+                        path.display()
+                    ))),
                     Ok(b) => Ok(Some(b)),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                    Err(e) => Err(format!("{}: {e}", path.display())),
+                    Err(e) => Err(io(&path, e)),
                 }
             }
             Target::Registry(client) => {
-                let manifest = match self.get_manifest(DOCUMENT_REPOSITORY, tag).await {
-                    Ok(Some(m)) => m,
-                    Ok(None) => return Ok(None),
-                    Err(e) => return Err(e.to_string()),
+                let Some(manifest) = self.get_manifest(DOCUMENT_REPOSITORY, tag).await? else {
+                    return Ok(None);
                 };
+                let corrupt = DocumentError::Corrupt;
                 let doc: serde_json::Value = serde_json::from_slice(&manifest.bytes)
-                    .map_err(|e| format!("state manifest: {e}"))?;
+                    .map_err(|e| corrupt(format!("state manifest: {e}")))?;
                 let layer = doc["layers"][0]["digest"]
                     .as_str()
                     .and_then(|d| Digest::parse(d).ok())
-                    .ok_or("state manifest has no layer")?;
-                let response = client
-                    .get_blob(DOCUMENT_REPOSITORY, &layer)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    .ok_or_else(|| corrupt("state manifest has no layer".into()))?;
+                let response = client.get_blob(DOCUMENT_REPOSITORY, &layer).await?;
                 let body = crate::registry::read_limited(response, max_bytes)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| match e {
+                        BodyError::TooLarge(_) => corrupt(e.to_string()),
+                        BodyError::Read(_) => DocumentError::Body(e),
+                    })?;
                 if digest_of(&body) != layer {
-                    return Err("state blob does not match its digest".into());
+                    return Err(corrupt("state blob does not match its digest".into()));
                 }
                 Ok(Some(body.to_vec()))
             }
@@ -66,15 +95,14 @@ impl Target {
     }
 
     /// Stores `body` under `tag` (in a registry: blobs first, then the manifest).
-    pub async fn save_document(&self, tag: &str, body: Vec<u8>) -> Result<(), String> {
+    pub async fn save_document(&self, tag: &str, body: Vec<u8>) -> Result<(), DocumentError> {
         match self {
             Target::Layout(layout) => {
                 let path = layout.root().join(format!("{LAYOUT_FILE}-{tag}.json"));
-                std::fs::create_dir_all(layout.root())
-                    .map_err(|e| format!("{}: {e}", layout.root().display()))?;
+                std::fs::create_dir_all(layout.root()).map_err(|e| io(layout.root(), e))?;
                 crate::atomic_file::write_async(&path, body)
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| io(&path, e))
             }
             Target::Registry(client) => {
                 let layer = digest_of(&body);
@@ -87,14 +115,12 @@ impl Target {
                 ] {
                     if client
                         .blob_size(DOCUMENT_REPOSITORY, digest)
-                        .await
-                        .map_err(|e| e.to_string())?
+                        .await?
                         .is_none()
                     {
                         client
                             .upload_bytes(DOCUMENT_REPOSITORY, digest, bytes)
-                            .await
-                            .map_err(|e| e.to_string())?;
+                            .await?;
                     }
                 }
                 let manifest = serde_json::json!({
@@ -106,7 +132,7 @@ impl Target {
                     // bodies are equal: deleting one's old manifest never touches the other.
                     "annotations": {"org.opencontainers.image.title": "mirrorsync state", "io.mirrorsync.state.tag": tag},
                 });
-                let bytes = Bytes::from(serde_json::to_vec(&manifest).map_err(|e| e.to_string())?);
+                let bytes = Bytes::from(serde_json::to_vec(&manifest)?);
                 let fetched = FetchedManifest {
                     digest: digest_of(&bytes),
                     bytes,
@@ -119,8 +145,7 @@ impl Target {
                     .ok()
                     .flatten();
                 self.put_manifest(DOCUMENT_REPOSITORY, tag, &fetched)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    .await?;
                 // The new document is in place: the old manifest is garbage. A registry that
                 // does not allow deletes (405 UNSUPPORTED) keeps it until its own GC.
                 if let Some(old) = previous.filter(|d| *d != fetched.digest) {

@@ -86,7 +86,7 @@ pub fn resumable(
                         }
                     }
                     st.offset += chunk.len() as u64;
-                    st.upstream.source(st.source).throttle_bytes(chunk.len()).await;
+                    st.upstream.source(st.source).limit_bytes(chunk.len()).await;
                     return Some((Ok(chunk), st));
                 }
                 Some(Err(e)) if st.resumes < MAX_RESUMES && st.offset < st.size => {

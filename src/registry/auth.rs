@@ -11,8 +11,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use reqwest::header::HeaderValue;
+use reqwest::Method;
+use reqwest::header::{HeaderMap, HeaderValue};
 use tokio::sync::Mutex;
+use url::Url;
 
 use super::error::{RegistryError, parse_error_body};
 use crate::config::{Credentials, Secret};
@@ -255,44 +257,14 @@ impl Authenticator {
         service: Option<&str>,
         scopes: &[String],
     ) -> Result<CachedToken, RegistryError> {
-        let fail = |reason: String| RegistryError::Auth {
-            host: self.host.clone(),
-            reason,
-        };
-        let mut url = url::Url::parse(realm)
-            .map_err(|e| fail(format!("token realm {realm:?} is not a URL: {e}")))?;
-        if !super::origin::is_web_url(&url) {
-            return Err(fail(format!(
-                "token realm {realm:?} is not an http(s) URL without user information"
-            )));
-        }
-        // The realm comes from the registry's own challenge (see `RegistryClient::send`), but
-        // it may name any host: the credentials of a registry reached over TLS never travel in
-        // plain text to it.
-        if self.credentials.is_some() && client.base.scheme() == "https" && url.scheme() != "https"
-        {
-            return Err(fail(format!(
-                "token realm {realm:?} is plain HTTP while {} is reached over HTTPS: its credentials are not sent there",
-                self.host
-            )));
-        }
-        {
-            let mut query = url.query_pairs_mut();
-            if let Some(service) = service {
-                query.append_pair("service", service);
-            }
-            for scope in scopes {
-                query.append_pair("scope", scope);
-            }
-            if let Some(creds) = &self.credentials {
-                query.append_pair("account", &creds.username);
-            }
-        }
-        let mut request = client.http.get(url.clone());
+        let url = self.token_url(client.base.scheme(), realm, service, scopes)?;
+        let mut headers = HeaderMap::new();
         if let Some(header) = self.basic_header() {
-            request = request.header(reqwest::header::AUTHORIZATION, header);
+            headers.insert(reqwest::header::AUTHORIZATION, header);
         }
-        let sent = client.exchange("GET", request).await;
+        let sent = client
+            .send_unauthenticated(Method::GET, &url, headers, false)
+            .await;
         let transport = |detail: String| RegistryError::Transport {
             method: "GET".into(),
             url: strip_query(&url),
@@ -320,36 +292,88 @@ impl Authenticator {
             });
         }
         if !status.is_success() {
-            let (errors, excerpt) = parse_error_body(&body);
-            let detail = errors
-                .first()
-                .map(|e| format!("{}: {}", e.code, e.message))
-                .or(excerpt)
-                .unwrap_or_default();
-            let who = if self.credentials.is_some() {
-                "credentials rejected by the token server"
-            } else {
-                "anonymous token refused"
-            };
-            return Err(fail(format!(
-                "{who} ({} answered HTTP {} {detail})",
-                strip_query(&url),
-                status.as_u16()
+            return Err(self.token_refused(&url, status.as_u16(), &body));
+        }
+        self.parse_token(&body)
+    }
+
+    /// The token request's URL: the realm with `service`, every scope and, with credentials,
+    /// `account`. The realm must be an http(s) URL, and not plain HTTP when the registry
+    /// (reached with `scheme`) is HTTPS and we would send credentials.
+    fn token_url(
+        &self,
+        scheme: &str,
+        realm: &str,
+        service: Option<&str>,
+        scopes: &[String],
+    ) -> Result<Url, RegistryError> {
+        let mut url = Url::parse(realm)
+            .map_err(|e| self.fail(format!("token realm {realm:?} is not a URL: {e}")))?;
+        if !super::origin::is_web_url(&url) {
+            return Err(self.fail(format!(
+                "token realm {realm:?} is not an http(s) URL without user information"
             )));
         }
+        // The realm comes from the registry's own challenge (see `RegistryClient::send`), but
+        // it may name any host: the credentials of a registry reached over TLS never travel in
+        // plain text to it.
+        if self.credentials.is_some() && scheme == "https" && url.scheme() != "https" {
+            return Err(self.fail(format!(
+                "token realm {realm:?} is plain HTTP while {} is reached over HTTPS: its credentials are not sent there",
+                self.host
+            )));
+        }
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(service) = service {
+                query.append_pair("service", service);
+            }
+            for scope in scopes {
+                query.append_pair("scope", scope);
+            }
+            if let Some(creds) = &self.credentials {
+                query.append_pair("account", &creds.username);
+            }
+        }
+        Ok(url)
+    }
+
+    /// A token server's refusal (a 4xx but 429): the credentials (or an anonymous client)
+    /// were not let in.
+    fn token_refused(&self, url: &Url, status: u16, body: &[u8]) -> RegistryError {
+        let (errors, excerpt) = parse_error_body(body);
+        let detail = errors
+            .first()
+            .map(|e| format!("{}: {}", e.code, e.message))
+            .or(excerpt)
+            .unwrap_or_default();
+        let who = if self.credentials.is_some() {
+            "credentials rejected by the token server"
+        } else {
+            "anonymous token refused"
+        };
+        self.fail(format!(
+            "{who} ({} answered HTTP {status} {detail})",
+            strip_query(url),
+        ))
+    }
+
+    /// The token in a token server's answer (`token`, else `access_token`), renewed a little
+    /// before its `expires_in` (60 s when missing).
+    fn parse_token(&self, body: &[u8]) -> Result<CachedToken, RegistryError> {
         #[derive(serde::Deserialize)]
         struct TokenResponse {
             token: Option<String>,
             access_token: Option<String>,
             expires_in: Option<u64>,
         }
-        let parsed: TokenResponse = serde_json::from_slice(&body)
-            .map_err(|e| fail(format!("token response is not valid JSON: {e}")))?;
+        let parsed: TokenResponse = serde_json::from_slice(body)
+            .map_err(|e| self.fail(format!("token response is not valid JSON: {e}")))?;
         let value = parsed
             .token
             .filter(|t| !t.is_empty())
             .or(parsed.access_token.filter(|t| !t.is_empty()))
-            .ok_or_else(|| fail("token response has neither token nor access_token".into()))?;
+            .ok_or_else(|| self.fail("token response has neither token nor access_token".into()))?;
         let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(60).clamp(1, 86_400));
         // Renew a little early so a token never expires between check and use.
         let margin = (lifetime / 10).min(Duration::from_secs(30));
@@ -358,6 +382,24 @@ impl Authenticator {
             renew_at: Instant::now() + lifetime - margin,
         })
     }
+
+    /// An authentication failure at this host.
+    fn fail(&self, reason: String) -> RegistryError {
+        RegistryError::Auth {
+            host: self.host.clone(),
+            reason,
+        }
+    }
+}
+
+/// The scope to pull from `repository`.
+pub(super) fn pull(repository: &str) -> Vec<String> {
+    vec![format!("repository:{repository}:pull")]
+}
+
+/// The scope to push to `repository` (which includes pulling from it).
+pub(super) fn push(repository: &str) -> Vec<String> {
+    vec![format!("repository:{repository}:pull,push")]
 }
 
 /// Whether a requested scope is already covered by one we hold (`pull,push` covers `pull`).
@@ -379,7 +421,7 @@ fn bearer(token: &Secret) -> HeaderValue {
     value
 }
 
-fn strip_query(url: &url::Url) -> String {
+fn strip_query(url: &Url) -> String {
     let mut u = url.clone();
     u.set_query(None);
     u.to_string()

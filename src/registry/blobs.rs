@@ -10,7 +10,7 @@ use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};
 use url::Url;
 
-use super::call::{Call, Expect, Replayable};
+use super::call::{Call, Replayable, Statuses};
 use super::{
     MountOutcome, RegistryClient, RegistryError, RequestBody, UploadFlow, content_length, pull,
     push,
@@ -63,7 +63,7 @@ impl RegistryClient {
         }
         let call = Call::new("GET blob", Method::GET, url.clone(), pull(repository))
             .headers(headers)
-            .expect(Expect::Success)
+            .accepting(Statuses::AnySuccess)
             .bulk(bulk);
         let response = self.call(&call, Replayable::Empty).await?.ok_or_else(|| {
             RegistryError::protocol(&url, "blob GET answered 404 where a body was expected")
@@ -114,8 +114,8 @@ impl RegistryClient {
             .append_pair("from", from);
         let mut scopes = push(repository);
         scopes.push(format!("repository:{from}:pull"));
-        let call =
-            Call::new("mount blob", Method::POST, url.clone(), scopes).expect(Expect::Success);
+        let call = Call::new("mount blob", Method::POST, url.clone(), scopes)
+            .accepting(Statuses::AnySuccess);
         let response = self
             .call(&call, Replayable::Empty)
             .await?
@@ -135,7 +135,7 @@ impl RegistryClient {
     pub async fn start_upload(&self, repository: &str) -> Result<Url, RegistryError> {
         let url = self.url(&format!("v2/{repository}/blobs/uploads/"))?;
         let call = Call::new("start upload", Method::POST, url.clone(), push(repository))
-            .expect(Expect::Success);
+            .accepting(Statuses::AnySuccess);
         let response = self
             .call(&call, Replayable::Empty)
             .await?
@@ -185,7 +185,7 @@ impl RegistryClient {
             location.clone(),
             push(repository),
         )
-        .expect(Expect::Success);
+        .accepting(Statuses::AnySuccess);
         let stream = RequestBody::Stream {
             body,
             length,
@@ -306,8 +306,8 @@ impl RegistryClient {
         let mut url = location.clone();
         url.query_pairs_mut()
             .append_pair("digest", &digest.to_string());
-        let call =
-            Call::new("PUT upload", Method::PUT, url, push(repository)).expect(Expect::Success);
+        let call = Call::new("PUT upload", Method::PUT, url, push(repository))
+            .accepting(Statuses::AnySuccess);
         self.call_once(&call, body).await?.ok_or_else(|| {
             RegistryError::protocol(location, "upload PUT answered 404 (session gone)")
         })?;
@@ -325,7 +325,7 @@ impl RegistryClient {
             location.clone(),
             push(repository),
         )
-        .expect(Expect::Success)
+        .accepting(Statuses::AnySuccess)
         .missing_ok();
         if let Err(e) = self.call_once(&call, RequestBody::Empty).await {
             tracing::debug!(error = %e, "could not cancel upload session");
@@ -343,6 +343,28 @@ impl RegistryClient {
             tracing::info!(registry = %self.label, sessions = open.len(), "cancelled abandoned upload sessions");
         }
         open.len()
+    }
+
+    /// Resolves an upload answer's `Location` header (absolute or relative) against the request
+    /// URL. On another host it is used without our credentials (see [`RegistryClient::send`]).
+    fn location(&self, request: &Url, response: &reqwest::Response) -> Result<Url, RegistryError> {
+        let value = response
+            .headers()
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                RegistryError::protocol(request, "upload response has no Location header")
+            })?;
+        let url = request.join(value).map_err(|e| {
+            RegistryError::protocol(request, format!("bad Location {value:?}: {e}"))
+        })?;
+        if !super::origin::is_web_url(&url) {
+            return Err(RegistryError::protocol(
+                request,
+                format!("bad Location {value:?}"),
+            ));
+        }
+        Ok(url)
     }
 }
 

@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use reqwest::header::{self, HeaderMap};
 
 use super::describe_reqwest_error;
 
@@ -33,4 +34,12 @@ pub(crate) async fn read_limited(
         buf.extend_from_slice(&chunk);
     }
     Ok(Bytes::from(buf))
+}
+
+/// The `Content-Length` an answer announces.
+pub(super) fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
 }

@@ -1,32 +1,36 @@
 //! One endpoint call: build the request, send it (through [`RegistryClient::send`]), retry it
 //! when it is idempotent and the failure is worth another try, and sort the answer into the
-//! statuses the endpoint expects and everything else (an error carrying the registry's message).
+//! statuses the endpoint accepts and everything else (an error carrying the registry's message).
 //!
 //! Every endpoint in `blobs.rs`, `manifests.rs` and `tags.rs` is one [`Call`] plus what it
 //! reads from the answer, so the retry, the status check and the error text live here once.
 
 use bytes::Bytes;
-use reqwest::header::HeaderMap;
+use reqwest::header::{self, HeaderMap};
 use reqwest::{Method, StatusCode};
 use url::Url;
 
-use super::{RegistryClient, RegistryError, RequestBody, status_error};
+use super::error::parse_error_body;
+use super::{
+    MAX_ERROR_BODY, RegistryClient, RegistryError, RequestBody, parse_retry_after, read_limited,
+    redact,
+};
 
-/// Which statuses an endpoint accepts.
+/// Which statuses an endpoint accepts as its answer (anything else is an error).
 #[derive(Clone, Copy)]
-pub(super) enum Expect {
+pub(super) enum Statuses {
     /// Exactly this status.
     Only(StatusCode),
     /// Any 2xx: where the spec says 202 or 201, some registries answer another success (ECR
     /// answers a `PATCH` with 201), and the body or headers say what happened.
-    Success,
+    AnySuccess,
 }
 
-impl Expect {
-    fn accepts(self, status: StatusCode) -> bool {
+impl Statuses {
+    fn contain(self, status: StatusCode) -> bool {
         match self {
-            Expect::Only(s) => status == s,
-            Expect::Success => status.is_success(),
+            Statuses::Only(s) => status == s,
+            Statuses::AnySuccess => status.is_success(),
         }
     }
 }
@@ -39,7 +43,7 @@ pub(super) struct Call {
     pub url: Url,
     pub scopes: Vec<String>,
     pub headers: HeaderMap,
-    pub expect: Expect,
+    pub accepted: Statuses,
     /// `404` is an answer ("absent"), not an error.
     pub missing_ok: bool,
     /// Sent on a connection of its own (see [`RegistryClient::send`]).
@@ -54,7 +58,7 @@ impl Call {
             url,
             scopes,
             headers: HeaderMap::new(),
-            expect: Expect::Only(StatusCode::OK),
+            accepted: Statuses::Only(StatusCode::OK),
             missing_ok: false,
             bulk: false,
         }
@@ -71,8 +75,9 @@ impl Call {
         self
     }
 
-    pub fn expect(mut self, expect: Expect) -> Call {
-        self.expect = expect;
+    /// The statuses this endpoint answers with (200 unless set).
+    pub fn accepting(mut self, statuses: Statuses) -> Call {
+        self.accepted = statuses;
         self
     }
 
@@ -100,7 +105,7 @@ impl From<Replayable> for RequestBody {
 
 impl RegistryClient {
     /// Sends `call` with a body that can be repeated, retrying retryable failures with backoff.
-    /// `Ok(None)` is a 404 when the call allows it; `Ok(Some(response))` an expected status.
+    /// `Ok(None)` is a 404 when the call allows it; `Ok(Some(response))` an accepted status.
     pub(super) async fn call(
         &self,
         call: &Call,
@@ -128,7 +133,7 @@ impl RegistryClient {
             )
             .await?;
         let status = response.status();
-        if call.expect.accepts(status) {
+        if call.accepted.contain(status) {
             Ok(Some(response))
         } else if call.missing_ok && status == StatusCode::NOT_FOUND {
             Ok(None)
@@ -155,5 +160,35 @@ impl RegistryClient {
             }
         })
         .await
+    }
+}
+
+/// Turns an unexpected response into an error carrying the registry's code and message.
+pub(super) async fn status_error(
+    method: &str,
+    url: &Url,
+    response: reqwest::Response,
+) -> RegistryError {
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after);
+    let body = if method == "HEAD" {
+        Bytes::new()
+    } else {
+        read_limited(response, MAX_ERROR_BODY)
+            .await
+            .unwrap_or_default()
+    };
+    let (errors, body_excerpt) = parse_error_body(&body);
+    RegistryError::Status {
+        method: method.to_string(),
+        url: redact(url),
+        status,
+        errors,
+        body_excerpt,
+        retry_after,
     }
 }

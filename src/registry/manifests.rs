@@ -5,7 +5,7 @@ use reqwest::Method;
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use url::Url;
 
-use super::call::{Call, Expect, Replayable};
+use super::call::{Call, Replayable, Statuses};
 use super::{
     BodyError, FetchedManifest, ManifestHead, RegistryClient, RegistryError, content_length, pull,
     push, read_limited, redact,
@@ -61,8 +61,10 @@ impl RegistryClient {
         let url = self
             .url(&format!("v2/{repository}/manifests/{reference}"))
             .ok()?;
-        let request = self.http.head(url.clone()).headers(manifest_accept());
-        let response = self.exchange("HEAD", request).await.ok()?;
+        let response = self
+            .send_unauthenticated(Method::HEAD, &url, manifest_accept(), false)
+            .await
+            .ok()?;
         let status = response.status();
         tracing::debug!(method = %reqwest::Method::HEAD, url = %redact(&url), status = status.as_u16(), "registry request");
         if !self.learn_challenge(&response).await {
@@ -146,8 +148,8 @@ impl RegistryClient {
         manifest: &FetchedManifest,
     ) -> Result<(), RegistryError> {
         let url = self.url(&format!("v2/{repository}/manifests/{reference}"))?;
-        let call =
-            Call::new("PUT manifest", Method::PUT, url, push(repository)).expect(Expect::Success);
+        let call = Call::new("PUT manifest", Method::PUT, url, push(repository))
+            .accepting(Statuses::AnySuccess);
         let body = Replayable::Bytes(
             manifest.bytes.clone(),
             content_type_static(&manifest.media_type),
@@ -165,7 +167,7 @@ impl RegistryClient {
     ) -> Result<bool, RegistryError> {
         let url = self.url(&format!("v2/{repository}/manifests/{digest}"))?;
         let call = Call::new("DELETE manifest", Method::DELETE, url, push(repository))
-            .expect(Expect::Success)
+            .accepting(Statuses::AnySuccess)
             .missing_ok();
         Ok(self.call(&call, Replayable::Empty).await?.is_some())
     }

@@ -1,13 +1,13 @@
 //! Where a registry's credentials may go: its own scheme, host and port, and nowhere else.
 //!
-//! [`RegistryClient::send`](super::RegistryClient::send) attaches credentials only to URLs of
+//! [`RegistryClient::send`] attaches credentials only to URLs of
 //! the registry's origin and follows a 401 challenge only from a response whose final URL is
 //! there; a 401 from anywhere else (a CDN a blob download was redirected to, an upload
 //! `Location` on another host) becomes the error made here.
 
 use url::Url;
 
-use super::{RegistryError, redact};
+use super::{RegistryClient, RegistryError, redact};
 
 /// Same scheme, host and port (the port a scheme implies counts as given).
 pub(crate) fn same_origin(a: &Url, b: &Url) -> bool {
@@ -22,6 +22,13 @@ pub(crate) fn is_web_url(url: &Url) -> bool {
     matches!(url.scheme(), "http" | "https")
         && url.username().is_empty()
         && url.password().is_none()
+}
+
+impl RegistryClient {
+    /// Whether `url` is the registry's own (scheme, host, port).
+    pub(super) fn is_own(&self, url: &Url) -> bool {
+        same_origin(url, &self.base)
+    }
 }
 
 /// `scheme://host:port` of a URL, for messages.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use super::RegistryError;
+use super::{RegistryClient, RegistryError};
 
 /// Retry settings shared by every client of one run.
 #[derive(Debug, Clone)]
@@ -76,6 +76,33 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
         when.duration_since(std::time::SystemTime::now())
             .unwrap_or(Duration::ZERO),
     )
+}
+
+impl RegistryClient {
+    /// Runs an idempotent operation, retrying retryable failures with backoff.
+    pub(super) async fn retrying<T, F, Fut>(
+        &self,
+        what: &str,
+        mut op: F,
+    ) -> Result<T, RegistryError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, RegistryError>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) if self.retry.may_retry(attempt, &e) => {
+                    let delay = self.retry.delay(attempt, &e);
+                    tracing::warn!(registry = %self.label, operation = what, attempt = attempt + 1, delay_ms = delay.as_millis() as u64, error = %e, "retrying");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
 }
 
 #[cfg(test)]

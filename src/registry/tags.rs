@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 
+use bytes::Bytes;
 use reqwest::Method;
 use reqwest::header::{self, HeaderMap};
 use url::Url;
@@ -37,48 +38,22 @@ impl RegistryClient {
         let mut tags = Vec::new();
         let mut left = MAX_TAG_LIST_BYTES;
         let mut invalid = 0;
-        let too_big = |url: &Url, what: String| {
-            RegistryError::protocol(
-                url,
-                format!(
-                    "the tag list of {repository} has {what}: it is not read (a limit of mirrorsync)"
-                ),
-            )
-        };
         loop {
             if !seen.insert(url.to_string()) {
                 return Err(RegistryError::protocol(&url, "tags list pagination loops"));
             }
             if seen.len() > MAX_TAG_LIST_PAGES {
                 return Err(too_big(
+                    repository,
                     &url,
                     format!("more than {MAX_TAG_LIST_PAGES} pages"),
                 ));
             }
-            let call = Call::new("GET tags", Method::GET, url.clone(), pull(repository));
-            let page_url = url.clone();
-            let limit = left;
-            let (next, body) = self
-                .call_and_read(&call, |response| async {
-                    let next = next_link(response.headers(), &page_url);
-                    let body = read_limited(response, limit).await.map_err(|e| match e {
-                        BodyError::TooLarge(_) => too_big(
-                            &page_url,
-                            format!("more than {MAX_TAG_LIST_BYTES} bytes over its pages"),
-                        ),
-                        BodyError::Read(detail) => RegistryError::Transport {
-                            method: "GET".into(),
-                            url: redact(&page_url),
-                            detail,
-                        },
-                    })?;
-                    Ok((next, body))
-                })
-                .await?
-                .ok_or_else(|| RegistryError::protocol(&url, "tags list answered 404"))?;
+            let (next, body) = self.tags_page(repository, &url, left).await?;
             let spent = body.len() + next.as_ref().map_or(0, |n| n.as_str().len());
             left = left.checked_sub(spent).ok_or_else(|| {
                 too_big(
+                    repository,
                     &url,
                     format!("more than {MAX_TAG_LIST_BYTES} bytes over its pages"),
                 )
@@ -96,7 +71,11 @@ impl RegistryClient {
                 }
             }
             if tags.len() > MAX_LISTED_TAGS {
-                return Err(too_big(&url, format!("more than {MAX_LISTED_TAGS} tags")));
+                return Err(too_big(
+                    repository,
+                    &url,
+                    format!("more than {MAX_LISTED_TAGS} tags"),
+                ));
             }
             match next {
                 Some(next) => url = next,
@@ -108,6 +87,43 @@ impl RegistryClient {
         }
         Ok(tags)
     }
+
+    /// One page of a tag list: the next page's URL (from `Link`) and the body, read up to
+    /// `limit` bytes (what is left of [`MAX_TAG_LIST_BYTES`]).
+    async fn tags_page(
+        &self,
+        repository: &str,
+        url: &Url,
+        limit: usize,
+    ) -> Result<(Option<Url>, Bytes), RegistryError> {
+        let call = Call::new("GET tags", Method::GET, url.clone(), pull(repository));
+        self.call_and_read(&call, |response| async {
+            let next = next_link(response.headers(), url);
+            let body = read_limited(response, limit).await.map_err(|e| match e {
+                BodyError::TooLarge(_) => too_big(
+                    repository,
+                    url,
+                    format!("more than {MAX_TAG_LIST_BYTES} bytes over its pages"),
+                ),
+                BodyError::Read(detail) => RegistryError::Transport {
+                    method: "GET".into(),
+                    url: redact(url),
+                    detail,
+                },
+            })?;
+            Ok((next, body))
+        })
+        .await?
+        .ok_or_else(|| RegistryError::protocol(url, "tags list answered 404"))
+    }
+}
+
+/// A tag list over one of mirrorsync's limits.
+fn too_big(repository: &str, url: &Url, what: String) -> RegistryError {
+    RegistryError::protocol(
+        url,
+        format!("the tag list of {repository} has {what}: it is not read (a limit of mirrorsync)"),
+    )
 }
 
 /// The next page from a `Link: <url>; rel="next"` header, resolved against the current URL.

@@ -86,3 +86,19 @@ pub(crate) fn describe_reqwest_error(error: &reqwest::Error) -> String {
     };
     printable(&text, 400)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_upload_state() {
+        let url =
+            Url::parse("https://u:p@r.example/v2/a/blobs/uploads/x?_state=abc&digest=sha256:1")
+                .unwrap();
+        assert_eq!(
+            redact(&url),
+            "https://r.example/v2/a/blobs/uploads/x?digest=sha256%3A1"
+        );
+    }
+}

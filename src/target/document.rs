@@ -60,6 +60,7 @@ impl DocumentError {
                 | DocumentError::Manifest(_)
                 | DocumentError::NoLayer
                 | DocumentError::DigestMismatch
+                | DocumentError::Body(BodyError::TooLarge(_))
         )
     }
 }

@@ -22,8 +22,9 @@
 //! 2. [`copy::Engine`] takes each tag: HEAD upstream and target ([`registry`]); same digest means
 //!    unchanged, and nothing more is asked upstream.
 //! 3. Otherwise it fetches the manifest by digest ([`manifest`] finds what it references), makes
-//!    every blob present at the [`target`] (skip, cross-repository mount, or a streamed and verified
-//!    copy), pushes child manifests, and writes the tag last.
+//!    every blob present at the target, a registry or an OCI layout ([`destination`]): skip,
+//!    cross-repository mount, or a streamed and verified copy; pushes child manifests, and writes
+//!    the tag last.
 //! 4. [`report`] prints one line per changed tag and the totals; the exit code says whether every
 //!    tag is in sync.
 //!
@@ -41,6 +42,7 @@ pub mod commands;
 mod config;
 mod copy;
 mod daemon;
+mod destination;
 pub mod exit;
 mod layout_source;
 mod liveness;
@@ -59,7 +61,6 @@ mod signals;
 mod state;
 mod state_fallback;
 mod tags;
-mod target;
 mod verify;
 
 pub use config::Config;

@@ -9,11 +9,11 @@
 use std::collections::HashSet;
 
 use crate::config::Config;
+use crate::destination::{Target, TargetError};
 use crate::manifest::Parsed;
 use crate::outcome::{Pruned, TagOutcome, TagResult};
 use crate::reference::{Digest, TargetReference};
 use crate::state::State;
-use crate::target::{Target, TargetError};
 
 /// Target repositories whose entries ask for pruning.
 pub fn repositories(config: &Config) -> HashSet<String> {

@@ -7,6 +7,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use crate::config::{Config, TagSeries};
 use crate::copy::hub::Hub;
 use crate::copy::{Engine, Mode, SyncError};
+use crate::destination::{DOCUMENT_REPOSITORY, DocumentError, Target};
 use crate::metrics::{BlobAction, Metrics, TagLag, TagRunResult};
 use crate::outcome::{FailureCause, TagResult};
 use crate::prune::prune;
@@ -16,7 +17,6 @@ use crate::shard::Shard;
 use crate::signals::RunControl;
 use crate::state::{self, State, StateError, TagStatus};
 use crate::state_fallback::StateFallback;
-use crate::target::{DOCUMENT_REPOSITORY, DocumentError, Target};
 
 /// How a run goes.
 #[derive(Clone)]

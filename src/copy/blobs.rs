@@ -13,9 +13,9 @@ use super::queue::OWN_CONNECTION;
 use super::spool::Spool;
 use super::upstream::UpstreamRef;
 use super::{Counters, Engine, Mode, SyncError, download};
+use crate::destination::{Mounted, Target, TargetError};
 use crate::manifest::Descriptor;
 use crate::registry::HostLimits;
-use crate::target::{Mounted, Target, TargetError};
 use crate::verify;
 
 /// Times one blob is started again after the target refused a body as too large (each time

@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use super::MAX_INDEX_DEPTH;
 use super::ledger::MAX_HELD_MANIFEST_BYTES;
+use crate::destination::TargetError;
 use crate::manifest::ManifestError;
 use crate::outcome::FailureCause;
 use crate::reference::Digest;
 use crate::registry::{CredentialError, EndpointError, RegistryError};
-use crate::target::TargetError;
 
 /// Why one tag could not be synced.
 #[derive(Debug, thiserror::Error)]

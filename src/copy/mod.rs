@@ -42,6 +42,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, SyncItem, TargetKind};
+use crate::destination::{OciLayout, Target};
 use crate::outcome::{CopyStats, TagId, TagOutcome, TagResult};
 use crate::reference::Digest;
 use crate::registry::{
@@ -49,7 +50,6 @@ use crate::registry::{
     RetryPolicy, Usage,
 };
 use crate::signals::RunControl;
-use crate::target::{OciLayout, Target};
 use inspect::{Change, Inspection};
 use ledger::{BlobLedger, ManifestBudget, ManifestLedger};
 use manifests::Route;

@@ -7,8 +7,8 @@ use std::path::Path;
 
 use super::Engine;
 use super::upstream::UpstreamRef;
+use crate::destination::{DOCUMENT_REPOSITORY, Target};
 use crate::reference::Reference;
-use crate::target::{DOCUMENT_REPOSITORY, Target};
 
 /// One thing a sync needs, and whether it is there (`Err` says why not).
 pub struct Probe {

@@ -5,10 +5,10 @@
 
 use super::SyncError;
 use crate::config::SyncItem;
+use crate::destination::TargetError;
 use crate::outcome::FailureCause;
 use crate::reference::Digest;
 use crate::registry::RegistryError;
-use crate::target::TargetError;
 
 impl SyncError {
     /// The kind of failure, for counting apart (see [`FailureCause`]).

@@ -11,11 +11,11 @@ use std::time::Duration;
 use super::upstream::UpstreamRef;
 use super::{Counters, Engine, RunControl, SyncError, target_ref};
 use crate::config::SyncItem;
+use crate::destination::{Target, TargetError};
 use crate::manifest::OCI_INDEX;
 use crate::outcome::{CopyStats, TagId, TagOutcome, TagResult};
 use crate::reference::{Digest, Reference};
 use crate::registry::{self, FetchedManifest, RegistryClient};
-use crate::target::{Target, TargetError};
 
 /// Levels of referrers followed: signatures of attestations of an image are three.
 const REFERRER_DEPTH: usize = 3;

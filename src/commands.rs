@@ -108,7 +108,7 @@ async fn sync_once(
         }
         Err(e) => {
             crate::report::fatal(&e);
-            metrics.count_pass(metrics::PassResult::Failed);
+            metrics.count_run(metrics::RunResult::Failed);
             file.write_error(&e.to_string(), exit::FAILED).await
         }
     };

@@ -22,7 +22,7 @@ use crate::copy::Mode;
 use crate::copy::progress::Progress;
 use crate::exit;
 use crate::liveness::Liveness;
-use crate::metrics::{self, Metrics, PassResult};
+use crate::metrics::{self, Metrics, RunResult};
 use crate::outcome::TagId;
 use crate::run::{RunError, RunOptions, unix_now};
 use crate::schedule::Schedule;
@@ -225,7 +225,7 @@ impl Daemon {
             }
             Err(RunError::Start(e)) => {
                 tracing::error!(error = %e, "pass could not start");
-                self.metrics.count_pass(PassResult::Failed);
+                self.metrics.count_run(RunResult::Failed);
                 exit::FAILED
             }
         }
@@ -245,7 +245,7 @@ impl Daemon {
             due = next;
         }
         for _ in 0..skipped {
-            self.metrics.inc_skipped_passes();
+            self.metrics.inc_skipped_runs();
         }
         if skipped > 0 {
             tracing::warn!(

@@ -8,7 +8,7 @@ use crate::config::{Config, TagSeries};
 use crate::copy::hub::Hub;
 use crate::copy::{Engine, Mode, SyncError};
 use crate::destination::{DOCUMENT_REPOSITORY, DocumentError, Target};
-use crate::metrics::{BlobAction, Metrics, TagLag, TagRunResult};
+use crate::metrics::{BlobAction, Metrics, TagLag, TagResultKind};
 use crate::outcome::{FailureCause, TagResult};
 use crate::prune::prune;
 use crate::registry::{RequestObserver, UploadFlow};
@@ -110,7 +110,7 @@ pub async fn run(
             "blobs were not spooled (larger than the room left in spool_size, or spool_dir not writable) and were pulled once per target"
         );
     }
-    metrics.count_pass_requests();
+    metrics.count_run_requests();
     let mut total = RunReport::combine(reports, options.mode == Mode::Plan);
     total.duration = started.elapsed();
     Ok(total)
@@ -366,10 +366,10 @@ fn record_run(engine: &Engine, report: &RunReport, metrics: &Metrics, success: O
         metrics.add_bytes_copied(&registry, bytes);
     }
     let counts = [
-        (TagRunResult::Unchanged, report.unchanged()),
-        (TagRunResult::Synced, report.synced()),
-        (TagRunResult::Failed, report.failed()),
-        (TagRunResult::Deferred, report.deferred()),
+        (TagResultKind::Unchanged, report.unchanged()),
+        (TagResultKind::Synced, report.synced()),
+        (TagResultKind::Failed, report.failed()),
+        (TagResultKind::Deferred, report.deferred()),
     ];
     metrics.record_run(report.duration.as_secs_f64(), &counts, success);
 }

@@ -1,12 +1,12 @@
-//! Lag summed up over the tags of the last pass: series whose number does not grow with the
+//! Lag summed up over the tags of the last run: series whose number does not grow with the
 //! list, for alerts and dashboards over lists too long for a series per tag (`tag_series:
 //! out_of_sync`). Exported in both modes, so rules written against them work in either.
 //!
-//! - `mirrorsync_lag_max_seconds`: the largest `mirrorsync_tag_lag_seconds` of the pass;
+//! - `mirrorsync_lag_max_seconds`: the largest `mirrorsync_tag_lag_seconds` of the run;
 //! - `mirrorsync_repository_lag_max_seconds{repository}`: the same per target repository;
-//! - `mirrorsync_repository_tags_out_of_sync{repository}`: tags the pass could not confirm in sync;
-//! - `mirrorsync_tag_lag_distribution_seconds`: a histogram of the pass's tag lags (a fresh one
-//!   each pass: its buckets count the tags of the last pass, not every pass since the start).
+//! - `mirrorsync_repository_tags_out_of_sync{repository}`: tags the run could not confirm in sync;
+//! - `mirrorsync_tag_lag_distribution_seconds`: a histogram of the run's tag lags (a fresh one
+//!   each run: its buckets count the tags of the last run, not every run since the start).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -25,7 +25,7 @@ const LAG_BUCKETS: [f64; 10] = [
     0.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 43200.0, 86400.0, 259200.0, 604800.0,
 ];
 
-/// One tag's state at the end of a pass, as the aggregates need it.
+/// One tag's state at the end of a run, as the aggregates need it.
 pub struct TagLag<'a> {
     /// The target repository (without the registry host).
     pub repository: &'a str,
@@ -33,9 +33,9 @@ pub struct TagLag<'a> {
     pub lag_seconds: f64,
 }
 
-/// The aggregate series, registered once; [`LagSummary::set`] replaces their values each pass.
+/// The aggregate series, registered once; [`LagSummary::set`] replaces their values each run.
 pub(super) struct LagSummary {
-    /// No labels: absent until the first pass, like the other per-run series.
+    /// No labels: absent until the first run, like the other per-run series.
     max: GaugeVec,
     repository_max: GaugeVec,
     repository_out_of_sync: IntGaugeVec,
@@ -48,7 +48,7 @@ impl LagSummary {
             max: GaugeVec::new(
                 Opts::new(
                     LAG_MAX,
-                    "Largest mirrorsync_tag_lag_seconds of the last pass (0 when every tag was in sync).",
+                    "Largest mirrorsync_tag_lag_seconds of the last run (0 when every tag was in sync).",
                 ),
                 &[],
             )
@@ -56,7 +56,7 @@ impl LagSummary {
             repository_max: GaugeVec::new(
                 Opts::new(
                     REPOSITORY_LAG_MAX,
-                    "Largest tag lag in seconds of the last pass, per target repository.",
+                    "Largest tag lag in seconds of the last run, per target repository.",
                 ),
                 &["repository"],
             )
@@ -64,7 +64,7 @@ impl LagSummary {
             repository_out_of_sync: IntGaugeVec::new(
                 Opts::new(
                     REPOSITORY_OUT_OF_SYNC,
-                    "Tags the last pass could not confirm in sync (failed, deferred or lagging), per target repository.",
+                    "Tags the last run could not confirm in sync (failed, deferred or lagging), per target repository.",
                 ),
                 &["repository"],
             )
@@ -85,7 +85,7 @@ impl LagSummary {
         summary
     }
 
-    /// Replaces every aggregate with what `tags` (the whole pass) says.
+    /// Replaces every aggregate with what `tags` (the whole run) says.
     pub(super) fn set<'a>(&self, tags: impl IntoIterator<Item = TagLag<'a>>) {
         let mut max = 0.0f64;
         let mut per_repository: BTreeMap<&str, (f64, i64)> = BTreeMap::new();
@@ -116,15 +116,15 @@ fn new_histogram() -> Histogram {
     Histogram::with_opts(
         HistogramOpts::new(
             LAG_DISTRIBUTION,
-            "Tag lags of the last pass in seconds (each pass exports a fresh histogram).",
+            "Tag lags of the last run in seconds (each run exports a fresh histogram).",
         )
         .buckets(LAG_BUCKETS.to_vec()),
     )
     .expect("valid metric")
 }
 
-/// A histogram replaced whole each pass (the crate's histograms only accumulate), absent
-/// until the first pass.
+/// A histogram replaced whole each run (the crate's histograms only accumulate), absent
+/// until the first run.
 struct Distribution {
     current: std::sync::Arc<Mutex<Option<Histogram>>>,
     desc: Vec<Desc>,

@@ -93,7 +93,7 @@ pub(super) const UPLOAD_FLOW: Family = Family {
 
 pub(super) const RUNS: Family = Family {
     name: "mirrorsync_runs_total",
-    help: "Passes, by result: success (every tag in sync), failed (a tag failed, or the pass could not start), deferred (work left for a later pass).",
+    help: "Runs, by result: success (every tag in sync), failed (a tag failed, or the run could not start), deferred (work left for a later run).",
     labels: &["result"],
 };
 
@@ -111,7 +111,7 @@ pub(super) const TAG_LAST_SYNCED: Family = Family {
 
 pub(super) const TAG_LAG: Family = Family {
     name: "mirrorsync_tag_lag_seconds",
-    help: "0 when the last pass confirmed the tag in sync; otherwise seconds since it was last confirmed in sync, whichever side (upstream or target) kept the pass from confirming it.",
+    help: "0 when the last run confirmed the tag in sync; otherwise seconds since it was last confirmed in sync, whichever side (upstream or target) kept the run from confirming it.",
     labels: &["source", "target"],
 };
 
@@ -151,9 +151,9 @@ pub(super) const REQUEST_PACE: Family = Family {
     labels: &["registry"],
 };
 
-pub(super) const SKIPPED_PASSES: Family = Family {
+pub(super) const SKIPPED_RUNS: Family = Family {
     name: "mirrorsync_schedule_skipped_passes_total",
-    help: "Scheduled passes skipped because the previous pass was still running.",
+    help: "Occurrences of the schedule skipped because the previous run was still running.",
     labels: &[],
 };
 

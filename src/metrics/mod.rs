@@ -18,7 +18,7 @@
 //! `mirrorsync_blobs_total` (all three actions) and `mirrorsync_schedule_skipped_passes_total`,
 //! which are always present so that `rate()` and alerts see a 0 rather than nothing. The per-run
 //! gauges (`mirrorsync_run_blobs`, `mirrorsync_run_bytes_copied`, `mirrorsync_run_http_requests`,
-//! see [`per_run`]) appear when the first pass ends. Label values
+//! see [`per_run`]) appear when the first run ends. Label values
 //! never carry secrets: callers pass image references and registry host names only.
 
 pub mod aggregate;
@@ -39,7 +39,7 @@ use families::{
     BLOBS, BYTES_COPIED, CONFIG_RELOAD_OK, CONFIG_RELOAD_TIME, HTTP_REQUESTS, PROCESS_START,
     RATELIMIT_REMAINING, RATELIMIT_SEEN, REQUEST_PACE, REQUEST_WINDOW, RUN_BLOBS, RUN_BYTES_COPIED,
     RUN_DURATION, RUN_HTTP_REQUESTS, RUN_LAST_SUCCESS, RUN_TAGS, RUN_TAGS_FAILED, RUNS,
-    SKIPPED_PASSES, TAG_IN_SYNC, TAG_LAG, TAG_LAST_SYNCED, UPLOAD_FLOW,
+    SKIPPED_RUNS, TAG_IN_SYNC, TAG_LAG, TAG_LAST_SYNCED, UPLOAD_FLOW,
 };
 
 pub use aggregate::TagLag;
@@ -75,9 +75,10 @@ impl BlobAction {
     }
 }
 
-/// The result of one tag in a run.
+/// The result of one tag in a run, as the `result` label says it (an [`crate::outcome`] result
+/// without its details; metrics does not depend on outcome).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum TagRunResult {
+pub enum TagResultKind {
     /// The target already held the upstream digest.
     Unchanged,
     /// The tag was copied or updated.
@@ -88,51 +89,47 @@ pub enum TagRunResult {
     Deferred,
 }
 
-impl TagRunResult {
+impl TagResultKind {
     /// Every result.
-    pub const ALL: [TagRunResult; 4] = [
-        TagRunResult::Unchanged,
-        TagRunResult::Synced,
-        TagRunResult::Failed,
-        TagRunResult::Deferred,
+    pub const ALL: [TagResultKind; 4] = [
+        TagResultKind::Unchanged,
+        TagResultKind::Synced,
+        TagResultKind::Failed,
+        TagResultKind::Deferred,
     ];
 
     /// The `result` label value.
     pub fn as_str(self) -> &'static str {
         match self {
-            TagRunResult::Unchanged => "unchanged",
-            TagRunResult::Synced => "synced",
-            TagRunResult::Failed => "failed",
-            TagRunResult::Deferred => "deferred",
+            TagResultKind::Unchanged => "unchanged",
+            TagResultKind::Synced => "synced",
+            TagResultKind::Failed => "failed",
+            TagResultKind::Deferred => "deferred",
         }
     }
 }
 
-/// The result of a whole pass, counted in `mirrorsync_runs_total{result}`.
+/// The result of a whole run, counted in `mirrorsync_runs_total{result}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum PassResult {
+pub enum RunResult {
     /// Every tag ended in sync.
     Success,
-    /// A tag failed, or the pass could not start.
+    /// A tag failed, or the run could not start.
     Failed,
     /// No tag failed, but some were left for a later run.
     Deferred,
 }
 
-impl PassResult {
+impl RunResult {
     /// Every result.
-    pub const ALL: [PassResult; 3] = [
-        PassResult::Success,
-        PassResult::Failed,
-        PassResult::Deferred,
-    ];
+    pub const ALL: [RunResult; 3] = [RunResult::Success, RunResult::Failed, RunResult::Deferred];
 
     /// The `result` label value.
     pub fn as_str(self) -> &'static str {
         match self {
-            PassResult::Success => "success",
-            PassResult::Failed => "failed",
-            PassResult::Deferred => "deferred",
+            RunResult::Success => "success",
+            RunResult::Failed => "failed",
+            RunResult::Deferred => "deferred",
         }
     }
 }
@@ -165,7 +162,7 @@ pub struct Metrics {
     ratelimit_remaining: GaugeVec,
     request_window: GaugeVec,
     request_pace: GaugeVec,
-    skipped_passes: IntCounter,
+    skipped_runs: IntCounter,
     config_reload_ok: IntGaugeVec,
     config_reload_time: GaugeVec,
     lag_summary: aggregate::LagSummary,
@@ -221,7 +218,7 @@ impl Metrics {
             ratelimit_remaining: RATELIMIT_REMAINING.gauge_vec(&r),
             request_window: REQUEST_WINDOW.gauge_vec(&r),
             request_pace: REQUEST_PACE.gauge_vec(&r),
-            skipped_passes: SKIPPED_PASSES.counter(&r),
+            skipped_runs: SKIPPED_RUNS.counter(&r),
             config_reload_ok: CONFIG_RELOAD_OK.int_gauge_vec(&r),
             config_reload_time: CONFIG_RELOAD_TIME.gauge_vec(&r),
             ratelimit_seen: RATELIMIT_SEEN.gauge_vec(&r),
@@ -237,10 +234,10 @@ impl Metrics {
             registry: r,
         };
         m.process_start.set(process_start_time());
-        for result in TagRunResult::ALL {
+        for result in TagResultKind::ALL {
             m.run_tags.with_label_values(&[result.as_str()]).set(0);
         }
-        for result in PassResult::ALL {
+        for result in RunResult::ALL {
             m.runs.with_label_values(&[result.as_str()]);
         }
         for action in BlobAction::ALL {
@@ -255,18 +252,18 @@ impl Metrics {
     }
 
     /// Records the end of a run: its duration, the number of tags per result (results not
-    /// listed are 0; a result listed twice is summed), one more pass in `mirrorsync_runs_total`
+    /// listed are 0; a result listed twice is summed), one more run in `mirrorsync_runs_total`
     /// (failed when a tag failed, else deferred when a tag was deferred, else success), and,
     /// when every tag was in sync, the end time as the last success (otherwise the previous
     /// last success is kept).
     pub fn record_run(
         &self,
         duration_seconds: f64,
-        tags: &[(TagRunResult, usize)],
+        tags: &[(TagResultKind, usize)],
         success_timestamp: Option<f64>,
     ) {
-        let mut counts: BTreeMap<TagRunResult, usize> =
-            TagRunResult::ALL.iter().map(|r| (*r, 0)).collect();
+        let mut counts: BTreeMap<TagResultKind, usize> =
+            TagResultKind::ALL.iter().map(|r| (*r, 0)).collect();
         for &(result, n) in tags {
             *counts.entry(result).or_default() += n;
         }
@@ -278,14 +275,14 @@ impl Metrics {
                 .with_label_values(&[result.as_str()])
                 .set(i64::try_from(*n).unwrap_or(i64::MAX));
         }
-        let pass = if counts[&TagRunResult::Failed] > 0 {
-            PassResult::Failed
-        } else if counts[&TagRunResult::Deferred] > 0 {
-            PassResult::Deferred
+        let run = if counts[&TagResultKind::Failed] > 0 {
+            RunResult::Failed
+        } else if counts[&TagResultKind::Deferred] > 0 {
+            RunResult::Deferred
         } else {
-            PassResult::Success
+            RunResult::Success
         };
-        self.count_pass(pass);
+        self.count_run(run);
         if let Some(ts) = success_timestamp {
             self.set_last_success(ts);
         }
@@ -315,18 +312,18 @@ impl Metrics {
         }
     }
 
-    /// Adds one pass to `mirrorsync_runs_total{result}`; [`Metrics::record_run`] does it for a
-    /// pass that ran, callers do it for a pass that could not start.
-    pub fn count_pass(&self, result: PassResult) {
-        // The pass's own gauges first: a scrape that sees the pass counted sees them too.
+    /// Adds one run to `mirrorsync_runs_total{result}`; [`Metrics::record_run`] does it for a
+    /// run that ran, callers do it for a run that could not start.
+    pub fn count_run(&self, result: RunResult) {
+        // The run's own gauges first: a scrape that sees the run counted sees them too.
         self.run_counts
             .end_run(&self.blobs, &self.bytes_copied, &self.http_requests);
         self.runs.with_label_values(&[result.as_str()]).inc();
     }
 
-    /// Ends a pass over several targets for the process-wide per-run gauges
-    /// (`mirrorsync_run_http_requests`); each target's metrics count their own pass.
-    pub fn count_pass_requests(&self) {
+    /// Ends a run over several targets for the process-wide per-run gauges
+    /// (`mirrorsync_run_http_requests`); each target's metrics count their own run.
+    pub fn count_run_requests(&self) {
         self.run_counts
             .end_run(&self.blobs, &self.bytes_copied, &self.http_requests);
     }
@@ -353,7 +350,7 @@ impl Metrics {
         }
     }
 
-    /// Replaces the aggregate lag series (see [`aggregate`]) with those of a whole pass.
+    /// Replaces the aggregate lag series (see [`aggregate`]) with those of a whole run.
     pub fn set_lag_summary<'a>(&self, tags: impl IntoIterator<Item = TagLag<'a>>) {
         self.lag_summary.set(tags);
     }
@@ -401,9 +398,9 @@ impl Metrics {
         }
     }
 
-    /// Counts a due pass skipped because the previous one was still running.
-    pub fn inc_skipped_passes(&self) {
-        self.skipped_passes.inc();
+    /// Counts a due occurrence skipped because the previous one was still running.
+    pub fn inc_skipped_runs(&self) {
+        self.skipped_runs.inc();
     }
 
     /// Renders every metric in the text exposition format 0.0.4.
@@ -466,12 +463,12 @@ mirrorsync_run_tags{result="deferred"} 0
 mirrorsync_run_tags{result="failed"} 1
 mirrorsync_run_tags{result="synced"} 1
 mirrorsync_run_tags{result="unchanged"} 3
-# HELP mirrorsync_runs_total Passes, by result: success (every tag in sync), failed (a tag failed, or the pass could not start), deferred (work left for a later pass).
+# HELP mirrorsync_runs_total Runs, by result: success (every tag in sync), failed (a tag failed, or the run could not start), deferred (work left for a later run).
 # TYPE mirrorsync_runs_total counter
 mirrorsync_runs_total{result="deferred"} 0
 mirrorsync_runs_total{result="failed"} 1
 mirrorsync_runs_total{result="success"} 0
-# HELP mirrorsync_schedule_skipped_passes_total Scheduled passes skipped because the previous pass was still running.
+# HELP mirrorsync_schedule_skipped_passes_total Occurrences of the schedule skipped because the previous run was still running.
 # TYPE mirrorsync_schedule_skipped_passes_total counter
 mirrorsync_schedule_skipped_passes_total 1
 # HELP mirrorsync_tag_in_sync 1 when the target held the upstream digest at the last check, 0 otherwise.
@@ -479,7 +476,7 @@ mirrorsync_schedule_skipped_passes_total 1
 mirrorsync_tag_in_sync{source="docker.io/library/nginx:1.25",target="mirror/library/nginx:1.25"} 1
 mirrorsync_tag_in_sync{source="docker.io/library/redis:7.2",target="mirror/library/redis:7.2"} 0
 mirrorsync_tag_in_sync{source="odd\\name \"quoted\"\nline",target="t"} 0
-# HELP mirrorsync_tag_lag_seconds 0 when the last pass confirmed the tag in sync; otherwise seconds since it was last confirmed in sync, whichever side (upstream or target) kept the pass from confirming it.
+# HELP mirrorsync_tag_lag_seconds 0 when the last run confirmed the tag in sync; otherwise seconds since it was last confirmed in sync, whichever side (upstream or target) kept the run from confirming it.
 # TYPE mirrorsync_tag_lag_seconds gauge
 mirrorsync_tag_lag_seconds{source="docker.io/library/nginx:1.25",target="mirror/library/nginx:1.25"} 0
 mirrorsync_tag_lag_seconds{source="docker.io/library/redis:7.2",target="mirror/library/redis:7.2"} 3600
@@ -514,10 +511,10 @@ mirrorsync_tag_last_synced_timestamp_seconds{source="docker.io/library/redis:7.2
         m.record_run(
             12.25,
             &[
-                (TagRunResult::Unchanged, 2),
-                (TagRunResult::Synced, 1),
-                (TagRunResult::Failed, 1),
-                (TagRunResult::Unchanged, 1),
+                (TagResultKind::Unchanged, 2),
+                (TagResultKind::Synced, 1),
+                (TagResultKind::Failed, 1),
+                (TagResultKind::Unchanged, 1),
             ],
             Some(1_700_000_000.5),
         );
@@ -532,7 +529,7 @@ mirrorsync_tag_last_synced_timestamp_seconds{source="docker.io/library/redis:7.2
         m.inc_http_request("docker.io", "GET", "200");
         m.set_ratelimit_remaining_at("docker.io", 99.0, 1_699_999_300.0);
         m.set_ratelimit_remaining_at("docker.io", 97.0, 1_699_999_400.0);
-        m.inc_skipped_passes();
+        m.inc_skipped_runs();
         m
     }
 
@@ -603,7 +600,7 @@ mirrorsync_tag_last_synced_timestamp_seconds{source="docker.io/library/redis:7.2
     #[test]
     fn all_results_present_and_last_success_kept() {
         let m = Metrics::new();
-        m.record_run(1.0, &[(TagRunResult::Failed, 2)], None);
+        m.record_run(1.0, &[(TagResultKind::Failed, 2)], None);
         let text = m.render();
         assert!(text.contains("mirrorsync_run_tags{result=\"unchanged\"} 0\n"));
         assert!(text.contains("mirrorsync_run_tags{result=\"synced\"} 0\n"));
@@ -620,9 +617,9 @@ mirrorsync_tag_last_synced_timestamp_seconds{source="docker.io/library/redis:7.2
             m.render()
                 .contains("mirrorsync_run_last_success_timestamp_seconds 100\n")
         );
-        m.record_run(2.0, &[(TagRunResult::Synced, 3)], Some(200.0));
+        m.record_run(2.0, &[(TagResultKind::Synced, 3)], Some(200.0));
         assert_eq!(m.recorded().last_success, Some(200.0));
-        m.record_run(3.0, &[(TagRunResult::Deferred, 1)], None);
+        m.record_run(3.0, &[(TagResultKind::Deferred, 1)], None);
         let text = m.render();
         assert!(text.contains("mirrorsync_run_last_success_timestamp_seconds 200\n"));
         assert!(
@@ -631,14 +628,14 @@ mirrorsync_tag_last_synced_timestamp_seconds{source="docker.io/library/redis:7.2
         );
         assert!(text.contains("mirrorsync_run_tags{result=\"deferred\"} 1\n"));
         assert!(text.contains("mirrorsync_run_duration_seconds 3\n"));
-        // One pass counted per record_run, by its worst result; a pass that could not start
+        // One run counted per record_run, by its worst result; a run that could not start
         // is counted by the caller.
         m.record_run(
             4.0,
-            &[(TagRunResult::Failed, 1), (TagRunResult::Deferred, 1)],
+            &[(TagResultKind::Failed, 1), (TagResultKind::Deferred, 1)],
             None,
         );
-        m.count_pass(PassResult::Failed);
+        m.count_run(RunResult::Failed);
         let text = m.render();
         assert!(
             text.contains("mirrorsync_runs_total{result=\"failed\"} 3\n"),
@@ -655,17 +652,17 @@ mirrorsync_tag_last_synced_timestamp_seconds{source="docker.io/library/redis:7.2
     }
 
     #[test]
-    fn per_run_gauges_hold_each_pass_alone_and_reset_to_zero() {
+    fn per_run_gauges_hold_each_run_alone_and_reset_to_zero() {
         let m = Metrics::new();
         assert!(
             !m.render().contains(RUN_BYTES_COPIED.name),
-            "absent before a pass ended"
+            "absent before a run ended"
         );
         m.add_bytes_copied("docker.io", 100);
         m.add_blobs(BlobAction::Copied, 2);
         m.inc_http_request("docker.io", "GET", "200");
         m.inc_http_request("docker.io", "GET", "200");
-        m.record_run(1.0, &[(TagRunResult::Synced, 1)], Some(10.0));
+        m.record_run(1.0, &[(TagResultKind::Synced, 1)], Some(10.0));
         let text = m.render();
         assert!(
             text.contains("mirrorsync_run_bytes_copied{registry=\"docker.io\"} 100\n"),
@@ -681,12 +678,12 @@ mirrorsync_tag_last_synced_timestamp_seconds{source="docker.io/library/redis:7.2
             ),
             "{text}"
         );
-        // The second pass copies from quay.io only: docker.io's gauge drops to 0, the counters
+        // The second run copies from quay.io only: docker.io's gauge drops to 0, the counters
         // keep growing.
         m.add_bytes_copied("quay.io", 7);
         m.add_bytes_copied("docker.io", 0);
         m.inc_http_request("quay.io", "HEAD", "404");
-        m.count_pass(PassResult::Failed);
+        m.count_run(RunResult::Failed);
         let text = m.render();
         assert!(
             text.contains("mirrorsync_run_bytes_copied{registry=\"docker.io\"} 0\n"),

@@ -5,7 +5,7 @@
 //! The gauges `mirrorsync_run_blobs`, `mirrorsync_run_bytes_copied` and
 //! `mirrorsync_run_http_requests` hold each run's own share, set when the run ends, so a
 //! dashboard can sum them over runs; in the daemon they are the difference since the previous
-//! pass ended.
+//! run ended.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;

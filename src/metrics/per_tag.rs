@@ -1,5 +1,5 @@
 //! The per-tag series (`mirrorsync_tag_in_sync`, `_last_synced_timestamp_seconds`,
-//! `_lag_seconds`): set per tag at the end of a pass, dropped for tags no longer configured, and
+//! `_lag_seconds`): set per tag at the end of a run, dropped for tags no longer configured, and
 //! with `tag_series: out_of_sync` kept only for tags not in sync.
 
 use super::Metrics;
@@ -46,7 +46,7 @@ impl Metrics {
     }
 
     /// Keeps only the tags for which `keep(source, target)` is true: the series of the others
-    /// disappear (after a config reload, or a pass over a changed list).
+    /// disappear (after a config reload, or a run over a changed list).
     pub fn retain_tags(&self, keep: &dyn Fn(&str, &str) -> bool) {
         let mut recorded = self.recorded();
         recorded.lag.retain(|(source, target), _| {

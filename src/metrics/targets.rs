@@ -57,7 +57,7 @@ impl Metrics {
 /// several targets they have no `target_name` label.
 const PROCESS_WIDE: [&str; 10] = [
     PROCESS_START.name,
-    SKIPPED_PASSES.name,
+    SKIPPED_RUNS.name,
     CONFIG_RELOAD_OK.name,
     CONFIG_RELOAD_TIME.name,
     HTTP_REQUESTS.name,

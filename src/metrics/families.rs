@@ -7,7 +7,7 @@ use prometheus::{Gauge, GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, 
 /// One metric family: its name, `# HELP` text and label names.
 pub(super) struct Family {
     pub(super) name: &'static str,
-    help: &'static str,
+    pub(super) help: &'static str,
     labels: &'static [&'static str],
 }
 

@@ -39,7 +39,7 @@ use families::{
     BLOBS, BYTES_COPIED, CONFIG_RELOAD_OK, CONFIG_RELOAD_TIME, HTTP_REQUESTS, PROCESS_START,
     RATELIMIT_REMAINING, RATELIMIT_SEEN, REQUEST_PACE, REQUEST_WINDOW, RUN_BLOBS, RUN_BYTES_COPIED,
     RUN_DURATION, RUN_HTTP_REQUESTS, RUN_LAST_SUCCESS, RUN_TAGS, RUN_TAGS_FAILED, RUNS,
-    SKIPPED_RUNS, TAG_IN_SYNC, TAG_LAG, TAG_LAST_SYNCED, UPLOAD_FLOW,
+    SKIPPED_RUNS, UPLOAD_FLOW,
 };
 
 pub use aggregate::TagLag;
@@ -138,7 +138,8 @@ impl RunResult {
 /// the values read back by callers.
 #[derive(Debug, Default)]
 struct Recorded {
-    lag: BTreeMap<(String, String), f64>,
+    /// The per-tag series' values (see [`per_tag`]).
+    tags: per_tag::TagTable,
     last_success: Option<f64>,
     /// `tag_series: out_of_sync`: per-tag series only for tags not in sync.
     out_of_sync_only: bool,
@@ -153,9 +154,6 @@ pub struct Metrics {
     run_duration: GaugeVec,
     run_tags: IntGaugeVec,
     runs: IntCounterVec,
-    tag_in_sync: IntGaugeVec,
-    tag_last_synced: GaugeVec,
-    tag_lag: GaugeVec,
     blobs: IntCounterVec,
     bytes_copied: IntCounterVec,
     http_requests: IntCounterVec,
@@ -209,9 +207,6 @@ impl Metrics {
             run_tags_failed: RUN_TAGS_FAILED.int_gauge_vec(&r),
             upload_flow: UPLOAD_FLOW.int_gauge_vec(&r),
             runs: RUNS.counter_vec(&r),
-            tag_in_sync: TAG_IN_SYNC.int_gauge_vec(&r),
-            tag_last_synced: TAG_LAST_SYNCED.gauge_vec(&r),
-            tag_lag: TAG_LAG.gauge_vec(&r),
             blobs: BLOBS.counter_vec(&r),
             bytes_copied: BYTES_COPIED.counter_vec(&r),
             http_requests: HTTP_REQUESTS.counter_vec(&r),
@@ -406,16 +401,40 @@ impl Metrics {
     /// Renders every metric in the text exposition format 0.0.4.
     pub fn render(&self) -> String {
         let families = self.gather();
-        // Encoding our own well-formed families into a String cannot fail.
-        prometheus::TextEncoder::new()
-            .encode_to_string(&families)
-            .unwrap_or_default()
+        // The per-tag series of this set, or with named targets those of each target.
+        let children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+        let recorded: Vec<(Option<&str>, MutexGuard<'_, Recorded>)> = if children.is_empty() {
+            vec![(None, self.recorded())]
+        } else {
+            children
+                .iter()
+                .map(|(name, child)| (Some(name.as_str()), child.recorded()))
+                .collect()
+        };
+        let sets: Vec<(Option<&str>, &per_tag::TagTable)> =
+            recorded.iter().map(|(name, r)| (*name, &r.tags)).collect();
+        // Every family in the order of its name, the per-tag ones among the others.
+        let mut out = String::new();
+        let mut per_tag = per_tag::TAG_FAMILIES.iter().peekable();
+        let encoder = prometheus::TextEncoder::new();
+        for family in &families {
+            while let Some(tag_family) = per_tag.next_if(|f| f.name < family.name()) {
+                Metrics::render_tag_family(&mut out, tag_family, &sets);
+            }
+            // Encoding our own well-formed families into a String cannot fail.
+            let _ = encoder.encode_utf8(std::slice::from_ref(family), &mut out);
+        }
+        for tag_family in per_tag {
+            Metrics::render_tag_family(&mut out, tag_family, &sets);
+        }
+        out
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use families::{TAG_IN_SYNC, TAG_LAG};
 
     const GOLDEN: &str = r#"# HELP mirrorsync_blobs_total Blobs handled, by action: copied from upstream, mounted from another repository of the target, or already present.
 # TYPE mirrorsync_blobs_total counter
@@ -770,10 +789,13 @@ mirrorsync_tag_last_synced_timestamp_seconds{source="docker.io/library/redis:7.2
         assert!(!text.contains("source=\"a\""), "{text}");
         assert!(!text.contains("source=\"c\""), "{text}");
         assert_eq!(
-            m.recorded().lag.get(&("b".into(), "mb".into())).copied(),
+            m.recorded()
+                .tags
+                .get(&("b".into(), "mb".into()))
+                .map(|v| v.lag),
             Some(5.0)
         );
-        assert_eq!(m.recorded().lag.get(&("a".into(), "ma".into())), None);
+        assert_eq!(m.recorded().tags.get(&("a".into(), "ma".into())), None);
         m.retain_tags(&|_, _| false);
         let text = m.render();
         assert!(

@@ -256,7 +256,7 @@ impl Engine {
         });
 
         // Tag filters are resolved against each repository's tag list, fetched once.
-        let (mut items, mut outcomes) = self.expand_selections().await;
+        let (mut items, outcomes) = self.expand_selections().await;
         self.progress
             .tags_total
             .store(items.len(), Ordering::Relaxed);
@@ -276,17 +276,18 @@ impl Engine {
         };
         let fallbacks = self.sync_referrers(&mut work, priority, control).await;
         forward.abort();
-        let mut finished: Vec<Option<TagOutcome>> = synced
-            .into_iter()
-            .map(|(_, outcome)| Some(outcome))
-            .collect();
+        // In place (the same buffer): a second copy per tag of the whole list would be the
+        // largest allocation of a long run.
+        let mut finished: Vec<TagOutcome> =
+            synced.into_iter().map(|(_, outcome)| outcome).collect();
         if self.mode == Mode::Sync {
             self.keep_fallbacks(&fallbacks, first_referrer, &mut finished)
                 .await;
             self.target.cancel_abandoned_uploads().await;
         }
-        outcomes.extend(finished.into_iter().flatten());
-        outcomes
+        // The few failed tag filters go first, as they were found first.
+        finished.splice(0..0, outcomes);
+        finished
     }
 
     /// The outcome of one tag (not announced).
@@ -376,16 +377,16 @@ impl Engine {
                 },
             )
             .await;
-        let mut out: Vec<Option<(Option<Digest>, TagOutcome)>> =
-            (0..items.len()).map(|_| None).collect();
-        for (k, result) in done.into_iter().enumerate() {
-            let i = order[k];
-            let took = run_started.elapsed();
-            out[i] = Some(match result {
+        // Mapped in place (the same buffer): a copy per tag of the whole list would be the
+        // largest allocation of a long run.
+        done.into_iter()
+            .enumerate()
+            .map(|(i, result)| match result {
                 Some(Ok(found)) => found,
                 // Not started, or abandoned at the end of the grace period: announced now.
                 None => {
                     let reason = self.unfinished_reason(&counters[i], control);
+                    let took = run_started.elapsed();
                     let outcome =
                         self.announce(&items[i], deferred(&reason), counters[i].snapshot(), took);
                     (None, outcome)
@@ -395,14 +396,14 @@ impl Engine {
                         error,
                         cause: Default::default(),
                     };
+                    let took = run_started.elapsed();
                     (
                         None,
                         self.announce(&items[i], result, counters[i].snapshot(), took),
                     )
                 }
-            });
-        }
-        out.into_iter().flatten().collect()
+            })
+            .collect()
     }
 
     /// One tag's whole turn: inspected, then, changed, copied once its copy slot comes (in

@@ -14,7 +14,8 @@ use crate::signals::RunControl;
 
 impl Engine {
     /// Runs `work` for each item on the runtime's threads, starting them in `order` (positions
-    /// in `items`; `work` and the result see position `k` of `order`) as one of
+    /// in `items`; `work` sees position `k` of `order`, the result is filed per item, in the order
+    /// of `items`, so no caller has to sort a copy of it back) as one of
     /// `limit` slots frees up; `work` gets its slot and may give it back before it ends. Items
     /// not started when a stop is requested give `None`; items still running a grace period
     /// after the stop are abandoned and give `None` too.
@@ -34,12 +35,12 @@ impl Engine {
         let limit = Arc::new(Semaphore::new(limit.max(1)));
         let mut tasks = tokio::task::JoinSet::new();
         let mut ids = HashMap::new();
-        let mut out: Vec<Option<Result<T, String>>> = (0..order.len()).map(|_| None).collect();
+        let mut out: Vec<Option<Result<T, String>>> = (0..items.len()).map(|_| None).collect();
         // Permits are taken here, in list order, so work starts in priority order however the
         // runtime schedules tasks; a stop ends the starting. Finished tasks are reaped while
         // starting: a task's memory (sized for its whole future) is freed only when it is
         // joined, so a list of 10,000 tags would otherwise hold 10,000 finished tasks.
-        for (k, item) in order.iter().map(|&i| &items[i]).enumerate() {
+        for (k, &i) in order.iter().enumerate() {
             let permit = loop {
                 tokio::select! {
                     biased;
@@ -53,9 +54,9 @@ impl Engine {
             let Some(permit) = permit else {
                 break;
             };
-            let fut = work(Arc::clone(self), item.clone(), k, permit);
-            let handle = tasks.spawn(async move { (k, Some(fut.await)) });
-            ids.insert(handle.id(), k);
+            let fut = work(Arc::clone(self), items[i].clone(), k, permit);
+            let handle = tasks.spawn(async move { (i, Some(fut.await)) });
+            ids.insert(handle.id(), i);
         }
         let mut deadline: Option<tokio::time::Instant> = None;
         let mut abandoned = false;

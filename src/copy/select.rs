@@ -210,16 +210,15 @@ impl Engine {
         &self,
         fallbacks: &[Fallback],
         first: usize,
-        finished: &mut [Option<TagOutcome>],
+        finished: &mut [TagOutcome],
     ) {
         // A layout has no referrers API: its fallback tag is how readers find referrers.
         let client = match &self.target {
             Target::Registry(client) => Some(client.as_ref()),
             Target::Layout(_) => None,
         };
-        let result = |finished: &[Option<TagOutcome>], i: usize| {
-            finished[first + i].as_ref().map(|o| o.result.clone())
-        };
+        let result =
+            |finished: &[TagOutcome], i: usize| finished.get(first + i).map(|o| o.result.clone());
         for fallback in fallbacks {
             let done: Vec<&(serde_json::Value, usize)> = fallback
                 .entries
@@ -240,7 +239,7 @@ impl Engine {
             if let Err(error) = self.keep_fallback(client, fallback, &done, synced).await {
                 tracing::warn!(repository = %fallback.repository, subject = %fallback.subject, %error, "cannot update the referrers fallback tag");
                 for (_, i) in &fallback.entries {
-                    if let Some(outcome) = finished[first + i].as_mut() {
+                    if let Some(outcome) = finished.get_mut(first + i) {
                         outcome.result = TagResult::Failed {
                             error: format!(
                                 "referrers fallback tag of {}: {error}",

@@ -60,7 +60,11 @@ async fn rotate(world: &mut World) {
         "the registry still takes the old password: the test would prove nothing"
     );
     assert_eq!(status_with(&world.target, SECOND).await, 200);
-    std::fs::write(password_file(world), format!("{SECOND}\n")).expect("password file");
+    // Replaced whole, as a Kubernetes Secret volume or a secrets agent does: a reader never
+    // sees the file empty half way through the write.
+    let next = world.dir.path().join("target-password.next");
+    std::fs::write(&next, format!("{SECOND}\n")).expect("password file");
+    std::fs::rename(&next, password_file(world)).expect("password file");
 }
 
 /// `GET /v2/` at `reg` with Basic `USER:password`.
@@ -127,11 +131,12 @@ async fn a_password_rotated_during_a_pass_is_read_again_without_failing_the_tag(
     let v1 = image(&world.upstream, 7).await;
     let proxy = Proxy::start(&world.target).await;
     // The two uploads (layer and config) wait at the proxy, long enough for the rotation to
-    // happen meanwhile; they reach the registry with the old password.
+    // happen meanwhile (its two checks and the file write, also on a loaded machine); they
+    // reach the registry with the old password.
     proxy.add(
         Rule::new(
             "POST /v2/*/blobs/uploads/*",
-            Action::Stall(Duration::from_secs(2)),
+            Action::Stall(Duration::from_secs(5)),
         )
         .first(2),
     );

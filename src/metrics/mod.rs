@@ -75,7 +75,7 @@ impl BlobAction {
     }
 }
 
-/// The result of one tag in a run, as the `result` label says it (an [`crate::outcome`] result
+/// The result of one tag in a run, as the `result` label says it (a tag outcome's result
 /// without its details; metrics does not depend on outcome).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TagResultKind {

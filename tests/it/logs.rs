@@ -8,7 +8,6 @@ use common::observe::{Daemon, poll};
 use common::util::free_port;
 use common::*;
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -61,23 +60,11 @@ async fn slow_and_fast() -> (Registry, Proxy, Registry, tempfile::TempDir, Strin
     (upstream, proxy, target, _dir, cfg)
 }
 
-/// Starts `mirrorsync <args>` with both streams piped.
-fn spawn(args: &[&str]) -> tokio::process::Child {
-    tokio::process::Command::new(bin_path())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn mirrorsync")
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fast_tag_is_logged_while_a_slow_tag_still_runs_with_its_own_duration() {
     let (_upstream, _proxy, _target, _dir, cfg) = slow_and_fast().await;
     let started = Instant::now();
-    let mut child = spawn(&["--log-format", "json", "sync", "--once", "--config", &cfg]);
+    let mut child = spawn_mirrorsync(&["--log-format", "json", "sync", "--once", "--config", &cfg]);
     let stderr = child.stderr.take().expect("stderr");
     let mut lines = BufReader::new(stderr).lines();
     let mut seen = String::new();
@@ -147,7 +134,7 @@ async fn a_fast_tag_is_logged_while_a_slow_tag_still_runs_with_its_own_duration(
 async fn with_text_logs_a_fast_tag_gets_its_line_on_stdout_while_a_slow_tag_still_runs() {
     let (_upstream, _proxy, _target, _dir, cfg) = slow_and_fast().await;
     let started = Instant::now();
-    let mut child = spawn(&["sync", "--once", "--config", &cfg]);
+    let mut child = spawn_mirrorsync(&["sync", "--once", "--config", &cfg]);
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
     let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
         .await

@@ -418,7 +418,7 @@ impl Metrics {
         let mut per_tag = per_tag::TAG_FAMILIES.iter().peekable();
         let encoder = prometheus::TextEncoder::new();
         for family in &families {
-            while let Some(tag_family) = per_tag.next_if(|f| f.name < family.name()) {
+            while let Some(tag_family) = per_tag.next_if(|(f, _)| f.name < family.name()) {
                 Metrics::render_tag_family(&mut out, tag_family, &sets);
             }
             // Encoding our own well-formed families into a String cannot fail.

@@ -73,16 +73,9 @@ impl Metrics {
     /// tables to write, each with its `target_name` label value (None: no such label).
     pub(super) fn render_tag_family(
         out: &mut String,
-        family: &Family,
+        (family, value): &TagFamily,
         sets: &[(Option<&str>, &TagTable)],
     ) {
-        let value = |v: &TagValues| -> Option<f64> {
-            match family.name {
-                n if n == TAG_IN_SYNC.name => Some(if v.in_sync { 1.0 } else { 0.0 }),
-                n if n == TAG_LAST_SYNCED.name => v.last_synced,
-                _ => Some(v.lag),
-            }
-        };
         let mut header = false;
         for (target_name, tags) in sets {
             for ((source, target), values) in tags.iter() {
@@ -108,8 +101,15 @@ impl Metrics {
     }
 }
 
+/// A per-tag family and what a tag's series in it says (None: the tag has none).
+pub(super) type TagFamily = (&'static Family, fn(&TagValues) -> Option<f64>);
+
 /// The per-tag families, in the order of their names (the order the text is written in).
-pub(super) const TAG_FAMILIES: [&Family; 3] = [&TAG_IN_SYNC, &TAG_LAG, &TAG_LAST_SYNCED];
+pub(super) const TAG_FAMILIES: [TagFamily; 3] = [
+    (&TAG_IN_SYNC, |v| Some(if v.in_sync { 1.0 } else { 0.0 })),
+    (&TAG_LAG, |v| Some(v.lag)),
+    (&TAG_LAST_SYNCED, |v| v.last_synced),
+];
 
 /// Escapes a help text (`\` and newline) or a label value (also `"`) for the text format.
 fn escape(s: &str, quote: bool) -> std::borrow::Cow<'_, str> {

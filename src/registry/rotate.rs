@@ -6,7 +6,7 @@
 //! and the tag does not fail. A real denial costs one read at most every [`REREAD_EVERY`].
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use reqwest::header::HeaderValue;
@@ -47,14 +47,22 @@ impl CredentialSource {
 }
 
 /// A host's authenticator, replaced by one with new credentials when the old ones are refused
-/// and their source holds others.
+/// and their source holds others. Each replacement is a new generation: a request refused with
+/// an older generation than the current one is sent again without reading anything.
 pub struct AuthSlot {
     host: String,
-    current: RwLock<(Arc<Authenticator>, Option<Credentials>)>,
+    current: RwLock<Held>,
     source: Option<CredentialSource>,
-    last_read: Mutex<Option<Instant>>,
-    /// When the credentials were last replaced with ones read again.
-    replaced_at: Mutex<Option<Instant>>,
+    /// When the credentials were last read again; held across the read, so that requests
+    /// refused together wait for one read and then see its outcome.
+    last_read: tokio::sync::Mutex<Option<Instant>>,
+}
+
+/// The authenticator in use, the credentials it was built on and its generation.
+struct Held {
+    authenticator: Arc<Authenticator>,
+    credentials: Option<Credentials>,
+    generation: u64,
 }
 
 impl AuthSlot {
@@ -65,86 +73,93 @@ impl AuthSlot {
     ) -> AuthSlot {
         AuthSlot {
             host: host.to_string(),
-            current: RwLock::new((
-                Arc::new(Authenticator::new(host, credentials.clone())),
+            current: RwLock::new(Held {
+                authenticator: Arc::new(Authenticator::new(host, credentials.clone())),
                 credentials,
-            )),
+                generation: 0,
+            }),
             source,
-            last_read: Mutex::new(None),
-            replaced_at: Mutex::new(None),
+            last_read: tokio::sync::Mutex::new(None),
         }
     }
 
-    fn current(&self) -> Arc<Authenticator> {
-        Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()).0)
+    fn held(&self) -> std::sync::RwLockReadGuard<'_, Held> {
+        self.current.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn current(&self) -> (Arc<Authenticator>, u64) {
+        let held = self.held();
+        (Arc::clone(&held.authenticator), held.generation)
     }
 
     /// See [`Authenticator::has_credentials`].
     pub fn has_credentials(&self) -> bool {
-        self.current().has_credentials()
+        self.current().0.has_credentials()
     }
 
     /// See [`Authenticator::set_challenge`].
     pub async fn set_challenge(&self, challenge: Challenge) {
-        self.current().set_challenge(challenge).await;
+        self.current().0.set_challenge(challenge).await;
     }
 
-    /// See [`Authenticator::authorization`]; a token server that refuses the credentials makes
-    /// them be read again, once.
+    /// See [`Authenticator::authorization`], with the generation of the credentials it came
+    /// from (for [`AuthSlot::on_unauthorized`]); a token server that refuses the credentials
+    /// makes them be read again, once.
     pub async fn authorization(
         &self,
         client: &RegistryClient,
         scopes: &[String],
-    ) -> Result<Option<HeaderValue>, RegistryError> {
-        match self.current().authorization(client, scopes).await {
-            Err(RegistryError::Auth { .. }) if self.renewed().await => {
-                self.current().authorization(client, scopes).await
+    ) -> Result<(Option<HeaderValue>, u64), RegistryError> {
+        let (authenticator, generation) = self.current();
+        match authenticator.authorization(client, scopes).await {
+            Err(RegistryError::Auth { .. }) if self.renewed(generation).await => {
+                let (authenticator, generation) = self.current();
+                Ok((
+                    authenticator.authorization(client, scopes).await?,
+                    generation,
+                ))
             }
-            other => other,
+            other => other.map(|value| (value, generation)),
         }
     }
 
-    /// See [`Authenticator::on_unauthorized`]; a denial makes the credentials be read again,
-    /// once, and the request is sent again when they changed.
+    /// See [`Authenticator::on_unauthorized`], for a request sent with the credentials of
+    /// `generation`. When those have been replaced since, the request is sent again with the
+    /// new ones; otherwise a denial makes them be read again, once, and the request is sent
+    /// again when they changed.
     pub async fn on_unauthorized(
         &self,
         www_authenticate: Option<&str>,
         scopes: &mut Vec<String>,
         tried: u32,
+        generation: u64,
     ) -> Retry {
-        match self
-            .current()
+        let (authenticator, current) = self.current();
+        match authenticator
             .on_unauthorized(www_authenticate, scopes, tried)
             .await
         {
-            Retry::GiveUp(_) if self.renewed().await => Retry::Again,
-            // Sent with the credentials another request has just found refused and replaced:
-            // once more with the new ones.
-            Retry::GiveUp(_) if tried < 2 && self.replaced_recently() => Retry::Again,
+            Retry::GiveUp(_) if current != generation => Retry::Again,
+            Retry::GiveUp(_) if self.renewed(generation).await => Retry::Again,
             other => other,
         }
     }
 
-    fn replaced_recently(&self) -> bool {
-        self.replaced_at
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some_and(|t| t.elapsed() < REREAD_EVERY)
-    }
-
-    /// Reads the credentials again (unless that was done within [`REREAD_EVERY`]); `true` when
-    /// they changed, and the authenticator now holds the new ones.
-    async fn renewed(&self) -> bool {
+    /// Reads the credentials again, unless that was done within [`REREAD_EVERY`]; `true` when
+    /// the credentials in use are no longer those of `generation`: they changed, and the
+    /// authenticator now holds the new ones (from this read, or one that ran meanwhile).
+    async fn renewed(&self, generation: u64) -> bool {
         let Some(source) = self.source.clone() else {
             return false;
         };
-        {
-            let mut last = self.last_read.lock().unwrap_or_else(|p| p.into_inner());
-            if last.is_some_and(|t| t.elapsed() < REREAD_EVERY) {
-                return false;
-            }
-            *last = Some(Instant::now());
+        let mut last = self.last_read.lock().await;
+        if self.held().generation != generation {
+            return true;
         }
+        if last.is_some_and(|t| t.elapsed() < REREAD_EVERY) {
+            return false;
+        }
+        *last = Some(Instant::now());
         let fresh = match tokio::task::spawn_blocking(move || source.read()).await {
             Ok(Ok(fresh)) => fresh,
             Ok(Err(e)) => {
@@ -154,18 +169,25 @@ impl AuthSlot {
             Err(_) => return false,
         };
         let old = {
-            let current = self.current.read().unwrap_or_else(|p| p.into_inner());
-            if current.1 == fresh {
+            let held = self.held();
+            if held.credentials == fresh {
                 return false;
             }
-            Arc::clone(&current.0)
+            Arc::clone(&held.authenticator)
         };
         let next = Authenticator::new(&self.host, fresh.clone());
         if let Some(challenge) = old.challenge().await {
             next.set_challenge(challenge).await;
         }
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = (Arc::new(next), fresh);
-        *self.replaced_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        {
+            let mut held = self.current.write().unwrap_or_else(|p| p.into_inner());
+            *held = Held {
+                authenticator: Arc::new(next),
+                credentials: fresh,
+                generation: held.generation + 1,
+            };
+        }
+        drop(last);
         tracing::info!(registry = %self.host, "credentials were refused and have changed since they were read; using the new ones");
         true
     }
@@ -190,7 +212,10 @@ mod tests {
             path: path.clone(),
         };
         let slot = AuthSlot::new("r.example", Some(credentials), Some(source.clone()));
-        assert!(!slot.renewed().await, "unchanged: nothing new to try");
+        assert!(
+            !slot.renewed(slot.current().1).await,
+            "unchanged: nothing new to try"
+        );
         let slot = AuthSlot::new(
             "r.example",
             Some(Credentials {
@@ -200,13 +225,52 @@ mod tests {
             Some(source),
         );
         std::fs::write(&path, "new\n").unwrap();
-        assert!(slot.renewed().await, "the new password is taken");
-        let held = slot.current.read().unwrap().1.clone().unwrap();
+        assert!(
+            slot.renewed(slot.current().1).await,
+            "the new password is taken"
+        );
+        let held = slot.held().credentials.clone().unwrap();
         assert_eq!(held.password.expose(), "new");
         std::fs::write(&path, "newer\n").unwrap();
         assert!(
-            !slot.renewed().await,
+            !slot.renewed(slot.current().1).await,
             "read at most once per {REREAD_EVERY:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_refused_together_share_one_read_and_all_go_on_with_the_new_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("password");
+        std::fs::write(&path, "new\n").unwrap();
+        let slot = Arc::new(AuthSlot::new(
+            "r.example",
+            Some(Credentials {
+                username: "robot".into(),
+                password: Secret::new("old"),
+            }),
+            Some(CredentialSource::PasswordFile {
+                username: "robot".into(),
+                path,
+            }),
+        ));
+        let sent_with = slot.current().1;
+        let refused: Vec<_> = (0..8)
+            .map(|_| {
+                let slot = Arc::clone(&slot);
+                tokio::spawn(async move { slot.renewed(sent_with).await })
+            })
+            .collect();
+        for one in refused {
+            assert!(
+                one.await.unwrap(),
+                "a request refused with the old password gave up while another read the new one"
+            );
+        }
+        assert_eq!(slot.current().1, sent_with + 1, "read and replaced once");
+        assert_eq!(
+            slot.held().credentials.clone().unwrap().password.expose(),
+            "new"
         );
     }
 }

@@ -132,8 +132,13 @@ impl RegistryClient {
                 .request(method.clone(), url.clone(), bulk)
                 .headers(headers.clone());
             let own = self.is_own(&url);
-            if own && let Some(value) = self.auth.authorization(self, &scopes).await? {
-                request = request.header(header::AUTHORIZATION, value);
+            let mut generation = 0;
+            if own {
+                let (value, held) = self.auth.authorization(self, &scopes).await?;
+                generation = held;
+                if let Some(value) = value {
+                    request = request.header(header::AUTHORIZATION, value);
+                }
             }
             let replayable = !matches!(body, Some(RequestBody::Stream { .. }));
             let request = attach(request, &mut body);
@@ -163,7 +168,7 @@ impl RegistryClient {
                 .map(str::to_string);
             match self
                 .auth
-                .on_unauthorized(challenge.as_deref(), &mut scopes, tried)
+                .on_unauthorized(challenge.as_deref(), &mut scopes, tried, generation)
                 .await
             {
                 Retry::Again => tried += 1,

@@ -16,24 +16,66 @@ use tokio::sync::{Mutex, OnceCell};
 use crate::reference::Digest;
 use crate::registry::FetchedManifest;
 
-/// Target repositories known to hold each blob, with a lock per digest.
+/// Target repositories known to hold each blob, with a lock per digest. A lock exists only
+/// for a digest some image has asked for this run: the locations remembered from earlier runs
+/// (thousands of blobs on a big list, most never asked for on a run where little changed) stay
+/// plain entries until then.
 #[derive(Default)]
 pub struct BlobLedger {
-    slots: std::sync::Mutex<HashMap<Digest, Arc<Mutex<Vec<String>>>>>,
+    inner: std::sync::Mutex<Ledger>,
+}
+
+#[derive(Default)]
+struct Ledger {
+    /// Remembered, and not asked for yet this run.
+    known: HashMap<Digest, Vec<String>>,
+    /// Asked for this run: the lock holds the holders.
+    slots: HashMap<Digest, Arc<Mutex<Vec<String>>>>,
 }
 
 impl BlobLedger {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The lock guarding one digest; holding it is the right to copy that blob.
     pub fn slot(&self, digest: &Digest) -> Arc<Mutex<Vec<String>>> {
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        slots.entry(digest.clone()).or_default().clone()
+        let mut ledger = self.lock();
+        if let Some(slot) = ledger.slots.get(digest) {
+            return Arc::clone(slot);
+        }
+        let holders = ledger.known.remove(digest).unwrap_or_default();
+        let slot = Arc::new(Mutex::new(holders));
+        ledger.slots.insert(digest.clone(), Arc::clone(&slot));
+        slot
+    }
+
+    /// Notes that `repository` holds `digest` (from an earlier run's state). A digest in
+    /// flight now is left alone: its copy decides.
+    pub fn remember(&self, digest: Digest, repository: String) {
+        let mut ledger = self.lock();
+        if let Some(slot) = ledger.slots.get(&digest) {
+            if let Ok(mut holders) = slot.try_lock()
+                && !holders.contains(&repository)
+            {
+                holders.push(repository);
+            }
+            return;
+        }
+        let holders = ledger.known.entry(digest).or_default();
+        if !holders.contains(&repository) {
+            holders.push(repository);
+        }
     }
 
     /// Every (digest, repository) known now; blobs in flight are left out.
     pub fn snapshot(&self) -> Vec<(Digest, String)> {
-        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let ledger = self.lock();
         let mut out = Vec::new();
-        for (digest, slot) in slots.iter() {
+        for (digest, holders) in &ledger.known {
+            out.extend(holders.iter().map(|r| (digest.clone(), r.clone())));
+        }
+        for (digest, slot) in &ledger.slots {
             if let Ok(holders) = slot.try_lock() {
                 out.extend(holders.iter().map(|r| (digest.clone(), r.clone())));
             }
@@ -133,5 +175,46 @@ impl ManifestBudget {
 impl Drop for Held<'_> {
     fn drop(&mut self) {
         self.budget.held.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(n: u8) -> Digest {
+        Digest::from_sha256_bytes(&[n; 32])
+    }
+
+    #[tokio::test]
+    async fn remembered_holders_reach_the_lock_and_the_snapshot() {
+        let ledger = BlobLedger::default();
+        ledger.remember(digest(1), "a/x".into());
+        ledger.remember(digest(1), "a/x".into());
+        ledger.remember(digest(2), "b/y".into());
+        let mut all = ledger.snapshot();
+        all.sort();
+        assert_eq!(
+            all,
+            vec![(digest(1), "a/x".into()), (digest(2), "b/y".into())]
+        );
+        // Asked for: the lock starts with what was remembered, and holds what the copy adds.
+        let slot = ledger.slot(&digest(1));
+        assert_eq!(*slot.lock().await, vec!["a/x".to_string()]);
+        slot.lock().await.push("c/z".into());
+        ledger.remember(digest(1), "d/w".into());
+        let mut all = ledger.snapshot();
+        all.sort();
+        assert_eq!(all.len(), 4, "{all:?}");
+        assert!(
+            Arc::ptr_eq(&slot, &ledger.slot(&digest(1))),
+            "one lock per digest"
+        );
+        // In flight: left out of the snapshot, and a remembered holder is not added under it.
+        let held = slot.lock().await;
+        ledger.remember(digest(1), "e/v".into());
+        assert_eq!(ledger.snapshot(), vec![(digest(2), "b/y".into())]);
+        drop(held);
+        assert!(!slot.lock().await.contains(&"e/v".to_string()));
     }
 }

@@ -227,11 +227,7 @@ impl Engine {
     /// repositories can mount them instead of pulling again.
     pub fn remember_blobs(&self, known: impl IntoIterator<Item = (Digest, String)>) {
         for (digest, repository) in known {
-            if let Ok(mut holders) = self.blobs.slot(&digest).try_lock()
-                && !holders.contains(&repository)
-            {
-                holders.push(repository);
-            }
+            self.blobs.remember(digest, repository);
         }
     }
 

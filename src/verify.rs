@@ -54,6 +54,35 @@ impl VerifiedStream {
         }
     }
 
+    /// The body read into memory ahead of its reader, whole (and at most one piece past the
+    /// promised size), or up to the source's error; the reader then gets the same pieces and
+    /// the same checks. For a small blob, so that whatever the reader holds while it reads (a
+    /// write slot at the target) is not held over the round trip to the source. Only for a
+    /// stream nothing has been read from yet.
+    pub async fn read_ahead(mut self) -> VerifiedStream {
+        let mut pieces = Vec::new();
+        let mut held = 0u64;
+        while held <= self.expected_size {
+            match self.inner.next().await {
+                Some(Ok(piece)) => {
+                    held += piece.len() as u64;
+                    pieces.push(Ok(piece));
+                }
+                Some(Err(e)) => {
+                    pieces.push(Err(e));
+                    break;
+                }
+                None => break,
+            }
+        }
+        let rest = std::mem::replace(&mut self.inner, futures_util::stream::empty().boxed());
+        self.inner = futures_util::stream::iter(pieces)
+            .chain(rest)
+            .fuse()
+            .boxed();
+        self
+    }
+
     /// The next piece of the body; an error when the source fails or sends more than promised.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, String> {
         match self.inner.next().await {
@@ -149,5 +178,54 @@ mod tests {
             11,
         );
         assert!(long.finish().await.unwrap_err().contains("longer"));
+    }
+
+    #[tokio::test]
+    async fn read_ahead_takes_the_body_before_the_reader_and_keeps_every_check() {
+        let pulled = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = |parts: Vec<Result<&'static [u8], &'static str>>| {
+            let pulled = std::sync::Arc::clone(&pulled);
+            futures_util::stream::iter(parts)
+                .map(move |p| {
+                    pulled.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    p.map(Bytes::from_static).map_err(str::to_string)
+                })
+                .boxed()
+        };
+        let whole = VerifiedStream::new(
+            counted(vec![Ok(b"hello "), Ok(b"world")]),
+            digest_of(b"hello world"),
+            11,
+        )
+        .read_ahead()
+        .await;
+        assert_eq!(
+            pulled.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "read before the reader asked"
+        );
+        assert_eq!(whole.finish().await.unwrap(), 11);
+
+        let broken = VerifiedStream::new(
+            counted(vec![Ok(b"hello "), Err("connection reset")]),
+            digest_of(b"hello world"),
+            11,
+        )
+        .read_ahead()
+        .await;
+        let error = broken.finish().await.unwrap_err();
+        assert!(
+            error.contains("after 6 of 11 bytes: connection reset"),
+            "{error}"
+        );
+
+        let long = VerifiedStream::new(
+            counted(vec![Ok(b"hello world"), Ok(b"!"), Ok(b"never read")]),
+            digest_of(b"hello world"),
+            11,
+        )
+        .read_ahead()
+        .await;
+        assert!(long.finish().await.unwrap_err().contains("longer than"));
     }
 }

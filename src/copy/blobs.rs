@@ -101,10 +101,16 @@ impl Engine {
                 }
                 None => false,
             };
-            if !spooled {
+            if !spooled && blob.size > OWN_CONNECTION {
                 let _transfer = upstream.transfers.acquire(blob.size).await;
                 // Taken before the download starts, so no upstream body waits on an idle socket.
                 let _writing = self.target_write_slot().await?;
+                self.stream_from_upstream(upstream, source_repo, target_repo, blob)
+                    .await?;
+            } else if !spooled {
+                // A config or the like: a round trip, not a transfer. It takes no transfer
+                // slot and its body is read whole before a write slot is taken, so that neither
+                // is held over a round trip to a far upstream (see [`verify::VerifiedStream::read_ahead`]).
                 self.stream_from_upstream(upstream, source_repo, target_repo, blob)
                     .await?;
             }
@@ -151,8 +157,13 @@ impl Engine {
                 }
             };
             // Shown on the progress line while the blob is written.
-            let (_transfer, stream) =
+            let (_transfer, mut stream) =
                 self.verified_body(upstream, source, source_repo, blob, response);
+            let mut _writing = None;
+            if blob.size <= OWN_CONNECTION {
+                stream = stream.read_ahead().await;
+                _writing = Some(self.target_write_slot().await?);
+            }
             match self
                 .target
                 .write_blob(target_repo, &blob.digest, stream, None)

@@ -1,4 +1,5 @@
-//! Blob transfer slots of one upstream host, handed out by size.
+//! Blob transfer slots of one upstream host, handed out by size (blobs over
+//! [`OWN_CONNECTION`]; smaller ones are a request each and take none).
 //!
 //! Over a long link a small blob costs a round trip and a big one costs link time. Big blobs
 //! (over [`SMALL_BLOB`]) go biggest first, so they overlap with everything else instead of
@@ -31,7 +32,9 @@ pub const BORROW_MAX: u64 = 4 * SMALL_BLOB;
 /// Blobs over this size download on connections of their own (see
 /// [`crate::registry::RegistryClient::send`]): on one shared HTTP/2 connection they would
 /// share a single flow's part of the link with everything else, and a flow's part of a link
-/// shared by many is small. Below it are configs and the like, a round trip each.
+/// shared by many is small. Below it are configs and the like, a round trip each: they take
+/// no transfer slot (the host's request window bounds them, as it does manifests), and a slot
+/// held over each of their round trips starved the layers on a far link.
 pub const OWN_CONNECTION: u64 = 64 * 1024;
 
 /// `limit` transfers at once.

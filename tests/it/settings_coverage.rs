@@ -56,7 +56,7 @@ const COVERAGE: &[(&str, &[&str])] = &[
     ("registries.<host>.requests_per_second", &["rate_limits::requests_per_second_with_burst_holds_over_a_whole_run"]),
     ("registries.<host>.burst", &["rate_limits::requests_per_second_with_burst_holds_over_a_whole_run"]),
     ("registries.<host>.bytes_per_second", &["rate_limits::bytes_per_second_slows_a_big_blob_down"]),
-    ("registries.<host>.concurrency", &["settings_coverage::registry_concurrency_bounds_blob_downloads"]),
+    ("registries.<host>.concurrency", &["settings_coverage::registry_concurrency_bounds_blob_downloads", "settings_coverage::configs_and_small_blobs_take_no_transfer_slot"]),
     ("registries.<host>.path", &["airgap::a_mirror_carried_across_on_disk_keeps_every_digest_and_a_delta_holds_only_what_changed", "airgap::a_truncated_file_in_the_carry_fails_only_its_tags_and_is_named"]),
     ("registries.<host>.rate_limit_reserve", &["rate_limits::pull_quota_is_spent_on_changed_tags_only_down_to_the_reserve_and_deferred_tags_go_first"]),
     ("images", &["sync_formats::single_arch_oci_and_docker_schema2_images_are_mirrored_exactly"]),
@@ -494,6 +494,77 @@ async fn registry_concurrency_bounds_blob_downloads() {
         "two downloads overlapped ({closest:?} apart):\n{}",
         seen.dump()
     );
+}
+
+/// `concurrency` bounds layer transfers, not configs: with one transfer slot held by a slow
+/// layer, another image's config and small layer (64 KiB at most) are fetched meanwhile, not
+/// after it. On a far link a slot held over each config's round trip starved the layers.
+#[tokio::test(flavor = "multi_thread")]
+async fn configs_and_small_blobs_take_no_transfer_slot() {
+    let upstream = Registry::start().await;
+    let proxy = Proxy::start(&upstream).await;
+    let target = Registry::start().await;
+    // The big image's layer takes about 2 s; the small image comes after it has started.
+    proxy.add(Rule::new(
+        "GET /v2/big/app/blobs/*",
+        Action::Throttle(256 * 1024),
+    ));
+    proxy.add(Rule::new(
+        "GET /v2/small/app/manifests/*",
+        Action::Stall(Duration::from_millis(300)),
+    ));
+    push_image(
+        &upstream,
+        "big/app",
+        "1",
+        ImageSpec::new(Format::Oci, vec![layer(90, 512 * 1024)]),
+    )
+    .await;
+    push_image(
+        &upstream,
+        "small/app",
+        "1",
+        ImageSpec::new(Format::Oci, vec![layer(91, 20 * 1024)]),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "target: {{ registry: \"{t}\", insecure: true }}\n\
+             registries:\n  \"{p}\": {{ insecure: true, concurrency: 1 }}\n\
+             images:\n  - {p}/big/app:1\n  - {p}/small/app:1\n",
+            t = target.host(),
+            p = proxy.host(),
+        ),
+    );
+    mirrorsync(&["sync", "--once", "--config", config.to_str().unwrap()])
+        .await
+        .assert_code(0);
+    assert_image_complete(&target, "big/app", "1").await;
+    assert_image_complete(&target, "small/app", "1").await;
+    let seen = proxy.seen();
+    let blob_gets = |repo: &str| -> Vec<_> {
+        seen.iter()
+            .filter(|s| s.is("GET", "blobs", Some(repo)))
+            .cloned()
+            .collect()
+    };
+    let big_layer = blob_gets("big/app")
+        .into_iter()
+        .find(|s| s.body_bytes >= 512 * 1024)
+        .unwrap_or_else(|| panic!("no layer download:\n{}", seen.dump()));
+    let small = blob_gets("small/app");
+    assert_eq!(small.len(), 2, "config and layer:\n{}", seen.dump());
+    for blob in small {
+        assert!(
+            blob.at > big_layer.at && blob.at < big_layer.at + Duration::from_millis(1500),
+            "a small blob waited for the one transfer slot (big layer at {:?}, small blob at {:?}):\n{}",
+            big_layer.at,
+            blob.at,
+            seen.dump()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

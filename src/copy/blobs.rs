@@ -25,6 +25,10 @@ const MAX_RESTARTS: u32 = 4;
 /// at most twice: to `patch-then-put`, then to `single-patch`).
 const MAX_REDOS: u32 = 2;
 
+/// Small blobs (up to [`OWN_CONNECTION`]) read ahead into memory at once, over the whole run:
+/// at most 4 MiB of bodies, however many tags and blobs are in flight.
+pub const SMALL_READS_AT_ONCE: usize = 64;
+
 /// One source's answer to a blob `GET`.
 enum Answer {
     Body(reqwest::Response),
@@ -110,7 +114,9 @@ impl Engine {
             } else if !spooled {
                 // A config or the like: a round trip, not a transfer. It takes no transfer
                 // slot and its body is read whole before a write slot is taken, so that neither
-                // is held over a round trip to a far upstream (see [`verify::VerifiedStream::read_ahead`]).
+                // is held over a round trip to a far upstream (see
+                // [`verify::VerifiedStream::read_ahead`]); the bodies held are bounded.
+                let _reading = self.small_reads.acquire().await.map_err(SyncError::from)?;
                 self.stream_from_upstream(upstream, source_repo, target_repo, blob)
                     .await?;
             }

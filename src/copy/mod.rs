@@ -139,6 +139,8 @@ pub struct Engine {
     manifest_budget: ManifestBudget,
     /// Blob writes to the target at once (`target.concurrency`).
     target_writes: tokio::sync::Semaphore,
+    /// Small blobs read ahead into memory at once (see [`blobs::SMALL_READS_AT_ONCE`]).
+    small_reads: tokio::sync::Semaphore,
     /// `target.bytes_per_second`, for every blob byte written to the target.
     target_bytes: Arc<HostLimits>,
     stop: CancellationToken,
@@ -212,6 +214,7 @@ impl Engine {
             manifests: ManifestLedger::default(),
             manifest_budget: ManifestBudget::default(),
             target_writes,
+            small_reads: tokio::sync::Semaphore::new(blobs::SMALL_READS_AT_ONCE),
             target_bytes,
             stop: CancellationToken::new(),
             progress: Arc::default(),

@@ -446,6 +446,32 @@ async fn target_requests_per_second_holds_over_a_run() {
     assert!(took >= Duration::from_secs_f64((seen.len() - 1) as f64 / 4.0 * 0.9));
 }
 
+/// Syncs `repositories` (tag `1` each) from the upstream behind `proxy` with one blob transfer
+/// at a time (`concurrency: 1`), and checks each image landed whole.
+async fn sync_with_one_transfer_slot(proxy: &Proxy, target: &Registry, repositories: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let images: String = repositories
+        .iter()
+        .map(|r| format!("  - {}/{r}:1\n", proxy.host()))
+        .collect();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "target: {{ registry: \"{t}\", insecure: true }}\n\
+             registries:\n  \"{p}\": {{ insecure: true, concurrency: 1 }}\n\
+             images:\n{images}",
+            t = target.host(),
+            p = proxy.host(),
+        ),
+    );
+    mirrorsync(&["sync", "--once", "--config", config.to_str().unwrap()])
+        .await
+        .assert_code(0);
+    for repository in repositories {
+        assert_image_complete(target, repository, "1").await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn registry_concurrency_bounds_blob_downloads() {
     let upstream = Registry::start().await;
@@ -464,21 +490,7 @@ async fn registry_concurrency_bounds_blob_downloads() {
         ImageSpec::new(Format::Oci, layers),
     )
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        &format!(
-            "target: {{ registry: \"{t}\", insecure: true }}\n\
-             registries:\n  \"{p}\": {{ insecure: true, concurrency: 1 }}\n\
-             images:\n  - {p}/wide/app:1\n",
-            t = target.host(),
-            p = proxy.host(),
-        ),
-    );
-    mirrorsync(&["sync", "--once", "--config", config.to_str().unwrap()])
-        .await
-        .assert_code(0);
-    assert_image_complete(&target, "wide/app", "1").await;
+    sync_with_one_transfer_slot(&proxy, &target, &["wide/app"]).await;
     let seen = proxy.seen();
     let mut layer_gets: Vec<Duration> = seen
         .iter()
@@ -527,22 +539,7 @@ async fn configs_and_small_blobs_take_no_transfer_slot() {
         ImageSpec::new(Format::Oci, vec![layer(91, 20 * 1024)]),
     )
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        &format!(
-            "target: {{ registry: \"{t}\", insecure: true }}\n\
-             registries:\n  \"{p}\": {{ insecure: true, concurrency: 1 }}\n\
-             images:\n  - {p}/big/app:1\n  - {p}/small/app:1\n",
-            t = target.host(),
-            p = proxy.host(),
-        ),
-    );
-    mirrorsync(&["sync", "--once", "--config", config.to_str().unwrap()])
-        .await
-        .assert_code(0);
-    assert_image_complete(&target, "big/app", "1").await;
-    assert_image_complete(&target, "small/app", "1").await;
+    sync_with_one_transfer_slot(&proxy, &target, &["big/app", "small/app"]).await;
     let seen = proxy.seen();
     let blob_gets = |repo: &str| -> Vec<_> {
         seen.iter()

@@ -9,7 +9,7 @@ use futures_util::stream::BoxStream;
 use tokio::sync::SemaphorePermit;
 
 use super::progress::TransferGuard;
-use super::queue::OWN_CONNECTION;
+use super::queue::{OWN_CONNECTION, is_round_trip};
 use super::spool::Spool;
 use super::upstream::UpstreamRef;
 use super::{Counters, Engine, Mode, SyncError, download};
@@ -25,8 +25,9 @@ const MAX_RESTARTS: u32 = 4;
 /// at most twice: to `patch-then-put`, then to `single-patch`).
 const MAX_REDOS: u32 = 2;
 
-/// Small blobs (up to [`OWN_CONNECTION`]) read ahead into memory at once, over the whole run:
-/// at most 4 MiB of bodies, however many tags and blobs are in flight.
+/// Round trips (blobs up to [`OWN_CONNECTION`], see [`is_round_trip`]) read ahead into memory
+/// at once, over the whole run: at most 4 MiB of bodies, however many tags and blobs are in
+/// flight.
 pub const SMALL_READS_AT_ONCE: usize = 64;
 
 /// One source's answer to a blob `GET`.
@@ -105,18 +106,19 @@ impl Engine {
                 }
                 None => false,
             };
-            if !spooled && blob.size > OWN_CONNECTION {
-                let _transfer = upstream.transfers.acquire(blob.size).await;
-                // Taken before the download starts, so no upstream body waits on an idle socket.
-                let _writing = self.target_write_slot().await?;
-                self.stream_from_upstream(upstream, source_repo, target_repo, blob)
-                    .await?;
-            } else if !spooled {
-                // A config or the like: a round trip, not a transfer. It takes no transfer
-                // slot and its body is read whole before a write slot is taken, so that neither
-                // is held over a round trip to a far upstream (see
-                // [`verify::VerifiedStream::read_ahead`]); the bodies held are bounded.
-                let _reading = self.small_reads.acquire().await.map_err(SyncError::from)?;
+            if !spooled {
+                // A transfer takes its write slot before the download starts, so no upstream
+                // body waits on an idle socket. A round trip (a config or the like) takes one
+                // of the bounded read-aheads instead: its body is read whole before the write
+                // slot is taken (in `stream_from_upstream`), so neither slot is held over a
+                // round trip to a far upstream.
+                let _held = match upstream.transfers.for_blob(blob.size).await {
+                    Some(transfer) => (Some(transfer), self.target_write_slot().await?),
+                    None => (
+                        None,
+                        self.small_reads.acquire().await.map_err(SyncError::from)?,
+                    ),
+                };
                 self.stream_from_upstream(upstream, source_repo, target_repo, blob)
                     .await?;
             }
@@ -166,7 +168,7 @@ impl Engine {
             let (_transfer, mut stream) =
                 self.verified_body(upstream, source, source_repo, blob, response);
             let mut _writing = None;
-            if blob.size <= OWN_CONNECTION {
+            if is_round_trip(blob.size) {
                 stream = stream.read_ahead().await;
                 _writing = Some(self.target_write_slot().await?);
             }

@@ -121,11 +121,7 @@ pub async fn into_spool(
     blob: crate::manifest::Descriptor,
     mut writer: super::spool::SpoolWriter,
 ) -> Result<(), String> {
-    // A config or the like is a round trip, not a transfer: it takes no slot.
-    let _slot = match blob.size > OWN_CONNECTION {
-        true => Some(upstream.transfers.acquire(blob.size).await),
-        false => None,
-    };
+    let _slot = upstream.transfers.for_blob(blob.size).await;
     let mut last_error = None;
     for source in (0..upstream.source_count()).filter(|s| upstream.usable(*s)) {
         let client = upstream.source(source);

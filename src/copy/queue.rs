@@ -37,6 +37,12 @@ pub const BORROW_MAX: u64 = 4 * SMALL_BLOB;
 /// held over each of their round trips starved the layers on a far link.
 pub const OWN_CONNECTION: u64 = 64 * 1024;
 
+/// Whether a blob of `size` bytes is a round trip rather than a transfer (up to
+/// [`OWN_CONNECTION`]): it takes no transfer slot, and its body is read whole before its upload.
+pub fn is_round_trip(size: u64) -> bool {
+    size <= OWN_CONNECTION
+}
+
 /// `limit` transfers at once.
 pub struct TransferSlots {
     state: Arc<Mutex<State>>,
@@ -89,6 +95,15 @@ impl TransferSlots {
     /// How many slots big blobs may hold at once.
     pub fn big_quota(&self) -> usize {
         lock(&self.state).big_quota
+    }
+
+    /// The slot a blob of `size` bytes downloads in: none for a round trip (see
+    /// [`is_round_trip`]), else [`TransferSlots::acquire`].
+    pub async fn for_blob(&self, size: u64) -> Option<TransferSlot> {
+        match is_round_trip(size) {
+            true => None,
+            false => Some(self.acquire(size).await),
+        }
     }
 
     /// A slot for a blob of `size` bytes, when its turn comes. Cancelling the wait gives up the

@@ -45,21 +45,40 @@ impl Engine {
         }
         let upstream = self.upstream(item.source.registry()).await?;
         let repository = item.source.repository();
-        let digest = match (item.source.digest(), item.source.tag()) {
-            (Some(digest), _) => digest.clone(),
-            (None, Some(tag)) => upstream.resolve(repository, tag).await?,
-            (None, None) => {
-                return Err(SyncError::NoReference);
+        let upstream_digest = async {
+            match (item.source.digest(), item.source.tag()) {
+                (Some(digest), _) => Ok(digest.clone()),
+                (None, Some(tag)) => upstream.resolve(repository, tag).await,
+                (None, None) => Err(SyncError::NoReference),
             }
         };
+        // A target tag is asked at the same time as upstream (over a far link, the target's
+        // answer is in by the time upstream's is); a digest reference only once upstream's
+        // digest is known.
+        let target_tag = async {
+            match &item.target_tag {
+                Some(tag) => Some(
+                    self.target
+                        .manifest_digest(&item.target_repository, tag)
+                        .await,
+                ),
+                None => None,
+            }
+        };
+        let (digest, at_target) = tokio::join!(upstream_digest, target_tag);
+        let digest = digest?;
         let target_ref = item
             .target_tag
             .clone()
             .unwrap_or_else(|| digest.to_string());
-        let current = self
-            .target
-            .manifest_digest(&item.target_repository, &target_ref)
-            .await?;
+        let current = match at_target {
+            Some(found) => found?,
+            None => {
+                self.target
+                    .manifest_digest(&item.target_repository, &target_ref)
+                    .await?
+            }
+        };
         if current.as_ref() == Some(&digest) {
             // A manifest fetched to resolve the tag is not needed: do not hold it for the run.
             drop(upstream.take_prefetched(repository, &digest));

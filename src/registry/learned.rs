@@ -39,6 +39,10 @@ pub struct Learned {
     accepted_body: AtomicU64,
 }
 
+/// Another caller holds the probe (see [`Learned::try_head_probe`]).
+#[derive(Debug)]
+pub struct ProbeBusy;
+
 /// How blobs go up to a registry. The first is ours (one request fewer per small blob, bounded
 /// requests for big ones); the last is the Docker client's, which every registry that `docker
 /// push` works with accepts. A host moves down the list when a registry refuses a shortcut,
@@ -130,6 +134,17 @@ impl Learned {
         }
         let guard = self.head_probe.lock().await;
         (!known()).then_some(guard)
+    }
+
+    /// [`Learned::head_probe`] without waiting: `Err(ProbeBusy)` when another caller is finding
+    /// out now (the caller may use the time, then wait with `head_probe`).
+    pub fn try_head_probe(&self) -> Result<Option<tokio::sync::MutexGuard<'_, ()>>, ProbeBusy> {
+        let known = || self.head_works.load(Ordering::Relaxed) || self.head_unreliable();
+        if known() {
+            return Ok(None);
+        }
+        let guard = self.head_probe.try_lock().map_err(|_| ProbeBusy)?;
+        Ok((!known()).then_some(guard))
     }
 
     /// A manifest HEAD answered with a usable digest.

@@ -1,6 +1,6 @@
 //! `GET /v2/`: the first request to a host checks it speaks the API and learns what it asks for
-//! (nothing, or the challenge of its 401), once per client; and a spare bulk connection opened
-//! ahead of a big download.
+//! (nothing, or the challenge of its 401), once per client; and spare connections opened ahead
+//! of need (a big download's, or requests' while the first one finds out what the host asks).
 
 use reqwest::header::{self, HeaderMap};
 use reqwest::{Method, StatusCode};
@@ -40,11 +40,36 @@ impl RegistryClient {
     /// (answered 200 or 401: cheap either way), so the download that takes it does not wait for
     /// the TCP and TLS handshakes. Failures are left to the download itself.
     pub async fn open_bulk_connection(&self) {
+        self.open_connection(true).await;
+    }
+
+    /// Whether opening request connections ahead of need pays here: over plain HTTP every
+    /// request in flight needs a connection of its own (HTTP/1.1), so requests sent together
+    /// each wait for a TCP handshake first, and a `GET /v2/` sent early does that handshake
+    /// meanwhile. Not where an operator capped the request rate (each `GET /v2/` would spend
+    /// a request of it), nor over TLS (requests share one HTTP/2 connection when the registry
+    /// offers it).
+    pub fn spare_connections_pay(&self) -> bool {
+        self.base.scheme() == "http" && !self.limits.caps_requests()
+    }
+
+    /// Requests this host accepts in flight at once now (its learned window).
+    pub fn requests_at_once(&self) -> usize {
+        self.throttle.window()
+    }
+
+    /// Opens one more connection for requests ahead of need, as [`Self::open_bulk_connection`]
+    /// does for downloads.
+    pub async fn open_request_connection(&self) {
+        self.open_connection(false).await;
+    }
+
+    async fn open_connection(&self, bulk: bool) {
         let Ok(url) = self.url("v2/") else {
             return;
         };
         if let Ok(response) = self
-            .send_unauthenticated(Method::GET, &url, HeaderMap::new(), true)
+            .send_unauthenticated(Method::GET, &url, HeaderMap::new(), bulk)
             .await
         {
             // Read to the end, or the connection is not handed back to the pool.

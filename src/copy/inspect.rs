@@ -33,15 +33,20 @@ impl Engine {
     }
 
     async fn inspect_inner(&self, item: &SyncItem) -> Result<Inspection, SyncError> {
+        // An immutable tag's target is asked first: already mirrored, upstream is not asked
+        // at all; missing, it is not asked again below.
+        let mut target_missing = false;
         if item.options.immutable
             && let Some(tag) = &item.target_tag
-            && let Some(digest) = self
+        {
+            match self
                 .target
                 .manifest_digest(&item.target_repository, tag)
                 .await?
-        {
-            // An immutable tag already mirrored: upstream is not asked at all.
-            return Ok(Inspection::Done(TagResult::Unchanged { digest }));
+            {
+                Some(digest) => return Ok(Inspection::Done(TagResult::Unchanged { digest })),
+                None => target_missing = true,
+            }
         }
         let upstream = self.upstream(item.source.registry()).await?;
         let repository = item.source.repository();
@@ -57,6 +62,7 @@ impl Engine {
         // digest is known.
         let target_tag = async {
             match &item.target_tag {
+                Some(_) if target_missing => Some(Ok(None)),
                 Some(tag) => Some(
                     self.target
                         .manifest_digest(&item.target_repository, tag)

@@ -128,23 +128,28 @@ impl Learned {
     /// behaviour is known by then, and holding the lock would make every tag in flight take
     /// turns for the whole run.
     pub async fn head_probe(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        let known = || self.head_works.load(Ordering::Relaxed) || self.head_unreliable();
-        if known() {
-            return None;
+        match self.try_head_probe() {
+            Ok(probe) => probe,
+            Err(ProbeBusy) => {
+                let guard = self.head_probe.lock().await;
+                (!self.head_known()).then_some(guard)
+            }
         }
-        let guard = self.head_probe.lock().await;
-        (!known()).then_some(guard)
     }
 
     /// [`Learned::head_probe`] without waiting: `Err(ProbeBusy)` when another caller is finding
     /// out now (the caller may use the time, then wait with `head_probe`).
     pub fn try_head_probe(&self) -> Result<Option<tokio::sync::MutexGuard<'_, ()>>, ProbeBusy> {
-        let known = || self.head_works.load(Ordering::Relaxed) || self.head_unreliable();
-        if known() {
+        if self.head_known() {
             return Ok(None);
         }
         let guard = self.head_probe.try_lock().map_err(|_| ProbeBusy)?;
-        Ok((!known()).then_some(guard))
+        Ok((!self.head_known()).then_some(guard))
+    }
+
+    /// Whether it is known if manifest HEAD works here.
+    fn head_known(&self) -> bool {
+        self.head_works.load(Ordering::Relaxed) || self.head_unreliable()
     }
 
     /// A manifest HEAD answered with a usable digest.

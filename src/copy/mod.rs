@@ -144,8 +144,6 @@ pub struct Engine {
     /// `target.bytes_per_second`, for every blob byte written to the target.
     target_bytes: Arc<HostLimits>,
     stop: CancellationToken,
-    /// Upstream hosts served from a layout directory (`registries.<host>.path`) this run.
-
     /// Live counters for the terminal progress line.
     pub progress: Arc<progress::Progress>,
 }

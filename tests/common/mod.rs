@@ -16,6 +16,8 @@
 //!   [`push_manifest`]. Data is deterministic from seeds ([`layer`]).
 //! - Verification ([`verify`]): [`get_manifest`], [`head_manifest`], [`blob_sha256`],
 //!   [`blob_size`], [`tags`], [`assert_image_complete`], and skopeo ([`skopeo_inspect_raw`]).
+//! - [`OtherRegistry`] runs a second registry implementation, `container-registry` from crates.io
+//!   (not distribution, never imitated by a quirk mode), as an independent witness.
 //! - A fault-injecting reverse proxy ([`proxy`]): [`Proxy`] in front of a registry, with
 //!   [`Rule`]s (drop mid-body, statuses, 429 + Retry-After, stalls, truncation, flipped bytes,
 //!   header and body rewrites, redirects, throttling) and a record of every request ([`Seen`]).
@@ -45,6 +47,7 @@ pub mod exposition;
 pub mod hostile;
 pub mod image;
 pub mod observe;
+pub mod other_registry;
 pub mod proxy;
 pub mod quirk;
 pub mod registry;
@@ -66,6 +69,7 @@ pub use image::{
     DOCKER_LIST, DOCKER_MANIFEST, Descriptor, Format, ImageSpec, MANIFEST_ACCEPT, OCI_INDEX,
     OCI_MANIFEST, Platform, PushedImage, docker_image, oci_image,
 };
+pub use other_registry::{OTHER_PASSWORD, OTHER_USER, OtherRegistry};
 pub use proxy::{Action, Proxy, Rule, Seen, SeenExt};
 pub use quirk::{Listed, Quirk, tags_page};
 pub use registry::{Registry, RegistryOptions};

@@ -20,6 +20,7 @@ mod kubernetes;
 mod lag_sides;
 mod logs;
 mod observability;
+mod other_registry;
 mod preflight;
 mod prune_safety;
 mod rate_limits;

@@ -1,0 +1,255 @@
+//! User story: my registry is not CNCF distribution, and nobody modelled a quirk on it. Whatever
+//! podman and Docker can push there and pull from there, mirrorsync can too; what it cannot store
+//! is said in words, and the next run finds what landed in sync.
+//!
+//! The witness is a registry implementation we did not write and never imitated
+//! ([`OtherRegistry`]: `container-registry` from crates.io). It refuses a body on the closing
+//! upload `PUT` and manifests pushed by digest. Seeding it goes through skopeo; results are read
+//! back with skopeo (which checks every digest it reads) and the harness's own client.
+
+use crate::common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+const MIB: usize = 1 << 20;
+
+/// `auth:` lines for the other registry's credentials, the password in a file under `dir`.
+fn auth_lines(dir: &Path, indent: &str) -> String {
+    let file = dir.join("other-registry-password");
+    std::fs::write(&file, OTHER_PASSWORD).expect("write password file");
+    format!(
+        "{indent}auth: {{ username: {OTHER_USER}, password_file: \"{}\" }}\n",
+        file.display()
+    )
+}
+
+/// The manifest bytes under `repo:tag` at the other registry, as skopeo reads them.
+async fn raw_manifest(other: &OtherRegistry, repo: &str, tag: &str) -> Vec<u8> {
+    skopeo_inspect_raw(
+        &format!("docker://{}/{repo}:{tag}", other.host()),
+        &["--tls-verify=false", &format!("--creds={}", creds())],
+    )
+    .await
+}
+
+/// skopeo copies `repo:tag` out of `host` (with `creds`, `user:password`) into an OCI layout
+/// under `dir`, reading and checking every blob.
+async fn skopeo_copies_out(dir: &Path, host: &str, creds: Option<&str>, repo: &str, tag: &str) {
+    let dest = format!(
+        "oci:{}",
+        dir.join(format!("out-{}-{tag}", repo.replace('/', "_")))
+            .display()
+    );
+    let src = format!("docker://{host}/{repo}:{tag}");
+    let mut args = vec!["copy".to_string(), "--src-tls-verify=false".to_string()];
+    args.extend(creds.map(|c| format!("--src-creds={c}")));
+    args.extend([src.clone(), dest]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = skopeo(&args).await;
+    assert_eq!(out.code, Some(0), "skopeo copy {src}: {}", out.stderr);
+}
+
+/// `user:password` of the other registry.
+fn creds() -> String {
+    format!("{OTHER_USER}:{OTHER_PASSWORD}")
+}
+
+fn config(dir: &Path, target: &OtherRegistry, upstream: &Registry, items: &[String]) -> PathBuf {
+    ConfigYaml::to_registry(&target.host())
+        .target_lines(&auth_lines(dir, "  "))
+        .upstream(&upstream.host())
+        .images(items)
+        .write(dir)
+}
+
+/// Into it: single-platform OCI and Docker images land with upstream's digests and skopeo copies
+/// them out; a multi-platform index fails alone, saying why and what to set; with one platform
+/// and `platforms_mode: single` it lands as that platform's manifest; a second run is a no-op.
+#[tokio::test(flavor = "multi_thread")]
+async fn into_a_registry_we_never_imitated() {
+    let upstream = Registry::start().await;
+    let other = OtherRegistry::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let oci = push_image(
+        &upstream,
+        "lib/app",
+        "oci",
+        ImageSpec::new(Format::Oci, vec![layer(900, 3 * MIB), layer(901, 20_000)]),
+    )
+    .await;
+    let docker = push_image(&upstream, "lib/app", "docker", docker_image(902, 50_000)).await;
+    let amd = push_image(&upstream, "lib/multi", None, oci_image(903, 5_000)).await;
+    let arm = push_image(
+        &upstream,
+        "lib/multi",
+        None,
+        oci_image(904, 6_000).platform("linux/arm64"),
+    )
+    .await;
+    push_index(
+        &upstream,
+        "lib/multi",
+        "v1",
+        Format::Oci,
+        &[
+            (amd.clone(), amd.platform.clone()),
+            (arm.clone(), arm.platform.clone()),
+        ],
+    )
+    .await;
+    let image = |r: &str| format!("{}/{r}", upstream.host());
+    let items = [
+        image("lib/app:oci"),
+        image("lib/app:docker"),
+        image("lib/multi:v1"),
+    ];
+
+    let out = mirrorsync(&[
+        "sync",
+        "--once",
+        "--config",
+        &config(dir.path(), &other, &upstream, &items)
+            .display()
+            .to_string(),
+    ])
+    .await;
+    out.assert_code(1);
+    assert!(
+        out.stdout
+            .contains("3 tags: 2 synced, 0 unchanged, 1 failed"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    let line = failed_line(&out, "lib/multi:v1");
+    assert!(
+        line.contains("the target refuses manifests pushed by digest")
+            && line.contains("`platforms:`"),
+        "{line}"
+    );
+    for (tag, pushed) in [("oci", &oci), ("docker", &docker)] {
+        let raw = raw_manifest(&other, "lib/app", tag).await;
+        assert_eq!(
+            raw, pushed.manifest_bytes,
+            "lib/app:{tag}: upstream's bytes"
+        );
+        assert_eq!(sha256_digest(&raw), pushed.digest);
+        skopeo_copies_out(dir.path(), &other.host(), Some(&creds()), "lib/app", tag).await;
+    }
+    // The 3 MiB layer through the harness's own client: every byte.
+    let big = &oci.blobs[1];
+    let body = other
+        .client()
+        .get(&format!("/v2/lib/app/blobs/{}", big.digest))
+        .await
+        .expect("blob GET")
+        .bytes()
+        .await
+        .expect("blob body");
+    assert_eq!(sha256_digest(&body), big.digest);
+
+    // The same run again: nothing to copy for what landed.
+    let again = mirrorsync(&[
+        "sync",
+        "--once",
+        "--config",
+        &config(dir.path(), &other, &upstream, &items[..2])
+            .display()
+            .to_string(),
+    ])
+    .await;
+    again.assert_code(0);
+    assert!(
+        again
+            .stdout
+            .contains("2 tags: 0 synced, 2 unchanged, 0 failed")
+            && again.stdout.contains("0 blobs copied"),
+        "{}",
+        again.stdout
+    );
+
+    // One platform, stored as that platform's own manifest.
+    let single = format!(
+        "{{ source: \"{}\", platforms: [linux/arm64], platforms_mode: single }}",
+        image("lib/multi:v1")
+    );
+    let out = mirrorsync(&[
+        "sync",
+        "--once",
+        "--config",
+        &config(dir.path(), &other, &upstream, &[single])
+            .display()
+            .to_string(),
+    ])
+    .await;
+    out.assert_code(0);
+    assert_eq!(
+        raw_manifest(&other, "lib/multi", "v1").await,
+        arm.manifest_bytes
+    );
+    skopeo_copies_out(dir.path(), &other.host(), Some(&creds()), "lib/multi", "v1").await;
+}
+
+/// Out of it: images that skopeo pushed there (its POST, PATCH, empty PUT) are mirrored into
+/// distribution with their digests, every blob whole; a second run copies nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn from_a_registry_we_never_imitated() {
+    let seed = Registry::start().await;
+    let other = OtherRegistry::start().await;
+    let target = Registry::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let oci = push_image(
+        &seed,
+        "lib/app",
+        "oci",
+        ImageSpec::new(Format::Oci, vec![layer(910, 2 * MIB), layer(911, 7_000)]),
+    )
+    .await;
+    let docker = push_image(&seed, "lib/tool", "1", docker_image(912, 30_000)).await;
+    for r in ["lib/app:oci", "lib/tool:1"] {
+        let src = format!("docker://{}/{r}", seed.host());
+        let dest = format!("docker://{}/{r}", other.host());
+        let creds = format!("--dest-creds={}", creds());
+        let out = skopeo(&[
+            "copy",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            &creds,
+            &src,
+            &dest,
+        ])
+        .await;
+        assert_eq!(out.code, Some(0), "seeding {r}: {}", out.stderr);
+    }
+
+    let config = ConfigYaml::to_registry(&target.host())
+        .upstream(&other.host())
+        .upstream_lines(&auth_lines(dir.path(), "    "))
+        .images(&[
+            format!("{}/lib/app:oci", other.host()),
+            format!("{}/lib/tool:1", other.host()),
+        ])
+        .write(dir.path());
+    let config = config.display().to_string();
+    let out = mirrorsync(&["sync", "--once", "--config", &config]).await;
+    out.assert_code(0);
+    for (repo, tag, pushed) in [("lib/app", "oci", &oci), ("lib/tool", "1", &docker)] {
+        assert_eq!(
+            head_manifest(&target, repo, tag).await.as_deref(),
+            Some(pushed.digest.as_str()),
+            "{repo}:{tag} at the target"
+        );
+        assert_image_complete(&target, repo, tag).await;
+        skopeo_copies_out(dir.path(), &target.host(), None, repo, tag).await;
+    }
+
+    let mark = target.log_mark().await;
+    let again = mirrorsync(&["sync", "--once", "--config", &config]).await;
+    again.assert_code(0);
+    assert!(again.stdout.contains("2 unchanged"), "{}", again.stdout);
+    let log = target.access_log_since(mark).await;
+    assert_eq!(log.mirrored_writes(), 0, "{}", log.dump());
+}

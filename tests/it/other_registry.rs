@@ -253,3 +253,32 @@ async fn from_a_registry_we_never_imitated() {
     let log = target.access_log_since(mark).await;
     assert_eq!(log.mirrored_writes(), 0, "{}", log.dump());
 }
+
+/// A layer over `chunk_size` goes in several `PATCH`es (it appends each one and answers a
+/// `Range` of that chunk alone, not of the whole upload) and lands whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn layers_over_chunk_size_land_whole_in_it() {
+    let upstream = Registry::start().await;
+    let other = OtherRegistry::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = push_image(
+        &upstream,
+        "lib/big",
+        "v1",
+        ImageSpec::new(Format::Oci, vec![layer(920, 12 * MIB)]),
+    )
+    .await;
+    let config = ConfigYaml::to_registry(&other.host())
+        .target_lines(&auth_lines(dir.path(), "  "))
+        .target_lines("  chunk_size: 5MiB\n")
+        .upstream(&upstream.host())
+        .images(&[format!("{}/lib/big:v1", upstream.host())])
+        .write(dir.path());
+    let out = mirrorsync(&["sync", "--once", "--config", &config.display().to_string()]).await;
+    out.assert_code(0);
+    assert_eq!(
+        raw_manifest(&other, "lib/big", "v1").await,
+        img.manifest_bytes
+    );
+    skopeo_copies_out(dir.path(), &other.host(), Some(&creds()), "lib/big", "v1").await;
+}

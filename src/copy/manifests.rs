@@ -307,6 +307,11 @@ impl Engine {
         {
             return Ok(());
         }
+        if self.mode == Mode::Sync
+            && let Some(first) = self.target.by_digest_refusal()
+        {
+            return Err(super::refusals::refused_by_digest_before(first));
+        }
         let child_route = Route {
             sparse: false,
             ..route
@@ -319,7 +324,7 @@ impl Engine {
             self.target
                 .put_manifest(route.target_repo, &became.digest.to_string(), &body)
                 .await
-                .map_err(super::refusals::explain_by_digest)?;
+                .map_err(|e| super::refusals::explain_by_digest(e, &self.target))?;
         }
         if became.digest != child.digest {
             replacements

@@ -5,7 +5,7 @@
 
 use super::SyncError;
 use crate::config::SyncItem;
-use crate::destination::TargetError;
+use crate::destination::{Target, TargetError};
 use crate::outcome::FailureCause;
 use crate::reference::Digest;
 use crate::registry::RegistryError;
@@ -108,8 +108,9 @@ pub(super) fn explain_tag_put(
 }
 
 /// A child manifest `PUT` by digest failed: a target that refuses manifests by digest is said
-/// in words (errors about the content itself, a missing blob or an invalid manifest, are not).
-pub(super) fn explain_by_digest(error: TargetError) -> SyncError {
+/// in words (errors about the content itself, a missing blob or an invalid manifest, are not),
+/// and remembered for the rest of the run.
+pub(super) fn explain_by_digest(error: TargetError, target: &Target) -> SyncError {
     let TargetError::Registry(registry) = &error else {
         return error.into();
     };
@@ -124,11 +125,23 @@ pub(super) fn explain_by_digest(error: TargetError) -> SyncError {
     if !refused {
         return error.into();
     }
+    let why = registry.to_string();
+    target.refuse_by_digest(&why);
+    by_digest_refused(&why)
+}
+
+/// A multi-platform tag for a target that refused a manifest pushed by digest earlier in the
+/// run (`first`: what it said then): failed before anything is copied for it.
+pub(super) fn refused_by_digest_before(first: &str) -> SyncError {
+    by_digest_refused(&format!("refused earlier in this run: {first}"))
+}
+
+fn by_digest_refused(detail: &str) -> SyncError {
     SyncError::Refused {
         cause: FailureCause::ByDigestRefused,
         message: format!(
             "the target refuses manifests pushed by digest, so a multi-platform image cannot \
-             be stored there ({registry}); choose one platform with `platforms:` and store it \
+             be stored there ({detail}); choose one platform with `platforms:` and store it \
              as a plain image with `platforms_mode: single`"
         ),
     }

@@ -212,6 +212,21 @@ impl Target {
         }
     }
 
+    /// What the target said when it first refused a manifest pushed by digest this run.
+    pub fn by_digest_refusal(&self) -> Option<&str> {
+        match self {
+            Target::Registry(c) => c.learned().by_digest_refusal(),
+            Target::Layout(_) => None,
+        }
+    }
+
+    /// The target refused a manifest pushed by digest (`why`: its answer).
+    pub fn refuse_by_digest(&self, why: &str) {
+        if let Target::Registry(c) = self {
+            c.learned().refuse_by_digest(c.host(), why);
+        }
+    }
+
     /// Stores a manifest under a tag or its digest.
     pub async fn put_manifest(
         &self,

@@ -37,6 +37,8 @@ pub struct Learned {
     put_body_probe: tokio::sync::Mutex<()>,
     /// The largest upload request body accepted so far.
     accepted_body: AtomicU64,
+    /// What the host said when it first refused a manifest pushed by digest.
+    by_digest_refused: std::sync::OnceLock<String>,
 }
 
 /// Another caller holds the probe (see [`Learned::try_head_probe`]).
@@ -102,6 +104,7 @@ impl Default for Learned {
             put_body_works: AtomicBool::new(false),
             ranges_work: AtomicBool::new(false),
             put_body_probe: tokio::sync::Mutex::new(()),
+            by_digest_refused: std::sync::OnceLock::new(),
         }
     }
 }
@@ -200,6 +203,23 @@ impl Learned {
                 registry = host,
                 reason = why,
                 "no OCI referrers API; using sha256-<hex> fallback tags for the rest of the run"
+            );
+        }
+    }
+
+    /// What the host said when it first refused a manifest pushed by digest this run.
+    pub fn by_digest_refusal(&self) -> Option<&str> {
+        self.by_digest_refused.get().map(String::as_str)
+    }
+
+    /// A manifest pushed by digest was refused: no other is sent for the rest of the run, so
+    /// multi-platform tags fail before their blobs are copied.
+    pub fn refuse_by_digest(&self, host: &str, why: &str) {
+        if self.by_digest_refused.set(why.to_string()).is_ok() {
+            tracing::info!(
+                registry = host,
+                reason = why,
+                "manifests pushed by digest refused; not sending another this run"
             );
         }
     }

@@ -192,6 +192,67 @@ async fn into_a_registry_we_never_imitated() {
     skopeo_copies_out(dir.path(), &other.host(), Some(&creds()), "lib/multi", "v1").await;
 }
 
+/// Once it has refused a manifest pushed by digest, the run's later multi-platform tags fail
+/// in words before anything is pulled for their platforms (one tag at a time: the first tag's
+/// refusal comes before the second starts).
+#[tokio::test(flavor = "multi_thread")]
+async fn after_one_refusal_later_multi_platform_tags_pull_nothing() {
+    let upstream = Registry::start().await;
+    let other = OtherRegistry::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (n, repo) in [(0, "lib/multi"), (1, "lib/multi2")] {
+        let amd = push_image(&upstream, repo, None, oci_image(930 + n, 5_000)).await;
+        let arm = push_image(
+            &upstream,
+            repo,
+            None,
+            oci_image(940 + n, 6_000).platform("linux/arm64"),
+        )
+        .await;
+        push_index(
+            &upstream,
+            repo,
+            "v1",
+            Format::Oci,
+            &[
+                (amd.clone(), amd.platform.clone()),
+                (arm.clone(), arm.platform.clone()),
+            ],
+        )
+        .await;
+    }
+    let config = ConfigYaml::to_registry(&other.host())
+        .top("concurrency: 1\n")
+        .target_lines(&auth_lines(dir.path(), "  "))
+        .upstream(&upstream.host())
+        .images(&[
+            format!("{}/lib/multi:v1", upstream.host()),
+            format!("{}/lib/multi2:v1", upstream.host()),
+        ])
+        .write(dir.path());
+    let mark = upstream.log_mark().await;
+    let out = mirrorsync(&["sync", "--once", "--config", &config.display().to_string()]).await;
+    out.assert_code(1);
+    for repo in ["lib/multi", "lib/multi2"] {
+        let line = failed_line(&out, &format!("{repo}:v1"));
+        assert!(
+            line.contains("the target refuses manifests pushed by digest"),
+            "{line}"
+        );
+    }
+    let line = failed_line(&out, "lib/multi2:v1");
+    assert!(line.contains("refused earlier in this run"), "{line}");
+    let log = upstream.access_log_since(mark).await;
+    assert!(log.blob_gets(Some("lib/multi")) > 0, "{}", log.dump());
+    assert_eq!(log.blob_gets(Some("lib/multi2")), 0, "{}", log.dump());
+    assert_eq!(
+        log.manifest_gets(Some("lib/multi2")),
+        1,
+        "the index alone: {}",
+        log.dump()
+    );
+}
+
 /// Out of it: images that skopeo pushed there (its POST, PATCH, empty PUT) are mirrored into
 /// distribution with their digests, every blob whole; a second run copies nothing.
 #[tokio::test(flavor = "multi_thread")]

@@ -42,6 +42,10 @@ WAN = corpus_mod.Sizes(
 )
 
 
+MODEL_TITLES = {"nowindow": ", no window, FIFO bottleneck", "nowindow-fair": ", no window, fair-queued bottleneck"}
+MODEL_PROXY_ARGS = {"nowindow": ["--no-window", "--queue", "fifo"], "nowindow-fair": ["--no-window"]}
+
+
 @dataclass(frozen=True)
 class Profile:
     name: str  # file-name safe
@@ -52,7 +56,8 @@ class Profile:
     scenarios: tuple[str, ...]
     # "window": a TCP-like window per connection and a fair-queued bottleneck (wanproxy's
     # default); "nowindow": every chunk delayed by RTT/2 each way, no window, one FIFO queue at
-    # the bottleneck (`wanproxy --no-window --queue fifo`).
+    # the bottleneck (`wanproxy --no-window --queue fifo`); "nowindow-fair": no window, the
+    # bottleneck still fair-queued (`wanproxy --no-window`).
     model: str = "window"
 
     @property
@@ -65,11 +70,11 @@ class Profile:
         return (
             f"{self.rtt_ms:g} ms RTT, {self.mbit:g} Mbit/s, {n}"
             + (", TLS upstream" if self.tls else "")
-            + (", no window, FIFO bottleneck" if self.model == "nowindow" else "")
+            + MODEL_TITLES.get(self.model, "")
         )
 
     def proxy_args(self) -> list[str]:
-        return ["--no-window", "--queue", "fifo"] if self.model == "nowindow" else []
+        return MODEL_PROXY_ARGS.get(self.model, [])
 
     def link_limit(self, unique_bytes: int) -> float:
         return unique_bytes / self.rate + 4 * self.rtt_ms / 1000
@@ -82,6 +87,7 @@ FULL_PROFILES = [
     Profile("wan-150ms-24mbit-tls", 150, 24, 57, True, ("cold",)),
     Profile("wan-80ms-200mbit-1008", 80, 200, None, False, ("cold", "noop")),
     Profile("wan-80ms-200mbit-nowindow", 80, 200, 57, False, ("cold",), "nowindow"),
+    Profile("wan-80ms-200mbit-nowindow-fair", 80, 200, 57, False, ("cold",), "nowindow-fair"),
 ]
 SMOKE_PROFILES = [Profile("wan-smoke-tls", 20, 100, 9, True, ("cold", "noop"))]
 

@@ -22,7 +22,8 @@ Not modelled: TCP slow start and loss (a new connection gets its share at once) 
 at all, and one first-in first-out queue at the bottleneck in place of the fair one. The proxy reads whatever the
 upstream sends at once and each chunk waits its turn behind every byte read before it, then RTT/2:
 a far link with a deep buffer at its bottleneck and senders that do not hold back, where an
-answer started after a big blob waits for that blob's queued bytes to cross first.
+answer started after a big blob waits for that blob's queued bytes to cross first. `--no-window`
+alone keeps the fair queue: each connection's bytes wait in their own queue, served in turn.
 
 Figures are kept in memory and served on a control port: one line `stats` answered with a JSON
 object (connections opened, TLS ClientHellos, delivered bytes per 100 ms slot keyed by

@@ -92,15 +92,7 @@ pub fn spawn_logged(program: &Path, args: &[String], dir: &Path) -> Child {
     let err = std::fs::File::create(dir.join("stderr.log")).expect("stderr.log");
     let mut cmd = Command::new(program);
     cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
-    #[cfg(target_os = "linux")]
-    // SAFETY: prctl is async-signal-safe; it only sets this child's parent-death signal.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
+    super::util::dies_with_test(&mut cmd);
     cmd.spawn()
         .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()))
 }

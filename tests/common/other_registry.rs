@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use super::client::Client;
-use super::util::free_port;
+use super::util::{dies_with_test, free_port};
 
 /// The user and password it is started with (any user name is accepted).
 pub const OTHER_USER: &str = "robot";
@@ -67,14 +67,7 @@ impl OtherRegistry {
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().expect("log file"))
                 .stderr(log);
-            #[cfg(target_os = "linux")]
-            unsafe {
-                use std::os::unix::process::CommandExt;
-                cmd.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    Ok(())
-                });
-            }
+            dies_with_test(&mut cmd);
             let child = cmd.spawn().expect("spawn container-registry");
             let creds = Some((OTHER_USER.to_string(), OTHER_PASSWORD.to_string()));
             let mut reg = OtherRegistry {

@@ -346,14 +346,6 @@ fn spawn_registry(dir: &Path, config: &Path) -> Child {
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
-    // Don't let the registry outlive a test process that is killed outright.
-    #[cfg(target_os = "linux")]
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
+    super::util::dies_with_test(&mut cmd);
     cmd.spawn().expect("spawn /usr/bin/docker-registry")
 }

@@ -131,6 +131,20 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local_addr").port()
 }
 
+/// Makes `cmd`'s process die with the test process (SIGKILL when its parent exits), so a test
+/// that is killed outright leaves no server behind.
+pub fn dies_with_test(cmd: &mut std::process::Command) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl is async-signal-safe; it only sets this child's parent-death signal.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
 /// Percent-decodes a URL query component (`+` is a space).
 pub fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();

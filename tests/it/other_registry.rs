@@ -56,6 +56,39 @@ fn creds() -> String {
     format!("{OTHER_USER}:{OTHER_PASSWORD}")
 }
 
+/// Pushes `lib/app:oci` (a 3 MiB layer and a small one, from `seed` and `seed + 1`) and
+/// `lib/app:docker` (Docker schema 2, from `seed + 2`); returns them.
+async fn single_platform(reg: &Registry, seed: u64) -> (PushedImage, PushedImage) {
+    let layers = vec![layer(seed, 3 * MIB), layer(seed + 1, 20_000)];
+    let oci = push_image(reg, "lib/app", "oci", ImageSpec::new(Format::Oci, layers)).await;
+    let docker = push_image(reg, "lib/app", "docker", docker_image(seed + 2, 50_000)).await;
+    (oci, docker)
+}
+
+/// Pushes `repo:v1`, an OCI index of a linux/amd64 and a linux/arm64 image (layers from
+/// `seed` and `seed + 1`); returns the two images.
+async fn two_platforms(reg: &Registry, repo: &str, seed: u64) -> (PushedImage, PushedImage) {
+    let amd = push_image(reg, repo, None, oci_image(seed, 5_000)).await;
+    let arm = push_image(
+        reg,
+        repo,
+        None,
+        oci_image(seed + 1, 6_000).platform("linux/arm64"),
+    )
+    .await;
+    let children = [
+        (amd.clone(), amd.platform.clone()),
+        (arm.clone(), arm.platform.clone()),
+    ];
+    push_index(reg, repo, "v1", Format::Oci, &children).await;
+    (amd, arm)
+}
+
+/// `mirrorsync sync --once --config <config>`.
+async fn sync_once(config: &Path) -> Output {
+    mirrorsync(&["sync", "--once", "--config", &config.display().to_string()]).await
+}
+
 fn config(dir: &Path, target: &OtherRegistry, upstream: &Registry, items: &[String]) -> PathBuf {
     ConfigYaml::to_registry(&target.host())
         .target_lines(&auth_lines(dir, "  "))
@@ -72,33 +105,8 @@ async fn into_a_registry_we_never_imitated() {
     let upstream = Registry::start().await;
     let other = OtherRegistry::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let oci = push_image(
-        &upstream,
-        "lib/app",
-        "oci",
-        ImageSpec::new(Format::Oci, vec![layer(900, 3 * MIB), layer(901, 20_000)]),
-    )
-    .await;
-    let docker = push_image(&upstream, "lib/app", "docker", docker_image(902, 50_000)).await;
-    let amd = push_image(&upstream, "lib/multi", None, oci_image(903, 5_000)).await;
-    let arm = push_image(
-        &upstream,
-        "lib/multi",
-        None,
-        oci_image(904, 6_000).platform("linux/arm64"),
-    )
-    .await;
-    push_index(
-        &upstream,
-        "lib/multi",
-        "v1",
-        Format::Oci,
-        &[
-            (amd.clone(), amd.platform.clone()),
-            (arm.clone(), arm.platform.clone()),
-        ],
-    )
-    .await;
+    let (oci, docker) = single_platform(&upstream, 900).await;
+    let (_, arm) = two_platforms(&upstream, "lib/multi", 903).await;
     let image = |r: &str| format!("{}/{r}", upstream.host());
     let items = [
         image("lib/app:oci"),
@@ -106,15 +114,7 @@ async fn into_a_registry_we_never_imitated() {
         image("lib/multi:v1"),
     ];
 
-    let out = mirrorsync(&[
-        "sync",
-        "--once",
-        "--config",
-        &config(dir.path(), &other, &upstream, &items)
-            .display()
-            .to_string(),
-    ])
-    .await;
+    let out = sync_once(&config(dir.path(), &other, &upstream, &items)).await;
     out.assert_code(1);
     assert!(
         out.stdout
@@ -151,15 +151,7 @@ async fn into_a_registry_we_never_imitated() {
     assert_eq!(sha256_digest(&body), big.digest);
 
     // The same run again: nothing to copy for what landed.
-    let again = mirrorsync(&[
-        "sync",
-        "--once",
-        "--config",
-        &config(dir.path(), &other, &upstream, &items[..2])
-            .display()
-            .to_string(),
-    ])
-    .await;
+    let again = sync_once(&config(dir.path(), &other, &upstream, &items[..2])).await;
     again.assert_code(0);
     assert!(
         again
@@ -175,15 +167,7 @@ async fn into_a_registry_we_never_imitated() {
         "{{ source: \"{}\", platforms: [linux/arm64], platforms_mode: single }}",
         image("lib/multi:v1")
     );
-    let out = mirrorsync(&[
-        "sync",
-        "--once",
-        "--config",
-        &config(dir.path(), &other, &upstream, &[single])
-            .display()
-            .to_string(),
-    ])
-    .await;
+    let out = sync_once(&config(dir.path(), &other, &upstream, &[single])).await;
     out.assert_code(0);
     assert_eq!(
         raw_manifest(&other, "lib/multi", "v1").await,
@@ -200,27 +184,8 @@ async fn after_one_refusal_later_multi_platform_tags_pull_nothing() {
     let upstream = Registry::start().await;
     let other = OtherRegistry::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    for (n, repo) in [(0, "lib/multi"), (1, "lib/multi2")] {
-        let amd = push_image(&upstream, repo, None, oci_image(930 + n, 5_000)).await;
-        let arm = push_image(
-            &upstream,
-            repo,
-            None,
-            oci_image(940 + n, 6_000).platform("linux/arm64"),
-        )
-        .await;
-        push_index(
-            &upstream,
-            repo,
-            "v1",
-            Format::Oci,
-            &[
-                (amd.clone(), amd.platform.clone()),
-                (arm.clone(), arm.platform.clone()),
-            ],
-        )
-        .await;
-    }
+    two_platforms(&upstream, "lib/multi", 930).await;
+    two_platforms(&upstream, "lib/multi2", 940).await;
     let config = ConfigYaml::to_registry(&other.host())
         .top("concurrency: 1\n")
         .target_lines(&auth_lines(dir.path(), "  "))
@@ -231,7 +196,7 @@ async fn after_one_refusal_later_multi_platform_tags_pull_nothing() {
         ])
         .write(dir.path());
     let mark = upstream.log_mark().await;
-    let out = mirrorsync(&["sync", "--once", "--config", &config.display().to_string()]).await;
+    let out = sync_once(&config).await;
     out.assert_code(1);
     for repo in ["lib/multi", "lib/multi2"] {
         let line = failed_line(&out, &format!("{repo}:v1"));
@@ -261,15 +226,8 @@ async fn from_a_registry_we_never_imitated() {
     let other = OtherRegistry::start().await;
     let target = Registry::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let oci = push_image(
-        &seed,
-        "lib/app",
-        "oci",
-        ImageSpec::new(Format::Oci, vec![layer(910, 2 * MIB), layer(911, 7_000)]),
-    )
-    .await;
-    let docker = push_image(&seed, "lib/tool", "1", docker_image(912, 30_000)).await;
-    for r in ["lib/app:oci", "lib/tool:1"] {
+    let (oci, docker) = single_platform(&seed, 910).await;
+    for r in ["lib/app:oci", "lib/app:docker"] {
         let src = format!("docker://{}/{r}", seed.host());
         let dest = format!("docker://{}/{r}", other.host());
         let creds = format!("--dest-creds={}", creds());
@@ -291,13 +249,12 @@ async fn from_a_registry_we_never_imitated() {
         .upstream_lines(&auth_lines(dir.path(), "    "))
         .images(&[
             format!("{}/lib/app:oci", other.host()),
-            format!("{}/lib/tool:1", other.host()),
+            format!("{}/lib/app:docker", other.host()),
         ])
         .write(dir.path());
-    let config = config.display().to_string();
-    let out = mirrorsync(&["sync", "--once", "--config", &config]).await;
+    let out = sync_once(&config).await;
     out.assert_code(0);
-    for (repo, tag, pushed) in [("lib/app", "oci", &oci), ("lib/tool", "1", &docker)] {
+    for (repo, tag, pushed) in [("lib/app", "oci", &oci), ("lib/app", "docker", &docker)] {
         assert_eq!(
             head_manifest(&target, repo, tag).await.as_deref(),
             Some(pushed.digest.as_str()),
@@ -308,7 +265,7 @@ async fn from_a_registry_we_never_imitated() {
     }
 
     let mark = target.log_mark().await;
-    let again = mirrorsync(&["sync", "--once", "--config", &config]).await;
+    let again = sync_once(&config).await;
     again.assert_code(0);
     assert!(again.stdout.contains("2 unchanged"), "{}", again.stdout);
     let log = target.access_log_since(mark).await;
@@ -335,7 +292,7 @@ async fn layers_over_chunk_size_land_whole_in_it() {
         .upstream(&upstream.host())
         .images(&[format!("{}/lib/big:v1", upstream.host())])
         .write(dir.path());
-    let out = mirrorsync(&["sync", "--once", "--config", &config.display().to_string()]).await;
+    let out = sync_once(&config).await;
     out.assert_code(0);
     assert_eq!(
         raw_manifest(&other, "lib/big", "v1").await,

@@ -123,6 +123,11 @@ impl OtherRegistry {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// `http://127.0.0.1:PORT` (for a fault proxy in front of it).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.host())
+    }
+
     /// The harness's client, with the registry's credentials.
     pub fn client(&self) -> &Client {
         &self.client

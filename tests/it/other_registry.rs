@@ -218,6 +218,38 @@ async fn after_one_refusal_later_multi_platform_tags_pull_nothing() {
     );
 }
 
+/// It routes exactly two path components: under `prefix: mirror` (`mirror/lib/app`) its
+/// upload POST answers 404. `check --connect` says so before a sync, naming the path and the
+/// keys that change it; the sync fails the tags with the same words.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_third_path_component_is_refused_in_words() {
+    let upstream = Registry::start().await;
+    let other = OtherRegistry::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    single_platform(&upstream, 960).await;
+    let config = ConfigYaml::to_registry(&other.host())
+        .target_lines(&auth_lines(dir.path(), "  "))
+        .target_lines("  prefix: mirror\n")
+        .upstream(&upstream.host())
+        .images(&[format!("{}/lib/app:oci", upstream.host())])
+        .write(dir.path());
+    let said = |text: &str| {
+        text.contains("mirror/lib/app") && text.contains("`prefix`") && text.contains("`target:`")
+    };
+    let check = mirrorsync(&[
+        "check",
+        "--connect",
+        "--config",
+        &config.display().to_string(),
+    ])
+    .await;
+    check.assert_code(1);
+    assert!(said(&check.stdout), "{}\n{}", check.stdout, check.stderr);
+    let out = sync_once(&config).await;
+    out.assert_code(1);
+    assert!(said(failed_line(&out, "lib/app:oci")), "{}", out.stdout);
+}
+
 /// Out of it: images that skopeo pushed there (its POST, PATCH, empty PUT) are mirrored into
 /// distribution with their digests, every blob whole; a second run copies nothing.
 #[tokio::test(flavor = "multi_thread")]
@@ -294,6 +326,53 @@ async fn layers_over_chunk_size_land_whole_in_it() {
         .write(dir.path());
     let out = sync_once(&config).await;
     out.assert_code(0);
+    assert_eq!(
+        raw_manifest(&other, "lib/big", "v1").await,
+        img.manifest_bytes
+    );
+    skopeo_copies_out(dir.path(), &other.host(), Some(&creds()), "lib/big", "v1").await;
+}
+
+/// It appends every `PATCH` body to the session whatever its `Content-Range` says, and has no
+/// upload status to resume from: a `PATCH` it took but whose answer came back 502 (a proxy in
+/// front of it) must not be sent into that session again. The blob goes again in a new
+/// session, and lands whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chunk_answered_502_is_not_appended_twice() {
+    let upstream = Registry::start().await;
+    let other = OtherRegistry::start().await;
+    let proxy = Proxy::start_to(Some(other.url())).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = push_image(
+        &upstream,
+        "lib/big",
+        "v1",
+        ImageSpec::new(Format::Oci, vec![layer(950, 12 * MIB)]),
+    )
+    .await;
+    proxy.add(Rule::new("PATCH /v2/lib/big/uploads/*", Action::ForwardAs(502)).first(2));
+    let config = ConfigYaml::to_registry(&proxy.host())
+        .target_lines(&auth_lines(dir.path(), "  "))
+        .target_lines("  chunk_size: 5MiB\n")
+        .upstream(&upstream.host())
+        .images(&[format!("{}/lib/big:v1", upstream.host())])
+        .write(dir.path());
+    let out = sync_once(&config).await;
+    out.assert_code(0);
+
+    let seen = proxy.since(0);
+    let failed: Vec<&str> = seen
+        .iter()
+        .filter(|s| s.method == "PATCH" && s.status == 502)
+        .map(|s| s.path.as_str())
+        .collect();
+    assert_eq!(failed.len(), 2, "{seen:#?}");
+    for session in failed {
+        let sent = seen
+            .iter()
+            .filter(|s| s.method != "DELETE" && s.path == session);
+        assert_eq!(sent.count(), 1, "{session} written to again: {seen:#?}");
+    }
     assert_eq!(
         raw_manifest(&other, "lib/big", "v1").await,
         img.manifest_bytes

@@ -68,10 +68,25 @@ pub async fn prune(
             dry_run,
         };
         for tag in candidates {
-            pruned.extend(repo.prune_tag(tag, state).await);
+            match repo.prune_tag(tag, state).await {
+                Ok(done) => pruned.extend(done),
+                // The same answer awaits every other tag at this target.
+                Err(DeletesRefused) => return pruned,
+            }
         }
     }
     pruned
+}
+
+/// The target refuses to delete manifests (405, or `UNSUPPORTED`: distribution without
+/// `storage.delete.enabled`, registries that have no delete at all).
+struct DeletesRefused;
+
+fn deletes_refused(error: &TargetError) -> bool {
+    let TargetError::Registry(e) = error else {
+        return false;
+    };
+    e.status() == Some(405) || e.to_string().contains("UNSUPPORTED")
 }
 
 /// The tags mirrorsync created in `repository` that no entry selects any more; `None` when
@@ -111,40 +126,52 @@ struct Repository<'a> {
 }
 
 impl Repository<'_> {
-    /// Removes one candidate tag (unless its manifest is needed); what was pruned, if any.
-    async fn prune_tag(&self, tag: String, state: &mut State) -> Option<Pruned> {
+    /// Removes one candidate tag (unless its manifest is needed); what was pruned, if any, or
+    /// [`DeletesRefused`] when the target deletes nothing (said once, for the rest of the run).
+    async fn prune_tag(
+        &self,
+        tag: String,
+        state: &mut State,
+    ) -> Result<Option<Pruned>, DeletesRefused> {
         let (target, repository, dry_run) = (self.target, self.name, self.dry_run);
         let digest = match target.manifest_digest(repository, &tag).await {
             Ok(Some(d)) => d,
             Ok(None) => {
                 forget(state, repository, &tag, dry_run);
-                return None;
+                return Ok(None);
             }
             Err(e) => {
                 tracing::warn!(repository = %repository, tag = %tag, error = %e, "cannot check a tag to prune");
-                return None;
+                return Ok(None);
             }
         };
         if self.needed.contains(&digest) {
             tracing::warn!(repository = %repository, tag = %tag, %digest, "not pruned: a configured entry still needs its manifest (same digest, or listed by an index it needs)");
-            return None;
+            return Ok(None);
         }
         if dry_run {
             tracing::info!(repository = %repository, tag = %tag, %digest, "would prune a tag no longer selected");
         } else {
-            if let Err(e) = target.remove_tag(repository, &tag, &digest).await {
-                tracing::warn!(repository = %repository, tag = %tag, error = %e, "prune failed");
-                return None;
+            match target.remove_tag(repository, &tag, &digest).await {
+                Ok(_) => {}
+                Err(e) if deletes_refused(&e) => {
+                    tracing::warn!(repository = %repository, tag = %tag, error = %e, "not pruned: the target does not delete manifests, so tags no longer selected stay; allow deletes there (distribution: `storage.delete.enabled: true`) or drop `prune: true`; not trying again this run");
+                    return Err(DeletesRefused);
+                }
+                Err(e) => {
+                    tracing::warn!(repository = %repository, tag = %tag, error = %e, "prune failed");
+                    return Ok(None);
+                }
             }
             forget(state, repository, &tag, false);
             tracing::info!(repository = %repository, tag = %tag, %digest, "pruned a tag no longer selected");
         }
-        Some(Pruned {
+        Ok(Some(Pruned {
             target_name: None,
             repository: repository.to_string(),
             tag,
             digest: digest.to_string(),
-        })
+        }))
     }
 }
 

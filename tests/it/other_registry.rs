@@ -379,3 +379,42 @@ async fn a_chunk_answered_502_is_not_appended_twice() {
     );
     skopeo_copies_out(dir.path(), &other.host(), Some(&creds()), "lib/big", "v1").await;
 }
+
+/// It has no manifest `DELETE` (405). `prune: true` then leaves the tags no longer selected
+/// where they are, says once why and what to change, and the run still succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn prune_where_nothing_can_be_deleted_says_so_once() {
+    let upstream = Registry::start().await;
+    let other = OtherRegistry::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (n, tag) in ["1", "2", "3"].iter().enumerate() {
+        push_image(&upstream, "lib/app", *tag, oci_image(970 + n as u64, 3_000)).await;
+    }
+    let config = |tags: &str| {
+        let entry = format!(
+            "{{ source: \"{}/lib/app\", tags: [{tags}], prune: true }}",
+            upstream.host()
+        );
+        ConfigYaml::to_registry(&other.host())
+            .target_lines(&auth_lines(dir.path(), "  "))
+            .upstream(&upstream.host())
+            .images(&[entry])
+            .write(dir.path())
+    };
+    sync_once(&config("\"1\", \"2\", \"3\""))
+        .await
+        .assert_code(0);
+    let out = sync_once(&config("\"1\"")).await;
+    out.assert_code(0);
+    let said: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("the target does not delete manifests"))
+        .collect();
+    assert_eq!(said.len(), 1, "{}", out.stderr);
+    assert!(said[0].contains("storage.delete.enabled"), "{}", said[0]);
+    for tag in ["2", "3"] {
+        let raw = raw_manifest(&other, "lib/app", tag).await;
+        assert!(!raw.is_empty(), "lib/app:{tag} still there");
+    }
+}

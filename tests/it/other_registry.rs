@@ -84,6 +84,30 @@ async fn two_platforms(reg: &Registry, repo: &str, seed: u64) -> (PushedImage, P
     (amd, arm)
 }
 
+/// Pushes `lib/big:v1` (one 12 MiB layer from `seed`) and writes a config that syncs it into
+/// `target_host` (the other registry, or a proxy in front of it) in 5 MiB chunks.
+async fn big_in_chunks(
+    upstream: &Registry,
+    target_host: &str,
+    dir: &Path,
+    seed: u64,
+) -> (PushedImage, PathBuf) {
+    let img = push_image(
+        upstream,
+        "lib/big",
+        "v1",
+        ImageSpec::new(Format::Oci, vec![layer(seed, 12 * MIB)]),
+    )
+    .await;
+    let config = ConfigYaml::to_registry(target_host)
+        .target_lines(&auth_lines(dir, "  "))
+        .target_lines("  chunk_size: 5MiB\n")
+        .upstream(&upstream.host())
+        .images(&[format!("{}/lib/big:v1", upstream.host())])
+        .write(dir);
+    (img, config)
+}
+
 /// `mirrorsync sync --once --config <config>`.
 async fn sync_once(config: &Path) -> Output {
     mirrorsync(&["sync", "--once", "--config", &config.display().to_string()]).await
@@ -311,19 +335,7 @@ async fn layers_over_chunk_size_land_whole_in_it() {
     let upstream = Registry::start().await;
     let other = OtherRegistry::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let img = push_image(
-        &upstream,
-        "lib/big",
-        "v1",
-        ImageSpec::new(Format::Oci, vec![layer(920, 12 * MIB)]),
-    )
-    .await;
-    let config = ConfigYaml::to_registry(&other.host())
-        .target_lines(&auth_lines(dir.path(), "  "))
-        .target_lines("  chunk_size: 5MiB\n")
-        .upstream(&upstream.host())
-        .images(&[format!("{}/lib/big:v1", upstream.host())])
-        .write(dir.path());
+    let (img, config) = big_in_chunks(&upstream, &other.host(), dir.path(), 920).await;
     let out = sync_once(&config).await;
     out.assert_code(0);
     assert_eq!(
@@ -343,20 +355,8 @@ async fn a_chunk_answered_502_is_not_appended_twice() {
     let other = OtherRegistry::start().await;
     let proxy = Proxy::start_to(Some(other.url())).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let img = push_image(
-        &upstream,
-        "lib/big",
-        "v1",
-        ImageSpec::new(Format::Oci, vec![layer(950, 12 * MIB)]),
-    )
-    .await;
+    let (img, config) = big_in_chunks(&upstream, &proxy.host(), dir.path(), 950).await;
     proxy.add(Rule::new("PATCH /v2/lib/big/uploads/*", Action::ForwardAs(502)).first(2));
-    let config = ConfigYaml::to_registry(&proxy.host())
-        .target_lines(&auth_lines(dir.path(), "  "))
-        .target_lines("  chunk_size: 5MiB\n")
-        .upstream(&upstream.host())
-        .images(&[format!("{}/lib/big:v1", upstream.host())])
-        .write(dir.path());
     let out = sync_once(&config).await;
     out.assert_code(0);
 

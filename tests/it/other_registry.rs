@@ -4,8 +4,10 @@
 //!
 //! The witness is a registry implementation we did not write and never imitated
 //! ([`OtherRegistry`]: `container-registry` from crates.io). It refuses a body on the closing
-//! upload `PUT` and manifests pushed by digest. Seeding it goes through skopeo; results are read
-//! back with skopeo (which checks every digest it reads) and the harness's own client.
+//! upload `PUT` and manifests pushed by digest, routes exactly two path components, appends every
+//! `PATCH` whatever its `Content-Range`, and has no upload status, cancel or manifest `DELETE`.
+//! Seeding it goes through skopeo; results are read back with skopeo (which checks every digest
+//! it reads) and the harness's own client.
 
 use crate::common;
 

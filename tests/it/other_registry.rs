@@ -115,6 +115,7 @@ async fn sync_once(config: &Path) -> Output {
     mirrorsync(&["sync", "--once", "--config", &config.display().to_string()]).await
 }
 
+/// A config mirroring `items` from `upstream` into the other registry, with its credentials.
 fn config(dir: &Path, target: &OtherRegistry, upstream: &Registry, items: &[String]) -> PathBuf {
     ConfigYaml::to_registry(&target.host())
         .target_lines(&auth_lines(dir, "  "))

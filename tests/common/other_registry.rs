@@ -4,9 +4,9 @@
 //! `MIRRORSYNC_OTHER_REGISTRY` names another binary.
 //!
 //! None of our quirk modes was modelled on it: it is a witness we did not write. It demands
-//! Basic auth (challenging only at `/v2/`), refuses a body on the closing upload `PUT` (500 "feature not supported") and a
-//! manifest pushed by digest (400), and has no access log; results are read back with skopeo and
-//! the harness's own [`Client`].
+//! Basic auth (challenging only at `/v2/`), refuses a body on the closing upload `PUT` (500
+//! "feature not supported") and a manifest pushed by digest (400), and has no access log;
+//! results are read back with skopeo and the harness's own [`Client`].
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

@@ -45,8 +45,6 @@ pub struct Upstream {
     /// as many as big blobs may download at once).
     changed_tags: std::sync::atomic::AtomicUsize,
     bulk_opened: std::sync::atomic::AtomicUsize,
-    /// Request connections opened while the first HEAD found out what the host answers.
-    spares_opened: std::sync::atomic::AtomicUsize,
 }
 
 impl Upstream {
@@ -107,7 +105,6 @@ impl Upstream {
             probed: tokio::sync::OnceCell::new(),
             changed_tags: Default::default(),
             bulk_opened: Default::default(),
-            spares_opened: Default::default(),
         })
     }
 
@@ -163,28 +160,6 @@ impl Upstream {
             let upstream = Arc::clone(self);
             tokio::spawn(async move { upstream.origin.open_bulk_connection().await });
         }
-    }
-
-    /// A tag waits for its HEAD while the host's first one finds out what it answers: over plain
-    /// HTTP that HEAD will need a connection of its own, and its TCP handshake is a round trip
-    /// of its own. One connection is opened now per tag waiting, during the first one's round
-    /// trip, so the waiting HEADs go out on open connections (at most as many as the host takes
-    /// requests at once, the first one's included).
-    fn open_spare_while_waiting(self: &Arc<Self>) {
-        use std::sync::atomic::Ordering::Relaxed;
-        if !self.origin.spare_connections_pay() {
-            return;
-        }
-        let most = self.origin.requests_at_once().saturating_sub(1);
-        if self
-            .spares_opened
-            .fetch_update(Relaxed, Relaxed, |n| (n < most).then_some(n + 1))
-            .is_err()
-        {
-            return;
-        }
-        let upstream = Arc::clone(self);
-        tokio::spawn(async move { upstream.origin.open_request_connection().await });
     }
 
     /// How many content sources there are: the mirrors, then the origin.
@@ -271,13 +246,7 @@ impl Upstream {
     ) -> Result<Digest, SyncError> {
         let learned = self.origin.learned();
         let mut head_missing = false;
-        let probe = match learned.try_head_probe() {
-            Ok(probe) => probe,
-            Err(_busy) => {
-                self.open_spare_while_waiting();
-                learned.head_probe().await
-            }
-        };
+        let probe = learned.head_probe().await;
         let first = if probe.is_some() && self.probed.get().is_none() {
             self.origin.head_in_place_of_ping(repository, tag).await
         } else {

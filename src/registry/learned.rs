@@ -43,7 +43,7 @@ pub struct Learned {
 
 /// Another caller holds the probe (see [`Learned::try_head_probe`]).
 #[derive(Debug)]
-pub struct ProbeBusy;
+struct ProbeBusy;
 
 /// How blobs go up to a registry. The first is ours (one request fewer per small blob, bounded
 /// requests for big ones); the last is the Docker client's, which every registry that `docker
@@ -141,8 +141,8 @@ impl Learned {
     }
 
     /// [`Learned::head_probe`] without waiting: `Err(ProbeBusy)` when another caller is finding
-    /// out now (the caller may use the time, then wait with `head_probe`).
-    pub fn try_head_probe(&self) -> Result<Option<tokio::sync::MutexGuard<'_, ()>>, ProbeBusy> {
+    /// out now.
+    fn try_head_probe(&self) -> Result<Option<tokio::sync::MutexGuard<'_, ()>>, ProbeBusy> {
         if self.head_known() {
             return Ok(None);
         }

@@ -43,27 +43,6 @@ impl RegistryClient {
         self.open_connection(true).await;
     }
 
-    /// Whether opening request connections ahead of need pays here: over plain HTTP every
-    /// request in flight needs a connection of its own (HTTP/1.1), so requests sent together
-    /// each wait for a TCP handshake first, and a `GET /v2/` sent early does that handshake
-    /// meanwhile. Not where an operator capped the request rate (each `GET /v2/` would spend
-    /// a request of it), nor over TLS (requests share one HTTP/2 connection when the registry
-    /// offers it).
-    pub fn spare_connections_pay(&self) -> bool {
-        self.base.scheme() == "http" && !self.limits.caps_requests()
-    }
-
-    /// Requests this host accepts in flight at once now (its learned window).
-    pub fn requests_at_once(&self) -> usize {
-        self.throttle.window()
-    }
-
-    /// Opens one more connection for requests ahead of need, as [`Self::open_bulk_connection`]
-    /// does for downloads.
-    pub async fn open_request_connection(&self) {
-        self.open_connection(false).await;
-    }
-
     async fn open_connection(&self, bulk: bool) {
         let Ok(url) = self.url("v2/") else {
             return;

@@ -288,8 +288,6 @@ pub struct Seen {
     pub body_bytes: u64,
     /// What the proxy did (`pass`, `drop`, `respond`, ... or `quota`).
     pub action: &'static str,
-    /// The client connection it came on, numbered from 1 in the order they were accepted.
-    pub connection: u64,
 }
 
 impl Seen {
@@ -460,18 +458,12 @@ impl Proxy {
         });
         let accept_shared = Arc::clone(&shared);
         let task = tokio::spawn(async move {
-            let mut accepted = 0;
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                accepted += 1;
-                tokio::spawn(serve_connection(
-                    Arc::clone(&accept_shared),
-                    stream,
-                    accepted,
-                ));
+                tokio::spawn(serve_connection(Arc::clone(&accept_shared), stream));
             }
         });
         Proxy { port, shared, task }
@@ -651,11 +643,11 @@ enum Ended {
     Close,
 }
 
-async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, connection: u64) {
+async fn serve_connection(shared: Arc<Shared>, stream: TcpStream) {
     let mut reader = BufReader::new(stream);
     while let Some(request) = read_request(&mut reader).await {
         let close = request.close;
-        match handle(&shared, &mut reader, request, connection).await {
+        match handle(&shared, &mut reader, request).await {
             Ended::KeepAlive if !close => {}
             _ => break,
         }
@@ -669,12 +661,7 @@ fn record(shared: &Shared, index: usize, status: u16, body_bytes: u64) {
     }
 }
 
-async fn handle(
-    shared: &Arc<Shared>,
-    conn: &mut BufReader<TcpStream>,
-    req: Request,
-    connection: u64,
-) -> Ended {
+async fn handle(shared: &Arc<Shared>, conn: &mut BufReader<TcpStream>, req: Request) -> Ended {
     let at = shared.started.elapsed();
     let (path, query) = match req.target.split_once('?') {
         Some((p, q)) => (p.to_string(), q.to_string()),
@@ -742,7 +729,6 @@ async fn handle(
             status: 0,
             body_bytes: 0,
             action: label,
-            connection,
         });
         log.len() - 1
     };

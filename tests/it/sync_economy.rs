@@ -328,24 +328,14 @@ async fn the_first_head_stands_in_for_the_ping_of_a_host_without_credentials() {
         let mark = upstream.log_mark().await;
         scenario.sync().await.assert_code(0);
         let asked = tool_requests(&upstream.access_log_since(mark).await);
-        // The registry logs a request when it has answered it: the `GET /v2/`s sent while the
-        // first HEAD was out (spare connections, see below) may be logged before it, and a
-        // cold run's later ones open download connections ahead.
-        let first = asked.iter().find(|r| !r.starts_with("GET /v2/ "));
+        // No ping before it (a cold run's later `GET /v2/`s open download connections ahead).
         assert!(
-            first.is_some_and(|r| r.starts_with("HEAD /v2/library/") && r.contains("/manifests/")),
+            asked[0].starts_with("HEAD /v2/library/") && asked[0].contains("/manifests/"),
             "{run}: a manifest HEAD comes first:\n{asked:#?}"
         );
         if run == "no-op" {
-            // HEADs only, and the `GET /v2/`s that opened the other HEADs' connections while
-            // the first one was out (see `tags_waiting_for_the_first_head_open_...`).
-            let heads = asked.iter().filter(|r| r.starts_with("HEAD ")).count();
-            assert_eq!(heads, images.len(), "one HEAD per tag:\n{asked:#?}");
-            let others: Vec<_> = asked.iter().filter(|r| !r.starts_with("HEAD ")).collect();
-            assert!(
-                others.len() < images.len() && others.iter().all(|r| r.starts_with("GET /v2/ ")),
-                "{asked:#?}"
-            );
+            assert_eq!(asked.len(), images.len(), "HEADs only:\n{asked:#?}");
+            assert!(asked.iter().all(|r| r.starts_with("HEAD ")), "{asked:#?}");
         }
     }
 
@@ -377,88 +367,6 @@ async fn the_first_head_stands_in_for_the_ping_of_a_host_without_credentials() {
         .await
         .expect("mirrored");
     assert_eq!(digest, img.digest);
-}
-
-/// Over plain HTTP every request in flight needs a connection of its own (HTTP/1.1), and a new
-/// one costs a TCP handshake, a round trip on a far link. While the run's first HEAD finds out
-/// what the host answers, the tags waiting behind it each open theirs with a `GET /v2/`, so
-/// their HEADs go out on open connections the moment it is answered. Where the operator capped
-/// the host's request rate (`requests_per_second`), none is opened: each would spend a request.
-#[tokio::test(flavor = "multi_thread")]
-async fn tags_waiting_for_the_first_head_open_their_connections_meanwhile() {
-    let world = World::start(Proxied::Upstream).await;
-    let tags = ["a", "b", "c", "d", "e", "f"];
-    for (i, tag) in tags.iter().enumerate() {
-        push_image(
-            &world.upstream,
-            "lib/wait",
-            *tag,
-            oci_image(130 + i as u64, 3_000),
-        )
-        .await;
-    }
-    let images: Vec<String> = tags.iter().map(|t| format!("lib/wait:{t}")).collect();
-    // The first HEAD takes 800 ms: the others wait for it.
-    let stall = || {
-        Rule::new(
-            "HEAD /v2/*/manifests/*",
-            Action::Stall(std::time::Duration::from_millis(800)),
-        )
-        .first(1)
-    };
-
-    let first = world.up().add(stall());
-    let config = world.write(&world.config(&images));
-    world.sync(&config).await.assert_code(0);
-    assert_eq!(world.up().applied(first), 1);
-    let seen = world.up().seen();
-    let heads: Vec<_> = seen
-        .iter()
-        .filter(|s| s.method == "HEAD" && s.path.contains("/manifests/"))
-        .collect();
-    assert_eq!(heads.len(), tags.len(), "{seen:#?}");
-    let answered = heads[0].at + std::time::Duration::from_millis(800);
-    let spares: Vec<_> = seen
-        .iter()
-        .filter(|s| s.method == "GET" && s.path == "/v2/" && s.at < answered)
-        .collect();
-    assert!(
-        !spares.is_empty() && spares.len() < tags.len(),
-        "one GET /v2/ per waiting tag, during the first HEAD: {seen:#?}"
-    );
-    // The other HEADs went out on connections opened before the first HEAD was answered. One
-    // may not: the first tag's next requests (its manifest GET, and a `GET /v2/` opening a
-    // download connection ahead) compete for the same open connections at that moment. Without
-    // the spare connections, at least four of the five would need a new one.
-    let opened_before: std::collections::HashSet<u64> = spares
-        .iter()
-        .map(|s| s.connection)
-        .chain([heads[0].connection])
-        .collect();
-    let on_new: Vec<_> = heads[1..]
-        .iter()
-        .filter(|h| !opened_before.contains(&h.connection))
-        .map(|h| h.path.clone())
-        .collect();
-    assert!(
-        on_new.len() <= 1,
-        "HEADs on connections opened after the first HEAD's answer: {on_new:?}\n{seen:#?}"
-    );
-
-    // A capped request rate: no spare connection (the tags are unchanged: HEADs only).
-    world.up().reset_log();
-    let first = world.up().add(stall());
-    let capped = world
-        .config(&images)
-        .upstream_lines("    requests_per_second: 50\n");
-    let config = world.write(&capped);
-    world.sync(&config).await.assert_code(0);
-    assert_eq!(world.up().applied(first), 1);
-    let seen = world.up().seen();
-    assert!(
-        seen.iter().all(|s| s.method == "HEAD"),
-        "HEADs only with requests_per_second set: {seen:#?}"
-    );
 }
 
 /// A tag's target manifest is asked at the same time as its upstream one, not after it: over a

@@ -1,6 +1,6 @@
 //! `GET /v2/`: the first request to a host checks it speaks the API and learns what it asks for
-//! (nothing, or the challenge of its 401), once per client; and spare connections opened ahead
-//! of need (a big download's, or requests' while the first one finds out what the host asks).
+//! (nothing, or the challenge of its 401), once per client; and download connections opened
+//! ahead of need.
 
 use reqwest::header::{self, HeaderMap};
 use reqwest::{Method, StatusCode};
@@ -40,15 +40,11 @@ impl RegistryClient {
     /// (answered 200 or 401: cheap either way), so the download that takes it does not wait for
     /// the TCP and TLS handshakes. Failures are left to the download itself.
     pub async fn open_bulk_connection(&self) {
-        self.open_connection(true).await;
-    }
-
-    async fn open_connection(&self, bulk: bool) {
         let Ok(url) = self.url("v2/") else {
             return;
         };
         if let Ok(response) = self
-            .send_unauthenticated(Method::GET, &url, HeaderMap::new(), bulk)
+            .send_unauthenticated(Method::GET, &url, HeaderMap::new(), true)
             .await
         {
             // Read to the end, or the connection is not handed back to the pool.

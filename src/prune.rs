@@ -78,16 +78,8 @@ pub async fn prune(
     pruned
 }
 
-/// The target refuses to delete manifests (405, or `UNSUPPORTED`: distribution without
-/// `storage.delete.enabled`, registries that have no delete at all).
+/// The target refuses to delete manifests ([`TargetError::refuses_deletes`]).
 struct DeletesRefused;
-
-fn deletes_refused(error: &TargetError) -> bool {
-    let TargetError::Registry(e) = error else {
-        return false;
-    };
-    e.status() == Some(405) || e.to_string().contains("UNSUPPORTED")
-}
 
 /// The tags mirrorsync created in `repository` that no entry selects any more; `None` when
 /// there are none, or when which tags are kept is unknown.
@@ -154,7 +146,7 @@ impl Repository<'_> {
         } else {
             match target.remove_tag(repository, &tag, &digest).await {
                 Ok(_) => {}
-                Err(e) if deletes_refused(&e) => {
+                Err(e) if e.refuses_deletes() => {
                     tracing::warn!(repository = %repository, tag = %tag, error = %e, "not pruned: the target does not delete manifests, so tags no longer selected stay; allow deletes there (distribution: `storage.delete.enabled: true`) or drop `prune: true`; not trying again this run");
                     return Err(DeletesRefused);
                 }

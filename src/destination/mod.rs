@@ -49,6 +49,19 @@ pub enum TargetError {
     ShortcutRefused { error: Box<RegistryError> },
 }
 
+impl TargetError {
+    /// The registry refuses to delete manifests: 405, or the `UNSUPPORTED` code (distribution
+    /// without `storage.delete.enabled`, registries that have no delete at all).
+    pub fn refuses_deletes(&self) -> bool {
+        match self {
+            TargetError::Registry(RegistryError::Status { status, errors, .. }) => {
+                *status == 405 || errors.iter().any(|e| e.code == "UNSUPPORTED")
+            }
+            _ => false,
+        }
+    }
+}
+
 /// The outcome of [`Target::mount`].
 #[derive(Debug)]
 pub enum Mounted {

@@ -41,10 +41,6 @@ pub struct Learned {
     by_digest_refused: std::sync::OnceLock<String>,
 }
 
-/// Another caller holds the probe (see [`Learned::try_head_probe`]).
-#[derive(Debug)]
-struct ProbeBusy;
-
 /// How blobs go up to a registry. The first is ours (one request fewer per small blob, bounded
 /// requests for big ones); the last is the Docker client's, which every registry that `docker
 /// push` works with accepts. A host moves down the list when a registry refuses a shortcut,
@@ -131,23 +127,11 @@ impl Learned {
     /// behaviour is known by then, and holding the lock would make every tag in flight take
     /// turns for the whole run.
     pub async fn head_probe(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        match self.try_head_probe() {
-            Ok(probe) => probe,
-            Err(ProbeBusy) => {
-                let guard = self.head_probe.lock().await;
-                (!self.head_known()).then_some(guard)
-            }
-        }
-    }
-
-    /// [`Learned::head_probe`] without waiting: `Err(ProbeBusy)` when another caller is finding
-    /// out now.
-    fn try_head_probe(&self) -> Result<Option<tokio::sync::MutexGuard<'_, ()>>, ProbeBusy> {
         if self.head_known() {
-            return Ok(None);
+            return None;
         }
-        let guard = self.head_probe.try_lock().map_err(|_| ProbeBusy)?;
-        Ok((!self.head_known()).then_some(guard))
+        let guard = self.head_probe.lock().await;
+        (!self.head_known()).then_some(guard)
     }
 
     /// Whether it is known if manifest HEAD works here.

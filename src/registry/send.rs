@@ -80,10 +80,14 @@ impl RegistryClient {
         &self,
         method: &str,
         request: reqwest::RequestBuilder,
+        bulk: bool,
     ) -> Result<reqwest::Response, reqwest::Error> {
         let (http, request) = request.build_split();
         let request = request?;
-        let ticket = self.throttle.admit(!throttle::streams(&request)).await;
+        let ticket = self
+            .throttle
+            .admit(!bulk && !throttle::streams(&request))
+            .await;
         self.limits.request().await;
         let sent = http.execute(request).await;
         self.throttle_answered(ticket, &sent);
@@ -109,7 +113,7 @@ impl RegistryClient {
             .connections
             .request(method, url.clone(), bulk)
             .headers(headers);
-        self.exchange(&name, request).await
+        self.exchange(&name, request, bulk).await
     }
 
     /// The one place endpoint requests are built and sent: authentication, and a bounded retry
@@ -143,7 +147,7 @@ impl RegistryClient {
             let replayable = !matches!(body, Some(RequestBody::Stream { .. }));
             let request = attach(request, &mut body);
             let response = self
-                .exchange(method.as_str(), request)
+                .exchange(method.as_str(), request, bulk)
                 .await
                 .map_err(|e| transport(method.as_str(), &url, &e))?;
             tracing::debug!(method = %method, url = %redact(&url), status = response.status().as_u16(), "registry request");

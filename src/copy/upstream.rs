@@ -45,6 +45,9 @@ pub struct Upstream {
     /// as many as big blobs may download at once).
     changed_tags: std::sync::atomic::AtomicUsize,
     bulk_opened: std::sync::atomic::AtomicUsize,
+    /// Tags that asked to send their HEAD before the host had answered any (see
+    /// [`Upstream::heads_early`]).
+    early_heads: std::sync::atomic::AtomicUsize,
 }
 
 impl Upstream {
@@ -105,6 +108,7 @@ impl Upstream {
             probed: tokio::sync::OnceCell::new(),
             changed_tags: Default::default(),
             bulk_opened: Default::default(),
+            early_heads: Default::default(),
         })
     }
 
@@ -246,17 +250,38 @@ impl Upstream {
     ) -> Result<Digest, SyncError> {
         let learned = self.origin.learned();
         let mut head_missing = false;
-        let probe = learned.head_probe().await;
-        let first = if probe.is_some() && self.probed.get().is_none() {
-            self.origin.head_in_place_of_ping(repository, tag).await
+        let (first, probe) = if self.probed.get().is_none() && self.heads_early() {
+            let first = self.origin.head_in_place_of_ping(repository, tag).await;
+            let probe = match first {
+                Ok(_) => None,
+                Err(_) => learned.head_probe().await,
+            };
+            (first, probe)
         } else {
-            None
+            let probe = learned.head_probe().await;
+            let first = if probe.is_some() && self.probed.get().is_none() {
+                self.origin.head_in_place_of_ping(repository, tag).await
+            } else {
+                Err(None)
+            };
+            (first, probe)
         };
         self.reachable().await?;
         if !learned.head_unreliable() {
             let head = match first {
-                Some(head) => Ok(Some(head)),
-                None => self.origin.head_manifest(repository, tag).await,
+                Ok(head) => Ok(Some(head)),
+                // Sent without credentials to a host that asks for none: its answer stands,
+                // and the HEAD is not sent again.
+                Err(Some(e))
+                    if matches!(e.status(), Some(404 | 405 | 501))
+                        && self.origin.asks_nothing().await =>
+                {
+                    match e.status() {
+                        Some(404) => Ok(None),
+                        _ => Err(e),
+                    }
+                }
+                Err(_) => self.origin.head_manifest(repository, tag).await,
             };
             match head {
                 Ok(Some(head)) => {
@@ -298,6 +323,20 @@ impl Upstream {
             .unwrap_or_else(|p| p.into_inner())
             .insert((repository.to_string(), digest.clone()), fetched);
         Ok(digest)
+    }
+
+    /// Whether this tag's HEAD goes out beside the run's first one, before the host has
+    /// answered any (each in place of the ping): the tags after the first, as many as the
+    /// host's request window starts with (see `RegistryClient::heads_before_first_answer`).
+    /// Their connections open and their answers come back with the first one's, where waiting
+    /// for it would cost them two round trips (a TCP handshake, then the HEAD). The first tag
+    /// and the tags after these wait as before (see `Learned::head_probe`), as every tag
+    /// does where the request rate is capped.
+    fn heads_early(&self) -> bool {
+        let sent = self
+            .early_heads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        (1..self.origin.heads_before_first_answer()).contains(&sent)
     }
 
     /// A manifest fetched while resolving a tag, handed over once.

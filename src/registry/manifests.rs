@@ -8,7 +8,7 @@ use url::Url;
 use super::call::{Call, Replayable, Statuses};
 use super::{
     BodyError, FetchedManifest, ManifestHead, RegistryClient, RegistryError, content_length, pull,
-    push, read_limited, redact,
+    push, read_limited, redact, status_error,
 };
 use crate::manifest::{MANIFEST_ACCEPT, MAX_MANIFEST_BYTES};
 use crate::reference::Digest;
@@ -46,40 +46,60 @@ impl RegistryClient {
     /// The first request of a run to a host without credentials: a manifest `HEAD` sent in
     /// place of the `GET /v2/` ping, one round trip sooner. The ping only learns what the host
     /// asks for, and this answer says the same: a 200 means nothing is asked (as the ping's 200),
-    /// a 401 carries the challenge (as the ping's). Either one counts as the ping. The HEAD's
-    /// answer is returned when it is a 200; `None` otherwise (a 401, any other status,
-    /// no answer): the caller then pings, if still needed, and asks again the usual way, so a
-    /// failure is reported, retried and logged as before. One attempt, never retried.
+    /// a 401 carries the challenge (as the ping's). Either one counts as the ping. One attempt,
+    /// never retried: the HEAD's answer when it is a 200; otherwise the error its status makes
+    /// (`None`: no answer). The caller then pings, if still needed, and asks again the usual way, so a
+    /// failure is reported, retried and logged as before; or, once the ping has found that the
+    /// host asks nothing ([`RegistryClient::asks_nothing`]), takes a 404 or 405 as the answer a
+    /// HEAD sent now would get.
     pub async fn head_in_place_of_ping(
         &self,
         repository: &str,
         reference: &str,
-    ) -> Option<ManifestHead> {
+    ) -> Result<ManifestHead, Option<RegistryError>> {
         if self.auth.has_credentials() || self.pinged.initialized() {
-            return None;
+            return Err(None);
         }
         let url = self
             .url(&format!("v2/{repository}/manifests/{reference}"))
-            .ok()?;
+            .map_err(|_| None)?;
         let response = self
             .send_unauthenticated(Method::HEAD, &url, manifest_accept(), false)
             .await
-            .ok()?;
+            .map_err(|_| None)?;
         let status = response.status();
         tracing::debug!(method = %reqwest::Method::HEAD, url = %redact(&url), status = status.as_u16(), "registry request");
         if !self.learn_challenge(&response).await {
-            return None;
+            return Err(Some(status_error("HEAD", &url, response).await));
         }
         let _ = self.pinged.set(());
         if status != reqwest::StatusCode::OK {
-            return None;
+            return Err(Some(status_error("HEAD", &url, response).await));
         }
         let headers = response.headers();
-        Some(ManifestHead {
-            digest: content_digest(headers, &url).ok()?,
+        Ok(ManifestHead {
+            digest: content_digest(headers, &url).map_err(|_| None)?,
             media_type: media_type(headers),
             size: content_length(headers),
         })
+    }
+
+    /// Whether the host asks for no authentication (its `GET /v2/`, or the HEAD in its place,
+    /// answered 200): an answer to a request sent without credentials is then the answer.
+    pub async fn asks_nothing(&self) -> bool {
+        self.auth.asks_nothing().await
+    }
+
+    /// How many tags may send [`RegistryClient::head_in_place_of_ping`] at once, before the
+    /// host has answered any: as many requests as its window starts with, where nobody capped
+    /// its request rate; otherwise one (requests are what such a host is short of, and a host
+    /// that wants a token answers each of these 401).
+    pub fn heads_before_first_answer(&self) -> usize {
+        if self.limits.caps_requests() {
+            1
+        } else {
+            self.throttle.window()
+        }
     }
 
     /// `GET /v2/<name>/manifests/<reference>`: the exact bytes, at most 4 MiB, with the digest

@@ -97,6 +97,14 @@ impl AuthSlot {
         self.current().0.has_credentials()
     }
 
+    /// Whether the host was found to ask for nothing (`GET /v2/` answered 200).
+    pub async fn asks_nothing(&self) -> bool {
+        matches!(
+            self.current().0.challenge().await,
+            Some(super::auth::Challenge::Anonymous)
+        )
+    }
+
     /// See [`Authenticator::set_challenge`].
     pub async fn set_challenge(&self, challenge: Challenge) {
         self.current().0.set_challenge(challenge).await;

@@ -153,7 +153,7 @@ async fn seed_corpus(reg: &Registry, repo: &str) -> Vec<&'static str> {
     vec!["a", "b", "multi"]
 }
 
-/// Items 1 (HEAD 404 without body, Nexus) and 1 (HEAD 405): the first HEAD fails, the rest of
+/// Items 1 (HEAD 404 without body, Nexus) and 1 (HEAD 405): the first HEADs fail, the rest of
 /// the run resolves tags with GET, one per tag, whose bytes are also the copy's (no second GET
 /// by digest); a missing tag is reported only after a GET said 404; the no-op run asks one HEAD
 /// and one GET per tag and copies nothing.
@@ -180,10 +180,12 @@ async fn manifest_head_that_does_not_work_falls_back_to_one_get_per_tag() {
         for tag in &tags {
             assert_mirrored(&world.upstream, &world.target, "lib/app", tag).await;
         }
+        // The tags' first HEADs go out together before any answer, one each; none is sent
+        // again once the host is found to ask for no credentials.
         let heads = seen.count("HEAD", "manifests", Some("lib/app"));
         assert!(
-            heads <= 3,
-            "{quirk:?}: HEAD is given up after the first failure(s) in flight, saw {heads}"
+            heads <= images.len(),
+            "{quirk:?}: HEAD is given up after the failures in flight, saw {heads}"
         );
         assert_eq!(tag_gets(&seen, "lib/app"), 4, "{quirk:?}: one GET per tag");
         // The index's two children are fetched by digest; the tags' own manifests are not.
@@ -194,7 +196,11 @@ async fn manifest_head_that_does_not_work_falls_back_to_one_get_per_tag() {
         let out = world.sync(&config).await;
         let seen = world.up().seen();
         assert_eq!(summary(&out), (0, 3, 1), "{quirk:?} no-op\n{}", out.stdout);
-        assert!(seen.count("HEAD", "manifests", Some("lib/app")) <= 3);
+        assert!(
+            seen.count("HEAD", "manifests", Some("lib/app")) <= images.len(),
+            "{quirk:?} no-op:\n{}",
+            seen.dump()
+        );
         assert_eq!(tag_gets(&seen, "lib/app"), 4, "{quirk:?} no-op");
         assert_eq!(digest_gets(&seen, "lib/app"), 0, "{quirk:?} no-op");
         assert_eq!(seen.count("GET", "blobs", None), 0, "{quirk:?} no-op");

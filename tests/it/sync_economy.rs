@@ -400,3 +400,67 @@ async fn the_target_head_does_not_wait_for_the_upstream_head() {
         asked_down.at.saturating_sub(asked_up.at)
     );
 }
+
+/// The tags' first HEADs go out together, each in place of the ping, not one after the first
+/// one's answer: held 600 ms each at the proxy, the three arrive within that time of each other.
+/// With `requests_per_second` set, requests are what the host is short of: the others wait for
+/// the first answer, as before.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_first_heads_go_out_together_unless_the_rate_is_capped() {
+    let world = World::start(Proxied::Upstream).await;
+    let tags = ["lib/early:a", "lib/early:b", "lib/early:c"];
+    for (i, tag) in ["a", "b", "c"].into_iter().enumerate() {
+        push_image(
+            &world.upstream,
+            "lib/early",
+            tag,
+            oci_image(150 + i as u64, 2_000),
+        )
+        .await;
+    }
+    let hold = std::time::Duration::from_millis(600);
+    world.up().add(Rule::new(
+        "HEAD /v2/lib/early/manifests/*",
+        Action::Stall(hold),
+    ));
+    let heads = |world: &World, from: usize| -> Vec<std::time::Duration> {
+        world.up().seen()[from..]
+            .iter()
+            .filter(|s| s.method == "HEAD" && s.path.starts_with("/v2/lib/early/manifests/"))
+            .map(|s| s.at)
+            .collect()
+    };
+
+    let open = world.write(&world.config(&tags));
+    world.sync(&open).await.assert_code(0);
+    let at = heads(&world, 0);
+    assert_eq!(at.len(), 3, "one HEAD per tag: {at:?}");
+    let spread = at[2] - at[0];
+    assert!(
+        spread < hold / 2,
+        "the three HEADs went out {spread:?} apart; each was held {hold:?}"
+    );
+    for tag in ["a", "b", "c"] {
+        assert!(
+            get_manifest(&world.target, "lib/early", tag)
+                .await
+                .is_some()
+        );
+    }
+
+    // Rate capped: the first answer is awaited (the target now holds the tags: HEADs only).
+    let from = world.up().seen().len();
+    let capped = world.write(
+        &world
+            .config(&tags)
+            .upstream_lines("    requests_per_second: 100\n    burst: 10\n"),
+    );
+    world.sync(&capped).await.assert_code(0);
+    let at = heads(&world, from);
+    assert_eq!(at.len(), 3, "one HEAD per tag: {at:?}");
+    assert!(
+        at[1] - at[0] >= hold,
+        "under requests_per_second the second HEAD came {:?} after the first, held {hold:?}",
+        at[1] - at[0]
+    );
+}

@@ -112,7 +112,7 @@ impl Engine {
                 // of the bounded read-aheads instead: its body is read whole before the write
                 // slot is taken (in `stream_from_upstream`), so neither slot is held over a
                 // round trip to a far upstream.
-                let _held = match upstream.transfers.for_blob(blob.size).await {
+                let _held = match upstream.transfers.for_blob(blob.size, &blob.digest).await {
                     Some(transfer) => (Some(transfer), self.target_write_slot().await?),
                     None => (
                         None,

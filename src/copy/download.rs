@@ -86,6 +86,9 @@ pub fn resumable(
                         }
                     }
                     st.offset += chunk.len() as u64;
+                    st.upstream
+                        .transfers
+                        .received(&st.digest, chunk.len() as u64);
                     st.upstream.source(st.source).limit_bytes(chunk.len()).await;
                     return Some((Ok(chunk), st));
                 }
@@ -121,7 +124,7 @@ pub async fn into_spool(
     blob: crate::manifest::Descriptor,
     mut writer: super::spool::SpoolWriter,
 ) -> Result<(), String> {
-    let _slot = upstream.transfers.for_blob(blob.size).await;
+    let _slot = upstream.transfers.for_blob(blob.size, &blob.digest).await;
     let mut last_error = None;
     for source in (0..upstream.source_count()).filter(|s| upstream.usable(*s)) {
         let client = upstream.source(source);

@@ -95,12 +95,13 @@ impl Upstream {
                     .map_err(failed)?,
             );
         }
+        let small = origin.small_requests();
         Ok(Upstream {
             host: registry.to_string(),
             origin,
             mirror_down: mirrors.iter().map(|_| Default::default()).collect(),
             mirrors,
-            transfers: TransferSlots::new(settings.concurrency),
+            transfers: TransferSlots::new(settings.concurrency, small),
             reserve: u64::from(settings.rate_limit_reserve.unwrap_or(0)),
             prefetched: Default::default(),
             resolved: Default::default(),

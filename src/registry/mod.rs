@@ -13,6 +13,7 @@ mod call;
 mod credentials;
 mod endpoint;
 mod error;
+mod latency;
 mod learned;
 mod limits;
 mod manifests;
@@ -42,6 +43,7 @@ use call::status_error;
 pub use credentials::{CredentialError, CredentialStore};
 pub use endpoint::{EndpointError, Usage, mirror_endpoint};
 pub use error::RegistryError;
+pub use latency::SmallRequests;
 pub use learned::{Learned, UploadFlow};
 pub use limits::{HostLimits, LimitSettings};
 pub use manifests::is_schema1;
@@ -150,6 +152,8 @@ pub struct RegistryClient {
     limits: HostLimits,
     /// The window and pace this host's answers allow.
     throttle: throttle::Throttle,
+    /// How long its small requests take (see [`latency`]).
+    small: Arc<SmallRequests>,
     retry: RetryPolicy,
     observer: Option<Arc<dyn RequestObserver>>,
     /// Docker Hub's pull quota as last seen (`ratelimit-remaining`), decremented locally per
@@ -182,6 +186,7 @@ impl RegistryClient {
             pinged: tokio::sync::OnceCell::new(),
             limits: HostLimits::new(options.limits),
             throttle: throttle::Throttle::new(options.max_in_flight, options.retry.max_retry_after),
+            small: Arc::default(),
             retry: options.retry,
             observer: options.observer,
             pulls_remaining: AtomicI64::new(-1),
@@ -194,6 +199,11 @@ impl RegistryClient {
     /// What this run learned about the registry's behaviour (and the upload chunk size).
     pub fn learned(&self) -> &Learned {
         &self.learned
+    }
+
+    /// How long this host takes to answer small requests, for the blob transfer slots.
+    pub fn small_requests(&self) -> Arc<SmallRequests> {
+        Arc::clone(&self.small)
     }
 
     /// The registry host this client talks to.

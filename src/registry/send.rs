@@ -84,12 +84,14 @@ impl RegistryClient {
     ) -> Result<reqwest::Response, reqwest::Error> {
         let (http, request) = request.build_split();
         let request = request?;
-        let ticket = self
-            .throttle
-            .admit(!bulk && !throttle::streams(&request))
-            .await;
+        let small = !bulk && !throttle::streams(&request);
+        let ticket = self.throttle.admit(small).await;
         self.limits.request().await;
+        let out = small.then(|| self.small.sent());
         let sent = http.execute(request).await;
+        if let (Some(out), Ok(_)) = (out, &sent) {
+            out.answered();
+        }
         self.throttle_answered(ticket, &sent);
         self.observe(method, &sent);
         if let Ok(response) = &sent {

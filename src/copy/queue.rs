@@ -555,13 +555,19 @@ mod tests {
             .expect("held back with no small request out");
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn the_budget_halves_while_a_small_request_waits_long_and_doubles_otherwise() {
+    /// A host whose shortest answer took 80 ms, and its transfer slots.
+    async fn answered_in_80_ms() -> (Arc<SmallRequests>, TransferSlots) {
         let small = Arc::new(SmallRequests::default());
         let first = small.sent();
         tokio::time::advance(Duration::from_millis(80)).await;
         first.answered();
         let slots = TransferSlots::new(8, Arc::clone(&small));
+        (small, slots)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_budget_halves_while_a_small_request_waits_long_and_doubles_otherwise() {
+        let (small, slots) = answered_in_80_ms().await;
         let _manifest = small.sent();
         let budget = |arrive: u64| {
             let mut state = lock(&slots.state);
@@ -595,11 +601,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_budget_grows_past_64_mib_only_as_far_as_it_is_used() {
-        let small = Arc::new(SmallRequests::default());
-        let first = small.sent();
-        tokio::time::advance(Duration::from_millis(80)).await;
-        first.answered();
-        let slots = TransferSlots::new(8, Arc::clone(&small));
+        let (small, slots) = answered_in_80_ms().await;
         let budget = || {
             let mut state = lock(&slots.state);
             state.set_budget(Instant::now());

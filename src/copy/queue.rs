@@ -14,6 +14,10 @@
 //! this, many layers just over [`SMALL_BLOB`] (a busybox-sized image each) waited behind the
 //! quota for the bigger ones and started last, each after its own round trips, on a link that
 //! had nothing else left to carry.
+//!
+//! While the host's small requests (manifests, configs) are out, a transfer also starts only
+//! within a byte budget (see [`BUDGET`]), so that over a link queuing first in, first out they
+//! do not wait behind every layer asked for.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};

@@ -48,10 +48,10 @@ impl RegistryClient {
     /// asks for, and this answer says the same: a 200 means nothing is asked (as the ping's 200),
     /// a 401 carries the challenge (as the ping's). Either one counts as the ping. One attempt,
     /// never retried: the HEAD's answer when it is a 200; otherwise the error its status makes
-    /// (`None`: no answer). The caller then pings, if still needed, and asks again the usual way, so a
-    /// failure is reported, retried and logged as before; or, once the ping has found that the
-    /// host asks nothing ([`RegistryClient::asks_nothing`]), takes a 404 or 405 as the answer a
-    /// HEAD sent now would get.
+    /// (`None`: no answer). The caller then pings, if still needed, and asks again the usual
+    /// way, so a failure is reported, retried and logged as before; or, once the ping has found
+    /// that the host asks nothing ([`RegistryClient::asks_nothing`]), takes a 404 or 405 as the
+    /// answer a HEAD sent now would get.
     pub async fn head_in_place_of_ping(
         &self,
         repository: &str,

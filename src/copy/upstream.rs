@@ -45,9 +45,6 @@ pub struct Upstream {
     /// as many as big blobs may download at once).
     changed_tags: std::sync::atomic::AtomicUsize,
     bulk_opened: std::sync::atomic::AtomicUsize,
-    /// Tags that asked to send their HEAD before the host had answered any (see
-    /// [`Upstream::heads_early`]).
-    early_heads: std::sync::atomic::AtomicUsize,
 }
 
 impl Upstream {
@@ -109,7 +106,6 @@ impl Upstream {
             probed: tokio::sync::OnceCell::new(),
             changed_tags: Default::default(),
             bulk_opened: Default::default(),
-            early_heads: Default::default(),
         })
     }
 
@@ -251,21 +247,11 @@ impl Upstream {
     ) -> Result<Digest, SyncError> {
         let learned = self.origin.learned();
         let mut head_missing = false;
-        let (first, probe) = if self.probed.get().is_none() && self.heads_early() {
-            let first = self.origin.head_in_place_of_ping(repository, tag).await;
-            let probe = match first {
-                Ok(_) => None,
-                Err(_) => learned.head_probe().await,
-            };
-            (first, probe)
+        let probe = learned.head_probe().await;
+        let first = if probe.is_some() && self.probed.get().is_none() {
+            self.origin.head_in_place_of_ping(repository, tag).await
         } else {
-            let probe = learned.head_probe().await;
-            let first = if probe.is_some() && self.probed.get().is_none() {
-                self.origin.head_in_place_of_ping(repository, tag).await
-            } else {
-                Err(None)
-            };
-            (first, probe)
+            Err(None)
         };
         self.reachable().await?;
         if !learned.head_unreliable() {
@@ -324,20 +310,6 @@ impl Upstream {
             .unwrap_or_else(|p| p.into_inner())
             .insert((repository.to_string(), digest.clone()), fetched);
         Ok(digest)
-    }
-
-    /// Whether this tag's HEAD goes out beside the run's first one, before the host has
-    /// answered any (each in place of the ping): the tags after the first, as many as the
-    /// host's request window starts with (see `RegistryClient::heads_before_first_answer`).
-    /// Their connections open and their answers come back with the first one's, where waiting
-    /// for it would cost them two round trips (a TCP handshake, then the HEAD). The first tag
-    /// and the tags after these wait as before (see `Learned::head_probe`), as every tag
-    /// does where the request rate is capped.
-    fn heads_early(&self) -> bool {
-        let sent = self
-            .early_heads
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        (1..self.origin.heads_before_first_answer()).contains(&sent)
     }
 
     /// A manifest fetched while resolving a tag, handed over once.

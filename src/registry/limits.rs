@@ -45,11 +45,6 @@ impl HostLimits {
         HostLimits { requests, bytes }
     }
 
-    /// Whether an operator capped the request rate.
-    pub fn caps_requests(&self) -> bool {
-        self.requests.is_some()
-    }
-
     /// Waits until one more request is allowed.
     pub async fn request(&self) {
         if let Some(limiter) = &self.requests {

@@ -90,18 +90,6 @@ impl RegistryClient {
         self.auth.asks_nothing().await
     }
 
-    /// How many tags may send [`RegistryClient::head_in_place_of_ping`] at once, before the
-    /// host has answered any: as many requests as its window starts with, where nobody capped
-    /// its request rate; otherwise one (requests are what such a host is short of, and a host
-    /// that wants a token answers each of these 401).
-    pub fn heads_before_first_answer(&self) -> usize {
-        if self.limits.caps_requests() {
-            1
-        } else {
-            self.throttle.window()
-        }
-    }
-
     /// `GET /v2/<name>/manifests/<reference>`: the exact bytes, at most 4 MiB, with the digest
     /// recomputed. When `reference` is a digest the content must hash to it; a
     /// `Docker-Content-Digest` header that disagrees with the content is an error. A schema 1

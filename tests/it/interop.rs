@@ -153,7 +153,7 @@ async fn seed_corpus(reg: &Registry, repo: &str) -> Vec<&'static str> {
     vec!["a", "b", "multi"]
 }
 
-/// Items 1 (HEAD 404 without body, Nexus) and 1 (HEAD 405): the first HEADs fail, the rest of
+/// Items 1 (HEAD 404 without body, Nexus) and 1 (HEAD 405): the first HEAD fails, the rest of
 /// the run resolves tags with GET, one per tag, whose bytes are also the copy's (no second GET
 /// by digest); a missing tag is reported only after a GET said 404; the no-op run asks one HEAD
 /// and one GET per tag and copies nothing.
@@ -180,8 +180,8 @@ async fn manifest_head_that_does_not_work_falls_back_to_one_get_per_tag() {
         for tag in &tags {
             assert_mirrored(&world.upstream, &world.target, "lib/app", tag).await;
         }
-        // The tags' first HEADs go out together before any answer, one each; none is sent
-        // again once the host is found to ask for no credentials.
+        // At most one HEAD per tag: the answer to the one sent in place of the ping stands once
+        // the host is found to ask for no credentials, and HEAD is given up after a failure.
         let heads = seen.count("HEAD", "manifests", Some("lib/app"));
         assert!(
             heads <= images.len(),
